@@ -1,0 +1,1079 @@
+//! Baselines: the stored, versioned, binned reference distributions.
+//!
+//! This module owns the baseline file format, building a baseline from
+//! reference events, loading and validating baseline files, and the bin
+//! layout ([`Layout`]) that windows count into. A baseline stores counts,
+//! never raw rows: numeric features keep quantile edges, categorical features
+//! keep their top-K vocabulary, hashed features keep only bucket counts.
+//!
+//! Bin order inside each feature (the order of `counts` in the file, of the
+//! window counts, and of `bins` in `replay --format json`):
+//!
+//! ```text
+//! numeric      [underflow, bin_0 .. bin_{k-1}, overflow, missing]   edges e_0 < .. < e_k
+//! categorical  [cat_0 .. cat_{K-1}, __other__, missing]             top-K by reference count
+//! hashed       [bucket_0 .. bucket_{B-1}, missing]
+//! ```
+//!
+//! Numeric bin i is `[e_i, e_{i+1})`, the last one closed at `e_k`; below
+//! `e_0` is underflow, above `e_k` overflow.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::compare::BinLayout;
+use crate::decode::{feature_hash, Event, FeatureValue, Prediction};
+
+/// The file format version this build reads and writes.
+pub const SCHEMA_VERSION: u32 = 1;
+/// Name of the prediction distribution in reports and metrics.
+pub const PREDICTION: &str = "prediction";
+/// Name of the confidence distribution in reports and metrics.
+pub const CONFIDENCE: &str = "confidence";
+/// Label of the catch-all bin for unseen or rare categories.
+pub const OTHER: &str = "__other__";
+/// Label of the missing bin.
+pub const MISSING: &str = "__missing__";
+
+/// How reference data is cut into bins.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Binning {
+    /// Equal-frequency bins per numeric feature (2 to 64).
+    pub numeric_bins: usize,
+    /// Categories kept per categorical feature; the rest go to `__other__`.
+    pub top_k: usize,
+    /// Buckets of a hashed feature.
+    pub hash_buckets: usize,
+}
+
+impl Default for Binning {
+    fn default() -> Self {
+        Binning {
+            numeric_bins: 10,
+            top_k: 50,
+            hash_buckets: 64,
+        }
+    }
+}
+
+/// One feature's bins.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Bins {
+    Numeric {
+        edges: Vec<f64>,
+        /// Reference mean and standard deviation: `wasserstein` is reported
+        /// in units of this standard deviation.
+        mean: f64,
+        std: f64,
+    },
+    Categorical {
+        categories: Vec<String>,
+    },
+    Hashed {
+        buckets: usize,
+    },
+}
+
+impl Bins {
+    /// Number of bins including underflow/overflow/other/missing.
+    pub fn len(&self) -> usize {
+        match self {
+            Bins::Numeric { edges, .. } => edges.len() + 2,
+            Bins::Categorical { categories } => categories.len() + 2,
+            Bins::Hashed { buckets } => buckets + 1,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Bins::Numeric { .. } => "numeric",
+            Bins::Categorical { .. } => "categorical",
+            Bins::Hashed { .. } => "hashed",
+        }
+    }
+
+    /// Human labels of the bins, in bin order (for reports).
+    pub fn labels(&self) -> Vec<serde_json::Value> {
+        use serde_json::json;
+        match self {
+            Bins::Numeric { edges, .. } => {
+                let k = edges.len() - 1;
+                let mut v = Vec::with_capacity(edges.len() + 2);
+                v.push(json!(format!("<{}", edges[0])));
+                for i in 0..k {
+                    let close = if i + 1 == k { ']' } else { ')' };
+                    v.push(json!(format!("[{},{}{close}", edges[i], edges[i + 1])));
+                }
+                v.push(json!(format!(">{}", edges[k])));
+                v.push(json!(MISSING));
+                v
+            }
+            Bins::Categorical { categories } => {
+                let mut v: Vec<_> = categories.iter().map(|c| json!(c)).collect();
+                v.push(json!(OTHER));
+                v.push(json!(MISSING));
+                v
+            }
+            Bins::Hashed { buckets } => {
+                let mut v: Vec<_> = (0..*buckets).map(|b| json!(format!("#{b}"))).collect();
+                v.push(json!(MISSING));
+                v
+            }
+        }
+    }
+}
+
+/// One feature (or the prediction, or the confidence) in a baseline file.
+/// (No `deny_unknown_fields` here: serde cannot combine it with `flatten`.)
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeatureBaseline {
+    pub name: String,
+    #[serde(flatten)]
+    pub bins: Bins,
+    pub counts: Vec<u64>,
+}
+
+/// A baseline file: one model's reference distributions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Baseline {
+    pub schema_version: u32,
+    pub model: String,
+    /// Shown as `driftd_baseline_info{version}`; checkpoints made against
+    /// another version are discarded.
+    pub version: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// Where the reference data came from (a file name, `stdin`, `window`).
+    pub source: String,
+    /// Reference events counted.
+    pub samples: u64,
+    pub binning: Binning,
+    pub features: Vec<FeatureBaseline>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prediction: Option<FeatureBaseline>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<FeatureBaseline>,
+}
+
+/// What can go wrong with baseline files. Each names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum BaselineError {
+    #[error("cannot read baseline {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot write baseline {path}: {source} (check that the directory exists and is writable)"
+    )]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("baseline {path} is not valid baseline JSON: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("baseline {path}: {what}")]
+    Invalid { path: PathBuf, what: String },
+    #[error("baselines {first} and {second} are both for model {model:?}; keep one")]
+    Duplicate {
+        model: String,
+        first: PathBuf,
+        second: PathBuf,
+    },
+    #[error("no baseline could be built: the input had no inference events{}", model.as_ref().map(|m| format!(" for model {m:?}")).unwrap_or_default())]
+    Empty { model: Option<String> },
+}
+
+impl Baseline {
+    /// Checks everything a window relies on; returns every problem found,
+    /// each naming the feature.
+    pub fn validate(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.schema_version != SCHEMA_VERSION {
+            problems.push(format!(
+                "schema_version {} is not supported (this driftd reads {SCHEMA_VERSION}); rebuild it with `driftd baseline build`",
+                self.schema_version
+            ));
+        }
+        if self.model.is_empty() || self.model.len() > crate::decode::MAX_NAME_LEN {
+            problems.push(format!(
+                "model {:?} must be 1 to {} bytes",
+                self.model,
+                crate::decode::MAX_NAME_LEN
+            ));
+        }
+        if self.version.is_empty() {
+            problems.push("version is empty".into());
+        }
+        let mut seen = HashMap::new();
+        for f in self.all_features() {
+            if seen.insert(f.name.as_str(), ()).is_some() {
+                problems.push(format!("feature {:?} appears twice", f.name));
+            }
+            validate_feature(f, &mut problems);
+        }
+        problems
+    }
+
+    fn all_features(&self) -> impl Iterator<Item = &FeatureBaseline> {
+        self.features
+            .iter()
+            .chain(self.prediction.iter())
+            .chain(self.confidence.iter())
+    }
+
+    /// Reads and validates one baseline file.
+    pub fn load(path: &Path) -> Result<Baseline, BaselineError> {
+        let text = std::fs::read(path).map_err(|source| BaselineError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let b: Baseline = serde_json::from_slice(&text).map_err(|source| BaselineError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        let problems = b.validate();
+        if !problems.is_empty() {
+            return Err(BaselineError::Invalid {
+                path: path.to_owned(),
+                what: problems.join("; "),
+            });
+        }
+        Ok(b)
+    }
+
+    /// Writes the baseline as `<dir>/<model>.json`, atomically (temporary
+    /// file, fsync, rename), so a reader never sees half a file.
+    pub fn save(&self, dir: &Path) -> Result<PathBuf, BaselineError> {
+        let path = dir.join(format!("{}.json", file_stem(&self.model)));
+        let werr = |source| BaselineError::Write {
+            path: path.clone(),
+            source,
+        };
+        let tmp = dir.join(format!(".{}.json.tmp", file_stem(&self.model)));
+        let body = serde_json::to_vec_pretty(self).map_err(|e| werr(std::io::Error::other(e)))?;
+        let mut f = std::fs::File::create(&tmp).map_err(werr)?;
+        f.write_all(&body).map_err(werr)?;
+        f.write_all(b"\n").map_err(werr)?;
+        f.sync_all().map_err(werr)?;
+        drop(f);
+        std::fs::rename(&tmp, &path).map_err(werr)?;
+        Ok(path)
+    }
+
+    /// Builds a baseline from a window's counts on this baseline's bins
+    /// (a capture: "what we see now is the new normal").
+    pub fn recapture(
+        &self,
+        layout: &Layout,
+        counts: &[u64],
+        samples: u64,
+        now_ms: i64,
+    ) -> Baseline {
+        let mut b = self.clone();
+        for (slot, fb) in layout.slots.iter().zip(
+            b.features
+                .iter_mut()
+                .chain(b.prediction.iter_mut())
+                .chain(b.confidence.iter_mut()),
+        ) {
+            fb.counts = counts[slot.offset..slot.offset + slot.len].to_vec();
+        }
+        b.samples = samples;
+        b.source = "window".into();
+        b.created_at = rfc3339(now_ms);
+        b.version = version_of(&b);
+        b
+    }
+}
+
+fn validate_feature(f: &FeatureBaseline, problems: &mut Vec<String>) {
+    let name = &f.name;
+    if name.is_empty() {
+        problems.push("a feature has an empty name".into());
+    }
+    match &f.bins {
+        Bins::Numeric { edges, mean, std } => {
+            if edges.len() < 2 {
+                problems.push(format!(
+                    "feature {name:?}: needs at least 2 edges, has {}",
+                    edges.len()
+                ));
+            }
+            if edges.len() > 65 {
+                problems.push(format!(
+                    "feature {name:?}: {} edges, at most 65 (64 bins)",
+                    edges.len()
+                ));
+            }
+            if let Some(bad) = edges.iter().find(|e| !e.is_finite()) {
+                problems.push(format!("feature {name:?}: edge {bad} is not finite"));
+            } else if let Some(w) = edges.windows(2).find(|w| w[0] >= w[1]) {
+                problems.push(format!(
+                    "feature {name:?}: edges must be strictly increasing, found {} then {}",
+                    w[0], w[1]
+                ));
+            }
+            if !mean.is_finite() || !std.is_finite() || *std < 0.0 {
+                problems.push(format!(
+                    "feature {name:?}: mean {mean} and std {std} must be finite, std >= 0"
+                ));
+            }
+        }
+        Bins::Categorical { categories } => {
+            let mut seen = HashMap::new();
+            for c in categories {
+                if seen.insert(c.as_str(), ()).is_some() {
+                    problems.push(format!("feature {name:?}: category {c:?} appears twice"));
+                    break;
+                }
+            }
+            if categories.len() > 10_000 {
+                problems.push(format!(
+                    "feature {name:?}: {} categories, at most 10000",
+                    categories.len()
+                ));
+            }
+        }
+        Bins::Hashed { buckets } => {
+            if !(1..=4096).contains(buckets) {
+                problems.push(format!(
+                    "feature {name:?}: buckets {buckets} must be 1 to 4096"
+                ));
+            }
+        }
+    }
+    if f.counts.len() != f.bins.len() {
+        problems.push(format!(
+            "feature {name:?}: {} counts for {} bins (a {} feature with these bins has {} counts: see the bin order in the docs)",
+            f.counts.len(),
+            f.bins.len(),
+            f.bins.kind(),
+            f.bins.len()
+        ));
+    }
+}
+
+/// A file name for a model id: model ids may hold `/` or `..`.
+fn file_stem(model: &str) -> String {
+    model
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect::<String>()
+        .trim_start_matches('.')
+        .to_owned()
+}
+
+/// Loads every `*.json` baseline in a directory. Returns all the problems at
+/// once rather than the first, so one restart fixes them all.
+pub fn load_dir(dir: &Path) -> Result<Vec<(PathBuf, Baseline)>, Vec<BaselineError>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(source) => {
+            return Err(vec![BaselineError::Read {
+                path: dir.to_owned(),
+                source,
+            }])
+        }
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "json")
+                && !p
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with('.'))
+        })
+        .collect();
+    paths.sort();
+    let mut out: Vec<(PathBuf, Baseline)> = Vec::new();
+    let mut errors = Vec::new();
+    for p in paths {
+        match Baseline::load(&p) {
+            Ok(b) => {
+                if let Some((first, _)) = out.iter().find(|(_, o)| o.model == b.model) {
+                    errors.push(BaselineError::Duplicate {
+                        model: b.model.clone(),
+                        first: first.clone(),
+                        second: p,
+                    });
+                } else {
+                    out.push((p, b));
+                }
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Where a value lands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinOf {
+    Bin(u32),
+    /// NaN, infinity, or a value of the wrong type for the feature: counted
+    /// as invalid for the feature, never binned.
+    Invalid,
+}
+
+/// A feature's bins compiled for fast lookup.
+#[derive(Debug, Clone)]
+pub enum Binner {
+    Numeric {
+        edges: Box<[f64]>,
+    },
+    Categorical {
+        index: HashMap<Box<str>, u32>,
+        k: u32,
+    },
+    Hashed {
+        buckets: u32,
+    },
+}
+
+impl Binner {
+    pub fn new(bins: &Bins) -> Binner {
+        match bins {
+            Bins::Numeric { edges, .. } => Binner::Numeric {
+                edges: edges.clone().into_boxed_slice(),
+            },
+            Bins::Categorical { categories } => Binner::Categorical {
+                index: categories
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| (c.as_str().into(), i as u32))
+                    .collect(),
+                k: categories.len() as u32,
+            },
+            Bins::Hashed { buckets } => Binner::Hashed {
+                buckets: *buckets as u32,
+            },
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Binner::Numeric { edges } => edges.len() + 2,
+            Binner::Categorical { k, .. } => *k as usize + 2,
+            Binner::Hashed { buckets } => *buckets as usize + 1,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    pub fn missing(&self) -> u32 {
+        self.len() as u32 - 1
+    }
+
+    pub fn bin_num(&self, x: f64) -> BinOf {
+        if !x.is_finite() {
+            return BinOf::Invalid;
+        }
+        match self {
+            Binner::Numeric { edges } => BinOf::Bin(numeric_bin(edges, x)),
+            Binner::Categorical { .. } => {
+                let s = num_label(x);
+                self.bin_str(&s)
+            }
+            Binner::Hashed { buckets } => {
+                BinOf::Bin((num_label_hash(x) % u64::from(*buckets)) as u32)
+            }
+        }
+    }
+
+    pub fn bin_str(&self, s: &str) -> BinOf {
+        match self {
+            Binner::Numeric { .. } => BinOf::Invalid,
+            Binner::Categorical { index, k } => BinOf::Bin(index.get(s).copied().unwrap_or(*k)),
+            Binner::Hashed { buckets } => {
+                BinOf::Bin((feature_hash(s) % u64::from(*buckets)) as u32)
+            }
+        }
+    }
+
+    pub fn bin(&self, v: &FeatureValue<'_>) -> BinOf {
+        match v {
+            FeatureValue::Num(x) => self.bin_num(*x),
+            FeatureValue::Cat(s) => self.bin_str(s),
+            FeatureValue::Hashed(h) => match self {
+                Binner::Hashed { buckets } => BinOf::Bin((h % u64::from(*buckets)) as u32),
+                Binner::Categorical { k, .. } => BinOf::Bin(*k),
+                Binner::Numeric { .. } => BinOf::Invalid,
+            },
+            FeatureValue::Missing => BinOf::Bin(self.missing()),
+            FeatureValue::NonFinite => BinOf::Invalid,
+        }
+    }
+
+    pub fn bin_prediction(&self, p: &Prediction<'_>) -> BinOf {
+        match p {
+            Prediction::Label(s) => self.bin_str(s),
+            Prediction::Value(x) => self.bin_num(*x),
+        }
+    }
+}
+
+/// Index into `[underflow, bin_0 .. bin_{k-1}, overflow, missing]`.
+fn numeric_bin(edges: &[f64], x: f64) -> u32 {
+    let k = edges.len() - 1;
+    if x < edges[0] {
+        return 0;
+    }
+    if x > edges[k] {
+        return k as u32 + 1;
+    }
+    // Number of edges e_1..e_k that are <= x is the bin; x == e_k closes the last bin.
+    let i = edges[1..].partition_point(|e| *e <= x).min(k - 1);
+    i as u32 + 1
+}
+
+/// The label a numeric value of a categorical feature is looked up by
+/// (`3` and `3.0` both as "3").
+fn num_label(x: f64) -> String {
+    if x.fract() == 0.0 && x.abs() < 1e15 {
+        format!("{}", x as i64)
+    } else {
+        format!("{x}")
+    }
+}
+
+fn num_label_hash(x: f64) -> u64 {
+    feature_hash(&num_label(x))
+}
+
+/// Which distribution a slot holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotRole {
+    Feature,
+    Prediction,
+    Confidence,
+}
+
+/// One distribution's place in the flat count array.
+#[derive(Debug, Clone)]
+pub struct Slot {
+    pub name: Arc<str>,
+    pub role: SlotRole,
+    pub binner: Binner,
+    pub offset: usize,
+    pub len: usize,
+}
+
+/// A baseline compiled for counting: every distribution of a model laid out
+/// in one flat array (features, then prediction, then confidence), so a pane
+/// is one contiguous row and expiring it is one vector subtraction.
+#[derive(Debug)]
+pub struct Layout {
+    pub baseline: Baseline,
+    pub slots: Vec<Slot>,
+    pub index: HashMap<Box<str>, u32>,
+    pub prediction: Option<usize>,
+    pub confidence: Option<usize>,
+    pub total_bins: usize,
+    /// Baseline counts in the same flat order.
+    pub baseline_counts: Vec<u64>,
+    /// Sum of baseline counts per slot.
+    pub baseline_totals: Vec<u64>,
+    /// How many named features (not prediction/confidence) there are.
+    pub feature_count: usize,
+}
+
+impl Layout {
+    pub fn new(baseline: Baseline) -> Layout {
+        let mut slots = Vec::new();
+        let mut offset = 0;
+        let mut baseline_counts = Vec::new();
+        let mut push = |f: &FeatureBaseline, role| {
+            let binner = Binner::new(&f.bins);
+            let len = binner.len();
+            slots.push(Slot {
+                name: f.name.as_str().into(),
+                role,
+                binner,
+                offset,
+                len,
+            });
+            baseline_counts.extend_from_slice(&f.counts);
+            offset += len;
+        };
+        for f in &baseline.features {
+            push(f, SlotRole::Feature);
+        }
+        let feature_count = baseline.features.len();
+        let prediction = baseline.prediction.as_ref().map(|f| {
+            push(f, SlotRole::Prediction);
+            feature_count
+        });
+        let confidence = baseline.confidence.as_ref().map(|f| {
+            push(f, SlotRole::Confidence);
+            feature_count + usize::from(prediction.is_some())
+        });
+        let index = slots[..feature_count]
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.as_ref().into(), i as u32))
+            .collect();
+        let baseline_totals = slots
+            .iter()
+            .map(|s| baseline_counts[s.offset..s.offset + s.len].iter().sum())
+            .collect();
+        Layout {
+            baseline,
+            slots,
+            index,
+            prediction,
+            confidence,
+            total_bins: offset,
+            baseline_counts,
+            baseline_totals,
+            feature_count,
+        }
+    }
+
+    /// The comparator's view of a slot's bins.
+    pub fn bin_layout(&self, slot: usize) -> BinLayout<'_> {
+        let fb = self.feature_baseline(slot);
+        match &fb.bins {
+            Bins::Numeric { edges, std, .. } => BinLayout::Numeric {
+                edges,
+                spread: *std,
+            },
+            Bins::Categorical { .. } => BinLayout::Categorical,
+            Bins::Hashed { .. } => BinLayout::Hashed,
+        }
+    }
+
+    pub fn feature_baseline(&self, slot: usize) -> &FeatureBaseline {
+        match self.slots[slot].role {
+            SlotRole::Feature => &self.baseline.features[slot],
+            SlotRole::Prediction => self.baseline.prediction.as_ref().expect("slot exists"),
+            SlotRole::Confidence => self.baseline.confidence.as_ref().expect("slot exists"),
+        }
+    }
+}
+
+/// Per-feature accumulation while reading reference data.
+#[derive(Debug, Default)]
+struct FeatureAcc {
+    values: Vec<f64>,
+    cats: HashMap<String, u64>,
+    /// Categorical values beyond the distinct-value cap; they land in `__other__`.
+    cats_overflow: u64,
+    hashed: Vec<u64>,
+    missing: u64,
+    invalid: u64,
+    seen_events: u64,
+}
+
+/// Distinct categorical values tracked per feature while building; beyond it
+/// values count as `__other__` (bounded memory on hostile input).
+const MAX_DISTINCT_WHILE_BUILDING: usize = 100_000;
+/// Features tracked per model while building.
+pub const MAX_BUILD_FEATURES: usize = 1024;
+
+impl FeatureAcc {
+    fn add(&mut self, v: &FeatureValue<'_>) {
+        self.seen_events += 1;
+        match v {
+            FeatureValue::Num(x) => self.values.push(*x),
+            FeatureValue::Cat(s) => self.add_cat(s),
+            FeatureValue::Hashed(h) => self.hashed.push(*h),
+            FeatureValue::Missing => self.missing += 1,
+            FeatureValue::NonFinite => self.invalid += 1,
+        }
+    }
+
+    fn add_cat(&mut self, s: &str) {
+        if let Some(c) = self.cats.get_mut(s) {
+            *c += 1;
+        } else if self.cats.len() < MAX_DISTINCT_WHILE_BUILDING {
+            self.cats.insert(s.to_owned(), 1);
+        } else {
+            self.cats_overflow += 1;
+        }
+    }
+
+    fn finish(mut self, name: &str, events: u64, binning: &Binning) -> FeatureBaseline {
+        // Events that lacked the feature count as missing.
+        let missing = self.missing + events.saturating_sub(self.seen_events);
+        let n_cat: u64 = self.cats.values().sum::<u64>() + self.cats_overflow;
+        let bins = if !self.hashed.is_empty() && self.hashed.len() as u64 >= n_cat {
+            Bins::Hashed {
+                buckets: binning.hash_buckets,
+            }
+        } else if self.values.len() as u64 >= n_cat && !self.values.is_empty() {
+            numeric_bins(&mut self.values, binning.numeric_bins)
+        } else {
+            let mut cats: Vec<(&String, &u64)> = self.cats.iter().collect();
+            // Most frequent first; ties by name so builds are reproducible.
+            cats.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+            Bins::Categorical {
+                categories: cats
+                    .iter()
+                    .take(binning.top_k)
+                    .map(|(c, _)| (*c).clone())
+                    .collect(),
+            }
+        };
+        let binner = Binner::new(&bins);
+        let mut counts = vec![0u64; binner.len()];
+        let miss = binner.missing() as usize;
+        counts[miss] += missing;
+        for x in &self.values {
+            if let BinOf::Bin(b) = binner.bin_num(*x) {
+                counts[b as usize] += 1;
+            }
+        }
+        for (c, n) in &self.cats {
+            if let BinOf::Bin(b) = binner.bin_str(c) {
+                counts[b as usize] += n;
+            }
+        }
+        if let Binner::Categorical { k, .. } = &binner {
+            counts[*k as usize] += self.cats_overflow;
+        }
+        for h in &self.hashed {
+            if let BinOf::Bin(b) = binner.bin(&FeatureValue::Hashed(*h)) {
+                counts[b as usize] += 1;
+            }
+        }
+        FeatureBaseline {
+            name: name.to_owned(),
+            bins,
+            counts,
+        }
+    }
+}
+
+/// Equal-frequency edges at the reference quantiles, duplicates merged.
+fn numeric_bins(values: &mut [f64], bins: usize) -> Bins {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    let mean = values.iter().sum::<f64>() / n as f64;
+    let var = values.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n as f64;
+    let mut edges: Vec<f64> = Vec::with_capacity(bins + 1);
+    for i in 0..=bins {
+        // Nearest-rank quantile: an edge is always an observed value.
+        let idx = ((i as f64 / bins as f64) * (n - 1) as f64).round() as usize;
+        let e = values[idx.min(n - 1)];
+        if edges.last().is_none_or(|l| e > *l) {
+            edges.push(e);
+        }
+    }
+    if edges.len() < 2 {
+        // A constant feature: one narrow bin around the value, so anything
+        // else shows up as underflow or overflow.
+        let v = edges[0];
+        let eps = (v.abs() * 1e-9).max(1e-9);
+        edges = vec![v, v + eps];
+    }
+    Bins::Numeric {
+        edges,
+        mean,
+        std: var.sqrt(),
+    }
+}
+
+/// Accumulates one model's reference events into a baseline.
+#[derive(Debug)]
+pub struct BaselineBuilder {
+    model: String,
+    events: u64,
+    features: Vec<(String, FeatureAcc)>,
+    index: HashMap<String, usize>,
+    prediction: FeatureAcc,
+    confidence: FeatureAcc,
+    /// Features beyond [`MAX_BUILD_FEATURES`], ignored.
+    pub dropped_features: u64,
+}
+
+impl BaselineBuilder {
+    pub fn new(model: &str) -> BaselineBuilder {
+        BaselineBuilder {
+            model: model.to_owned(),
+            events: 0,
+            features: Vec::new(),
+            index: HashMap::new(),
+            prediction: FeatureAcc::default(),
+            confidence: FeatureAcc::default(),
+            dropped_features: 0,
+        }
+    }
+
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    pub fn add(&mut self, ev: &Event<'_>) {
+        self.events += 1;
+        for (name, v) in &ev.features {
+            let i = match self.index.get(name.as_ref()) {
+                Some(i) => *i,
+                None if self.features.len() < MAX_BUILD_FEATURES => {
+                    self.features
+                        .push((name.to_string(), FeatureAcc::default()));
+                    self.index.insert(name.to_string(), self.features.len() - 1);
+                    self.features.len() - 1
+                }
+                None => {
+                    self.dropped_features += 1;
+                    continue;
+                }
+            };
+            self.features[i].1.add(v);
+        }
+        match &ev.prediction {
+            Some(Prediction::Label(l)) => {
+                self.prediction.seen_events += 1;
+                self.prediction.add_cat(l);
+            }
+            Some(Prediction::Value(x)) => self.prediction.add(&FeatureValue::Num(*x)),
+            None => {}
+        }
+        if let Some(c) = ev.confidence {
+            self.confidence.add(&FeatureValue::Num(c));
+        }
+    }
+
+    /// The finished baseline; `now_ms` stamps it.
+    pub fn finish(
+        self,
+        binning: &Binning,
+        source: &str,
+        now_ms: i64,
+    ) -> Result<Baseline, BaselineError> {
+        if self.events == 0 {
+            return Err(BaselineError::Empty {
+                model: Some(self.model),
+            });
+        }
+        let events = self.events;
+        let mut features: Vec<FeatureBaseline> = self
+            .features
+            .into_iter()
+            .map(|(name, acc)| acc.finish(&name, events, binning))
+            .collect();
+        // Sorted by name: files diff cleanly and layouts are stable.
+        features.sort_by(|a, b| a.name.cmp(&b.name));
+        let has_pred = self.prediction.seen_events > 0;
+        let has_conf = self.confidence.seen_events > 0;
+        let prediction = has_pred.then(|| self.prediction.finish(PREDICTION, events, binning));
+        let confidence = has_conf.then(|| self.confidence.finish(CONFIDENCE, events, binning));
+        let mut b = Baseline {
+            schema_version: SCHEMA_VERSION,
+            model: self.model,
+            version: String::new(),
+            created_at: rfc3339(now_ms),
+            source: source.to_owned(),
+            samples: events,
+            binning: *binning,
+            features,
+            prediction,
+            confidence,
+        };
+        b.version = version_of(&b);
+        Ok(b)
+    }
+}
+
+/// A content version: creation date plus a hash of the bins and counts, so
+/// two different baselines never share a version.
+fn version_of(b: &Baseline) -> String {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for f in b.all_features() {
+        h.update(f.name.as_bytes());
+        h.update(
+            serde_json::to_string(&f.bins)
+                .unwrap_or_default()
+                .as_bytes(),
+        );
+        for c in &f.counts {
+            h.update(&c.to_le_bytes());
+        }
+    }
+    let date: String = b
+        .created_at
+        .chars()
+        .filter(char::is_ascii_digit)
+        .take(8)
+        .collect();
+    format!("{date}-{:08x}", h.digest() as u32)
+}
+
+pub fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+impl fmt::Display for Bins {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({} bins)", self.kind(), self.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::{Decoded, Decoder};
+
+    fn build(lines: &[String]) -> Baseline {
+        let d = Decoder::new(Default::default());
+        let mut b = BaselineBuilder::new("m");
+        for l in lines {
+            if let Decoded::Event(e) = d.decode(l.as_bytes()) {
+                b.add(&e);
+            }
+        }
+        b.finish(&Binning::default(), "test", 0).unwrap()
+    }
+
+    fn lines(n: usize) -> Vec<String> {
+        (0..n)
+            .map(|i| {
+                let country = ["DE", "FR", "US"][i % 3];
+                format!(
+                    r#"{{"model_id":"m","prediction":"{}","confidence":{},"input_features":{{"x":{},"c":"{country}","k":7}}}}"#,
+                    if i % 4 == 0 { "a" } else { "b" },
+                    0.5 + (i % 50) as f64 / 100.0,
+                    i
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn numeric_bins_split_at_quantiles_with_all_counts_kept() {
+        let b = build(&lines(1000));
+        let x = b.features.iter().find(|f| f.name == "x").unwrap();
+        let Bins::Numeric { edges, mean, .. } = &x.bins else {
+            panic!()
+        };
+        assert_eq!(edges.len(), 11);
+        assert_eq!(edges[0], 0.0);
+        assert_eq!(edges[10], 999.0);
+        assert!((mean - 499.5).abs() < 1e-9);
+        // Equal frequency: every interior bin holds about a tenth.
+        for c in &x.counts[1..11] {
+            assert!((90..=110).contains(c), "{:?}", x.counts);
+        }
+        assert_eq!(x.counts[0], 0, "no underflow in the reference itself");
+        assert_eq!(x.counts.iter().sum::<u64>(), 1000);
+    }
+
+    #[test]
+    fn constant_feature_gets_one_narrow_bin() {
+        let b = build(&lines(100));
+        let k = b.features.iter().find(|f| f.name == "k").unwrap();
+        let Bins::Numeric { edges, .. } = &k.bins else {
+            panic!()
+        };
+        assert_eq!(edges.len(), 2);
+        let binner = Binner::new(&k.bins);
+        assert_eq!(binner.bin_num(7.0), BinOf::Bin(1));
+        assert_eq!(binner.bin_num(8.0), BinOf::Bin(2));
+        assert_eq!(binner.bin_num(6.0), BinOf::Bin(0));
+        assert_eq!(k.counts, vec![0, 100, 0, 0]);
+    }
+
+    #[test]
+    fn categorical_top_k_and_prediction_classes() {
+        let b = build(&lines(300));
+        let c = b.features.iter().find(|f| f.name == "c").unwrap();
+        assert_eq!(
+            c.bins,
+            Bins::Categorical {
+                categories: vec!["DE".into(), "FR".into(), "US".into()]
+            }
+        );
+        assert_eq!(c.counts, vec![100, 100, 100, 0, 0]);
+        let p = b.prediction.as_ref().unwrap();
+        assert_eq!(
+            p.bins,
+            Bins::Categorical {
+                categories: vec!["b".into(), "a".into()]
+            }
+        );
+        assert_eq!(p.counts, vec![225, 75, 0, 0]);
+        assert!(b.confidence.is_some());
+        assert!(b.validate().is_empty());
+    }
+
+    #[test]
+    fn numeric_binning_edges() {
+        let edges = [0.0, 1.0, 2.0, 3.0];
+        assert_eq!(numeric_bin(&edges, -0.1), 0);
+        assert_eq!(numeric_bin(&edges, 0.0), 1);
+        assert_eq!(numeric_bin(&edges, 0.99), 1);
+        assert_eq!(numeric_bin(&edges, 1.0), 2);
+        assert_eq!(numeric_bin(&edges, 3.0), 3);
+        assert_eq!(numeric_bin(&edges, 3.01), 4);
+    }
+
+    #[test]
+    fn save_load_round_trip_and_validation_names_the_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = build(&lines(100));
+        let path = b.save(dir.path()).unwrap();
+        assert_eq!(Baseline::load(&path).unwrap(), b);
+
+        let mut bad = b.clone();
+        if let Bins::Numeric { edges, .. } = &mut bad.features[2].bins {
+            edges[1] = edges[0];
+        }
+        bad.features[0].counts.pop();
+        let problems = bad.validate();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems.iter().any(|p| p.contains("strictly increasing")));
+        assert!(problems.iter().any(|p| p.contains("counts for")));
+
+        std::fs::write(dir.path().join("broken.json"), b"{\"schema_version\": 1").unwrap();
+        let errs = load_dir(dir.path()).unwrap_err();
+        assert_eq!(errs.len(), 1);
+        assert!(errs[0].to_string().contains("broken.json"), "{}", errs[0]);
+    }
+
+    #[test]
+    fn file_names_are_safe_for_any_model_id() {
+        assert_eq!(file_stem("../etc/passwd"), "_etc_passwd");
+        assert_eq!(file_stem("fraud-v1.2"), "fraud-v1.2");
+    }
+
+    #[test]
+    fn hashed_values_land_in_stable_buckets() {
+        let binner = Binner::new(&Bins::Hashed { buckets: 8 });
+        let a = binner.bin_str("alice@example.com");
+        assert_eq!(
+            a,
+            binner.bin(&FeatureValue::Hashed(feature_hash("alice@example.com")))
+        );
+        assert_eq!(binner.bin(&FeatureValue::Missing), BinOf::Bin(8));
+    }
+}

@@ -1,0 +1,399 @@
+//! The command line: subcommands, their flags, and exit codes.
+//!
+//! This module owns argument parsing (clap) and the mapping from failures to
+//! exit codes: 2 for usage errors (bad flags, unreadable input or baseline
+//! files), 64 (EX_USAGE) for an invalid configuration, 1 for anything else.
+//! Errors are printed once, here, with their cause chain.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::{Config, ConfigError};
+use crate::decode::Decoder;
+use crate::engine::Engine;
+use crate::generate::{Generator, GeneratorConfig};
+use crate::replay::{self, Input};
+use crate::window::WindowSpec;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "driftd",
+    version,
+    about = "Drift monitor for ML inference logs: Kafka in, Prometheus and Alertmanager out"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build, or inspect, per-model baselines from reference logs.
+    #[command(subcommand)]
+    Baseline(BaselineCommand),
+    /// Run the engine over a log file in event time and print scores and verdicts.
+    Replay(ReplayArgs),
+    /// Write seed-shaped inference logs (sample data, benchmarks, tests).
+    Generate(GenerateArgs),
+    /// Validate a configuration file (and DRIFTD__* variables) without running.
+    CheckConfig(ConfigArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BaselineCommand {
+    /// Build one baseline file per model from reference logs.
+    Build(BuildArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// TOML configuration file (see config/driftd.toml).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Reference logs, one JSON object per line; `-` for stdin.
+    #[arg(long, short)]
+    pub input: String,
+    /// Only build the baseline of this model.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Directory to write <model>.json files into (created if missing).
+    #[arg(long, short)]
+    pub output: PathBuf,
+    /// Configuration for the field mapping and binning.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Equal-frequency bins per numeric feature (2 to 64; overrides config).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(2..=64))]
+    pub bins: Option<u64>,
+    /// Categories kept per categorical feature (overrides config).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10000))]
+    pub top_k: Option<u64>,
+    /// Never show a progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// Directory of baseline files (from `driftd baseline build`).
+    #[arg(long, short)]
+    pub baselines: PathBuf,
+    /// Logs to replay, one JSON object per line; `-` for stdin.
+    #[arg(long, short)]
+    pub input: String,
+    /// Configuration for field mapping, rules and windows.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Window length (overrides config), e.g. 10m.
+    #[arg(long, value_parser = parse_duration)]
+    pub window: Option<Duration>,
+    /// Pane length (overrides config), e.g. 30s.
+    #[arg(long, value_parser = parse_duration)]
+    pub pane: Option<Duration>,
+    /// Evaluation interval in event time (overrides config), e.g. 30s.
+    #[arg(long, value_parser = parse_duration)]
+    pub every: Option<Duration>,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Output file; `-` for stdout.
+    #[arg(long, short)]
+    pub output: String,
+    /// Lines to write.
+    #[arg(long, default_value_t = 10_000)]
+    pub lines: u64,
+    /// Seed of the models (distributions, vocabularies).
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Seed of the line stream (default: --seed). Same --seed with another
+    /// --stream-seed gives fresh lines from the same models.
+    #[arg(long)]
+    pub stream_seed: Option<u64>,
+    /// Models (fraud-v1, recsys-v3, then model-02 ...).
+    #[arg(long, default_value_t = 2)]
+    pub models: usize,
+    /// Input features per model.
+    #[arg(long, default_value_t = 8)]
+    pub features: usize,
+    /// Lines per second of event time.
+    #[arg(long, default_value_t = 10.0)]
+    pub rate: f64,
+    /// Event time of the first line (RFC 3339).
+    #[arg(long, default_value = "2025-12-14T10:00:00Z")]
+    pub start: String,
+    /// Inject the standard drifts after this fraction of the lines (0 to 1).
+    #[arg(long)]
+    pub drift_at: Option<f64>,
+    /// Only inference records (no timing, feedback, error or malformed lines).
+    #[arg(long)]
+    pub inference_only: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e}; write e.g. 30s, 10m, 1h"))
+}
+
+/// How a command failed, which decides the exit code.
+#[derive(Debug)]
+pub enum Failure {
+    Usage(anyhow::Error),
+    Config(ConfigError),
+    Runtime(anyhow::Error),
+}
+
+impl From<ConfigError> for Failure {
+    fn from(e: ConfigError) -> Self {
+        Failure::Config(e)
+    }
+}
+
+impl Failure {
+    pub fn code(&self) -> u8 {
+        match self {
+            Failure::Usage(_) => 2,
+            Failure::Config(_) => 64,
+            Failure::Runtime(_) => 1,
+        }
+    }
+
+    pub fn print(&self) {
+        let mut err = std::io::stderr().lock();
+        match self {
+            Failure::Config(e) => {
+                let _ = writeln!(err, "error: {e}");
+            }
+            Failure::Usage(e) | Failure::Runtime(e) => {
+                let _ = writeln!(err, "error: {e}");
+                for cause in e.chain().skip(1) {
+                    let _ = writeln!(err, "  caused by: {cause}");
+                }
+            }
+        }
+    }
+}
+
+/// Parses arguments, runs the command, and returns the exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            f.print();
+            ExitCode::from(f.code())
+        }
+    }
+}
+
+pub fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Baseline(BaselineCommand::Build(a)) => baseline_build(a),
+        Command::Replay(a) => replay_cmd(a),
+        Command::Generate(a) => generate(a).map_err(Failure::Runtime),
+        Command::CheckConfig(a) => {
+            let cfg = Config::load(a.config.as_deref())?;
+            println!("{}: ok", cfg.source);
+            Ok(())
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn progress_bar(size: Option<u64>, quiet: bool) -> indicatif::ProgressBar {
+    if quiet || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb = match size {
+        Some(n) => indicatif::ProgressBar::new(n),
+        None => indicatif::ProgressBar::new_spinner(),
+    };
+    let style = indicatif::ProgressStyle::with_template(
+        "{spinner} {bytes}/{total_bytes} {bytes_per_sec} [{wide_bar}] {eta}",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    pb.set_style(style);
+    pb
+}
+
+fn baseline_build(a: BuildArgs) -> Result<(), Failure> {
+    let mut cfg = Config::load(a.config.as_deref())?;
+    if let Some(b) = a.bins {
+        cfg.engine.binning.numeric_bins = b as usize;
+    }
+    if let Some(k) = a.top_k {
+        cfg.engine.binning.top_k = k as usize;
+    }
+    let input = Input::parse(&a.input);
+    let (mut reader, size) = input.open().map_err(|e| Failure::Usage(e.into()))?;
+    std::fs::create_dir_all(&a.output)
+        .with_context(|| format!("cannot create output directory {}", a.output.display()))
+        .map_err(Failure::Usage)?;
+    let pb = progress_bar(size, a.quiet);
+    let decoder = Decoder::new(cfg.engine.decode.clone());
+    let built = replay::build_baselines(
+        &decoder,
+        &input,
+        &mut reader,
+        a.model.as_deref(),
+        &cfg.engine.binning,
+        now_ms(),
+        |b| pb.set_position(b),
+    )
+    .map_err(|e| Failure::Usage(e.into()))?;
+    pb.finish_and_clear();
+    for b in &built.baselines {
+        let path = b.save(&a.output).map_err(|e| Failure::Runtime(e.into()))?;
+        eprintln!(
+            "wrote {} (model {}, version {}, {} events, {} features)",
+            path.display(),
+            b.model,
+            b.version,
+            b.samples,
+            b.features.len()
+        );
+    }
+    for line in built.first_bad.describe(&input.name(), &built.stats) {
+        eprintln!("warning: {line}");
+    }
+    Ok(())
+}
+
+fn replay_cmd(a: ReplayArgs) -> Result<(), Failure> {
+    let mut cfg = Config::load(a.config.as_deref())?;
+    if let WindowSpec::Time { length_ms, pane_ms } = &mut cfg.engine.window {
+        if let Some(w) = a.window {
+            *length_ms = w.as_millis() as i64;
+        }
+        if let Some(p) = a.pane {
+            *pane_ms = p.as_millis() as i64;
+        }
+        if *pane_ms <= 0 || *pane_ms > *length_ms {
+            return Err(Failure::Usage(anyhow::anyhow!(
+                "--pane must be positive and no longer than --window"
+            )));
+        }
+    }
+    let every = a.every.unwrap_or(cfg.every).as_millis() as i64;
+    if every <= 0 {
+        return Err(Failure::Usage(anyhow::anyhow!("--every must be positive")));
+    }
+    // Replay trusts event time: nothing is "in the future" of a file.
+    cfg.engine.max_future_ms = None;
+    let baselines = replay::load_baselines(&a.baselines).map_err(|errs| {
+        let list: Vec<String> = errs.iter().map(|e| format!("  - {e}")).collect();
+        Failure::Usage(anyhow::anyhow!(
+            "{} problem{} with the baselines in {}:\n{}",
+            errs.len(),
+            if errs.len() == 1 { "" } else { "s" },
+            a.baselines.display(),
+            list.join("\n")
+        ))
+    })?;
+    if baselines.is_empty() {
+        return Err(Failure::Usage(anyhow::anyhow!(
+            "no baseline files (*.json) in {}; build them with `driftd baseline build --input REFERENCE.jsonl --output {}`",
+            a.baselines.display(),
+            a.baselines.display()
+        )));
+    }
+    let input = Input::parse(&a.input);
+    let (mut reader, size) = input.open().map_err(|e| Failure::Usage(e.into()))?;
+    let pb = progress_bar(size, false);
+    let mut engine = Engine::new(cfg.engine.clone(), baselines);
+    let result = replay::replay(&mut engine, &input, &mut reader, every, |b| {
+        pb.set_position(b)
+    })
+    .map_err(|e| Failure::Runtime(e.into()))?;
+    pb.finish_and_clear();
+    let mut out = std::io::stdout().lock();
+    let written = match a.format {
+        Format::Table => out.write_all(replay::render_table(&result).as_bytes()),
+        Format::Json => serde_json::to_writer_pretty(&mut out, &replay::render_json(&result))
+            .map_err(std::io::Error::other)
+            .and_then(|_| out.write_all(b"\n")),
+    };
+    // A closed pipe (`| head`) is not an error worth a message.
+    if let Err(e) = written {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            return Err(Failure::Runtime(e.into()));
+        }
+    }
+    for line in result
+        .first_bad
+        .describe(&input.name(), &result.stats.decode)
+    {
+        eprintln!("warning: {line}");
+    }
+    Ok(())
+}
+
+fn generate(a: GenerateArgs) -> anyhow::Result<()> {
+    let start = chrono::DateTime::parse_from_rfc3339(&a.start)
+        .with_context(|| {
+            format!(
+                "--start {:?} is not RFC 3339, e.g. 2025-12-14T10:00:00Z",
+                a.start
+            )
+        })?
+        .timestamp_millis();
+    anyhow::ensure!(
+        a.rate > 0.0 && a.rate.is_finite(),
+        "--rate must be a positive number of lines per second"
+    );
+    let step = 1000.0 / a.rate;
+    let mut gcfg = GeneratorConfig::synthetic(a.seed, a.models, a.features);
+    gcfg.stream_seed = a.stream_seed;
+    if a.inference_only {
+        gcfg = gcfg.inference_only();
+    }
+    if let Some(f) = a.drift_at {
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&f),
+            "--drift-at is a fraction of the lines, 0 to 1"
+        );
+        let at = start + (a.lines as f64 * f * step) as i64;
+        gcfg.drifts = crate::generate::standard_drifts(at);
+    }
+    let mut g = Generator::try_new(gcfg).map_err(|e| anyhow::anyhow!("{}", e.0))?;
+    let mut out: Box<dyn Write> = if a.output == "-" {
+        Box::new(std::io::BufWriter::new(std::io::stdout().lock()))
+    } else {
+        let f = std::fs::File::create(&a.output)
+            .with_context(|| format!("cannot create {}", a.output))?;
+        Box::new(std::io::BufWriter::with_capacity(1 << 20, f))
+    };
+    let mut buf = String::with_capacity(1024);
+    for i in 0..a.lines {
+        let t = start + (i as f64 * step) as i64;
+        g.next_line(t, &mut buf);
+        buf.push('\n');
+        if let Err(e) = out.write_all(buf.as_bytes()) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                return Ok(());
+            }
+            return Err(e).context("writing generated lines");
+        }
+    }
+    out.flush().context("writing generated lines")?;
+    Ok(())
+}

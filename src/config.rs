@@ -1,0 +1,1119 @@
+//! Configuration: a TOML file, overridden by `DRIFTD__SECTION__KEY`
+//! environment variables, read through the `config` crate.
+//!
+//! This module owns turning what the user wrote into typed settings. It
+//! happens in two steps, like Vector's: raw serde structs that reject unknown
+//! keys, then validation into typed values (durations, non-zero counts,
+//! parsed pointers). Every problem is collected, each naming its key and the
+//! value found, so one edit fixes them all; `driftd` exits 64 (EX_USAGE)
+//! before binding any port when there is one.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::FixedOffset;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use crate::baseline::Binning;
+use crate::compare::{CompareOptions, Metric};
+use crate::decode::{DecodeConfig, FeatureFilter, Pointer};
+use crate::detect::{DetectConfig, Rule, Target};
+use crate::engine::{AutoBaseline, EngineConfig};
+use crate::window::WindowSpec;
+
+/// One problem with the configuration: the key and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {message}")]
+    Read { path: PathBuf, message: String },
+    #[error("{} has {} problem{}:\n{}", source_name, problems.len(), if problems.len() == 1 { "" } else { "s" },
+        problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        source_name: String,
+        problems: Vec<Problem>,
+    },
+}
+
+// ---------------------------------------------------------------------------
+// Raw structs: what the file may say. Every field optional, unknown keys
+// rejected.
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDecode {
+    timestamp_offset: Option<String>,
+    max_line_bytes: Option<u64>,
+    max_features: Option<u64>,
+    max_feature_depth: Option<u64>,
+    fields: Option<RawFields>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFields {
+    model: Option<StringOrList>,
+    timestamp: Option<String>,
+    features: Option<String>,
+    prediction: Option<String>,
+    confidence: Option<String>,
+    arm: Option<String>,
+    level: Option<String>,
+    request_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum StringOrList {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFeatures {
+    allow: Option<Vec<String>>,
+    deny: Option<Vec<String>>,
+    hash: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWindow {
+    kind: Option<String>,
+    length: Option<String>,
+    pane: Option<String>,
+    events: Option<u64>,
+    panes: Option<u64>,
+    max_future: Option<String>,
+    per_arm: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEvaluation {
+    every: Option<String>,
+    min_samples: Option<u64>,
+    #[serde(rename = "for")]
+    for_evaluations: Option<u64>,
+    resolve_after: Option<u64>,
+    hysteresis: Option<f64>,
+    smoothing: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    metric: String,
+    warning: f64,
+    critical: f64,
+    target: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBaselines {
+    dir: Option<String>,
+    numeric_bins: Option<u64>,
+    top_k: Option<u64>,
+    hash_buckets: Option<u64>,
+    auto_after_events: Option<u64>,
+    watch: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_models: Option<u64>,
+    max_arms_per_model: Option<u64>,
+    model_idle: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKafka {
+    brokers: Option<String>,
+    topics: Option<StringOrList>,
+    group_id: Option<String>,
+    commit_interval: Option<String>,
+    rewind_on_start: Option<bool>,
+    properties: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCheckpoint {
+    enabled: Option<bool>,
+    dir: Option<String>,
+    kafka_topic: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    listen: Option<String>,
+    admin_token: Option<String>,
+    admin_token_file: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<String>,
+    level: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShutdown {
+    grace: Option<String>,
+}
+
+// ---------------------------------------------------------------------------
+// Typed config.
+
+/// Kafka consumer settings.
+#[derive(Clone)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    pub topics: Vec<String>,
+    pub group_id: String,
+    pub commit_interval: Duration,
+    /// Without a checkpoint, start from `now - window` by offsets-for-times.
+    pub rewind_on_start: bool,
+    /// Passed to librdkafka as they are (TLS, SASL, queue limits ...).
+    /// Values `env:NAME` and `file:PATH` are resolved at load time.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl fmt::Debug for KafkaConfig {
+    // Properties may hold secrets: print their keys only.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("topics", &self.topics)
+            .field("group_id", &self.group_id)
+            .field("commit_interval", &self.commit_interval)
+            .field("rewind_on_start", &self.rewind_on_start)
+            .field("properties", &self.properties.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CheckpointConfig {
+    pub enabled: bool,
+    pub dir: PathBuf,
+    pub kafka_topic: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    /// Bearer token for the admin endpoints; `None` disables them.
+    pub admin_token: Option<String>,
+}
+
+impl fmt::Debug for HttpConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpConfig")
+            .field("listen", &self.listen)
+            .field(
+                "admin_token",
+                &self.admin_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+    /// Text on a terminal, JSON otherwise.
+    Auto,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub engine: EngineConfig,
+    pub every: Duration,
+    pub baselines_dir: PathBuf,
+    pub watch_baselines: bool,
+    pub model_idle: Duration,
+    pub kafka: Option<KafkaConfig>,
+    pub checkpoint: CheckpointConfig,
+    pub http: HttpConfig,
+    pub log: LogConfig,
+    pub grace: Duration,
+    /// Where it came from, for messages.
+    pub source: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            engine: EngineConfig::default(),
+            every: Duration::from_secs(30),
+            baselines_dir: PathBuf::from("baselines"),
+            watch_baselines: true,
+            model_idle: Duration::from_secs(3600),
+            kafka: None,
+            checkpoint: CheckpointConfig {
+                enabled: true,
+                dir: PathBuf::from("state"),
+                kafka_topic: None,
+            },
+            http: HttpConfig {
+                listen: "127.0.0.1:9400".parse().expect("valid"),
+                admin_token: None,
+            },
+            log: LogConfig {
+                format: LogFormat::Auto,
+                level: "info".into(),
+            },
+            grace: Duration::from_secs(5),
+            source: "defaults".into(),
+        }
+    }
+}
+
+const SECTIONS: &[&str] = &[
+    "decode",
+    "features",
+    "window",
+    "evaluation",
+    "rules",
+    "baselines",
+    "limits",
+    "kafka",
+    "checkpoint",
+    "http",
+    "log",
+    "shutdown",
+];
+
+impl Config {
+    /// Reads `path` (if any) and the `DRIFTD__*` environment, and validates.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut b = config::Config::builder();
+        if let Some(p) = path {
+            if !p.exists() {
+                return Err(ConfigError::Read {
+                    path: p.to_owned(),
+                    message: "no such file (pass --config with the path of a TOML file, e.g. config/driftd.toml)".into(),
+                });
+            }
+            b = b.add_source(config::File::from(p).format(config::FileFormat::Toml));
+        }
+        b = b.add_source(
+            config::Environment::with_prefix("DRIFTD")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("kafka.topics")
+                .with_list_parse_key("features.allow")
+                .with_list_parse_key("features.deny")
+                .with_list_parse_key("features.hash")
+                .with_list_parse_key("decode.fields.model"),
+        );
+        let source_name =
+            path.map_or_else(|| "environment".to_owned(), |p| p.display().to_string());
+        let built = b.build().map_err(|e| ConfigError::Read {
+            path: path.map(Path::to_owned).unwrap_or_default(),
+            message: e.to_string(),
+        })?;
+        let value: serde_json::Value = built.try_deserialize().map_err(|e| ConfigError::Read {
+            path: path.map(Path::to_owned).unwrap_or_default(),
+            message: e.to_string(),
+        })?;
+        Config::from_value(value, &source_name)
+    }
+
+    /// Parses TOML text (tests, `check-config` on stdin).
+    pub fn from_toml(text: &str, source_name: &str) -> Result<Config, ConfigError> {
+        let built = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .build()
+            .map_err(|e| ConfigError::Invalid {
+                source_name: source_name.into(),
+                problems: vec![Problem {
+                    key: "(file)".into(),
+                    message: e.to_string(),
+                }],
+            })?;
+        let value: serde_json::Value =
+            built.try_deserialize().map_err(|e| ConfigError::Invalid {
+                source_name: source_name.into(),
+                problems: vec![Problem {
+                    key: "(file)".into(),
+                    message: e.to_string(),
+                }],
+            })?;
+        Config::from_value(value, source_name)
+    }
+
+    fn from_value(value: serde_json::Value, source_name: &str) -> Result<Config, ConfigError> {
+        let mut p = Problems::default();
+        let mut root = match value {
+            serde_json::Value::Object(m) => m,
+            serde_json::Value::Null => serde_json::Map::new(),
+            other => {
+                p.push(
+                    "(file)",
+                    format!("must be a table of sections, found {other}"),
+                );
+                serde_json::Map::new()
+            }
+        };
+        for key in root.keys() {
+            if !SECTIONS.contains(&key.as_str()) {
+                p.push(
+                    key,
+                    format!("unknown section; the sections are: {}", SECTIONS.join(", ")),
+                );
+            }
+        }
+        let decode: RawDecode = section(&mut root, "decode", &mut p);
+        let features: RawFeatures = section(&mut root, "features", &mut p);
+        let window: RawWindow = section(&mut root, "window", &mut p);
+        let evaluation: RawEvaluation = section(&mut root, "evaluation", &mut p);
+        let rules: Option<Vec<RawRule>> = section(&mut root, "rules", &mut p);
+        let baselines: RawBaselines = section(&mut root, "baselines", &mut p);
+        let limits: RawLimits = section(&mut root, "limits", &mut p);
+        let kafka: Option<RawKafka> = section(&mut root, "kafka", &mut p);
+        let checkpoint: RawCheckpoint = section(&mut root, "checkpoint", &mut p);
+        let http: RawHttp = section(&mut root, "http", &mut p);
+        let log: RawLog = section(&mut root, "log", &mut p);
+        let shutdown: RawShutdown = section(&mut root, "shutdown", &mut p);
+
+        let d = Config::default();
+        let mut cfg = d.clone();
+        cfg.source = source_name.to_owned();
+
+        // decode
+        let mut dec = DecodeConfig::default();
+        if let Some(s) = decode.timestamp_offset {
+            match parse_offset(&s) {
+                Some(o) => dec.local_offset = o,
+                None => p.push(
+                    "decode.timestamp_offset",
+                    format!(
+                        "{s:?} is not a UTC offset; write it as \"+02:00\", \"-05:30\" or \"Z\""
+                    ),
+                ),
+            }
+        }
+        if let Some(v) = decode.max_line_bytes {
+            dec.max_line_bytes = p.range("decode.max_line_bytes", v, 64, 64 << 20) as usize;
+        }
+        if let Some(v) = decode.max_features {
+            dec.max_features = p.range("decode.max_features", v, 1, 10_000) as usize;
+        }
+        if let Some(v) = decode.max_feature_depth {
+            dec.max_feature_depth = p.range("decode.max_feature_depth", v, 1, 32) as usize;
+        }
+        if let Some(f) = decode.fields {
+            let m = &mut dec.mapping;
+            let mut ptr = |key: &str, v: Option<String>, slot: &mut Pointer| {
+                if let Some(s) = v {
+                    match Pointer::parse(&s) {
+                        Ok(ptr) => *slot = ptr,
+                        Err(e) => p.push(&format!("decode.fields.{key}"), e.to_string()),
+                    }
+                }
+            };
+            ptr("timestamp", f.timestamp, &mut m.timestamp);
+            ptr("features", f.features, &mut m.features);
+            ptr("prediction", f.prediction, &mut m.prediction);
+            ptr("confidence", f.confidence, &mut m.confidence);
+            ptr("arm", f.arm, &mut m.arm);
+            ptr("level", f.level, &mut m.level);
+            ptr("request_id", f.request_id, &mut m.request_id);
+            if let Some(models) = f.model {
+                let list = match models {
+                    StringOrList::One(s) => vec![s],
+                    StringOrList::Many(v) => v,
+                };
+                if list.is_empty() || list.len() > 4 {
+                    p.push(
+                        "decode.fields.model",
+                        format!("give 1 to 4 pointers tried in order, found {}", list.len()),
+                    );
+                } else {
+                    let mut parsed = Vec::new();
+                    for s in list {
+                        match Pointer::parse(&s) {
+                            Ok(x) => parsed.push(x),
+                            Err(e) => p.push("decode.fields.model", e.to_string()),
+                        }
+                    }
+                    if !parsed.is_empty() {
+                        m.model = parsed;
+                    }
+                }
+            }
+        }
+        // features
+        let mut filter = FeatureFilter::default();
+        if let Some(a) = features.allow {
+            if !a.is_empty() {
+                filter.allow = Some(a.into_iter().collect());
+            }
+        }
+        filter.deny = features.deny.unwrap_or_default().into_iter().collect();
+        filter.hash = features.hash.unwrap_or_default().into_iter().collect();
+        for h in &filter.hash {
+            if filter.deny.contains(h) {
+                p.push(
+                    "features.hash",
+                    format!("{h:?} is also in features.deny; keep it in one list"),
+                );
+            }
+        }
+        dec.filter = filter;
+        cfg.engine.decode = dec;
+
+        // window
+        let kind = window.kind.as_deref().unwrap_or("time");
+        match kind {
+            "time" => {
+                let length = p.duration(
+                    "window.length",
+                    window.length.as_deref(),
+                    Duration::from_secs(600),
+                );
+                let pane = p.duration(
+                    "window.pane",
+                    window.pane.as_deref(),
+                    Duration::from_secs(30),
+                );
+                if pane > length {
+                    p.push(
+                        "window.pane",
+                        format!(
+                            "{} is longer than window.length {}; a pane is a slice of the window",
+                            humantime::format_duration(pane),
+                            humantime::format_duration(length)
+                        ),
+                    );
+                } else if !pane.is_zero() && length.as_millis() / pane.as_millis().max(1) > 1440 {
+                    p.push(
+                        "window.pane",
+                        "more than 1440 panes per window; use a longer pane (memory is panes x bins)".into(),
+                    );
+                }
+                if pane < Duration::from_millis(100) {
+                    p.push("window.pane", "must be at least 100ms".into());
+                }
+                cfg.engine.window = WindowSpec::Time {
+                    length_ms: length.as_millis() as i64,
+                    pane_ms: pane.as_millis().max(1) as i64,
+                };
+            }
+            "count" => {
+                let events = p.range(
+                    "window.events",
+                    window.events.unwrap_or(10_000),
+                    10,
+                    100_000_000,
+                );
+                let panes = p.range("window.panes", window.panes.unwrap_or(20), 1, 1440) as usize;
+                cfg.engine.window = WindowSpec::Count { events, panes };
+            }
+            other => p.push(
+                "window.kind",
+                format!("{other:?} is not a window kind; use \"time\" or \"count\""),
+            ),
+        }
+        let max_future = p.duration(
+            "window.max_future",
+            window.max_future.as_deref(),
+            Duration::from_secs(300),
+        );
+        cfg.engine.max_future_ms = Some(max_future.as_millis() as i64);
+        cfg.engine.per_arm = window.per_arm.unwrap_or(true);
+
+        // evaluation
+        cfg.every = p.duration("evaluation.every", evaluation.every.as_deref(), d.every);
+        if cfg.every < Duration::from_millis(100) {
+            p.push("evaluation.every", "must be at least 100ms".into());
+        }
+        let mut det = DetectConfig::default();
+        if let Some(v) = evaluation.min_samples {
+            det.min_samples = p.range("evaluation.min_samples", v, 1, u64::MAX);
+        }
+        if let Some(v) = evaluation.for_evaluations {
+            det.for_evaluations = p.range("evaluation.for", v, 1, 1000) as u32;
+        }
+        if let Some(v) = evaluation.resolve_after {
+            det.resolve_after = p.range("evaluation.resolve_after", v, 1, 1000) as u32;
+        }
+        if let Some(h) = evaluation.hysteresis {
+            if !(h > 0.0 && h <= 1.0) {
+                p.push(
+                    "evaluation.hysteresis",
+                    format!("{h} must be in (0, 1]; 0.8 clears at 80% of the warning threshold"),
+                );
+            } else {
+                det.hysteresis = h;
+            }
+        }
+        if let Some(s) = evaluation.smoothing {
+            if !(s.is_finite() && (0.0..=10.0).contains(&s)) {
+                p.push(
+                    "evaluation.smoothing",
+                    format!("{s} must be between 0 and 10 (pseudo-counts per bin)"),
+                );
+            } else {
+                cfg.engine.compare = CompareOptions { smoothing: s };
+            }
+        }
+        if let Some(rules) = rules {
+            let mut typed = Vec::new();
+            for (i, r) in rules.into_iter().enumerate() {
+                let key = format!("rules[{i}]");
+                let metric = match r.metric.parse::<Metric>() {
+                    Ok(m) => m,
+                    Err(e) => {
+                        p.push(&format!("{key}.metric"), e.to_string());
+                        continue;
+                    }
+                };
+                let target = match r.target.as_deref().unwrap_or("all") {
+                    "all" => Target::All,
+                    "features" => Target::Features,
+                    "prediction" => Target::Prediction,
+                    "confidence" => Target::Confidence,
+                    other => {
+                        p.push(
+                            &format!("{key}.target"),
+                            format!("{other:?} is not a target; use all, features, prediction or confidence"),
+                        );
+                        continue;
+                    }
+                };
+                let rule = Rule {
+                    metric,
+                    warning: r.warning,
+                    critical: r.critical,
+                    target,
+                };
+                for msg in rule.problems() {
+                    p.push(&key, msg);
+                }
+                typed.push(rule);
+            }
+            det.rules = typed;
+        }
+        cfg.engine.detect = det;
+
+        // baselines
+        if let Some(dir) = baselines.dir {
+            cfg.baselines_dir = PathBuf::from(dir);
+        }
+        let mut binning = Binning::default();
+        if let Some(v) = baselines.numeric_bins {
+            binning.numeric_bins = p.range("baselines.numeric_bins", v, 2, 64) as usize;
+        }
+        if let Some(v) = baselines.top_k {
+            binning.top_k = p.range("baselines.top_k", v, 1, 10_000) as usize;
+        }
+        if let Some(v) = baselines.hash_buckets {
+            binning.hash_buckets = p.range("baselines.hash_buckets", v, 1, 4096) as usize;
+        }
+        cfg.engine.binning = binning;
+        cfg.engine.auto_baseline = match baselines.auto_after_events {
+            None | Some(0) => None,
+            Some(n) => Some(AutoBaseline {
+                after_events: p.range("baselines.auto_after_events", n, 100, 100_000_000),
+            }),
+        };
+        cfg.watch_baselines = baselines.watch.unwrap_or(true);
+
+        // limits
+        if let Some(v) = limits.max_models {
+            cfg.engine.max_models = p.range("limits.max_models", v, 1, 100_000) as usize;
+        }
+        if let Some(v) = limits.max_arms_per_model {
+            cfg.engine.max_arms_per_model = p.range("limits.max_arms_per_model", v, 0, 64) as usize;
+        }
+        cfg.model_idle = p.duration(
+            "limits.model_idle",
+            limits.model_idle.as_deref(),
+            d.model_idle,
+        );
+
+        // kafka
+        if let Some(k) = kafka {
+            let brokers = k.brokers.unwrap_or_default();
+            if brokers.trim().is_empty() {
+                p.push(
+                    "kafka.brokers",
+                    "missing: set a comma-separated host:port list, or DRIFTD__KAFKA__BROKERS"
+                        .into(),
+                );
+            }
+            let topics = match k.topics {
+                Some(StringOrList::One(s)) => s
+                    .split(',')
+                    .map(|t| t.trim().to_owned())
+                    .filter(|t| !t.is_empty())
+                    .collect(),
+                Some(StringOrList::Many(v)) => v,
+                None => Vec::new(),
+            };
+            if topics.is_empty() {
+                p.push(
+                    "kafka.topics",
+                    "missing: name at least one topic to consume".into(),
+                );
+            }
+            let group_id = k.group_id.unwrap_or_else(|| "driftd".into());
+            if group_id.is_empty() {
+                p.push("kafka.group_id", "must not be empty".into());
+            }
+            let commit_interval = p.duration(
+                "kafka.commit_interval",
+                k.commit_interval.as_deref(),
+                Duration::from_secs(5),
+            );
+            let mut properties = BTreeMap::new();
+            for (key, v) in k.properties.unwrap_or_default() {
+                match resolve_secret(&v) {
+                    Ok(v) => {
+                        properties.insert(key, v);
+                    }
+                    // The message names the variable or file, never the value.
+                    Err(msg) => p.push(&format!("kafka.properties.{key}"), msg),
+                }
+            }
+            for reserved in [
+                "bootstrap.servers",
+                "group.id",
+                "enable.auto.offset.store",
+                "enable.auto.commit",
+            ] {
+                if properties.contains_key(reserved) {
+                    p.push(
+                        &format!("kafka.properties.{reserved}"),
+                        "is set by driftd itself (use kafka.brokers / kafka.group_id); remove it"
+                            .into(),
+                    );
+                }
+            }
+            cfg.kafka = Some(KafkaConfig {
+                brokers,
+                topics,
+                group_id,
+                commit_interval,
+                rewind_on_start: k.rewind_on_start.unwrap_or(true),
+                properties,
+            });
+        }
+
+        // checkpoint
+        cfg.checkpoint = CheckpointConfig {
+            enabled: checkpoint.enabled.unwrap_or(true),
+            dir: checkpoint
+                .dir
+                .map_or(d.checkpoint.dir.clone(), PathBuf::from),
+            kafka_topic: checkpoint.kafka_topic.filter(|t| !t.is_empty()),
+        };
+
+        // http
+        if let Some(l) = http.listen {
+            match l.parse::<SocketAddr>() {
+                Ok(a) => cfg.http.listen = a,
+                Err(_) => p.push(
+                    "http.listen",
+                    format!("{l:?} is not an address; write it as \"0.0.0.0:9400\""),
+                ),
+            }
+        }
+        cfg.http.admin_token = match (http.admin_token, http.admin_token_file) {
+            (Some(_), Some(_)) => {
+                p.push(
+                    "http.admin_token",
+                    "set admin_token or admin_token_file, not both".into(),
+                );
+                None
+            }
+            (Some(t), None) => match resolve_secret(&t) {
+                Ok(t) if t.len() >= 16 => Some(t),
+                Ok(_) => {
+                    p.push(
+                        "http.admin_token",
+                        "too short: use at least 16 characters".into(),
+                    );
+                    None
+                }
+                Err(m) => {
+                    p.push("http.admin_token", m);
+                    None
+                }
+            },
+            (None, Some(f)) => match std::fs::read_to_string(&f) {
+                Ok(t) if t.trim().len() >= 16 => Some(t.trim().to_owned()),
+                Ok(_) => {
+                    p.push(
+                        "http.admin_token_file",
+                        format!("{f}: token too short, use at least 16 characters"),
+                    );
+                    None
+                }
+                Err(e) => {
+                    p.push("http.admin_token_file", format!("cannot read {f}: {e}"));
+                    None
+                }
+            },
+            (None, None) => None,
+        };
+
+        // log
+        cfg.log.format = match log.format.as_deref().unwrap_or("auto") {
+            "json" => LogFormat::Json,
+            "text" => LogFormat::Text,
+            "auto" => LogFormat::Auto,
+            other => {
+                p.push(
+                    "log.format",
+                    format!("{other:?} is not a format; use json, text or auto"),
+                );
+                LogFormat::Auto
+            }
+        };
+        if let Some(level) = log.level {
+            if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+                p.push(
+                    "log.level",
+                    format!(
+                        "{level:?} is not a level or filter; use e.g. info, debug, driftd=debug"
+                    ),
+                );
+            }
+            cfg.log.level = level;
+        }
+        cfg.grace = p.duration("shutdown.grace", shutdown.grace.as_deref(), d.grace);
+        if cfg.grace > Duration::from_secs(600) {
+            p.push(
+                "shutdown.grace",
+                "at most 10m (Kubernetes kills pods after terminationGracePeriodSeconds)".into(),
+            );
+        }
+
+        if p.0.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigError::Invalid {
+                source_name: source_name.to_owned(),
+                problems: p.0,
+            })
+        }
+    }
+
+    /// The settings `driftd run` needs beyond the engine.
+    pub fn require_kafka(&self) -> Result<&KafkaConfig, ConfigError> {
+        self.kafka.as_ref().ok_or_else(|| ConfigError::Invalid {
+            source_name: self.source.clone(),
+            problems: vec![Problem {
+                key: "kafka".into(),
+                message: "missing: `driftd run` needs a [kafka] section with brokers and topics"
+                    .into(),
+            }],
+        })
+    }
+}
+
+/// `env:NAME` and `file:PATH` let secrets stay out of the config file.
+fn resolve_secret(v: &str) -> Result<String, String> {
+    if let Some(name) = v.strip_prefix("env:") {
+        std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))
+    } else if let Some(path) = v.strip_prefix("file:") {
+        std::fs::read_to_string(path)
+            .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
+            .map_err(|e| format!("cannot read {path}: {e}"))
+    } else {
+        Ok(v.to_owned())
+    }
+}
+
+fn parse_offset(s: &str) -> Option<FixedOffset> {
+    if s == "Z" || s == "UTC" || s == "+00:00" {
+        return FixedOffset::east_opt(0);
+    }
+    let (sign, rest) = match s.as_bytes().first()? {
+        b'+' => (1, &s[1..]),
+        b'-' => (-1, &s[1..]),
+        _ => return None,
+    };
+    let (h, m) = rest.split_once(':')?;
+    let (h, m): (i32, i32) = (h.parse().ok()?, m.parse().ok()?);
+    if h > 23 || m > 59 {
+        return None;
+    }
+    FixedOffset::east_opt(sign * (h * 3600 + m * 60))
+}
+
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn push(&mut self, key: &str, message: String) {
+        self.0.push(Problem {
+            key: key.to_owned(),
+            message,
+        });
+    }
+
+    fn duration(&mut self, key: &str, v: Option<&str>, default: Duration) -> Duration {
+        match v {
+            None => default,
+            Some(s) => match humantime::parse_duration(s) {
+                Ok(d) if !d.is_zero() => d,
+                Ok(_) => {
+                    self.push(key, format!("{s:?} must be longer than zero"));
+                    default
+                }
+                Err(_) => {
+                    self.push(
+                        key,
+                        format!("{s:?} is not a duration; write e.g. \"30s\", \"10m\", \"1h\""),
+                    );
+                    default
+                }
+            },
+        }
+    }
+
+    fn range(&mut self, key: &str, v: u64, lo: u64, hi: u64) -> u64 {
+        if v < lo || v > hi {
+            self.push(key, format!("{v} is out of range {lo} to {hi}"));
+            v.clamp(lo, hi)
+        } else {
+            v
+        }
+    }
+}
+
+/// Deserialises one section, collecting every error: on an error, the key
+/// it names is recorded and removed, and the section is read again, so one
+/// bad key does not hide the next.
+fn section<T: DeserializeOwned + Default>(
+    root: &mut serde_json::Map<String, serde_json::Value>,
+    name: &str,
+    p: &mut Problems,
+) -> T {
+    let Some(mut v) = root.remove(name) else {
+        return T::default();
+    };
+    for _ in 0..64 {
+        match serde_path_to_error::deserialize::<_, T>(&v) {
+            Ok(t) => return t,
+            Err(e) => {
+                let path = e.path().to_string();
+                let inner = e.inner().to_string();
+                let key = if path == "." {
+                    name.to_owned()
+                } else {
+                    format!("{name}.{path}")
+                };
+                p.push(&key, inner.replace("unknown field", "unknown key"));
+                let removed = remove_path(&mut v, &path);
+                if !removed {
+                    return T::default();
+                }
+            }
+        }
+    }
+    T::default()
+}
+
+/// Removes the value at a serde_path_to_error path (`a.b`, `rules[2].x`).
+fn remove_path(v: &mut serde_json::Value, path: &str) -> bool {
+    let mut segs: Vec<String> = if path == "." || path.is_empty() {
+        Vec::new()
+    } else {
+        path.split('.').map(str::to_owned).collect()
+    };
+    let Some(last) = segs.pop() else {
+        return false;
+    };
+    let mut cur = v;
+    for s in &segs {
+        cur = match index(cur, s) {
+            Some(c) => c,
+            None => return false,
+        };
+    }
+    match (cur, split_index(&last)) {
+        (serde_json::Value::Object(m), (name, None)) => m.remove(name).is_some(),
+        (serde_json::Value::Object(m), (name, Some(i))) => match m.get_mut(name) {
+            Some(serde_json::Value::Array(a)) if i < a.len() => {
+                a.remove(i);
+                true
+            }
+            _ => false,
+        },
+        (serde_json::Value::Array(a), (_, Some(i))) if i < a.len() => {
+            a.remove(i);
+            true
+        }
+        _ => false,
+    }
+}
+
+fn split_index(s: &str) -> (&str, Option<usize>) {
+    match s.split_once('[') {
+        Some((name, rest)) => (name, rest.trim_end_matches(']').parse().ok()),
+        None => (s, None),
+    }
+}
+
+fn index<'a>(v: &'a mut serde_json::Value, seg: &str) -> Option<&'a mut serde_json::Value> {
+    let (name, idx) = split_index(seg);
+    let v = if name.is_empty() {
+        v
+    } else {
+        v.as_object_mut()?.get_mut(name)?
+    };
+    match idx {
+        Some(i) => v.as_array_mut()?.get_mut(i),
+        None => Some(v),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_example_config_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/driftd.toml");
+        let cfg = Config::load(Some(&path)).unwrap_or_else(|e| panic!("{e}"));
+        assert!(cfg.kafka.is_some());
+        assert_eq!(cfg.every, Duration::from_secs(30));
+        assert!(!cfg.engine.detect.rules.is_empty());
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let text = r#"
+[window]
+length = "10 parsecs"
+pane = "30s"
+colour = "blue"
+
+[evaluation]
+hysteresis = 1.5
+every = 5
+
+[kafka]
+topics = []
+
+[[rules]]
+metric = "psx"
+warning = 0.1
+critical = 0.2
+
+[[rules]]
+metric = "psi"
+warning = 0.3
+critical = 0.2
+
+[http]
+listen = "everywhere"
+
+[bogus]
+x = 1
+"#;
+        let err = Config::from_toml(text, "test.toml").unwrap_err();
+        let ConfigError::Invalid { problems, .. } = &err else {
+            panic!("{err}")
+        };
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        for want in [
+            "bogus",
+            "window.colour",
+            "window.length",
+            "evaluation.every",
+            "evaluation.hysteresis",
+            "kafka.brokers",
+            "kafka.topics",
+            "rules[0].metric",
+            "rules[1]",
+            "http.listen",
+        ] {
+            assert!(keys.contains(&want), "missing {want} in {keys:?}\n{err}");
+        }
+        let text = err.to_string();
+        assert!(text.contains("10 parsecs"), "{text}");
+        assert!(text.contains("everywhere"), "{text}");
+    }
+
+    #[test]
+    fn defaults_without_a_file() {
+        let cfg = Config::from_toml("", "empty").unwrap();
+        assert_eq!(cfg.engine.window, WindowSpec::default());
+        assert!(cfg.kafka.is_none());
+        assert!(cfg.require_kafka().is_err());
+    }
+
+    #[test]
+    fn secrets_resolve_from_env_and_never_print() {
+        std::env::set_var("DRIFTD_TEST_SECRET_X", "hunter2-very-secret");
+        let cfg = Config::from_toml(
+            r#"
+[kafka]
+brokers = "b:9092"
+topics = ["t"]
+properties = { "sasl.password" = "env:DRIFTD_TEST_SECRET_X", "security.protocol" = "SASL_SSL" }
+[http]
+admin_token = "env:DRIFTD_TEST_SECRET_X"
+"#,
+            "t",
+        )
+        .unwrap();
+        let k = cfg.kafka.as_ref().unwrap();
+        assert_eq!(k.properties["sasl.password"], "hunter2-very-secret");
+        let shown = format!("{cfg:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        let err = Config::from_toml(
+            "[kafka]\nbrokers = \"b\"\ntopics = \"t\"\nproperties = { \"sasl.password\" = \"env:DRIFTD_NOT_SET_ANYWHERE\" }\n",
+            "t",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("DRIFTD_NOT_SET_ANYWHERE"));
+    }
+
+    #[test]
+    fn offsets_parse() {
+        assert_eq!(parse_offset("+02:00"), FixedOffset::east_opt(7200));
+        assert_eq!(parse_offset("-05:30"), FixedOffset::east_opt(-19800));
+        assert_eq!(parse_offset("2"), None);
+    }
+}

@@ -1,0 +1,1689 @@
+//! Decoding: one JSON log line in, one [`Event`] (or a counted reason) out.
+//!
+//! This module owns the field mapping (which JSON Pointer holds which role),
+//! timestamp parsing, feature flattening and the fixed vocabulary of reasons a
+//! line is rejected or skipped. It never panics on input and never logs: the
+//! caller counts what it returns (see [`DecodeStats`]) in one place.
+//!
+//! Speed matters here more than anywhere else (every line of every model goes
+//! through it), so the decoder does not build a `serde_json::Value`. The
+//! mapping's pointers are compiled into a small trie, and a `DeserializeSeed`
+//! walks the document once: keys that no pointer names are skipped with
+//! `IgnoredAny` (no allocation), strings are borrowed from the input whenever
+//! they contain no escapes, and the features object is flattened in place.
+//!
+//! Python's `json.dumps` writes `NaN`, `Infinity` and `-Infinity` bare, which
+//! is not JSON. Rather than lose the whole line, a line that fails to parse and
+//! contains such a token is rewritten once with the tokens replaced by a marker
+//! string, and the affected feature is then counted as invalid.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::fmt;
+
+use chrono::{FixedOffset, NaiveDate, NaiveDateTime, TimeZone};
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+/// Marker substituted for Python's bare non-finite number tokens.
+const NONFINITE_MARKER: &str = "__driftd_nonfinite__";
+
+/// Longest model id or arm name accepted; longer ones are not identifiers but
+/// payload, and would blow up label values.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// Why a line was not decoded into an event. A small fixed set: these are
+/// metric label values (`driftd_events_rejected_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reject {
+    TooLarge,
+    MalformedJson,
+    NotAnObject,
+    MissingModel,
+    InvalidModel,
+}
+
+impl Reject {
+    pub const ALL: [Reject; 5] = [
+        Reject::TooLarge,
+        Reject::MalformedJson,
+        Reject::NotAnObject,
+        Reject::MissingModel,
+        Reject::InvalidModel,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reject::TooLarge => "too_large",
+            Reject::MalformedJson => "malformed_json",
+            Reject::NotAnObject => "not_an_object",
+            Reject::MissingModel => "missing_model",
+            Reject::InvalidModel => "invalid_model",
+        }
+    }
+}
+
+impl fmt::Display for Reject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Lines that are valid log records but not inference records. They are
+/// recognised and skipped, not errors: the seed's services write all of them
+/// to the same stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Skip {
+    /// `"User feedback received"` lines (an `action` field).
+    Feedback,
+    /// Stage timings (`total_latency_ms` ...) without a prediction.
+    Timing,
+    /// Precomputed `input_stats` / `prediction_stats` lines.
+    BatchStats,
+    /// An ERROR or CRITICAL record with neither prediction nor features.
+    ErrorRecord,
+    /// Anything else with a model but neither prediction nor features.
+    NoInferenceFields,
+}
+
+impl Skip {
+    pub const ALL: [Skip; 5] = [
+        Skip::Feedback,
+        Skip::Timing,
+        Skip::BatchStats,
+        Skip::ErrorRecord,
+        Skip::NoInferenceFields,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Skip::Feedback => "feedback",
+            Skip::Timing => "timing",
+            Skip::BatchStats => "batch_stats",
+            Skip::ErrorRecord => "error_record",
+            Skip::NoInferenceFields => "no_inference_fields",
+        }
+    }
+}
+
+/// Problems inside an accepted event: the event is kept, the field is not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Issue {
+    TimestampMissing,
+    TimestampInvalid,
+    FeatureArray,
+    FeatureNonFinite,
+    FeaturesNotObject,
+    FeatureTooDeep,
+    TooManyFeatures,
+    ConfidenceInvalid,
+    PredictionInvalid,
+    ArmInvalid,
+}
+
+impl Issue {
+    pub const COUNT: usize = 10;
+    pub const ALL: [Issue; Issue::COUNT] = [
+        Issue::TimestampMissing,
+        Issue::TimestampInvalid,
+        Issue::FeatureArray,
+        Issue::FeatureNonFinite,
+        Issue::FeaturesNotObject,
+        Issue::FeatureTooDeep,
+        Issue::TooManyFeatures,
+        Issue::ConfidenceInvalid,
+        Issue::PredictionInvalid,
+        Issue::ArmInvalid,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Issue::TimestampMissing => "timestamp_missing",
+            Issue::TimestampInvalid => "timestamp_invalid",
+            Issue::FeatureArray => "feature_array",
+            Issue::FeatureNonFinite => "feature_non_finite",
+            Issue::FeaturesNotObject => "features_not_object",
+            Issue::FeatureTooDeep => "feature_too_deep",
+            Issue::TooManyFeatures => "too_many_features",
+            Issue::ConfidenceInvalid => "confidence_invalid",
+            Issue::PredictionInvalid => "prediction_invalid",
+            Issue::ArmInvalid => "arm_invalid",
+        }
+    }
+}
+
+/// A string borrowed from the input line when it has no escapes.
+///
+/// serde's own `Cow<str>` always allocates; this one does not.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Str<'a>(pub Cow<'a, str>);
+
+impl<'de> de::Deserialize<'de> for Str<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Str<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Str(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// One feature's value as the window will bin it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FeatureValue<'a> {
+    Num(f64),
+    Cat(Cow<'a, str>),
+    /// A value of a feature configured as `hash`: only its hash survives.
+    Hashed(u64),
+    /// `null`: counted in the feature's missing bucket.
+    Missing,
+    /// NaN or an infinity: never reaches a histogram.
+    NonFinite,
+}
+
+/// The model's output on this line.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prediction<'a> {
+    /// A string, bool or integer: a class label.
+    Label(Cow<'a, str>),
+    /// A float: a regression output.
+    Value(f64),
+}
+
+/// Log level, reduced to what the analyses need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Debug,
+    Info,
+    Warning,
+    Error,
+    Critical,
+    Other,
+}
+
+impl Level {
+    fn parse(s: &str) -> Level {
+        match s {
+            "INFO" | "info" | "Info" => Level::Info,
+            "DEBUG" | "debug" | "Debug" => Level::Debug,
+            "WARNING" | "WARN" | "warning" | "warn" => Level::Warning,
+            "ERROR" | "error" | "Error" => Level::Error,
+            "CRITICAL" | "FATAL" | "critical" | "fatal" => Level::Critical,
+            _ => Level::Other,
+        }
+    }
+    pub fn is_error(self) -> bool {
+        matches!(self, Level::Error | Level::Critical)
+    }
+}
+
+/// Where the event's time came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventTime {
+    /// Parsed from the line, milliseconds since the Unix epoch.
+    Parsed(i64),
+    /// The line had no timestamp (the caller uses arrival time).
+    Missing,
+    /// The line had a timestamp that did not parse (the caller uses arrival time).
+    Invalid,
+}
+
+/// A decoded inference record. Strings borrow from the line where possible.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event<'a> {
+    pub model: Cow<'a, str>,
+    pub arm: Option<Cow<'a, str>>,
+    pub time: EventTime,
+    pub features: Vec<(Cow<'a, str>, FeatureValue<'a>)>,
+    pub prediction: Option<Prediction<'a>>,
+    pub confidence: Option<f64>,
+    pub level: Option<Level>,
+    /// Present only to tell that a line had one; never logged or exported.
+    pub has_request_id: bool,
+    /// Per-field problems, as a bitset over [`Issue`] (each counted once per line).
+    pub issues: u32,
+}
+
+impl Event<'_> {
+    pub fn has_issue(&self, i: Issue) -> bool {
+        self.issues & (1 << i as u32) != 0
+    }
+}
+
+/// What [`Decoder::decode`] makes of a line.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decoded<'a> {
+    Event(Event<'a>),
+    Skipped(Skip),
+    Rejected(Reject),
+}
+
+/// An RFC 6901 JSON Pointer, as a list of reference tokens.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Pointer(Vec<String>);
+
+/// A pointer that does not follow RFC 6901.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PointerError {
+    #[error("JSON Pointer {0:?} must start with '/' (RFC 6901), e.g. \"/model_id\"")]
+    NoLeadingSlash(String),
+    #[error(
+        "JSON Pointer {0:?} has a '~' not followed by 0 or 1 (write '~0' for '~' and '~1' for '/')"
+    )]
+    BadEscape(String),
+    #[error("JSON Pointer \"\" names the whole document; name a field, e.g. \"/model_id\"")]
+    Root,
+}
+
+impl Pointer {
+    pub fn parse(s: &str) -> Result<Pointer, PointerError> {
+        if s.is_empty() {
+            return Err(PointerError::Root);
+        }
+        let Some(rest) = s.strip_prefix('/') else {
+            return Err(PointerError::NoLeadingSlash(s.to_owned()));
+        };
+        let mut tokens = Vec::new();
+        for raw in rest.split('/') {
+            let mut tok = String::with_capacity(raw.len());
+            let mut chars = raw.chars();
+            while let Some(c) = chars.next() {
+                if c == '~' {
+                    match chars.next() {
+                        Some('0') => tok.push('~'),
+                        Some('1') => tok.push('/'),
+                        _ => return Err(PointerError::BadEscape(s.to_owned())),
+                    }
+                } else {
+                    tok.push(c);
+                }
+            }
+            tokens.push(tok);
+        }
+        Ok(Pointer(tokens))
+    }
+
+    pub fn tokens(&self) -> &[String] {
+        &self.0
+    }
+}
+
+impl fmt::Display for Pointer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for t in &self.0 {
+            write!(f, "/{}", t.replace('~', "~0").replace('/', "~1"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Which role each JSON Pointer plays. Validated config, see `config.rs`.
+#[derive(Debug, Clone)]
+pub struct FieldMapping {
+    /// Tried in order: the first present one wins (`/model_id`, then `/model_used`).
+    pub model: Vec<Pointer>,
+    pub timestamp: Pointer,
+    pub features: Pointer,
+    pub prediction: Pointer,
+    pub confidence: Pointer,
+    pub arm: Pointer,
+    pub level: Pointer,
+    pub request_id: Pointer,
+}
+
+impl Default for FieldMapping {
+    fn default() -> Self {
+        let p = |s: &str| Pointer::parse(s).expect("default pointers are valid");
+        FieldMapping {
+            model: vec![p("/model_id"), p("/model_used")],
+            timestamp: p("/timestamp"),
+            features: p("/input_features"),
+            prediction: p("/prediction"),
+            confidence: p("/confidence"),
+            arm: p("/experiment_assignment"),
+            level: p("/level"),
+            request_id: p("/request_id"),
+        }
+    }
+}
+
+/// Which features are kept, dropped, or kept only as a hash.
+#[derive(Debug, Clone, Default)]
+pub struct FeatureFilter {
+    /// When set, only these features are kept.
+    pub allow: Option<HashSet<String>>,
+    pub deny: HashSet<String>,
+    /// Categorical values of these features are replaced by a hash at decode
+    /// time, so the raw value never leaves this module.
+    pub hash: HashSet<String>,
+}
+
+impl FeatureFilter {
+    fn is_noop(&self) -> bool {
+        self.allow.is_none() && self.deny.is_empty() && self.hash.is_empty()
+    }
+}
+
+/// Everything the decoder needs to know; built from config.
+#[derive(Debug, Clone)]
+pub struct DecodeConfig {
+    pub mapping: FieldMapping,
+    pub filter: FeatureFilter,
+    /// Offset applied to timestamps without one (Python logging's default format).
+    pub local_offset: FixedOffset,
+    pub max_line_bytes: usize,
+    pub max_features: usize,
+    /// Nesting below the features object beyond which values are skipped.
+    pub max_feature_depth: usize,
+}
+
+impl Default for DecodeConfig {
+    fn default() -> Self {
+        DecodeConfig {
+            mapping: FieldMapping::default(),
+            filter: FeatureFilter::default(),
+            local_offset: FixedOffset::east_opt(0).expect("zero offset"),
+            max_line_bytes: 1 << 20,
+            max_features: 512,
+            max_feature_depth: 4,
+        }
+    }
+}
+
+/// The stable hash used for `hash` features (and by the binner for hashed
+/// baselines). xxh3 with a fixed seed: the same value hashes the same across
+/// restarts and machines, so baselines stay valid.
+pub fn feature_hash(s: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64_with_seed(s.as_bytes(), 0x6472_6966_7464)
+}
+
+/// Hash of a numeric value of a hashed feature: by its shortest decimal form,
+/// so `12` and `12.0` agree.
+fn num_hash(v: f64) -> u64 {
+    let mut buf = ryu_like(v);
+    if buf.ends_with(".0") {
+        buf.truncate(buf.len() - 2);
+    }
+    feature_hash(&buf)
+}
+
+fn ryu_like(v: f64) -> String {
+    format!("{v:?}")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Model(u8),
+    Timestamp,
+    Features,
+    Prediction,
+    Confidence,
+    Arm,
+    Level,
+    RequestId,
+    // Markers that classify non-inference lines.
+    Action,
+    Timing,
+    BatchStats,
+}
+
+#[derive(Debug, Default)]
+struct Node {
+    children: Vec<(Box<str>, Node)>,
+    role: Option<Role>,
+}
+
+impl Node {
+    fn insert(&mut self, tokens: &[String], role: Role) {
+        match tokens.split_first() {
+            None => {
+                // First mapping wins when two roles name the same field.
+                self.role.get_or_insert(role);
+            }
+            Some((head, rest)) => {
+                let idx = match self.children.iter().position(|(k, _)| **k == **head) {
+                    Some(i) => i,
+                    None => {
+                        self.children.push((head.as_str().into(), Node::default()));
+                        self.children.len() - 1
+                    }
+                };
+                self.children[idx].1.insert(rest, role);
+            }
+        }
+    }
+
+    fn child(&self, key: &str) -> Option<&Node> {
+        self.children
+            .iter()
+            .find(|(k, _)| **k == *key)
+            .map(|(_, n)| n)
+    }
+}
+
+/// Decodes lines according to a [`DecodeConfig`]. Cheap to clone the config
+/// into; holds no per-line state.
+#[derive(Debug)]
+pub struct Decoder {
+    cfg: DecodeConfig,
+    trie: Node,
+}
+
+/// Fields collected during the single pass, before they are judged.
+#[derive(Default)]
+struct Collect<'a> {
+    models: [Option<Result<Cow<'a, str>, ()>>; 4],
+    time: Option<EventTime>,
+    features: Option<Vec<(Cow<'a, str>, FeatureValue<'a>)>>,
+    prediction: Option<Result<Prediction<'a>, ()>>,
+    confidence: Option<Result<f64, ()>>,
+    arm: Option<Result<Cow<'a, str>, ()>>,
+    level: Option<Level>,
+    has_request_id: bool,
+    has_action: bool,
+    has_timing: bool,
+    has_batch_stats: bool,
+    issues: u32,
+}
+
+impl Decoder {
+    pub fn new(cfg: DecodeConfig) -> Decoder {
+        let mut trie = Node::default();
+        let m = &cfg.mapping;
+        for (i, p) in m.model.iter().take(4).enumerate() {
+            trie.insert(p.tokens(), Role::Model(i as u8));
+        }
+        trie.insert(m.timestamp.tokens(), Role::Timestamp);
+        trie.insert(m.features.tokens(), Role::Features);
+        trie.insert(m.prediction.tokens(), Role::Prediction);
+        trie.insert(m.confidence.tokens(), Role::Confidence);
+        trie.insert(m.arm.tokens(), Role::Arm);
+        trie.insert(m.level.tokens(), Role::Level);
+        trie.insert(m.request_id.tokens(), Role::RequestId);
+        trie.insert(&["action".to_owned()], Role::Action);
+        trie.insert(&["total_latency_ms".to_owned()], Role::Timing);
+        trie.insert(&["inference_ms".to_owned()], Role::Timing);
+        trie.insert(&["input_stats".to_owned()], Role::BatchStats);
+        trie.insert(&["prediction_stats".to_owned()], Role::BatchStats);
+        Decoder { cfg, trie }
+    }
+
+    pub fn config(&self) -> &DecodeConfig {
+        &self.cfg
+    }
+
+    /// Decodes one line. `Decoded::Event` may borrow from `line`; a line that
+    /// needed the non-finite rewrite comes back fully owned.
+    pub fn decode<'a>(&self, line: &'a [u8]) -> Decoded<'a> {
+        if line.len() > self.cfg.max_line_bytes {
+            return Decoded::Rejected(Reject::TooLarge);
+        }
+        let line = trim_ascii(line);
+        match self.parse(line) {
+            Ok(c) => self.judge(c),
+            Err(ParseFail::NotAnObject) => Decoded::Rejected(Reject::NotAnObject),
+            Err(ParseFail::Malformed) => match rewrite_nonfinite(line) {
+                Some(fixed) => match self.parse(fixed.as_bytes()) {
+                    Ok(c) => into_owned(self.judge(c)),
+                    Err(ParseFail::NotAnObject) => Decoded::Rejected(Reject::NotAnObject),
+                    Err(ParseFail::Malformed) => Decoded::Rejected(Reject::MalformedJson),
+                },
+                None => Decoded::Rejected(Reject::MalformedJson),
+            },
+        }
+    }
+
+    fn parse<'a>(&self, line: &'a [u8]) -> Result<Collect<'a>, ParseFail> {
+        // Cheap pre-check so arrays, numbers and plain text get a precise reason.
+        match line.first() {
+            Some(b'{') => {}
+            Some(b'[') | Some(b'"') | Some(b'0'..=b'9') | Some(b'-') | Some(b't') | Some(b'f')
+            | Some(b'n') => {
+                if serde_json::from_slice::<IgnoredAny>(line).is_ok() {
+                    return Err(ParseFail::NotAnObject);
+                }
+                return Err(ParseFail::Malformed);
+            }
+            _ => return Err(ParseFail::Malformed),
+        }
+        let mut c = Collect::default();
+        let mut de = serde_json::Deserializer::from_slice(line);
+        let seed = NodeSeed {
+            node: &self.trie,
+            cfg: &self.cfg,
+            out: &mut c,
+        };
+        seed.deserialize(&mut de)
+            .map_err(|_| ParseFail::Malformed)?;
+        de.end().map_err(|_| ParseFail::Malformed)?;
+        Ok(c)
+    }
+
+    fn judge<'a>(&self, c: Collect<'a>) -> Decoded<'a> {
+        let mut issues = c.issues;
+        let mut model = None;
+        let mut invalid_model = false;
+        for m in c.models.into_iter().flatten() {
+            match m {
+                Ok(s) => {
+                    model = Some(s);
+                    break;
+                }
+                Err(()) => invalid_model = true,
+            }
+        }
+        let model = match model {
+            Some(m) => m,
+            // The seed's feedback lines carry a request id and an action but
+            // no model: they are joined to their prediction later, not errors.
+            None if c.has_action && c.prediction.is_none() && c.features.is_none() => {
+                return Decoded::Skipped(Skip::Feedback)
+            }
+            None if invalid_model => return Decoded::Rejected(Reject::InvalidModel),
+            None => return Decoded::Rejected(Reject::MissingModel),
+        };
+        let prediction = match c.prediction {
+            Some(Ok(p)) => Some(p),
+            Some(Err(())) => {
+                issues |= 1 << Issue::PredictionInvalid as u32;
+                None
+            }
+            None => None,
+        };
+        if prediction.is_none() && c.features.is_none() {
+            let skip = if c.has_action {
+                Skip::Feedback
+            } else if c.has_batch_stats {
+                Skip::BatchStats
+            } else if c.has_timing {
+                Skip::Timing
+            } else if c.level.is_some_and(Level::is_error) {
+                Skip::ErrorRecord
+            } else {
+                Skip::NoInferenceFields
+            };
+            return Decoded::Skipped(skip);
+        }
+        let confidence = match c.confidence {
+            Some(Ok(v)) => Some(v),
+            Some(Err(())) => {
+                issues |= 1 << Issue::ConfidenceInvalid as u32;
+                None
+            }
+            None => None,
+        };
+        let arm = match c.arm {
+            Some(Ok(a)) => Some(a),
+            Some(Err(())) => {
+                issues |= 1 << Issue::ArmInvalid as u32;
+                None
+            }
+            None => None,
+        };
+        let time = c.time.unwrap_or(EventTime::Missing);
+        match time {
+            EventTime::Missing => issues |= 1 << Issue::TimestampMissing as u32,
+            EventTime::Invalid => issues |= 1 << Issue::TimestampInvalid as u32,
+            EventTime::Parsed(_) => {}
+        }
+        Decoded::Event(Event {
+            model,
+            arm,
+            time,
+            features: c.features.unwrap_or_default(),
+            prediction,
+            confidence,
+            level: c.level,
+            has_request_id: c.has_request_id,
+            issues,
+        })
+    }
+}
+
+enum ParseFail {
+    Malformed,
+    NotAnObject,
+}
+
+fn trim_ascii(mut b: &[u8]) -> &[u8] {
+    while let [first, rest @ ..] = b {
+        if first.is_ascii_whitespace() {
+            b = rest;
+        } else {
+            break;
+        }
+    }
+    while let [rest @ .., last] = b {
+        if last.is_ascii_whitespace() {
+            b = rest;
+        } else {
+            break;
+        }
+    }
+    b
+}
+
+fn into_owned(d: Decoded<'_>) -> Decoded<'static> {
+    match d {
+        Decoded::Skipped(s) => Decoded::Skipped(s),
+        Decoded::Rejected(r) => Decoded::Rejected(r),
+        Decoded::Event(e) => Decoded::Event(e.into_owned()),
+    }
+}
+
+fn own(c: Cow<'_, str>) -> Cow<'static, str> {
+    Cow::Owned(c.into_owned())
+}
+
+impl Event<'_> {
+    /// Copies every borrowed string, so the event outlives its line.
+    pub fn into_owned(self) -> Event<'static> {
+        Event {
+            model: own(self.model),
+            arm: self.arm.map(own),
+            time: self.time,
+            features: self
+                .features
+                .into_iter()
+                .map(|(k, v)| {
+                    let v = match v {
+                        FeatureValue::Cat(c) => FeatureValue::Cat(own(c)),
+                        FeatureValue::Num(n) => FeatureValue::Num(n),
+                        FeatureValue::Hashed(h) => FeatureValue::Hashed(h),
+                        FeatureValue::Missing => FeatureValue::Missing,
+                        FeatureValue::NonFinite => FeatureValue::NonFinite,
+                    };
+                    (own(k), v)
+                })
+                .collect(),
+            prediction: self.prediction.map(|p| match p {
+                Prediction::Label(l) => Prediction::Label(own(l)),
+                Prediction::Value(v) => Prediction::Value(v),
+            }),
+            confidence: self.confidence,
+            level: self.level,
+            has_request_id: self.has_request_id,
+            issues: self.issues,
+        }
+    }
+}
+
+/// Replaces bare `NaN`, `Infinity` and `-Infinity` tokens outside strings by
+/// a marker string. Returns None when there is nothing to replace.
+fn rewrite_nonfinite(line: &[u8]) -> Option<String> {
+    let s = std::str::from_utf8(line).ok()?;
+    if !(s.contains("NaN") || s.contains("Infinity")) {
+        return None;
+    }
+    let marker = format!("\"{NONFINITE_MARKER}\"");
+    let mut out = String::with_capacity(s.len() + 32);
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    let mut in_str = false;
+    let mut changed = false;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if in_str {
+            if b == b'\\' {
+                // Copy the escape pair verbatim (both bytes are ASCII or the
+                // start of a UTF-8 sequence we copy below).
+                let end = (i + 2).min(bytes.len());
+                out.push_str(s.get(i..end)?);
+                i = end;
+                continue;
+            }
+            if b == b'"' {
+                in_str = false;
+            }
+        } else if b == b'"' {
+            in_str = true;
+        } else {
+            for tok in ["-Infinity", "Infinity", "NaN"] {
+                if s[i..].starts_with(tok) {
+                    out.push_str(&marker);
+                    i += tok.len();
+                    changed = true;
+                    break;
+                }
+            }
+            if changed && i < bytes.len() && !s.is_char_boundary(i) {
+                return None;
+            }
+        }
+        // Copy one whole UTF-8 character.
+        let ch_len = s[i..].chars().next().map_or(0, char::len_utf8);
+        if ch_len == 0 {
+            break;
+        }
+        out.push_str(&s[i..i + ch_len]);
+        i += ch_len;
+    }
+    changed.then_some(out)
+}
+
+struct NodeSeed<'t, 'c, 'a> {
+    node: &'t Node,
+    cfg: &'t DecodeConfig,
+    out: &'c mut Collect<'a>,
+}
+
+impl<'de> DeserializeSeed<'de> for NodeSeed<'_, '_, 'de> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for NodeSeed<'_, '_, 'de> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    // Intermediate nodes that are not objects are simply not what the mapping
+    // points into: ignore them.
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<Str<'de>>()? {
+            let Some(child) = self.node.child(&key.0) else {
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            };
+            match child.role {
+                None => map.next_value_seed(NodeSeed {
+                    node: child,
+                    cfg: self.cfg,
+                    out: &mut *self.out,
+                })?,
+                Some(role) => map.next_value_seed(RoleSeed {
+                    role,
+                    cfg: self.cfg,
+                    out: &mut *self.out,
+                })?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Any JSON scalar, borrowed; containers are skipped and reported as such.
+enum Scalar<'a> {
+    Str(Cow<'a, str>),
+    Int(i64),
+    UInt(u64),
+    Float(f64),
+    Bool(bool),
+    Null,
+    Container,
+}
+
+impl<'de> de::Deserialize<'de> for Scalar<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Scalar<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Scalar::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Scalar::Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(Scalar::Int(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(Scalar::UInt(v))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(Scalar::Float(v))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(Scalar::Bool(v))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Scalar::Null)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Scalar::Container)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Scalar::Container)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= MAX_NAME_LEN && !s.chars().any(char::is_control)
+}
+
+struct RoleSeed<'t, 'c, 'a> {
+    role: Role,
+    cfg: &'t DecodeConfig,
+    out: &'c mut Collect<'a>,
+}
+
+impl<'de> DeserializeSeed<'de> for RoleSeed<'_, '_, 'de> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        let out = self.out;
+        if self.role == Role::Features {
+            let mut feats = out.features.take().unwrap_or_default();
+            let mut issues = out.issues;
+            let seed = FeaturesSeed {
+                prefix: None,
+                depth: 0,
+                cfg: self.cfg,
+                out: &mut feats,
+                issues: &mut issues,
+            };
+            d.deserialize_any(seed)?;
+            out.issues = issues;
+            out.features = Some(feats);
+            return Ok(());
+        }
+        let v = <Scalar<'de> as de::Deserialize>::deserialize(d)?;
+        match self.role {
+            Role::Model(i) => {
+                let r = match v {
+                    Scalar::Str(s) if valid_name(&s) => Ok(s),
+                    Scalar::Null => return Ok(()),
+                    _ => Err(()),
+                };
+                out.models[i as usize] = Some(r);
+            }
+            Role::Timestamp => {
+                out.time = Some(match v {
+                    Scalar::Str(s) => parse_timestamp(&s, self.cfg.local_offset)
+                        .map_or(EventTime::Invalid, EventTime::Parsed),
+                    Scalar::Float(f) => {
+                        epoch_number(f).map_or(EventTime::Invalid, EventTime::Parsed)
+                    }
+                    Scalar::Int(i) => {
+                        epoch_number(i as f64).map_or(EventTime::Invalid, EventTime::Parsed)
+                    }
+                    Scalar::UInt(u) => {
+                        epoch_number(u as f64).map_or(EventTime::Invalid, EventTime::Parsed)
+                    }
+                    Scalar::Null => EventTime::Missing,
+                    _ => EventTime::Invalid,
+                });
+            }
+            Role::Prediction => {
+                out.prediction = match v {
+                    Scalar::Str(s) if valid_name(&s) => Some(Ok(Prediction::Label(s))),
+                    Scalar::Bool(b) => Some(Ok(Prediction::Label(Cow::Borrowed(bool_str(b))))),
+                    Scalar::Int(i) => Some(Ok(Prediction::Label(Cow::Owned(i.to_string())))),
+                    Scalar::UInt(u) => Some(Ok(Prediction::Label(Cow::Owned(u.to_string())))),
+                    Scalar::Float(f) if f.is_finite() => Some(Ok(Prediction::Value(f))),
+                    Scalar::Null => None,
+                    _ => Some(Err(())),
+                };
+            }
+            Role::Confidence => {
+                out.confidence = match v {
+                    Scalar::Float(f) if (0.0..=1.0).contains(&f) => Some(Ok(f)),
+                    Scalar::Int(0) | Scalar::UInt(0) => Some(Ok(0.0)),
+                    Scalar::Int(1) | Scalar::UInt(1) => Some(Ok(1.0)),
+                    Scalar::Null => None,
+                    _ => Some(Err(())),
+                };
+            }
+            Role::Arm => {
+                out.arm = match v {
+                    Scalar::Str(s) if valid_name(&s) => Some(Ok(s)),
+                    Scalar::Null => None,
+                    _ => Some(Err(())),
+                };
+            }
+            Role::Level => {
+                if let Scalar::Str(s) = v {
+                    out.level = Some(Level::parse(&s));
+                }
+            }
+            Role::RequestId => out.has_request_id = !matches!(v, Scalar::Null),
+            Role::Action => out.has_action = true,
+            Role::Timing => out.has_timing = true,
+            Role::BatchStats => out.has_batch_stats = true,
+            Role::Features => unreachable!("handled above"),
+        }
+        Ok(())
+    }
+}
+
+fn bool_str(b: bool) -> &'static str {
+    if b {
+        "true"
+    } else {
+        "false"
+    }
+}
+
+struct FeaturesSeed<'t, 'c, 'a> {
+    prefix: Option<&'t str>,
+    depth: usize,
+    cfg: &'t DecodeConfig,
+    out: &'c mut Vec<(Cow<'a, str>, FeatureValue<'a>)>,
+    issues: &'c mut u32,
+}
+
+impl<'de> Visitor<'de> for FeaturesSeed<'_, '_, 'de> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object of features")
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        *self.issues |= 1 << Issue::FeaturesNotObject as u32;
+        Ok(())
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        *self.issues |= 1 << Issue::FeaturesNotObject as u32;
+        Ok(())
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        *self.issues |= 1 << Issue::FeaturesNotObject as u32;
+        Ok(())
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        *self.issues |= 1 << Issue::FeaturesNotObject as u32;
+        Ok(())
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        *self.issues |= 1 << Issue::FeaturesNotObject as u32;
+        Ok(())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        // `"input_features": null` is an event without features, not an error.
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        *self.issues |= 1 << Issue::FeaturesNotObject as u32;
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let filter = &self.cfg.filter;
+        let noop = filter.is_noop();
+        while let Some(key) = map.next_key::<Str<'de>>()? {
+            let name: Cow<'de, str> = match self.prefix {
+                None => key.0,
+                Some(p) => Cow::Owned(format!("{p}.{}", key.0)),
+            };
+            if self.out.len() >= self.cfg.max_features {
+                *self.issues |= 1 << Issue::TooManyFeatures as u32;
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            }
+            let mut hashed = false;
+            if !noop {
+                if filter.deny.contains(name.as_ref())
+                    || filter
+                        .allow
+                        .as_ref()
+                        .is_some_and(|a| !a.contains(name.as_ref()) && !is_prefix_of_any(a, &name))
+                {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+                hashed = filter.hash.contains(name.as_ref());
+            }
+            map.next_value_seed(FeatureValueSeed {
+                name,
+                hashed,
+                depth: self.depth,
+                cfg: self.cfg,
+                out: &mut *self.out,
+                issues: &mut *self.issues,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// One feature's value: scalars are pushed, nested objects recurse with the
+/// name as prefix, arrays are drained and counted.
+struct FeatureValueSeed<'t, 'c, 'a> {
+    name: Cow<'a, str>,
+    hashed: bool,
+    depth: usize,
+    cfg: &'t DecodeConfig,
+    out: &'c mut Vec<(Cow<'a, str>, FeatureValue<'a>)>,
+    issues: &'c mut u32,
+}
+
+impl<'de> DeserializeSeed<'de> for FeatureValueSeed<'_, '_, 'de> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> FeatureValueSeed<'_, '_, 'de> {
+    fn push(self, v: FeatureValue<'de>) {
+        self.out.push((self.name, v));
+    }
+    fn num(self, n: f64) {
+        let v = if self.hashed {
+            FeatureValue::Hashed(num_hash(n))
+        } else {
+            FeatureValue::Num(n)
+        };
+        self.push(v);
+    }
+    fn string(self, s: Cow<'de, str>) {
+        let v = if s == NONFINITE_MARKER {
+            FeatureValue::NonFinite
+        } else if self.hashed {
+            FeatureValue::Hashed(feature_hash(&s))
+        } else {
+            FeatureValue::Cat(s)
+        };
+        self.push(v);
+    }
+}
+
+impl<'de> Visitor<'de> for FeatureValueSeed<'_, '_, 'de> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a feature value")
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<(), E> {
+        self.string(Cow::Borrowed(v));
+        Ok(())
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        self.string(Cow::Owned(v.to_owned()));
+        Ok(())
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
+        self.num(v as f64);
+        Ok(())
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+        self.num(v as f64);
+        Ok(())
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
+        self.num(v);
+        Ok(())
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
+        self.string(Cow::Borrowed(bool_str(v)));
+        Ok(())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        self.push(FeatureValue::Missing);
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        *self.issues |= 1 << Issue::FeatureArray as u32;
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        if self.depth + 1 >= self.cfg.max_feature_depth {
+            *self.issues |= 1 << Issue::FeatureTooDeep as u32;
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            return Ok(());
+        }
+        // Nested objects flatten with dots (`geo.country`).
+        FeaturesSeed {
+            prefix: Some(&self.name),
+            depth: self.depth + 1,
+            cfg: self.cfg,
+            out: self.out,
+            issues: self.issues,
+        }
+        .visit_map(map)
+    }
+}
+
+fn is_prefix_of_any(allow: &HashSet<String>, name: &str) -> bool {
+    // Lets `allow = ["geo.country"]` reach inside a nested `geo` object.
+    allow
+        .iter()
+        .any(|a| a.len() > name.len() && a.starts_with(name) && a.as_bytes()[name.len()] == b'.')
+}
+
+/// Epoch seconds (as `time.time()` writes them) or milliseconds, told apart
+/// by magnitude: 1e11 seconds is the year 5138, 1e11 ms is 1973.
+fn epoch_number(v: f64) -> Option<i64> {
+    if !v.is_finite() || v < 0.0 {
+        return None;
+    }
+    let ms = if v >= 1e11 { v } else { v * 1000.0 };
+    if ms > 32_503_680_000_000.0 {
+        // After the year 3000: not a timestamp.
+        return None;
+    }
+    Some(ms.round() as i64)
+}
+
+/// Parses RFC 3339, Python logging's `2025-12-14 10:00:00,123` (in
+/// `local_offset`), ISO without an offset, and epoch numbers given as strings.
+pub fn parse_timestamp(s: &str, local_offset: FixedOffset) -> Option<i64> {
+    let s = s.trim();
+    let b = s.as_bytes();
+    if b.len() >= 19 && b[4] == b'-' && b[7] == b'-' && b[13] == b':' && b[16] == b':' {
+        if b[10] == b' ' || b[10] == b'T' {
+            // Offset-carrying forms go through chrono's RFC 3339 parser.
+            let tail = &s[19..];
+            let has_offset = tail.ends_with('Z')
+                || tail.ends_with('z')
+                || tail
+                    .rfind(['+', '-'])
+                    .is_some_and(|i| i > 0 || tail.starts_with(['+', '-']));
+            if has_offset {
+                let normalized;
+                let text = if b[10] == b' ' {
+                    normalized = format!("{}T{}", &s[..10], &s[11..]).replace(',', ".");
+                    normalized.as_str()
+                } else if s.contains(',') {
+                    normalized = s.replace(',', ".");
+                    normalized.as_str()
+                } else {
+                    s
+                };
+                return chrono::DateTime::parse_from_rfc3339(text)
+                    .ok()
+                    .map(|d| d.timestamp_millis());
+            }
+            return parse_naive(s, local_offset);
+        }
+        return None;
+    }
+    if let Ok(v) = s.parse::<f64>() {
+        return epoch_number(v);
+    }
+    None
+}
+
+/// `YYYY-MM-DD[ T]HH:MM:SS[,.]fff` without an offset, read digit by digit:
+/// this is the hot path for Python's default format.
+fn parse_naive(s: &str, offset: FixedOffset) -> Option<i64> {
+    let b = s.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<u32> {
+        let mut v = 0u32;
+        for &c in b.get(r)? {
+            if !c.is_ascii_digit() {
+                return None;
+            }
+            v = v * 10 + u32::from(c - b'0');
+        }
+        Some(v)
+    };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let mut millis = 0u32;
+    if b.len() > 19 {
+        if b[19] != b',' && b[19] != b'.' {
+            return None;
+        }
+        let frac = &b[20..];
+        if frac.is_empty() || frac.len() > 9 || !frac.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        for (i, &c) in frac.iter().take(3).enumerate() {
+            millis += u32::from(c - b'0') * 10u32.pow(2 - i as u32);
+        }
+    }
+    let date = NaiveDate::from_ymd_opt(y as i32, mo, d)?;
+    let naive: NaiveDateTime = date.and_hms_milli_opt(h, mi, sec, millis)?;
+    offset
+        .from_local_datetime(&naive)
+        .single()
+        .map(|dt| dt.timestamp_millis())
+}
+
+/// Counters for everything the decoder can say about a line. Plain integers:
+/// the caller adds them up per line and exports them per evaluation, so the
+/// per-event path never touches Prometheus.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DecodeStats {
+    pub events: u64,
+    pub rejected: [u64; Reject::ALL.len()],
+    pub skipped: [u64; Skip::ALL.len()],
+    pub issues: [u64; Issue::COUNT],
+}
+
+impl DecodeStats {
+    /// Counts one decode result.
+    pub fn record(&mut self, d: &Decoded<'_>) {
+        match d {
+            Decoded::Event(e) => {
+                self.events += 1;
+                let mut bits = e.issues;
+                while bits != 0 {
+                    let i = bits.trailing_zeros() as usize;
+                    if let Some(c) = self.issues.get_mut(i) {
+                        *c += 1;
+                    }
+                    bits &= bits - 1;
+                }
+            }
+            Decoded::Skipped(s) => self.skipped[*s as usize] += 1,
+            Decoded::Rejected(r) => self.rejected[*r as usize] += 1,
+        }
+    }
+
+    pub fn merge(&mut self, other: &DecodeStats) {
+        self.events += other.events;
+        for (a, b) in self.rejected.iter_mut().zip(other.rejected) {
+            *a += b;
+        }
+        for (a, b) in self.skipped.iter_mut().zip(other.skipped) {
+            *a += b;
+        }
+        for (a, b) in self.issues.iter_mut().zip(other.issues) {
+            *a += b;
+        }
+    }
+
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.iter().sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const SEED_LINE: &str = r#"{"timestamp": "2025-12-14 10:00:00,123", "level": "INFO", "message": "Model inference completed", "service": "ai_inference_service", "module": "app", "function": "predict", "line": 42, "request_id": "req_12345", "model_id": "v1.2.3", "input_hash": -91234, "prediction": "cat", "confidence": 0.95, "input_features": {"amount": 12.5, "country": "DE", "is_new_user": true}}"#;
+
+    fn dec() -> Decoder {
+        Decoder::new(DecodeConfig::default())
+    }
+
+    fn event(line: &str) -> Event<'_> {
+        match dec().decode(line.as_bytes()) {
+            Decoded::Event(e) => e,
+            other => panic!("expected an event from {line}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn decodes_the_seed_line() {
+        let d = dec();
+        let Decoded::Event(e) = d.decode(SEED_LINE.as_bytes()) else {
+            panic!("not an event")
+        };
+        assert_eq!(e.model, "v1.2.3");
+        assert_eq!(e.time, EventTime::Parsed(1_765_706_400_123));
+        assert_eq!(e.prediction, Some(Prediction::Label("cat".into())));
+        assert_eq!(e.confidence, Some(0.95));
+        assert_eq!(e.level, Some(Level::Info));
+        assert!(e.has_request_id);
+        assert_eq!(e.issues, 0);
+        assert_eq!(
+            e.features,
+            vec![
+                ("amount".into(), FeatureValue::Num(12.5)),
+                ("country".into(), FeatureValue::Cat("DE".into())),
+                ("is_new_user".into(), FeatureValue::Cat("true".into())),
+            ]
+        );
+        // Borrowed, not copied: the hot path allocates no strings.
+        assert!(matches!(e.model, Cow::Borrowed(_)));
+        assert!(matches!(
+            e.features[1].1,
+            FeatureValue::Cat(Cow::Borrowed(_))
+        ));
+    }
+
+    #[test]
+    fn model_falls_back_to_model_used_and_arm_is_read() {
+        let e = event(
+            r#"{"model_used": "model_B", "experiment_assignment": "variant", "prediction": 3}"#,
+        );
+        assert_eq!(e.model, "model_B");
+        assert_eq!(e.arm.as_deref(), Some("variant"));
+        assert_eq!(e.prediction, Some(Prediction::Label("3".into())));
+        assert!(e.has_issue(Issue::TimestampMissing));
+    }
+
+    #[test]
+    fn model_id_wins_over_model_used_whatever_the_order() {
+        let e = event(r#"{"model_used": "b", "model_id": "a", "prediction": "x"}"#);
+        assert_eq!(e.model, "a");
+    }
+
+    #[test]
+    fn timestamps_in_every_documented_form() {
+        let utc = FixedOffset::east_opt(0).unwrap();
+        let want = 1_765_706_400_123;
+        for s in [
+            "2025-12-14 10:00:00,123",
+            "2025-12-14T10:00:00.123Z",
+            "2025-12-14T11:00:00.123+01:00",
+            "2025-12-14 10:00:00.123",
+            "1765706400.123",
+            "1765706400123",
+        ] {
+            assert_eq!(parse_timestamp(s, utc), Some(want), "{s}");
+        }
+        let plus2 = FixedOffset::east_opt(7200).unwrap();
+        assert_eq!(
+            parse_timestamp("2025-12-14 12:00:00,123", plus2),
+            Some(want)
+        );
+        for bad in [
+            "",
+            "yesterday",
+            "2025-13-14 10:00:00,123",
+            "2025-12-14 10:00:00,12x",
+            "-5",
+        ] {
+            assert_eq!(parse_timestamp(bad, utc), None, "{bad}");
+        }
+        let e = event(r#"{"model_id":"m","prediction":"a","timestamp":1765706400.123}"#);
+        assert_eq!(e.time, EventTime::Parsed(want));
+        let e = event(r#"{"model_id":"m","prediction":"a","timestamp":1765706400123}"#);
+        assert_eq!(e.time, EventTime::Parsed(want));
+        let e = event(r#"{"model_id":"m","prediction":"a","timestamp":"soon"}"#);
+        assert_eq!(e.time, EventTime::Invalid);
+        assert!(e.has_issue(Issue::TimestampInvalid));
+    }
+
+    #[test]
+    fn feature_values_by_kind() {
+        let e = event(
+            r#"{"model_id":"m","input_features":{"n":1,"f":2.5,"s":"x","b":false,"z":null,"arr":[1,2],"geo":{"country":"DE","lat":52.5,"deep":{"x":1}}}}"#,
+        );
+        let names: Vec<&str> = e.features.iter().map(|(k, _)| k.as_ref()).collect();
+        assert_eq!(
+            names,
+            [
+                "n",
+                "f",
+                "s",
+                "b",
+                "z",
+                "geo.country",
+                "geo.lat",
+                "geo.deep.x"
+            ]
+        );
+        assert_eq!(e.features[0].1, FeatureValue::Num(1.0));
+        assert_eq!(e.features[3].1, FeatureValue::Cat("false".into()));
+        assert_eq!(e.features[4].1, FeatureValue::Missing);
+        assert_eq!(e.features[5].1, FeatureValue::Cat("DE".into()));
+        assert!(e.has_issue(Issue::FeatureArray));
+    }
+
+    #[test]
+    fn nesting_beyond_the_depth_limit_is_skipped_and_counted() {
+        let cfg = DecodeConfig {
+            max_feature_depth: 2,
+            ..DecodeConfig::default()
+        };
+        let d = Decoder::new(cfg);
+        let line = br#"{"model_id":"m","input_features":{"a":{"b":{"c":1}},"x":1}}"#;
+        let Decoded::Event(e) = d.decode(line) else {
+            panic!()
+        };
+        let names: Vec<&str> = e.features.iter().map(|(k, _)| k.as_ref()).collect();
+        assert_eq!(names, ["x"]);
+        assert!(e.has_issue(Issue::FeatureTooDeep));
+    }
+
+    #[test]
+    fn python_nan_and_infinity_are_invalid_features_not_lost_lines() {
+        let e = event(
+            r#"{"model_id":"m","prediction":"a","input_features":{"x":NaN,"y":-Infinity,"z":1.5,"s":"NaN inside a string"}}"#,
+        );
+        assert_eq!(e.features[0].1, FeatureValue::NonFinite);
+        assert_eq!(e.features[1].1, FeatureValue::NonFinite);
+        assert_eq!(e.features[2].1, FeatureValue::Num(1.5));
+        assert_eq!(
+            e.features[3].1,
+            FeatureValue::Cat("NaN inside a string".into())
+        );
+    }
+
+    #[test]
+    fn non_inference_lines_are_skipped_with_a_reason() {
+        let d = dec();
+        let cases = [
+            (
+                r#"{"model_id":"m","message":"User feedback received","request_id":"r","action":"clicked_on_item"}"#,
+                Skip::Feedback,
+            ),
+            (
+                r#"{"model_id":"m","total_latency_ms":12.5,"inference_ms":8.1}"#,
+                Skip::Timing,
+            ),
+            (
+                r#"{"model_id":"m","input_stats":{"a_mean":1},"prediction_stats":{"class_counts":{"a":1}}}"#,
+                Skip::BatchStats,
+            ),
+            (
+                r#"{"model_id":"m","level":"ERROR","error_type":"InputValidationError"}"#,
+                Skip::ErrorRecord,
+            ),
+            (
+                r#"{"model_id":"m","message":"hello"}"#,
+                Skip::NoInferenceFields,
+            ),
+            (
+                r#"{"message":"User feedback received","request_id":"r","user_id":"u","action":"clicked_on_item"}"#,
+                Skip::Feedback,
+            ),
+        ];
+        for (line, want) in cases {
+            assert_eq!(d.decode(line.as_bytes()), Decoded::Skipped(want), "{line}");
+        }
+    }
+
+    #[test]
+    fn rejections_have_precise_reasons() {
+        let cfg = DecodeConfig {
+            max_line_bytes: 100,
+            ..DecodeConfig::default()
+        };
+        let d = Decoder::new(cfg);
+        let cases: [(&[u8], Reject); 8] = [
+            (b"{\"model_id\": \"m\", \"predic", Reject::MalformedJson),
+            (b"plain text", Reject::MalformedJson),
+            (b"[1,2,3]", Reject::NotAnObject),
+            (b"42", Reject::NotAnObject),
+            (b"{\"prediction\": \"a\"}", Reject::MissingModel),
+            (
+                b"{\"model_id\": 7, \"prediction\": \"a\"}",
+                Reject::InvalidModel,
+            ),
+            (
+                b"{\"model_id\": \"\", \"prediction\": \"a\"}",
+                Reject::InvalidModel,
+            ),
+            (&[b' '; 101], Reject::TooLarge),
+        ];
+        for (line, want) in cases {
+            assert_eq!(
+                d.decode(line),
+                Decoded::Rejected(want),
+                "{:?}",
+                String::from_utf8_lossy(line)
+            );
+        }
+        assert_eq!(
+            d.decode(b"{\"model_id\":\"m\xff\"}"),
+            Decoded::Rejected(Reject::MalformedJson)
+        );
+    }
+
+    #[test]
+    fn confidence_outside_unit_interval_is_an_issue() {
+        let e = event(r#"{"model_id":"m","prediction":"a","confidence":1.5}"#);
+        assert_eq!(e.confidence, None);
+        assert!(e.has_issue(Issue::ConfidenceInvalid));
+        let e = event(r#"{"model_id":"m","prediction":0.25}"#);
+        assert_eq!(e.prediction, Some(Prediction::Value(0.25)));
+    }
+
+    #[test]
+    fn filter_allows_denies_and_hashes() {
+        let mut filter = FeatureFilter::default();
+        filter.deny.insert("user_id".into());
+        filter.hash.insert("email".into());
+        let d = Decoder::new(DecodeConfig {
+            filter,
+            ..DecodeConfig::default()
+        });
+        let line = br#"{"model_id":"m","input_features":{"user_id":"u1","email":"a@b.c","x":1}}"#;
+        let Decoded::Event(e) = d.decode(line) else {
+            panic!()
+        };
+        assert_eq!(
+            e.features,
+            vec![
+                ("email".into(), FeatureValue::Hashed(feature_hash("a@b.c"))),
+                ("x".into(), FeatureValue::Num(1.0)),
+            ]
+        );
+        let filter = FeatureFilter {
+            allow: Some(["geo.country".to_owned()].into_iter().collect()),
+            ..FeatureFilter::default()
+        };
+        let d = Decoder::new(DecodeConfig {
+            filter,
+            ..DecodeConfig::default()
+        });
+        let line =
+            br#"{"model_id":"m","input_features":{"geo":{"country":"DE","city":"Berlin"},"x":1}}"#;
+        let Decoded::Event(e) = d.decode(line) else {
+            panic!()
+        };
+        assert_eq!(
+            e.features,
+            vec![("geo.country".into(), FeatureValue::Cat("DE".into()))]
+        );
+    }
+
+    #[test]
+    fn too_many_features_keeps_the_first_and_counts() {
+        let d = Decoder::new(DecodeConfig {
+            max_features: 2,
+            ..DecodeConfig::default()
+        });
+        let Decoded::Event(e) =
+            d.decode(br#"{"model_id":"m","input_features":{"a":1,"b":2,"c":3}}"#)
+        else {
+            panic!()
+        };
+        assert_eq!(e.features.len(), 2);
+        assert!(e.has_issue(Issue::TooManyFeatures));
+    }
+
+    #[test]
+    fn custom_pointers_with_escapes() {
+        let m = FieldMapping {
+            model: vec![Pointer::parse("/meta/model~1name").unwrap()],
+            features: Pointer::parse("/x/feats").unwrap(),
+            ..FieldMapping::default()
+        };
+        let d = Decoder::new(DecodeConfig {
+            mapping: m,
+            ..DecodeConfig::default()
+        });
+        let Decoded::Event(e) =
+            d.decode(br#"{"meta":{"model/name":"mm"},"x":{"feats":{"a":1}},"prediction":"p"}"#)
+        else {
+            panic!()
+        };
+        assert_eq!(e.model, "mm");
+        assert_eq!(e.features.len(), 1);
+        assert_eq!(
+            Pointer::parse("/a~0b/c~1d").unwrap().to_string(),
+            "/a~0b/c~1d"
+        );
+        assert!(Pointer::parse("model").is_err());
+        assert!(Pointer::parse("/a~2").is_err());
+    }
+
+    #[test]
+    fn stats_count_each_outcome_once() {
+        let d = dec();
+        let mut st = DecodeStats::default();
+        for l in [SEED_LINE, "nope", "[1]", r#"{"model_id":"m","action":"x"}"#] {
+            st.record(&d.decode(l.as_bytes()));
+        }
+        assert_eq!(st.events, 1);
+        assert_eq!(st.rejected[Reject::MalformedJson as usize], 1);
+        assert_eq!(st.rejected[Reject::NotAnObject as usize], 1);
+        assert_eq!(st.skipped[Skip::Feedback as usize], 1);
+        assert_eq!(st.rejected_total(), 2);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = dec().decode(&bytes);
+        }
+
+        #[test]
+        fn mutated_seed_lines_never_panic(
+            edits in proptest::collection::vec((0usize..400, any::<u8>(), 0u8..3), 1..8)
+        ) {
+            let mut line = SEED_LINE.as_bytes().to_vec();
+            for (pos, byte, op) in edits {
+                let pos = pos % (line.len() + 1);
+                match op {
+                    0 if pos < line.len() => line[pos] = byte,
+                    1 => line.insert(pos, byte),
+                    _ if pos < line.len() => { line.remove(pos); }
+                    _ => {}
+                }
+            }
+            let d = dec();
+            let out = d.decode(&line);
+            // Whatever came out, an event always has a valid model name.
+            if let Decoded::Event(e) = out {
+                prop_assert!(valid_name(&e.model));
+            }
+        }
+
+        #[test]
+        fn json_structured_noise_never_panics(
+            s in r#"\{("[a-z_]{1,12}": ?(-?[0-9]{1,20}(\.[0-9]{1,5})?([eE][+-]?[0-9]{1,4})?|"[^"\\]{0,10}"|true|null|NaN|\{|\[|\]|\}),? ?){0,12}\}?"#
+        ) {
+            let _ = dec().decode(s.as_bytes());
+        }
+    }
+}

@@ -1,0 +1,2360 @@
+//! Deterministic synthetic inference-log generator.
+//!
+//! This module owns the seed-shaped log lines that `driftd generate`, `driftd demo`, the
+//! benchmarks and the scenario test suites feed to the monitor. Lines look exactly like what
+//! the instrumented Python service writes through `logging` with a JSON formatter (the
+//! `extra_data` dict merged at top level, `json.dumps` separators `", "` and `": "`):
+//!
+//! ```text
+//! {"timestamp": "2025-12-14 10:00:00,123", "level": "INFO", "message": "Model inference completed",
+//!  "service": "ai_inference_service", "module": "app", "function": "predict", "line": 42,
+//!  "request_id": "req_3f9a0c1b2d4e", "model_id": "fraud-v1", "input_hash": -4417022133018651227,
+//!  "prediction": "legit", "confidence": 0.9312, "experiment_assignment": "control",
+//!  "input_features": {"f00_amount": 412.35, "f01_country": "DE", ..., "f07_is_returning": true}}
+//! ```
+//!
+//! (one physical line, no trailing newline). Besides inference records the stream mixes in
+//! `ERROR` records (`"error_type": "InputValidationError"`, no prediction), timing lines
+//! (`"Inference timing metrics"`), user feedback lines (`"User feedback received"`) and
+//! malformed lines, each with a configurable share. The fixed logging fields take ~385
+//! bytes, so an inference line with 20 features averages ~840 bytes (8 features: roughly 570).
+//!
+//! The generator is pure: the caller passes the event time (milliseconds since the Unix epoch)
+//! and a `String` buffer, so the same seed and the same times always give the same bytes, and
+//! a million-line benchmark allocates nothing per line. [`DriftSpec`]s inject distribution
+//! shift (mean shift, variance change, unseen categories, class-prior change, outlier bursts)
+//! from a chosen event time on, abruptly or ramped in.
+//!
+//! Feature *names* depend only on the feature count and categorical share (so scenario files
+//! can refer to them stably); distribution parameters and vocabularies depend on the seed and
+//! the model name (so adding a model does not perturb the others).
+
+use std::fmt::Write as _;
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use rand_distr::StandardNormal;
+use serde::{Deserialize, Serialize};
+
+/// Features per model when a [`ModelSpec`] does not say otherwise.
+pub const DEFAULT_FEATURES: usize = 20;
+/// Share of a model's features (excluding the boolean one) that are categorical by default.
+pub const DEFAULT_CATEGORICAL_SHARE: f64 = 0.3;
+
+/// Where the model name goes in a line: the seed's A/B example logs `model_used`, everything
+/// else `model_id`; the monitor has to accept both, so the generator can emit both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelIdField {
+    #[default]
+    ModelId,
+    ModelUsed,
+}
+
+impl ModelIdField {
+    /// The JSON key this variant writes.
+    pub fn key(self) -> &'static str {
+        match self {
+            ModelIdField::ModelId => "model_id",
+            ModelIdField::ModelUsed => "model_used",
+        }
+    }
+}
+
+/// One simulated model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    pub name: String,
+    /// Number of input features (at least 1; with 2 or more the last one is boolean).
+    #[serde(default = "default_features")]
+    pub features: usize,
+    /// Share of the non-boolean features that are categorical, in `[0, 1]`.
+    #[serde(default = "default_categorical_share")]
+    pub categorical_share: f64,
+    /// Predicted class labels.
+    #[serde(default = "default_classes")]
+    pub classes: Vec<String>,
+    /// Class probabilities, same length as `classes`; normalised, need not sum to 1.
+    #[serde(default = "default_class_priors")]
+    pub class_priors: Vec<f64>,
+    #[serde(default)]
+    pub id_field: ModelIdField,
+    /// Relative share of traffic among models (> 0).
+    #[serde(default = "default_traffic_weight")]
+    pub traffic_weight: f64,
+}
+
+fn default_features() -> usize {
+    DEFAULT_FEATURES
+}
+fn default_categorical_share() -> f64 {
+    DEFAULT_CATEGORICAL_SHARE
+}
+fn default_classes() -> Vec<String> {
+    vec!["cat".into(), "dog".into(), "bird".into()]
+}
+fn default_class_priors() -> Vec<f64> {
+    vec![0.5, 0.3, 0.2]
+}
+fn default_traffic_weight() -> f64 {
+    1.0
+}
+
+impl ModelSpec {
+    /// A model with [`DEFAULT_FEATURES`] features, the default categorical share, classes
+    /// `cat`/`dog`/`bird` (priors 0.5/0.3/0.2), `model_id` key and traffic weight 1.
+    pub fn new(name: impl Into<String>) -> Self {
+        ModelSpec {
+            name: name.into(),
+            features: DEFAULT_FEATURES,
+            categorical_share: DEFAULT_CATEGORICAL_SHARE,
+            classes: default_classes(),
+            class_priors: default_class_priors(),
+            id_field: ModelIdField::ModelId,
+            traffic_weight: 1.0,
+        }
+    }
+
+    pub fn with_features(mut self, features: usize) -> Self {
+        self.features = features;
+        self
+    }
+
+    pub fn with_categorical_share(mut self, share: f64) -> Self {
+        self.categorical_share = share;
+        self
+    }
+
+    /// Sets classes and their priors from `(label, prior)` pairs.
+    pub fn with_classes(mut self, classes: &[(&str, f64)]) -> Self {
+        self.classes = classes.iter().map(|(c, _)| (*c).to_string()).collect();
+        self.class_priors = classes.iter().map(|(_, p)| *p).collect();
+        self
+    }
+
+    pub fn with_id_field(mut self, id_field: ModelIdField) -> Self {
+        self.id_field = id_field;
+        self
+    }
+
+    pub fn with_traffic_weight(mut self, weight: f64) -> Self {
+        self.traffic_weight = weight;
+        self
+    }
+}
+
+/// A reference to a feature of a model: by position, or by name. A name matches either the
+/// full name (`"f03_balance"`) or the part after the `fNN_` prefix (`"balance"`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum FeatureRef {
+    Index(usize),
+    Name(String),
+}
+
+impl From<usize> for FeatureRef {
+    fn from(i: usize) -> Self {
+        FeatureRef::Index(i)
+    }
+}
+impl From<&str> for FeatureRef {
+    fn from(s: &str) -> Self {
+        FeatureRef::Name(s.to_string())
+    }
+}
+impl From<String> for FeatureRef {
+    fn from(s: String) -> Self {
+        FeatureRef::Name(s)
+    }
+}
+
+/// What a drift does while it is active. Magnitudes are scaled by the drift's intensity
+/// (see [`DriftSpec::intensity`]) so a ramped drift grows in gradually.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum DriftEffect {
+    /// Numeric features move by `sds` baseline standard deviations.
+    MeanShift { features: Vec<FeatureRef>, sds: f64 },
+    /// Numeric features' variance is multiplied by `factor` (> 0) around the baseline mean.
+    VarianceScale {
+        features: Vec<FeatureRef>,
+        factor: f64,
+    },
+    /// A value outside the vocabulary takes `share` of a categorical feature's values.
+    NewCategory {
+        feature: FeatureRef,
+        value: String,
+        share: f64,
+    },
+    /// Class priors are replaced (blended in proportion to intensity while ramping).
+    ClassPriors { priors: Vec<f64> },
+    /// A `share` of values become extreme: baseline mean ± `sds` standard deviations. Meant
+    /// for short windows (set an end time).
+    OutlierBurst {
+        features: Vec<FeatureRef>,
+        share: f64,
+        sds: f64,
+    },
+}
+
+/// A drift injected into one model (or all) from `start_ms` on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DriftSpec {
+    /// Target model name; `None` means every model the effect fits.
+    #[serde(default)]
+    pub model: Option<String>,
+    pub start_ms: i64,
+    /// Exclusive end; `None` means the drift persists.
+    #[serde(default)]
+    pub end_ms: Option<i64>,
+    /// Linear ramp-in duration; 0 means abrupt.
+    #[serde(default)]
+    pub ramp_ms: i64,
+    pub effect: DriftEffect,
+}
+
+impl DriftSpec {
+    /// An abrupt, persistent drift on all models.
+    pub fn new(effect: DriftEffect, start_ms: i64) -> Self {
+        DriftSpec {
+            model: None,
+            start_ms,
+            end_ms: None,
+            ramp_ms: 0,
+            effect,
+        }
+    }
+
+    pub fn mean_shift(feature: impl Into<FeatureRef>, sds: f64, start_ms: i64) -> Self {
+        Self::new(
+            DriftEffect::MeanShift {
+                features: vec![feature.into()],
+                sds,
+            },
+            start_ms,
+        )
+    }
+
+    pub fn variance_scale(feature: impl Into<FeatureRef>, factor: f64, start_ms: i64) -> Self {
+        Self::new(
+            DriftEffect::VarianceScale {
+                features: vec![feature.into()],
+                factor,
+            },
+            start_ms,
+        )
+    }
+
+    pub fn new_category(
+        feature: impl Into<FeatureRef>,
+        value: impl Into<String>,
+        share: f64,
+        start_ms: i64,
+    ) -> Self {
+        Self::new(
+            DriftEffect::NewCategory {
+                feature: feature.into(),
+                value: value.into(),
+                share,
+            },
+            start_ms,
+        )
+    }
+
+    pub fn class_priors(priors: Vec<f64>, start_ms: i64) -> Self {
+        Self::new(DriftEffect::ClassPriors { priors }, start_ms)
+    }
+
+    /// An outlier burst over `[start_ms, end_ms)`.
+    pub fn outlier_burst(
+        feature: impl Into<FeatureRef>,
+        share: f64,
+        sds: f64,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Self {
+        Self::new(
+            DriftEffect::OutlierBurst {
+                features: vec![feature.into()],
+                share,
+                sds,
+            },
+            start_ms,
+        )
+        .until(end_ms)
+    }
+
+    /// Restricts the drift to one model.
+    pub fn for_model(mut self, model: impl Into<String>) -> Self {
+        self.model = Some(model.into());
+        self
+    }
+
+    /// Ends the drift at `end_ms` (exclusive).
+    pub fn until(mut self, end_ms: i64) -> Self {
+        self.end_ms = Some(end_ms);
+        self
+    }
+
+    /// Ramps the drift in linearly over `ramp_ms` ("gradual drift").
+    pub fn ramp(mut self, ramp_ms: i64) -> Self {
+        self.ramp_ms = ramp_ms;
+        self
+    }
+
+    /// How strongly the drift applies at `t_ms`: 0 outside `[start, end)`, rising linearly
+    /// from 0 to 1 over the ramp, 1 afterwards.
+    pub fn intensity(&self, t_ms: i64) -> f64 {
+        intensity(self.start_ms, self.end_ms, self.ramp_ms, t_ms)
+    }
+}
+
+fn intensity(start: i64, end: Option<i64>, ramp: i64, t: i64) -> f64 {
+    if t < start || end.is_some_and(|e| t >= e) {
+        return 0.0;
+    }
+    if ramp <= 0 {
+        return 1.0;
+    }
+    ((t - start) as f64 / ramp as f64).min(1.0)
+}
+
+/// Everything the generator needs. Shares are per line and must sum to at most 1; the rest
+/// of the lines are inference records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GeneratorConfig {
+    pub seed: u64,
+    pub models: Vec<ModelSpec>,
+    /// Emit `experiment_assignment` ("control"/"variant", 50/50) on inference records.
+    pub arms: bool,
+    pub malformed_share: f64,
+    pub error_share: f64,
+    pub timing_share: f64,
+    pub feedback_share: f64,
+    /// Share of numeric feature values written as `null`.
+    pub missing_share: f64,
+    pub drifts: Vec<DriftSpec>,
+    /// Seed of the line stream only. `seed` fixes the models (distribution
+    /// parameters, vocabularies); a different `stream_seed` draws fresh
+    /// lines from the same models, e.g. live traffic after a reference file.
+    pub stream_seed: Option<u64>,
+}
+
+const DEFAULT_MODEL_NAMES: [&str; 8] = [
+    "fraud-v1",
+    "recsys-v3",
+    "churn-v2",
+    "credit-v5",
+    "vision-v1",
+    "pricing-v4",
+    "ranker-v2",
+    "spam-v7",
+];
+
+impl Default for GeneratorConfig {
+    /// Seed 42; `fraud-v1` (classes fraud/legit) and `recsys-v3` (five item categories),
+    /// 8 features each; arms on; 0.5% malformed, 1% errors, 10% timing, 5% feedback lines;
+    /// 1% missing numeric values; no drift.
+    fn default() -> Self {
+        GeneratorConfig {
+            seed: 42,
+            models: vec![
+                ModelSpec::new("fraud-v1")
+                    .with_features(8)
+                    .with_classes(&[("fraud", 0.04), ("legit", 0.96)]),
+                ModelSpec::new("recsys-v3").with_features(8).with_classes(&[
+                    ("electronics", 0.35),
+                    ("books", 0.25),
+                    ("fashion", 0.2),
+                    ("home", 0.12),
+                    ("sports", 0.08),
+                ]),
+            ],
+            arms: true,
+            malformed_share: 0.005,
+            error_share: 0.01,
+            timing_share: 0.10,
+            feedback_share: 0.05,
+            missing_share: 0.01,
+            drifts: Vec::new(),
+            stream_seed: None,
+        }
+    }
+}
+
+impl GeneratorConfig {
+    /// `models` models with `features` features each and default classes, named `fraud-v1`,
+    /// `recsys-v3`, ... then `model-08`, `model-09`, ...; other settings as [`Default`].
+    pub fn synthetic(seed: u64, models: usize, features: usize) -> Self {
+        let defaults = GeneratorConfig::default().models;
+        let models = (0..models)
+            .map(|i| match defaults.get(i) {
+                // The first two keep their realistic classes (fraud/legit ...).
+                Some(spec) => spec.clone().with_features(features),
+                None => {
+                    let name = DEFAULT_MODEL_NAMES
+                        .get(i)
+                        .map_or_else(|| format!("model-{i:02}"), |n| (*n).to_string());
+                    ModelSpec::new(name).with_features(features)
+                }
+            })
+            .collect();
+        GeneratorConfig {
+            seed,
+            models,
+            ..Default::default()
+        }
+    }
+
+    /// Only inference records: no malformed, error, timing or feedback lines.
+    pub fn inference_only(mut self) -> Self {
+        self.malformed_share = 0.0;
+        self.error_share = 0.0;
+        self.timing_share = 0.0;
+        self.feedback_share = 0.0;
+        self
+    }
+
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Sets the feature count of every model.
+    pub fn with_features(mut self, features: usize) -> Self {
+        for m in &mut self.models {
+            m.features = features;
+        }
+        self
+    }
+
+    /// Sets the categorical share of every model.
+    pub fn with_categorical_share(mut self, share: f64) -> Self {
+        for m in &mut self.models {
+            m.categorical_share = share;
+        }
+        self
+    }
+
+    pub fn with_drift(mut self, drift: DriftSpec) -> Self {
+        self.drifts.push(drift);
+        self
+    }
+}
+
+/// Why a [`GeneratorConfig`] was rejected.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("invalid generator config: {0}")]
+pub struct ConfigError(pub String);
+
+/// What [`Generator::next_line`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LineKind {
+    Inference,
+    Error,
+    Timing,
+    Feedback,
+    Malformed(MalformedKind),
+}
+
+impl LineKind {
+    pub fn is_malformed(self) -> bool {
+        matches!(self, LineKind::Malformed(_))
+    }
+}
+
+/// The ways a malformed line is broken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MalformedKind {
+    /// An inference record cut off mid-way (not valid JSON).
+    Truncated,
+    /// Valid JSON, but an array rather than an object.
+    JsonArray,
+    /// A valid inference object with neither `model_id` nor `model_used`.
+    MissingModelId,
+    /// Plain text (a stray print or traceback line), not JSON.
+    PlainText,
+}
+
+/// How a feature's values are drawn.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FeatureKind {
+    Normal {
+        mean: f64,
+        sd: f64,
+    },
+    LogNormal {
+        mu: f64,
+        sigma: f64,
+    },
+    /// `values[i]` has probability `probs[i]` (Zipf-like, most frequent first).
+    Categorical {
+        values: Vec<String>,
+        probs: Vec<f64>,
+    },
+    Boolean {
+        p_true: f64,
+    },
+}
+
+/// A model input feature as the generator draws it (before drift).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeatureInfo {
+    pub index: usize,
+    pub name: String,
+    pub kind: FeatureKind,
+}
+
+impl FeatureInfo {
+    /// True for string-valued features (not the boolean one).
+    pub fn is_categorical(&self) -> bool {
+        matches!(self.kind, FeatureKind::Categorical { .. })
+    }
+
+    pub fn is_numeric(&self) -> bool {
+        matches!(
+            self.kind,
+            FeatureKind::Normal { .. } | FeatureKind::LogNormal { .. }
+        )
+    }
+
+    /// Baseline mean of a numeric feature.
+    pub fn mean(&self) -> Option<f64> {
+        match self.kind {
+            FeatureKind::Normal { mean, .. } => Some(mean),
+            FeatureKind::LogNormal { mu, sigma } => Some((mu + sigma * sigma / 2.0).exp()),
+            _ => None,
+        }
+    }
+
+    /// Baseline standard deviation of a numeric feature: the unit of mean-shift drifts.
+    pub fn sd(&self) -> Option<f64> {
+        match self.kind {
+            FeatureKind::Normal { sd, .. } => Some(sd),
+            FeatureKind::LogNormal { mu, sigma } => {
+                let s2 = sigma * sigma;
+                Some(((s2.exp() - 1.0) * (2.0 * mu + s2).exp()).sqrt())
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Formats `t_ms` (milliseconds since the Unix epoch) the way Python's `logging` formats
+/// `asctime` by default, in UTC: `2025-12-14 10:00:00,123`.
+pub fn python_log_timestamp(t_ms: i64) -> String {
+    let mut s = String::with_capacity(23);
+    write_python_log_timestamp(&mut s, t_ms);
+    s
+}
+
+/// Appends the [`python_log_timestamp`] of `t_ms` to `out`.
+pub fn write_python_log_timestamp(out: &mut String, t_ms: i64) {
+    let days = t_ms.div_euclid(86_400_000);
+    let ms_of_day = t_ms.rem_euclid(86_400_000);
+    let (y, m, d) = civil_from_days(days);
+    let secs = ms_of_day / 1000;
+    if (0..=9999).contains(&y) {
+        push2(out, (y / 100) as u32);
+        push2(out, (y % 100) as u32);
+    } else {
+        let _ = write!(out, "{y:04}");
+    }
+    out.push('-');
+    push2(out, m);
+    out.push('-');
+    push2(out, d);
+    out.push(' ');
+    push2(out, (secs / 3600) as u32);
+    out.push(':');
+    push2(out, (secs / 60 % 60) as u32);
+    out.push(':');
+    push2(out, (secs % 60) as u32);
+    out.push(',');
+    let ms = (ms_of_day % 1000) as u32;
+    out.push(char::from(b'0' + (ms / 100) as u8));
+    push2(out, ms % 100);
+}
+
+fn push2(out: &mut String, v: u32) {
+    out.push(char::from(b'0' + (v / 10) as u8));
+    out.push(char::from(b'0' + (v % 10) as u8));
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm); done by
+/// hand because chrono's formatter is far slower than the rest of a line.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+const NUMERIC_WORDS: [&str; 20] = [
+    "amount",
+    "age_days",
+    "balance",
+    "txn_count",
+    "latency",
+    "score",
+    "distance_km",
+    "duration_s",
+    "price",
+    "ratio",
+    "tenure_m",
+    "clicks",
+    "sessions",
+    "income",
+    "debt",
+    "velocity",
+    "rating",
+    "temp",
+    "basket_size",
+    "page_views",
+];
+
+const CATEGORICAL_POOLS: [(&str, &[&str]); 11] = [
+    (
+        "country",
+        &[
+            "US", "DE", "GB", "FR", "IN", "BR", "JP", "CA", "ES", "IT", "NL", "SE", "PL", "MX",
+            "AU", "KR", "CH", "AT", "BE", "DK", "NO", "FI", "IE", "PT", "CZ", "RO", "HU", "GR",
+            "TR", "AR",
+        ],
+    ),
+    (
+        "device",
+        &[
+            "mobile", "desktop", "tablet", "smart_tv", "console", "watch", "kiosk",
+        ],
+    ),
+    (
+        "channel",
+        &[
+            "web",
+            "ios",
+            "android",
+            "api",
+            "pos",
+            "call_center",
+            "partner",
+            "email",
+        ],
+    ),
+    (
+        "category",
+        &[
+            "electronics",
+            "books",
+            "fashion",
+            "home",
+            "sports",
+            "toys",
+            "beauty",
+            "grocery",
+            "garden",
+            "auto",
+            "music",
+            "games",
+            "health",
+            "office",
+            "pets",
+            "baby",
+            "jewelry",
+            "travel",
+        ],
+    ),
+    (
+        "browser",
+        &[
+            "chrome", "safari", "firefox", "edge", "opera", "samsung", "brave", "vivaldi", "uc",
+        ],
+    ),
+    (
+        "os",
+        &[
+            "android", "ios", "windows", "macos", "linux", "chromeos", "tizen",
+        ],
+    ),
+    (
+        "currency",
+        &[
+            "USD", "EUR", "GBP", "JPY", "INR", "BRL", "CAD", "AUD", "CHF", "SEK", "PLN", "MXN",
+            "KRW", "NOK", "DKK", "CZK", "HUF", "TRY", "ZAR", "NZD",
+        ],
+    ),
+    (
+        "plan",
+        &[
+            "free",
+            "basic",
+            "plus",
+            "pro",
+            "team",
+            "enterprise",
+            "trial",
+            "student",
+        ],
+    ),
+    (
+        "merchant",
+        &[
+            "grocery",
+            "fuel",
+            "restaurants",
+            "airlines",
+            "hotels",
+            "electronics",
+            "apparel",
+            "pharmacy",
+            "gaming",
+            "subscriptions",
+            "utilities",
+            "telecom",
+        ],
+    ),
+    (
+        "language",
+        &[
+            "en", "de", "fr", "es", "pt", "ja", "it", "nl", "sv", "pl", "ko", "zh", "ru", "tr",
+            "ar", "hi",
+        ],
+    ),
+    (
+        "segment",
+        &["new", "casual", "loyal", "vip", "dormant", "churn_risk"],
+    ),
+];
+
+const BOOLEAN_WORD: &str = "is_returning";
+
+/// Layout depends only on count and share, never on the seed, so names are stable.
+fn feature_layout(n: usize, categorical_share: f64) -> Vec<(String, LayoutKind)> {
+    let has_bool = n >= 2;
+    let m = n - usize::from(has_bool);
+    let k = ((m as f64) * categorical_share).round() as usize;
+    let k = k.min(m);
+    let (mut num_i, mut cat_i) = (0, 0);
+    (0..n)
+        .map(|i| {
+            // Bresenham-style spread keeps categoricals evenly interleaved with numerics and
+            // puts one at index 1 for the usual shares (`f01_country`, like the seed's logs).
+            let kind = if has_bool && i == n - 1 {
+                LayoutKind::Boolean
+            } else if k > 0 && (i * k + (m - k)) % m < k {
+                LayoutKind::Categorical(cat_i)
+            } else {
+                LayoutKind::Numeric(num_i)
+            };
+            let word = match kind {
+                LayoutKind::Boolean => BOOLEAN_WORD,
+                LayoutKind::Categorical(j) => {
+                    cat_i += 1;
+                    CATEGORICAL_POOLS[j % CATEGORICAL_POOLS.len()].0
+                }
+                LayoutKind::Numeric(j) => {
+                    num_i += 1;
+                    NUMERIC_WORDS[j % NUMERIC_WORDS.len()]
+                }
+            };
+            (format!("f{i:02}_{word}"), kind)
+        })
+        .collect()
+}
+
+#[derive(Clone, Copy)]
+enum LayoutKind {
+    Numeric(usize),
+    Categorical(usize),
+    Boolean,
+}
+
+/// Internal sampler for one feature, with everything the hot loop needs pre-rendered.
+#[derive(Debug, Clone)]
+struct FeatureGen {
+    /// `"fNN_word": ` ready to push.
+    key: String,
+    kind: GenKind,
+}
+
+#[derive(Debug, Clone)]
+enum GenKind {
+    Numeric {
+        normal: bool,
+        /// Normal: mean/sd; log-normal: mu/sigma of the underlying normal.
+        a: f64,
+        b: f64,
+        /// Baseline mean and sd of the values, the frame drifts are expressed in.
+        mean: f64,
+        sd: f64,
+        decimals: usize,
+    },
+    Categorical {
+        /// Quoted JSON strings.
+        values: Vec<String>,
+        cum: Vec<f64>,
+    },
+    Boolean {
+        p_true: f64,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct ResolvedDrift {
+    start: i64,
+    end: Option<i64>,
+    ramp: i64,
+    effect: ResolvedEffect,
+}
+
+#[derive(Debug, Clone)]
+enum ResolvedEffect {
+    MeanShift {
+        features: Vec<usize>,
+        sds: f64,
+    },
+    Variance {
+        features: Vec<usize>,
+        factor: f64,
+    },
+    NewCategory {
+        feature: usize,
+        value: usize,
+        share: f64,
+    },
+    ClassPriors {
+        priors: Vec<f64>,
+    },
+    Outlier {
+        features: Vec<usize>,
+        share: f64,
+        sds: f64,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct ModelState {
+    name: String,
+    /// `"model_id": "name"` (or `model_used`), pre-rendered.
+    model_kv: String,
+    info: Vec<FeatureInfo>,
+    gens: Vec<FeatureGen>,
+    /// Quoted JSON strings.
+    classes: Vec<String>,
+    base_priors: Vec<f64>,
+    base_cum: Vec<f64>,
+    latency_mu: f64,
+    drifts: Vec<ResolvedDrift>,
+    /// Quoted JSON strings of drift-injected categories.
+    new_values: Vec<String>,
+    // Per-line drift state, reused so drifted lines allocate nothing either.
+    shift: Vec<f64>,
+    sd_mult: Vec<f64>,
+    outlier: Vec<(f64, f64)>,
+    newcat: Vec<(f64, usize)>,
+    cum_scratch: Vec<f64>,
+    prior_scratch: Vec<f64>,
+}
+
+const RECENT: usize = 64;
+const NO_NEWCAT: usize = usize::MAX;
+
+/// The seeded line generator. See the [module docs](self).
+#[derive(Debug, Clone)]
+pub struct Generator {
+    rng: SmallRng,
+    models: Vec<ModelState>,
+    traffic_cum: Vec<f64>,
+    /// Cumulative thresholds for malformed, error, timing, feedback.
+    kind_cum: [f64; 4],
+    arms: bool,
+    missing_share: f64,
+    /// Feature object of the current record; written first so `input_hash` can hash it.
+    features_buf: String,
+    /// Recent inference request ids and models, so timing and feedback lines refer to
+    /// requests that exist, as in the real service.
+    recent: [(u64, usize); RECENT],
+    recent_len: usize,
+    recent_pos: usize,
+    latest_untimed: bool,
+    last_model: Option<usize>,
+}
+
+impl Generator {
+    /// Builds a generator.
+    ///
+    /// # Panics
+    /// If the config is invalid; use [`Generator::try_new`] to get the reason as an error.
+    pub fn new(cfg: GeneratorConfig) -> Self {
+        match Self::try_new(cfg) {
+            Ok(g) => g,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Builds a generator, rejecting configs that would produce nonsense: shares outside
+    /// `[0, 1]` or summing past 1, no models, duplicate names, bad class priors, drifts
+    /// naming unknown models or features, or effects that do not fit the feature kind.
+    pub fn try_new(cfg: GeneratorConfig) -> Result<Self, ConfigError> {
+        let err = |s: String| Err(ConfigError(s));
+        let shares = [
+            ("malformed_share", cfg.malformed_share),
+            ("error_share", cfg.error_share),
+            ("timing_share", cfg.timing_share),
+            ("feedback_share", cfg.feedback_share),
+            ("missing_share", cfg.missing_share),
+        ];
+        for (name, s) in shares {
+            if !(0.0..=1.0).contains(&s) {
+                return err(format!("{name} {s} is outside [0, 1]"));
+            }
+        }
+        let mut kind_cum = [0.0; 4];
+        let mut acc = 0.0;
+        for (c, (_, s)) in kind_cum.iter_mut().zip(&shares[..4]) {
+            acc += s;
+            *c = acc;
+        }
+        if acc > 1.0 + 1e-9 {
+            return err(format!("line-kind shares sum to {acc} > 1"));
+        }
+        if cfg.models.is_empty() {
+            return err("no models".into());
+        }
+        let mut models = Vec::with_capacity(cfg.models.len());
+        for (i, spec) in cfg.models.iter().enumerate() {
+            if cfg.models[..i].iter().any(|m| m.name == spec.name) {
+                return err(format!("duplicate model name {:?}", spec.name));
+            }
+            models.push(build_model(cfg.seed, spec)?);
+        }
+        let total_w: f64 = cfg.models.iter().map(|m| m.traffic_weight).sum();
+        let mut acc = 0.0;
+        let traffic_cum = cfg
+            .models
+            .iter()
+            .map(|m| {
+                acc += m.traffic_weight / total_w;
+                acc
+            })
+            .collect();
+
+        for (di, d) in cfg.drifts.iter().enumerate() {
+            if d.ramp_ms < 0 {
+                return err(format!("drift {di}: negative ramp_ms"));
+            }
+            if d.end_ms.is_some_and(|e| e <= d.start_ms) {
+                return err(format!("drift {di}: end_ms is not after start_ms"));
+            }
+            check_effect_numbers(&d.effect).map_err(|e| ConfigError(format!("drift {di}: {e}")))?;
+            let mut applied = 0;
+            let mut last_err = String::new();
+            for m in &mut models {
+                if d.model.as_ref().is_some_and(|n| *n != m.name) {
+                    continue;
+                }
+                match resolve_effect(m, &d.effect) {
+                    Ok(effect) => {
+                        m.drifts.push(ResolvedDrift {
+                            start: d.start_ms,
+                            end: d.end_ms,
+                            ramp: d.ramp_ms,
+                            effect,
+                        });
+                        applied += 1;
+                    }
+                    // A drift naming its model must fit it; an all-models drift applies
+                    // wherever it fits, so models of different shapes can share one spec.
+                    Err(e) if d.model.is_some() => {
+                        return err(format!("drift {di} on {}: {e}", m.name))
+                    }
+                    Err(e) => last_err = e,
+                }
+            }
+            if applied == 0 {
+                return match &d.model {
+                    Some(n) => err(format!("drift {di}: unknown model {n:?}")),
+                    None => err(format!("drift {di} fits no model: {last_err}")),
+                };
+            }
+        }
+
+        Ok(Generator {
+            rng: SmallRng::seed_from_u64(cfg.stream_seed.unwrap_or(cfg.seed)),
+            models,
+            traffic_cum,
+            kind_cum,
+            arms: cfg.arms,
+            missing_share: cfg.missing_share,
+            features_buf: String::with_capacity(1024),
+            recent: [(0, 0); RECENT],
+            recent_len: 0,
+            recent_pos: 0,
+            latest_untimed: false,
+            last_model: None,
+        })
+    }
+
+    /// Model names, in config order (the index used by the other accessors).
+    pub fn model_names(&self) -> Vec<String> {
+        self.models.iter().map(|m| m.name.clone()).collect()
+    }
+
+    pub fn model_index(&self, name: &str) -> Option<usize> {
+        self.models.iter().position(|m| m.name == name)
+    }
+
+    /// The features of model `model`, in line order, with their baseline distributions.
+    ///
+    /// # Panics
+    /// If `model` is out of range.
+    pub fn features(&self, model: usize) -> &[FeatureInfo] {
+        &self.models[model].info
+    }
+
+    /// Feature names of model `model`, in line order.
+    pub fn feature_names(&self, model: usize) -> Vec<&str> {
+        self.models[model]
+            .info
+            .iter()
+            .map(|f| f.name.as_str())
+            .collect()
+    }
+
+    /// Names of the categorical (string-valued) features of model `model`.
+    pub fn categorical_feature_names(&self, model: usize) -> Vec<&str> {
+        self.models[model]
+            .info
+            .iter()
+            .filter(|f| f.is_categorical())
+            .map(|f| f.name.as_str())
+            .collect()
+    }
+
+    /// The model the last line was about (`None` for plain-text and array malformed lines).
+    pub fn last_model(&self) -> Option<usize> {
+        self.last_model
+    }
+
+    /// Writes one line (no trailing newline) for event time `t_ms` into `out`, which is
+    /// cleared first, and says what kind of line it is.
+    pub fn next_line(&mut self, t_ms: i64, out: &mut String) -> LineKind {
+        out.clear();
+        let u: f64 = self.rng.random();
+        if u < self.kind_cum[0] {
+            LineKind::Malformed(self.write_malformed(t_ms, out))
+        } else if u < self.kind_cum[1] {
+            self.write_error(t_ms, out);
+            LineKind::Error
+        } else if u < self.kind_cum[2] {
+            self.write_timing(t_ms, out);
+            LineKind::Timing
+        } else if u < self.kind_cum[3] {
+            self.write_feedback(t_ms, out);
+            LineKind::Feedback
+        } else {
+            let m = self.pick_model();
+            self.write_inference(t_ms, m, true, out);
+            LineKind::Inference
+        }
+    }
+
+    fn pick_model(&mut self) -> usize {
+        let m = if self.models.len() == 1 {
+            0
+        } else {
+            pick(&self.traffic_cum, self.rng.random())
+        };
+        self.last_model = Some(m);
+        m
+    }
+
+    fn new_request_id(&mut self) -> u64 {
+        self.rng.random::<u64>() >> 16
+    }
+
+    fn write_inference(&mut self, t_ms: i64, m: usize, with_model: bool, out: &mut String) {
+        let req = self.new_request_id();
+        self.fill_features(t_ms, m);
+        let hash = hash64(self.features_buf.as_bytes()) as i64;
+        let model = &mut self.models[m];
+        let cum: &[f64] = if model.drifts.is_empty() {
+            &model.base_cum
+        } else {
+            class_cum_at(model, t_ms)
+        };
+        let class = pick(cum, self.rng.random());
+        // sqrt skews confidence towards 1 like a trained classifier; truncating to 4
+        // decimals keeps the printed value strictly below 1.
+        let conf = 0.5 + 0.5 * self.rng.random::<f64>().sqrt();
+        let conf = (conf * 1e4).floor() / 1e4;
+
+        write_header(out, t_ms, INFERENCE_ENVELOPE);
+        write_request_id(out, req);
+        if with_model {
+            out.push_str(", ");
+            out.push_str(&model.model_kv);
+        }
+        out.push_str(", \"input_hash\": ");
+        if hash < 0 {
+            out.push('-');
+        }
+        push_u64(out, hash.unsigned_abs());
+        out.push_str(", \"prediction\": ");
+        out.push_str(&model.classes[class]);
+        out.push_str(", \"confidence\": ");
+        write_float(out, conf, 4);
+        if self.arms {
+            out.push_str(if self.rng.random::<bool>() {
+                ", \"experiment_assignment\": \"variant\""
+            } else {
+                ", \"experiment_assignment\": \"control\""
+            });
+        }
+        out.push_str(", \"input_features\": ");
+        out.push_str(&self.features_buf);
+        out.push('}');
+
+        if with_model {
+            self.recent[self.recent_pos] = (req, m);
+            self.recent_pos = (self.recent_pos + 1) % RECENT;
+            self.recent_len = (self.recent_len + 1).min(RECENT);
+            self.latest_untimed = true;
+        }
+    }
+
+    /// Writes the `input_features` object of one record for model `m` into `features_buf`.
+    fn fill_features(&mut self, t_ms: i64, m: usize) {
+        let model = &mut self.models[m];
+        let rng = &mut self.rng;
+        let buf = &mut self.features_buf;
+        let drifted = !model.drifts.is_empty() && apply_drifts(model, t_ms);
+        buf.clear();
+        buf.push('{');
+        for (i, g) in model.gens.iter().enumerate() {
+            if i > 0 {
+                buf.push_str(", ");
+            }
+            buf.push_str(&g.key);
+            match &g.kind {
+                GenKind::Numeric {
+                    normal,
+                    a,
+                    b,
+                    mean,
+                    sd,
+                    decimals,
+                } => {
+                    if self.missing_share > 0.0 && rng.random::<f64>() < self.missing_share {
+                        buf.push_str("null");
+                        continue;
+                    }
+                    let z: f64 = rng.sample(StandardNormal);
+                    let mut x = if *normal {
+                        a + b * z
+                    } else {
+                        (a + b * z).exp()
+                    };
+                    if drifted {
+                        let (o_share, o_sds) = model.outlier[i];
+                        if o_share > 0.0 && rng.random::<f64>() < o_share {
+                            let sign = if rng.random::<bool>() { 1.0 } else { -1.0 };
+                            let jitter = 1.0 + 0.1 * rng.random::<f64>();
+                            x = mean + sign * o_sds * sd * jitter;
+                        } else {
+                            x = mean + (x - mean) * model.sd_mult[i] + model.shift[i] * sd;
+                        }
+                    }
+                    write_float(buf, x, *decimals);
+                }
+                GenKind::Categorical { values, cum } => {
+                    let (share, v) = if drifted {
+                        model.newcat[i]
+                    } else {
+                        (0.0, NO_NEWCAT)
+                    };
+                    if v != NO_NEWCAT && rng.random::<f64>() < share {
+                        buf.push_str(&model.new_values[v]);
+                    } else {
+                        buf.push_str(&values[pick(cum, rng.random())]);
+                    }
+                }
+                GenKind::Boolean { p_true } => {
+                    buf.push_str(if rng.random::<f64>() < *p_true {
+                        "true"
+                    } else {
+                        "false"
+                    });
+                }
+            }
+        }
+        buf.push('}');
+    }
+
+    fn write_error(&mut self, t_ms: i64, out: &mut String) {
+        let m = self.pick_model();
+        let req = self.new_request_id();
+        let model = &self.models[m];
+        let f = self.rng.random_range(0..model.info.len());
+        write_header(out, t_ms, ERROR_ENVELOPE);
+        write_request_id(out, req);
+        out.push_str(", ");
+        out.push_str(&model.model_kv);
+        out.push_str(", \"error_type\": \"InputValidationError\", \"error_message\": ");
+        let _ = write!(
+            out,
+            "\"Input validation failed for feature {}\"}}",
+            model.info[f].name
+        );
+    }
+
+    /// A request id and model from recent inference records (or fresh ones before any);
+    /// `latest` prefers the newest record if no timing line has used it yet.
+    fn recent_request(&mut self, latest: bool) -> (u64, usize) {
+        if self.recent_len == 0 {
+            let m = self.pick_model();
+            return (self.new_request_id(), m);
+        }
+        let back = if latest && self.latest_untimed {
+            self.latest_untimed = false;
+            1
+        } else {
+            1 + self.rng.random_range(0..self.recent_len)
+        };
+        let (req, m) = self.recent[(self.recent_pos + RECENT - back) % RECENT];
+        self.last_model = Some(m);
+        (req, m)
+    }
+
+    fn write_timing(&mut self, t_ms: i64, out: &mut String) {
+        let (req, m) = self.recent_request(true);
+        let inference_mu = self.models[m].latency_mu;
+        let mut lognormal = |mu: f64, sigma: f64| {
+            let z: f64 = self.rng.sample(StandardNormal);
+            (mu + sigma * z).exp()
+        };
+        let pre = lognormal(0.7, 0.4);
+        let inf = lognormal(inference_mu, 0.5);
+        let post = lognormal(-0.2, 0.4);
+        let overhead = lognormal(-1.0, 0.6);
+        let total = pre + inf + post + overhead;
+        write_header(out, t_ms, TIMING_ENVELOPE);
+        write_request_id(out, req);
+        for (key, v) in [
+            ("total_latency_ms", total),
+            ("preprocessing_ms", pre),
+            ("inference_ms", inf),
+            ("postprocessing_ms", post),
+        ] {
+            let _ = write!(out, ", \"{key}\": ");
+            write_float(out, v, 3);
+        }
+        out.push_str(", ");
+        out.push_str(&self.models[m].model_kv);
+        out.push('}');
+    }
+
+    fn write_feedback(&mut self, t_ms: i64, out: &mut String) {
+        let (req, _) = self.recent_request(false);
+        let user: u32 = self.rng.random_range(1..=100_000);
+        let action = if self.rng.random::<f64>() < 0.3 {
+            "clicked_on_item"
+        } else {
+            "dismissed_recommendation"
+        };
+        // The client stamps the action a little before the service logs it.
+        let fb_us =
+            (t_ms - self.rng.random_range(0..30_000)) * 1000 + self.rng.random_range(0..1000);
+        write_header(out, t_ms, FEEDBACK_ENVELOPE);
+        write_request_id(out, req);
+        let _ = write!(
+            out,
+            ", \"user_id\": \"user_{user}\", \"action\": \"{action}\", \"feedback_timestamp\": {}.{:06}}}",
+            fb_us.div_euclid(1_000_000),
+            fb_us.rem_euclid(1_000_000)
+        );
+    }
+
+    fn write_malformed(&mut self, t_ms: i64, out: &mut String) -> MalformedKind {
+        match self.rng.random_range(0..4u8) {
+            0 => {
+                let m = self.pick_model();
+                self.write_inference(t_ms, m, true, out);
+                // Any proper prefix of an object is invalid JSON: its outer brace is open.
+                let mut cut = self.rng.random_range(1..out.len());
+                while !out.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                out.truncate(cut);
+                MalformedKind::Truncated
+            }
+            1 => {
+                let m = self.pick_model();
+                let class = pick(&self.models[m].base_cum, self.rng.random());
+                let model = &self.models[m];
+                out.push_str("[{\"timestamp\": \"");
+                write_python_log_timestamp(out, t_ms);
+                out.push_str("\", ");
+                out.push_str(&model.model_kv);
+                out.push_str(", \"prediction\": ");
+                out.push_str(&model.classes[class]);
+                out.push_str("}]");
+                MalformedKind::JsonArray
+            }
+            2 => {
+                let m = self.pick_model();
+                self.write_inference(t_ms, m, false, out);
+                MalformedKind::MissingModelId
+            }
+            _ => {
+                self.last_model = None;
+                match self.rng.random_range(0..3u8) {
+                    0 => {
+                        write_python_log_timestamp(out, t_ms);
+                        let pct: u32 = self.rng.random_range(80..100);
+                        let _ = write!(
+                            out,
+                            " - ai_inference_service - WARNING - GPU memory usage at {pct}%"
+                        );
+                    }
+                    1 => out.push_str("Traceback (most recent call last):"),
+                    _ => out.push_str("  File \"/app/app.py\", line 42, in predict"),
+                }
+                MalformedKind::PlainText
+            }
+        }
+    }
+}
+
+/// Fills the model's per-line drift scratch for `t_ms`; false if nothing is active.
+fn apply_drifts(model: &mut ModelState, t_ms: i64) -> bool {
+    let mut any = false;
+    for d in &model.drifts {
+        let w = intensity(d.start, d.end, d.ramp, t_ms);
+        if w <= 0.0 {
+            continue;
+        }
+        if !any {
+            any = true;
+            model.shift.fill(0.0);
+            model.sd_mult.fill(1.0);
+            model.outlier.fill((0.0, 0.0));
+            model.newcat.fill((0.0, NO_NEWCAT));
+        }
+        match &d.effect {
+            ResolvedEffect::MeanShift { features, sds } => {
+                for &f in features {
+                    model.shift[f] += sds * w;
+                }
+            }
+            ResolvedEffect::Variance { features, factor } => {
+                for &f in features {
+                    model.sd_mult[f] *= (1.0 + (factor - 1.0) * w).sqrt();
+                }
+            }
+            ResolvedEffect::NewCategory {
+                feature,
+                value,
+                share,
+            } => model.newcat[*feature] = (share * w, *value),
+            ResolvedEffect::Outlier {
+                features,
+                share,
+                sds,
+            } => {
+                for &f in features {
+                    model.outlier[f] = (share * w, *sds);
+                }
+            }
+            ResolvedEffect::ClassPriors { .. } => {}
+        }
+    }
+    any
+}
+
+/// Cumulative class distribution at `t_ms`, with class-prior drifts blended in.
+fn class_cum_at(model: &mut ModelState, t_ms: i64) -> &[f64] {
+    let mut active = false;
+    for d in &model.drifts {
+        let ResolvedEffect::ClassPriors { priors } = &d.effect else {
+            continue;
+        };
+        let w = intensity(d.start, d.end, d.ramp, t_ms);
+        if w <= 0.0 {
+            continue;
+        }
+        if !active {
+            active = true;
+            model.prior_scratch.copy_from_slice(&model.base_priors);
+        }
+        for (p, q) in model.prior_scratch.iter_mut().zip(priors) {
+            *p = (1.0 - w) * *p + w * q;
+        }
+    }
+    if !active {
+        return &model.base_cum;
+    }
+    let mut acc = 0.0;
+    for (c, p) in model.cum_scratch.iter_mut().zip(&model.prior_scratch) {
+        acc += p;
+        *c = acc;
+    }
+    &model.cum_scratch
+}
+
+fn check_effect_numbers(e: &DriftEffect) -> Result<(), String> {
+    let finite = |name: &str, v: f64| {
+        if v.is_finite() {
+            Ok(())
+        } else {
+            Err(format!("{name} {v} is not finite"))
+        }
+    };
+    let share = |s: f64| {
+        if (0.0..=1.0).contains(&s) {
+            Ok(())
+        } else {
+            Err(format!("share {s} is outside [0, 1]"))
+        }
+    };
+    match e {
+        DriftEffect::MeanShift { sds, .. } => finite("sds", *sds),
+        DriftEffect::VarianceScale { factor, .. } => {
+            if factor.is_finite() && *factor > 0.0 {
+                Ok(())
+            } else {
+                Err(format!("variance factor {factor} is not positive"))
+            }
+        }
+        DriftEffect::NewCategory { share: s, .. } => share(*s),
+        DriftEffect::ClassPriors { priors } => normalise(priors)
+            .map(|_| ())
+            .ok_or_else(|| "bad priors".to_string()),
+        DriftEffect::OutlierBurst { share: s, sds, .. } => share(*s).and(finite("sds", *sds)),
+    }
+}
+
+fn resolve_feature(model: &ModelState, r: &FeatureRef) -> Result<usize, String> {
+    match r {
+        FeatureRef::Index(i) if *i < model.info.len() => Ok(*i),
+        FeatureRef::Index(i) => Err(format!("no feature index {i}")),
+        FeatureRef::Name(n) => {
+            let mut hits = model.info.iter().filter(|f| {
+                f.name == *n || f.name.split_once('_').is_some_and(|(_, word)| word == n)
+            });
+            match (hits.next(), hits.next()) {
+                (Some(f), None) => Ok(f.index),
+                (Some(_), Some(_)) => Err(format!("feature name {n:?} is ambiguous")),
+                (None, _) => Err(format!("no feature named {n:?}")),
+            }
+        }
+    }
+}
+
+fn resolve_numeric(model: &ModelState, refs: &[FeatureRef]) -> Result<Vec<usize>, String> {
+    refs.iter()
+        .map(|r| {
+            let i = resolve_feature(model, r)?;
+            if model.info[i].is_numeric() {
+                Ok(i)
+            } else {
+                Err(format!("feature {} is not numeric", model.info[i].name))
+            }
+        })
+        .collect()
+}
+
+fn resolve_effect(model: &mut ModelState, e: &DriftEffect) -> Result<ResolvedEffect, String> {
+    Ok(match e {
+        DriftEffect::MeanShift { features, sds } => ResolvedEffect::MeanShift {
+            features: resolve_numeric(model, features)?,
+            sds: *sds,
+        },
+        DriftEffect::VarianceScale { features, factor } => ResolvedEffect::Variance {
+            features: resolve_numeric(model, features)?,
+            factor: *factor,
+        },
+        DriftEffect::OutlierBurst {
+            features,
+            share,
+            sds,
+        } => ResolvedEffect::Outlier {
+            features: resolve_numeric(model, features)?,
+            share: *share,
+            sds: *sds,
+        },
+        DriftEffect::NewCategory {
+            feature,
+            value,
+            share,
+        } => {
+            let i = resolve_feature(model, feature)?;
+            let FeatureKind::Categorical { values, .. } = &model.info[i].kind else {
+                return Err(format!("feature {} is not categorical", model.info[i].name));
+            };
+            if values.contains(value) {
+                return Err(format!("{value:?} is already in the vocabulary"));
+            }
+            let mut quoted = String::new();
+            write_json_string(&mut quoted, value);
+            model.new_values.push(quoted);
+            ResolvedEffect::NewCategory {
+                feature: i,
+                value: model.new_values.len() - 1,
+                share: *share,
+            }
+        }
+        DriftEffect::ClassPriors { priors } => {
+            if priors.len() != model.classes.len() {
+                return Err(format!(
+                    "{} priors for {} classes",
+                    priors.len(),
+                    model.classes.len()
+                ));
+            }
+            ResolvedEffect::ClassPriors {
+                priors: normalise(priors).ok_or("bad priors")?,
+            }
+        }
+    })
+}
+
+fn normalise(p: &[f64]) -> Option<Vec<f64>> {
+    let sum: f64 = p.iter().sum();
+    if p.is_empty() || p.iter().any(|x| !x.is_finite() || *x < 0.0) || sum <= 0.0 {
+        return None;
+    }
+    Some(p.iter().map(|x| x / sum).collect())
+}
+
+fn cumulative(p: &[f64]) -> Vec<f64> {
+    let mut acc = 0.0;
+    p.iter()
+        .map(|x| {
+            acc += x;
+            acc
+        })
+        .collect()
+}
+
+/// Index of the first cumulative weight above `u`; the last index absorbs rounding.
+fn pick(cum: &[f64], u: f64) -> usize {
+    cum.iter()
+        .position(|&c| u < c)
+        .unwrap_or(cum.len().saturating_sub(1))
+}
+
+fn build_model(seed: u64, spec: &ModelSpec) -> Result<ModelState, ConfigError> {
+    let err = |s: String| Err(ConfigError(format!("model {:?}: {s}", spec.name)));
+    if spec.name.is_empty() {
+        return Err(ConfigError("empty model name".into()));
+    }
+    if spec.features == 0 {
+        return err("needs at least one feature".into());
+    }
+    if !(0.0..=1.0).contains(&spec.categorical_share) {
+        return err(format!(
+            "categorical_share {} is outside [0, 1]",
+            spec.categorical_share
+        ));
+    }
+    if !(spec.traffic_weight.is_finite() && spec.traffic_weight > 0.0) {
+        return err(format!(
+            "traffic_weight {} is not positive",
+            spec.traffic_weight
+        ));
+    }
+    if spec.classes.is_empty() || spec.classes.len() != spec.class_priors.len() {
+        return err("classes and class_priors must be non-empty and of equal length".into());
+    }
+    let Some(base_priors) = normalise(&spec.class_priors) else {
+        return err("class priors must be non-negative with a positive sum".into());
+    };
+
+    // Per-model stream so a model's distributions depend on the seed and its own name only.
+    let mut rng = SmallRng::seed_from_u64(seed ^ hash64(spec.name.as_bytes()).rotate_left(17));
+    let mut info = Vec::with_capacity(spec.features);
+    let mut gens = Vec::with_capacity(spec.features);
+    for (index, (name, layout)) in feature_layout(spec.features, spec.categorical_share)
+        .into_iter()
+        .enumerate()
+    {
+        let (kind, gen) = match layout {
+            LayoutKind::Numeric(_) => {
+                if rng.random::<bool>() {
+                    let scale = 10f64.powf(rng.random_range(0.0..3.0));
+                    let mean = scale * rng.random_range(1.0..3.0);
+                    let sd = scale * rng.random_range(0.2..0.6);
+                    let decimals = if scale >= 100.0 { 2 } else { 3 };
+                    (
+                        FeatureKind::Normal { mean, sd },
+                        GenKind::Numeric {
+                            normal: true,
+                            a: mean,
+                            b: sd,
+                            mean,
+                            sd,
+                            decimals,
+                        },
+                    )
+                } else {
+                    let mu: f64 = rng.random_range(0.0..6.0);
+                    let sigma = rng.random_range(0.25..0.9);
+                    let kind = FeatureKind::LogNormal { mu, sigma };
+                    let probe = FeatureInfo {
+                        index,
+                        name: String::new(),
+                        kind: kind.clone(),
+                    };
+                    let (mean, sd) = (probe.mean().unwrap_or(0.0), probe.sd().unwrap_or(1.0));
+                    let decimals = if mu.exp() >= 100.0 { 2 } else { 3 };
+                    (
+                        kind,
+                        GenKind::Numeric {
+                            normal: false,
+                            a: mu,
+                            b: sigma,
+                            mean,
+                            sd,
+                            decimals,
+                        },
+                    )
+                }
+            }
+            LayoutKind::Categorical(j) => {
+                let pool = CATEGORICAL_POOLS[j % CATEGORICAL_POOLS.len()].1;
+                let size = rng.random_range(5..=pool.len().min(30));
+                let s: f64 = rng.random_range(0.8..1.4);
+                let probs = normalise(
+                    &(0..size)
+                        .map(|r| 1.0 / ((r + 1) as f64).powf(s))
+                        .collect::<Vec<_>>(),
+                )
+                .expect("Zipf weights are positive");
+                let values: Vec<String> = pool[..size].iter().map(|v| (*v).to_string()).collect();
+                let quoted = values
+                    .iter()
+                    .map(|v| {
+                        let mut q = String::new();
+                        write_json_string(&mut q, v);
+                        q
+                    })
+                    .collect();
+                let cum = cumulative(&probs);
+                (
+                    FeatureKind::Categorical { values, probs },
+                    GenKind::Categorical {
+                        values: quoted,
+                        cum,
+                    },
+                )
+            }
+            LayoutKind::Boolean => {
+                let p_true = rng.random_range(0.2..0.8);
+                (FeatureKind::Boolean { p_true }, GenKind::Boolean { p_true })
+            }
+        };
+        let mut key = String::new();
+        write_json_string(&mut key, &name);
+        key.push_str(": ");
+        gens.push(FeatureGen { key, kind: gen });
+        info.push(FeatureInfo { index, name, kind });
+    }
+
+    let mut model_kv = String::new();
+    write_json_string(&mut model_kv, spec.id_field.key());
+    model_kv.push_str(": ");
+    write_json_string(&mut model_kv, &spec.name);
+    let classes = spec
+        .classes
+        .iter()
+        .map(|c| {
+            let mut q = String::new();
+            write_json_string(&mut q, c);
+            q
+        })
+        .collect();
+    let n = spec.features;
+    let k = base_priors.len();
+    Ok(ModelState {
+        name: spec.name.clone(),
+        model_kv,
+        info,
+        gens,
+        classes,
+        base_cum: cumulative(&base_priors),
+        base_priors,
+        latency_mu: rng.random_range(1.5..4.0),
+        drifts: Vec::new(),
+        new_values: Vec::new(),
+        shift: vec![0.0; n],
+        sd_mult: vec![1.0; n],
+        outlier: vec![(0.0, 0.0); n],
+        newcat: vec![(0.0, NO_NEWCAT); n],
+        cum_scratch: vec![0.0; k],
+        prior_scratch: vec![0.0; k],
+    })
+}
+
+/// The constant part of a line after the timestamp, built at compile time so the hot path
+/// is a single copy.
+macro_rules! envelope {
+    ($level:literal, $message:literal, $function:literal, $line:literal) => {
+        concat!(
+            "\", \"level\": \"",
+            $level,
+            "\", \"message\": \"",
+            $message,
+            "\", \"service\": \"ai_inference_service\", \"module\": \"app\", \"function\": \"",
+            $function,
+            "\", \"line\": ",
+            $line
+        )
+    };
+}
+
+const INFERENCE_ENVELOPE: &str = envelope!("INFO", "Model inference completed", "predict", 42);
+const ERROR_ENVELOPE: &str = envelope!("ERROR", "Model inference failed", "predict", 57);
+const TIMING_ENVELOPE: &str = envelope!("INFO", "Inference timing metrics", "predict", 61);
+const FEEDBACK_ENVELOPE: &str = envelope!("INFO", "User feedback received", "record_feedback", 88);
+
+fn write_header(out: &mut String, t_ms: i64, envelope: &str) {
+    out.push_str("{\"timestamp\": \"");
+    write_python_log_timestamp(out, t_ms);
+    out.push_str(envelope);
+}
+
+fn write_request_id(out: &mut String, req: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push_str(", \"request_id\": \"req_");
+    for shift in (0..12).rev() {
+        out.push(char::from(HEX[((req >> (shift * 4)) & 0xf) as usize]));
+    }
+    out.push('"');
+}
+
+const POW10: [u64; 7] = [1, 10, 100, 1_000, 10_000, 100_000, 1_000_000];
+
+/// Writes `x` rounded to `decimals` (at most 6) with trailing zeros trimmed, as Python's
+/// `json.dumps(round(x, n))` would. Hand-rolled because `{:.3}` formatting was half the cost
+/// of a line.
+fn write_float(out: &mut String, x: f64, decimals: usize) {
+    let decimals = decimals.min(6);
+    let p = POW10[decimals];
+    let scaled = (x * p as f64).round();
+    // Beyond 2^53 the integer path would lose digits.
+    if scaled.is_nan() || scaled.abs() >= 9.0e15 {
+        let start = out.len();
+        let _ = write!(out, "{x:.decimals$}");
+        if out[start..].contains('.') {
+            while out.ends_with('0') && !out.ends_with(".0") {
+                out.pop();
+            }
+        }
+        return;
+    }
+    let n = scaled as i64;
+    if n < 0 {
+        out.push('-');
+    }
+    let n = n.unsigned_abs();
+    push_u64(out, n / p);
+    out.push('.');
+    let mut frac = n % p;
+    if frac == 0 {
+        out.push('0');
+        return;
+    }
+    let mut digits = decimals;
+    while frac % 10 == 0 {
+        frac /= 10;
+        digits -= 1;
+    }
+    let mut buf = [b'0'; 6];
+    for slot in buf[..digits].iter_mut().rev() {
+        *slot = b'0' + (frac % 10) as u8;
+        frac /= 10;
+    }
+    out.push_str(std::str::from_utf8(&buf[..digits]).expect("ASCII digits"));
+}
+
+fn push_u64(out: &mut String, mut v: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.push_str(std::str::from_utf8(&buf[i..]).expect("ASCII digits"));
+}
+
+/// Model names, classes and injected categories come from users, so they are escaped.
+fn write_json_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Fast 64-bit hash, eight bytes per step (byte-wise FNV was a fifth of a line's cost).
+fn hash64(bytes: &[u8]) -> u64 {
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+    let mut h = 0x9e37_79b9_7f4a_7c15 ^ bytes.len() as u64;
+    let mut chunks = bytes.chunks_exact(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        h = (h.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+    }
+    let mut w = [0u8; 8];
+    w[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+    h = (h.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+    // splitmix64 finaliser, so every output bit depends on every input bit.
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// The drifts that `driftd generate --drift-at` and `driftd demo` inject from
+/// `start_ms` on: a one-standard-deviation shift of `fraud-v1`'s first
+/// numeric feature, a new category taking 20% of `recsys-v3`'s first
+/// categorical feature, and `fraud-v1`'s fraud rate rising from 4% to 15%.
+pub fn standard_drifts(start_ms: i64) -> Vec<DriftSpec> {
+    vec![
+        DriftSpec::mean_shift("f00_amount", 1.0, start_ms).for_model("fraud-v1"),
+        DriftSpec::new_category("f01_country", "XK", 0.2, start_ms).for_model("recsys-v3"),
+        DriftSpec::class_priors(vec![0.15, 0.85], start_ms).for_model("fraud-v1"),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    const T0: i64 = 1_765_706_400_000; // 2025-12-14 10:00:00 UTC
+
+    fn lines(g: &mut Generator, n: usize, start: i64, step: i64) -> Vec<(i64, LineKind, String)> {
+        let mut buf = String::new();
+        (0..n)
+            .map(|i| {
+                let t = start + i as i64 * step;
+                let k = g.next_line(t, &mut buf);
+                (t, k, buf.clone())
+            })
+            .collect()
+    }
+
+    fn parse_obj(line: &str) -> serde_json::Map<String, Value> {
+        match serde_json::from_str::<Value>(line) {
+            Ok(Value::Object(m)) => m,
+            other => panic!("not a JSON object: {other:?}\n{line}"),
+        }
+    }
+
+    /// Asserts the keys occur in this order in the raw text (serde_json's map sorts them).
+    fn assert_key_order(line: &str, keys: &[&str]) {
+        let mut last = 0;
+        for k in keys {
+            let pat = format!("\"{k}\": ");
+            let pos = line[last..]
+                .find(&pat)
+                .unwrap_or_else(|| panic!("{k} missing or out of order in {line}"));
+            last += pos + pat.len();
+        }
+    }
+
+    fn numeric_values(ls: &[(i64, LineKind, String)], name: &str) -> Vec<f64> {
+        ls.iter()
+            .filter(|(_, k, _)| *k == LineKind::Inference)
+            .filter_map(|(_, _, l)| parse_obj(l)["input_features"][name].as_f64())
+            .collect()
+    }
+
+    fn mean(v: &[f64]) -> f64 {
+        v.iter().sum::<f64>() / v.len() as f64
+    }
+
+    #[test]
+    fn floats_print_like_python_rounded_repr() {
+        let f = |x: f64, d: usize| {
+            let mut s = String::new();
+            write_float(&mut s, x, d);
+            s
+        };
+        assert_eq!(f(12.5, 3), "12.5");
+        assert_eq!(f(12.0, 3), "12.0");
+        assert_eq!(f(0.0, 2), "0.0");
+        assert_eq!(f(-7.12345, 3), "-7.123");
+        assert_eq!(f(-0.0004, 3), "0.0");
+        assert_eq!(f(0.05, 3), "0.05");
+        assert_eq!(f(1.0e20, 2), "100000000000000000000.0");
+        assert_eq!(f(0.99999, 4), "1.0");
+        let mut rng = SmallRng::seed_from_u64(3);
+        for _ in 0..20_000 {
+            let x: f64 = rng.sample::<f64, _>(StandardNormal) * 10f64.powi(rng.random_range(-3..7));
+            let d = rng.random_range(1..=4);
+            let s = f(x, d);
+            let back: f64 = s.parse().unwrap();
+            assert!(
+                (back - x).abs() <= 0.5 / 10f64.powi(d as i32) + 1e-9,
+                "{x} -> {s}"
+            );
+            assert!(
+                s.contains('.') && (s.ends_with(".0") || !s.ends_with('0')),
+                "{s}"
+            );
+        }
+    }
+
+    #[test]
+    fn timestamp_known_values() {
+        assert_eq!(python_log_timestamp(T0 + 123), "2025-12-14 10:00:00,123");
+        assert_eq!(python_log_timestamp(0), "1970-01-01 00:00:00,000");
+        assert_eq!(python_log_timestamp(-1), "1969-12-31 23:59:59,999");
+        assert_eq!(
+            python_log_timestamp(1_709_251_199_007),
+            "2024-02-29 23:59:59,007"
+        );
+    }
+
+    #[test]
+    fn timestamp_matches_chrono_and_round_trips() {
+        let mut rng = SmallRng::seed_from_u64(7);
+        for _ in 0..20_000 {
+            let t: i64 = rng.random_range(-5_000_000_000_000..10_000_000_000_000);
+            let s = python_log_timestamp(t);
+            let expected = chrono::DateTime::from_timestamp_millis(t)
+                .unwrap()
+                .format("%Y-%m-%d %H:%M:%S,%3f")
+                .to_string();
+            assert_eq!(s, expected, "t = {t}");
+            let back = chrono::NaiveDateTime::parse_from_str(&s, "%Y-%m-%d %H:%M:%S,%3f")
+                .unwrap()
+                .and_utc()
+                .timestamp_millis();
+            assert_eq!(back, t);
+        }
+    }
+
+    #[test]
+    fn every_wellformed_line_has_its_fields() {
+        let cfg = GeneratorConfig {
+            malformed_share: 0.05,
+            error_share: 0.05,
+            timing_share: 0.1,
+            feedback_share: 0.1,
+            ..GeneratorConfig::default()
+        };
+        let mut g = Generator::new(cfg);
+        let names = g.model_names();
+        let mut seen = std::collections::HashSet::new();
+        let common = [
+            "timestamp",
+            "level",
+            "message",
+            "service",
+            "module",
+            "function",
+            "line",
+            "request_id",
+        ];
+        for (t, kind, line) in lines(&mut g, 5000, T0, 137) {
+            seen.insert(std::mem::discriminant(&kind));
+            if kind.is_malformed() {
+                continue;
+            }
+            let o = parse_obj(&line);
+            assert_key_order(&line, &common);
+            let ts = o["timestamp"].as_str().unwrap();
+            assert_eq!(ts, python_log_timestamp(t));
+            assert_eq!(o["service"], "ai_inference_service");
+            assert!(o["request_id"].as_str().unwrap().starts_with("req_"));
+            let model = o.get("model_id").and_then(Value::as_str);
+            match kind {
+                LineKind::Inference => {
+                    assert_key_order(
+                        &line,
+                        &[
+                            "request_id",
+                            "model_id",
+                            "input_hash",
+                            "prediction",
+                            "confidence",
+                            "experiment_assignment",
+                            "input_features",
+                        ],
+                    );
+                    assert_eq!(o["level"], "INFO");
+                    assert_eq!(o["message"], "Model inference completed");
+                    assert!(names.contains(&model.unwrap().to_string()));
+                    assert!(o["input_hash"].is_i64());
+                    assert!(o["prediction"].is_string());
+                    let c = o["confidence"].as_f64().unwrap();
+                    assert!((0.5..1.0).contains(&c), "confidence {c}");
+                    let arm = o["experiment_assignment"].as_str().unwrap();
+                    assert!(arm == "control" || arm == "variant");
+                    let m = g.model_index(model.unwrap()).unwrap();
+                    let feats = o["input_features"].as_object().unwrap();
+                    assert_eq!(feats.len(), g.features(m).len());
+                    for f in g.features(m) {
+                        let v = &feats[&f.name];
+                        match &f.kind {
+                            FeatureKind::Categorical { values, .. } => {
+                                assert!(values.contains(&v.as_str().unwrap().to_string()))
+                            }
+                            FeatureKind::Boolean { .. } => assert!(v.is_boolean()),
+                            _ => assert!(v.is_f64() || v.is_null(), "{v}"),
+                        }
+                    }
+                }
+                LineKind::Error => {
+                    assert_eq!(o["level"], "ERROR");
+                    assert_eq!(o["error_type"], "InputValidationError");
+                    assert!(o.get("prediction").is_none());
+                    assert!(model.is_some());
+                }
+                LineKind::Timing => {
+                    assert_eq!(o["message"], "Inference timing metrics");
+                    assert_key_order(
+                        &line,
+                        &[
+                            "request_id",
+                            "total_latency_ms",
+                            "preprocessing_ms",
+                            "inference_ms",
+                            "postprocessing_ms",
+                            "model_id",
+                        ],
+                    );
+                    let part: f64 = ["preprocessing_ms", "inference_ms", "postprocessing_ms"]
+                        .iter()
+                        .map(|k| o[*k].as_f64().unwrap())
+                        .sum();
+                    assert!(o["total_latency_ms"].as_f64().unwrap() >= part - 0.01);
+                }
+                LineKind::Feedback => {
+                    assert_eq!(o["message"], "User feedback received");
+                    assert!(o["user_id"].as_str().unwrap().starts_with("user_"));
+                    let a = o["action"].as_str().unwrap();
+                    assert!(a == "clicked_on_item" || a == "dismissed_recommendation");
+                    let fb = o["feedback_timestamp"].as_f64().unwrap();
+                    assert!(fb < t as f64 / 1000.0 + 0.001 && fb > t as f64 / 1000.0 - 31.0);
+                }
+                LineKind::Malformed(_) => unreachable!(),
+            }
+        }
+        assert_eq!(seen.len(), 5, "every line kind should occur");
+    }
+
+    #[test]
+    fn model_used_option_and_no_arms() {
+        let cfg = GeneratorConfig {
+            models: vec![ModelSpec::new("ab-model").with_id_field(ModelIdField::ModelUsed)],
+            arms: false,
+            ..GeneratorConfig::default()
+        }
+        .inference_only();
+        let mut g = Generator::new(cfg);
+        for (_, _, l) in lines(&mut g, 200, T0, 10) {
+            let o = parse_obj(&l);
+            assert_eq!(o["model_used"], "ab-model");
+            assert!(o.get("model_id").is_none());
+            assert!(o.get("experiment_assignment").is_none());
+        }
+    }
+
+    #[test]
+    fn same_seed_same_lines_different_seed_different() {
+        let run = |seed| {
+            let mut g = Generator::new(GeneratorConfig::default().with_seed(seed));
+            lines(&mut g, 2000, T0, 50)
+        };
+        let a = run(1);
+        assert_eq!(a, run(1));
+        let b = run(2);
+        let differing = a.iter().zip(&b).filter(|(x, y)| x.2 != y.2).count();
+        assert!(differing > 1900, "only {differing} lines differ");
+    }
+
+    #[test]
+    fn feature_names_stable_and_layout_sane() {
+        let g1 = Generator::new(GeneratorConfig::synthetic(1, 1, 20));
+        let g2 = Generator::new(GeneratorConfig::synthetic(99, 1, 20));
+        assert_eq!(g1.feature_names(0), g2.feature_names(0));
+        assert_ne!(
+            g1.features(0),
+            g2.features(0),
+            "parameters depend on the seed"
+        );
+        let f = g1.features(0);
+        assert_eq!(f[0].name, "f00_amount");
+        assert_eq!(f[1].name, "f01_country");
+        assert_eq!(g1.categorical_feature_names(0).len(), 6);
+        assert!(matches!(f[19].kind, FeatureKind::Boolean { .. }));
+        assert_eq!(f.iter().filter(|f| f.is_numeric()).count(), 13);
+        for fi in f {
+            if let FeatureKind::Categorical { values, probs } = &fi.kind {
+                assert!((5..=30).contains(&values.len()));
+                assert!(probs.windows(2).all(|w| w[0] >= w[1]), "Zipf-like order");
+            }
+        }
+        let one = Generator::new(GeneratorConfig::synthetic(1, 1, 1));
+        assert!(one.features(0)[0].is_numeric());
+    }
+
+    #[test]
+    fn inference_line_size_for_20_features() {
+        let mut g = Generator::new(GeneratorConfig::synthetic(5, 1, 20).inference_only());
+        let ls = lines(&mut g, 5000, T0, 10);
+        let avg = ls.iter().map(|l| l.2.len()).sum::<usize>() as f64 / ls.len() as f64;
+        // The logging envelope alone is ~385 bytes and 20 `"fNN_word": value` pairs add
+        // ~450, so a realistic 20-feature line is ~840 bytes.
+        assert!((780.0..=900.0).contains(&avg), "average line {avg} bytes");
+    }
+
+    #[test]
+    fn numeric_values_match_declared_distribution_and_missing_share() {
+        let mut g = Generator::new(GeneratorConfig::synthetic(11, 1, 20).inference_only());
+        let ls = lines(&mut g, 6000, T0, 10);
+        let mut nulls = 0usize;
+        let mut total = 0usize;
+        for f in g.features(0).iter().filter(|f| f.is_numeric()) {
+            let v = numeric_values(&ls, &f.name);
+            nulls += 6000 - v.len();
+            total += 6000;
+            let (m, sd) = (f.mean().unwrap(), f.sd().unwrap());
+            let z = (mean(&v) - m) / sd;
+            assert!(z.abs() < 0.15, "{} off by {z} sd", f.name);
+        }
+        let share = nulls as f64 / total as f64;
+        assert!((0.006..0.014).contains(&share), "missing share {share}");
+    }
+
+    #[test]
+    fn mean_shift_moves_only_its_feature() {
+        let base = GeneratorConfig::synthetic(3, 1, 20).inference_only();
+        let g = Generator::new(base.clone());
+        let target = g
+            .features(0)
+            .iter()
+            .find(|f| f.is_numeric())
+            .unwrap()
+            .clone();
+        let onset = T0 + 4000 * 10;
+        let cfg = base.with_drift(DriftSpec::mean_shift(target.index, 1.0, onset));
+        let mut g = Generator::new(cfg);
+        let ls = lines(&mut g, 8000, T0, 10);
+        let (before, after) = ls.split_at(4000);
+        for f in g.features(0).iter().filter(|f| f.is_numeric()) {
+            let sd = f.sd().unwrap();
+            let d = (mean(&numeric_values(after, &f.name))
+                - mean(&numeric_values(before, &f.name)))
+                / sd;
+            if f.index == target.index {
+                assert!((0.8..1.2).contains(&d), "target moved {d} sd");
+            } else {
+                assert!(d.abs() < 0.15, "{} moved {d} sd", f.name);
+            }
+        }
+    }
+
+    #[test]
+    fn new_category_share_after_onset_only() {
+        let onset = T0 + 3000 * 10;
+        let cfg = GeneratorConfig::synthetic(8, 1, 20)
+            .inference_only()
+            .with_drift(DriftSpec::new_category("country", "__new_XX", 0.2, onset));
+        let mut g = Generator::new(cfg);
+        let ls = lines(&mut g, 6000, T0, 10);
+        let share = |part: &[(i64, LineKind, String)]| {
+            part.iter()
+                .filter(|(_, _, l)| parse_obj(l)["input_features"]["f01_country"] == "__new_XX")
+                .count() as f64
+                / part.len() as f64
+        };
+        let (before, after) = ls.split_at(3000);
+        assert_eq!(share(before), 0.0);
+        let s = share(after);
+        assert!((0.17..0.23).contains(&s), "new category share {s}");
+    }
+
+    #[test]
+    fn gradual_ramp_and_end() {
+        let d = DriftSpec::mean_shift(0, 2.0, 1000).ramp(1000).until(5000);
+        assert_eq!(d.intensity(999), 0.0);
+        assert_eq!(d.intensity(1000), 0.0);
+        assert!((d.intensity(1500) - 0.5).abs() < 1e-12);
+        assert_eq!(d.intensity(2000), 1.0);
+        assert_eq!(d.intensity(4999), 1.0);
+        assert_eq!(d.intensity(5000), 0.0);
+        assert_eq!(DriftSpec::mean_shift(0, 1.0, 10).intensity(10), 1.0);
+    }
+
+    #[test]
+    fn class_prior_change() {
+        let onset = T0 + 4000;
+        let cfg = GeneratorConfig::default()
+            .inference_only()
+            .with_drift(DriftSpec::class_priors(vec![0.5, 0.5], onset).for_model("fraud-v1"));
+        let mut g = Generator::new(cfg);
+        let ls = lines(&mut g, 8000, T0, 1);
+        let fraud_share = |part: &[(i64, LineKind, String)]| {
+            let preds: Vec<_> = part
+                .iter()
+                .map(|(_, _, l)| parse_obj(l))
+                .filter(|o| o["model_id"] == "fraud-v1")
+                .map(|o| o["prediction"] == "fraud")
+                .collect();
+            preds.iter().filter(|p| **p).count() as f64 / preds.len() as f64
+        };
+        let (before, after) = ls.split_at(4000);
+        let (b, a) = (fraud_share(before), fraud_share(after));
+        assert!(b < 0.07, "baseline fraud share {b}");
+        assert!((0.45..0.55).contains(&a), "drifted fraud share {a}");
+    }
+
+    #[test]
+    fn outlier_burst_and_variance() {
+        let cfg = GeneratorConfig::synthetic(4, 1, 20).inference_only();
+        let g = Generator::new(cfg.clone());
+        // Normal features only: a log-normal tail can legitimately reach 10 sd.
+        let mut numeric = g
+            .features(0)
+            .iter()
+            .filter(|f| matches!(f.kind, FeatureKind::Normal { .. }));
+        let (o, v) = (
+            numeric.next().unwrap().clone(),
+            numeric.next().unwrap().clone(),
+        );
+        let cfg = cfg
+            .with_drift(DriftSpec::outlier_burst(
+                o.index,
+                0.1,
+                10.0,
+                T0 + 1000,
+                T0 + 2000,
+            ))
+            .with_drift(DriftSpec::variance_scale(v.name.as_str(), 4.0, T0 + 1000));
+        let mut g = Generator::new(cfg);
+        let ls = lines(&mut g, 3000, T0, 1);
+        let extreme = |part: &[(i64, LineKind, String)]| {
+            let vals = numeric_values(part, &o.name);
+            let (m, sd) = (o.mean().unwrap(), o.sd().unwrap());
+            vals.iter().filter(|x| ((*x - m) / sd).abs() >= 9.9).count() as f64 / vals.len() as f64
+        };
+        assert_eq!(extreme(&ls[..1000]), 0.0);
+        let burst = extreme(&ls[1000..2000]);
+        assert!((0.07..0.13).contains(&burst), "burst share {burst}");
+        assert_eq!(extreme(&ls[2000..]), 0.0, "burst must end");
+        let sdev = |part: &[(i64, LineKind, String)]| {
+            let vals = numeric_values(part, &v.name);
+            let m = mean(&vals);
+            (vals.iter().map(|x| (x - m).powi(2)).sum::<f64>() / vals.len() as f64).sqrt()
+        };
+        let ratio = sdev(&ls[1000..]) / sdev(&ls[..1000]);
+        assert!((1.7..2.3).contains(&ratio), "sd ratio {ratio}");
+    }
+
+    #[test]
+    fn malformed_share_respected_and_really_malformed() {
+        let cfg = GeneratorConfig {
+            malformed_share: 0.05,
+            ..GeneratorConfig::default()
+        };
+        let mut g = Generator::new(cfg);
+        let mut bad = 0;
+        let mut kinds = std::collections::HashSet::new();
+        for (_, kind, line) in lines(&mut g, 20_000, T0, 5) {
+            let usable = match serde_json::from_str::<Value>(&line) {
+                Ok(Value::Object(o)) => o.contains_key("model_id") || o.contains_key("model_used"),
+                _ => false,
+            };
+            // Feedback lines carry only a request id, by design.
+            let usable = usable || kind == LineKind::Feedback;
+            assert_eq!(!usable, kind.is_malformed(), "{kind:?}: {line}");
+            if let LineKind::Malformed(k) = kind {
+                kinds.insert(k);
+            }
+            bad += usize::from(!usable);
+        }
+        assert!((900..1100).contains(&bad), "{bad} malformed of 20000");
+        assert_eq!(kinds.len(), 4);
+    }
+
+    #[test]
+    fn bad_configs_are_rejected() {
+        let bad = |cfg: GeneratorConfig| Generator::try_new(cfg).is_err();
+        let d = GeneratorConfig::default;
+        assert!(bad(GeneratorConfig {
+            models: vec![],
+            ..d()
+        }));
+        assert!(bad(GeneratorConfig {
+            malformed_share: 0.6,
+            timing_share: 0.6,
+            ..d()
+        }));
+        assert!(bad(d().with_drift(DriftSpec::mean_shift("nope", 1.0, 0))));
+        assert!(bad(
+            d().with_drift(DriftSpec::mean_shift(0, 1.0, 0).for_model("x"))
+        ));
+        assert!(bad(
+            d().with_drift(DriftSpec::new_category("country", "US", 0.2, 0))
+        ));
+        assert!(bad(d().with_drift(DriftSpec::mean_shift("country", 1.0, 0))));
+        assert!(bad(d().with_drift(
+            DriftSpec::class_priors(vec![1.0], 0).for_model("fraud-v1")
+        )));
+        assert!(!bad(d().with_drift(DriftSpec::mean_shift("amount", 1.0, 0))));
+    }
+
+    #[test]
+    fn escapes_user_strings() {
+        let cfg = GeneratorConfig {
+            models: vec![ModelSpec::new("we\"ird\\name").with_classes(&[("a\"b", 1.0)])],
+            ..GeneratorConfig::default()
+        }
+        .inference_only();
+        let mut g = Generator::new(cfg);
+        let mut buf = String::new();
+        g.next_line(T0, &mut buf);
+        let o = parse_obj(&buf);
+        assert_eq!(o["model_id"], "we\"ird\\name");
+        assert_eq!(o["prediction"], "a\"b");
+    }
+
+    #[test]
+    fn config_round_trips_through_json() {
+        let cfg = GeneratorConfig::default().with_drift(
+            DriftSpec::new_category("country", "__new_XX", 0.2, T0)
+                .for_model("fraud-v1")
+                .ramp(60_000),
+        );
+        let json = serde_json::to_string(&cfg).unwrap();
+        let back: GeneratorConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(cfg, back);
+        let minimal: GeneratorConfig =
+            serde_json::from_str(r#"{"seed": 5, "models": [{"name": "m"}]}"#).unwrap();
+        assert_eq!(minimal.models[0].features, DEFAULT_FEATURES);
+    }
+}

@@ -1,0 +1,37 @@
+//! driftd: a drift monitor that runs as a sidecar beside ML inference services.
+//!
+//! ```text
+//!  Kafka topic(s)        ingest        decode         window            compare          detect
+//!  JSON log lines ──▶ consumer group ──▶ Event ──▶ panes per model ──▶ scores vs ──▶ ok/pending/firing
+//!  (or a file:          (at-least-     (field     (and per arm),       baseline         (thresholds,
+//!   `replay`)            once)          mapping)   O(1) per event       (KL, PSI, JS,    min samples,
+//!                                                                       KS, chi², ...)   debounce)
+//!                                                                             │               │
+//!                                              /metrics ◀── metrics ◀────────┘               │
+//!                                              Alertmanager, Kafka ◀── alert ◀───────────────┘
+//! ```
+//!
+//! The engine (decode, window, baseline, compare, detect, engine) is pure and
+//! synchronous and takes time as a parameter; I/O stays at the edges.
+//!
+//! - [`decode`]: one JSON line to one event, through configurable JSON Pointers; every rejection has a reason.
+//! - [`window`]: event-time sliding windows of bin counts, in panes; bounded memory.
+//! - [`baseline`]: the stored, versioned, binned reference distributions; building, loading, validating.
+//! - [`compare`]: divergences between a window and its baseline (KL, JS, PSI, Hellinger, chi², KS, Wasserstein).
+//! - [`detect`]: rules and the ok → pending → firing → resolved state machine.
+//! - [`engine`]: decode → window → compare → detect for every model, with the caps that bound it.
+//! - [`replay`]: a log file through the engine in event time; baseline builds; reports.
+//! - [`generate`]: seed-shaped synthetic inference logs with injectable drift.
+//! - [`config`]: TOML + environment configuration, validated with every problem reported.
+//! - [`cli`]: subcommands, exit codes, error printing.
+
+pub mod baseline;
+pub mod cli;
+pub mod compare;
+pub mod config;
+pub mod decode;
+pub mod detect;
+pub mod engine;
+pub mod generate;
+pub mod replay;
+pub mod window;

@@ -1,0 +1,496 @@
+//! Offline replay: a log file through the engine in event time, as if live.
+//!
+//! This module owns reading JSON lines from a file or stdin, driving the
+//! engine's clock from the events themselves (evaluating every `every` of
+//! event time), and rendering the result as a table or as the JSON report
+//! that operators and scripts read. The same code builds baselines
+//! (`driftd baseline build`), since both are "read a log, count by model".
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{self, BufRead};
+use std::path::{Path, PathBuf};
+
+use crate::baseline::{rfc3339, Baseline, BaselineBuilder, BaselineError, Binning};
+use crate::decode::{Decoded, Decoder, EventTime, Reject};
+use crate::detect::{State, Transition};
+use crate::engine::{Engine, EngineStats, Report};
+
+/// Where lines come from, for messages.
+#[derive(Debug, Clone)]
+pub enum Input {
+    File(PathBuf),
+    Stdin,
+}
+
+impl Input {
+    pub fn parse(s: &str) -> Input {
+        if s == "-" {
+            Input::Stdin
+        } else {
+            Input::File(PathBuf::from(s))
+        }
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            Input::File(p) => p.display().to_string(),
+            Input::Stdin => "stdin".into(),
+        }
+    }
+
+    /// Opens the input; the size is known for files (progress bars).
+    pub fn open(&self) -> Result<(Box<dyn BufRead + Send>, Option<u64>), ReplayError> {
+        match self {
+            Input::Stdin => Ok((
+                Box::new(io::BufReader::with_capacity(1 << 20, io::stdin())),
+                None,
+            )),
+            Input::File(p) => {
+                let f = std::fs::File::open(p).map_err(|source| ReplayError::Open {
+                    path: p.clone(),
+                    source,
+                })?;
+                let size = f.metadata().ok().map(|m| m.len());
+                Ok((Box::new(io::BufReader::with_capacity(1 << 20, f)), size))
+            }
+        }
+    }
+}
+
+/// What can stop a replay or a baseline build.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("cannot open {path}: {source} (check the path given to --input)")]
+    Open { path: PathBuf, source: io::Error },
+    #[error("{input}: read error after line {line}: {source}")]
+    Read {
+        input: String,
+        line: u64,
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Baseline(#[from] BaselineError),
+    #[error("{input}: no line was an inference record for model {model:?} (models seen: {seen})")]
+    NoSuchModel {
+        input: String,
+        model: String,
+        seen: String,
+    },
+}
+
+/// The first line of each rejection reason, so the user can look at it.
+#[derive(Debug, Default, Clone)]
+pub struct FirstBad(pub BTreeMap<&'static str, u64>);
+
+impl FirstBad {
+    fn note(&mut self, r: Reject, line: u64) {
+        self.0.entry(r.as_str()).or_insert(line);
+    }
+
+    /// `file:57: malformed_json (12 lines)` per reason.
+    pub fn describe(&self, input: &str, stats: &crate::decode::DecodeStats) -> Vec<String> {
+        Reject::ALL
+            .iter()
+            .filter_map(|r| {
+                let n = stats.rejected[*r as usize];
+                let first = self.0.get(r.as_str())?;
+                Some(format!(
+                    "{input}:{first}: {} ({n} line{} like this skipped)",
+                    r.as_str(),
+                    if n == 1 { "" } else { "s" }
+                ))
+            })
+            .collect()
+    }
+}
+
+/// Reads lines into `f`, reusing one buffer. Invalid UTF-8 is passed on as
+/// bytes (the decoder rejects it with a reason).
+pub fn for_each_line(
+    input: &Input,
+    reader: &mut dyn BufRead,
+    mut f: impl FnMut(u64, &[u8], usize),
+) -> Result<u64, ReplayError> {
+    let mut buf = Vec::with_capacity(4096);
+    let mut n = 0u64;
+    loop {
+        buf.clear();
+        let read = reader
+            .read_until(b'\n', &mut buf)
+            .map_err(|source| ReplayError::Read {
+                input: input.name(),
+                line: n,
+                source,
+            })?;
+        if read == 0 {
+            return Ok(n);
+        }
+        n += 1;
+        let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        f(n, line, read);
+    }
+}
+
+/// The outcome of a replay.
+#[derive(Debug)]
+pub struct ReplayResult {
+    pub report: Report,
+    pub transitions: Vec<Transition>,
+    pub lines: u64,
+    pub stats: EngineStats,
+    pub first_bad: FirstBad,
+    pub first_event_ms: Option<i64>,
+    pub last_event_ms: Option<i64>,
+}
+
+/// Runs `engine` over `reader` in event time, evaluating every `every_ms`.
+/// `progress` is called with the bytes read so far, now and then.
+pub fn replay(
+    engine: &mut Engine,
+    input: &Input,
+    reader: &mut dyn BufRead,
+    every_ms: i64,
+    mut progress: impl FnMut(u64),
+) -> Result<ReplayResult, ReplayError> {
+    let mut transitions = Vec::new();
+    let mut watermark: Option<i64> = None;
+    let mut next_eval: Option<i64> = None;
+    let mut first_event = None;
+    let mut first_bad = FirstBad::default();
+    let mut bytes = 0u64;
+    let lines = for_each_line(input, reader, |n, line, read| {
+        bytes += read as u64;
+        if n % 65_536 == 0 {
+            progress(bytes);
+        }
+        let ev = match engine.decode(line) {
+            Decoded::Event(ev) => ev,
+            Decoded::Rejected(r) => {
+                first_bad.note(r, n);
+                return;
+            }
+            Decoded::Skipped(_) => return,
+        };
+        // Event time drives the clock; a line without a usable timestamp
+        // happens "now", at the latest time seen.
+        let arrival = match ev.time {
+            EventTime::Parsed(t) => t,
+            _ => watermark.unwrap_or(0),
+        };
+        let t = engine.event_time(&ev, arrival);
+        first_event.get_or_insert(t);
+        let next = *next_eval.get_or_insert_with(|| (t.div_euclid(every_ms) + 1) * every_ms);
+        if t >= next {
+            // Evaluate at every boundary passed, before counting the event
+            // that crossed it: that is what the live daemon would have seen.
+            let mut at = next;
+            while at <= t {
+                transitions.extend(engine.evaluate(at));
+                at += every_ms;
+            }
+            next_eval = Some(at);
+        }
+        watermark = Some(watermark.map_or(t, |w| w.max(t)));
+        engine.insert(&ev, t, t);
+    })?;
+    progress(bytes);
+    // The final window, as of the last event.
+    if let Some(w) = watermark {
+        transitions.extend(engine.evaluate(w));
+    }
+    Ok(ReplayResult {
+        report: engine.report(),
+        transitions,
+        lines,
+        stats: engine.stats.clone(),
+        first_bad,
+        first_event_ms: first_event,
+        last_event_ms: watermark,
+    })
+}
+
+/// What a baseline build produced.
+#[derive(Debug)]
+pub struct BuildResult {
+    pub baselines: Vec<Baseline>,
+    pub lines: u64,
+    pub stats: crate::decode::DecodeStats,
+    pub first_bad: FirstBad,
+}
+
+/// Builds one baseline per model (or only `model`) from reference logs.
+pub fn build_baselines(
+    decoder: &Decoder,
+    input: &Input,
+    reader: &mut dyn BufRead,
+    model: Option<&str>,
+    binning: &Binning,
+    now_ms: i64,
+    mut progress: impl FnMut(u64),
+) -> Result<BuildResult, ReplayError> {
+    let mut builders: BTreeMap<String, BaselineBuilder> = BTreeMap::new();
+    let mut seen_models: BTreeMap<String, u64> = BTreeMap::new();
+    let mut stats = crate::decode::DecodeStats::default();
+    let mut first_bad = FirstBad::default();
+    let mut bytes = 0u64;
+    // Bounded: a hostile file of a million model ids must not build a
+    // million baselines.
+    const MAX_MODELS: usize = 10_000;
+    let lines = for_each_line(input, reader, |n, line, read| {
+        bytes += read as u64;
+        if n % 65_536 == 0 {
+            progress(bytes);
+        }
+        let d = decoder.decode(line);
+        stats.record(&d);
+        let ev = match d {
+            Decoded::Event(ev) => ev,
+            Decoded::Rejected(r) => {
+                first_bad.note(r, n);
+                return;
+            }
+            Decoded::Skipped(_) => return,
+        };
+        if model.is_some_and(|m| m != ev.model) {
+            if seen_models.len() < MAX_MODELS {
+                *seen_models.entry(ev.model.to_string()).or_default() += 1;
+            }
+            return;
+        }
+        if let Some(b) = builders.get_mut(ev.model.as_ref()) {
+            b.add(&ev);
+        } else if builders.len() < MAX_MODELS {
+            let mut b = BaselineBuilder::new(&ev.model);
+            b.add(&ev);
+            builders.insert(ev.model.to_string(), b);
+        }
+    })?;
+    progress(bytes);
+    if builders.is_empty() {
+        if let Some(m) = model {
+            let seen: Vec<String> = seen_models.keys().take(10).cloned().collect();
+            return Err(ReplayError::NoSuchModel {
+                input: input.name(),
+                model: m.to_owned(),
+                seen: if seen.is_empty() {
+                    "none".into()
+                } else {
+                    seen.join(", ")
+                },
+            });
+        }
+        return Err(BaselineError::Empty { model: None }.into());
+    }
+    let source = match input {
+        Input::File(p) => p.file_name().map_or_else(
+            || p.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        ),
+        Input::Stdin => "stdin".into(),
+    };
+    let baselines = builders
+        .into_values()
+        .map(|b| b.finish(binning, &source, now_ms))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(BuildResult {
+        baselines,
+        lines,
+        stats,
+        first_bad,
+    })
+}
+
+/// Loads every baseline in a directory, or says everything that is wrong.
+pub fn load_baselines(dir: &Path) -> Result<Vec<Baseline>, Vec<BaselineError>> {
+    crate::baseline::load_dir(dir).map(|v| v.into_iter().map(|(_, b)| b).collect())
+}
+
+/// The replay report as the documented JSON document.
+pub fn render_json(r: &ReplayResult) -> serde_json::Value {
+    let mut doc = serde_json::to_value(&r.report).unwrap_or_default();
+    if let Some(models) = doc.get_mut("models").and_then(|m| m.as_array_mut()) {
+        for m in models {
+            let name = m
+                .get("model")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_owned();
+            let ts: Vec<serde_json::Value> = r
+                .transitions
+                .iter()
+                .filter(|t| t.model == name)
+                .map(|t| {
+                    let mut v = serde_json::to_value(t).unwrap_or_default();
+                    if let Some(o) = v.as_object_mut() {
+                        o.insert("at".into(), serde_json::Value::String(rfc3339(t.at_ms)));
+                        if !t.value.is_finite() {
+                            o.insert("value".into(), serde_json::Value::Null);
+                        }
+                    }
+                    v
+                })
+                .collect();
+            if let Some(o) = m.as_object_mut() {
+                o.insert("transitions".into(), serde_json::Value::Array(ts));
+            }
+        }
+    }
+    let s = &r.stats;
+    let mut rejected = serde_json::Map::new();
+    for reason in Reject::ALL {
+        rejected.insert(
+            reason.as_str().into(),
+            s.decode.rejected[reason as usize].into(),
+        );
+    }
+    let mut skipped = serde_json::Map::new();
+    for k in crate::decode::Skip::ALL {
+        skipped.insert(k.as_str().into(), s.decode.skipped[k as usize].into());
+    }
+    if let Some(o) = doc.as_object_mut() {
+        o.insert(
+            "input".into(),
+            serde_json::json!({
+                "lines": r.lines,
+                "events": s.decode.events,
+                "rejected": rejected,
+                "skipped": skipped,
+                "late": s.late,
+                "no_baseline": s.no_baseline,
+                "first_event": r.first_event_ms.map(rfc3339),
+                "last_event": r.last_event_ms.map(rfc3339),
+            }),
+        );
+    }
+    doc
+}
+
+fn fmt_metric(v: Option<&serde_json::Value>) -> String {
+    match v.and_then(|v| v.as_f64()) {
+        Some(x) if x != 0.0 && x.abs() < 1e-3 => format!("{x:.1e}"),
+        Some(x) => format!("{x:.4}"),
+        None => "-".into(),
+    }
+}
+
+/// The replay as a human table: per model and feature the scores and the
+/// verdict, then the transitions with their times.
+pub fn render_table(r: &ReplayResult) -> String {
+    let mut out = String::new();
+    let cols = [
+        "psi",
+        "js_distance",
+        "hellinger",
+        "chi2_p",
+        "wasserstein",
+        "ks",
+        "unseen_share",
+    ];
+    for m in &r.report.models {
+        let span = match (m.all.window_start_ms, m.all.window_end_ms) {
+            (Some(a), Some(b)) => format!("{} .. {}", rfc3339(a), rfc3339(b)),
+            _ => "count window".into(),
+        };
+        let _ = writeln!(
+            out,
+            "model {}  (baseline {}, window {}, {} events in window)",
+            m.model, m.baseline_version, span, m.all.samples
+        );
+        let _ = write!(out, "  {:<22} {:<12}", "distribution", "kind");
+        for c in cols {
+            let _ = write!(out, " {c:>12}");
+        }
+        let _ = writeln!(out, "  verdict");
+        let rows = m
+            .all
+            .features
+            .iter()
+            .chain(m.all.prediction.iter())
+            .chain(m.all.confidence.iter());
+        for f in rows {
+            let _ = write!(out, "  {:<22} {:<12}", truncate(&f.name, 22), f.kind);
+            for c in cols {
+                let _ = write!(out, " {:>12}", fmt_metric(f.metrics.get(c)));
+            }
+            let verdict =
+                if f.verdicts.iter().all(|v| v.insufficient_data) && !f.verdicts.is_empty() {
+                    "insufficient_data".to_owned()
+                } else {
+                    let firing: Vec<String> = f
+                        .verdicts
+                        .iter()
+                        .filter(|v| v.state != State::Ok)
+                        .map(|v| {
+                            format!(
+                                "{} {}{}",
+                                v.metric,
+                                v.state,
+                                v.severity.map(|s| format!(" ({s})")).unwrap_or_default()
+                            )
+                        })
+                        .collect();
+                    if firing.is_empty() {
+                        "ok".into()
+                    } else {
+                        firing.join(", ")
+                    }
+                };
+            let _ = writeln!(out, "  {verdict}");
+        }
+        let ts: Vec<&Transition> = r
+            .transitions
+            .iter()
+            .filter(|t| *t.model == *m.model)
+            .collect();
+        if !ts.is_empty() {
+            let _ = writeln!(out, "  transitions:");
+            for t in ts {
+                let _ = writeln!(
+                    out,
+                    "    {}  {}{}  {}: {} -> {}{}  value {:.4} threshold {} samples {}",
+                    rfc3339(t.at_ms),
+                    t.feature,
+                    t.arm
+                        .as_ref()
+                        .map(|a| format!(" [arm {a}]"))
+                        .unwrap_or_default(),
+                    t.metric,
+                    t.from,
+                    t.to,
+                    t.severity.map(|s| format!(" ({s})")).unwrap_or_default(),
+                    t.value,
+                    t.threshold,
+                    t.samples
+                );
+            }
+        }
+        let _ = writeln!(out);
+    }
+    let s = &r.stats;
+    let _ = writeln!(
+        out,
+        "{} lines: {} inference events, {} rejected, {} skipped (not inference records), {} late, {} without a baseline",
+        r.lines,
+        s.decode.events,
+        s.decode.rejected_total(),
+        s.decode.skipped.iter().sum::<u64>(),
+        s.late,
+        s.no_baseline
+    );
+    out
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_owned()
+    } else {
+        let mut t: String = s.chars().take(n - 1).collect();
+        t.push('…');
+        t
+    }
+}

@@ -1,0 +1,553 @@
+//! Sliding windows: per-model bin counts over the last W of event time.
+//!
+//! This module owns the panes. A window of length W is a ring of
+//! `ceil(W / P)` panes of length P; each pane is one row of counts on the
+//! baseline's flat bin layout ([`Layout`]), and the window keeps running
+//! totals. An event costs one increment per distribution (O(1) per feature);
+//! when time moves past a pane, its row is subtracted from the totals and
+//! reused. Memory is `panes x bins x 4 bytes` per window whatever the event
+//! rate, and nothing here reads a clock: time comes in as a parameter.
+//!
+//! A count-based window (the last N events) uses the same ring with panes of
+//! `N / panes` events, so it holds the last N events to within one pane.
+
+use std::sync::Arc;
+
+use ndarray::{Array1, Array2};
+use serde::{Deserialize, Serialize};
+
+use crate::baseline::{BinOf, Layout};
+use crate::decode::Event;
+
+/// The shape of a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowSpec {
+    /// The last `length_ms` of event time, in panes of `pane_ms`.
+    Time { length_ms: i64, pane_ms: i64 },
+    /// The last `events` events, in `panes` panes.
+    Count { events: u64, panes: usize },
+}
+
+impl WindowSpec {
+    pub fn panes(&self) -> usize {
+        match *self {
+            WindowSpec::Time { length_ms, pane_ms } => {
+                (length_ms.max(1) as u64).div_ceil(pane_ms.max(1) as u64) as usize
+            }
+            WindowSpec::Count { panes, .. } => panes.max(1),
+        }
+    }
+
+    fn events_per_pane(&self) -> u64 {
+        match *self {
+            WindowSpec::Count { events, panes } => events.div_ceil(panes.max(1) as u64).max(1),
+            WindowSpec::Time { .. } => 1,
+        }
+    }
+}
+
+impl Default for WindowSpec {
+    fn default() -> Self {
+        WindowSpec::Time {
+            length_ms: 10 * 60_000,
+            pane_ms: 30_000,
+        }
+    }
+}
+
+/// What happened to an inserted event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inserted {
+    Counted,
+    /// Older than the window's start: dropped and counted as late.
+    Late,
+}
+
+/// Per-window counters that are not distributions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowCounters {
+    pub events: u64,
+    pub late: u64,
+    /// Values that could not be binned (NaN, wrong type for the feature).
+    pub invalid_values: u64,
+    /// Feature names in events that the baseline does not know.
+    pub unknown_features: u64,
+}
+
+/// One model's (or model and arm's) sliding window.
+#[derive(Debug)]
+pub struct Window {
+    layout: Arc<Layout>,
+    spec: WindowSpec,
+    n: usize,
+    /// `n` rows, one per pane, each on the flat bin layout.
+    panes: Array2<u32>,
+    /// Events per pane (each event counts once however many features it has).
+    pane_samples: Vec<u64>,
+    /// The pane id held by each row; `i64::MIN` for a row not yet used.
+    pane_ids: Vec<i64>,
+    totals: Array1<u64>,
+    samples: u64,
+    head: Option<i64>,
+    seq: u64,
+    pub counters: WindowCounters,
+    /// Slot guessed for the j-th feature of an event: producers write
+    /// features in the same order every time, so a name compare usually
+    /// replaces a hash lookup.
+    hint: Vec<u32>,
+    stamp: Vec<u32>,
+    generation: u32,
+}
+
+impl Window {
+    pub fn new(layout: Arc<Layout>, spec: WindowSpec) -> Window {
+        let n = spec.panes();
+        let bins = layout.total_bins;
+        let slots = layout.slots.len();
+        Window {
+            panes: Array2::zeros((n, bins)),
+            pane_samples: vec![0; n],
+            pane_ids: vec![i64::MIN; n],
+            totals: Array1::zeros(bins),
+            samples: 0,
+            head: None,
+            seq: 0,
+            counters: WindowCounters::default(),
+            hint: Vec::new(),
+            stamp: vec![0; slots],
+            generation: 0,
+            layout,
+            spec,
+            n,
+        }
+    }
+
+    pub fn layout(&self) -> &Arc<Layout> {
+        &self.layout
+    }
+
+    pub fn spec(&self) -> WindowSpec {
+        self.spec
+    }
+
+    /// Events currently in the window.
+    pub fn samples(&self) -> u64 {
+        self.samples
+    }
+
+    /// Window counts on the flat layout.
+    pub fn totals(&self) -> &[u64] {
+        self.totals.as_slice().expect("contiguous")
+    }
+
+    /// Counts of one slot (feature, prediction or confidence).
+    pub fn slot_counts(&self, slot: usize) -> &[u64] {
+        let s = &self.layout.slots[slot];
+        &self.totals()[s.offset..s.offset + s.len]
+    }
+
+    /// `[start, end)` of the event time the window covers, for time windows.
+    pub fn span_ms(&self) -> Option<(i64, i64)> {
+        match (self.spec, self.head) {
+            (WindowSpec::Time { pane_ms, .. }, Some(h)) => {
+                Some(((h - self.n as i64 + 1) * pane_ms, (h + 1) * pane_ms))
+            }
+            _ => None,
+        }
+    }
+
+    fn pane_of(&self, t_ms: i64) -> i64 {
+        match self.spec {
+            WindowSpec::Time { pane_ms, .. } => t_ms.div_euclid(pane_ms),
+            WindowSpec::Count { .. } => (self.seq / self.spec.events_per_pane()) as i64,
+        }
+    }
+
+    /// Moves the head to `pane`, expiring every pane that falls out.
+    fn advance(&mut self, pane: i64) {
+        let Some(head) = self.head else {
+            self.head = Some(pane);
+            self.claim(pane);
+            return;
+        };
+        if pane <= head {
+            return;
+        }
+        if pane - head >= self.n as i64 {
+            // Everything expired at once: cheaper to clear than to walk.
+            self.panes.fill(0);
+            self.totals.fill(0);
+            self.pane_samples.fill(0);
+            self.pane_ids.fill(i64::MIN);
+            self.samples = 0;
+        } else {
+            for id in head + 1..=pane {
+                self.expire_row(id.rem_euclid(self.n as i64) as usize);
+            }
+        }
+        self.head = Some(pane);
+        self.claim(pane);
+    }
+
+    fn claim(&mut self, pane: i64) {
+        let row = pane.rem_euclid(self.n as i64) as usize;
+        if self.pane_ids[row] != pane {
+            self.expire_row(row);
+            self.pane_ids[row] = pane;
+        }
+    }
+
+    fn expire_row(&mut self, row: usize) {
+        if self.pane_ids[row] == i64::MIN && self.pane_samples[row] == 0 {
+            return;
+        }
+        let mut r = self.panes.row_mut(row);
+        for (t, c) in self.totals.iter_mut().zip(r.iter()) {
+            *t -= u64::from(*c);
+        }
+        r.fill(0);
+        self.samples -= self.pane_samples[row];
+        self.pane_samples[row] = 0;
+        self.pane_ids[row] = i64::MIN;
+    }
+
+    /// Moves the window to `now_ms` without an event, so an idle model's
+    /// window drains instead of showing stale counts forever.
+    pub fn advance_to(&mut self, now_ms: i64) {
+        if let WindowSpec::Time { .. } = self.spec {
+            if self.head.is_some() {
+                let p = self.pane_of(now_ms);
+                self.advance(p);
+            }
+        }
+    }
+
+    /// Counts one event at event time `t_ms` (ignored for count windows).
+    pub fn insert(&mut self, ev: &Event<'_>, t_ms: i64) -> Inserted {
+        let pane = self.pane_of(t_ms);
+        if let Some(head) = self.head {
+            if pane <= head - self.n as i64 {
+                self.counters.late += 1;
+                return Inserted::Late;
+            }
+        }
+        if self.head.is_none_or(|h| pane > h) {
+            self.advance(pane);
+        }
+        self.seq += 1;
+        self.counters.events += 1;
+        let row = pane.rem_euclid(self.n as i64) as usize;
+        if self.pane_ids[row] != pane {
+            // A late-but-in-window event for a pane nobody has written yet.
+            self.pane_ids[row] = pane;
+        }
+        self.pane_samples[row] += 1;
+        self.samples += 1;
+
+        self.generation = self.generation.wrapping_add(1);
+        if self.generation == 0 {
+            self.stamp.fill(0);
+            self.generation = 1;
+        }
+        let gen = self.generation;
+        let layout = &*self.layout;
+        let mut pane_row = self.panes.row_mut(row);
+        let pane_row = pane_row.as_slice_mut().expect("rows are contiguous");
+        let totals = self.totals.as_slice_mut().expect("contiguous");
+        let mut bump = |idx: usize| {
+            pane_row[idx] += 1;
+            totals[idx] += 1;
+        };
+        if self.hint.len() < ev.features.len() {
+            self.hint.resize(ev.features.len(), u32::MAX);
+        }
+        for (j, (name, value)) in ev.features.iter().enumerate() {
+            let guess = self.hint[j];
+            let slot = if (guess as usize) < layout.feature_count
+                && *layout.slots[guess as usize].name == **name
+            {
+                guess as usize
+            } else if let Some(&s) = layout.index.get(name.as_ref()) {
+                self.hint[j] = s;
+                s as usize
+            } else {
+                self.counters.unknown_features += 1;
+                continue;
+            };
+            if self.stamp[slot] == gen {
+                // The same feature twice in one line (flattening can do
+                // that): count it once.
+                continue;
+            }
+            self.stamp[slot] = gen;
+            let s = &layout.slots[slot];
+            match s.binner.bin(value) {
+                BinOf::Bin(b) => bump(s.offset + b as usize),
+                BinOf::Invalid => self.counters.invalid_values += 1,
+            }
+        }
+        for (slot, s) in layout.slots[..layout.feature_count].iter().enumerate() {
+            if self.stamp[slot] != gen {
+                bump(s.offset + s.binner.missing() as usize);
+            }
+        }
+        if let Some(p) = layout.prediction {
+            let s = &layout.slots[p];
+            let b = match &ev.prediction {
+                Some(pred) => s.binner.bin_prediction(pred),
+                None => BinOf::Bin(s.binner.missing()),
+            };
+            match b {
+                BinOf::Bin(b) => bump(s.offset + b as usize),
+                BinOf::Invalid => self.counters.invalid_values += 1,
+            }
+        }
+        if let Some(c) = layout.confidence {
+            let s = &layout.slots[c];
+            let b = match ev.confidence {
+                Some(x) => s.binner.bin_num(x),
+                None => BinOf::Bin(s.binner.missing()),
+            };
+            match b {
+                BinOf::Bin(b) => bump(s.offset + b as usize),
+                BinOf::Invalid => self.counters.invalid_values += 1,
+            }
+        }
+        Inserted::Counted
+    }
+
+    /// The panes as they are, for checkpoints.
+    pub fn state(&self) -> WindowState {
+        let mut panes = Vec::new();
+        for row in 0..self.n {
+            if self.pane_ids[row] == i64::MIN || self.pane_samples[row] == 0 {
+                continue;
+            }
+            let r = self.panes.row(row);
+            // Sparse: most bins of a pane are zero-free but many panes are
+            // small; store (index, count) pairs only for non-zero bins.
+            let counts = r
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| **c != 0)
+                .map(|(i, c)| (i as u32, *c))
+                .collect();
+            panes.push(PaneState {
+                id: self.pane_ids[row],
+                samples: self.pane_samples[row],
+                counts,
+            });
+        }
+        WindowState {
+            head: self.head,
+            seq: self.seq,
+            counters: self.counters,
+            panes,
+        }
+    }
+
+    /// Restores panes saved by [`Window::state`] on the same layout and spec.
+    pub fn restore(&mut self, st: &WindowState) -> Result<(), String> {
+        let bins = self.layout.total_bins;
+        for p in &st.panes {
+            if let Some((i, _)) = p.counts.iter().find(|(i, _)| *i as usize >= bins) {
+                return Err(format!("bin {i} out of range for a layout of {bins} bins"));
+            }
+        }
+        *self = Window::new(self.layout.clone(), self.spec);
+        self.head = st.head;
+        self.seq = st.seq;
+        self.counters = st.counters;
+        let Some(head) = st.head else { return Ok(()) };
+        for p in &st.panes {
+            if p.id <= head - self.n as i64 || p.id > head {
+                continue; // expired while we were down
+            }
+            let row = p.id.rem_euclid(self.n as i64) as usize;
+            self.pane_ids[row] = p.id;
+            self.pane_samples[row] = p.samples;
+            self.samples += p.samples;
+            for &(i, c) in &p.counts {
+                self.panes[[row, i as usize]] += c;
+                self.totals[i as usize] += u64::from(c);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A window's panes in a serialisable form (checkpoints).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WindowState {
+    pub head: Option<i64>,
+    pub seq: u64,
+    pub counters: WindowCounters,
+    pub panes: Vec<PaneState>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PaneState {
+    pub id: i64,
+    pub samples: u64,
+    pub counts: Vec<(u32, u32)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::baseline::{Baseline, Binning, Bins, FeatureBaseline, SCHEMA_VERSION};
+    use crate::decode::{Decoded, Decoder};
+    use proptest::prelude::*;
+
+    fn layout() -> Arc<Layout> {
+        let b = Baseline {
+            schema_version: SCHEMA_VERSION,
+            model: "m".into(),
+            version: "v".into(),
+            created_at: "2025-01-01T00:00:00Z".into(),
+            source: "test".into(),
+            samples: 10,
+            binning: Binning::default(),
+            features: vec![
+                FeatureBaseline {
+                    name: "c".into(),
+                    bins: Bins::Categorical {
+                        categories: vec!["a".into(), "b".into()],
+                    },
+                    counts: vec![5, 5, 0, 0],
+                },
+                FeatureBaseline {
+                    name: "x".into(),
+                    bins: Bins::Numeric {
+                        edges: vec![0.0, 1.0, 2.0],
+                        mean: 1.0,
+                        std: 0.5,
+                    },
+                    counts: vec![0, 5, 5, 0, 0],
+                },
+            ],
+            prediction: Some(FeatureBaseline {
+                name: "prediction".into(),
+                bins: Bins::Categorical {
+                    categories: vec!["yes".into()],
+                },
+                counts: vec![10, 0, 0],
+            }),
+            confidence: None,
+        };
+        Arc::new(Layout::new(b))
+    }
+
+    fn ev(line: &str) -> Event<'static> {
+        match Decoder::new(Default::default()).decode(line.as_bytes()) {
+            Decoded::Event(e) => e.into_owned(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    const MIN: i64 = 60_000;
+
+    fn spec() -> WindowSpec {
+        WindowSpec::Time {
+            length_ms: 10 * MIN,
+            pane_ms: MIN,
+        }
+    }
+
+    #[test]
+    fn counts_every_distribution_including_missing() {
+        let mut w = Window::new(layout(), spec());
+        let e = ev(r#"{"model_id":"m","prediction":"yes","input_features":{"c":"b","x":1.5}}"#);
+        assert_eq!(w.insert(&e, 0), Inserted::Counted);
+        let e = ev(r#"{"model_id":"m","prediction":"no","input_features":{"c":"zzz","y":3}}"#);
+        w.insert(&e, 1);
+        assert_eq!(w.samples(), 2);
+        assert_eq!(w.slot_counts(0), &[0, 1, 1, 0]); // b, then other
+        assert_eq!(w.slot_counts(1), &[0, 0, 1, 0, 1]); // [1,2], then missing
+        assert_eq!(w.slot_counts(2), &[1, 1, 0]); // yes, then other
+        assert_eq!(w.counters.unknown_features, 1);
+    }
+
+    #[test]
+    fn panes_expire_and_late_events_are_dropped() {
+        let mut w = Window::new(layout(), spec());
+        let e = ev(r#"{"model_id":"m","input_features":{"x":0.5}}"#);
+        for minute in 0..10 {
+            w.insert(&e, minute * MIN);
+        }
+        assert_eq!(w.samples(), 10);
+        // Minute 10 pushes minute 0 out.
+        w.insert(&e, 10 * MIN);
+        assert_eq!(w.samples(), 10);
+        assert_eq!(w.insert(&e, 0), Inserted::Late);
+        assert_eq!(w.counters.late, 1);
+        // An out-of-order event still inside the window is counted.
+        assert_eq!(w.insert(&e, 5 * MIN + 1), Inserted::Counted);
+        assert_eq!(w.samples(), 11);
+        // Idle: the window drains with time.
+        w.advance_to(19 * MIN);
+        assert_eq!(w.samples(), 1);
+        w.advance_to(100 * MIN);
+        assert_eq!(w.samples(), 0);
+        assert!(w.totals().iter().all(|c| *c == 0));
+    }
+
+    #[test]
+    fn count_window_keeps_the_last_n_events_to_a_pane() {
+        let mut w = Window::new(
+            layout(),
+            WindowSpec::Count {
+                events: 100,
+                panes: 10,
+            },
+        );
+        let e = ev(r#"{"model_id":"m","input_features":{"x":0.5}}"#);
+        for _ in 0..1000 {
+            w.insert(&e, 0);
+        }
+        assert!((90..=100).contains(&w.samples()), "{}", w.samples());
+    }
+
+    #[test]
+    fn state_round_trips() {
+        let mut w = Window::new(layout(), spec());
+        for i in 0..50 {
+            let e = ev(&format!(
+                r#"{{"model_id":"m","prediction":"yes","input_features":{{"x":{},"c":"a"}}}}"#,
+                i as f64 / 25.0
+            ));
+            w.insert(&e, i * 20_000);
+        }
+        let st = w.state();
+        let mut w2 = Window::new(layout(), spec());
+        w2.restore(&st).unwrap();
+        assert_eq!(w2.totals(), w.totals());
+        assert_eq!(w2.samples(), w.samples());
+        let json = serde_json::to_string(&st).unwrap();
+        let back: WindowState = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, st);
+    }
+
+    proptest! {
+        /// Whatever the arrival order, the totals equal a recount of the
+        /// events whose pane is inside the final window.
+        #[test]
+        fn totals_match_a_recount(times in proptest::collection::vec(0i64..(40 * MIN), 1..300)) {
+            let mut w = Window::new(layout(), spec());
+            let e = ev(r#"{"model_id":"m","input_features":{"x":0.5}}"#);
+            let mut counted = Vec::new();
+            for &t in &times {
+                if w.insert(&e, t) == Inserted::Counted {
+                    counted.push(t);
+                }
+            }
+            let head = counted.iter().map(|t| t / MIN).max().unwrap();
+            let expect = counted.iter().filter(|t| **t / MIN > head - 10).count() as u64;
+            prop_assert_eq!(w.samples(), expect);
+            prop_assert_eq!(w.slot_counts(1)[1], expect);
+            let total: u64 = w.totals().iter().sum();
+            // Each event counts once per distribution: 2 features + prediction.
+            prop_assert_eq!(total, 3 * expect);
+        }
+    }
+}
