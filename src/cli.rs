@@ -33,6 +33,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the daemon: Kafka in, /metrics and alerts out.
+    Run(ConfigArgs),
+    /// The whole daemon on an embedded Kafka with generated traffic that drifts.
+    Demo(DemoArgs),
     /// Build, or inspect, per-model baselines from reference logs.
     #[command(subcommand)]
     Baseline(BaselineCommand),
@@ -55,6 +59,25 @@ pub struct ConfigArgs {
     /// TOML configuration file (see config/driftd.toml).
     #[arg(long, short)]
     pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Address for /metrics and the API.
+    #[arg(long, default_value = "127.0.0.1:9400")]
+    pub listen: std::net::SocketAddr,
+    /// Inference-log lines per second.
+    #[arg(long, default_value_t = 2000)]
+    pub rate: u32,
+    /// When the drift starts, e.g. 20s.
+    #[arg(long, value_parser = parse_duration, default_value = "20s")]
+    pub drift_after: Duration,
+    /// Stop after this long (default: until Ctrl-C).
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Print state changes as lines instead of redrawing a table.
+    #[arg(long)]
+    pub no_table: bool,
 }
 
 #[derive(Debug, Args)]
@@ -204,11 +227,28 @@ pub fn main() -> ExitCode {
 
 pub fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
+        Command::Run(a) => run_daemon(a),
+        Command::Demo(a) => demo(a),
         Command::Baseline(BaselineCommand::Build(a)) => baseline_build(a),
         Command::Replay(a) => replay_cmd(a),
         Command::Generate(a) => generate(a).map_err(Failure::Runtime),
         Command::CheckConfig(a) => {
             let cfg = Config::load(a.config.as_deref())?;
+            check_kafka(&cfg)?;
+            if cfg.baselines_dir.exists() {
+                if let Err(errs) = replay::load_baselines(&cfg.baselines_dir) {
+                    return Err(Failure::Config(ConfigError::Invalid {
+                        source_name: cfg.source.clone(),
+                        problems: errs
+                            .iter()
+                            .map(|e| crate::config::Problem {
+                                key: "baselines.dir".into(),
+                                message: e.to_string(),
+                            })
+                            .collect(),
+                    }));
+                }
+            }
             println!("{}: ok", cfg.source);
             Ok(())
         }
@@ -396,4 +436,98 @@ fn generate(a: GenerateArgs) -> anyhow::Result<()> {
     }
     out.flush().context("writing generated lines")?;
     Ok(())
+}
+
+/// librdkafka rejects unknown properties only when a client is made: do it
+/// now, so a typo is a config error (exit 64) and not a runtime failure.
+fn check_kafka(cfg: &Config) -> Result<(), Failure> {
+    if let Some(k) = &cfg.kafka {
+        if let Err(e) = crate::ingest::validate_properties(k) {
+            return Err(Failure::Config(ConfigError::Invalid {
+                source_name: cfg.source.clone(),
+                problems: vec![crate::config::Problem {
+                    key: "kafka.properties".into(),
+                    message: e,
+                }],
+            }));
+        }
+    }
+    Ok(())
+}
+
+/// Logs go to stderr: JSON lines (what this project consumes) unless the
+/// format is `text`, or `auto` on a terminal.
+pub fn init_logging(cfg: &crate::config::LogConfig) {
+    use crate::config::LogFormat;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cfg.level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = match cfg.format {
+        LogFormat::Json => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+        .map_err(Failure::Runtime)
+}
+
+fn run_daemon(a: ConfigArgs) -> Result<(), Failure> {
+    let cfg = Config::load(a.config.as_deref())?;
+    cfg.require_kafka()?;
+    check_kafka(&cfg)?;
+    init_logging(&cfg.log);
+    tracing::info!(config = %cfg.source, version = env!("CARGO_PKG_VERSION"), "driftd starting");
+    runtime()?
+        .block_on(async move {
+            let cancel = tokio_util::sync::CancellationToken::new();
+            let daemon = crate::app::start(cfg, cancel.clone(), None).await?;
+            crate::app::handle_signals(cancel, daemon.control.clone())?;
+            daemon.wait().await
+        })
+        .map_err(Failure::Runtime)
+}
+
+fn demo(a: DemoArgs) -> Result<(), Failure> {
+    // The live table owns the terminal: only warnings are logged.
+    init_logging(&crate::config::LogConfig {
+        format: crate::config::LogFormat::Text,
+        level: "warn".into(),
+    });
+    let opts = crate::demo::DemoOptions {
+        listen: a.listen,
+        rate: a.rate,
+        drift_after: a.drift_after,
+        duration: a.duration,
+        live_table: !a.no_table && std::io::stdout().is_terminal(),
+    };
+    runtime()?
+        .block_on(async move {
+            let cancel = tokio_util::sync::CancellationToken::new();
+            let c = cancel.clone();
+            tokio::spawn(async move {
+                let _ = tokio::signal::ctrl_c().await;
+                c.cancel();
+            });
+            crate::demo::run(opts, cancel).await
+        })
+        .map_err(Failure::Runtime)
 }

@@ -349,6 +349,23 @@ impl Engine {
             .filter(|b| b.source == "auto")
     }
 
+    /// A new baseline for `model` from its current window, on the same bins
+    /// ("what we see now is the new normal").
+    pub fn capture(&self, model: &str, now_ms: i64) -> Result<Baseline, String> {
+        let m = self.models.get(model).ok_or_else(|| {
+            format!("no window for model {model:?}: it has no baseline or no events yet")
+        })?;
+        let samples = m.all.window.samples();
+        if samples == 0 {
+            return Err(format!(
+                "the window of model {model:?} is empty; wait for events"
+            ));
+        }
+        Ok(m.layout
+            .baseline
+            .recapture(&m.layout, m.all.window.totals(), samples, now_ms))
+    }
+
     /// Scores every window at `now_ms` and steps every verdict. Returns the
     /// transitions, in a stable order (model, arm, feature, metric).
     pub fn evaluate(&mut self, now_ms: i64) -> Vec<Transition> {
@@ -526,7 +543,7 @@ fn evaluate_tracked(
 }
 
 /// The engine's view of every window, serialisable as the replay report.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
     pub models: Vec<ModelReport>,
 }

@@ -25,13 +25,19 @@
 //! - [`config`]: TOML + environment configuration, validated with every problem reported.
 //! - [`cli`]: subcommands, exit codes, error printing.
 
+pub mod admin;
+pub mod app;
 pub mod baseline;
+pub mod checkpoint;
 pub mod cli;
 pub mod compare;
 pub mod config;
 pub mod decode;
+pub mod demo;
 pub mod detect;
 pub mod engine;
 pub mod generate;
+pub mod ingest;
+pub mod metrics;
 pub mod replay;
 pub mod window;

@@ -1,0 +1,257 @@
+//! The HTTP server: metrics, health and the small admin API.
+//!
+//! This module owns every HTTP route, on one listener:
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /metrics` | Prometheus text format, from the one registry |
+//! | `GET /livez` | 200 while the process serves HTTP; never depends on Kafka |
+//! | `GET /readyz` | 200 when baselines are loaded, partitions assigned and a broker reachable; 503 with the reasons otherwise |
+//! | `GET /api/v1/drift[?model=M]` | current scores, states and sample counts per model and feature (JSON) |
+//! | `GET /api/v1/baselines` | the loaded baselines: model, version, creation time, samples |
+//! | `POST /api/v1/baselines` `{"model": M}` | capture M's current window as its new baseline (bearer token) |
+//! | `POST /api/v1/baselines/reload` | reload the baseline directory (bearer token) |
+//!
+//! Admin routes need `Authorization: Bearer <http.admin_token>`, compared in
+//! constant time; with no token configured they answer 403, never open.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use prometheus::Registry;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::ingest::{Control, Health};
+use crate::metrics::Snapshot;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AdminState {
+    pub registry: Registry,
+    pub health: Arc<Health>,
+    pub snapshot: watch::Receiver<Arc<Snapshot>>,
+    pub control: mpsc::Sender<Control>,
+    pub admin_token: Option<Arc<str>>,
+}
+
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/livez", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/api/v1/drift", get(drift))
+        .route("/api/v1/baselines", get(baselines).post(capture))
+        .route("/api/v1/baselines/reload", post(reload))
+        .with_state(state)
+}
+
+/// Serves until `cancel`, then finishes in-flight requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AdminState,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move { cancel.cancelled().await })
+        .await
+}
+
+/// Binds the listener; a bind failure names the address and a likely fix.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot listen on {addr}: {e} (is another process using the port? set http.listen)"
+        )
+    })
+}
+
+async fn metrics(State(s): State<AdminState>) -> Response {
+    let body = crate::metrics::render(&s.registry);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+async fn readyz(State(s): State<AdminState>) -> Response {
+    match s.health.ready() {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"ready": false, "reasons": why})),
+        )
+            .into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct DriftQuery {
+    model: Option<String>,
+}
+
+async fn drift(State(s): State<AdminState>, Query(q): Query<DriftQuery>) -> Response {
+    let snap = s.snapshot.borrow().clone();
+    let models: Vec<_> = snap
+        .report
+        .models
+        .iter()
+        .filter(|m| q.model.as_ref().is_none_or(|want| *want == m.model))
+        .collect();
+    if let (Some(want), true) = (&q.model, models.is_empty()) {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": format!("no model {want:?} is being tracked")})),
+        )
+            .into_response();
+    }
+    Json(json!({
+        "evaluated_at": crate::baseline::rfc3339(snap.at_ms),
+        "models": models,
+    }))
+    .into_response()
+}
+
+async fn baselines(State(s): State<AdminState>) -> Response {
+    let snap = s.snapshot.borrow().clone();
+    let list: Vec<_> = snap
+        .report
+        .models
+        .iter()
+        .map(|m| json!({"model": m.model, "version": m.baseline_version}))
+        .collect();
+    Json(json!({"baselines": list})).into_response()
+}
+
+/// Constant-time comparison: the time taken does not reveal how much of a
+/// guessed token was right.
+fn token_matches(given: &[u8], want: &[u8]) -> bool {
+    let mut diff = given.len() ^ want.len();
+    for (i, w) in want.iter().enumerate() {
+        diff |= usize::from(given.get(i).copied().unwrap_or(0) ^ w);
+    }
+    diff == 0
+}
+
+fn authorize(s: &AdminState, headers: &HeaderMap) -> Result<(), Box<Response>> {
+    let Some(want) = &s.admin_token else {
+        return Err(Box::new(
+            (
+                StatusCode::FORBIDDEN,
+                Json(json!({"error": "admin endpoints are disabled: set http.admin_token to enable them"})),
+            )
+                .into_response(),
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if token_matches(given.as_bytes(), want.as_bytes()) {
+        Ok(())
+    } else {
+        Err(Box::new(
+            (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                Json(json!({"error": "missing or wrong bearer token"})),
+            )
+                .into_response(),
+        ))
+    }
+}
+
+#[derive(Deserialize)]
+struct CaptureBody {
+    model: String,
+}
+
+async fn capture(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    body: Option<Json<CaptureBody>>,
+) -> Response {
+    if let Err(r) = authorize(&s, &headers) {
+        return *r;
+    }
+    let Some(Json(body)) = body else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "send a JSON body {\"model\": \"<model id>\"}"})),
+        )
+            .into_response();
+    };
+    let (tx, rx) = oneshot::channel();
+    if s.control
+        .send(Control::Capture {
+            model: body.model.clone(),
+            reply: tx,
+        })
+        .await
+        .is_err()
+    {
+        return unavailable();
+    }
+    match rx.await {
+        Ok(Ok(version)) => Json(json!({"model": body.model, "version": version})).into_response(),
+        Ok(Err(e)) => (StatusCode::CONFLICT, Json(json!({"error": e}))).into_response(),
+        Err(_) => unavailable(),
+    }
+}
+
+async fn reload(State(s): State<AdminState>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&s, &headers) {
+        return *r;
+    }
+    let (tx, rx) = oneshot::channel();
+    if s.control
+        .send(Control::Reload { reply: Some(tx) })
+        .await
+        .is_err()
+    {
+        return unavailable();
+    }
+    match rx.await {
+        Ok(Ok(models)) => Json(json!({"reloaded": models})).into_response(),
+        Ok(Err(e)) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({"error": e, "kept": "the baselines in force"})),
+        )
+            .into_response(),
+        Err(_) => unavailable(),
+    }
+}
+
+fn unavailable() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"error": "the consumer loop is not running"})),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(token_matches(b"secret-token-123", b"secret-token-123"));
+        assert!(!token_matches(b"secret-token-12", b"secret-token-123"));
+        assert!(!token_matches(b"secret-token-1234", b"secret-token-123"));
+        assert!(!token_matches(b"", b"secret-token-123"));
+        assert!(!token_matches(b"Secret-token-123", b"secret-token-123"));
+    }
+}

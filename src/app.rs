@@ -1,0 +1,217 @@
+//! The daemon: wiring and shutdown. Read this file to know what `driftd run`
+//! does.
+//!
+//! 1. The configuration is already validated (a bad one exited 64 before we
+//!    got here). Baselines are loaded from `baselines.dir`; a bad file stops
+//!    the start with its name and problem.
+//! 2. One Prometheus registry is made and handed to each part that exports
+//!    series (metrics, build info).
+//! 3. The HTTP listener is bound: /metrics, /livez, /readyz and the API.
+//! 4. The consumer loop starts on its own thread (see `ingest`): Kafka in,
+//!    engine, checkpoints, evaluation, snapshots out.
+//! 5. Then we wait for the cancellation token (SIGTERM or SIGINT in `driftd
+//!    run`; the test or the demo otherwise). On cancellation the consumer
+//!    loop stops fetching, stores and commits offsets, writes a last
+//!    checkpoint and leaves the group; the HTTP server finishes in-flight
+//!    requests. All of it must fit in `shutdown.grace` (5 s by default,
+//!    under Kubernetes' 30 s), or we say so and exit anyway.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use prometheus::Registry;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{self, AdminState};
+use crate::config::Config;
+use crate::detect::Transition;
+use crate::engine::Engine;
+use crate::ingest::{self, Control, Health, IngestError, IngestSetup, LoopHandles};
+use crate::metrics::{self, Metrics, Snapshot};
+use crate::window::WindowSpec;
+
+/// A running daemon.
+pub struct Daemon {
+    /// Where the HTTP server listens (useful with port 0).
+    pub addr: SocketAddr,
+    pub snapshot: watch::Receiver<Arc<Snapshot>>,
+    pub health: Arc<Health>,
+    pub control: mpsc::Sender<Control>,
+    pub registry: Registry,
+    consumer: JoinHandle<Result<(), IngestError>>,
+    http: JoinHandle<std::io::Result<()>>,
+    cancel: CancellationToken,
+    grace: Duration,
+}
+
+/// Starts the daemon. `transitions`, when given, receives every verdict
+/// transition (the alert sinks).
+pub async fn start(
+    cfg: Config,
+    cancel: CancellationToken,
+    transitions: Option<mpsc::Sender<Transition>>,
+) -> anyhow::Result<Daemon> {
+    let kafka = cfg.require_kafka()?.clone();
+
+    // 1. Baselines. A missing directory is fine with automatic baselines.
+    let baselines = if cfg.baselines_dir.exists() || cfg.engine.auto_baseline.is_none() {
+        crate::replay::load_baselines(&cfg.baselines_dir).map_err(|errs| {
+            anyhow::anyhow!(
+                "cannot load the baselines in {}:\n{}",
+                cfg.baselines_dir.display(),
+                errs.iter()
+                    .map(|e| format!("  - {e}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        })?
+    } else {
+        std::fs::create_dir_all(&cfg.baselines_dir).with_context(|| {
+            format!(
+                "cannot create baselines.dir {}",
+                cfg.baselines_dir.display()
+            )
+        })?;
+        Vec::new()
+    };
+    if baselines.is_empty() && cfg.engine.auto_baseline.is_none() {
+        tracing::warn!(
+            dir = %cfg.baselines_dir.display(),
+            "no baselines: events will be counted as without baseline until one is added (or set baselines.auto_after_events)"
+        );
+    }
+    for b in &baselines {
+        tracing::info!(model = %b.model, version = %b.version, features = b.features.len(), "baseline loaded");
+    }
+
+    // 2. One registry, each part registers its own series.
+    let registry = Registry::new();
+    metrics::register_build_info(&registry)?;
+    let metrics = Metrics::new(&registry)?;
+
+    // 3. HTTP.
+    let listener = admin::bind(cfg.http.listen).await?;
+    let addr = listener.local_addr()?;
+    let health = Arc::new(Health::default());
+    let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::default()));
+    let (control_tx, control_rx) = mpsc::channel(16);
+    let state = AdminState {
+        registry: registry.clone(),
+        health: health.clone(),
+        snapshot: snap_rx.clone(),
+        control: control_tx.clone(),
+        admin_token: cfg.http.admin_token.as_deref().map(Arc::from),
+    };
+    let http = tokio::spawn(admin::serve(listener, state, cancel.clone()));
+    tracing::info!(%addr, "serving /metrics, /livez, /readyz and /api/v1");
+
+    // 4. The consumer loop.
+    let window_ms = match cfg.engine.window {
+        WindowSpec::Time { length_ms, .. } => length_ms,
+        WindowSpec::Count { .. } => 0,
+    };
+    let setup = IngestSetup {
+        kafka,
+        every: cfg.every,
+        model_idle: cfg.model_idle,
+        checkpoint: cfg.checkpoint.clone(),
+        baselines_dir: cfg.baselines_dir.clone(),
+        watch_baselines: cfg.watch_baselines,
+        window_ms,
+    };
+    let engine = Engine::new(cfg.engine.clone(), baselines);
+    let handles = LoopHandles {
+        health: health.clone(),
+        snapshot: snap_tx,
+        control: control_rx,
+        transitions,
+        metrics,
+    };
+    let loop_cancel = cancel.clone();
+    let consumer =
+        tokio::task::spawn_blocking(move || ingest::run(setup, engine, handles, loop_cancel));
+
+    Ok(Daemon {
+        addr,
+        snapshot: snap_rx,
+        health,
+        control: control_tx,
+        registry,
+        consumer,
+        http,
+        cancel,
+        grace: cfg.grace,
+    })
+}
+
+impl Daemon {
+    /// Runs until cancelled (or until the consumer loop fails), then drains
+    /// within the grace period.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        let Daemon {
+            mut consumer,
+            http,
+            cancel,
+            grace,
+            ..
+        } = self;
+        let early = tokio::select! {
+            _ = cancel.cancelled() => None,
+            r = &mut consumer => Some(r),
+        };
+        if let Some(r) = early {
+            // The loop ended without being asked to: stop everything else.
+            cancel.cancel();
+            let _ = http.await;
+            return match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.into()),
+                Err(e) => Err(anyhow::anyhow!("consumer loop panicked: {e}")),
+            };
+        }
+        tracing::info!(grace = %humantime::format_duration(grace), "shutting down");
+        let drained = tokio::time::timeout(grace, consumer).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), http).await;
+        match drained {
+            Ok(Ok(Ok(()))) => {
+                tracing::info!("shutdown complete");
+                Ok(())
+            }
+            Ok(Ok(Err(e))) => Err(e.into()),
+            Ok(Err(e)) => Err(anyhow::anyhow!("consumer loop panicked: {e}")),
+            Err(_) => Err(anyhow::anyhow!(
+                "the consumer did not stop within shutdown.grace ({}); offsets after the last commit will be read again",
+                humantime::format_duration(grace)
+            )),
+        }
+    }
+}
+
+/// Cancels `cancel` on SIGTERM or SIGINT; asks for a baseline reload on SIGHUP.
+pub fn handle_signals(
+    cancel: CancellationToken,
+    control: mpsc::Sender<Control>,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM"); cancel.cancel(); break; }
+                _ = int.recv() => { tracing::info!("SIGINT"); cancel.cancel(); break; }
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading baselines");
+                    let _ = control.send(Control::Reload { reply: None }).await;
+                }
+                _ = cancel.cancelled() => break,
+            }
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,344 @@
+//! `driftd demo`: the whole daemon on an embedded Kafka, with nothing to
+//! install.
+//!
+//! This module owns the demo's set-up: librdkafka's in-process mock cluster
+//! (the real Kafka protocol over loopback), baselines built from a reference
+//! phase, a generator writing seed-shaped inference logs for two models
+//! (features, classes, confidences, arms, timing and feedback lines, a few
+//! malformed lines) that injects drift after a while, and a live table of
+//! scores and states on the terminal. The daemon itself is the real one
+//! (`app::start`), serving /metrics like in production.
+
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::ClientConfig;
+use tokio_util::sync::CancellationToken;
+
+use crate::baseline::rfc3339;
+use crate::config::{Config, KafkaConfig};
+use crate::decode::Decoder;
+use crate::detect::State;
+use crate::generate::{standard_drifts, Generator, GeneratorConfig};
+use crate::ingest::now_ms;
+use crate::metrics::Snapshot;
+use crate::replay::{build_baselines, Input};
+use crate::window::WindowSpec;
+
+pub const TOPIC: &str = "inference-logs";
+
+/// Demo settings (flags of `driftd demo`).
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    pub listen: SocketAddr,
+    /// Inference-log lines per second.
+    pub rate: u32,
+    pub drift_after: Duration,
+    /// Stop after this long (default: until Ctrl-C).
+    pub duration: Option<Duration>,
+    /// Redraw a table on the terminal (else print changes as lines).
+    pub live_table: bool,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        DemoOptions {
+            listen: "127.0.0.1:9400".parse().expect("valid"),
+            rate: 2000,
+            drift_after: Duration::from_secs(20),
+            duration: None,
+            live_table: std::io::stdout().is_terminal(),
+        }
+    }
+}
+
+/// A scratch directory removed when the demo ends.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs the demo until `cancel` or the duration ends.
+pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result<()> {
+    let scratch = Scratch(std::env::temp_dir().join(format!("driftd-demo-{}", std::process::id())));
+    std::fs::create_dir_all(&scratch.0).context("creating the demo's scratch directory")?;
+    let baselines_dir = scratch.0.join("baselines");
+    std::fs::create_dir_all(&baselines_dir)?;
+
+    // The broker: in-process, real protocol, three brokers, four partitions.
+    let cluster = MockCluster::new(3).context("starting the in-process Kafka mock cluster")?;
+    cluster
+        .create_topic(TOPIC, 4, 1)
+        .context("creating the demo topic")?;
+    let brokers = cluster.bootstrap_servers();
+    println!("embedded Kafka (librdkafka mock cluster) at {brokers}, topic {TOPIC}");
+
+    // Reference phase: an hour of normal traffic, made up front.
+    let gen_cfg = GeneratorConfig::default();
+    let mut reference = Generator::new(gen_cfg.clone());
+    let start = now_ms();
+    let mut text = Vec::with_capacity(20_000 * 600);
+    let mut buf = String::new();
+    for i in 0..20_000i64 {
+        reference.next_line(start - 3_600_000 + i * 180, &mut buf);
+        text.extend_from_slice(buf.as_bytes());
+        text.push(b'\n');
+    }
+    let decoder = Decoder::new(Default::default());
+    let built = build_baselines(
+        &decoder,
+        &Input::Stdin,
+        &mut text.as_slice(),
+        None,
+        &Default::default(),
+        start,
+        |_| {},
+    )?;
+    for b in &built.baselines {
+        b.save(&baselines_dir)?;
+    }
+    println!(
+        "built baselines for {} from 20000 reference lines",
+        built
+            .baselines
+            .iter()
+            .map(|b| b.model.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+
+    // The daemon, configured as in production but with short windows so the
+    // demo shows drift within a minute.
+    let mut cfg = Config {
+        source: "demo".into(),
+        ..Config::default()
+    };
+    cfg.kafka = Some(KafkaConfig {
+        brokers: brokers.clone(),
+        topics: vec![TOPIC.into()],
+        group_id: "driftd-demo".into(),
+        commit_interval: Duration::from_secs(1),
+        rewind_on_start: false,
+        properties: Default::default(),
+    });
+    cfg.engine.window = WindowSpec::Time {
+        length_ms: 120_000,
+        pane_ms: 5_000,
+    };
+    cfg.every = Duration::from_secs(2);
+    cfg.engine.detect.min_samples = 300;
+    cfg.baselines_dir = baselines_dir;
+    cfg.watch_baselines = false;
+    cfg.checkpoint.dir = scratch.0.join("state");
+    cfg.http.listen = opts.listen;
+    let daemon = crate::app::start(cfg, cancel.clone(), None).await?;
+    println!(
+        "serving http://{}/metrics (also /readyz, /api/v1/drift)",
+        daemon.addr
+    );
+    let drift_at = now_ms() + opts.drift_after.as_millis() as i64;
+    println!(
+        "generating {} lines/s for fraud-v1 and recsys-v3; drift starts at {} (in {}s): fraud-v1 f00_amount +1 sd, fraud-v1 fraud rate 4% -> 15%, recsys-v3 f01_country new category on 20%",
+        opts.rate,
+        rfc3339(drift_at),
+        opts.drift_after.as_secs()
+    );
+
+    // The producer runs on its own thread, paced to the rate.
+    let produced = Arc::new(AtomicU64::new(0));
+    let producer_stop = CancellationToken::new();
+    let producer = {
+        let produced = produced.clone();
+        let stop = producer_stop.clone();
+        let rate = opts.rate.max(1);
+        let mut live_cfg = gen_cfg;
+        live_cfg.stream_seed = Some(1);
+        live_cfg.drifts = standard_drifts(drift_at);
+        std::thread::spawn(move || produce(&brokers, live_cfg, rate, &produced, &stop))
+    };
+
+    let started = Instant::now();
+    let mut snapshots = daemon.snapshot.clone();
+    let mut last_states: std::collections::HashMap<(String, String), State> = Default::default();
+    let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
+                cancel.cancel();
+                break;
+            }
+            changed = snapshots.changed() => {
+                if changed.is_err() { break; }
+                let snap = snapshots.borrow_and_update().clone();
+                let sent = produced.load(Ordering::Relaxed);
+                if opts.live_table {
+                    draw_table(&snap, started.elapsed(), sent, drift_at);
+                } else {
+                    print_changes(&snap, &mut last_states, started.elapsed());
+                }
+            }
+        }
+    }
+    producer_stop.cancel();
+    let _ = producer.join();
+    let r = daemon.wait().await;
+    drop(cluster);
+    println!("demo stopped after {}s", started.elapsed().as_secs());
+    r
+}
+
+fn produce(
+    brokers: &str,
+    cfg: GeneratorConfig,
+    rate: u32,
+    produced: &AtomicU64,
+    stop: &CancellationToken,
+) {
+    let producer: BaseProducer = match ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "5")
+        .create()
+    {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("demo producer failed to start: {e}");
+            return;
+        }
+    };
+    let mut g = Generator::new(cfg);
+    let names = g.model_names();
+    let mut buf = String::new();
+    let started = Instant::now();
+    let mut sent: u64 = 0;
+    while !stop.is_cancelled() {
+        // Keep to the rate: send what is due, then sleep a little.
+        let due = (started.elapsed().as_secs_f64() * f64::from(rate)) as u64;
+        while sent < due {
+            g.next_line(now_ms(), &mut buf);
+            // Keyed by model, as the README recommends, so one model's
+            // window lives in one replica.
+            let key = g
+                .last_model()
+                .and_then(|i| names.get(i))
+                .map_or("", String::as_str);
+            let rec = BaseRecord::to(TOPIC).key(key).payload(buf.as_str());
+            if producer.send(rec).is_err() {
+                producer.poll(Duration::from_millis(10));
+                break;
+            }
+            sent += 1;
+        }
+        produced.store(sent, Ordering::Relaxed);
+        producer.poll(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = producer.flush(Duration::from_secs(2));
+}
+
+fn state_word(s: State) -> &'static str {
+    match s {
+        State::Ok | State::Resolved => "ok",
+        State::Pending => "PENDING",
+        State::Firing => "FIRING",
+    }
+}
+
+fn draw_table(snap: &Snapshot, elapsed: Duration, sent: u64, drift_at: i64) {
+    let mut out = String::new();
+    out.push_str("\x1b[2J\x1b[H");
+    let drifting = if snap.at_ms >= drift_at {
+        "drift injected"
+    } else {
+        "no drift yet"
+    };
+    out.push_str(&format!(
+        "driftd demo  t+{}s  produced {}  consumed {}  rejected {}  ({drifting}; Ctrl-C to stop)\n\n",
+        elapsed.as_secs(),
+        sent,
+        snap.messages,
+        snap.stats.decode.rejected_total()
+    ));
+    for m in &snap.report.models {
+        out.push_str(&format!(
+            "{}  ({} events in window)\n",
+            m.model, m.all.samples
+        ));
+        out.push_str(&format!(
+            "  {:<18} {:>8} {:>10} {:>8}  {}\n",
+            "distribution", "psi", "js_dist", "unseen", "state"
+        ));
+        for f in m
+            .all
+            .features
+            .iter()
+            .chain(m.all.prediction.iter())
+            .chain(m.all.confidence.iter())
+        {
+            let g = |k: &str| {
+                f.metrics
+                    .get(k)
+                    .and_then(|v| v.as_f64())
+                    .map_or("-".into(), |x| format!("{x:.3}"))
+            };
+            out.push_str(&format!(
+                "  {:<18} {:>8} {:>10} {:>8}  {}\n",
+                f.name,
+                g("psi"),
+                g("js_distance"),
+                g("unseen_share"),
+                state_word(f.state)
+            ));
+        }
+        out.push('\n');
+    }
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(out.as_bytes());
+    let _ = stdout.flush();
+}
+
+fn print_changes(
+    snap: &Snapshot,
+    last: &mut std::collections::HashMap<(String, String), State>,
+    elapsed: Duration,
+) {
+    for m in &snap.report.models {
+        for f in m
+            .all
+            .features
+            .iter()
+            .chain(m.all.prediction.iter())
+            .chain(m.all.confidence.iter())
+        {
+            let key = (m.model.clone(), f.name.clone());
+            let prev = last.insert(key, f.state).unwrap_or(State::Ok);
+            if prev != f.state {
+                let psi = f
+                    .metrics
+                    .get("psi")
+                    .and_then(|v| v.as_f64())
+                    .unwrap_or(f64::NAN);
+                println!(
+                    "t+{:>3}s {} {} {} -> {} (psi {:.3}, {} events in window)",
+                    elapsed.as_secs(),
+                    m.model,
+                    f.name,
+                    prev,
+                    f.state,
+                    psi,
+                    m.all.samples
+                );
+            }
+        }
+    }
+}
