@@ -33,3 +33,364 @@ pub fn stdout(o: &Output) -> String {
 pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
+
+// ---------------------------------------------------------------------------
+// Daemon tests: an in-process Kafka, scraping, waiting on conditions.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use driftd::baseline::{Baseline, BaselineBuilder, Binning};
+use driftd::decode::{Decoded, Decoder};
+use driftd::generate::{Generator, GeneratorConfig};
+
+pub const TOPIC: &str = "inference-logs";
+
+/// librdkafka's in-process mock cluster: the real Kafka protocol on loopback.
+pub struct Kafka {
+    pub cluster: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    pub partitions: i32,
+}
+
+impl Kafka {
+    pub fn new(brokers: i32, partitions: i32) -> Kafka {
+        let cluster = MockCluster::new(brokers).expect("mock cluster starts");
+        cluster
+            .create_topic(TOPIC, partitions, 1)
+            .expect("topic created");
+        Kafka {
+            cluster,
+            partitions,
+        }
+    }
+
+    pub fn brokers(&self) -> String {
+        self.cluster.bootstrap_servers()
+    }
+
+    pub fn producer(&self) -> BaseProducer {
+        ClientConfig::new()
+            .set("bootstrap.servers", self.brokers())
+            .set("linger.ms", "2")
+            .set("message.timeout.ms", "120000")
+            .create()
+            .expect("producer")
+    }
+
+    /// Sends lines round-robin over the partitions and waits until every one
+    /// is acknowledged.
+    pub fn produce(&self, lines: &[String]) {
+        let p = self.producer();
+        for (i, l) in lines.iter().enumerate() {
+            let part = i as i32 % self.partitions;
+            let mut rec = BaseRecord::<(), str>::to(TOPIC)
+                .payload(l.as_str())
+                .partition(part);
+            loop {
+                match p.send(rec) {
+                    Ok(()) => break,
+                    Err((_, r)) => {
+                        rec = r;
+                        p.poll(Duration::from_millis(10));
+                    }
+                }
+            }
+        }
+        p.flush(Duration::from_secs(120))
+            .expect("all messages acknowledged");
+    }
+
+    /// Sum over partitions of the group's committed offsets.
+    pub fn committed(&self, group: &str) -> i64 {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.brokers())
+            .set("group.id", group)
+            .create()
+            .expect("consumer");
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..self.partitions {
+            tpl.add_partition(TOPIC, p);
+        }
+        let got = c
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .expect("committed offsets");
+        got.elements()
+            .iter()
+            .map(|e| match e.offset() {
+                Offset::Offset(o) => o,
+                _ => 0,
+            })
+            .sum()
+    }
+}
+
+/// Generated lines for `fraud-v1` and `recsys-v3`, and how many are
+/// inference records per model and how many are rejected, by our own decoder.
+pub struct Lines {
+    pub lines: Vec<String>,
+    pub events: BTreeMap<String, u64>,
+    pub rejected: u64,
+}
+
+pub fn lines(cfg: GeneratorConfig, n: usize, start_ms: i64, step_ms: i64) -> Lines {
+    let mut g = Generator::new(cfg);
+    let d = Decoder::new(Default::default());
+    let mut out = Lines {
+        lines: Vec::with_capacity(n),
+        events: BTreeMap::new(),
+        rejected: 0,
+    };
+    let mut buf = String::new();
+    for i in 0..n {
+        g.next_line(start_ms + i as i64 * step_ms, &mut buf);
+        match d.decode(buf.as_bytes()) {
+            Decoded::Event(e) => *out.events.entry(e.model.to_string()).or_default() += 1,
+            Decoded::Rejected(_) => out.rejected += 1,
+            Decoded::Skipped(_) => {}
+        }
+        out.lines.push(buf.clone());
+    }
+    out
+}
+
+/// Baselines of the default generator's models from `n` reference lines.
+pub fn baselines(n: usize) -> Vec<Baseline> {
+    let l = lines(GeneratorConfig::default(), n, 1_700_000_000_000, 100);
+    let d = Decoder::new(Default::default());
+    let mut builders: BTreeMap<String, BaselineBuilder> = BTreeMap::new();
+    for line in &l.lines {
+        if let Decoded::Event(e) = d.decode(line.as_bytes()) {
+            builders
+                .entry(e.model.to_string())
+                .or_insert_with(|| BaselineBuilder::new(&e.model))
+                .add(&e);
+        }
+    }
+    builders
+        .into_values()
+        .map(|b| b.finish(&Binning::default(), "test", 0).unwrap())
+        .collect()
+}
+
+pub fn now_ms() -> i64 {
+    driftd::ingest::now_ms()
+}
+
+/// One sample of the exposition.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// Parses the Prometheus text format (what we serve; no exemplars).
+pub fn parse_exposition(text: &str) -> Vec<Sample> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let (head, value) = line.rsplit_once(' ').expect("sample line has a value");
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v.parse().expect("numeric value"),
+        };
+        let (name, labels) = match head.split_once('{') {
+            None => (head.to_owned(), BTreeMap::new()),
+            Some((name, rest)) => {
+                let body = rest.strip_suffix('}').expect("closing brace");
+                let mut labels = BTreeMap::new();
+                let mut rest = body;
+                while !rest.is_empty() {
+                    let (k, v) = rest.split_once("=\"").expect("label=\"value\"");
+                    let mut val = String::new();
+                    let mut chars = v.char_indices();
+                    let mut end = v.len();
+                    while let Some((i, c)) = chars.next() {
+                        match c {
+                            '\\' => {
+                                if let Some((_, e)) = chars.next() {
+                                    val.push(match e {
+                                        'n' => '\n',
+                                        other => other,
+                                    });
+                                }
+                            }
+                            '"' => {
+                                end = i;
+                                break;
+                            }
+                            c => val.push(c),
+                        }
+                    }
+                    labels.insert(k.to_owned(), val);
+                    rest = v[end + 1..].trim_start_matches(',');
+                }
+                (name.to_owned(), labels)
+            }
+        };
+        out.push(Sample {
+            name,
+            labels,
+            value,
+        });
+    }
+    out
+}
+
+pub fn http_get(url: &str) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    match agent.get(url).call() {
+        Ok(mut r) => {
+            let status = r.status().as_u16();
+            (status, r.body_mut().read_to_string().unwrap_or_default())
+        }
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+pub fn scrape(addr: &str) -> Vec<Sample> {
+    let (status, body) = http_get(&format!("http://{addr}/metrics"));
+    assert_eq!(status, 200, "GET /metrics: {body}");
+    parse_exposition(&body)
+}
+
+/// Sum of the samples of `name` whose labels include all of `want`.
+pub fn value(samples: &[Sample], name: &str, want: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|s| {
+            s.name == name
+                && want
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|s| s.value)
+        .sum()
+}
+
+/// Polls `f` until it returns Some, or panics with `what` after `timeout`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(t) = f() {
+            return t;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A path to a Debian-packaged binary, or a failure that says what to install.
+pub fn require_binary(name: &str, package: &str) -> PathBuf {
+    for dir in ["/usr/bin", "/usr/local/bin", "/bin"] {
+        let p = Path::new(dir).join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("this test needs `{name}`: install it with `apt-get install {package}` (.ci/run does)");
+}
+
+/// Runs `promtool check metrics` on an exposition; panics with its complaints.
+pub fn promtool_check_metrics(text: &str) {
+    use std::io::Write;
+    let promtool = require_binary("promtool", "prometheus");
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A daemon configuration for tests: the mock cluster, fast evaluation,
+/// one-second panes (frequent checkpoints), HTTP on a free port.
+pub fn daemon_config(brokers: &str, dir: &Path, group: &str) -> driftd::config::Config {
+    let toml = config_toml(brokers, dir, group, "127.0.0.1:0");
+    driftd::config::Config::from_toml(&toml, "test").unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The same configuration as TOML, for tests that run the binary.
+pub fn config_toml(brokers: &str, dir: &Path, group: &str, listen: &str) -> String {
+    let baselines = dir.join("baselines");
+    std::fs::create_dir_all(&baselines).unwrap();
+    format!(
+        r#"
+[kafka]
+brokers = "{brokers}"
+topics = ["{TOPIC}"]
+group_id = "{group}"
+commit_interval = "500ms"
+
+[window]
+length = "10m"
+pane = "1s"
+max_future = "1h"
+
+[evaluation]
+every = "500ms"
+min_samples = 200
+
+[baselines]
+dir = "{}"
+
+[checkpoint]
+dir = "{}"
+
+[http]
+listen = "{listen}"
+admin_token = "test-admin-token-0123456789"
+
+[log]
+format = "json"
+level = "info"
+
+[shutdown]
+grace = "10s"
+"#,
+        baselines.display(),
+        dir.join("state").display()
+    )
+}
+
+/// Writes baselines into `<dir>/baselines`.
+pub fn write_baselines(dir: &Path, baselines: &[Baseline]) {
+    let d = dir.join("baselines");
+    std::fs::create_dir_all(&d).unwrap();
+    for b in baselines {
+        b.save(&d).unwrap();
+    }
+}
+
+/// Total of a per-model counter or gauge over models (arm="" for windows).
+pub fn events_total(samples: &[Sample]) -> f64 {
+    value(samples, "driftd_events_total", &[])
+}
