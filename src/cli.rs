@@ -46,6 +46,14 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Validate a configuration file (and DRIFTD__* variables) without running.
     CheckConfig(ConfigArgs),
+    /// Exit 0 if an HTTP URL answers 2xx (container health checks: the
+    /// runtime image has no curl).
+    Probe {
+        /// e.g. http://127.0.0.1:9400/livez
+        url: String,
+        #[arg(long, value_parser = parse_duration, default_value = "3s")]
+        timeout: Duration,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -232,6 +240,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Baseline(BaselineCommand::Build(a)) => baseline_build(a),
         Command::Replay(a) => replay_cmd(a),
         Command::Generate(a) => generate(a).map_err(Failure::Runtime),
+        Command::Probe { url, timeout } => probe(&url, timeout),
         Command::CheckConfig(a) => {
             let cfg = Config::load(a.config.as_deref())?;
             check_kafka(&cfg)?;
@@ -530,4 +539,39 @@ fn demo(a: DemoArgs) -> Result<(), Failure> {
             crate::demo::run(opts, cancel).await
         })
         .map_err(Failure::Runtime)
+}
+
+/// A minimal HTTP/1.0 GET: enough for a health check against our own server.
+fn probe(url: &str, timeout: Duration) -> Result<(), Failure> {
+    use std::io::Read;
+    use std::net::{TcpStream, ToSocketAddrs};
+    let rest = url.strip_prefix("http://").ok_or_else(|| {
+        Failure::Usage(anyhow::anyhow!("probe takes an http:// URL, got {url:?}"))
+    })?;
+    let (host, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
+    let addr = host
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| Failure::Usage(anyhow::anyhow!("cannot resolve {host:?}")))?;
+    let run = || -> std::io::Result<String> {
+        let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+        s.set_read_timeout(Some(timeout))?;
+        s.set_write_timeout(Some(timeout))?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n")?;
+        let mut head = [0u8; 64];
+        let n = s.read(&mut head)?;
+        Ok(String::from_utf8_lossy(&head[..n]).into_owned())
+    };
+    let head = run().map_err(|e| Failure::Runtime(anyhow::anyhow!("{url}: {e}")))?;
+    let status = head.split_whitespace().nth(1).unwrap_or("");
+    if status.starts_with('2') {
+        Ok(())
+    } else {
+        Err(Failure::Runtime(anyhow::anyhow!(
+            "{url} answered {status:?}"
+        )))
+    }
 }

@@ -444,12 +444,15 @@ impl Engine {
     /// Restores a window saved by [`Engine::window_states`]. Refused (with
     /// the reason) when the model has no baseline or its version changed:
     /// counts on other bins would be wrong.
+    /// `saved_at_ms` is when the checkpoint was written: a count window has
+    /// no event time, so that stands in for its last event.
     pub fn restore_window(
         &mut self,
         model: &str,
         arm: Option<&str>,
         baseline_version: &str,
         st: &WindowState,
+        saved_at_ms: i64,
     ) -> Result<(), String> {
         let Some(layout) = self.layouts.get(model).cloned() else {
             return Err(format!("no baseline for model {model:?}"));
@@ -462,6 +465,12 @@ impl Engine {
         }
         let rules = self.cfg.detect.rules.len();
         let spec = self.cfg.window;
+        // The head is a pane number, not a time: its pane's end is the
+        // latest event time the window can hold.
+        let last_event_ms = match (spec, st.head) {
+            (WindowSpec::Time { pane_ms, .. }, Some(h)) => (h + 1) * pane_ms - 1,
+            _ => saved_at_ms,
+        };
         let m = self
             .models
             .entry(model.into())
@@ -471,8 +480,9 @@ impl Engine {
                 layout: layout.clone(),
                 arms: Vec::new(),
                 events: 0,
-                last_event_ms: st.head.unwrap_or(0),
+                last_event_ms,
             });
+        m.last_event_ms = m.last_event_ms.max(last_event_ms);
         let t = match arm {
             None => &mut m.all,
             Some(a) => match m.arms.iter().position(|(x, _)| **x == *a) {
@@ -745,6 +755,34 @@ mod tests {
         }
         assert_eq!(e.model("m0").unwrap().arms.len(), 1);
         assert_eq!(e.stats.arms_refused, 9);
+    }
+
+    /// Restored windows belong to live models: they must not look idle.
+    #[test]
+    fn restored_windows_survive_the_idle_sweep() {
+        let cfg = EngineConfig {
+            auto_baseline: Some(AutoBaseline { after_events: 100 }),
+            ..EngineConfig::default()
+        };
+        let now = 1_800_000_000_000i64;
+        let mut e = Engine::new(cfg.clone(), vec![]);
+        let line = format!(
+            r#"{{"model_id":"m","prediction":"a","timestamp":{},"input_features":{{"x":1.5}}}}"#,
+            now / 1000
+        );
+        for _ in 0..300 {
+            e.ingest(line.as_bytes(), now);
+        }
+        let base: Vec<Baseline> = e.baselines().cloned().collect();
+        let states = e.window_states();
+        let mut e2 = Engine::new(cfg, base);
+        for (model, arm, version, st) in &states {
+            e2.restore_window(model, arm.as_deref(), version, st, now)
+                .unwrap();
+        }
+        assert!(e2.expire_idle(now + 60_000, 3_600_000).is_empty());
+        e2.evaluate(now + 60_000);
+        assert_eq!(e2.model("m").unwrap().all.window.samples(), 200);
     }
 
     /// End to end on generated data: a shifted feature fires, the others stay ok.

@@ -394,3 +394,177 @@ pub fn write_baselines(dir: &Path, baselines: &[Baseline]) {
 pub fn events_total(samples: &[Sample]) -> f64 {
     value(samples, "driftd_events_total", &[])
 }
+
+// ---------------------------------------------------------------------------
+// Tests that run the binary as a long-lived process, and the admin API.
+
+/// A free TCP port on loopback (bound, then released for the daemon).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// The exposition, or None while nothing answers /metrics with 200 (a
+/// process still starting, or stopped).
+pub fn try_scrape(addr: &str) -> Option<Vec<Sample>> {
+    let (status, body) = http_get(&format!("http://{addr}/metrics"));
+    (status == 200).then(|| parse_exposition(&body))
+}
+
+/// Successful checkpoint writes so far.
+pub fn checkpoints_ok(samples: &[Sample]) -> f64 {
+    value(samples, "driftd_checkpoints_total", &[("outcome", "ok")])
+}
+
+/// POSTs `body` (JSON text) with an optional bearer token; (status, body),
+/// or (0, error) when nothing answered.
+pub fn http_post(url: &str, token: Option<&str>, body: Option<&str>) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let mut req = agent.post(url);
+    if let Some(t) = token {
+        req = req.header("Authorization", &format!("Bearer {t}"));
+    }
+    let r = match body {
+        Some(b) => req.header("content-type", "application/json").send(b),
+        None => req.send_empty(),
+    };
+    match r {
+        Ok(mut r) => {
+            let status = r.status().as_u16();
+            (status, r.body_mut().read_to_string().unwrap_or_default())
+        }
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+/// A driftd child process with stdout and stderr captured to files. It is
+/// killed (SIGKILL) when dropped, so a failing test leaves nothing running;
+/// on a panic the tail of its output is printed.
+pub struct Proc {
+    pub child: std::process::Child,
+    pub name: String,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+}
+
+impl Proc {
+    /// Starts the driftd binary with `args`; its output goes to
+    /// `<logs>/<name>.stdout` and `<logs>/<name>.stderr`.
+    pub fn spawn(args: &[&str], logs: &Path, name: &str) -> Proc {
+        let stdout = logs.join(format!("{name}.stdout"));
+        let stderr = logs.join(format!("{name}.stderr"));
+        let child = Command::new(env!("CARGO_BIN_EXE_driftd"))
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::fs::File::create(&stdout).expect("stdout file"))
+            .stderr(std::fs::File::create(&stderr).expect("stderr file"))
+            .spawn()
+            .expect("the driftd binary starts");
+        Proc {
+            child,
+            name: name.to_owned(),
+            stdout,
+            stderr,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything written so far, stdout then stderr.
+    pub fn output(&self) -> String {
+        let out = std::fs::read_to_string(&self.stdout).unwrap_or_default();
+        let err = std::fs::read_to_string(&self.stderr).unwrap_or_default();
+        format!("{out}{err}")
+    }
+
+    /// Sends a signal by name (TERM, INT, HUP ...) with kill(1).
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([format!("-{sig}"), self.pid().to_string()])
+            .status()
+            .expect("kill(1) runs")
+            .success();
+        assert!(ok, "kill -{sig} {} failed", self.pid());
+    }
+
+    /// The exit status, if the process ends within `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait().expect("try_wait") {
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.kill();
+        }
+        if std::thread::panicking() {
+            let out = self.output();
+            // Verdict changes are many and rarely what went wrong.
+            let lines: Vec<&str> = out
+                .lines()
+                .filter(|l| !l.contains("drift verdict changed"))
+                .collect();
+            let tail = &lines[lines.len().saturating_sub(60)..];
+            eprintln!(
+                "--- last {} lines of {} output ({}, {}):\n{}",
+                tail.len(),
+                self.name,
+                self.stdout.display(),
+                self.stderr.display(),
+                tail.join("\n")
+            );
+        }
+    }
+}
+
+/// [`Kafka::produce`] from any thread (the mock cluster itself cannot be
+/// shared between threads): lines round-robin over `partitions`, each
+/// acknowledged before this returns (messages wait up to two minutes for a
+/// broker).
+pub fn produce_to(brokers: &str, partitions: i32, lines: &[String]) {
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "2")
+        .set("message.timeout.ms", "120000")
+        .create()
+        .expect("producer");
+    for (i, l) in lines.iter().enumerate() {
+        let mut rec = BaseRecord::<(), str>::to(TOPIC)
+            .payload(l.as_str())
+            .partition(i as i32 % partitions);
+        loop {
+            match p.send(rec) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    rec = r;
+                    p.poll(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+    p.flush(Duration::from_secs(120))
+        .expect("all messages acknowledged");
+}
