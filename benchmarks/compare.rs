@@ -73,7 +73,7 @@ fn features() -> Vec<Feature> {
                 .collect();
             let (tail, missing) = (0.005, 0.01);
             let interior = (1.0 - 2.0 * tail - missing) / INTERIOR_BINS as f64;
-            let mut shares = vec![interior; COUNTS_LEN];
+            let mut shares = [interior; COUNTS_LEN];
             shares[0] = tail;
             shares[INTERIOR_BINS + 1] = tail;
             shares[INTERIOR_BINS + 2] = missing;

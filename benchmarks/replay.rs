@@ -1,7 +1,8 @@
 //! Benchmark `replay`: end-to-end offline replay throughput, and the JSON
 //! parse floor over the same file.
 //!
-//! Data: 1,000,000 inference lines, 20 features each (~840 MB), from
+//! Data: 1,000,000 inference lines, 20 features each (~500 MB compact, or
+//! ~846 MB seed-shaped with `DRIFTD_BENCH_SHAPE=seed`), from
 //! `GeneratorConfig::synthetic(42, 4, 20).inference_only()` (four models,
 //! arms on), event time 1 ms apart (about 17 minutes of event time, so the
 //! default 10-minute window rolls over). The file is written once to
@@ -35,7 +36,9 @@
 //! its events/s is also the single-core ceiling of the live daemon's engine.
 //!
 //! Run: `cargo bench --bench replay` (a few minutes: one iteration is one
-//! pass over the million lines).
+//! pass over the million lines). Run as a test (`cargo test --benches`,
+//! which runs each routine once without optimizations) it uses a 10,000-line
+//! file instead, so the check stays quick.
 
 use std::fs::File;
 use std::hint::black_box;
@@ -52,15 +55,32 @@ use driftd::replay::{self, Input};
 use serde::de::IgnoredAny;
 
 const LINES: u64 = 1_000_000;
+/// Lines when run as a test (`cargo test --benches`, no `--bench` flag):
+/// criterion then runs each routine once, unoptimized, to check it works.
+const TEST_LINES: u64 = 10_000;
 const REFERENCE_LINES: u64 = 50_000;
 const REFERENCE_STREAM_SEED: u64 = 7;
 /// 2025-12-14T10:00:00Z.
 const T0_MS: i64 = 1_765_706_400_000;
 const EVERY_MS: i64 = 30_000;
 const FILE_NAME: &str = "driftd-bench-replay-1m.jsonl";
+const TEST_FILE_NAME: &str = "driftd-bench-replay-test-10k.jsonl";
+
+/// `DRIFTD_BENCH_SHAPE=seed` for the full seed-shaped lines (~846 bytes, the
+/// logging envelope and long feature names); the default is the compact
+/// ~500-byte shape (`GeneratorConfig::compact`), closest to the engine
+/// issue's "20 features, about 450 bytes a line".
+fn seed_shaped() -> bool {
+    std::env::var("DRIFTD_BENCH_SHAPE").is_ok_and(|s| s == "seed")
+}
 
 fn generator_config() -> GeneratorConfig {
-    GeneratorConfig::synthetic(42, 4, 20).inference_only()
+    let g = GeneratorConfig::synthetic(42, 4, 20).inference_only();
+    if seed_shaped() {
+        g
+    } else {
+        g.compact()
+    }
 }
 
 /// Lines in `path` if it starts with `first_line`; `None` otherwise.
@@ -83,13 +103,13 @@ fn existing_lines(path: &Path, first_line: &str) -> Option<u64> {
     }
 }
 
-/// The million-line file, generated unless a valid one is already there.
-fn data_file() -> PathBuf {
-    let path = std::env::temp_dir().join(FILE_NAME);
+/// The `lines`-line file, generated unless a valid one is already there.
+fn data_file(name: &str, lines: u64) -> PathBuf {
+    let path = std::env::temp_dir().join(name);
     let mut g = Generator::new(generator_config());
     let mut line = String::with_capacity(2048);
     g.next_line(T0_MS, &mut line);
-    if existing_lines(&path, &line) == Some(LINES) {
+    if existing_lines(&path, &line) == Some(lines) {
         eprintln!("replay data: reusing {}", path.display());
         return path;
     }
@@ -100,7 +120,7 @@ fn data_file() -> PathBuf {
     let mut w = BufWriter::with_capacity(1 << 20, File::create(&tmp).expect("create data file"));
     w.write_all(line.as_bytes()).expect("write");
     w.write_all(b"\n").expect("write");
-    for i in 1..LINES as i64 {
+    for i in 1..lines as i64 {
         g.next_line(T0_MS + i, &mut line);
         w.write_all(line.as_bytes()).expect("write");
         w.write_all(b"\n").expect("write");
@@ -169,7 +189,17 @@ fn parse_floor(input: &Input) -> u64 {
 }
 
 fn bench_replay(c: &mut Criterion) {
-    let path = data_file();
+    let (name, lines) = if std::env::args().any(|a| a == "--bench") {
+        (FILE_NAME, LINES)
+    } else {
+        (TEST_FILE_NAME, TEST_LINES)
+    };
+    let name = if seed_shaped() {
+        name.replace(".jsonl", "-seed.jsonl")
+    } else {
+        name.to_owned()
+    };
+    let path = data_file(&name, lines);
     let input = Input::File(path);
     let baselines = baselines();
 
@@ -179,8 +209,8 @@ fn bench_replay(c: &mut Criterion) {
     let started = Instant::now();
     let mut engine = Engine::new(engine_config(), baselines.clone());
     let r = run_replay(&mut engine, &input);
-    assert_eq!(r.lines, LINES);
-    assert_eq!(r.stats.decode.events, LINES, "every line is an event");
+    assert_eq!(r.lines, lines);
+    assert_eq!(r.stats.decode.events, lines, "every line is an event");
     assert_eq!(r.stats.no_baseline, 0, "every model has a baseline");
     assert_eq!(r.stats.late, 0);
     eprintln!(
@@ -190,14 +220,14 @@ fn bench_replay(c: &mut Criterion) {
         r.transitions.len(),
         started.elapsed()
     );
-    assert_eq!(parse_floor(&input), LINES, "every line parses");
+    assert_eq!(parse_floor(&input), lines, "every line parses");
 
     let mut group = c.benchmark_group("replay");
-    group.throughput(Throughput::Elements(LINES));
+    group.throughput(Throughput::Elements(lines));
     group.sample_size(10);
     group.sampling_mode(SamplingMode::Flat);
     group.warm_up_time(Duration::from_secs(1));
-    group.measurement_time(Duration::from_secs(20));
+    group.measurement_time(Duration::from_secs(35));
     group.bench_function("engine", |b| {
         b.iter_batched(
             || Engine::new(engine_config(), baselines.clone()),

@@ -24,6 +24,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::compare::BinLayout;
@@ -441,14 +442,16 @@ pub enum BinOf {
     Invalid,
 }
 
-/// A feature's bins compiled for fast lookup.
+/// A feature's bins compiled for fast lookup. The category index uses
+/// FxHash: it is built once from the baseline and only read with input
+/// values, never grown by them, so a fast non-keyed hash is safe here.
 #[derive(Debug, Clone)]
 pub enum Binner {
     Numeric {
         edges: Box<[f64]>,
     },
     Categorical {
-        index: HashMap<Box<str>, u32>,
+        index: FxHashMap<Box<str>, u32>,
         k: u32,
     },
     Hashed {
@@ -593,7 +596,7 @@ pub struct Slot {
 pub struct Layout {
     pub baseline: Baseline,
     pub slots: Vec<Slot>,
-    pub index: HashMap<Box<str>, u32>,
+    pub index: FxHashMap<Box<str>, u32>,
     pub prediction: Option<usize>,
     pub confidence: Option<usize>,
     pub total_bins: usize,

@@ -176,6 +176,10 @@ pub struct GenerateArgs {
     /// Only inference records (no timing, feedback, error or malformed lines).
     #[arg(long)]
     pub inference_only: bool,
+    /// Lean lines (~450 bytes with 20 features): no logging envelope, no
+    /// input_hash, features named fNN.
+    #[arg(long)]
+    pub compact: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -415,6 +419,7 @@ fn generate(a: GenerateArgs) -> anyhow::Result<()> {
     if a.inference_only {
         gcfg = gcfg.inference_only();
     }
+    gcfg.compact = a.compact;
     if let Some(f) = a.drift_at {
         anyhow::ensure!(
             (0.0..=1.0).contains(&f),

@@ -462,9 +462,12 @@ impl Node {
     }
 
     fn child(&self, key: &str) -> Option<&Node> {
+        // Every key of every line comes through here: reject on length and
+        // first byte before comparing whole strings.
+        let first = key.as_bytes().first();
         self.children
             .iter()
-            .find(|(k, _)| **k == *key)
+            .find(|(k, _)| k.len() == key.len() && k.as_bytes().first() == first && **k == *key)
             .map(|(_, n)| n)
     }
 }
@@ -554,8 +557,13 @@ impl Decoder {
             }
             _ => return Err(ParseFail::Malformed),
         }
+        // Validate UTF-8 once for the whole line (a fast, mostly-ASCII scan)
+        // rather than string by string inside the parser.
+        let Ok(text) = std::str::from_utf8(line) else {
+            return Err(ParseFail::Malformed);
+        };
         let mut c = Collect::default();
-        let mut de = serde_json::Deserializer::from_slice(line);
+        let mut de = serde_json::Deserializer::from_str(text);
         let seed = NodeSeed {
             node: &self.trie,
             cfg: &self.cfg,

@@ -138,6 +138,8 @@ pub struct Engine {
     models: HashMap<Box<str>, ModelState>,
     collecting: HashMap<Box<str>, BaselineBuilder>,
     pub stats: EngineStats,
+    /// Reused per event: the flat bins of the event being inserted.
+    scratch: Vec<u32>,
 }
 
 impl Engine {
@@ -150,6 +152,7 @@ impl Engine {
             models: HashMap::new(),
             collecting: HashMap::new(),
             stats: EngineStats::default(),
+            scratch: Vec::new(),
         };
         for b in baselines {
             e.set_baseline(b);
@@ -285,8 +288,11 @@ impl Engine {
         }
         let cfg = &self.cfg;
         let m = self.models.get_mut(model).expect("inserted above");
-        let r = m.all.window.insert(ev, t_ms);
-        if r == Inserted::Late {
+        // Bin once; the arm's window shares the model's layout.
+        let mut bins = std::mem::take(&mut self.scratch);
+        m.all.window.bins_of(ev, &mut bins);
+        if m.all.window.add(t_ms, &bins) == Inserted::Late {
+            self.scratch = bins;
             self.stats.late += 1;
             return Outcome::Late;
         }
@@ -308,9 +314,10 @@ impl Engine {
                 }
             };
             if let Some(i) = idx {
-                m.arms[i].1.window.insert(ev, t_ms);
+                m.arms[i].1.window.add(t_ms, &bins);
             }
         }
+        self.scratch = bins;
         Outcome::Counted
     }
 

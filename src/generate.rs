@@ -339,6 +339,10 @@ pub struct GeneratorConfig {
     /// parameters, vocabularies); a different `stream_seed` draws fresh
     /// lines from the same models, e.g. live traffic after a reference file.
     pub stream_seed: Option<u64>,
+    /// Lean inference lines: no logging envelope (level, message, service,
+    /// module, function, line), no `input_hash`, features named `fNN`. About
+    /// 450 bytes with 20 features: the benchmark shape of the engine issue.
+    pub compact: bool,
 }
 
 const DEFAULT_MODEL_NAMES: [&str; 8] = [
@@ -379,6 +383,7 @@ impl Default for GeneratorConfig {
             missing_share: 0.01,
             drifts: Vec::new(),
             stream_seed: None,
+            compact: false,
         }
     }
 }
@@ -405,6 +410,13 @@ impl GeneratorConfig {
             models,
             ..Default::default()
         }
+    }
+
+    /// Only inference records: no malformed, error, timing or feedback lines.
+    /// Lean ~450-byte lines (see [`GeneratorConfig::compact`]).
+    pub fn compact(mut self) -> Self {
+        self.compact = true;
+        self
     }
 
     /// Only inference records: no malformed, error, timing or feedback lines.
@@ -885,6 +897,7 @@ pub struct Generator {
     recent_pos: usize,
     latest_untimed: bool,
     last_model: Option<usize>,
+    compact: bool,
 }
 
 impl Generator {
@@ -933,7 +946,15 @@ impl Generator {
             if cfg.models[..i].iter().any(|m| m.name == spec.name) {
                 return err(format!("duplicate model name {:?}", spec.name));
             }
-            models.push(build_model(cfg.seed, spec)?);
+            let mut model = build_model(cfg.seed, spec)?;
+            if cfg.compact {
+                for (i, (gen, info)) in model.gens.iter_mut().zip(model.info.iter_mut()).enumerate()
+                {
+                    info.name = format!("f{i:02}");
+                    gen.key = format!("\"{}\": ", info.name);
+                }
+            }
+            models.push(model);
         }
         let total_w: f64 = cfg.models.iter().map(|m| m.traffic_weight).sum();
         let mut acc = 0.0;
@@ -999,6 +1020,7 @@ impl Generator {
             recent_pos: 0,
             latest_untimed: false,
             last_model: None,
+            compact: cfg.compact,
         })
     }
 
@@ -1096,17 +1118,23 @@ impl Generator {
         let conf = 0.5 + 0.5 * self.rng.random::<f64>().sqrt();
         let conf = (conf * 1e4).floor() / 1e4;
 
-        write_header(out, t_ms, INFERENCE_ENVELOPE);
+        if self.compact {
+            write_header(out, t_ms, "\"");
+        } else {
+            write_header(out, t_ms, INFERENCE_ENVELOPE);
+        }
         write_request_id(out, req);
         if with_model {
             out.push_str(", ");
             out.push_str(&model.model_kv);
         }
-        out.push_str(", \"input_hash\": ");
-        if hash < 0 {
-            out.push('-');
+        if !self.compact {
+            out.push_str(", \"input_hash\": ");
+            if hash < 0 {
+                out.push('-');
+            }
+            push_u64(out, hash.unsigned_abs());
         }
-        push_u64(out, hash.unsigned_abs());
         out.push_str(", \"prediction\": ");
         out.push_str(&model.classes[class]);
         out.push_str(", \"confidence\": ");

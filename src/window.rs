@@ -97,6 +97,7 @@ pub struct Window {
     hint: Vec<u32>,
     stamp: Vec<u32>,
     generation: u32,
+    scratch: Vec<u32>,
 }
 
 impl Window {
@@ -116,6 +117,7 @@ impl Window {
             hint: Vec::new(),
             stamp: vec![0; slots],
             generation: 0,
+            scratch: Vec::new(),
             layout,
             spec,
             n,
@@ -224,26 +226,19 @@ impl Window {
 
     /// Counts one event at event time `t_ms` (ignored for count windows).
     pub fn insert(&mut self, ev: &Event<'_>, t_ms: i64) -> Inserted {
-        let pane = self.pane_of(t_ms);
-        if let Some(head) = self.head {
-            if pane <= head - self.n as i64 {
-                self.counters.late += 1;
-                return Inserted::Late;
-            }
-        }
-        if self.head.is_none_or(|h| pane > h) {
-            self.advance(pane);
-        }
-        self.seq += 1;
-        self.counters.events += 1;
-        let row = pane.rem_euclid(self.n as i64) as usize;
-        if self.pane_ids[row] != pane {
-            // A late-but-in-window event for a pane nobody has written yet.
-            self.pane_ids[row] = pane;
-        }
-        self.pane_samples[row] += 1;
-        self.samples += 1;
+        let mut bins = std::mem::take(&mut self.scratch);
+        self.bins_of(ev, &mut bins);
+        let r = self.add(t_ms, &bins);
+        self.scratch = bins;
+        r
+    }
 
+    /// The flat bin index of every distribution of `ev` on this window's
+    /// layout, into `out`. Binning is most of an insert's cost; windows on
+    /// the same layout (a model's, and its arms') share the result.
+    /// Unknown features and unbinnable values are counted here.
+    pub fn bins_of(&mut self, ev: &Event<'_>, out: &mut Vec<u32>) {
+        out.clear();
         self.generation = self.generation.wrapping_add(1);
         if self.generation == 0 {
             self.stamp.fill(0);
@@ -251,13 +246,6 @@ impl Window {
         }
         let gen = self.generation;
         let layout = &*self.layout;
-        let mut pane_row = self.panes.row_mut(row);
-        let pane_row = pane_row.as_slice_mut().expect("rows are contiguous");
-        let totals = self.totals.as_slice_mut().expect("contiguous");
-        let mut bump = |idx: usize| {
-            pane_row[idx] += 1;
-            totals[idx] += 1;
-        };
         if self.hint.len() < ev.features.len() {
             self.hint.resize(ev.features.len(), u32::MAX);
         }
@@ -282,13 +270,13 @@ impl Window {
             self.stamp[slot] = gen;
             let s = &layout.slots[slot];
             match s.binner.bin(value) {
-                BinOf::Bin(b) => bump(s.offset + b as usize),
+                BinOf::Bin(b) => out.push((s.offset + b as usize) as u32),
                 BinOf::Invalid => self.counters.invalid_values += 1,
             }
         }
         for (slot, s) in layout.slots[..layout.feature_count].iter().enumerate() {
             if self.stamp[slot] != gen {
-                bump(s.offset + s.binner.missing() as usize);
+                out.push((s.offset + s.binner.missing() as usize) as u32);
             }
         }
         if let Some(p) = layout.prediction {
@@ -298,7 +286,7 @@ impl Window {
                 None => BinOf::Bin(s.binner.missing()),
             };
             match b {
-                BinOf::Bin(b) => bump(s.offset + b as usize),
+                BinOf::Bin(b) => out.push((s.offset + b as usize) as u32),
                 BinOf::Invalid => self.counters.invalid_values += 1,
             }
         }
@@ -309,8 +297,42 @@ impl Window {
                 None => BinOf::Bin(s.binner.missing()),
             };
             match b {
-                BinOf::Bin(b) => bump(s.offset + b as usize),
+                BinOf::Bin(b) => out.push((s.offset + b as usize) as u32),
                 BinOf::Invalid => self.counters.invalid_values += 1,
+            }
+        }
+    }
+
+    /// Counts one event, given its bins from [`Window::bins_of`] on a window
+    /// of the same layout.
+    pub fn add(&mut self, t_ms: i64, bins: &[u32]) -> Inserted {
+        let pane = self.pane_of(t_ms);
+        if let Some(head) = self.head {
+            if pane <= head - self.n as i64 {
+                self.counters.late += 1;
+                return Inserted::Late;
+            }
+        }
+        if self.head.is_none_or(|h| pane > h) {
+            self.advance(pane);
+        }
+        self.seq += 1;
+        self.counters.events += 1;
+        let row = pane.rem_euclid(self.n as i64) as usize;
+        if self.pane_ids[row] != pane {
+            // A late-but-in-window event for a pane nobody has written yet.
+            self.pane_ids[row] = pane;
+        }
+        self.pane_samples[row] += 1;
+        self.samples += 1;
+        let mut pane_row = self.panes.row_mut(row);
+        let pane_row = pane_row.as_slice_mut().expect("rows are contiguous");
+        let totals = self.totals.as_slice_mut().expect("contiguous");
+        for &i in bins {
+            // Indices come from bins_of on this layout: always in range.
+            if let (Some(p), Some(t)) = (pane_row.get_mut(i as usize), totals.get_mut(i as usize)) {
+                *p += 1;
+                *t += 1;
             }
         }
         Inserted::Counted
