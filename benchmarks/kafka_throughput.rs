@@ -160,7 +160,7 @@ fn main() {
     let cancel = CancellationToken::new();
     let joined = Instant::now();
     let daemon = rt
-        .block_on(driftd::app::start(cfg, cancel.clone(), None))
+        .block_on(driftd::app::start(cfg, cancel.clone()))
         .expect("daemon starts");
     let snap = daemon.snapshot.clone();
     while daemon

@@ -7,14 +7,17 @@
 //! 2. One Prometheus registry is made and handed to each part that exports
 //!    series (metrics, build info).
 //! 3. The HTTP listener is bound: /metrics, /livez, /readyz and the API.
-//! 4. The consumer loop starts on its own thread (see `ingest`): Kafka in,
-//!    engine, checkpoints, evaluation, snapshots out.
-//! 5. Then we wait for the cancellation token (SIGTERM or SIGINT in `driftd
+//! 4. The alert task starts (see `alert`): verdict transitions out to
+//!    Alertmanager, a Kafka topic and a webhook, re-sent while firing.
+//! 5. The consumer loop starts on its own thread (see `ingest`): Kafka in,
+//!    engine, checkpoints, evaluation, snapshots and transitions out.
+//! 6. Then we wait for the cancellation token (SIGTERM or SIGINT in `driftd
 //!    run`; the test or the demo otherwise). On cancellation the consumer
 //!    loop stops fetching, stores and commits offsets, writes a last
-//!    checkpoint and leaves the group; the HTTP server finishes in-flight
-//!    requests. All of it must fit in `shutdown.grace` (5 s by default,
-//!    under Kubernetes' 30 s), or we say so and exit anyway.
+//!    checkpoint and leaves the group; then the alert task flushes what is
+//!    pending; the HTTP server finishes in-flight requests. All of it must
+//!    fit in `shutdown.grace` (5 s by default, under Kubernetes' 30 s), or
+//!    we say so and exit anyway.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,7 +31,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState};
 use crate::config::Config;
-use crate::detect::Transition;
 use crate::engine::Engine;
 use crate::ingest::{self, Control, Health, IngestError, IngestSetup, LoopHandles};
 use crate::metrics::{self, Metrics, Snapshot};
@@ -44,17 +46,14 @@ pub struct Daemon {
     pub registry: Registry,
     consumer: JoinHandle<Result<(), IngestError>>,
     http: JoinHandle<std::io::Result<()>>,
+    alerts: Option<crate::alert::Alerting>,
+    alerts_cancel: CancellationToken,
     cancel: CancellationToken,
     grace: Duration,
 }
 
-/// Starts the daemon. `transitions`, when given, receives every verdict
-/// transition (the alert sinks).
-pub async fn start(
-    cfg: Config,
-    cancel: CancellationToken,
-    transitions: Option<mpsc::Sender<Transition>>,
-) -> anyhow::Result<Daemon> {
+/// Starts the daemon; `cancel` stops it.
+pub async fn start(cfg: Config, cancel: CancellationToken) -> anyhow::Result<Daemon> {
     let kafka = cfg.require_kafka()?.clone();
 
     // 1. Baselines. A missing directory is fine with automatic baselines.
@@ -109,7 +108,25 @@ pub async fn start(
     let http = tokio::spawn(admin::serve(listener, state, cancel.clone()));
     tracing::info!(%addr, "serving /metrics, /livez, /readyz and /api/v1");
 
-    // 4. The consumer loop.
+    // 4. Alerts. Their own token: they flush after the consumer has stopped,
+    // so the last transitions are not lost.
+    let alerts_cancel = CancellationToken::new();
+    let alerts = if cfg.alerts.any_sink() {
+        let flush = cfg.grace.mul_f64(0.4);
+        let a = crate::alert::start(cfg.alerts.clone(), &registry, alerts_cancel.clone(), flush)?;
+        tracing::info!(
+            alertmanagers = cfg.alerts.alertmanagers.len(),
+            kafka = cfg.alerts.kafka.is_some(),
+            webhook = cfg.alerts.webhook.is_some(),
+            "alerting started"
+        );
+        Some(a)
+    } else {
+        tracing::info!("no alert sink configured: transitions are logged only");
+        None
+    };
+
+    // 5. The consumer loop.
     let window_ms = match cfg.engine.window {
         WindowSpec::Time { length_ms, .. } => length_ms,
         WindowSpec::Count { .. } => 0,
@@ -128,7 +145,7 @@ pub async fn start(
         health: health.clone(),
         snapshot: snap_tx,
         control: control_rx,
-        transitions,
+        alerts: alerts.as_ref().map(|a| a.queue.clone()),
         metrics,
     };
     let loop_cancel = cancel.clone();
@@ -143,6 +160,8 @@ pub async fn start(
         registry,
         consumer,
         http,
+        alerts,
+        alerts_cancel,
         cancel,
         grace: cfg.grace,
     })
@@ -155,6 +174,8 @@ impl Daemon {
         let Daemon {
             mut consumer,
             http,
+            alerts,
+            alerts_cancel,
             cancel,
             grace,
             ..
@@ -166,6 +187,10 @@ impl Daemon {
         if let Some(r) = early {
             // The loop ended without being asked to: stop everything else.
             cancel.cancel();
+            alerts_cancel.cancel();
+            if let Some(a) = alerts {
+                let _ = tokio::time::timeout(grace, a.join()).await;
+            }
             let _ = http.await;
             return match r {
                 Ok(Ok(())) => Ok(()),
@@ -174,7 +199,16 @@ impl Daemon {
             };
         }
         tracing::info!(grace = %humantime::format_duration(grace), "shutting down");
+        let started = tokio::time::Instant::now();
         let drained = tokio::time::timeout(grace, consumer).await;
+        // Then the alerts, with what is left of the grace period.
+        alerts_cancel.cancel();
+        if let Some(a) = alerts {
+            let left = grace.saturating_sub(started.elapsed());
+            if tokio::time::timeout(left, a.join()).await.is_err() {
+                tracing::warn!("pending alerts not flushed within the grace period");
+            }
+        }
         let _ = tokio::time::timeout(Duration::from_secs(1), http).await;
         match drained {
             Ok(Ok(Ok(()))) => {

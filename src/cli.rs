@@ -513,7 +513,7 @@ fn run_daemon(a: ConfigArgs) -> Result<(), Failure> {
     runtime()?
         .block_on(async move {
             let cancel = tokio_util::sync::CancellationToken::new();
-            let daemon = crate::app::start(cfg, cancel.clone(), None).await?;
+            let daemon = crate::app::start(cfg, cancel.clone()).await?;
             crate::app::handle_signals(cancel, daemon.control.clone())?;
             daemon.wait().await
         })

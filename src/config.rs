@@ -181,6 +181,39 @@ struct RawLog {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawAlerts {
+    resend_interval: Option<String>,
+    resolved_resend_for: Option<String>,
+    queue_capacity: Option<u64>,
+    external_url: Option<String>,
+    labels: Option<BTreeMap<String, String>>,
+    alertmanagers: Option<Vec<RawHttpTarget>>,
+    kafka: Option<RawAlertKafka>,
+    webhook: Option<RawHttpTarget>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttpTarget {
+    url: String,
+    timeout: Option<String>,
+    bearer_token: Option<String>,
+    basic_auth_user: Option<String>,
+    basic_auth_password: Option<String>,
+    ca_file: Option<String>,
+    insecure_skip_verify: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAlertKafka {
+    topic: String,
+    brokers: Option<String>,
+    properties: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawShutdown {
     grace: Option<String>,
 }
@@ -269,6 +302,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub log: LogConfig,
     pub grace: Duration,
+    pub alerts: crate::alert::AlertConfig,
     /// Where it came from, for messages.
     pub source: String,
 }
@@ -296,6 +330,7 @@ impl Default for Config {
                 level: "info".into(),
             },
             grace: Duration::from_secs(5),
+            alerts: crate::alert::AlertConfig::default(),
             source: "defaults".into(),
         }
     }
@@ -314,6 +349,7 @@ const SECTIONS: &[&str] = &[
     "http",
     "log",
     "shutdown",
+    "alerts",
 ];
 
 impl Config {
@@ -410,6 +446,7 @@ impl Config {
         let http: RawHttp = section(&mut root, "http", &mut p);
         let log: RawLog = section(&mut root, "log", &mut p);
         let shutdown: RawShutdown = section(&mut root, "shutdown", &mut p);
+        let alerts: RawAlerts = section(&mut root, "alerts", &mut p);
 
         let d = Config::default();
         let mut cfg = d.clone();
@@ -826,6 +863,8 @@ impl Config {
             );
         }
 
+        cfg.alerts = alert_config(alerts, &cfg, &mut p);
+
         if p.0.is_empty() {
             Ok(cfg)
         } else {
@@ -847,6 +886,169 @@ impl Config {
             }],
         })
     }
+}
+
+/// Label names Alertmanager accepts, minus the ones driftd sets itself.
+fn check_label_name(name: &str) -> Result<(), String> {
+    let valid = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !name.starts_with("__");
+    if !valid {
+        return Err(format!(
+            "{name:?} is not a label name (letters, digits, _; not starting with a digit or __)"
+        ));
+    }
+    if ["alertname", "model", "feature", "metric", "severity", "arm"].contains(&name) {
+        return Err(format!(
+            "{name:?} is set by driftd on every alert; choose another name"
+        ));
+    }
+    Ok(())
+}
+
+fn http_target(key: &str, r: RawHttpTarget, p: &mut Problems) -> Option<crate::alert::HttpTarget> {
+    use crate::alert::HttpAuth;
+    let mut ok = true;
+    if !(r.url.starts_with("http://") || r.url.starts_with("https://")) {
+        p.push(
+            &format!("{key}.url"),
+            format!("{:?} must start with http:// or https://", r.url),
+        );
+        ok = false;
+    }
+    let timeout = p.duration(
+        &format!("{key}.timeout"),
+        r.timeout.as_deref(),
+        Duration::from_secs(10),
+    );
+    let mut secret = |k: &str, v: Option<String>| -> Option<String> {
+        let v = v?;
+        match resolve_secret(&v) {
+            Ok(s) => Some(s),
+            Err(m) => {
+                p.push(&format!("{key}.{k}"), m);
+                ok = false;
+                None
+            }
+        }
+    };
+    let bearer = secret("bearer_token", r.bearer_token);
+    let password = secret("basic_auth_password", r.basic_auth_password);
+    let auth = match (bearer, r.basic_auth_user, password) {
+        (Some(_), Some(_), _) => {
+            p.push(key, "set bearer_token or basic_auth_user, not both".into());
+            ok = false;
+            HttpAuth::None
+        }
+        (Some(t), None, _) => HttpAuth::Bearer(t),
+        (None, Some(user), Some(password)) => HttpAuth::Basic { user, password },
+        (None, Some(_), None) => {
+            p.push(
+                &format!("{key}.basic_auth_password"),
+                "missing: basic_auth_user needs a password".into(),
+            );
+            ok = false;
+            HttpAuth::None
+        }
+        (None, None, _) => HttpAuth::None,
+    };
+    let ca_file = r.ca_file.map(PathBuf::from);
+    if let Some(ca) = &ca_file {
+        if !ca.exists() {
+            p.push(
+                &format!("{key}.ca_file"),
+                format!("{} does not exist", ca.display()),
+            );
+            ok = false;
+        }
+    }
+    ok.then(|| crate::alert::HttpTarget {
+        url: r.url,
+        timeout,
+        auth,
+        ca_file,
+        insecure_skip_verify: r.insecure_skip_verify.unwrap_or(false),
+    })
+}
+
+fn alert_config(a: RawAlerts, cfg: &Config, p: &mut Problems) -> crate::alert::AlertConfig {
+    let d = crate::alert::AlertConfig::default();
+    let mut out = crate::alert::AlertConfig {
+        resend_interval: p.duration(
+            "alerts.resend_interval",
+            a.resend_interval.as_deref(),
+            d.resend_interval,
+        ),
+        resolved_resend_for: p.duration(
+            "alerts.resolved_resend_for",
+            a.resolved_resend_for.as_deref(),
+            d.resolved_resend_for,
+        ),
+        queue_capacity: a.queue_capacity.map_or(d.queue_capacity, |v| {
+            p.range("alerts.queue_capacity", v, 1, 10_000_000) as usize
+        }),
+        external_url: a
+            .external_url
+            .unwrap_or_else(|| format!("http://{}", cfg.http.listen)),
+        evaluation_interval: cfg.every,
+        ..d
+    };
+    for (k, v) in a.labels.unwrap_or_default() {
+        match check_label_name(&k) {
+            Ok(()) => {
+                out.labels.insert(k, v);
+            }
+            Err(m) => p.push(&format!("alerts.labels.{k}"), m),
+        }
+    }
+    for (i, t) in a.alertmanagers.unwrap_or_default().into_iter().enumerate() {
+        if let Some(t) = http_target(&format!("alerts.alertmanagers[{i}]"), t, p) {
+            out.alertmanagers.push(t);
+        }
+    }
+    out.webhook = a.webhook.and_then(|t| http_target("alerts.webhook", t, p));
+    if let Some(k) = a.kafka {
+        let brokers = k
+            .brokers
+            .or_else(|| cfg.kafka.as_ref().map(|k| k.brokers.clone()));
+        match brokers {
+            Some(b) if !k.topic.is_empty() => {
+                let mut properties = cfg
+                    .kafka
+                    .as_ref()
+                    .map(|k| k.properties.clone())
+                    .unwrap_or_default();
+                // Consumer-only properties would make the producer refuse to start.
+                properties.retain(|key, _| {
+                    key.starts_with("security.")
+                        || key.starts_with("sasl.")
+                        || key.starts_with("ssl.")
+                });
+                for (key, v) in k.properties.unwrap_or_default() {
+                    match resolve_secret(&v) {
+                        Ok(v) => {
+                            properties.insert(key, v);
+                        }
+                        Err(m) => p.push(&format!("alerts.kafka.properties.{key}"), m),
+                    }
+                }
+                out.kafka = Some(crate::alert::KafkaSink {
+                    topic: k.topic,
+                    brokers: b,
+                    properties,
+                });
+            }
+            Some(_) => p.push("alerts.kafka.topic", "must not be empty".into()),
+            None => p.push(
+                "alerts.kafka.brokers",
+                "missing: set it, or configure [kafka] brokers".into(),
+            ),
+        }
+    }
+    out
 }
 
 /// `env:NAME` and `file:PATH` let secrets stay out of the config file.
@@ -1108,6 +1310,57 @@ admin_token = "env:DRIFTD_TEST_SECRET_X"
         )
         .unwrap_err();
         assert!(err.to_string().contains("DRIFTD_NOT_SET_ANYWHERE"));
+    }
+
+    #[test]
+    fn alert_targets_and_labels_are_validated() {
+        std::env::set_var("DRIFTD_TEST_AM_TOKEN", "am-secret-token");
+        let cfg = Config::from_toml(
+            r#"
+[http]
+listen = "0.0.0.0:9400"
+[alerts]
+resend_interval = "10s"
+labels = { cluster = "prod" }
+[[alerts.alertmanagers]]
+url = "http://am-0:9093"
+bearer_token = "env:DRIFTD_TEST_AM_TOKEN"
+[[alerts.alertmanagers]]
+url = "http://am-1:9093"
+"#,
+            "t",
+        )
+        .unwrap();
+        assert_eq!(cfg.alerts.alertmanagers.len(), 2);
+        assert_eq!(cfg.alerts.resend_interval, Duration::from_secs(10));
+        assert_eq!(cfg.alerts.external_url, "http://0.0.0.0:9400");
+        assert!(!format!("{cfg:?}").contains("am-secret-token"));
+        let err = Config::from_toml(
+            r#"
+[alerts]
+labels = { severity = "x", "9bad" = "y" }
+[[alerts.alertmanagers]]
+url = "am-0:9093"
+basic_auth_user = "u"
+[alerts.kafka]
+topic = "alerts"
+"#,
+            "t",
+        )
+        .unwrap_err();
+        let ConfigError::Invalid { problems, .. } = &err else {
+            panic!("{err}")
+        };
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        for k in [
+            "alerts.labels.severity",
+            "alerts.labels.9bad",
+            "alerts.alertmanagers[0].url",
+            "alerts.alertmanagers[0].basic_auth_password",
+            "alerts.kafka.brokers",
+        ] {
+            assert!(keys.contains(&k), "{k} not in {keys:?}");
+        }
     }
 
     #[test]

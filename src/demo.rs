@@ -141,7 +141,7 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
     cfg.watch_baselines = false;
     cfg.checkpoint.dir = scratch.0.join("state");
     cfg.http.listen = opts.listen;
-    let daemon = crate::app::start(cfg, cancel.clone(), None).await?;
+    let daemon = crate::app::start(cfg, cancel.clone()).await?;
     println!(
         "serving http://{}/metrics (also /readyz, /api/v1/drift)",
         daemon.addr

@@ -250,6 +250,9 @@ pub struct Transition {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub arm: Option<String>,
     pub feature: String,
+    /// Which distribution `feature` names: an input feature, or the model's
+    /// prediction or confidence.
+    pub distribution: Distribution,
     pub metric: Metric,
     pub from: State,
     pub to: State,
@@ -259,6 +262,32 @@ pub struct Transition {
     pub threshold: f64,
     pub samples: u64,
     pub at_ms: i64,
+    pub baseline_version: String,
+    /// `[start, end)` of the window's event time (time windows only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window_start_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window_end_ms: Option<i64>,
+}
+
+/// What kind of distribution a verdict is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Distribution {
+    Feature,
+    Prediction,
+    Confidence,
+}
+
+impl Distribution {
+    pub fn of(role: crate::baseline::SlotRole) -> Distribution {
+        use crate::baseline::SlotRole;
+        match role {
+            SlotRole::Feature => Distribution::Feature,
+            SlotRole::Prediction => Distribution::Prediction,
+            SlotRole::Confidence => Distribution::Confidence,
+        }
+    }
 }
 
 /// The outcome of one step, before names are attached.

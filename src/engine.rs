@@ -523,6 +523,7 @@ fn evaluate_tracked(
     t.evaluated_at_ms = Some(now_ms);
     let layout = t.window.layout().clone();
     let samples = t.window.samples();
+    let span = t.window.span_ms();
     for (i, slot) in layout.slots.iter().enumerate() {
         let base = &layout.baseline_counts[slot.offset..slot.offset + slot.len];
         let scores = compare::compare(
@@ -545,6 +546,7 @@ fn evaluate_tracked(
                     model: model.to_owned(),
                     arm: arm.map(str::to_owned),
                     feature: slot.name.to_string(),
+                    distribution: crate::detect::Distribution::of(slot.role),
                     metric: rule.metric,
                     from: step.from,
                     to: step.to,
@@ -553,6 +555,9 @@ fn evaluate_tracked(
                     threshold: step.threshold,
                     samples,
                     at_ms: now_ms,
+                    baseline_version: layout.baseline.version.clone(),
+                    window_start_ms: span.map(|s| s.0),
+                    window_end_ms: span.map(|s| s.1),
                 });
             }
         }

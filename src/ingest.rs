@@ -411,7 +411,7 @@ pub struct LoopHandles {
     pub health: Arc<Health>,
     pub snapshot: watch::Sender<Arc<Snapshot>>,
     pub control: mpsc::Receiver<Control>,
-    pub transitions: Option<mpsc::Sender<Transition>>,
+    pub alerts: Option<Arc<crate::alert::AlertQueue>>,
     pub metrics: Metrics,
 }
 
@@ -609,9 +609,9 @@ pub fn run(
             let eval_seconds = started.elapsed().as_secs_f64();
             for t in &transitions {
                 log_transition(t);
-                if let Some(tx) = &h.transitions {
-                    // Never block evaluation on a slow alert sink.
-                    let _ = tx.try_send(t.clone());
+                if let Some(q) = &h.alerts {
+                    // Never blocks: a full queue drops its oldest (counted).
+                    q.push(t.clone());
                 }
             }
             save_auto_baselines(&engine, &setup.baselines_dir, &mut saved_auto);

@@ -26,6 +26,7 @@
 //! - [`cli`]: subcommands, exit codes, error printing.
 
 pub mod admin;
+pub mod alert;
 pub mod app;
 pub mod baseline;
 pub mod checkpoint;

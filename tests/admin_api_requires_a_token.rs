@@ -39,7 +39,7 @@ fn capture_and_reload_need_the_token_and_a_bad_reload_keeps_the_baselines() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let cancel = CancellationToken::new();
     let daemon = rt
-        .block_on(driftd::app::start(cfg, cancel.clone(), None))
+        .block_on(driftd::app::start(cfg, cancel.clone()))
         .unwrap();
     let addr = daemon.addr.to_string();
     let capture = format!("http://{addr}/api/v1/baselines");
@@ -161,7 +161,7 @@ fn without_a_configured_token_the_admin_api_is_closed() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let cancel = CancellationToken::new();
     let daemon = rt
-        .block_on(driftd::app::start(cfg, cancel.clone(), None))
+        .block_on(driftd::app::start(cfg, cancel.clone()))
         .unwrap();
     let addr = daemon.addr.to_string();
     let before = std::fs::read(dir.path().join("baselines/fraud-v1.json")).unwrap();

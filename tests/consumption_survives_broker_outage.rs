@@ -27,7 +27,7 @@ fn all_brokers_down_then_up_loses_and_repeats_nothing() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let cancel = CancellationToken::new();
     let daemon = rt
-        .block_on(driftd::app::start(cfg, cancel.clone(), None))
+        .block_on(driftd::app::start(cfg, cancel.clone()))
         .unwrap();
     let addr = daemon.addr.to_string();
 

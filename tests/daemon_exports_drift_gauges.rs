@@ -22,7 +22,7 @@ fn known_events_give_known_gauges_and_drift_fires() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let cancel = CancellationToken::new();
     let daemon = rt
-        .block_on(driftd::app::start(cfg, cancel.clone(), None))
+        .block_on(driftd::app::start(cfg, cancel.clone()))
         .unwrap();
     let addr = daemon.addr.to_string();
 

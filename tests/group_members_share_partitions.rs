@@ -32,7 +32,7 @@ fn two_members_split_partitions_and_every_message_is_read_once() {
         write_baselines(d.path(), &baselines(20_000));
         let mut cfg = daemon_config(&kafka.brokers(), d.path(), group);
         short_session(&mut cfg);
-        rt.block_on(driftd::app::start(cfg, cancel.clone(), None))
+        rt.block_on(driftd::app::start(cfg, cancel.clone()))
             .unwrap()
     };
     // The first member takes every partition; the second joins an existing
