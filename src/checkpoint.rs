@@ -52,6 +52,32 @@ pub struct Checkpoint {
     pub windows: Vec<SavedWindow>,
 }
 
+/// One model's state as published to the compacted checkpoint topic (keyed
+/// by model), so a replica that takes over the model's partitions takes
+/// over its windows: they hold exactly the events before `sources`' offsets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelCheckpoint {
+    pub schema_version: u32,
+    pub window: String,
+    pub group_id: String,
+    pub written_at_ms: i64,
+    pub model: String,
+    pub baseline_version: String,
+    /// The partitions the model's events came from, with the next offset.
+    pub sources: Vec<PartitionOffset>,
+    /// The model's window and its arms' windows.
+    pub windows: Vec<SavedWindow>,
+}
+
+impl ModelCheckpoint {
+    /// Usable by a consumer of `group_id` with these window settings.
+    pub fn fits(&self, spec: &WindowSpec, group_id: &str) -> bool {
+        self.schema_version == CHECKPOINT_VERSION
+            && self.window == window_fingerprint(spec)
+            && self.group_id == group_id
+    }
+}
+
 /// Describes window settings; a checkpoint with another description is stale.
 pub fn window_fingerprint(spec: &WindowSpec) -> String {
     match spec {

@@ -127,7 +127,14 @@ pub struct ModelState {
     pub events: u64,
     /// Last event time seen (ms).
     pub last_event_ms: i64,
+    /// Where this model's events came from (opaque ids the caller gives,
+    /// Kafka partitions in the daemon), so its state can follow a partition
+    /// to another replica. Bounded: a model keyed to its partitions has one.
+    pub sources: Vec<u32>,
 }
+
+/// Sources remembered per model.
+const MAX_SOURCES: usize = 64;
 
 /// The drift engine.
 #[derive(Debug)]
@@ -140,6 +147,8 @@ pub struct Engine {
     pub stats: EngineStats,
     /// Reused per event: the flat bins of the event being inserted.
     scratch: Vec<u32>,
+    /// The source of the lines being ingested (see [`ModelState::sources`]).
+    source: Option<u32>,
 }
 
 impl Engine {
@@ -153,6 +162,7 @@ impl Engine {
             collecting: HashMap::new(),
             stats: EngineStats::default(),
             scratch: Vec::new(),
+            source: None,
         };
         for b in baselines {
             e.set_baseline(b);
@@ -246,6 +256,11 @@ impl Engine {
         }
     }
 
+    /// Says where the next lines come from (a Kafka partition's id).
+    pub fn set_source(&mut self, source: Option<u32>) {
+        self.source = source;
+    }
+
     /// Decodes and counts one line arriving at `arrival_ms`.
     pub fn ingest(&mut self, line: &[u8], arrival_ms: i64) -> Outcome {
         match self.decode(line) {
@@ -276,6 +291,7 @@ impl Engine {
                             arms: Vec::new(),
                             events: 0,
                             last_event_ms: t_ms,
+                            sources: Vec::new(),
                         },
                     );
                 }
@@ -298,6 +314,14 @@ impl Engine {
         }
         m.events += 1;
         m.last_event_ms = m.last_event_ms.max(t_ms);
+        if let Some(s) = self.source {
+            if m.sources.last() != Some(&s)
+                && !m.sources.contains(&s)
+                && m.sources.len() < MAX_SOURCES
+            {
+                m.sources.push(s);
+            }
+        }
         if let (true, Some(arm)) = (cfg.per_arm, ev.arm.as_deref()) {
             let idx = match m.arms.iter().position(|(a, _)| **a == *arm) {
                 Some(i) => Some(i),
@@ -389,6 +413,17 @@ impl Engine {
             }
         }
         out
+    }
+
+    /// Records sources for a restored model (see [`ModelState::sources`]).
+    pub fn add_sources(&mut self, model: &str, sources: &[u32]) {
+        if let Some(m) = self.models.get_mut(model) {
+            for s in sources {
+                if !m.sources.contains(s) && m.sources.len() < MAX_SOURCES {
+                    m.sources.push(*s);
+                }
+            }
+        }
     }
 
     /// Forgets models that sent nothing for `idle_ms` (their series go away).
@@ -488,6 +523,7 @@ impl Engine {
                 arms: Vec::new(),
                 events: 0,
                 last_event_ms,
+                sources: Vec::new(),
             });
         m.last_event_ms = m.last_event_ms.max(last_event_ms);
         let t = match arm {

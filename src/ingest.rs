@@ -30,6 +30,7 @@ use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -38,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::baseline::Baseline;
 use crate::checkpoint::{
-    window_fingerprint, Checkpoint, CheckpointStore, PartitionOffset, SavedWindow,
+    window_fingerprint, Checkpoint, CheckpointStore, ModelCheckpoint, PartitionOffset, SavedWindow,
 };
 use crate::config::{CheckpointConfig, KafkaConfig};
 use crate::detect::Transition;
@@ -161,6 +162,20 @@ struct Ctx {
     lag: Mutex<Vec<(String, i32, i64)>>,
     health: Arc<Health>,
     rewind_ms: Option<i64>,
+    takeover: Option<Takeover>,
+    /// Model states read from the checkpoint topic at assignment, for the
+    /// loop to restore before the partitions they cover are resumed.
+    pending: Mutex<Vec<ModelCheckpoint>>,
+    /// Partitions paused until `pending` is restored.
+    paused: Mutex<Vec<(String, i32)>>,
+}
+
+/// Reading other replicas' model states from the compacted topic.
+struct Takeover {
+    client: ClientConfig,
+    topic: String,
+    spec: WindowSpec,
+    group: String,
 }
 
 impl ClientContext for Ctx {
@@ -222,6 +237,18 @@ impl ConsumerContext for Ctx {
                 if let Err(e) = r {
                     tracing::error!(error = %e, "assigning partitions failed");
                 }
+                // Partitions whose models are being taken over wait until
+                // the loop has restored those models.
+                let paused = self.paused.lock().expect("not poisoned").clone();
+                if !paused.is_empty() {
+                    let mut p = TopicPartitionList::new();
+                    for (t, part) in &paused {
+                        let _ = p.add_partition(t, *part);
+                    }
+                    if let Err(e) = c.pause(&p) {
+                        tracing::warn!(error = %e, "pausing partitions for takeover failed");
+                    }
+                }
                 let mut pos = self.positions.lock().expect("not poisoned");
                 for e in tpl.elements() {
                     let key = (e.topic().to_owned(), e.partition());
@@ -281,6 +308,73 @@ impl ConsumerContext for Ctx {
 }
 
 impl Ctx {
+    /// For partitions this replica knows nothing of, looks for the states of
+    /// the models that lived on them in the checkpoint topic. A model is
+    /// taken over only if every partition it came from is now ours and all
+    /// agree on one checkpoint; its partitions then start at the offsets
+    /// that checkpoint covers, paused until the loop has restored it.
+    fn take_over(&self, known: Vec<(String, i32, Option<i64>)>) -> Vec<(String, i32, Option<i64>)> {
+        let Some(t) = &self.takeover else {
+            return known;
+        };
+        let unknown: Vec<(String, i32)> = known
+            .iter()
+            .filter(|k| k.2.is_none())
+            .map(|k| (k.0.clone(), k.1))
+            .collect();
+        if unknown.is_empty() {
+            return known;
+        }
+        let records = match read_model_checkpoints(&t.client, &t.topic, Duration::from_secs(5)) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(topic = %t.topic, error = %e, "checkpoint topic not readable; partitions start without state");
+                return known;
+            }
+        };
+        let mut offsets: HashMap<(String, i32), i64> = HashMap::new();
+        let mut taken = Vec::new();
+        for rec in records.into_values() {
+            if !rec.fits(&t.spec, &t.group) || rec.sources.is_empty() {
+                continue;
+            }
+            let all_ours = rec
+                .sources
+                .iter()
+                .all(|s| unknown.contains(&(s.topic.clone(), s.partition)));
+            let consistent = rec.sources.iter().all(|s| {
+                offsets
+                    .get(&(s.topic.clone(), s.partition))
+                    .is_none_or(|o| *o == s.offset)
+            });
+            if !all_ours || !consistent {
+                continue;
+            }
+            for s in &rec.sources {
+                offsets.insert((s.topic.clone(), s.partition), s.offset);
+            }
+            taken.push(rec);
+        }
+        if taken.is_empty() {
+            return known;
+        }
+        let mut pause = TopicPartitionList::new();
+        let mut paused = self.paused.lock().expect("not poisoned");
+        for (topic, partition) in offsets.keys() {
+            let _ = pause.add_partition(topic, *partition);
+            paused.push((topic.clone(), *partition));
+        }
+        tracing::info!(models = taken.len(), partitions = %describe(&pause), "taking over model state from the checkpoint topic");
+        self.pending.lock().expect("not poisoned").extend(taken);
+        known
+            .into_iter()
+            .map(|(topic, p, k)| {
+                let o = k.or_else(|| offsets.get(&(topic.clone(), p)).copied());
+                (topic, p, o)
+            })
+            .collect()
+    }
+
     /// Sets each assigned partition's start offset.
     fn place(&self, c: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
         let known: Vec<(String, i32, Option<i64>)> = {
@@ -294,6 +388,7 @@ impl Ctx {
                 })
                 .collect()
         };
+        let known = self.take_over(known);
         let unknown: Vec<&(String, i32, Option<i64>)> =
             known.iter().filter(|k| k.2.is_none()).collect();
         let mut lookups: HashMap<(String, i32), TimeLookup> = HashMap::new();
@@ -468,12 +563,42 @@ pub fn run(
             }
         }
     }
+    let takeover_client = setup.checkpoint.kafka_topic.as_ref().map(|topic| {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &setup.kafka.brokers);
+        for (k, v) in &setup.kafka.properties {
+            if k.starts_with("security.") || k.starts_with("sasl.") || k.starts_with("ssl.") {
+                c.set(k, v);
+            }
+        }
+        (c, topic.clone())
+    });
     let ctx = Ctx {
         positions: Mutex::new(positions),
         lag: Mutex::new(Vec::new()),
         health: h.health.clone(),
         rewind_ms: setup.kafka.rewind_on_start.then_some(setup.window_ms),
+        takeover: takeover_client.as_ref().map(|(c, topic)| Takeover {
+            client: c.clone(),
+            topic: topic.clone(),
+            spec,
+            group: setup.kafka.group_id.clone(),
+        }),
+        pending: Mutex::new(Vec::new()),
+        paused: Mutex::new(Vec::new()),
     };
+    // Publishes each model's state to the checkpoint topic, keyed by model.
+    let publisher: Option<(BaseProducer, String)> = match &takeover_client {
+        Some((c, topic)) => match c.clone().set("linger.ms", "50").create::<BaseProducer>() {
+            Ok(p) => Some((p, topic.clone())),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot create the checkpoint topic producer; local checkpoints only");
+                None
+            }
+        },
+        None => None,
+    };
+    let mut sources: Vec<(String, i32)> = Vec::new();
     let consumer: BaseConsumer<Ctx> = client_config(&setup.kafka)
         .create_with_context(ctx)
         .map_err(IngestError::Client)?;
@@ -529,6 +654,15 @@ pub fn run(
                 }
             };
             messages += 1;
+            let (t, part) = (msg.topic(), msg.partition());
+            let source = match sources.iter().position(|(st, sp)| *sp == part && st == t) {
+                Some(i) => i,
+                None => {
+                    sources.push((t.to_owned(), part));
+                    sources.len() - 1
+                }
+            };
+            engine.set_source(Some(source as u32));
             // Some producers batch several lines into one message; an empty
             // message (or a tombstone) is counted as malformed, not ignored.
             let mut any = false;
@@ -562,13 +696,29 @@ pub fn run(
                 tracing::debug!(error = %e, "storing offsets failed");
             }
         }
+        take_over_pending(&consumer, &mut engine, &mut sources);
         while let Ok(c) = h.control.try_recv() {
             handle_control(c, &mut engine, &setup, &h.health);
+        }
+        if let Some((p, _)) = &publisher {
+            p.poll(Duration::ZERO);
         }
         let now = now_ms();
         let pane = now.div_euclid(pane_ms);
         if pane != last_pane {
             last_pane = pane;
+            if let Some((p, topic)) = &publisher {
+                publish_models(
+                    p,
+                    topic,
+                    &engine,
+                    &consumer,
+                    &sources,
+                    &spec,
+                    &setup.kafka.group_id,
+                    now,
+                );
+            }
             if let Some(store) = &store {
                 let cp = checkpoint(&engine, &consumer, &spec, &setup.kafka.group_id, now);
                 match store.save(&cp) {
@@ -644,6 +794,21 @@ pub fn run(
 
     // Drain: everything counted is stored; commit, checkpoint, close.
     tracing::info!("consumer stopping: committing offsets and writing a last checkpoint");
+    if let Some((p, topic)) = &publisher {
+        publish_models(
+            p,
+            topic,
+            &engine,
+            &consumer,
+            &sources,
+            &spec,
+            &setup.kafka.group_id,
+            now_ms(),
+        );
+        if let Err(e) = p.flush(Duration::from_secs(1)) {
+            tracing::warn!(error = %e, "model states not all published to the checkpoint topic");
+        }
+    }
     if let Some(store) = &store {
         let cp = checkpoint(&engine, &consumer, &spec, &setup.kafka.group_id, now_ms());
         if let Err(e) = store.save(&cp) {
@@ -697,6 +862,178 @@ fn checkpoint(
             })
             .collect(),
     }
+}
+
+/// Restores the model states read at assignment, then resumes the
+/// partitions that waited for them.
+fn take_over_pending(
+    consumer: &BaseConsumer<Ctx>,
+    engine: &mut Engine,
+    sources: &mut Vec<(String, i32)>,
+) {
+    let ctx = consumer.context();
+    let pending: Vec<ModelCheckpoint> =
+        std::mem::take(&mut *ctx.pending.lock().expect("not poisoned"));
+    if pending.is_empty() {
+        return;
+    }
+    for rec in pending {
+        if engine.model(&rec.model).is_some() {
+            // Tracked here already: its windows are ours, not to be doubled.
+            tracing::warn!(model = %rec.model, "model already tracked here; its checkpointed state is not taken over");
+            continue;
+        }
+        let mut ok = true;
+        for w in &rec.windows {
+            if let Err(why) = engine.restore_window(
+                &w.model,
+                w.arm.as_deref(),
+                &w.baseline_version,
+                &w.state,
+                rec.written_at_ms,
+            ) {
+                tracing::warn!(model = %rec.model, %why, "checkpointed window not taken over");
+                ok = false;
+            }
+        }
+        let ids: Vec<u32> = rec
+            .sources
+            .iter()
+            .map(|s| {
+                match sources
+                    .iter()
+                    .position(|(t, p)| *p == s.partition && *t == s.topic)
+                {
+                    Some(i) => i as u32,
+                    None => {
+                        sources.push((s.topic.clone(), s.partition));
+                        (sources.len() - 1) as u32
+                    }
+                }
+            })
+            .collect();
+        engine.add_sources(&rec.model, &ids);
+        if ok {
+            tracing::info!(model = %rec.model, windows = rec.windows.len(), "model state taken over");
+        }
+    }
+    let paused: Vec<(String, i32)> = std::mem::take(&mut *ctx.paused.lock().expect("not poisoned"));
+    let mut tpl = TopicPartitionList::new();
+    for (t, p) in &paused {
+        let _ = tpl.add_partition(t, *p);
+    }
+    if let Err(e) = consumer.resume(&tpl) {
+        tracing::error!(error = %e, "resuming partitions after takeover failed");
+    }
+}
+
+/// Publishes every model's state to the compacted checkpoint topic.
+#[allow(clippy::too_many_arguments)]
+fn publish_models(
+    p: &BaseProducer,
+    topic: &str,
+    engine: &Engine,
+    consumer: &BaseConsumer<Ctx>,
+    sources: &[(String, i32)],
+    spec: &WindowSpec,
+    group: &str,
+    now: i64,
+) {
+    let pos = consumer.context().positions.lock().expect("not poisoned");
+    let mut windows: HashMap<String, Vec<SavedWindow>> = HashMap::new();
+    for (model, arm, baseline_version, state) in engine.window_states() {
+        windows.entry(model.clone()).or_default().push(SavedWindow {
+            model,
+            arm,
+            baseline_version,
+            state,
+        });
+    }
+    for m in engine.models() {
+        let rec = ModelCheckpoint {
+            schema_version: crate::checkpoint::CHECKPOINT_VERSION,
+            window: window_fingerprint(spec),
+            group_id: group.to_owned(),
+            written_at_ms: now,
+            model: m.name.to_string(),
+            baseline_version: m.layout.baseline.version.clone(),
+            sources: m
+                .sources
+                .iter()
+                .filter_map(|s| sources.get(*s as usize))
+                .filter_map(|(t, part)| {
+                    pos.next.get(&(t.clone(), *part)).map(|o| PartitionOffset {
+                        topic: t.clone(),
+                        partition: *part,
+                        offset: *o,
+                    })
+                })
+                .collect(),
+            windows: windows.remove(m.name.as_ref()).unwrap_or_default(),
+        };
+        let Ok(body) = serde_json::to_vec(&rec) else {
+            continue;
+        };
+        let r = BaseRecord::to(topic).key(m.name.as_ref()).payload(&body);
+        if let Err((e, _)) = p.send(r) {
+            tracing::warn!(model = %m.name, error = %e, "model state not published to the checkpoint topic");
+        }
+    }
+}
+
+/// Reads the latest state of every model from the checkpoint topic (a
+/// consumer outside any group, from the start to the high watermark).
+fn read_model_checkpoints(
+    client: &ClientConfig,
+    topic: &str,
+    timeout: Duration,
+) -> Result<HashMap<String, ModelCheckpoint>, KafkaError> {
+    let reader: BaseConsumer = client
+        .clone()
+        .set("group.id", "driftd-checkpoint-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()?;
+    let md = reader.fetch_metadata(Some(topic), timeout)?;
+    let mut tpl = TopicPartitionList::new();
+    let mut ends: HashMap<i32, i64> = HashMap::new();
+    for t in md.topics() {
+        for p in t.partitions() {
+            let (lo, hi) = reader.fetch_watermarks(topic, p.id(), timeout)?;
+            if hi > lo {
+                ends.insert(p.id(), hi);
+                tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
+            }
+        }
+    }
+    let mut out: HashMap<String, ModelCheckpoint> = HashMap::new();
+    if ends.is_empty() {
+        return Ok(out);
+    }
+    reader.assign(&tpl)?;
+    let deadline = Instant::now() + timeout;
+    while !ends.is_empty() && Instant::now() < deadline {
+        let Some(r) = reader.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let m = r?;
+        if m.offset() + 1 >= ends.get(&m.partition()).copied().unwrap_or(0) {
+            ends.remove(&m.partition());
+        }
+        let Some(rec) = m
+            .payload()
+            .and_then(|p| serde_json::from_slice::<ModelCheckpoint>(p).ok())
+        else {
+            continue;
+        };
+        match out.get(&rec.model) {
+            Some(old) if old.written_at_ms > rec.written_at_ms => {}
+            _ => {
+                out.insert(rec.model.clone(), rec);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// A cheap signature of the baseline directory (names, sizes, times).

@@ -57,9 +57,11 @@ fn firing_transitions_reach_the_alert_topic_and_the_webhook() {
     let normal = lines(GeneratorConfig::default(), 3000, now_ms(), 1);
     kafka.produce(&normal.lines);
     let t = now_ms();
-    let mut g = GeneratorConfig::default();
-    g.stream_seed = Some(5);
-    g.drifts = standard_drifts(t);
+    let g = GeneratorConfig {
+        stream_seed: Some(5),
+        drifts: standard_drifts(t),
+        ..GeneratorConfig::default()
+    };
     kafka.produce(&lines(g, 6000, t, 1).lines);
 
     let fired = |v: &serde_json::Value| {

@@ -568,3 +568,48 @@ pub fn produce_to(brokers: &str, partitions: i32, lines: &[String]) {
     p.flush(Duration::from_secs(120))
         .expect("all messages acknowledged");
 }
+
+impl Proc {
+    /// Starts any program (Prometheus, Alertmanager ...) the way
+    /// [`Proc::spawn`] starts driftd: output to `<logs>/<name>.stdout` and
+    /// `<logs>/<name>.stderr`, killed on drop, its tail printed on a panic.
+    pub fn spawn_program(program: &Path, args: &[&str], logs: &Path, name: &str) -> Proc {
+        let stdout = logs.join(format!("{name}.stdout"));
+        let stderr = logs.join(format!("{name}.stderr"));
+        let child = Command::new(program)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::fs::File::create(&stdout).expect("stdout file"))
+            .stderr(std::fs::File::create(&stderr).expect("stderr file"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("{} does not start: {e}", program.display()));
+        Proc {
+            child,
+            name: name.to_owned(),
+            stdout,
+            stderr,
+        }
+    }
+}
+
+/// Waits until `url` (a `/-/ready` endpoint, say) answers 200; panics with
+/// the process' state if it exits first or the deadline passes.
+pub fn wait_ready(proc: &mut Proc, url: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (status, body) = http_get(url);
+        if status == 200 {
+            return;
+        }
+        if let Some(st) = proc.child.try_wait().expect("try_wait") {
+            panic!("{} exited with {st} before {url} was ready", proc.name);
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "{} not ready after {timeout:?}: GET {url} gives {status} {body}",
+                proc.name
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
