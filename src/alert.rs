@@ -91,7 +91,8 @@ pub struct AlertConfig {
     pub resend_interval: Duration,
     pub resolved_resend_for: Duration,
     pub queue_capacity: usize,
-    /// The daemon's URL as Alertmanager users reach it, for `generatorURL`.
+    /// The daemon's URL as Alertmanager users reach it, for `generatorURL`
+    /// (empty: derived from the bound address, see [`external_url_for`]).
     pub external_url: String,
     /// The evaluation interval (for `endsAt`).
     pub evaluation_interval: Duration,
@@ -142,6 +143,22 @@ pub enum AlertError {
     Kafka(#[source] rdkafka::error::KafkaError),
     #[error(transparent)]
     Metrics(#[from] prometheus::Error),
+}
+
+/// A URL for the daemon when none is configured: the bound port, and the
+/// host name when bound to every address (0.0.0.0 is no place to click).
+pub fn external_url_for(addr: std::net::SocketAddr) -> String {
+    if addr.ip().is_unspecified() {
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".into());
+        format!("http://{host}:{}", addr.port())
+    } else {
+        format!("http://{addr}")
+    }
 }
 
 /// Transitions waiting for the alert task. Pushing never blocks; when full,
@@ -834,6 +851,20 @@ mod tests {
         assert_eq!(q.dropped(), 3);
         let left: Vec<i64> = q.drain().iter().map(|t| t.at_ms).collect();
         assert_eq!(left, vec![3, 4]);
+    }
+
+    #[test]
+    fn generator_urls_point_somewhere_reachable() {
+        assert_eq!(
+            external_url_for("127.0.0.1:9400".parse().unwrap()),
+            "http://127.0.0.1:9400"
+        );
+        let any = external_url_for("0.0.0.0:9400".parse().unwrap());
+        assert!(
+            any.starts_with("http://") && any.ends_with(":9400"),
+            "{any}"
+        );
+        assert!(!any.contains("0.0.0.0"), "{any}");
     }
 
     #[test]

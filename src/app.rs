@@ -53,7 +53,7 @@ pub struct Daemon {
 }
 
 /// Starts the daemon; `cancel` stops it.
-pub async fn start(cfg: Config, cancel: CancellationToken) -> anyhow::Result<Daemon> {
+pub async fn start(mut cfg: Config, cancel: CancellationToken) -> anyhow::Result<Daemon> {
     let kafka = cfg.require_kafka()?.clone();
 
     // 1. Baselines. A missing directory is fine with automatic baselines.
@@ -95,6 +95,9 @@ pub async fn start(cfg: Config, cancel: CancellationToken) -> anyhow::Result<Dae
     // 3. HTTP.
     let listener = admin::bind(cfg.http.listen).await?;
     let addr = listener.local_addr()?;
+    if cfg.alerts.external_url.is_empty() {
+        cfg.alerts.external_url = crate::alert::external_url_for(addr);
+    }
     let health = Arc::new(Health::default());
     let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::default()));
     let (control_tx, control_rx) = mpsc::channel(16);

@@ -990,9 +990,8 @@ fn alert_config(a: RawAlerts, cfg: &Config, p: &mut Problems) -> crate::alert::A
         queue_capacity: a.queue_capacity.map_or(d.queue_capacity, |v| {
             p.range("alerts.queue_capacity", v, 1, 10_000_000) as usize
         }),
-        external_url: a
-            .external_url
-            .unwrap_or_else(|| format!("http://{}", cfg.http.listen)),
+        // Empty: derived from the bound address when the daemon starts.
+        external_url: a.external_url.unwrap_or_default(),
         evaluation_interval: cfg.every,
         ..d
     };
@@ -1333,7 +1332,10 @@ url = "http://am-1:9093"
         .unwrap();
         assert_eq!(cfg.alerts.alertmanagers.len(), 2);
         assert_eq!(cfg.alerts.resend_interval, Duration::from_secs(10));
-        assert_eq!(cfg.alerts.external_url, "http://0.0.0.0:9400");
+        assert_eq!(
+            cfg.alerts.external_url, "",
+            "derived at start from the bound address"
+        );
         assert!(!format!("{cfg:?}").contains("am-secret-token"));
         let err = Config::from_toml(
             r#"
