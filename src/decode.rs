@@ -777,6 +777,34 @@ fn rewrite_nonfinite(line: &[u8]) -> Option<String> {
     changed.then_some(out)
 }
 
+/// The scalar `visit_*` methods of a visitor that wanted an object, all
+/// doing `$body` and accepting the value (a scalar where the mapping points
+/// into an object is not a reason to lose the line).
+macro_rules! on_scalar {
+    ($this:ident => $($body:tt)*) => {
+        fn visit_bool<E: de::Error>($this, _: bool) -> Result<(), E> {
+            $($body)*
+            Ok(())
+        }
+        fn visit_i64<E: de::Error>($this, _: i64) -> Result<(), E> {
+            $($body)*
+            Ok(())
+        }
+        fn visit_u64<E: de::Error>($this, _: u64) -> Result<(), E> {
+            $($body)*
+            Ok(())
+        }
+        fn visit_f64<E: de::Error>($this, _: f64) -> Result<(), E> {
+            $($body)*
+            Ok(())
+        }
+        fn visit_str<E: de::Error>($this, _: &str) -> Result<(), E> {
+            $($body)*
+            Ok(())
+        }
+    };
+}
+
 struct NodeSeed<'t, 'c, 'a> {
     node: &'t Node,
     cfg: &'t DecodeConfig,
@@ -797,21 +825,7 @@ impl<'de> Visitor<'de> for NodeSeed<'_, '_, 'de> {
     }
     // Intermediate nodes that are not objects are simply not what the mapping
     // points into: ignore them.
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
-        Ok(())
-    }
+    on_scalar!(self =>);
     fn visit_unit<E: de::Error>(self) -> Result<(), E> {
         Ok(())
     }
@@ -1014,26 +1028,7 @@ impl<'de> Visitor<'de> for FeaturesSeed<'_, '_, 'de> {
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("an object of features")
     }
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
-        *self.issues |= 1 << Issue::FeaturesNotObject as u32;
-        Ok(())
-    }
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
-        *self.issues |= 1 << Issue::FeaturesNotObject as u32;
-        Ok(())
-    }
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
-        *self.issues |= 1 << Issue::FeaturesNotObject as u32;
-        Ok(())
-    }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
-        *self.issues |= 1 << Issue::FeaturesNotObject as u32;
-        Ok(())
-    }
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
-        *self.issues |= 1 << Issue::FeaturesNotObject as u32;
-        Ok(())
-    }
+    on_scalar!(self => *self.issues |= 1 << Issue::FeaturesNotObject as u32;);
     fn visit_unit<E: de::Error>(self) -> Result<(), E> {
         // `"input_features": null` is an event without features, not an error.
         Ok(())

@@ -278,13 +278,7 @@ fn draw_table(snap: &Snapshot, elapsed: Duration, sent: u64, drift_at: i64) {
             "  {:<18} {:>8} {:>10} {:>8}  {}\n",
             "distribution", "psi", "js_dist", "unseen", "state"
         ));
-        for f in m
-            .all
-            .features
-            .iter()
-            .chain(m.all.prediction.iter())
-            .chain(m.all.confidence.iter())
-        {
+        for f in m.all.distributions() {
             let g = |k: &str| {
                 f.metrics
                     .get(k)
@@ -313,13 +307,7 @@ fn print_changes(
     elapsed: Duration,
 ) {
     for m in &snap.report.models {
-        for f in m
-            .all
-            .features
-            .iter()
-            .chain(m.all.prediction.iter())
-            .chain(m.all.confidence.iter())
-        {
+        for f in m.all.distributions() {
             let key = (m.model.clone(), f.name.clone());
             let prev = last.insert(key, f.state).unwrap_or(State::Ok);
             if prev != f.state {

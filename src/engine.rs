@@ -633,6 +633,16 @@ pub struct WindowReport {
     pub confidence: Option<FeatureReport>,
 }
 
+impl WindowReport {
+    /// Every distribution: the features, then the prediction and confidence.
+    pub fn distributions(&self) -> impl Iterator<Item = &FeatureReport> {
+        self.features
+            .iter()
+            .chain(self.prediction.iter())
+            .chain(self.confidence.iter())
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct FeatureReport {
     pub name: String,

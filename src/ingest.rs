@@ -625,7 +625,13 @@ pub fn run(
     let mut next_eval = Instant::now() + every;
     let mut last_pane = now_ms().div_euclid(pane_ms);
     let mut messages: u64 = 0;
-    let mut checkpoints = (0u64, 0u64, None::<i64>);
+    let mut checkpointer = Checkpointer {
+        store,
+        publisher,
+        ok: 0,
+        failed: 0,
+        last_ok_ms: None,
+    };
     let mut saved_auto: std::collections::HashSet<String> = std::collections::HashSet::new();
     let mut dir_stamp = dir_fingerprint(&setup.baselines_dir);
     // Offsets touched in this batch: (topic, partition) -> next offset.
@@ -700,38 +706,22 @@ pub fn run(
         while let Ok(c) = h.control.try_recv() {
             handle_control(c, &mut engine, &setup, &h.health);
         }
-        if let Some((p, _)) = &publisher {
+        if let Some((p, _)) = &checkpointer.publisher {
             p.poll(Duration::ZERO);
         }
         let now = now_ms();
         let pane = now.div_euclid(pane_ms);
         if pane != last_pane {
             last_pane = pane;
-            if let Some((p, topic)) = &publisher {
-                publish_models(
-                    p,
-                    topic,
-                    &engine,
-                    &consumer,
-                    &sources,
-                    &spec,
-                    &setup.kafka.group_id,
-                    now,
-                );
-            }
-            if let Some(store) = &store {
-                let cp = checkpoint(&engine, &consumer, &spec, &setup.kafka.group_id, now);
-                match store.save(&cp) {
-                    Ok(_) => {
-                        checkpoints.0 += 1;
-                        checkpoints.2 = Some(now);
-                    }
-                    Err(e) => {
-                        checkpoints.1 += 1;
-                        tracing::error!(error = %e, "checkpoint failed");
-                    }
-                }
-            }
+            let at = CheckpointAt {
+                engine: &engine,
+                consumer: &consumer,
+                sources: &sources,
+                spec: &spec,
+                group: &setup.kafka.group_id,
+                now,
+            };
+            checkpointer.write(&at);
         }
         if Instant::now() >= next_eval {
             next_eval += every;
@@ -780,9 +770,9 @@ pub fn run(
                 messages,
                 eval_seconds,
                 transitions,
-                checkpoints_ok: checkpoints.0,
-                checkpoints_failed: checkpoints.1,
-                last_checkpoint_ms: checkpoints.2,
+                checkpoints_ok: checkpointer.ok,
+                checkpoints_failed: checkpointer.failed,
+                last_checkpoint_ms: checkpointer.last_ok_ms,
             };
             h.metrics.update(&snap);
             h.health
@@ -794,25 +784,18 @@ pub fn run(
 
     // Drain: everything counted is stored; commit, checkpoint, close.
     tracing::info!("consumer stopping: committing offsets and writing a last checkpoint");
-    if let Some((p, topic)) = &publisher {
-        publish_models(
-            p,
-            topic,
-            &engine,
-            &consumer,
-            &sources,
-            &spec,
-            &setup.kafka.group_id,
-            now_ms(),
-        );
+    let at = CheckpointAt {
+        engine: &engine,
+        consumer: &consumer,
+        sources: &sources,
+        spec: &spec,
+        group: &setup.kafka.group_id,
+        now: now_ms(),
+    };
+    checkpointer.write(&at);
+    if let Some((p, _)) = &checkpointer.publisher {
         if let Err(e) = p.flush(Duration::from_secs(1)) {
             tracing::warn!(error = %e, "model states not all published to the checkpoint topic");
-        }
-    }
-    if let Some(store) = &store {
-        let cp = checkpoint(&engine, &consumer, &spec, &setup.kafka.group_id, now_ms());
-        if let Err(e) = store.save(&cp) {
-            tracing::error!(error = %e, "final checkpoint failed");
         }
     }
     match consumer.commit_consumer_state(CommitMode::Sync) {
@@ -927,18 +910,56 @@ fn take_over_pending(
     }
 }
 
-/// Publishes every model's state to the compacted checkpoint topic.
-#[allow(clippy::too_many_arguments)]
-fn publish_models(
-    p: &BaseProducer,
-    topic: &str,
-    engine: &Engine,
-    consumer: &BaseConsumer<Ctx>,
-    sources: &[(String, i32)],
-    spec: &WindowSpec,
-    group: &str,
+/// Where checkpoints go: the local directory and the checkpoint topic.
+struct Checkpointer {
+    store: Option<CheckpointStore>,
+    publisher: Option<(BaseProducer, String)>,
+    ok: u64,
+    failed: u64,
+    last_ok_ms: Option<i64>,
+}
+
+/// The state a checkpoint is taken of, at one instant.
+struct CheckpointAt<'a> {
+    engine: &'a Engine,
+    consumer: &'a BaseConsumer<Ctx>,
+    sources: &'a [(String, i32)],
+    spec: &'a WindowSpec,
+    group: &'a str,
     now: i64,
-) {
+}
+
+impl Checkpointer {
+    fn write(&mut self, at: &CheckpointAt<'_>) {
+        if let Some((p, topic)) = &self.publisher {
+            publish_models(p, topic, at);
+        }
+        if let Some(store) = &self.store {
+            let cp = checkpoint(at.engine, at.consumer, at.spec, at.group, at.now);
+            match store.save(&cp) {
+                Ok(_) => {
+                    self.ok += 1;
+                    self.last_ok_ms = Some(at.now);
+                }
+                Err(e) => {
+                    self.failed += 1;
+                    tracing::error!(error = %e, "checkpoint failed");
+                }
+            }
+        }
+    }
+}
+
+/// Publishes every model's state to the compacted checkpoint topic.
+fn publish_models(p: &BaseProducer, topic: &str, at: &CheckpointAt<'_>) {
+    let CheckpointAt {
+        engine,
+        consumer,
+        sources,
+        spec,
+        group,
+        now,
+    } = *at;
     let pos = consumer.context().positions.lock().expect("not poisoned");
     let mut windows: HashMap<String, Vec<SavedWindow>> = HashMap::new();
     for (model, arm, baseline_version, state) in engine.window_states() {

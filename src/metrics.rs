@@ -294,13 +294,7 @@ impl Metrics {
                 &[&m.model, &m.baseline_version],
                 1,
             );
-            for f in m
-                .all
-                .features
-                .iter()
-                .chain(m.all.prediction.iter())
-                .chain(m.all.confidence.iter())
-            {
+            for f in m.all.distributions() {
                 for v in &f.verdicts {
                     for (sev, t) in [("warning", v.warning), ("critical", v.critical)] {
                         let labels = [m.model.as_str(), f.name.as_str(), v.metric.name(), sev];
@@ -445,12 +439,7 @@ impl Metrics {
                 ));
             }
         }
-        for f in w
-            .features
-            .iter()
-            .chain(w.prediction.iter())
-            .chain(w.confidence.iter())
-        {
+        for f in w.distributions() {
             for v in &f.verdicts {
                 let labels = [model, arm, f.name.as_str(), v.metric.name()];
                 set(seen, &self.state, "state", &labels, v.state.gauge());

@@ -406,12 +406,7 @@ pub fn render_table(r: &ReplayResult) -> String {
             let _ = write!(out, " {c:>12}");
         }
         let _ = writeln!(out, "  verdict");
-        let rows = m
-            .all
-            .features
-            .iter()
-            .chain(m.all.prediction.iter())
-            .chain(m.all.confidence.iter());
+        let rows = m.all.distributions();
         for f in rows {
             let _ = write!(out, "  {:<22} {:<12}", truncate(&f.name, 22), f.kind);
             for c in cols {

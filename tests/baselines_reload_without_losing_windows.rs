@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use common::*;
 use driftd::generate::GeneratorConfig;
-use tokio_util::sync::CancellationToken;
 
 fn version(s: &[Sample], model: &str) -> Option<String> {
     s.iter()
@@ -26,12 +25,8 @@ fn a_changed_file_is_reloaded_and_windows_keep_their_counts() {
     let bases = baselines(20_000);
     write_baselines(dir.path(), &bases);
     let cfg = daemon_config(&kafka.brokers(), dir.path(), "reload");
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let cancel = CancellationToken::new();
-    let daemon = rt
-        .block_on(driftd::app::start(cfg, cancel.clone()))
-        .unwrap();
-    let addr = daemon.addr.to_string();
+    let running = Running::start(cfg);
+    let addr = running.addr.clone();
 
     let normal = lines(GeneratorConfig::default(), 2000, now_ms(), 1);
     kafka.produce(&normal.lines);
@@ -94,6 +89,5 @@ fn a_changed_file_is_reloaded_and_windows_keep_their_counts() {
     assert_eq!(version(&s, "fraud-v1").as_deref(), Some("reloaded-v2"));
     assert_eq!(http_get(&format!("http://{addr}/readyz")).0, 200);
 
-    cancel.cancel();
-    rt.block_on(daemon.wait()).unwrap();
+    running.stop();
 }

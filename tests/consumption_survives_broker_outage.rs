@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use driftd::generate::GeneratorConfig;
-use tokio_util::sync::CancellationToken;
 
 const BROKERS: i32 = 3;
 
@@ -24,12 +23,8 @@ fn all_brokers_down_then_up_loses_and_repeats_nothing() {
     let group = "outage";
     write_baselines(dir.path(), &baselines(20_000));
     let cfg = daemon_config(&kafka.brokers(), dir.path(), group);
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let cancel = CancellationToken::new();
-    let daemon = rt
-        .block_on(driftd::app::start(cfg, cancel.clone()))
-        .unwrap();
-    let addr = daemon.addr.to_string();
+    let running = Running::start(cfg);
+    let addr = running.addr.clone();
 
     let first = lines(GeneratorConfig::default().with_seed(42), 1000, now_ms(), 1);
     kafka.produce(&first.lines);
@@ -120,6 +115,5 @@ fn all_brokers_down_then_up_loses_and_repeats_nothing() {
         );
     }
 
-    cancel.cancel();
-    rt.block_on(daemon.wait()).unwrap();
+    running.stop();
 }

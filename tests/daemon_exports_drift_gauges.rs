@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use common::*;
 use driftd::generate::{standard_drifts, GeneratorConfig};
-use tokio_util::sync::CancellationToken;
 
 #[test]
 fn known_events_give_known_gauges_and_drift_fires() {
@@ -19,12 +18,8 @@ fn known_events_give_known_gauges_and_drift_fires() {
     let cfg = daemon_config(&kafka.brokers(), dir.path(), "gauges");
     // The daemon runs on the runtime's workers; this thread plays producer
     // and Prometheus, blocking as they would.
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let cancel = CancellationToken::new();
-    let daemon = rt
-        .block_on(driftd::app::start(cfg, cancel.clone()))
-        .unwrap();
-    let addr = daemon.addr.to_string();
+    let running = Running::start(cfg);
+    let addr = running.addr.clone();
 
     // Normal traffic, timestamped now: every event lands in the window.
     let normal = lines(GeneratorConfig::default().with_seed(42), 3000, now_ms(), 1);
@@ -137,6 +132,5 @@ fn known_events_give_known_gauges_and_drift_fires() {
         assert!(!text.contains(needle), "{needle} leaked into /metrics");
     }
 
-    cancel.cancel();
-    rt.block_on(daemon.wait()).unwrap();
+    running.stop();
 }

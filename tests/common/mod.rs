@@ -613,3 +613,39 @@ pub fn wait_ready(proc: &mut Proc, url: &str, timeout: Duration) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A daemon running in this process on its own runtime, while the test
+/// thread plays producer and Prometheus.
+pub struct Running {
+    pub rt: tokio::runtime::Runtime,
+    pub addr: String,
+    pub cancel: tokio_util::sync::CancellationToken,
+    daemon: Option<driftd::app::Daemon>,
+}
+
+impl Running {
+    pub fn start(cfg: driftd::config::Config) -> Running {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let daemon = rt
+            .block_on(driftd::app::start(cfg, cancel.clone()))
+            .unwrap_or_else(|e| panic!("daemon starts: {e:#}"));
+        Running {
+            addr: daemon.addr.to_string(),
+            rt,
+            cancel,
+            daemon: Some(daemon),
+        }
+    }
+
+    pub fn daemon(&self) -> &driftd::app::Daemon {
+        self.daemon.as_ref().expect("running")
+    }
+
+    /// Cancels and waits for a clean shutdown.
+    pub fn stop(mut self) {
+        self.cancel.cancel();
+        let d = self.daemon.take().expect("running");
+        self.rt.block_on(d.wait()).expect("clean shutdown");
+    }
+}
