@@ -1,11 +1,11 @@
 # syntax=docker/dockerfile:1
 # driftd: multi-stage build. The builder compiles the bundled librdkafka
-# (needs a C toolchain, make, perl); the runtime image has only the binary,
-# CA certificates (for Kafka TLS) and a non-root user.
+# (needs a C toolchain, make, perl, and OpenSSL for Kafka TLS/SASL); the
+# runtime image has only the binary, OpenSSL, CA certificates and a non-root user.
 
 FROM rust:1-bookworm AS build
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends build-essential perl \
+    && apt-get install -y --no-install-recommends build-essential perl pkg-config libssl-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # Dependencies first, so source edits do not rebuild librdkafka.
@@ -20,7 +20,7 @@ RUN touch src/main.rs src/lib.rs && cargo build --release --locked && strip targ
 
 FROM debian:bookworm-slim
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates \
+    && apt-get install -y --no-install-recommends ca-certificates libssl3 \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin driftd \
     && mkdir -p /etc/driftd /var/lib/driftd/baselines /var/lib/driftd/state \

@@ -1235,6 +1235,35 @@ mod tests {
         );
     }
 
+    /// TLS and SCRAM need librdkafka built with OpenSSL (rdkafka's `ssl`
+    /// feature); without it these properties are refused at start.
+    #[test]
+    fn tls_and_sasl_properties_are_accepted() {
+        let mut properties = std::collections::BTreeMap::new();
+        for (k, v) in [
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.mechanisms", "SCRAM-SHA-512"),
+            ("sasl.username", "driftd"),
+            ("sasl.password", "secret"),
+            ("ssl.endpoint.identification.algorithm", "https"),
+        ] {
+            properties.insert(k.to_owned(), v.to_owned());
+        }
+        let k = KafkaConfig {
+            brokers: "127.0.0.1:9093".into(),
+            topics: vec!["t".into()],
+            group_id: "g".into(),
+            commit_interval: Duration::from_secs(5),
+            rewind_on_start: true,
+            properties,
+        };
+        validate_properties(&k).unwrap();
+        let mut bad = k.clone();
+        bad.properties.insert("no.such.property".into(), "1".into());
+        let err = validate_properties(&bad).unwrap_err();
+        assert!(err.contains("no.such.property"), "{err}");
+    }
+
     #[test]
     fn readiness_lists_every_reason() {
         let h = Health::default();
