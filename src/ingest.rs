@@ -1002,6 +1002,10 @@ fn publish_models(p: &BaseProducer, topic: &str, at: &CheckpointAt<'_>) {
     }
 }
 
+/// Model states read from the checkpoint topic at most (the engine's own
+/// cap, `limits.max_models`, is at most this).
+const MAX_TAKEOVER_MODELS: usize = 100_000;
+
 /// Reads the latest state of every model from the checkpoint topic (a
 /// consumer outside any group, from the start to the high watermark).
 fn read_model_checkpoints(
@@ -1049,6 +1053,8 @@ fn read_model_checkpoints(
         };
         match out.get(&rec.model) {
             Some(old) if old.written_at_ms > rec.written_at_ms => {}
+            // Bounded like the engine: never more models than it may track.
+            None if out.len() >= MAX_TAKEOVER_MODELS => {}
             _ => {
                 out.insert(rec.model.clone(), rec);
             }
