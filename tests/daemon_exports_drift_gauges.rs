@@ -86,6 +86,11 @@ fn known_events_give_known_gauges_and_drift_fires() {
         0.25
     );
 
+    // The container health check: `driftd probe` (the image has no curl).
+    let probe = driftd(&["probe", &format!("http://{addr}/livez")]);
+    assert!(probe.status.success(), "{}", stderr(&probe));
+    let probe = driftd(&["probe", &format!("http://{addr}/no-such-route")]);
+    assert_eq!(probe.status.code(), Some(1), "a 404 is not healthy");
     let (ready, body) = http_get(&format!("http://{addr}/readyz"));
     assert_eq!(ready, 200, "{body}");
     let (status, body) = http_get(&format!("http://{addr}/api/v1/drift?model=fraud-v1"));
