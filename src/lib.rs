@@ -12,7 +12,8 @@
 //! ```
 //!
 //! The engine (decode, window, baseline, compare, detect, engine) is pure and
-//! synchronous and takes time as a parameter; I/O stays at the edges.
+//! synchronous and takes time as a parameter; I/O stays at the edges
+//! (ingest, checkpoint, admin, alert), wired together in `app`.
 //!
 //! - [`decode`]: one JSON line to one event, through configurable JSON Pointers; every rejection has a reason.
 //! - [`window`]: event-time sliding windows of bin counts, in panes; bounded memory.
@@ -20,6 +21,13 @@
 //! - [`compare`]: divergences between a window and its baseline (KL, JS, PSI, Hellinger, chi², KS, Wasserstein).
 //! - [`detect`]: rules and the ok → pending → firing → resolved state machine.
 //! - [`engine`]: decode → window → compare → detect for every model, with the caps that bound it.
+//! - [`ingest`]: the Kafka consumer loop: consumer group, offsets stored once counted, rebalances, evaluation.
+//! - [`checkpoint`]: window state with the offsets it covers, on disk and on a compacted topic.
+//! - [`metrics`]: every Prometheus series, set once per evaluation from a snapshot.
+//! - [`admin`]: the HTTP server: /metrics, /livez, /readyz, the drift and baseline API.
+//! - [`alert`]: transitions out to Alertmanager (API v2), a Kafka topic and a webhook.
+//! - [`app`]: the daemon's wiring and shutdown; read it to know what `driftd run` does.
+//! - [`demo`]: the whole daemon on an in-process Kafka with generated, drifting traffic.
 //! - [`replay`]: a log file through the engine in event time; baseline builds; reports.
 //! - [`generate`]: seed-shaped synthetic inference logs with injectable drift.
 //! - [`config`]: TOML + environment configuration, validated with every problem reported.
