@@ -96,7 +96,7 @@ pub struct BuildArgs {
     /// Only build the baseline of this model.
     #[arg(long)]
     pub model: Option<String>,
-    /// Directory to write <model>.json files into (created if missing).
+    /// Directory to write one MODEL.json file per model into (created if missing).
     #[arg(long, short)]
     pub output: PathBuf,
     /// Configuration for the field mapping and binning.
