@@ -143,7 +143,8 @@ pub struct Engine {
     decoder: Decoder,
     layouts: HashMap<Box<str>, Arc<Layout>>,
     models: HashMap<Box<str>, ModelState>,
-    collecting: HashMap<Box<str>, BaselineBuilder>,
+    /// Models collecting an automatic baseline, with when they were last seen.
+    collecting: HashMap<Box<str>, (BaselineBuilder, i64)>,
     pub stats: EngineStats,
     /// Reused per event: the flat bins of the event being inserted.
     scratch: Vec<u32>,
@@ -357,12 +358,13 @@ impl Engine {
                 return Outcome::Refused;
             }
             self.collecting
-                .insert(model.into(), BaselineBuilder::new(model));
+                .insert(model.into(), (BaselineBuilder::new(model), now_ms));
         }
-        let b = self.collecting.get_mut(model).expect("inserted above");
+        let (b, seen) = self.collecting.get_mut(model).expect("inserted above");
         b.add(ev);
+        *seen = now_ms;
         if b.events() >= auto.after_events {
-            let b = self.collecting.remove(model).expect("present");
+            let (b, _) = self.collecting.remove(model).expect("present");
             if let Ok(baseline) = b.finish(&self.cfg.binning, "auto", now_ms) {
                 self.stats.auto_baselines += 1;
                 self.set_baseline(baseline);
@@ -426,8 +428,12 @@ impl Engine {
         }
     }
 
-    /// Forgets models that sent nothing for `idle_ms` (their series go away).
+    /// Forgets models that sent nothing for `idle_ms` (their series go away),
+    /// and unfinished automatic baselines of models gone quiet, so a burst of
+    /// junk model ids cannot hold the `max_models` slots forever.
     pub fn expire_idle(&mut self, now_ms: i64, idle_ms: i64) -> Vec<Arc<str>> {
+        self.collecting
+            .retain(|_, (_, seen)| now_ms - *seen <= idle_ms);
         let gone: Vec<Box<str>> = self
             .models
             .iter()
@@ -813,6 +819,26 @@ mod tests {
         }
         assert_eq!(e.model("m0").unwrap().arms.len(), 1);
         assert_eq!(e.stats.arms_refused, 9);
+    }
+
+    /// A flood of junk model ids holds the collecting slots only until it
+    /// goes quiet; then real models get their automatic baselines again.
+    #[test]
+    fn quiet_unfinished_auto_baselines_free_their_slots() {
+        let cfg = EngineConfig {
+            max_models: 3,
+            auto_baseline: Some(AutoBaseline { after_events: 100 }),
+            ..EngineConfig::default()
+        };
+        let mut e = Engine::new(cfg, vec![]);
+        for i in 0..10 {
+            let l = format!(r#"{{"model_id":"junk{i}","prediction":"a"}}"#);
+            e.ingest(l.as_bytes(), 0);
+        }
+        let real = r#"{"model_id":"real","prediction":"a"}"#;
+        assert_eq!(e.ingest(real.as_bytes(), 1_000), Outcome::Refused);
+        e.expire_idle(10_000, 5_000);
+        assert_eq!(e.ingest(real.as_bytes(), 10_000), Outcome::Collected);
     }
 
     /// Restored windows belong to live models: they must not look idle.
