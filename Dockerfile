@@ -12,7 +12,7 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 RUN mkdir -p src benchmarks \
     && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
-    && for b in decode window compare replay kafka_throughput; do echo 'fn main() {}' > benchmarks/$b.rs; done \
+    && for b in decode window compare replay metrics kafka_throughput; do echo 'fn main() {}' > benchmarks/$b.rs; done \
     && cargo build --release --locked \
     && rm -rf src
 COPY src ./src

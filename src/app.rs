@@ -90,7 +90,7 @@ pub async fn start(mut cfg: Config, cancel: CancellationToken) -> anyhow::Result
     // 2. One registry, each part registers its own series.
     let registry = Registry::new();
     metrics::register_build_info(&registry)?;
-    let metrics = Metrics::new(&registry)?;
+    let metrics = Metrics::new(&registry)?.with_scores(cfg.metric_scores.clone());
 
     // 3. HTTP.
     let listener = admin::bind(cfg.http.listen).await?;

@@ -214,6 +214,12 @@ struct RawAlertKafka {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawMetrics {
+    scores: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawShutdown {
     grace: Option<String>,
 }
@@ -303,6 +309,8 @@ pub struct Config {
     pub log: LogConfig,
     pub grace: Duration,
     pub alerts: crate::alert::AlertConfig,
+    /// Scores exported per feature (`[metrics] scores`).
+    pub metric_scores: Vec<Metric>,
     /// Where it came from, for messages.
     pub source: String,
 }
@@ -331,6 +339,7 @@ impl Default for Config {
             },
             grace: Duration::from_secs(5),
             alerts: crate::alert::AlertConfig::default(),
+            metric_scores: crate::metrics::DEFAULT_SCORES.to_vec(),
             source: "defaults".into(),
         }
     }
@@ -350,6 +359,7 @@ const SECTIONS: &[&str] = &[
     "log",
     "shutdown",
     "alerts",
+    "metrics",
 ];
 
 impl Config {
@@ -447,6 +457,7 @@ impl Config {
         let log: RawLog = section(&mut root, "log", &mut p);
         let shutdown: RawShutdown = section(&mut root, "shutdown", &mut p);
         let alerts: RawAlerts = section(&mut root, "alerts", &mut p);
+        let metrics: RawMetrics = section(&mut root, "metrics", &mut p);
 
         let d = Config::default();
         let mut cfg = d.clone();
@@ -864,6 +875,17 @@ impl Config {
         }
 
         cfg.alerts = alert_config(alerts, &cfg, &mut p);
+        if let Some(scores) = metrics.scores {
+            let mut list = Vec::new();
+            for s in scores {
+                match s.parse::<Metric>() {
+                    Ok(m) if !list.contains(&m) => list.push(m),
+                    Ok(_) => {}
+                    Err(e) => p.push("metrics.scores", e.to_string()),
+                }
+            }
+            cfg.metric_scores = list;
+        }
 
         if p.0.is_empty() {
             Ok(cfg)

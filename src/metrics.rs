@@ -38,8 +38,21 @@ pub struct Snapshot {
     pub last_checkpoint_ms: Option<i64>,
 }
 
+/// Scores exported per feature by default: six, to keep the series count of
+/// many models x features x arms reasonable (every score is always in
+/// /api/v1/drift). Configurable as `[metrics] scores`.
+pub const DEFAULT_SCORES: [Metric; 6] = [
+    Metric::Psi,
+    Metric::JsDistance,
+    Metric::Hellinger,
+    Metric::Chi2P,
+    Metric::Wasserstein,
+    Metric::UnseenShare,
+];
+
 /// Every driftd series.
 pub struct Metrics {
+    scores: Vec<Metric>,
     feature_drift: GaugeVec,
     prediction_drift: GaugeVec,
     threshold: GaugeVec,
@@ -124,6 +137,7 @@ pub fn register_build_info(r: &Registry) -> Result<(), prometheus::Error> {
 impl Metrics {
     pub fn new(r: &Registry) -> Result<Metrics, prometheus::Error> {
         let m = Metrics {
+            scores: DEFAULT_SCORES.to_vec(),
             feature_drift: gauge_vec(
                 r,
                 "driftd_feature_drift",
@@ -279,6 +293,13 @@ impl Metrics {
         Ok(m)
     }
 
+    /// Exports these scores (and no others) as `driftd_feature_drift` and
+    /// `driftd_prediction_drift`.
+    pub fn with_scores(mut self, scores: Vec<Metric>) -> Metrics {
+        self.scores = scores;
+        self
+    }
+
     /// Sets every series from a snapshot.
     pub fn update(&mut self, s: &Snapshot) {
         let mut seen: HashSet<(&'static str, Vec<String>)> = HashSet::new();
@@ -410,12 +431,6 @@ impl Metrics {
                 let (Some(x), Ok(metric)) = (v.as_f64(), name.parse::<Metric>()) else {
                     continue;
                 };
-                let labels = [model, arm, f.name.as_str(), metric.name()];
-                self.feature_drift.with_label_values(&labels).set(x);
-                seen.insert((
-                    "feature_drift",
-                    labels.iter().map(|x| x.to_string()).collect(),
-                ));
                 if metric == Metric::UnseenShare {
                     let labels = [model, arm, f.name.as_str()];
                     self.unseen_share.with_label_values(&labels).set(x);
@@ -424,6 +439,15 @@ impl Metrics {
                         labels.iter().map(|x| x.to_string()).collect(),
                     ));
                 }
+                if !self.scores.contains(&metric) {
+                    continue;
+                }
+                let labels = [model, arm, f.name.as_str(), metric.name()];
+                self.feature_drift.with_label_values(&labels).set(x);
+                seen.insert((
+                    "feature_drift",
+                    labels.iter().map(|x| x.to_string()).collect(),
+                ));
             }
         }
         if let Some(p) = &w.prediction {
@@ -431,6 +455,9 @@ impl Metrics {
                 let (Some(x), Ok(metric)) = (v.as_f64(), name.parse::<Metric>()) else {
                     continue;
                 };
+                if !self.scores.contains(&metric) {
+                    continue;
+                }
                 let labels = [model, arm, metric.name()];
                 self.prediction_drift.with_label_values(&labels).set(x);
                 seen.insert((
@@ -514,6 +541,24 @@ mod tests {
         assert!(
             text.contains(r#"driftd_window_samples{arm="",model="m"} 200"#),
             "{text}"
+        );
+        assert!(text.contains(r#"metric="js_distance""#), "a default score");
+        assert!(!text.contains(r#"metric="kl""#), "not exported by default");
+        // A narrower list exports only what it names.
+        let reg2 = Registry::new();
+        let mut only_psi = Metrics::new(&reg2).unwrap().with_scores(vec![Metric::Psi]);
+        only_psi.update(&s);
+        let text2 = render(&reg2);
+        assert!(
+            text2.contains(r#"driftd_feature_drift{arm="",feature="x",metric="psi",model="m"}"#)
+        );
+        assert!(
+            !text2.contains(r#"driftd_feature_drift{arm="",feature="x",metric="js_distance""#),
+            "{text2}"
+        );
+        assert!(
+            text2.contains("driftd_unseen_share{"),
+            "unseen share is its own series"
         );
         engine.expire_idle(10_000_000, 1);
         let s2 = Snapshot {
