@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
 use driftd::generate::{standard_drifts, GeneratorConfig};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::ClientConfig;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -244,20 +244,7 @@ impl Traffic {
                         .filter(|d| d.model.as_deref() == Some(model))
                         .collect();
                 }
-                for (i, l) in lines(cfg, n, t, 1).lines.iter().enumerate() {
-                    let mut rec = BaseRecord::<(), str>::to(TOPIC)
-                        .payload(l.as_str())
-                        .partition(i as i32 % partitions);
-                    loop {
-                        match p.send(rec) {
-                            Ok(()) => break,
-                            Err((_, r)) => {
-                                rec = r;
-                                p.poll(Duration::from_millis(10));
-                            }
-                        }
-                    }
-                }
+                send_round_robin(&p, partitions, &lines(cfg, n, t, 1).lines);
                 p.flush(Duration::from_secs(30))
                     .expect("background traffic acknowledged");
                 batch += 1;

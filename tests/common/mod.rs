@@ -73,36 +73,10 @@ impl Kafka {
         self.cluster.bootstrap_servers()
     }
 
-    pub fn producer(&self) -> BaseProducer {
-        ClientConfig::new()
-            .set("bootstrap.servers", self.brokers())
-            .set("linger.ms", "2")
-            .set("message.timeout.ms", "120000")
-            .create()
-            .expect("producer")
-    }
-
     /// Sends lines round-robin over the partitions and waits until every one
     /// is acknowledged.
     pub fn produce(&self, lines: &[String]) {
-        let p = self.producer();
-        for (i, l) in lines.iter().enumerate() {
-            let part = i as i32 % self.partitions;
-            let mut rec = BaseRecord::<(), str>::to(TOPIC)
-                .payload(l.as_str())
-                .partition(part);
-            loop {
-                match p.send(rec) {
-                    Ok(()) => break,
-                    Err((_, r)) => {
-                        rec = r;
-                        p.poll(Duration::from_millis(10));
-                    }
-                }
-            }
-        }
-        p.flush(Duration::from_secs(120))
-            .expect("all messages acknowledged");
+        produce_to(&self.brokers(), self.partitions, lines);
     }
 
     /// Sum over partitions of the group's committed offsets.
@@ -551,6 +525,14 @@ pub fn produce_to(brokers: &str, partitions: i32, lines: &[String]) {
         .set("message.timeout.ms", "120000")
         .create()
         .expect("producer");
+    send_round_robin(&p, partitions, lines);
+    p.flush(Duration::from_secs(120))
+        .expect("all messages acknowledged");
+}
+
+/// Queues lines round-robin over the partitions, waiting for room in the
+/// producer's queue when it is full (no flush).
+pub fn send_round_robin(p: &BaseProducer, partitions: i32, lines: &[String]) {
     for (i, l) in lines.iter().enumerate() {
         let mut rec = BaseRecord::<(), str>::to(TOPIC)
             .payload(l.as_str())
@@ -565,8 +547,6 @@ pub fn produce_to(brokers: &str, partitions: i32, lines: &[String]) {
             }
         }
     }
-    p.flush(Duration::from_secs(120))
-        .expect("all messages acknowledged");
 }
 
 impl Proc {
