@@ -347,7 +347,8 @@ impl AlertBook {
     }
 }
 
-fn urlencode(s: &str) -> String {
+/// Percent-encodes a URL query value (RFC 3986 unreserved characters kept).
+pub fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {

@@ -122,11 +122,7 @@ fn capture_and_reload_need_the_token_and_a_bad_reload_keeps_the_baselines() {
     assert_eq!(http_get(&format!("http://{addr}/readyz")).0, 200);
     for (model, n) in &sent.events {
         assert_eq!(
-            value(
-                &later,
-                "driftd_window_samples",
-                &[("model", model), ("arm", "")]
-            ) as u64,
+            window_samples(&later, model),
             *n,
             "the window of {model} survived the failed reload"
         );

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
@@ -25,23 +24,7 @@ fn firing_transitions_reach_the_alert_topic_and_the_webhook() {
     let rt = tokio::runtime::Runtime::new().unwrap();
 
     // A webhook receiver that keeps every body.
-    let hooks: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let hook_addr = listener.local_addr().unwrap();
-    let store = hooks.clone();
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |axum::Json(v): axum::Json<serde_json::Value>| {
-            let store = store.clone();
-            async move {
-                store.lock().unwrap().push(v);
-                "ok"
-            }
-        }),
-    );
-    rt.spawn(async move { axum::serve(listener, app).await });
+    let (hook_addr, hooks) = webhook_receiver(&rt);
 
     let toml = config_toml(&kafka.brokers(), dir.path(), "alerts", "127.0.0.1:0")
         + &format!(
@@ -73,7 +56,14 @@ fn firing_transitions_reach_the_alert_topic_and_the_webhook() {
     let hook = wait_for(
         Duration::from_secs(60),
         "a firing event at the webhook",
-        || hooks.lock().unwrap().iter().find(|v| fired(v)).cloned(),
+        || {
+            hooks
+                .lock()
+                .unwrap()
+                .iter()
+                .filter_map(|b| serde_json::from_str::<serde_json::Value>(b).ok())
+                .find(|v| fired(v))
+        },
     );
     assert_eq!(hook["alertname"], "FeatureDrift");
     assert_eq!(hook["labels"]["cluster"], "test");

@@ -104,15 +104,7 @@ fn all_brokers_down_then_up_loses_and_repeats_nothing() {
     assert_eq!(events_total(&s) as u64, total_events);
     for (model, n) in &first.events {
         let want = n + second.events.get(model).copied().unwrap_or(0);
-        assert_eq!(
-            value(
-                &s,
-                "driftd_window_samples",
-                &[("model", model), ("arm", "")]
-            ) as u64,
-            want,
-            "window of {model}"
-        );
+        assert_eq!(window_samples(&s, model), want, "window of {model}");
     }
 
     running.stop();

@@ -31,15 +31,7 @@ fn known_events_give_known_gauges_and_drift_fires() {
     });
 
     for (model, n) in &normal.events {
-        assert_eq!(
-            value(
-                &s,
-                "driftd_window_samples",
-                &[("model", model), ("arm", "")]
-            ) as u64,
-            *n,
-            "window of {model}"
-        );
+        assert_eq!(window_samples(&s, model), *n, "window of {model}");
         assert_eq!(
             value(&s, "driftd_events_total", &[("model", model)]) as u64,
             *n

@@ -45,17 +45,6 @@ fn eventually<T>(what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
     }
 }
 
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 // ---------------------------------------------------------------------------
 // Prometheus' HTTP API.
 
@@ -69,7 +58,7 @@ struct PromSample {
 fn prom_query(prom: &str, q: &str) -> Result<Vec<PromSample>, String> {
     let (status, body) = http_get(&format!(
         "http://{prom}/api/v1/query?query={}",
-        urlencode(q)
+        driftd::alert::urlencode(q)
     ));
     if status != 200 {
         return Err(format!("query {q}: {status} {body}"));

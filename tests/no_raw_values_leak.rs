@@ -158,23 +158,7 @@ fn canaries_never_reach_metrics_logs_alerts_or_files() {
     let rt = tokio::runtime::Runtime::new().unwrap();
 
     // A webhook receiver that keeps every body as it came over the wire.
-    let hooks: Arc<Mutex<Vec<String>>> = Arc::default();
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let hook_addr = listener.local_addr().unwrap();
-    let store = hooks.clone();
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |body: String| {
-            let store = store.clone();
-            async move {
-                store.lock().unwrap().push(body);
-                "ok"
-            }
-        }),
-    );
-    rt.spawn(async move { axum::serve(listener, app).await });
+    let (hook_addr, hooks) = webhook_receiver(&rt);
 
     // The test configuration, at debug level (stricter: nothing may leak at
     // any level), with the privacy filter and a webhook.

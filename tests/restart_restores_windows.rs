@@ -128,11 +128,7 @@ fn kill_and_restart(torn_tmp: bool) {
     );
     for (model, n) in &want {
         assert_eq!(
-            value(
-                &s,
-                "driftd_window_samples",
-                &[("model", model), ("arm", "")]
-            ) as u64,
+            window_samples(&s, model),
             *n,
             "window of {model} after the restart"
         );

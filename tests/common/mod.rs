@@ -629,3 +629,40 @@ impl Running {
         self.rt.block_on(d.wait()).expect("clean shutdown");
     }
 }
+
+/// A webhook receiver on the test's runtime that keeps every body as it came
+/// over the wire. Returns its address and the bodies.
+pub fn webhook_receiver(
+    rt: &tokio::runtime::Runtime,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    let bodies: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind the webhook receiver");
+    let addr = listener.local_addr().expect("local addr");
+    let store = bodies.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: String| {
+            let store = store.clone();
+            async move {
+                store.lock().expect("not poisoned").push(body);
+                "ok"
+            }
+        }),
+    );
+    rt.spawn(async move { axum::serve(listener, app).await });
+    (addr, bodies)
+}
+
+/// `driftd_window_samples` of a model's whole window.
+pub fn window_samples(samples: &[Sample], model: &str) -> u64 {
+    value(
+        samples,
+        "driftd_window_samples",
+        &[("model", model), ("arm", "")],
+    ) as u64
+}
