@@ -18,7 +18,6 @@
 mod common;
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
