@@ -15,9 +15,38 @@
 //!
 //! (one physical line, no trailing newline). Besides inference records the stream mixes in
 //! `ERROR` records (`"error_type": "InputValidationError"`, no prediction), timing lines
-//! (`"Inference timing metrics"`), user feedback lines (`"User feedback received"`) and
-//! malformed lines, each with a configurable share. The fixed logging fields take ~385
-//! bytes, so an inference line with 20 features averages ~840 bytes (8 features: roughly 570).
+//! (`"Inference timing metrics"`), user feedback lines (`"User feedback received"`), batch
+//! statistics lines and malformed lines, each with a configurable share. The fixed logging
+//! fields take ~385 bytes, so an inference line with 20 features averages ~840 bytes
+//! (8 features: roughly 570).
+//!
+//! A batch statistics line ([`GeneratorConfig::batch_share`], off by default; never in
+//! [`compact`](GeneratorConfig::compact) mode) is what the service's `analyze_and_log_batch`
+//! writes after a batch of [`BATCH_SIZE`] requests of one model: per numeric feature the mean
+//! over the batch (missing values skipped; `null` if all were missing), the predicted class
+//! counts (every class of the model, in config order, zeros included) and the mean confidence,
+//! all drawn from the model's distributions at the line's time, drifts included:
+//!
+//! ```text
+//! {"timestamp": "2025-12-14 10:00:00,123", "level": "INFO", "message": "Batch data and prediction statistics",
+//!  "service": "ai_inference_service", "module": "app", "function": "analyze_and_log_batch", "line": 131,
+//!  "batch_id": "batch_9c4e01ab", "timestamp_end": 1765706400.098512,
+//!  "input_stats": {"f00_amount_mean": 401.2731, "f02_balance_mean": 17.9164, ...},
+//!  "prediction_stats": {"class_counts": {"fraud": 3, "legit": 61}, "avg_confidence": 0.8643},
+//!  "model_id": "fraud-v1"}
+//! ```
+//!
+//! A [`DeploySpec`] ([`GeneratorConfig::deploy`]) replaces one model by a worse version from
+//! an event time on: its lines (inference, error, timing, batch) carry the new name, a share
+//! of its inference records become `ERROR` records with `"error_type": "ModelRuntimeError"`,
+//! and its timing lines' `inference_ms` is multiplied by a latency factor; the feature and
+//! class distributions stay as they were (same traffic). [`ArmClickRates`]
+//! ([`GeneratorConfig::click_rates`]) gives each experiment arm its own click-through rate on
+//! feedback lines (by the arm of the record the feedback refers to); without it 30% of
+//! feedback actions are clicks whatever the arm.
+//!
+//! With all of these at their defaults the output is byte for byte what it was before they
+//! existed: they add no random draws to the stream unless switched on.
 //!
 //! The generator is pure: the caller passes the event time (milliseconds since the Unix epoch)
 //! and a `String` buffer, so the same seed and the same times always give the same bytes, and
@@ -319,6 +348,79 @@ fn intensity(start: i64, end: Option<i64>, ramp: i64, t: i64) -> f64 {
     ((t - start) as f64 / ramp as f64).min(1.0)
 }
 
+fn default_latency_factor() -> f64 {
+    1.0
+}
+
+/// A new, worse version of a model replacing it from `at_ms` on (event time `t >= at_ms`).
+///
+/// From then on every line about `model` (inference, error, timing, batch statistics) names
+/// `new_name` instead, with probability `extra_error_share` an inference record of it becomes
+/// an `ERROR` record with `"error_type": "ModelRuntimeError"`, and its timing lines'
+/// `inference_ms` (and so `total_latency_ms`) is `latency_factor` times what it was. Feature
+/// and class distributions are unchanged: the new version serves the same traffic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeploySpec {
+    /// An existing model name, e.g. `fraud-v1`.
+    pub model: String,
+    /// The name the model is logged under from `at_ms` on, e.g. `fraud-v2`: non-empty and not
+    /// the name of another configured model.
+    pub new_name: String,
+    pub at_ms: i64,
+    /// Share of the new version's inference records that fail instead, in `[0, 1)`.
+    #[serde(default)]
+    pub extra_error_share: f64,
+    /// Multiplies the `inference_ms` stage of the new version's timing lines (finite, > 0).
+    #[serde(default = "default_latency_factor")]
+    pub latency_factor: f64,
+}
+
+impl DeploySpec {
+    /// `model` becomes `new_name` at `at_ms`, with no extra errors and unchanged latency.
+    pub fn new(model: impl Into<String>, new_name: impl Into<String>, at_ms: i64) -> Self {
+        DeploySpec {
+            model: model.into(),
+            new_name: new_name.into(),
+            at_ms,
+            extra_error_share: 0.0,
+            latency_factor: 1.0,
+        }
+    }
+
+    /// Share of the new version's inference records that become `ModelRuntimeError` records.
+    pub fn with_extra_error_share(mut self, share: f64) -> Self {
+        self.extra_error_share = share;
+        self
+    }
+
+    /// Factor on the new version's `inference_ms`.
+    pub fn with_latency_factor(mut self, factor: f64) -> Self {
+        self.latency_factor = factor;
+        self
+    }
+
+    /// True if the new version is live at `t_ms`.
+    pub fn is_live(&self, t_ms: i64) -> bool {
+        t_ms >= self.at_ms
+    }
+}
+
+/// Click-through rate of feedback lines per experiment arm, each in `[0, 1]`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ArmClickRates {
+    pub control: f64,
+    pub variant: f64,
+}
+
+impl ArmClickRates {
+    pub fn new(control: f64, variant: f64) -> Self {
+        ArmClickRates { control, variant }
+    }
+}
+
+/// Inference records summarised by one batch statistics line.
+pub const BATCH_SIZE: usize = 64;
+
 /// Everything the generator needs. Shares are per line and must sum to at most 1; the rest
 /// of the lines are inference records.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -342,7 +444,16 @@ pub struct GeneratorConfig {
     /// Lean inference lines: no logging envelope (level, message, service,
     /// module, function, line), no `input_hash`, features named `fNN`. About
     /// 450 bytes with 20 features: the benchmark shape of the engine issue.
+    /// No batch statistics lines are written in this mode (their share goes
+    /// to inference records).
     pub compact: bool,
+    /// Share of batch statistics lines (`"Batch data and prediction statistics"`), each
+    /// summarising [`BATCH_SIZE`] records of one model; 0 by default.
+    pub batch_share: f64,
+    /// A worse version of one model deployed at some time; none by default.
+    pub deploy: Option<DeploySpec>,
+    /// Per-arm click-through rates of feedback lines; `None` means 30% on either arm.
+    pub click_rates: Option<ArmClickRates>,
 }
 
 const DEFAULT_MODEL_NAMES: [&str; 8] = [
@@ -358,8 +469,9 @@ const DEFAULT_MODEL_NAMES: [&str; 8] = [
 
 impl Default for GeneratorConfig {
     /// Seed 42; `fraud-v1` (classes fraud/legit) and `recsys-v3` (five item categories),
-    /// 8 features each; arms on; 0.5% malformed, 1% errors, 10% timing, 5% feedback lines;
-    /// 1% missing numeric values; no drift.
+    /// 8 features each; arms on; 0.5% malformed, 1% errors, 10% timing, 5% feedback lines,
+    /// no batch statistics lines; 1% missing numeric values; no drift, no deploy; 30% clicks
+    /// on either arm.
     fn default() -> Self {
         GeneratorConfig {
             seed: 42,
@@ -384,6 +496,9 @@ impl Default for GeneratorConfig {
             drifts: Vec::new(),
             stream_seed: None,
             compact: false,
+            batch_share: 0.0,
+            deploy: None,
+            click_rates: None,
         }
     }
 }
@@ -419,12 +534,13 @@ impl GeneratorConfig {
         self
     }
 
-    /// Only inference records: no malformed, error, timing or feedback lines.
+    /// Only inference records: no malformed, error, timing, feedback or batch lines.
     pub fn inference_only(mut self) -> Self {
         self.malformed_share = 0.0;
         self.error_share = 0.0;
         self.timing_share = 0.0;
         self.feedback_share = 0.0;
+        self.batch_share = 0.0;
         self
     }
 
@@ -453,6 +569,24 @@ impl GeneratorConfig {
         self.drifts.push(drift);
         self
     }
+
+    /// Sets the share of batch statistics lines.
+    pub fn with_batch_share(mut self, share: f64) -> Self {
+        self.batch_share = share;
+        self
+    }
+
+    /// Deploys a worse version of a model (replacing any earlier deploy).
+    pub fn with_deploy(mut self, deploy: DeploySpec) -> Self {
+        self.deploy = Some(deploy);
+        self
+    }
+
+    /// Feedback lines click with rate `control` / `variant` by the arm of their record.
+    pub fn with_click_rates(mut self, control: f64, variant: f64) -> Self {
+        self.click_rates = Some(ArmClickRates { control, variant });
+        self
+    }
 }
 
 /// Why a [`GeneratorConfig`] was rejected.
@@ -467,6 +601,8 @@ pub enum LineKind {
     Error,
     Timing,
     Feedback,
+    /// A batch statistics line (`"Batch data and prediction statistics"`).
+    BatchStats,
     Malformed(MalformedKind),
 }
 
@@ -856,6 +992,8 @@ struct ModelState {
     name: String,
     /// `"model_id": "name"` (or `model_used`), pre-rendered.
     model_kv: String,
+    /// The worse version replacing this model, if one is deployed.
+    deploy: Option<ModelDeploy>,
     info: Vec<FeatureInfo>,
     gens: Vec<FeatureGen>,
     /// Quoted JSON strings.
@@ -875,6 +1013,38 @@ struct ModelState {
     prior_scratch: Vec<f64>,
 }
 
+#[derive(Debug, Clone)]
+struct ModelDeploy {
+    at_ms: i64,
+    /// `"model_id": "new_name"` (same key as the model's), pre-rendered.
+    model_kv: String,
+    extra_error_share: f64,
+    latency_factor: f64,
+}
+
+impl ModelState {
+    /// The deployed new version if it is live at `t_ms`.
+    fn deployed(&self, t_ms: i64) -> Option<&ModelDeploy> {
+        self.deploy.as_ref().filter(|d| t_ms >= d.at_ms)
+    }
+
+    /// The pre-rendered model key-value a line at `t_ms` carries.
+    fn model_kv_at(&self, t_ms: i64) -> &str {
+        match self.deployed(t_ms) {
+            Some(d) => &d.model_kv,
+            None => &self.model_kv,
+        }
+    }
+}
+
+/// The experiment arm of a recorded request (`None` with arms off or for unknown requests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arm {
+    None,
+    Control,
+    Variant,
+}
+
 const RECENT: usize = 64;
 const NO_NEWCAT: usize = usize::MAX;
 
@@ -884,20 +1054,23 @@ pub struct Generator {
     rng: SmallRng,
     models: Vec<ModelState>,
     traffic_cum: Vec<f64>,
-    /// Cumulative thresholds for malformed, error, timing, feedback.
-    kind_cum: [f64; 4],
+    /// Cumulative thresholds for malformed, error, timing, feedback, batch statistics.
+    kind_cum: [f64; 5],
     arms: bool,
     missing_share: f64,
     /// Feature object of the current record; written first so `input_hash` can hash it.
     features_buf: String,
-    /// Recent inference request ids and models, so timing and feedback lines refer to
-    /// requests that exist, as in the real service.
-    recent: [(u64, usize); RECENT],
+    /// Recent inference request ids, models and arms, so timing and feedback lines refer
+    /// to requests that exist, as in the real service.
+    recent: [(u64, usize, Arm); RECENT],
     recent_len: usize,
     recent_pos: usize,
     latest_untimed: bool,
     last_model: Option<usize>,
     compact: bool,
+    click_rates: Option<ArmClickRates>,
+    /// Class counts of the current batch statistics line.
+    batch_counts: Vec<u32>,
 }
 
 impl Generator {
@@ -929,14 +1102,34 @@ impl Generator {
                 return err(format!("{name} {s} is outside [0, 1]"));
             }
         }
-        let mut kind_cum = [0.0; 4];
+        if !(0.0..=1.0).contains(&cfg.batch_share) {
+            return err(format!("batch_share {} is outside [0, 1]", cfg.batch_share));
+        }
+        let mut kind_cum = [0.0; 5];
         let mut acc = 0.0;
         for (c, (_, s)) in kind_cum.iter_mut().zip(&shares[..4]) {
             acc += s;
             *c = acc;
         }
-        if acc > 1.0 + 1e-9 {
-            return err(format!("line-kind shares sum to {acc} > 1"));
+        if acc + cfg.batch_share > 1.0 + 1e-9 {
+            return err(format!(
+                "line-kind shares sum to {} > 1",
+                acc + cfg.batch_share
+            ));
+        }
+        // Compact streams carry no batch lines; with a zero share the batch threshold equals
+        // the feedback one, so the kind choice (and the stream) is exactly as without it.
+        kind_cum[4] = if cfg.compact {
+            acc
+        } else {
+            acc + cfg.batch_share
+        };
+        if let Some(r) = &cfg.click_rates {
+            for (arm, rate) in [("control", r.control), ("variant", r.variant)] {
+                if !(0.0..=1.0).contains(&rate) {
+                    return err(format!("click rate of {arm} {rate} is outside [0, 1]"));
+                }
+            }
         }
         if cfg.models.is_empty() {
             return err("no models".into());
@@ -955,6 +1148,42 @@ impl Generator {
                 }
             }
             models.push(model);
+        }
+        if let Some(d) = &cfg.deploy {
+            let Some(i) = cfg.models.iter().position(|m| m.name == d.model) else {
+                return err(format!("deploy: unknown model {:?}", d.model));
+            };
+            if d.new_name.is_empty() {
+                return err("deploy: empty new_name".into());
+            }
+            if cfg.models.iter().any(|m| m.name == d.new_name) {
+                return err(format!(
+                    "deploy: new_name {:?} is already a model",
+                    d.new_name
+                ));
+            }
+            if !(0.0..1.0).contains(&d.extra_error_share) {
+                return err(format!(
+                    "deploy: extra_error_share {} is outside [0, 1)",
+                    d.extra_error_share
+                ));
+            }
+            if !(d.latency_factor.is_finite() && d.latency_factor > 0.0) {
+                return err(format!(
+                    "deploy: latency_factor {} is not positive",
+                    d.latency_factor
+                ));
+            }
+            let mut model_kv = String::new();
+            write_json_string(&mut model_kv, cfg.models[i].id_field.key());
+            model_kv.push_str(": ");
+            write_json_string(&mut model_kv, &d.new_name);
+            models[i].deploy = Some(ModelDeploy {
+                at_ms: d.at_ms,
+                model_kv,
+                extra_error_share: d.extra_error_share,
+                latency_factor: d.latency_factor,
+            });
         }
         let total_w: f64 = cfg.models.iter().map(|m| m.traffic_weight).sum();
         let mut acc = 0.0;
@@ -1015,12 +1244,14 @@ impl Generator {
             arms: cfg.arms,
             missing_share: cfg.missing_share,
             features_buf: String::with_capacity(1024),
-            recent: [(0, 0); RECENT],
+            recent: [(0, 0, Arm::None); RECENT],
             recent_len: 0,
             recent_pos: 0,
             latest_untimed: false,
             last_model: None,
             compact: cfg.compact,
+            click_rates: cfg.click_rates,
+            batch_counts: Vec::new(),
         })
     }
 
@@ -1073,7 +1304,8 @@ impl Generator {
         if u < self.kind_cum[0] {
             LineKind::Malformed(self.write_malformed(t_ms, out))
         } else if u < self.kind_cum[1] {
-            self.write_error(t_ms, out);
+            let m = self.pick_model();
+            self.write_error(t_ms, m, false, out);
             LineKind::Error
         } else if u < self.kind_cum[2] {
             self.write_timing(t_ms, out);
@@ -1081,8 +1313,19 @@ impl Generator {
         } else if u < self.kind_cum[3] {
             self.write_feedback(t_ms, out);
             LineKind::Feedback
+        } else if u < self.kind_cum[4] {
+            self.write_batch(t_ms, out);
+            LineKind::BatchStats
         } else {
             let m = self.pick_model();
+            // Only a live deploy with extra errors draws here, so other streams are unchanged.
+            let fail = self.models[m]
+                .deployed(t_ms)
+                .map_or(0.0, |d| d.extra_error_share);
+            if fail > 0.0 && self.rng.random::<f64>() < fail {
+                self.write_error(t_ms, m, true, out);
+                return LineKind::Error;
+            }
             self.write_inference(t_ms, m, true, out);
             LineKind::Inference
         }
@@ -1126,7 +1369,7 @@ impl Generator {
         write_request_id(out, req);
         if with_model {
             out.push_str(", ");
-            out.push_str(&model.model_kv);
+            out.push_str(model.model_kv_at(t_ms));
         }
         if !self.compact {
             out.push_str(", \"input_hash\": ");
@@ -1139,8 +1382,14 @@ impl Generator {
         out.push_str(&model.classes[class]);
         out.push_str(", \"confidence\": ");
         write_float(out, conf, 4);
+        let mut arm = Arm::None;
         if self.arms {
-            out.push_str(if self.rng.random::<bool>() {
+            arm = if self.rng.random::<bool>() {
+                Arm::Variant
+            } else {
+                Arm::Control
+            };
+            out.push_str(if arm == Arm::Variant {
                 ", \"experiment_assignment\": \"variant\""
             } else {
                 ", \"experiment_assignment\": \"control\""
@@ -1151,7 +1400,7 @@ impl Generator {
         out.push('}');
 
         if with_model {
-            self.recent[self.recent_pos] = (req, m);
+            self.recent[self.recent_pos] = (req, m, arm);
             self.recent_pos = (self.recent_pos + 1) % RECENT;
             self.recent_len = (self.recent_len + 1).min(RECENT);
             self.latest_untimed = true;
@@ -1164,6 +1413,7 @@ impl Generator {
         let rng = &mut self.rng;
         let buf = &mut self.features_buf;
         let drifted = !model.drifts.is_empty() && apply_drifts(model, t_ms);
+        let model = &*model;
         buf.clear();
         buf.push('{');
         for (i, g) in model.gens.iter().enumerate() {
@@ -1172,35 +1422,11 @@ impl Generator {
             }
             buf.push_str(&g.key);
             match &g.kind {
-                GenKind::Numeric {
-                    normal,
-                    a,
-                    b,
-                    mean,
-                    sd,
-                    decimals,
-                } => {
-                    if self.missing_share > 0.0 && rng.random::<f64>() < self.missing_share {
-                        buf.push_str("null");
-                        continue;
+                GenKind::Numeric { decimals, .. } => {
+                    match draw_numeric(rng, self.missing_share, model, i, drifted) {
+                        Some(x) => write_float(buf, x, *decimals),
+                        None => buf.push_str("null"),
                     }
-                    let z: f64 = rng.sample(StandardNormal);
-                    let mut x = if *normal {
-                        a + b * z
-                    } else {
-                        (a + b * z).exp()
-                    };
-                    if drifted {
-                        let (o_share, o_sds) = model.outlier[i];
-                        if o_share > 0.0 && rng.random::<f64>() < o_share {
-                            let sign = if rng.random::<bool>() { 1.0 } else { -1.0 };
-                            let jitter = 1.0 + 0.1 * rng.random::<f64>();
-                            x = mean + sign * o_sds * sd * jitter;
-                        } else {
-                            x = mean + (x - mean) * model.sd_mult[i] + model.shift[i] * sd;
-                        }
-                    }
-                    write_float(buf, x, *decimals);
                 }
                 GenKind::Categorical { values, cum } => {
                     let (share, v) = if drifted {
@@ -1226,15 +1452,24 @@ impl Generator {
         buf.push('}');
     }
 
-    fn write_error(&mut self, t_ms: i64, out: &mut String) {
-        let m = self.pick_model();
+    /// An `ERROR` record of model `m`: an input validation failure, or with `runtime` a
+    /// `ModelRuntimeError` of a deployed worse version.
+    fn write_error(&mut self, t_ms: i64, m: usize, runtime: bool, out: &mut String) {
         let req = self.new_request_id();
         let model = &self.models[m];
-        let f = self.rng.random_range(0..model.info.len());
         write_header(out, t_ms, ERROR_ENVELOPE);
         write_request_id(out, req);
         out.push_str(", ");
-        out.push_str(&model.model_kv);
+        out.push_str(model.model_kv_at(t_ms));
+        if runtime {
+            let msg = RUNTIME_ERRORS[self.rng.random_range(0..RUNTIME_ERRORS.len())];
+            let _ = write!(
+                out,
+                ", \"error_type\": \"ModelRuntimeError\", \"error_message\": \"{msg}\"}}"
+            );
+            return;
+        }
+        let f = self.rng.random_range(0..model.info.len());
         out.push_str(", \"error_type\": \"InputValidationError\", \"error_message\": ");
         let _ = write!(
             out,
@@ -1243,12 +1478,91 @@ impl Generator {
         );
     }
 
-    /// A request id and model from recent inference records (or fresh ones before any);
-    /// `latest` prefers the newest record if no timing line has used it yet.
-    fn recent_request(&mut self, latest: bool) -> (u64, usize) {
+    /// A batch statistics line: [`BATCH_SIZE`] records of one model at `t_ms`, summarised.
+    fn write_batch(&mut self, t_ms: i64, out: &mut String) {
+        let m = self.pick_model();
+        let batch_id: u32 = self.rng.random();
+        // The batch closes a little before the analysis is logged.
+        let end_us = t_ms * 1000 - self.rng.random_range(0..50_000);
+        let model = &mut self.models[m];
+        let rng = &mut self.rng;
+        let drifted = !model.drifts.is_empty() && apply_drifts(model, t_ms);
+
+        // Predictions first: the drifted class distribution borrows the model mutably.
+        let counts = &mut self.batch_counts;
+        counts.clear();
+        counts.resize(model.classes.len(), 0);
+        let cum: &[f64] = if model.drifts.is_empty() {
+            &model.base_cum
+        } else {
+            class_cum_at(model, t_ms)
+        };
+        let mut conf_sum = 0.0;
+        for _ in 0..BATCH_SIZE {
+            counts[pick(cum, rng.random())] += 1;
+            // As write_inference: skewed towards 1, truncated to 4 decimals.
+            let conf = 0.5 + 0.5 * rng.random::<f64>().sqrt();
+            conf_sum += (conf * 1e4).floor() / 1e4;
+        }
+        let model = &*model;
+
+        write_header(out, t_ms, BATCH_ENVELOPE);
+        out.push_str(", \"batch_id\": \"batch_");
+        push_hex(out, u64::from(batch_id), 8);
+        let _ = write!(
+            out,
+            "\", \"timestamp_end\": {}.{:06}, \"input_stats\": {{",
+            end_us.div_euclid(1_000_000),
+            end_us.rem_euclid(1_000_000)
+        );
+        let mut first = true;
+        for (i, info) in model.info.iter().enumerate() {
+            if !info.is_numeric() {
+                continue;
+            }
+            let (mut sum, mut n) = (0.0, 0u32);
+            for _ in 0..BATCH_SIZE {
+                if let Some(x) = draw_numeric(rng, self.missing_share, model, i, drifted) {
+                    sum += x;
+                    n += 1;
+                }
+            }
+            if !first {
+                out.push_str(", ");
+            }
+            first = false;
+            // Feature names are generated (`fNN_word`), so they need no escaping.
+            out.push('"');
+            out.push_str(&info.name);
+            out.push_str("_mean\": ");
+            if n == 0 {
+                out.push_str("null");
+            } else {
+                write_float(out, sum / f64::from(n), 4);
+            }
+        }
+        out.push_str("}, \"prediction_stats\": {\"class_counts\": {");
+        for (i, (class, count)) in model.classes.iter().zip(counts.iter()).enumerate() {
+            if i > 0 {
+                out.push_str(", ");
+            }
+            out.push_str(class);
+            out.push_str(": ");
+            push_u64(out, u64::from(*count));
+        }
+        out.push_str("}, \"avg_confidence\": ");
+        write_float(out, conf_sum / BATCH_SIZE as f64, 4);
+        out.push_str("}, ");
+        out.push_str(model.model_kv_at(t_ms));
+        out.push('}');
+    }
+
+    /// A request id, model and arm from recent inference records (or fresh ones, with no
+    /// arm, before any); `latest` prefers the newest record if no timing line has used it yet.
+    fn recent_request(&mut self, latest: bool) -> (u64, usize, Arm) {
         if self.recent_len == 0 {
             let m = self.pick_model();
-            return (self.new_request_id(), m);
+            return (self.new_request_id(), m, Arm::None);
         }
         let back = if latest && self.latest_untimed {
             self.latest_untimed = false;
@@ -1256,20 +1570,24 @@ impl Generator {
         } else {
             1 + self.rng.random_range(0..self.recent_len)
         };
-        let (req, m) = self.recent[(self.recent_pos + RECENT - back) % RECENT];
+        let (req, m, arm) = self.recent[(self.recent_pos + RECENT - back) % RECENT];
         self.last_model = Some(m);
-        (req, m)
+        (req, m, arm)
     }
 
     fn write_timing(&mut self, t_ms: i64, out: &mut String) {
-        let (req, m) = self.recent_request(true);
+        let (req, m, _) = self.recent_request(true);
         let inference_mu = self.models[m].latency_mu;
+        let factor = self.models[m].deployed(t_ms).map(|d| d.latency_factor);
         let mut lognormal = |mu: f64, sigma: f64| {
             let z: f64 = self.rng.sample(StandardNormal);
             (mu + sigma * z).exp()
         };
         let pre = lognormal(0.7, 0.4);
-        let inf = lognormal(inference_mu, 0.5);
+        let mut inf = lognormal(inference_mu, 0.5);
+        if let Some(f) = factor {
+            inf *= f;
+        }
         let post = lognormal(-0.2, 0.4);
         let overhead = lognormal(-1.0, 0.6);
         let total = pre + inf + post + overhead;
@@ -1285,14 +1603,21 @@ impl Generator {
             write_float(out, v, 3);
         }
         out.push_str(", ");
-        out.push_str(&self.models[m].model_kv);
+        out.push_str(self.models[m].model_kv_at(t_ms));
         out.push('}');
     }
 
     fn write_feedback(&mut self, t_ms: i64, out: &mut String) {
-        let (req, _) = self.recent_request(false);
+        let (req, _, arm) = self.recent_request(false);
         let user: u32 = self.rng.random_range(1..=100_000);
-        let action = if self.rng.random::<f64>() < 0.3 {
+        // Without per-arm rates every arm clicks 30% of the time; with them a request of
+        // unknown arm (arms off, or none recorded yet) clicks at the control rate.
+        let click_rate = match self.click_rates {
+            None => 0.3,
+            Some(r) if arm == Arm::Variant => r.variant,
+            Some(r) => r.control,
+        };
+        let action = if self.rng.random::<f64>() < click_rate {
             "clicked_on_item"
         } else {
             "dismissed_recommendation"
@@ -1330,7 +1655,7 @@ impl Generator {
                 out.push_str("[{\"timestamp\": \"");
                 write_python_log_timestamp(out, t_ms);
                 out.push_str("\", ");
-                out.push_str(&model.model_kv);
+                out.push_str(model.model_kv_at(t_ms));
                 out.push_str(", \"prediction\": ");
                 out.push_str(&model.classes[class]);
                 out.push_str("}]");
@@ -1359,6 +1684,45 @@ impl Generator {
             }
         }
     }
+}
+
+/// Draws numeric feature `i` of `model` as a record does (`None`: a missing value), with the
+/// drift scratch of [`apply_drifts`] applied when `drifted`.
+#[inline]
+fn draw_numeric(
+    rng: &mut SmallRng,
+    missing_share: f64,
+    model: &ModelState,
+    i: usize,
+    drifted: bool,
+) -> Option<f64> {
+    let GenKind::Numeric {
+        normal,
+        a,
+        b,
+        mean,
+        sd,
+        ..
+    } = model.gens[i].kind
+    else {
+        return None;
+    };
+    if missing_share > 0.0 && rng.random::<f64>() < missing_share {
+        return None;
+    }
+    let z: f64 = rng.sample(StandardNormal);
+    let mut x = if normal { a + b * z } else { (a + b * z).exp() };
+    if drifted {
+        let (o_share, o_sds) = model.outlier[i];
+        if o_share > 0.0 && rng.random::<f64>() < o_share {
+            let sign = if rng.random::<bool>() { 1.0 } else { -1.0 };
+            let jitter = 1.0 + 0.1 * rng.random::<f64>();
+            x = mean + sign * o_sds * sd * jitter;
+        } else {
+            x = mean + (x - mean) * model.sd_mult[i] + model.shift[i] * sd;
+        }
+    }
+    Some(x)
 }
 
 /// Fills the model's per-line drift scratch for `t_ms`; false if nothing is active.
@@ -1714,6 +2078,7 @@ fn build_model(seed: u64, spec: &ModelSpec) -> Result<ModelState, ConfigError> {
     Ok(ModelState {
         name: spec.name.clone(),
         model_kv,
+        deploy: None,
         info,
         gens,
         classes,
@@ -1752,6 +2117,19 @@ const INFERENCE_ENVELOPE: &str = envelope!("INFO", "Model inference completed", 
 const ERROR_ENVELOPE: &str = envelope!("ERROR", "Model inference failed", "predict", 57);
 const TIMING_ENVELOPE: &str = envelope!("INFO", "Inference timing metrics", "predict", 61);
 const FEEDBACK_ENVELOPE: &str = envelope!("INFO", "User feedback received", "record_feedback", 88);
+const BATCH_ENVELOPE: &str = envelope!(
+    "INFO",
+    "Batch data and prediction statistics",
+    "analyze_and_log_batch",
+    131
+);
+
+/// `error_message`s of the `ModelRuntimeError` records of a deployed worse version.
+const RUNTIME_ERRORS: [&str; 3] = [
+    "CUDA out of memory while running the model",
+    "Tensor shape mismatch in layer dense_3",
+    "Model call timed out after 5000 ms",
+];
 
 fn write_header(out: &mut String, t_ms: i64, envelope: &str) {
     out.push_str("{\"timestamp\": \"");
@@ -1760,12 +2138,17 @@ fn write_header(out: &mut String, t_ms: i64, envelope: &str) {
 }
 
 fn write_request_id(out: &mut String, req: u64) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push_str(", \"request_id\": \"req_");
-    for shift in (0..12).rev() {
-        out.push(char::from(HEX[((req >> (shift * 4)) & 0xf) as usize]));
-    }
+    push_hex(out, req, 12);
     out.push('"');
+}
+
+/// Appends the low `digits` hex digits of `v`, zero-padded.
+fn push_hex(out: &mut String, v: u64, digits: u32) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for shift in (0..digits).rev() {
+        out.push(char::from(HEX[((v >> (shift * 4)) & 0xf) as usize]));
+    }
 }
 
 const POW10: [u64; 7] = [1, 10, 100, 1_000, 10_000, 100_000, 1_000_000];
@@ -2088,7 +2471,8 @@ mod tests {
                     let fb = o["feedback_timestamp"].as_f64().unwrap();
                     assert!(fb < t as f64 / 1000.0 + 0.001 && fb > t as f64 / 1000.0 - 31.0);
                 }
-                LineKind::Malformed(_) => unreachable!(),
+                // No batch lines at the default batch_share.
+                LineKind::BatchStats | LineKind::Malformed(_) => unreachable!(),
             }
         }
         assert_eq!(seen.len(), 5, "every line kind should occur");
@@ -2369,6 +2753,418 @@ mod tests {
         let o = parse_obj(&buf);
         assert_eq!(o["model_id"], "we\"ird\\name");
         assert_eq!(o["prediction"], "a\"b");
+    }
+
+    /// Hash of the first `n` lines (newline-joined) of `cfg` at 200 ms steps from `T0`.
+    fn stream_hash(cfg: GeneratorConfig, n: usize) -> u64 {
+        let mut g = Generator::new(cfg);
+        let mut buf = String::new();
+        let mut all = String::new();
+        for i in 0..n {
+            g.next_line(T0 + i as i64 * 200, &mut buf);
+            all.push_str(&buf);
+            all.push('\n');
+        }
+        hash64(all.as_bytes())
+    }
+
+    #[test]
+    fn default_settings_keep_the_pinned_bytes() {
+        let drift_at = T0 + 10_000 * 200;
+        let configs = [
+            GeneratorConfig::default(),
+            GeneratorConfig {
+                drifts: standard_drifts(drift_at),
+                stream_seed: Some(7),
+                ..GeneratorConfig::default()
+            },
+            GeneratorConfig::synthetic(9, 4, 20)
+                .inference_only()
+                .compact(),
+            GeneratorConfig::synthetic(3, 3, 12).compact(),
+            GeneratorConfig {
+                models: vec![ModelSpec::new("ab").with_id_field(ModelIdField::ModelUsed)],
+                arms: false,
+                malformed_share: 0.05,
+                ..GeneratorConfig::default()
+            },
+        ];
+        let got: Vec<u64> = configs
+            .into_iter()
+            .map(|c| stream_hash(c, 20_000))
+            .collect();
+        // Computed before batch lines, deploys and click rates existed: at their defaults
+        // those settings must not change a single byte (the shipped samples depend on it).
+        let pinned: [u64; 5] = [
+            0x09d5_38d0_791d_768b,
+            0x3022_efc0_22c8_e25c,
+            0x74d5_4065_c883_2f48,
+            0x9de5_a9c5_6915_37ca,
+            0xe154_0dcd_ac09_1016,
+        ];
+        assert_eq!(got, pinned);
+    }
+
+    #[test]
+    fn neutral_new_settings_change_no_byte() {
+        let base = GeneratorConfig::default();
+        let pinned = stream_hash(base.clone(), 5000);
+        // Same click rate on both arms as the built-in 30%.
+        assert_eq!(
+            stream_hash(base.clone().with_click_rates(0.3, 0.3), 5000),
+            pinned
+        );
+        // A deploy that never goes live within the stream.
+        let never = DeploySpec::new("fraud-v1", "fraud-v2", i64::MAX)
+            .with_extra_error_share(0.5)
+            .with_latency_factor(3.0);
+        assert_eq!(stream_hash(base.clone().with_deploy(never), 5000), pinned);
+        // Compact streams carry no batch lines.
+        let compact = GeneratorConfig::synthetic(3, 3, 12).compact();
+        assert_eq!(
+            stream_hash(compact.clone().with_batch_share(0.3), 5000),
+            stream_hash(compact, 5000)
+        );
+    }
+
+    #[test]
+    fn batch_lines_summarise_the_models_distributions() {
+        let onset = T0 + 20_000 * 10;
+        let cfg = GeneratorConfig::default()
+            .with_batch_share(0.1)
+            .with_drift(DriftSpec::mean_shift(0, 1.0, onset).for_model("fraud-v1"));
+        let mut g = Generator::new(cfg);
+        let fraud = g.model_index("fraud-v1").unwrap();
+        let mut buf = String::new();
+        // (model, after onset, batch) per batch line.
+        let mut batches = Vec::new();
+        for i in 0..40_000 {
+            let t = T0 + i * 10;
+            if g.next_line(t, &mut buf) != LineKind::BatchStats {
+                continue;
+            }
+            let o = parse_obj(&buf);
+            assert_key_order(
+                &buf,
+                &[
+                    "timestamp",
+                    "level",
+                    "message",
+                    "service",
+                    "module",
+                    "function",
+                    "line",
+                    "batch_id",
+                    "timestamp_end",
+                    "input_stats",
+                    "prediction_stats",
+                    "model_id",
+                ],
+            );
+            assert_eq!(o["timestamp"], python_log_timestamp(t));
+            assert_eq!(o["level"], "INFO");
+            assert_eq!(o["message"], "Batch data and prediction statistics");
+            assert_eq!(o["service"], "ai_inference_service");
+            assert_eq!(o["function"], "analyze_and_log_batch");
+            assert!(o["line"].is_u64());
+            let id = o["batch_id"].as_str().unwrap();
+            let hex = id.strip_prefix("batch_").unwrap();
+            assert!(
+                hex.len() == 8 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{id}"
+            );
+            let end = o["timestamp_end"].as_f64().unwrap();
+            assert!(end <= t as f64 / 1000.0 && end > t as f64 / 1000.0 - 0.06);
+            let frac = buf.split("\"timestamp_end\": ").nth(1).unwrap();
+            let frac = frac.split(',').next().unwrap().split('.').nth(1).unwrap();
+            assert_eq!(frac.len(), 6, "six decimals: {buf}");
+            let name = o["model_id"].as_str().unwrap();
+            let m = g.model_index(name).unwrap();
+            assert_eq!(g.last_model(), Some(m));
+            let stats = o["input_stats"].as_object().unwrap();
+            let numeric: Vec<&FeatureInfo> =
+                g.features(m).iter().filter(|f| f.is_numeric()).collect();
+            assert_eq!(stats.len(), numeric.len());
+            let ps = o["prediction_stats"].as_object().unwrap();
+            let counts = ps["class_counts"].as_object().unwrap();
+            let total: u64 = counts.values().map(|c| c.as_u64().unwrap()).sum();
+            assert_eq!(total, BATCH_SIZE as u64);
+            let conf = ps["avg_confidence"].as_f64().unwrap();
+            assert!((0.75..0.95).contains(&conf), "avg confidence {conf}");
+            batches.push((m, t >= onset, o));
+        }
+        assert!(
+            (3000..5000).contains(&batches.len()),
+            "{} batch lines",
+            batches.len()
+        );
+        for m in 0..2 {
+            let feats: Vec<FeatureInfo> = g
+                .features(m)
+                .iter()
+                .filter(|f| f.is_numeric())
+                .cloned()
+                .collect();
+            let mine: Vec<_> = batches.iter().filter(|b| b.0 == m).collect();
+            for f in &feats {
+                let key = format!("{}_mean", f.name);
+                let means = |after: bool| -> Vec<f64> {
+                    mine.iter()
+                        .filter(|b| b.1 == after)
+                        .map(|b| b.2["input_stats"][&key].as_f64().unwrap())
+                        .collect()
+                };
+                let (sd, base) = (f.sd().unwrap(), f.mean().unwrap());
+                let before = means(false);
+                // One batch mean has a standard error of sd / 8.
+                for x in &before {
+                    assert!(((x - base) / sd).abs() < 1.0, "{key}: {x} vs {base}");
+                }
+                let z = (mean(&before) - base) / sd;
+                assert!(z.abs() < 0.1, "{key} batch means off by {z} sd");
+                let moved = (mean(&means(true)) - mean(&before)) / sd;
+                let want = if m == fraud && f.index == 0 { 1.0 } else { 0.0 };
+                assert!((moved - want).abs() < 0.15, "{key} moved {moved} sd");
+            }
+            // Class shares over all batches near the priors.
+            let classes: Vec<String> = if m == fraud {
+                vec!["fraud".into(), "legit".into()]
+            } else {
+                vec![
+                    "electronics".into(),
+                    "books".into(),
+                    "fashion".into(),
+                    "home".into(),
+                    "sports".into(),
+                ]
+            };
+            let priors: &[f64] = if m == fraud {
+                &[0.04, 0.96]
+            } else {
+                &[0.35, 0.25, 0.2, 0.12, 0.08]
+            };
+            let n = (mine.len() * BATCH_SIZE) as f64;
+            for (c, p) in classes.iter().zip(priors) {
+                let k: u64 = mine
+                    .iter()
+                    .map(|b| {
+                        b.2["prediction_stats"]["class_counts"][c.as_str()]
+                            .as_u64()
+                            .unwrap()
+                    })
+                    .sum();
+                let share = k as f64 / n;
+                assert!((share - p).abs() < 0.02, "{c}: {share} vs {p}");
+            }
+        }
+    }
+
+    #[test]
+    fn deploy_renames_the_model_fails_more_and_slows_down() {
+        let step = 10;
+        let n = 50_000;
+        let at = T0 + (n / 2) * step;
+        let deploy = DeploySpec::new("fraud-v1", "fraud-v2", at)
+            .with_extra_error_share(0.08)
+            .with_latency_factor(3.0);
+        let cfg = GeneratorConfig::default()
+            .with_batch_share(0.01)
+            .with_deploy(deploy.clone());
+        let mut g = Generator::new(cfg);
+        let fraud = g.model_index("fraud-v1").unwrap();
+        assert!(!deploy.is_live(at - 1) && deploy.is_live(at));
+        let ls = lines(&mut g, n as usize, T0, step);
+        assert!(ls.iter().any(|l| l.0 == at), "a line exactly at at_ms");
+        // (inference, extra errors, other errors) and inference_ms per model and side.
+        let mut counts = [[(0usize, 0usize, 0usize); 2]; 2];
+        let mut latency: [[Vec<f64>; 2]; 2] = Default::default();
+        for (t, kind, line) in &ls {
+            let after = *t >= at;
+            assert_eq!(
+                line.contains("\"fraud-v2\""),
+                after && line.contains("fraud-v")
+            );
+            if kind.is_malformed() || *kind == LineKind::Feedback {
+                continue;
+            }
+            let o = parse_obj(line);
+            let name = o["model_id"].as_str().unwrap();
+            let m = if name == "fraud-v2" {
+                assert!(after, "{line}");
+                fraud
+            } else {
+                g.model_index(name).unwrap()
+            };
+            if m == fraud {
+                assert_eq!(name, if after { "fraud-v2" } else { "fraud-v1" }, "{line}");
+            }
+            let c = &mut counts[m][usize::from(after)];
+            match kind {
+                LineKind::Inference => c.0 += 1,
+                LineKind::Error if o["error_type"] == "ModelRuntimeError" => {
+                    assert!(after && m == fraud, "{line}");
+                    assert!(o["error_message"].is_string() && o.get("prediction").is_none());
+                    c.1 += 1;
+                }
+                LineKind::Error => c.2 += 1,
+                LineKind::Timing => {
+                    latency[m][usize::from(after)].push(o["inference_ms"].as_f64().unwrap());
+                    let part: f64 = ["preprocessing_ms", "inference_ms", "postprocessing_ms"]
+                        .iter()
+                        .map(|k| o[*k].as_f64().unwrap())
+                        .sum();
+                    assert!(o["total_latency_ms"].as_f64().unwrap() >= part - 0.01);
+                }
+                _ => {}
+            }
+        }
+        let error_share = |(inf, extra, other): (usize, usize, usize)| {
+            (extra + other) as f64 / (inf + extra + other) as f64
+        };
+        let raised = error_share(counts[fraud][1]) - error_share(counts[fraud][0]);
+        // 8% of the inference records fail; errors were ~1.2% of (inference + error) lines.
+        assert!((0.06..0.10).contains(&raised), "error share up by {raised}");
+        let (inf, extra, _) = counts[fraud][1];
+        let fail = extra as f64 / (inf + extra) as f64;
+        assert!((0.065..0.095).contains(&fail), "runtime error share {fail}");
+        let other = 1 - fraud;
+        let unchanged = error_share(counts[other][1]) - error_share(counts[other][0]);
+        assert!(
+            unchanged.abs() < 0.01,
+            "other model's error share moved {unchanged}"
+        );
+        assert_eq!(counts[other][1].1, 0);
+
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let [mut fb, mut fa] = std::mem::take(&mut latency[fraud]);
+        let ratio = median(&mut fa) / median(&mut fb);
+        assert!(
+            (2.6..3.4).contains(&ratio),
+            "inference_ms median ratio {ratio}"
+        );
+        let [mut ob, mut oa] = std::mem::take(&mut latency[other]);
+        let ratio = median(&mut oa) / median(&mut ob);
+        assert!((0.85..1.15).contains(&ratio), "other model's ratio {ratio}");
+
+        // The switch happens exactly at at_ms.
+        let cfg = GeneratorConfig {
+            models: vec![ModelSpec::new("fraud-v1")],
+            ..GeneratorConfig::default()
+        }
+        .inference_only()
+        .with_deploy(DeploySpec::new("fraud-v1", "fraud-v2", at));
+        let mut g = Generator::new(cfg);
+        let mut buf = String::new();
+        for (t, want) in [(at - 1, "fraud-v1"), (at, "fraud-v2"), (at + 1, "fraud-v2")] {
+            assert_eq!(g.next_line(t, &mut buf), LineKind::Inference);
+            assert_eq!(parse_obj(&buf)["model_id"], want, "at {t}");
+        }
+    }
+
+    #[test]
+    fn click_rates_follow_the_arm_of_the_record() {
+        let rates = |cfg: GeneratorConfig| {
+            let cfg = GeneratorConfig {
+                feedback_share: 0.3,
+                ..cfg
+            };
+            let mut g = Generator::new(cfg);
+            let mut arm_of = std::collections::HashMap::new();
+            // (clicks, feedback lines) per arm: control, variant.
+            let mut n = [(0usize, 0usize); 2];
+            for (_, kind, line) in lines(&mut g, 40_000, T0, 10) {
+                if !matches!(kind, LineKind::Inference | LineKind::Feedback) {
+                    continue;
+                }
+                let o = parse_obj(&line);
+                let req = o["request_id"].as_str().unwrap().to_string();
+                if kind == LineKind::Inference {
+                    let variant = o["experiment_assignment"] == "variant";
+                    arm_of.insert(req, usize::from(variant));
+                } else if let Some(&arm) = arm_of.get(&req) {
+                    n[arm].0 += usize::from(o["action"] == "clicked_on_item");
+                    n[arm].1 += 1;
+                }
+            }
+            assert!(n.iter().all(|a| a.1 > 3000), "{n:?}");
+            n.map(|(c, t)| c as f64 / t as f64)
+        };
+        let [control, variant] = rates(GeneratorConfig::default().with_click_rates(0.1, 0.6));
+        assert!((control - 0.1).abs() < 0.03, "control clicks {control}");
+        assert!((variant - 0.6).abs() < 0.03, "variant clicks {variant}");
+        let [control, variant] = rates(GeneratorConfig::default());
+        assert!(
+            (control - 0.3).abs() < 0.03,
+            "default control clicks {control}"
+        );
+        assert!(
+            (variant - 0.3).abs() < 0.03,
+            "default variant clicks {variant}"
+        );
+    }
+
+    #[test]
+    fn bad_new_settings_are_rejected() {
+        let bad = |cfg: GeneratorConfig| Generator::try_new(cfg).is_err();
+        let d = GeneratorConfig::default;
+        let dep = |m: &str, n: &str| DeploySpec::new(m, n, T0);
+        assert!(bad(d().with_batch_share(-0.1)));
+        assert!(bad(d().with_batch_share(f64::NAN)));
+        assert!(bad(d().with_batch_share(0.9)), "shares sum past 1");
+        assert!(!bad(d().with_batch_share(0.5)));
+        assert!(bad(d().with_click_rates(1.1, 0.5)));
+        assert!(bad(d().with_click_rates(0.5, f64::NAN)));
+        assert!(!bad(d().with_click_rates(0.0, 1.0)));
+        assert!(bad(d().with_deploy(dep("nope", "fraud-v2"))));
+        assert!(bad(d().with_deploy(dep("fraud-v1", ""))));
+        assert!(bad(d().with_deploy(dep("fraud-v1", "recsys-v3"))));
+        assert!(bad(d().with_deploy(dep("fraud-v1", "fraud-v1"))));
+        assert!(bad(d().with_deploy(
+            dep("fraud-v1", "fraud-v2").with_extra_error_share(1.0)
+        )));
+        assert!(bad(d().with_deploy(
+            dep("fraud-v1", "fraud-v2").with_extra_error_share(-0.1)
+        )));
+        for f in [0.0, -1.0, f64::INFINITY, f64::NAN] {
+            assert!(bad(d().with_deploy(
+                dep("fraud-v1", "fraud-v2").with_latency_factor(f)
+            )));
+        }
+        assert!(!bad(d().with_deploy(
+            dep("fraud-v1", "fraud-v2")
+                .with_extra_error_share(0.08)
+                .with_latency_factor(3.0)
+        )));
+    }
+
+    #[test]
+    fn new_settings_round_trip_through_json() {
+        let cfg = GeneratorConfig::default()
+            .with_batch_share(0.02)
+            .with_click_rates(0.2, 0.35)
+            .with_deploy(
+                DeploySpec::new("fraud-v1", "fraud-v2", T0)
+                    .with_extra_error_share(0.08)
+                    .with_latency_factor(3.0),
+            );
+        let json = serde_json::to_string(&cfg).unwrap();
+        let back: GeneratorConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(cfg, back);
+        let minimal: GeneratorConfig = serde_json::from_str(
+            r#"{"deploy": {"model": "fraud-v1", "new_name": "fraud-v2", "at_ms": 5}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            minimal.deploy,
+            Some(DeploySpec::new("fraud-v1", "fraud-v2", 5))
+        );
+        assert_eq!(minimal.batch_share, 0.0);
+        assert_eq!(minimal.click_rates, None);
+        let old: GeneratorConfig = serde_json::from_str(r#"{"seed": 42}"#).unwrap();
+        assert_eq!(old, GeneratorConfig::default());
     }
 
     #[test]
