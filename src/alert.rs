@@ -40,7 +40,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::baseline::rfc3339;
-use crate::detect::{Distribution, Severity, State, Transition};
+use crate::detect::{Severity, State, Transition};
 
 /// How to authenticate to an HTTP receiver.
 #[derive(Clone, Default)]
@@ -230,40 +230,46 @@ struct Tracked {
 #[derive(Debug, Default)]
 pub struct AlertBook {
     alerts: HashMap<BTreeMap<String, String>, Tracked>,
-    /// (model, arm, feature, metric) -> labels of its firing alert.
-    firing: HashMap<(String, String, String, String), BTreeMap<String, String>>,
+    /// [`AlertKey`] -> labels of its firing alert.
+    firing: HashMap<AlertKey, BTreeMap<String, String>>,
 }
 
-fn alertname(d: Distribution) -> &'static str {
-    match d {
-        Distribution::Feature => "FeatureDrift",
-        Distribution::Prediction => "PredictionDrift",
-        Distribution::Confidence => "ConfidenceDrift",
-    }
+/// (alertname, model, arm, feature, metric): what one condition is about,
+/// whatever its severity.
+type AlertKey = (&'static str, String, String, String, &'static str);
+
+fn alert_key(t: &Transition) -> AlertKey {
+    (
+        t.alertname,
+        t.model.clone(),
+        t.arm.clone().unwrap_or_default(),
+        t.feature.clone(),
+        t.metric,
+    )
 }
 
 impl AlertBook {
     /// Applies one transition. Returns true if the set of alerts changed.
     pub fn apply(&mut self, t: &Transition, cfg: &AlertConfig) -> bool {
-        let key = (
-            t.model.clone(),
-            t.arm.clone().unwrap_or_default(),
-            t.feature.clone(),
-            t.metric.name().to_owned(),
-        );
+        let key = alert_key(t);
         match t.to {
             State::Firing => {
                 let Some(severity) = t.severity else {
                     return false;
                 };
                 let mut labels = cfg.labels.clone();
-                labels.insert("alertname".into(), alertname(t.distribution).into());
+                labels.insert("alertname".into(), t.alertname.into());
                 labels.insert("model".into(), t.model.clone());
-                labels.insert("feature".into(), t.feature.clone());
-                labels.insert("metric".into(), t.metric.name().into());
+                if !t.feature.is_empty() {
+                    labels.insert("feature".into(), t.feature.clone());
+                }
+                labels.insert("metric".into(), t.metric.into());
                 labels.insert("severity".into(), severity.as_str().into());
                 if let Some(a) = &t.arm {
                     labels.insert("arm".into(), a.clone());
+                }
+                for (k, v) in &t.labels {
+                    labels.insert((*k).into(), v.clone());
                 }
                 // A different severity is a different alert: resolve the old one.
                 if let Some(old) = self.firing.insert(key, labels.clone()) {
@@ -369,33 +375,41 @@ fn annotations(t: &Transition, severity: Severity) -> BTreeMap<String, String> {
         .as_ref()
         .map(|a| format!(" (arm {a})"))
         .unwrap_or_default();
+    let cmp = if t.higher_is_worse { ">=" } else { "<=" };
     let mut m = BTreeMap::new();
-    m.insert(
-        "summary".into(),
-        format!(
-            "{} drift on {}{arm}: {} {} = {:.4} >= {} threshold {}",
-            t.model, t.feature, t.feature, t.metric, t.value, severity, t.threshold
-        )
-        .replace(
-            ">=",
-            if t.metric.higher_is_worse() {
-                ">="
-            } else {
-                "<="
-            },
-        ),
-    );
-    m.insert(
-        "description".into(),
-        format!(
-            "The window of model {}{arm} ({} events, {window}) compared with baseline {} gives {} = {:.6} for {} (the {} threshold is {}). See generatorURL for every score.",
-            t.model, t.samples, t.baseline_version, t.metric, t.value, t.feature, severity, t.threshold
-        ),
-    );
+    if t.distribution.is_some() {
+        m.insert(
+            "summary".into(),
+            format!(
+                "{} drift on {}{arm}: {} {} = {:.4} {cmp} {} threshold {}",
+                t.model, t.feature, t.feature, t.metric, t.value, severity, t.threshold
+            ),
+        );
+        m.insert(
+            "description".into(),
+            format!(
+                "The window of model {}{arm} ({} events, {window}) compared with baseline {} gives {} = {:.6} for {} (the {} threshold is {}). See generatorURL for every score.",
+                t.model, t.samples, t.baseline_version, t.metric, t.value, t.feature, severity, t.threshold
+            ),
+        );
+        m.insert("baseline_version".into(), t.baseline_version.clone());
+    } else {
+        m.insert(
+            "summary".into(),
+            format!(
+                "{} on {}{arm}: {} = {:.4} {cmp} {}",
+                t.alertname, t.model, t.metric, t.value, t.threshold
+            ),
+        );
+    }
+    // Health conditions explain themselves (the versions and rates
+    // compared, the p-value); their summary, if any, replaces the generic one.
+    for (k, v) in &t.details {
+        m.insert((*k).into(), v.clone());
+    }
     m.insert("value".into(), format!("{:.6}", t.value));
     m.insert("threshold".into(), t.threshold.to_string());
     m.insert("window_samples".into(), t.samples.to_string());
-    m.insert("baseline_version".into(), t.baseline_version.clone());
     m.insert("window".into(), window);
     m
 }
@@ -405,7 +419,7 @@ pub fn event_json(t: &Transition, labels: &BTreeMap<String, String>) -> serde_js
     let mut v = serde_json::to_value(t).unwrap_or_default();
     if let Some(o) = v.as_object_mut() {
         o.insert("at".into(), json!(rfc3339(t.at_ms)));
-        o.insert("alertname".into(), json!(alertname(t.distribution)));
+        o.insert("alertname".into(), json!(t.alertname));
         o.insert("labels".into(), json!(labels));
         if !t.value.is_finite() {
             o.insert("value".into(), serde_json::Value::Null);
@@ -634,12 +648,7 @@ pub fn start(
             for t in q.drain() {
                 changed |= book.apply(&t, &cfg);
                 if matches!(t.to, State::Firing | State::Resolved) {
-                    let labels = book.firing.get(&(
-                        t.model.clone(),
-                        t.arm.clone().unwrap_or_default(),
-                        t.feature.clone(),
-                        t.metric.name().to_owned(),
-                    ));
+                    let labels = book.firing.get(&alert_key(&t));
                     let ev = event_json(&t, labels.unwrap_or(&cfg.labels));
                     if let Some((p, topic)) = &producer {
                         send_kafka(p, topic, &t.model, &ev, &metrics);
@@ -738,14 +747,19 @@ fn send_webhook(
 mod tests {
     use super::*;
     use crate::compare::Metric;
+    use crate::detect::Distribution;
 
     fn t(to: State, sev: Option<Severity>, at: i64) -> Transition {
         Transition {
+            alertname: "FeatureDrift",
             model: "fraud-v1".into(),
             arm: None,
             feature: "amount".into(),
-            distribution: Distribution::Feature,
-            metric: Metric::Psi,
+            distribution: Some(Distribution::Feature),
+            metric: Metric::Psi.name(),
+            higher_is_worse: true,
+            labels: Default::default(),
+            details: Default::default(),
             from: State::Pending,
             to,
             severity: sev,
@@ -836,7 +850,8 @@ mod tests {
         );
         let mut a = t(State::Firing, Some(Severity::Warning), 3);
         a.arm = Some("variant".into());
-        a.distribution = Distribution::Prediction;
+        a.distribution = Some(Distribution::Prediction);
+        a.alertname = Distribution::Prediction.alertname();
         b.apply(&a, &cfg);
         let p = b.postable(4, &cfg);
         assert_eq!(p[0].labels["arm"], "variant");

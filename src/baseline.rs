@@ -165,6 +165,10 @@ pub struct Baseline {
     pub prediction: Option<FeatureBaseline>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub confidence: Option<FeatureBaseline>,
+    /// Stage latencies (milliseconds) from the model's timing lines, named
+    /// by stage (`total_latency_ms` ...); compared like numeric features.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub latency: Vec<FeatureBaseline>,
 }
 
 /// What can go wrong with baseline files. Each names the file.
@@ -227,6 +231,20 @@ impl Baseline {
             }
             validate_feature(f, &mut problems);
         }
+        let mut stages = HashMap::new();
+        for f in &self.latency {
+            if stages.insert(f.name.as_str(), ()).is_some() {
+                problems.push(format!("latency stage {:?} appears twice", f.name));
+            }
+            if !matches!(f.bins, Bins::Numeric { .. }) {
+                problems.push(format!(
+                    "latency stage {:?} must have numeric bins, has {}",
+                    f.name,
+                    f.bins.kind()
+                ));
+            }
+            validate_feature(f, &mut problems);
+        }
         problems
     }
 
@@ -235,6 +253,7 @@ impl Baseline {
             .iter()
             .chain(self.prediction.iter())
             .chain(self.confidence.iter())
+            .chain(self.latency.iter())
     }
 
     /// Reads and validates one baseline file.
@@ -577,6 +596,8 @@ pub enum SlotRole {
     Feature,
     Prediction,
     Confidence,
+    /// A latency stage (in the latency layout, see [`Layout::for_latency`]).
+    Latency,
 }
 
 /// One distribution's place in the flat count array.
@@ -673,9 +694,32 @@ impl Layout {
         }
     }
 
+    /// The layout of a model's latency stages, counted in a window of their
+    /// own (timing lines are not inference records: counting them in the
+    /// model's window would fill every feature's missing bin). Slots are
+    /// named `latency.<stage>`; events look their stages up by bare name.
+    pub fn for_latency(b: &Baseline) -> Option<Layout> {
+        if b.latency.is_empty() {
+            return None;
+        }
+        let lb = Baseline {
+            features: b.latency.clone(),
+            prediction: None,
+            confidence: None,
+            latency: Vec::new(),
+            ..b.clone()
+        };
+        let mut l = Layout::new(lb);
+        for s in &mut l.slots {
+            s.role = SlotRole::Latency;
+            s.name = format!("latency.{}", s.name).into();
+        }
+        Some(l)
+    }
+
     pub fn feature_baseline(&self, slot: usize) -> &FeatureBaseline {
         match self.slots[slot].role {
-            SlotRole::Feature => &self.baseline.features[slot],
+            SlotRole::Feature | SlotRole::Latency => &self.baseline.features[slot],
             SlotRole::Prediction => self.baseline.prediction.as_ref().expect("slot exists"),
             SlotRole::Confidence => self.baseline.confidence.as_ref().expect("slot exists"),
         }
@@ -813,6 +857,9 @@ pub struct BaselineBuilder {
     index: HashMap<String, usize>,
     prediction: FeatureAcc,
     confidence: FeatureAcc,
+    /// Timing lines (or inference lines with stages) seen.
+    latency_events: u64,
+    latency: Vec<(String, FeatureAcc)>,
     /// Features beyond [`MAX_BUILD_FEATURES`], ignored.
     pub dropped_features: u64,
 }
@@ -826,7 +873,31 @@ impl BaselineBuilder {
             index: HashMap::new(),
             prediction: FeatureAcc::default(),
             confidence: FeatureAcc::default(),
+            latency_events: 0,
+            latency: Vec::new(),
             dropped_features: 0,
+        }
+    }
+
+    /// Adds one line's stage latencies (a timing line, or an inference line
+    /// that carries them).
+    pub fn add_stages(&mut self, stages: &[(std::borrow::Cow<'_, str>, f64)]) {
+        if stages.is_empty() {
+            return;
+        }
+        self.latency_events += 1;
+        for (name, ms) in stages {
+            let i = match self.latency.iter().position(|(n, _)| n == name) {
+                Some(i) => i,
+                // Stages per line are capped by the decoder; this caps the
+                // union over a hostile file.
+                None if self.latency.len() < 32 => {
+                    self.latency.push((name.to_string(), FeatureAcc::default()));
+                    self.latency.len() - 1
+                }
+                None => continue,
+            };
+            self.latency[i].1.add(&FeatureValue::Num(*ms));
         }
     }
 
@@ -863,6 +934,7 @@ impl BaselineBuilder {
         if let Some(c) = ev.confidence {
             self.confidence.add(&FeatureValue::Num(c));
         }
+        self.add_stages(&ev.stages);
     }
 
     /// The finished baseline; `now_ms` stamps it.
@@ -889,6 +961,13 @@ impl BaselineBuilder {
         let has_conf = self.confidence.seen_events > 0;
         let prediction = has_pred.then(|| self.prediction.finish(PREDICTION, events, binning));
         let confidence = has_conf.then(|| self.confidence.finish(CONFIDENCE, events, binning));
+        let latency_events = self.latency_events;
+        let mut latency: Vec<FeatureBaseline> = self
+            .latency
+            .into_iter()
+            .map(|(name, acc)| acc.finish(&name, latency_events, binning))
+            .collect();
+        latency.sort_by(|a, b| a.name.cmp(&b.name));
         let mut b = Baseline {
             schema_version: SCHEMA_VERSION,
             model: self.model,
@@ -900,6 +979,7 @@ impl BaselineBuilder {
             features,
             prediction,
             confidence,
+            latency,
         };
         b.version = version_of(&b);
         Ok(b)

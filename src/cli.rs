@@ -80,6 +80,10 @@ pub struct DemoArgs {
     /// When the drift starts, e.g. 20s.
     #[arg(long, value_parser = parse_duration, default_value = "20s")]
     pub drift_after: Duration,
+    /// When fraud-v2, a worse version of fraud-v1 (8% more errors, 3x the
+    /// inference latency), replaces it.
+    #[arg(long, value_parser = parse_duration, default_value = "40s")]
+    pub deploy_after: Duration,
     /// Stop after this long (default: until Ctrl-C).
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
@@ -530,6 +534,7 @@ fn demo(a: DemoArgs) -> Result<(), Failure> {
         listen: a.listen,
         rate: a.rate,
         drift_after: a.drift_after,
+        deploy_after: a.deploy_after,
         duration: a.duration,
         live_table: !a.no_table && std::io::stdout().is_terminal(),
     };

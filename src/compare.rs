@@ -581,6 +581,42 @@ pub fn wasserstein_binned(p: &[u64], q: &[u64], edges: &[f64]) -> f64 {
 }
 
 /// Both smoothed divergences share `ln(p̃/q̃)`, so one pass computes both.
+/// Which way a [`two_proportion_test`] looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tail {
+    /// H1: the second proportion is larger (an error rate went up).
+    Greater,
+    /// H1: the proportions differ (two arms' click-through).
+    TwoSided,
+}
+
+/// The two-proportion z-test with the pooled variance: `x1` of `n1` against
+/// `x2` of `n2`. Returns `(z, p)`; `None` when either sample is empty.
+///
+/// The normal approximation is what every A/B tool reports; it is good when
+/// each group has a handful of successes and failures, which is why the
+/// callers also require minimum counts before they act on `p`.
+pub fn two_proportion_test(x1: u64, n1: u64, x2: u64, n2: u64, tail: Tail) -> Option<(f64, f64)> {
+    if n1 == 0 || n2 == 0 || x1 > n1 || x2 > n2 {
+        return None;
+    }
+    let (n1f, n2f) = (n1 as f64, n2 as f64);
+    let (p1, p2) = (x1 as f64 / n1f, x2 as f64 / n2f);
+    let pooled = (x1 + x2) as f64 / (n1f + n2f);
+    let se = (pooled * (1.0 - pooled) * (1.0 / n1f + 1.0 / n2f)).sqrt();
+    if se == 0.0 {
+        // Both all-successes or all-failures: no evidence of a difference.
+        return Some((0.0, 1.0));
+    }
+    let z = (p2 - p1) / se;
+    let normal = statrs::distribution::Normal::standard();
+    let p = match tail {
+        Tail::Greater => normal.sf(z),
+        Tail::TwoSided => 2.0 * normal.sf(z.abs()),
+    };
+    Some((z, p.clamp(0.0, 1.0)))
+}
+
 fn kl_psi(p: &[u64], q: &[u64], smoothing: f64) -> (f64, f64) {
     let (np, nq) = totals(p, q);
     if np == 0 || nq == 0 {
@@ -634,6 +670,47 @@ fn saturating_u64(x: u128) -> u64 {
 
 #[cfg(test)]
 mod tests {
+
+    /// Reference values from statsmodels 0.14:
+    /// `proportions_ztest([x2, x1], [n2, n1], alternative=...)`, which uses
+    /// the pooled variance like this function.
+    #[test]
+    fn two_proportion_test_matches_statsmodels() {
+        // proportions_ztest([60, 40], [1000, 1000], alternative="larger")
+        // -> (2.051956704170308, 0.020086935144256055)
+        let (z, p) = two_proportion_test(40, 1000, 60, 1000, Tail::Greater).unwrap();
+        assert!((z - 2.051956704170308).abs() < 1e-9, "{z}");
+        assert!((p - 0.020086935144256055).abs() < 1e-9, "{p}");
+        // proportions_ztest([120, 150], [1000, 1000]) (two-sided)
+        // -> (-1.963049807622355, 0.04964038686536878)
+        let (z, p) = two_proportion_test(150, 1000, 120, 1000, Tail::TwoSided).unwrap();
+        assert!((z + 1.963049807622355).abs() < 1e-9, "{z}");
+        assert!((p - 0.04964038686536878).abs() < 1e-9, "{p}");
+        assert_eq!(two_proportion_test(0, 0, 1, 10, Tail::Greater), None);
+        assert_eq!(two_proportion_test(11, 10, 1, 10, Tail::Greater), None);
+        assert_eq!(
+            two_proportion_test(0, 10, 0, 10, Tail::TwoSided),
+            Some((0.0, 1.0))
+        );
+    }
+
+    proptest! {
+        /// Under the null (same proportion), p-values are not systematically
+        /// small, and swapping the groups flips the sign of z.
+        #[test]
+        fn two_proportion_test_is_antisymmetric(x1 in 0u64..500, x2 in 0u64..500, e1 in 0u64..500, e2 in 0u64..500) {
+            let (n1, n2) = (x1 + e1 + 1, x2 + e2 + 1);
+            let (z, p) = two_proportion_test(x1, n1, x2, n2, Tail::TwoSided).unwrap();
+            let (z2, p2) = two_proportion_test(x2, n2, x1, n1, Tail::TwoSided).unwrap();
+            prop_assert!((z + z2).abs() < 1e-9);
+            prop_assert!((p - p2).abs() < 1e-9);
+            prop_assert!((0.0..=1.0).contains(&p));
+            let (_, pg) = two_proportion_test(x1, n1, x2, n2, Tail::Greater).unwrap();
+            // One-sided is half the two-sided p in the direction of the effect.
+            if z > 0.0 { prop_assert!((pg - p / 2.0).abs() < 1e-9); }
+        }
+    }
+
     use super::*;
     use proptest::prelude::*;
 

@@ -76,6 +76,16 @@ struct RawFields {
     arm: Option<String>,
     level: Option<String>,
     request_id: Option<String>,
+    service: Option<String>,
+    error_type: Option<String>,
+    action: Option<String>,
+    feedback_time: Option<String>,
+    input_stats: Option<String>,
+    class_counts: Option<String>,
+    avg_confidence: Option<String>,
+    batch_time: Option<String>,
+    stages: Option<Vec<String>>,
+    any_ms_stage: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -135,6 +145,44 @@ struct RawBaselines {
     hash_buckets: Option<u64>,
     auto_after_events: Option<u64>,
     watch: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawErrorRule {
+    alpha: Option<f64>,
+    min_ratio: Option<f64>,
+    min_errors: Option<u64>,
+    min_requests: Option<u64>,
+    max_rate: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    enabled: Option<bool>,
+    reference_windows: Option<u64>,
+    max_error_types: Option<u64>,
+    max_stages: Option<u64>,
+    sketch_relative_error: Option<f64>,
+    errors: Option<RawErrorRule>,
+    deploy: Option<RawErrorRule>,
+    deploy_latency_quantile: Option<f64>,
+    deploy_latency_min_ratio: Option<f64>,
+    p99_limit: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExperiments {
+    enabled: Option<bool>,
+    feedback_ttl: Option<String>,
+    max_pending: Option<u64>,
+    max_early_feedback: Option<u64>,
+    max_actions: Option<u64>,
+    control_arm: Option<String>,
+    alpha: Option<f64>,
+    min_predictions: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -360,6 +408,8 @@ const SECTIONS: &[&str] = &[
     "shutdown",
     "alerts",
     "metrics",
+    "health",
+    "experiments",
 ];
 
 impl Config {
@@ -458,6 +508,8 @@ impl Config {
         let shutdown: RawShutdown = section(&mut root, "shutdown", &mut p);
         let alerts: RawAlerts = section(&mut root, "alerts", &mut p);
         let metrics: RawMetrics = section(&mut root, "metrics", &mut p);
+        let health: RawHealth = section(&mut root, "health", &mut p);
+        let experiments: RawExperiments = section(&mut root, "experiments", &mut p);
 
         let d = Config::default();
         let mut cfg = d.clone();
@@ -502,6 +554,33 @@ impl Config {
             ptr("arm", f.arm, &mut m.arm);
             ptr("level", f.level, &mut m.level);
             ptr("request_id", f.request_id, &mut m.request_id);
+            ptr("service", f.service, &mut m.service);
+            ptr("error_type", f.error_type, &mut m.error_type);
+            ptr("action", f.action, &mut m.action);
+            ptr("feedback_time", f.feedback_time, &mut m.feedback_time);
+            ptr("input_stats", f.input_stats, &mut m.input_stats);
+            ptr("class_counts", f.class_counts, &mut m.class_counts);
+            ptr("avg_confidence", f.avg_confidence, &mut m.avg_confidence);
+            ptr("batch_time", f.batch_time, &mut m.batch_time);
+            if let Some(stages) = f.stages {
+                if stages.len() > 16 {
+                    p.push(
+                        "decode.fields.stages",
+                        format!("{} stages; at most 16", stages.len()),
+                    );
+                }
+                let mut parsed = Vec::new();
+                for st in stages.into_iter().take(16) {
+                    match Pointer::parse(&st) {
+                        Ok(x) => parsed.push(x),
+                        Err(e) => p.push("decode.fields.stages", e.to_string()),
+                    }
+                }
+                m.stages = parsed;
+            }
+            if let Some(b) = f.any_ms_stage {
+                m.any_ms_stage = b;
+            }
             if let Some(models) = f.model {
                 let list = match models {
                     StringOrList::One(s) => vec![s],
@@ -715,6 +794,99 @@ impl Config {
             limits.model_idle.as_deref(),
             d.model_idle,
         );
+
+        // health and experiments: windows and caps follow the engine's
+        cfg.engine.align();
+        let h = &mut cfg.engine.health;
+        if let Some(b) = health.enabled {
+            h.enabled = b;
+        }
+        if let Some(v) = health.reference_windows {
+            h.reference_windows = p.range("health.reference_windows", v, 1, 48) as usize;
+        }
+        if let Some(v) = health.max_error_types {
+            h.max_error_types = p.range("health.max_error_types", v, 1, 100) as usize;
+        }
+        if let Some(v) = health.max_stages {
+            h.max_stages = p.range("health.max_stages", v, 1, 16) as usize;
+        }
+        if let Some(v) = health.sketch_relative_error {
+            h.sketch_error = p.fraction("health.sketch_relative_error", v, 0.0001, 0.1);
+        }
+        for (key, raw, rule) in [
+            ("health.errors", health.errors, &mut h.errors),
+            ("health.deploy", health.deploy, &mut h.deploy),
+        ] {
+            let Some(r) = raw else { continue };
+            if let Some(v) = r.alpha {
+                rule.alpha = p.fraction(&format!("{key}.alpha"), v, 1e-12, 0.5);
+            }
+            if let Some(v) = r.min_ratio {
+                rule.min_ratio = p.fraction(&format!("{key}.min_ratio"), v, 1.0, 1000.0);
+            }
+            if let Some(v) = r.min_errors {
+                rule.min_errors = p.range(&format!("{key}.min_errors"), v, 1, u64::MAX);
+            }
+            if let Some(v) = r.min_requests {
+                rule.min_requests = p.range(&format!("{key}.min_requests"), v, 1, u64::MAX);
+            }
+            if let Some(v) = r.max_rate {
+                rule.max_rate = Some(p.fraction(&format!("{key}.max_rate"), v, 0.0, 1.0));
+            }
+        }
+        if let Some(v) = health.deploy_latency_quantile {
+            h.deploy_latency_quantile = p.fraction("health.deploy_latency_quantile", v, 0.5, 0.999);
+        }
+        if let Some(v) = health.deploy_latency_min_ratio {
+            h.deploy_latency_min_ratio =
+                p.fraction("health.deploy_latency_min_ratio", v, 1.0, 100.0);
+        }
+        for (stage, limit) in health.p99_limit.unwrap_or_default() {
+            let key = format!("health.p99_limit.{stage}");
+            let d = p.duration(&key, Some(&limit), Duration::ZERO);
+            if d.is_zero() {
+                p.push(
+                    &key,
+                    format!("{limit:?} must be a positive duration, e.g. \"250ms\""),
+                );
+            } else {
+                h.p99_limit_ms.insert(stage, d.as_secs_f64() * 1000.0);
+            }
+        }
+        let x = &mut cfg.engine.experiments;
+        if let Some(b) = experiments.enabled {
+            x.enabled = b;
+        }
+        let ttl = p.duration(
+            "experiments.feedback_ttl",
+            experiments.feedback_ttl.as_deref(),
+            Duration::from_millis(x.ttl_ms as u64),
+        );
+        if ttl < Duration::from_secs(1) {
+            p.push("experiments.feedback_ttl", "must be at least 1s".into());
+        }
+        x.ttl_ms = ttl.as_millis() as i64;
+        if let Some(v) = experiments.max_pending {
+            x.max_pending = p.range("experiments.max_pending", v, 1, 100_000_000) as usize;
+        }
+        if let Some(v) = experiments.max_early_feedback {
+            x.max_early = p.range("experiments.max_early_feedback", v, 1, 100_000_000) as usize;
+        }
+        if let Some(v) = experiments.max_actions {
+            x.max_actions = p.range("experiments.max_actions", v, 1, 14) as usize;
+        }
+        if let Some(c) = experiments.control_arm {
+            if c.is_empty() {
+                p.push("experiments.control_arm", "must not be empty".into());
+            }
+            x.control_arm = c;
+        }
+        if let Some(v) = experiments.alpha {
+            x.alpha = p.fraction("experiments.alpha", v, 1e-12, 0.5);
+        }
+        if let Some(v) = experiments.min_predictions {
+            x.min_predictions = p.range("experiments.min_predictions", v, 1, u64::MAX);
+        }
 
         // kafka
         if let Some(k) = kafka {
@@ -1130,6 +1302,20 @@ impl Problems {
                     default
                 }
             },
+        }
+    }
+
+    /// A real number in `[lo, hi]` (probabilities, ratios).
+    fn fraction(&mut self, key: &str, v: f64, lo: f64, hi: f64) -> f64 {
+        if v.is_finite() && (lo..=hi).contains(&v) {
+            v
+        } else {
+            self.push(key, format!("{v} is out of range {lo} to {hi}"));
+            if v.is_finite() {
+                v.clamp(lo, hi)
+            } else {
+                lo
+            }
         }
     }
 

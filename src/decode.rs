@@ -67,38 +67,54 @@ impl fmt::Display for Reject {
     }
 }
 
-/// Lines that are valid log records but not inference records. They are
-/// recognised and skipped, not errors: the seed's services write all of them
-/// to the same stream.
+/// Valid log records that no analysis uses. They are recognised and skipped,
+/// not errors: the seed's services write all kinds of lines to one stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Skip {
-    /// `"User feedback received"` lines (an `action` field).
-    Feedback,
-    /// Stage timings (`total_latency_ms` ...) without a prediction.
-    Timing,
-    /// Precomputed `input_stats` / `prediction_stats` lines.
-    BatchStats,
-    /// An ERROR or CRITICAL record with neither prediction nor features.
-    ErrorRecord,
-    /// Anything else with a model but neither prediction nor features.
+    /// A model but neither prediction, features, timings, batch statistics,
+    /// feedback nor an error level (e.g. a startup message).
     NoInferenceFields,
+    /// A feedback line without a request id: nothing to join it to.
+    FeedbackWithoutRequestId,
 }
 
 impl Skip {
-    pub const ALL: [Skip; 5] = [
-        Skip::Feedback,
-        Skip::Timing,
-        Skip::BatchStats,
-        Skip::ErrorRecord,
-        Skip::NoInferenceFields,
+    pub const ALL: [Skip; 2] = [Skip::NoInferenceFields, Skip::FeedbackWithoutRequestId];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Skip::NoInferenceFields => "no_inference_fields",
+            Skip::FeedbackWithoutRequestId => "feedback_without_request_id",
+        }
+    }
+}
+
+/// The other records the seed's services log beside inference records, each
+/// feeding one of the analyses beside drift.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RecordKind {
+    /// `"Inference timing metrics"`: stage latencies (`total_latency_ms` ...).
+    Timing,
+    /// An ERROR or CRITICAL record without prediction or features.
+    Error,
+    /// `"User feedback received"`: a request id and an action.
+    Feedback,
+    /// `"Batch data and prediction statistics"`: `input_stats`, `prediction_stats`.
+    BatchStats,
+}
+
+impl RecordKind {
+    pub const ALL: [RecordKind; 4] = [
+        RecordKind::Timing,
+        RecordKind::Error,
+        RecordKind::Feedback,
+        RecordKind::BatchStats,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
-            Skip::Feedback => "feedback",
-            Skip::Timing => "timing",
-            Skip::BatchStats => "batch_stats",
-            Skip::ErrorRecord => "error_record",
-            Skip::NoInferenceFields => "no_inference_fields",
+            RecordKind::Timing => "timing",
+            RecordKind::Error => "error",
+            RecordKind::Feedback => "feedback",
+            RecordKind::BatchStats => "batch_stats",
         }
     }
 }
@@ -246,8 +262,15 @@ pub struct Event<'a> {
     pub prediction: Option<Prediction<'a>>,
     pub confidence: Option<f64>,
     pub level: Option<Level>,
-    /// Present only to tell that a line had one; never logged or exported.
-    pub has_request_id: bool,
+    /// The `service` that logged the line (groups a model's versions).
+    pub service: Option<Cow<'a, str>>,
+    /// `error_type` of an ERROR record.
+    pub error_type: Option<Cow<'a, str>>,
+    /// A stable hash of the request id: enough to join feedback to its
+    /// prediction, useless to recover the id (which is never kept).
+    pub request_id: Option<u64>,
+    /// Stage latencies in milliseconds on the same line (`inference_ms` ...).
+    pub stages: Vec<(Cow<'a, str>, f64)>,
     /// Per-field problems, as a bitset over [`Issue`] (each counted once per line).
     pub issues: u32,
 }
@@ -258,10 +281,36 @@ impl Event<'_> {
     }
 }
 
+/// A non-inference record (see [`RecordKind`]). Only the fields its kind
+/// uses are filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record<'a> {
+    pub kind: RecordKind,
+    /// Absent only on feedback lines, which name their request instead.
+    pub model: Option<Cow<'a, str>>,
+    pub service: Option<Cow<'a, str>>,
+    pub arm: Option<Cow<'a, str>>,
+    pub time: EventTime,
+    pub level: Option<Level>,
+    pub error_type: Option<Cow<'a, str>>,
+    /// Hash of the request id (see [`Event::request_id`]).
+    pub request_id: Option<u64>,
+    /// The feedback's action (`clicked_on_item` ...).
+    pub action: Option<Cow<'a, str>>,
+    pub stages: Vec<(Cow<'a, str>, f64)>,
+    /// `input_stats`: numeric batch statistics (`feature_A_mean` ...).
+    pub input_stats: Vec<(Cow<'a, str>, f64)>,
+    /// `prediction_stats.class_counts`.
+    pub class_counts: Vec<(Cow<'a, str>, u64)>,
+    /// `prediction_stats.avg_confidence`.
+    pub avg_confidence: Option<f64>,
+}
+
 /// What [`Decoder::decode`] makes of a line.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decoded<'a> {
     Event(Event<'a>),
+    Record(Record<'a>),
     Skipped(Skip),
     Rejected(Reject),
 }
@@ -337,7 +386,32 @@ pub struct FieldMapping {
     pub arm: Pointer,
     pub level: Pointer,
     pub request_id: Pointer,
+    pub service: Pointer,
+    pub error_type: Pointer,
+    /// The action of a feedback line; its presence makes a line feedback.
+    pub action: Pointer,
+    /// Time of a feedback line without the envelope's timestamp.
+    pub feedback_time: Pointer,
+    pub input_stats: Pointer,
+    pub class_counts: Pointer,
+    pub avg_confidence: Pointer,
+    /// Time of a batch-statistics line without the envelope's timestamp.
+    pub batch_time: Pointer,
+    /// Stage latencies in milliseconds; the stage is the pointer's last token.
+    pub stages: Vec<Pointer>,
+    /// Also take any other top-level number whose key ends in `_ms` as a stage.
+    pub any_ms_stage: bool,
 }
+
+/// Stage fields read by default: the seed's timing line, and the database
+/// stage its text names.
+pub const DEFAULT_STAGES: [&str; 5] = [
+    "total_latency_ms",
+    "preprocessing_ms",
+    "inference_ms",
+    "postprocessing_ms",
+    "database_query_ms",
+];
 
 impl Default for FieldMapping {
     fn default() -> Self {
@@ -351,6 +425,16 @@ impl Default for FieldMapping {
             arm: p("/experiment_assignment"),
             level: p("/level"),
             request_id: p("/request_id"),
+            service: p("/service"),
+            error_type: p("/error_type"),
+            action: p("/action"),
+            feedback_time: p("/feedback_timestamp"),
+            input_stats: p("/input_stats"),
+            class_counts: p("/prediction_stats/class_counts"),
+            avg_confidence: p("/prediction_stats/avg_confidence"),
+            batch_time: p("/timestamp_end"),
+            stages: DEFAULT_STAGES.iter().map(|s| p(&format!("/{s}"))).collect(),
+            any_ms_stage: false,
         }
     }
 }
@@ -429,10 +513,15 @@ enum Role {
     Arm,
     Level,
     RequestId,
-    // Markers that classify non-inference lines.
+    Service,
+    ErrorType,
     Action,
-    Timing,
-    BatchStats,
+    FeedbackTime,
+    InputStats,
+    ClassCounts,
+    AvgConfidence,
+    BatchTime,
+    Stage,
 }
 
 #[derive(Debug, Default)]
@@ -490,10 +579,17 @@ struct Collect<'a> {
     confidence: Option<Result<f64, ()>>,
     arm: Option<Result<Cow<'a, str>, ()>>,
     level: Option<Level>,
-    has_request_id: bool,
-    has_action: bool,
-    has_timing: bool,
-    has_batch_stats: bool,
+    service: Option<Cow<'a, str>>,
+    error_type: Option<Cow<'a, str>>,
+    request_id: Option<u64>,
+    /// `Some(None)`: an action that is not a usable name.
+    action: Option<Option<Cow<'a, str>>>,
+    feedback_time: Option<EventTime>,
+    batch_time: Option<EventTime>,
+    stages: Vec<(Cow<'a, str>, f64)>,
+    input_stats: Option<Vec<(Cow<'a, str>, f64)>>,
+    class_counts: Option<Vec<(Cow<'a, str>, u64)>>,
+    avg_confidence: Option<f64>,
     issues: u32,
 }
 
@@ -511,11 +607,17 @@ impl Decoder {
         trie.insert(m.arm.tokens(), Role::Arm);
         trie.insert(m.level.tokens(), Role::Level);
         trie.insert(m.request_id.tokens(), Role::RequestId);
-        trie.insert(&["action".to_owned()], Role::Action);
-        trie.insert(&["total_latency_ms".to_owned()], Role::Timing);
-        trie.insert(&["inference_ms".to_owned()], Role::Timing);
-        trie.insert(&["input_stats".to_owned()], Role::BatchStats);
-        trie.insert(&["prediction_stats".to_owned()], Role::BatchStats);
+        trie.insert(m.service.tokens(), Role::Service);
+        trie.insert(m.error_type.tokens(), Role::ErrorType);
+        trie.insert(m.action.tokens(), Role::Action);
+        trie.insert(m.feedback_time.tokens(), Role::FeedbackTime);
+        trie.insert(m.input_stats.tokens(), Role::InputStats);
+        trie.insert(m.class_counts.tokens(), Role::ClassCounts);
+        trie.insert(m.avg_confidence.tokens(), Role::AvgConfidence);
+        trie.insert(m.batch_time.tokens(), Role::BatchTime);
+        for st in &m.stages {
+            trie.insert(st.tokens(), Role::Stage);
+        }
         Decoder { cfg, trie }
     }
 
@@ -566,6 +668,7 @@ impl Decoder {
         let mut de = serde_json::Deserializer::from_str(text);
         let seed = NodeSeed {
             node: &self.trie,
+            root: true,
             cfg: &self.cfg,
             out: &mut c,
         };
@@ -588,16 +691,8 @@ impl Decoder {
                 Err(()) => invalid_model = true,
             }
         }
-        let model = match model {
-            Some(m) => m,
-            // The seed's feedback lines carry a request id and an action but
-            // no model: they are joined to their prediction later, not errors.
-            None if c.has_action && c.prediction.is_none() && c.features.is_none() => {
-                return Decoded::Skipped(Skip::Feedback)
-            }
-            None if invalid_model => return Decoded::Rejected(Reject::InvalidModel),
-            None => return Decoded::Rejected(Reject::MissingModel),
-        };
+        let has_action = c.action.is_some();
+        let time = c.time.unwrap_or(EventTime::Missing);
         let prediction = match c.prediction {
             Some(Ok(p)) => Some(p),
             Some(Err(())) => {
@@ -606,19 +701,69 @@ impl Decoder {
             }
             None => None,
         };
-        if prediction.is_none() && c.features.is_none() {
-            let skip = if c.has_action {
-                Skip::Feedback
-            } else if c.has_batch_stats {
-                Skip::BatchStats
-            } else if c.has_timing {
-                Skip::Timing
-            } else if c.level.is_some_and(Level::is_error) {
-                Skip::ErrorRecord
-            } else {
-                Skip::NoInferenceFields
+        let inference = prediction.is_some() || c.features.is_some();
+        let arm = match c.arm {
+            Some(Ok(a)) => Some(a),
+            Some(Err(())) => {
+                issues |= 1 << Issue::ArmInvalid as u32;
+                None
+            }
+            None => None,
+        };
+        // What a record (any line that is not an inference record) is, in
+        // order of precedence: feedback names an action, batch lines carry
+        // statistics, error lines an error level, timing lines stages.
+        let kind = if inference {
+            None
+        } else if has_action {
+            Some(RecordKind::Feedback)
+        } else if c.input_stats.is_some() || c.class_counts.is_some() || c.avg_confidence.is_some()
+        {
+            Some(RecordKind::BatchStats)
+        } else if c.level.is_some_and(Level::is_error) {
+            Some(RecordKind::Error)
+        } else if !c.stages.is_empty() {
+            Some(RecordKind::Timing)
+        } else {
+            None
+        };
+        let model = match model {
+            Some(m) => m,
+            // The seed's feedback lines carry a request id and an action but
+            // no model: they are joined to their prediction by request id.
+            None if kind == Some(RecordKind::Feedback) => {
+                return self.feedback(None, c.request_id, c.action, time, c.feedback_time);
+            }
+            None if invalid_model => return Decoded::Rejected(Reject::InvalidModel),
+            None => return Decoded::Rejected(Reject::MissingModel),
+        };
+        if let Some(kind) = kind {
+            if kind == RecordKind::Feedback {
+                return self.feedback(Some(model), c.request_id, c.action, time, c.feedback_time);
+            }
+            let time = match (time, c.batch_time) {
+                (EventTime::Parsed(_), _) | (_, None) => time,
+                (_, Some(t)) if kind == RecordKind::BatchStats => t,
+                _ => time,
             };
-            return Decoded::Skipped(skip);
+            return Decoded::Record(Record {
+                kind,
+                model: Some(model),
+                service: c.service,
+                arm,
+                time,
+                level: c.level,
+                error_type: c.error_type,
+                request_id: c.request_id,
+                action: None,
+                stages: c.stages,
+                input_stats: c.input_stats.unwrap_or_default(),
+                class_counts: c.class_counts.unwrap_or_default(),
+                avg_confidence: c.avg_confidence,
+            });
+        }
+        if !inference {
+            return Decoded::Skipped(Skip::NoInferenceFields);
         }
         let confidence = match c.confidence {
             Some(Ok(v)) => Some(v),
@@ -628,15 +773,6 @@ impl Decoder {
             }
             None => None,
         };
-        let arm = match c.arm {
-            Some(Ok(a)) => Some(a),
-            Some(Err(())) => {
-                issues |= 1 << Issue::ArmInvalid as u32;
-                None
-            }
-            None => None,
-        };
-        let time = c.time.unwrap_or(EventTime::Missing);
         match time {
             EventTime::Missing => issues |= 1 << Issue::TimestampMissing as u32,
             EventTime::Invalid => issues |= 1 << Issue::TimestampInvalid as u32,
@@ -650,8 +786,44 @@ impl Decoder {
             prediction,
             confidence,
             level: c.level,
-            has_request_id: c.has_request_id,
+            service: c.service,
+            error_type: c.error_type,
+            request_id: c.request_id,
+            stages: c.stages,
             issues,
+        })
+    }
+
+    fn feedback<'a>(
+        &self,
+        model: Option<Cow<'a, str>>,
+        request_id: Option<u64>,
+        action: Option<Option<Cow<'a, str>>>,
+        time: EventTime,
+        feedback_time: Option<EventTime>,
+    ) -> Decoded<'a> {
+        let Some(request_id) = request_id else {
+            return Decoded::Skipped(Skip::FeedbackWithoutRequestId);
+        };
+        let time = match (time, feedback_time) {
+            (EventTime::Parsed(_), _) | (_, None) => time,
+            (_, Some(t)) => t,
+        };
+        Decoded::Record(Record {
+            kind: RecordKind::Feedback,
+            model,
+            service: None,
+            arm: None,
+            time,
+            level: None,
+            error_type: None,
+            request_id: Some(request_id),
+            // An action that is no usable name still is feedback.
+            action: Some(action.flatten().unwrap_or(Cow::Borrowed("other"))),
+            stages: Vec::new(),
+            input_stats: Vec::new(),
+            class_counts: Vec::new(),
+            avg_confidence: None,
         })
     }
 }
@@ -684,6 +856,32 @@ fn into_owned(d: Decoded<'_>) -> Decoded<'static> {
         Decoded::Skipped(s) => Decoded::Skipped(s),
         Decoded::Rejected(r) => Decoded::Rejected(r),
         Decoded::Event(e) => Decoded::Event(e.into_owned()),
+        Decoded::Record(r) => Decoded::Record(r.into_owned()),
+    }
+}
+
+fn own_pairs<T: Copy>(v: Vec<(Cow<'_, str>, T)>) -> Vec<(Cow<'static, str>, T)> {
+    v.into_iter().map(|(k, x)| (own(k), x)).collect()
+}
+
+impl Record<'_> {
+    /// Copies every borrowed string, so the record outlives its line.
+    pub fn into_owned(self) -> Record<'static> {
+        Record {
+            kind: self.kind,
+            model: self.model.map(own),
+            service: self.service.map(own),
+            arm: self.arm.map(own),
+            time: self.time,
+            level: self.level,
+            error_type: self.error_type.map(own),
+            request_id: self.request_id,
+            action: self.action.map(own),
+            stages: own_pairs(self.stages),
+            input_stats: own_pairs(self.input_stats),
+            class_counts: own_pairs(self.class_counts),
+            avg_confidence: self.avg_confidence,
+        }
     }
 }
 
@@ -718,7 +916,10 @@ impl Event<'_> {
             }),
             confidence: self.confidence,
             level: self.level,
-            has_request_id: self.has_request_id,
+            service: self.service.map(own),
+            error_type: self.error_type.map(own),
+            request_id: self.request_id,
+            stages: own_pairs(self.stages),
             issues: self.issues,
         }
     }
@@ -807,6 +1008,8 @@ macro_rules! on_scalar {
 
 struct NodeSeed<'t, 'c, 'a> {
     node: &'t Node,
+    /// The document's top level, where `any_ms_stage` looks.
+    root: bool,
     cfg: &'t DecodeConfig,
     out: &'c mut Collect<'a>,
 }
@@ -836,15 +1039,26 @@ impl<'de> Visitor<'de> for NodeSeed<'_, '_, 'de> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         while let Some(key) = map.next_key::<Str<'de>>()? {
             let Some(child) = self.node.child(&key.0) else {
-                map.next_value::<IgnoredAny>()?;
+                if self.root && self.cfg.mapping.any_ms_stage && key.0.ends_with("_ms") {
+                    let v = map.next_value::<Scalar<'de>>()?;
+                    push_stage(self.out, self.cfg, key.0, v);
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
                 continue;
             };
             match child.role {
                 None => map.next_value_seed(NodeSeed {
                     node: child,
+                    root: false,
                     cfg: self.cfg,
                     out: &mut *self.out,
                 })?,
+                // The stage is named by its key, borrowed from the line.
+                Some(Role::Stage) => {
+                    let v = map.next_value::<Scalar<'de>>()?;
+                    push_stage(self.out, self.cfg, key.0, v);
+                }
                 Some(role) => map.next_value_seed(RoleSeed {
                     role,
                     cfg: self.cfg,
@@ -853,6 +1067,22 @@ impl<'de> Visitor<'de> for NodeSeed<'_, '_, 'de> {
             }
         }
         Ok(())
+    }
+}
+
+/// Most stages a line may carry; more are payload, not timings.
+const MAX_STAGES: usize = 16;
+
+fn push_stage<'a>(out: &mut Collect<'a>, _cfg: &DecodeConfig, name: Cow<'a, str>, v: Scalar<'a>) {
+    let ms = match v {
+        Scalar::Float(f) => f,
+        Scalar::Int(i) => i as f64,
+        Scalar::UInt(u) => u as f64,
+        _ => return,
+    };
+    // A negative or non-finite duration is a broken clock, not a latency.
+    if ms.is_finite() && ms >= 0.0 && out.stages.len() < MAX_STAGES && valid_name(&name) {
+        out.stages.push((name, ms));
     }
 }
 
@@ -938,6 +1168,23 @@ impl<'de> DeserializeSeed<'de> for RoleSeed<'_, '_, 'de> {
             out.features = Some(feats);
             return Ok(());
         }
+        if self.role == Role::InputStats || self.role == Role::ClassCounts {
+            let max = self.cfg.max_features;
+            let pairs = d.deserialize_any(NumberMap { max })?;
+            if self.role == Role::InputStats {
+                out.input_stats = Some(pairs);
+            } else {
+                // Counts are whole and not absurd; anything else is not a count.
+                out.class_counts = Some(
+                    pairs
+                        .into_iter()
+                        .filter(|(_, v)| *v >= 0.0 && v.fract() == 0.0 && *v <= 1e12)
+                        .map(|(k, v)| (k, v as u64))
+                        .collect(),
+                );
+            }
+            return Ok(());
+        }
         let v = <Scalar<'de> as de::Deserialize>::deserialize(d)?;
         match self.role {
             Role::Model(i) => {
@@ -997,13 +1244,120 @@ impl<'de> DeserializeSeed<'de> for RoleSeed<'_, '_, 'de> {
                     out.level = Some(Level::parse(&s));
                 }
             }
-            Role::RequestId => out.has_request_id = !matches!(v, Scalar::Null),
-            Role::Action => out.has_action = true,
-            Role::Timing => out.has_timing = true,
-            Role::BatchStats => out.has_batch_stats = true,
-            Role::Features => unreachable!("handled above"),
+            Role::RequestId => {
+                out.request_id = match v {
+                    Scalar::Str(s) if !s.is_empty() => Some(feature_hash(&s)),
+                    Scalar::Int(i) => Some(feature_hash(&i.to_string())),
+                    Scalar::UInt(u) => Some(feature_hash(&u.to_string())),
+                    _ => None,
+                }
+            }
+            Role::Service => {
+                if let Scalar::Str(s) = v {
+                    if valid_name(&s) {
+                        out.service = Some(s);
+                    }
+                }
+            }
+            Role::ErrorType => {
+                if let Scalar::Str(s) = v {
+                    if valid_name(&s) {
+                        out.error_type = Some(s);
+                    }
+                }
+            }
+            Role::Action => {
+                out.action = match v {
+                    Scalar::Str(s) if valid_name(&s) => Some(Some(s)),
+                    Scalar::Null => None,
+                    _ => Some(None),
+                }
+            }
+            Role::FeedbackTime | Role::BatchTime => {
+                let t = match v {
+                    Scalar::Str(s) => parse_timestamp(&s, self.cfg.local_offset)
+                        .map_or(EventTime::Invalid, EventTime::Parsed),
+                    Scalar::Float(f) => {
+                        epoch_number(f).map_or(EventTime::Invalid, EventTime::Parsed)
+                    }
+                    Scalar::Int(i) => {
+                        epoch_number(i as f64).map_or(EventTime::Invalid, EventTime::Parsed)
+                    }
+                    Scalar::UInt(u) => {
+                        epoch_number(u as f64).map_or(EventTime::Invalid, EventTime::Parsed)
+                    }
+                    _ => EventTime::Invalid,
+                };
+                if self.role == Role::FeedbackTime {
+                    out.feedback_time = Some(t);
+                } else {
+                    out.batch_time = Some(t);
+                }
+            }
+            Role::AvgConfidence => {
+                out.avg_confidence = match v {
+                    Scalar::Float(f) if (0.0..=1.0).contains(&f) => Some(f),
+                    Scalar::Int(0) | Scalar::UInt(0) => Some(0.0),
+                    Scalar::Int(1) | Scalar::UInt(1) => Some(1.0),
+                    _ => None,
+                }
+            }
+            Role::Features | Role::InputStats | Role::ClassCounts | Role::Stage => {
+                unreachable!("handled above")
+            }
         }
         Ok(())
+    }
+}
+
+/// An object of `name: number` pairs (batch statistics): other values and
+/// names that are not usable names are skipped, and at most `max` are kept.
+struct NumberMap {
+    max: usize,
+}
+
+impl<'de> Visitor<'de> for NumberMap {
+    type Value = Vec<(Cow<'de, str>, f64)>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object of numbers")
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Vec::new())
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(Vec::new())
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(Vec::new())
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(Vec::new())
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(Vec::new())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Vec::new())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Vec::new())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(key) = map.next_key::<Str<'de>>()? {
+            let v = map.next_value::<Scalar<'de>>()?;
+            let x = match v {
+                Scalar::Float(f) if f.is_finite() => f,
+                Scalar::Int(i) => i as f64,
+                Scalar::UInt(u) => u as f64,
+                _ => continue,
+            };
+            if out.len() < self.max && valid_name(&key.0) {
+                out.push((key.0, x));
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -1278,6 +1632,8 @@ fn parse_naive(s: &str, offset: FixedOffset) -> Option<i64> {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DecodeStats {
     pub events: u64,
+    /// Non-inference records by [`RecordKind`].
+    pub records: [u64; RecordKind::ALL.len()],
     pub rejected: [u64; Reject::ALL.len()],
     pub skipped: [u64; Skip::ALL.len()],
     pub issues: [u64; Issue::COUNT],
@@ -1298,6 +1654,7 @@ impl DecodeStats {
                     bits &= bits - 1;
                 }
             }
+            Decoded::Record(r) => self.records[r.kind as usize] += 1,
             Decoded::Skipped(s) => self.skipped[*s as usize] += 1,
             Decoded::Rejected(r) => self.rejected[*r as usize] += 1,
         }
@@ -1305,6 +1662,9 @@ impl DecodeStats {
 
     pub fn merge(&mut self, other: &DecodeStats) {
         self.events += other.events;
+        for (a, b) in self.records.iter_mut().zip(other.records) {
+            *a += b;
+        }
         for (a, b) in self.rejected.iter_mut().zip(other.rejected) {
             *a += b;
         }
@@ -1350,7 +1710,8 @@ mod tests {
         assert_eq!(e.prediction, Some(Prediction::Label("cat".into())));
         assert_eq!(e.confidence, Some(0.95));
         assert_eq!(e.level, Some(Level::Info));
-        assert!(e.has_request_id);
+        assert_eq!(e.request_id, Some(feature_hash("req_12345")));
+        assert_eq!(e.service.as_deref(), Some("ai_inference_service"));
         assert_eq!(e.issues, 0);
         assert_eq!(
             e.features,
@@ -1478,38 +1839,99 @@ mod tests {
         );
     }
 
+    fn record(line: &str) -> Record<'_> {
+        match dec().decode(line.as_bytes()) {
+            Decoded::Record(r) => r,
+            other => panic!("expected a record from {line}, got {other:?}"),
+        }
+    }
+
     #[test]
-    fn non_inference_lines_are_skipped_with_a_reason() {
+    fn the_seeds_other_lines_are_records_of_their_kind() {
+        // Timing: every stage, the model, no request id kept in clear.
+        let r = record(
+            r#"{"timestamp": "2025-12-14 10:00:00,123", "level": "INFO", "message": "Inference timing metrics", "service": "ai_inference_service", "request_id": "some_id", "total_latency_ms": 12.5, "preprocessing_ms": 2, "inference_ms": 8.1, "postprocessing_ms": 1.4, "model_id": "v1.2.3"}"#,
+        );
+        assert_eq!(r.kind, RecordKind::Timing);
+        assert_eq!(r.model.as_deref(), Some("v1.2.3"));
+        assert_eq!(r.service.as_deref(), Some("ai_inference_service"));
+        assert_eq!(r.time, EventTime::Parsed(1_765_706_400_123));
+        assert_eq!(
+            r.stages,
+            vec![
+                ("total_latency_ms".into(), 12.5),
+                ("preprocessing_ms".into(), 2.0),
+                ("inference_ms".into(), 8.1),
+                ("postprocessing_ms".into(), 1.4),
+            ]
+        );
+        assert_eq!(r.request_id, Some(feature_hash("some_id")));
+        // Error records carry their type.
+        let r = record(
+            r#"{"model_id":"m","level":"ERROR","error_type":"InputValidationError","exception_message":"bad value 42"}"#,
+        );
+        assert_eq!(r.kind, RecordKind::Error);
+        assert_eq!(r.error_type.as_deref(), Some("InputValidationError"));
+        // Feedback, with or without a model; its own timestamp when the
+        // envelope has none.
+        let r = record(
+            r#"{"message":"User feedback received","request_id":"req_1","user_id":"u","action":"clicked_on_item","feedback_timestamp":1765706400.5}"#,
+        );
+        assert_eq!(r.kind, RecordKind::Feedback);
+        assert_eq!(r.model, None);
+        assert_eq!(r.action.as_deref(), Some("clicked_on_item"));
+        assert_eq!(r.request_id, Some(feature_hash("req_1")));
+        assert_eq!(r.time, EventTime::Parsed(1_765_706_400_500));
+        // Batch statistics, timed by timestamp_end.
+        let r = record(
+            r#"{"message":"Batch data and prediction statistics","batch_id":"b","timestamp_end":1765706400.0,"input_stats":{"feature_A_mean":3.5,"feature_B_mode":"x"},"prediction_stats":{"class_counts":{"cat":30,"dog":12,"bad":-1,"half":0.5},"avg_confidence":0.83},"model_id":"v1.2.3"}"#,
+        );
+        assert_eq!(r.kind, RecordKind::BatchStats);
+        assert_eq!(r.input_stats, vec![("feature_A_mean".into(), 3.5)]);
+        assert_eq!(r.class_counts, vec![("cat".into(), 30), ("dog".into(), 12)]);
+        assert_eq!(r.avg_confidence, Some(0.83));
+        assert_eq!(r.time, EventTime::Parsed(1_765_706_400_000));
+        // Stages on an inference line stay with the event.
+        let e = event(r#"{"model_id":"m","prediction":"a","inference_ms":4,"request_id":17}"#);
+        assert_eq!(e.stages, vec![("inference_ms".into(), 4.0)]);
+        assert_eq!(e.request_id, Some(feature_hash("17")));
+    }
+
+    #[test]
+    fn lines_no_analysis_uses_are_skipped_with_a_reason() {
         let d = dec();
-        let cases = [
-            (
-                r#"{"model_id":"m","message":"User feedback received","request_id":"r","action":"clicked_on_item"}"#,
-                Skip::Feedback,
-            ),
-            (
-                r#"{"model_id":"m","total_latency_ms":12.5,"inference_ms":8.1}"#,
-                Skip::Timing,
-            ),
-            (
-                r#"{"model_id":"m","input_stats":{"a_mean":1},"prediction_stats":{"class_counts":{"a":1}}}"#,
-                Skip::BatchStats,
-            ),
-            (
-                r#"{"model_id":"m","level":"ERROR","error_type":"InputValidationError"}"#,
-                Skip::ErrorRecord,
-            ),
+        for (line, want) in [
             (
                 r#"{"model_id":"m","message":"hello"}"#,
                 Skip::NoInferenceFields,
             ),
             (
-                r#"{"message":"User feedback received","request_id":"r","user_id":"u","action":"clicked_on_item"}"#,
-                Skip::Feedback,
+                r#"{"model_id":"m","total_latency_ms":-3}"#,
+                Skip::NoInferenceFields,
             ),
-        ];
-        for (line, want) in cases {
+            (
+                r#"{"message":"User feedback received","action":"clicked_on_item"}"#,
+                Skip::FeedbackWithoutRequestId,
+            ),
+        ] {
             assert_eq!(d.decode(line.as_bytes()), Decoded::Skipped(want), "{line}");
         }
+    }
+
+    #[test]
+    fn any_ms_field_is_a_stage_when_enabled() {
+        let mut cfg = DecodeConfig::default();
+        cfg.mapping.any_ms_stage = true;
+        let d = Decoder::new(cfg);
+        let Decoded::Record(r) =
+            d.decode(br#"{"model_id":"m","gpu_queue_ms":3,"inference_ms":5,"note_ms":"x"}"#)
+        else {
+            panic!()
+        };
+        assert_eq!(
+            r.stages,
+            vec![("gpu_queue_ms".into(), 3.0), ("inference_ms".into(), 5.0)]
+        );
     }
 
     #[test]
@@ -1648,7 +2070,8 @@ mod tests {
         assert_eq!(st.events, 1);
         assert_eq!(st.rejected[Reject::MalformedJson as usize], 1);
         assert_eq!(st.rejected[Reject::NotAnObject as usize], 1);
-        assert_eq!(st.skipped[Skip::Feedback as usize], 1);
+        assert_eq!(st.records[RecordKind::Feedback as usize], 0);
+        assert_eq!(st.skipped[Skip::FeedbackWithoutRequestId as usize], 1);
         assert_eq!(st.rejected_total(), 2);
     }
 

@@ -4,9 +4,11 @@
 //! This module owns the demo's set-up: librdkafka's in-process mock cluster
 //! (the real Kafka protocol over loopback), baselines built from a reference
 //! phase, a generator writing seed-shaped inference logs for two models
-//! (features, classes, confidences, arms, timing and feedback lines, a few
-//! malformed lines) that injects drift after a while, and a live table of
-//! scores and states on the terminal. The daemon itself is the real one
+//! (features, classes, confidences, arms, timing, error, batch-statistics and
+//! feedback lines, a few malformed lines) that injects drift after a while,
+//! deploys a worse version of one model later (more errors, slower), and
+//! gives the variant arm a lower click-through; a live table of scores,
+//! error rates, latencies, arms and states on the terminal. The daemon itself is the real one
 //! (`app::start`), serving /metrics like in production.
 
 use std::io::{IsTerminal, Write};
@@ -25,8 +27,10 @@ use tokio_util::sync::CancellationToken;
 use crate::baseline::rfc3339;
 use crate::config::{Config, KafkaConfig};
 use crate::decode::Decoder;
+use crate::decode::{Decoded, RecordKind};
 use crate::detect::State;
-use crate::generate::{standard_drifts, Generator, GeneratorConfig};
+use crate::engine::AutoBaseline;
+use crate::generate::{standard_drifts, DeploySpec, Generator, GeneratorConfig};
 use crate::ingest::now_ms;
 use crate::metrics::Snapshot;
 use crate::replay::{build_baselines, Input};
@@ -41,6 +45,8 @@ pub struct DemoOptions {
     /// Inference-log lines per second.
     pub rate: u32,
     pub drift_after: Duration,
+    /// When `fraud-v2` replaces `fraud-v1`.
+    pub deploy_after: Duration,
     /// Stop after this long (default: until Ctrl-C).
     pub duration: Option<Duration>,
     /// Redraw a table on the terminal (else print changes as lines).
@@ -53,6 +59,7 @@ impl Default for DemoOptions {
             listen: "127.0.0.1:9400".parse().expect("valid"),
             rate: 2000,
             drift_after: Duration::from_secs(20),
+            deploy_after: Duration::from_secs(40),
             duration: None,
             live_table: std::io::stdout().is_terminal(),
         }
@@ -84,7 +91,9 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
     println!("embedded Kafka (librdkafka mock cluster) at {brokers}, topic {TOPIC}");
 
     // Reference phase: an hour of normal traffic, made up front.
-    let gen_cfg = GeneratorConfig::default();
+    let gen_cfg = GeneratorConfig::default()
+        .with_batch_share(0.01)
+        .with_click_rates(0.30, 0.22);
     let mut reference = Generator::new(gen_cfg.clone());
     let start = now_ms();
     let mut text = Vec::with_capacity(20_000 * 600);
@@ -135,6 +144,20 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
         length_ms: 120_000,
         pane_ms: 5_000,
     };
+    // The deployed version has no baseline file: capture one from its
+    // first events, as a production daemon can.
+    cfg.engine.auto_baseline = Some(AutoBaseline {
+        after_events: 5_000,
+    });
+    // p99 limit on inference: 1.5x the slowest model's reference p99.
+    let p99 = reference_p99(&decoder, &text, "inference_ms");
+    let slowest = p99.iter().map(|(_, v)| *v).fold(0.0, f64::max);
+    let limit = (1.5 * slowest).max(1.0);
+    cfg.engine
+        .health
+        .p99_limit_ms
+        .insert("inference_ms".into(), limit);
+    cfg.engine.align();
     cfg.every = Duration::from_secs(2);
     cfg.engine.detect.min_samples = 300;
     cfg.baselines_dir = baselines_dir;
@@ -147,11 +170,24 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
         daemon.addr
     );
     let drift_at = now_ms() + opts.drift_after.as_millis() as i64;
+    let deploy_at = now_ms() + opts.deploy_after.as_millis() as i64;
+    // Slow enough that fraud-v2's p99 clears the limit whatever the seed's
+    // latencies: 2.5x the limit's base at least, 3x its own at least.
+    let fraud_p99 = p99
+        .iter()
+        .find(|(m, _)| m == "fraud-v1")
+        .map_or(slowest, |(_, v)| *v);
+    let factor = (2.5 * slowest / fraud_p99.max(0.001)).max(3.0);
     println!(
         "generating {} lines/s for fraud-v1 and recsys-v3; drift starts at {} (in {}s): fraud-v1 f00_amount +1 sd, fraud-v1 fraud rate 4% -> 15%, recsys-v3 f01_country new category on 20%",
         opts.rate,
         rfc3339(drift_at),
         opts.drift_after.as_secs()
+    );
+    println!(
+        "fraud-v2 replaces fraud-v1 at {} (in {}s) with 8% more errors and {factor:.1}x the inference latency (p99 limit {limit:.1} ms); arm variant clicks 22% of feedback, control 30%",
+        rfc3339(deploy_at),
+        opts.deploy_after.as_secs()
     );
 
     // The producer runs on its own thread, paced to the rate.
@@ -161,7 +197,11 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
         let produced = produced.clone();
         let stop = producer_stop.clone();
         let rate = opts.rate.max(1);
-        let mut live_cfg = gen_cfg;
+        let mut live_cfg = gen_cfg.with_deploy(
+            DeploySpec::new("fraud-v1", "fraud-v2", deploy_at)
+                .with_extra_error_share(0.08)
+                .with_latency_factor(factor),
+        );
         live_cfg.stream_seed = Some(1);
         live_cfg.drifts = standard_drifts(drift_at);
         std::thread::spawn(move || produce(&brokers, live_cfg, rate, &produced, &stop))
@@ -246,6 +286,30 @@ fn produce(
     let _ = producer.flush(Duration::from_secs(2));
 }
 
+/// p99 of a stage per model over the reference lines (the demo's limit).
+fn reference_p99(decoder: &Decoder, text: &[u8], stage: &str) -> Vec<(String, f64)> {
+    let mut by_model: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
+    for line in text.split(|b| *b == b'\n') {
+        if let Decoded::Record(r) = decoder.decode(line) {
+            if r.kind != RecordKind::Timing {
+                continue;
+            }
+            if let (Some(m), Some((_, v))) = (&r.model, r.stages.iter().find(|(k, _)| k == stage)) {
+                by_model.entry(m.to_string()).or_default().push(*v);
+            }
+        }
+    }
+    by_model
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(m, mut v)| {
+            v.sort_by(f64::total_cmp);
+            let i = ((v.len() - 1) as f64 * 0.99).round() as usize;
+            (m, v[i])
+        })
+        .collect()
+}
+
 fn state_word(s: State) -> &'static str {
     match s {
         State::Ok | State::Resolved => "ok",
@@ -296,6 +360,50 @@ fn draw_table(snap: &Snapshot, elapsed: Duration, sent: u64, drift_at: i64) {
         }
         out.push('\n');
     }
+    out.push_str(&format!(
+        "  {:<12} {:>9} {:>8} {:>12} {:>12}  {}\n",
+        "model", "requests", "errors", "p50 infer", "p99 infer", "conditions"
+    ));
+    for h in &snap.report.health {
+        let lat = h.latency.iter().find(|s| s.stage == "inference_ms");
+        let ms = |v: Option<f64>| v.map_or("-".into(), |x| format!("{x:.1} ms"));
+        let firing: Vec<String> = h
+            .conditions
+            .iter()
+            .filter(|c| c.2 != State::Ok)
+            .map(|c| format!("{} {} {}", c.0, c.1, state_word(c.2)).replace("  ", " "))
+            .collect();
+        out.push_str(&format!(
+            "  {:<12} {:>9} {:>8} {:>12} {:>12}  {}\n",
+            h.model,
+            h.requests,
+            h.error_rate
+                .map_or("-".into(), |r| format!("{:.1}%", r * 100.0)),
+            ms(lat.and_then(|s| s.p50_ms)),
+            ms(lat.and_then(|s| s.p99_ms)),
+            firing.join(", ")
+        ));
+    }
+    out.push('\n');
+    for c in snap
+        .report
+        .experiments
+        .comparisons
+        .iter()
+        .filter(|c| c.action == "clicked_on_item")
+    {
+        let pct = |r: Option<f64>| r.map_or("-".into(), |x| format!("{:.2}%", x * 100.0));
+        out.push_str(&format!(
+            "  {} clicks: {} {} vs {} {}  p = {}  {}\n",
+            c.model,
+            c.control,
+            pct(c.control_rate),
+            c.variant,
+            pct(c.variant_rate),
+            c.p_value.map_or("-".into(), |p| format!("{p:.1e}")),
+            state_word(c.state)
+        ));
+    }
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.write_all(out.as_bytes());
     let _ = stdout.flush();
@@ -306,6 +414,28 @@ fn print_changes(
     last: &mut std::collections::HashMap<(String, String), State>,
     elapsed: Duration,
 ) {
+    // Health and experiment conditions: their transitions say it all.
+    for t in snap.transitions.iter().filter(|t| t.distribution.is_none()) {
+        if matches!(t.to, State::Firing | State::Resolved) {
+            println!(
+                "t+{:>3}s {} {}{}{} -> {}: {}",
+                elapsed.as_secs(),
+                t.alertname,
+                t.model,
+                t.arm
+                    .as_ref()
+                    .map(|a| format!(" arm {a}"))
+                    .unwrap_or_default(),
+                if t.feature.is_empty() {
+                    String::new()
+                } else {
+                    format!(" {}", t.feature)
+                },
+                t.to,
+                t.details.get("summary").map_or("", String::as_str)
+            );
+        }
+    }
     for m in &snap.report.models {
         for f in m.all.distributions() {
             let key = (m.model.clone(), f.name.clone());

@@ -16,6 +16,7 @@
 //! hovers at the threshold does not flap. No verdict moves while the window
 //! holds fewer than `min_samples` events: small windows are noise.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::Serialize;
@@ -243,17 +244,26 @@ pub struct Verdict {
     pub insufficient_data: bool,
 }
 
-/// A state change, as the alert sinks and the replay report see it.
+/// A state change, as the alert sinks and the replay report see it. Drift
+/// verdicts and the health conditions (errors, deploys, latency, arms) both
+/// come out as transitions, so every sink handles one shape.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Transition {
+    /// `FeatureDrift`, `PredictionDrift`, `ErrorSpikeAfterDeploy` ...
+    pub alertname: &'static str,
     pub model: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub arm: Option<String>,
+    /// What inside the model: a feature, `prediction`, a latency stage, an
+    /// action; empty when the alert is about the model as a whole.
     pub feature: String,
-    /// Which distribution `feature` names: an input feature, or the model's
-    /// prediction or confidence.
-    pub distribution: Distribution,
-    pub metric: Metric,
+    /// For drift: which distribution `feature` names.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub distribution: Option<Distribution>,
+    pub metric: &'static str,
+    /// Whether `value` breaches by being above `threshold` (else below).
+    #[serde(skip)]
+    pub higher_is_worse: bool,
     pub from: State,
     pub to: State,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -262,12 +272,19 @@ pub struct Transition {
     pub threshold: f64,
     pub samples: u64,
     pub at_ms: i64,
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub baseline_version: String,
     /// `[start, end)` of the window's event time (time windows only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub window_start_ms: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub window_end_ms: Option<i64>,
+    /// Extra alert labels; bounded values only (model versions, stages).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<&'static str, String>,
+    /// Extra annotations (p-values, the rates compared ...).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub details: BTreeMap<&'static str, String>,
 }
 
 /// What kind of distribution a verdict is about.
@@ -277,6 +294,8 @@ pub enum Distribution {
     Feature,
     Prediction,
     Confidence,
+    /// A latency stage of the model's timing lines.
+    Latency,
 }
 
 impl Distribution {
@@ -286,7 +305,86 @@ impl Distribution {
             SlotRole::Feature => Distribution::Feature,
             SlotRole::Prediction => Distribution::Prediction,
             SlotRole::Confidence => Distribution::Confidence,
+            SlotRole::Latency => Distribution::Latency,
         }
+    }
+
+    /// The alert a drift verdict on this distribution raises.
+    pub fn alertname(self) -> &'static str {
+        match self {
+            Distribution::Feature => "FeatureDrift",
+            Distribution::Prediction => "PredictionDrift",
+            Distribution::Confidence => "ConfidenceDrift",
+            Distribution::Latency => "LatencyDrift",
+        }
+    }
+}
+
+/// A yes/no condition (an error rate significantly up, a p99 over its
+/// limit) debounced exactly like a drift verdict: `for` breaching
+/// evaluations to fire, `resolve_after` clear ones to resolve; `None`
+/// (too little data) holds the state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Condition {
+    pub state: State,
+    streak: u32,
+    /// Last evaluation had too little data to judge.
+    pub insufficient_data: bool,
+}
+
+impl Condition {
+    /// Steps the condition; returns `(from, to)` when it fired or resolved.
+    pub fn step(&mut self, breach: Option<bool>, cfg: &DetectConfig) -> Option<(State, State)> {
+        let Some(breach) = breach else {
+            self.insufficient_data = true;
+            return None;
+        };
+        self.insufficient_data = false;
+        let from = self.state;
+        match (self.state, breach) {
+            (State::Ok | State::Resolved, true) => {
+                if cfg.for_evaluations <= 1 {
+                    self.streak = 0;
+                    self.state = State::Firing;
+                    return Some((from, State::Firing));
+                }
+                self.streak = 1;
+                self.state = State::Pending;
+                None
+            }
+            (State::Pending, true) => {
+                self.streak += 1;
+                if self.streak >= cfg.for_evaluations {
+                    self.streak = 0;
+                    self.state = State::Firing;
+                    return Some((from, State::Firing));
+                }
+                None
+            }
+            (State::Pending | State::Resolved, false) => {
+                self.streak = 0;
+                self.state = State::Ok;
+                None
+            }
+            (State::Ok, false) => None,
+            (State::Firing, true) => {
+                self.streak = 0;
+                None
+            }
+            (State::Firing, false) => {
+                self.streak += 1;
+                if self.streak >= cfg.resolve_after {
+                    self.streak = 0;
+                    self.state = State::Resolved;
+                    return Some((from, State::Resolved));
+                }
+                None
+            }
+        }
+    }
+
+    pub fn firing(&self) -> bool {
+        self.state == State::Firing
     }
 }
 

@@ -16,8 +16,13 @@ use serde::Serialize;
 
 use crate::baseline::{Baseline, BaselineBuilder, Binning, Layout, SlotRole};
 use crate::compare::{self, CompareOptions, Metric, Scores};
-use crate::decode::{DecodeConfig, DecodeStats, Decoded, Decoder, Event, EventTime};
+use crate::decode::{
+    DecodeConfig, DecodeStats, Decoded, Decoder, Event, EventTime, FeatureValue, Prediction,
+    Record, RecordKind,
+};
 use crate::detect::{DetectConfig, State, Transition, Verdict};
+use crate::experiment::{ExperimentConfig, ExperimentReport, Experiments};
+use crate::health::{Health, HealthConfig, HealthReport, Observation};
 use crate::window::{Inserted, Window, WindowSpec, WindowState};
 
 /// Capture a baseline from live traffic for models that have none.
@@ -43,6 +48,10 @@ pub struct EngineConfig {
     pub max_models: usize,
     pub max_arms_per_model: usize,
     pub auto_baseline: Option<AutoBaseline>,
+    /// Errors, deploys, latency quantiles, batch statistics.
+    pub health: HealthConfig,
+    /// The feedback join and arm comparison.
+    pub experiments: ExperimentConfig,
 }
 
 impl Default for EngineConfig {
@@ -58,7 +67,29 @@ impl Default for EngineConfig {
             max_models: 1000,
             max_arms_per_model: 8,
             auto_baseline: None,
+            health: HealthConfig::default(),
+            experiments: ExperimentConfig::default(),
         }
+    }
+}
+
+impl EngineConfig {
+    /// Aligns the health and experiment windows with the drift window (same
+    /// length and panes when it is a time window) and their caps with the
+    /// engine's. Call after changing `window` or the caps.
+    pub fn align(&mut self) {
+        if let WindowSpec::Time { length_ms, pane_ms } = self.window {
+            for (p, n) in [
+                (&mut self.health.pane_ms, &mut self.health.panes),
+                (&mut self.experiments.pane_ms, &mut self.experiments.panes),
+            ] {
+                *p = pane_ms;
+                *n = (length_ms.max(1) as u64).div_ceil(pane_ms.max(1) as u64) as usize;
+            }
+        }
+        self.health.max_models = self.max_models;
+        self.experiments.max_models = self.max_models;
+        self.experiments.max_arms_per_model = self.max_arms_per_model;
     }
 }
 
@@ -79,6 +110,8 @@ pub struct EngineStats {
     pub arms_refused: u64,
     /// Baselines captured automatically.
     pub auto_baselines: u64,
+    /// Batch-statistics class counts added to prediction distributions.
+    pub batch_class_counts: u64,
 }
 
 /// What happened to one line.
@@ -122,6 +155,8 @@ pub struct ModelState {
     pub name: Arc<str>,
     pub layout: Arc<Layout>,
     pub all: Tracked,
+    /// Stage latencies, when the baseline has them (see [`Layout::for_latency`]).
+    pub latency: Option<Tracked>,
     pub arms: Vec<(Arc<str>, Tracked)>,
     /// Inference events of this model counted into windows, ever.
     pub events: u64,
@@ -150,12 +185,22 @@ pub struct Engine {
     scratch: Vec<u32>,
     /// The source of the lines being ingested (see [`ModelState::sources`]).
     source: Option<u32>,
+    pub health: Health,
+    pub experiments: Experiments,
+    /// What the last evaluation found beside drift (for reports and metrics).
+    last_health: Vec<HealthReport>,
+    last_experiments: ExperimentReport,
 }
 
 impl Engine {
-    pub fn new(cfg: EngineConfig, baselines: Vec<Baseline>) -> Engine {
+    pub fn new(mut cfg: EngineConfig, baselines: Vec<Baseline>) -> Engine {
+        cfg.align();
         let decoder = Decoder::new(cfg.decode.clone());
         let mut e = Engine {
+            health: Health::new(cfg.health.clone()),
+            experiments: Experiments::new(cfg.experiments.clone()),
+            last_health: Vec::new(),
+            last_experiments: ExperimentReport::default(),
             cfg,
             decoder,
             layouts: HashMap::new(),
@@ -209,6 +254,7 @@ impl Engine {
             for (_, t) in &mut m.arms {
                 rebuild(t);
             }
+            m.latency = latency_tracked(&layout, spec, rules);
             m.layout = layout.clone();
         }
         self.collecting.remove(&name);
@@ -241,11 +287,11 @@ impl Engine {
         d
     }
 
-    /// The event time to file an event under: its own timestamp, or the
+    /// The event time to file a line under: its own timestamp, or the
     /// arrival time when it had none, clamped to the arrival time when it is
     /// too far in the future.
-    pub fn event_time(&mut self, ev: &Event<'_>, arrival_ms: i64) -> i64 {
-        match ev.time {
+    pub fn event_time(&mut self, time: EventTime, arrival_ms: i64) -> i64 {
+        match time {
             EventTime::Parsed(t) => match self.cfg.max_future_ms {
                 Some(max) if t > arrival_ms.saturating_add(max) => {
                     self.stats.future_clamped += 1;
@@ -264,13 +310,185 @@ impl Engine {
 
     /// Decodes and counts one line arriving at `arrival_ms`.
     pub fn ingest(&mut self, line: &[u8], arrival_ms: i64) -> Outcome {
-        match self.decode(line) {
+        let d = self.decode(line);
+        let t = match &d {
+            Decoded::Event(ev) => ev.time,
+            Decoded::Record(r) => r.time,
+            _ => EventTime::Missing,
+        };
+        let t = self.event_time(t, arrival_ms);
+        self.accept(&d, t, arrival_ms)
+    }
+
+    /// Counts a decoded line at event time `t_ms` in every analysis it
+    /// feeds: an inference record in the drift windows, the model's health
+    /// and the feedback join; the other records where they belong.
+    pub fn accept(&mut self, d: &Decoded<'_>, t_ms: i64, now_ms: i64) -> Outcome {
+        match d {
             Decoded::Event(ev) => {
-                let t = self.event_time(&ev, arrival_ms);
-                self.insert(&ev, t, arrival_ms)
+                self.health.observe(
+                    &ev.model,
+                    ev.service.as_deref(),
+                    t_ms,
+                    Observation {
+                        request: true,
+                        error: ev.level.is_some_and(crate::decode::Level::is_error),
+                        error_type: ev.error_type.as_deref(),
+                        stages: &ev.stages,
+                    },
+                );
+                if let Some(r) = ev.request_id {
+                    self.experiments
+                        .prediction(&ev.model, ev.arm.as_deref(), r, t_ms);
+                }
+                let out = self.insert(ev, t_ms, now_ms);
+                // A collected event's stages went into its automatic baseline.
+                if !ev.stages.is_empty() && out != Outcome::Collected {
+                    self.add_latency(&ev.model, &ev.stages, t_ms);
+                }
+                out
             }
+            Decoded::Record(r) => self.record(r, t_ms),
             Decoded::Skipped(_) => Outcome::Skipped,
             Decoded::Rejected(_) => Outcome::Rejected,
+        }
+    }
+
+    fn record(&mut self, r: &Record<'_>, t_ms: i64) -> Outcome {
+        let model = r.model.as_deref();
+        match (r.kind, model) {
+            (RecordKind::Feedback, _) => {
+                if let (Some(req), Some(a)) = (r.request_id, r.action.as_deref()) {
+                    self.experiments.feedback(req, a, t_ms);
+                }
+            }
+            (RecordKind::Timing, Some(m)) => {
+                let o = Observation {
+                    stages: &r.stages,
+                    ..Observation::default()
+                };
+                self.health.observe(m, r.service.as_deref(), t_ms, o);
+                self.add_latency(m, &r.stages, t_ms);
+            }
+            (RecordKind::Error, Some(m)) => {
+                let o = Observation {
+                    request: true,
+                    error: true,
+                    error_type: r.error_type.as_deref(),
+                    stages: &r.stages,
+                };
+                self.health.observe(m, r.service.as_deref(), t_ms, o);
+            }
+            (RecordKind::BatchStats, Some(m)) => {
+                self.health.observe_batch(
+                    m,
+                    r.service.as_deref(),
+                    t_ms,
+                    &r.input_stats,
+                    r.avg_confidence,
+                );
+                self.add_class_counts(m, &r.class_counts, t_ms);
+            }
+            (_, None) => {}
+        }
+        Outcome::Counted
+    }
+
+    /// The model's state, created when it has a baseline and the cap allows.
+    fn state_of(&mut self, model: &str, t_ms: i64) -> Option<&mut ModelState> {
+        if !self.models.contains_key(model) {
+            let layout = self.layouts.get(model)?.clone();
+            if self.models.len() >= self.cfg.max_models {
+                self.stats.models_refused += 1;
+                return None;
+            }
+            let rules = self.cfg.detect.rules.len();
+            self.models.insert(
+                model.into(),
+                ModelState {
+                    name: model.into(),
+                    all: Tracked::new(layout.clone(), self.cfg.window, rules),
+                    latency: latency_tracked(&layout, self.cfg.window, rules),
+                    layout,
+                    arms: Vec::new(),
+                    events: 0,
+                    last_event_ms: t_ms,
+                    sources: Vec::new(),
+                },
+            );
+        }
+        self.models.get_mut(model)
+    }
+
+    /// Counts stage latencies in the model's latency window (and in an
+    /// automatic baseline being collected).
+    fn add_latency(&mut self, model: &str, stages: &[(std::borrow::Cow<'_, str>, f64)], t_ms: i64) {
+        if let Some((b, _)) = self.collecting.get_mut(model) {
+            b.add_stages(stages);
+            return;
+        }
+        let Some(m) = self.state_of(model, t_ms) else {
+            return;
+        };
+        if let Some(t) = &mut m.latency {
+            let ev = Event {
+                model: std::borrow::Cow::Borrowed(""),
+                arm: None,
+                time: EventTime::Missing,
+                features: stages
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            std::borrow::Cow::Borrowed(k.as_ref()),
+                            FeatureValue::Num(*v),
+                        )
+                    })
+                    .collect(),
+                prediction: None,
+                confidence: None,
+                level: None,
+                service: None,
+                error_type: None,
+                request_id: None,
+                stages: Vec::new(),
+                issues: 0,
+            };
+            t.window.insert(&ev, t_ms);
+            m.last_event_ms = m.last_event_ms.max(t_ms);
+        }
+    }
+
+    /// Adds a batch line's class counts to the model's prediction distribution.
+    fn add_class_counts(
+        &mut self,
+        model: &str,
+        counts: &[(std::borrow::Cow<'_, str>, u64)],
+        t_ms: i64,
+    ) {
+        if counts.is_empty() {
+            return;
+        }
+        let Some(m) = self.state_of(model, t_ms) else {
+            return;
+        };
+        let Some(p) = m.layout.prediction else {
+            return;
+        };
+        let slot = &m.layout.slots[p];
+        let mut bins = Vec::with_capacity(counts.len());
+        let mut total = 0u64;
+        for (label, c) in counts {
+            if let crate::baseline::BinOf::Bin(b) = slot
+                .binner
+                .bin_prediction(&Prediction::Label(std::borrow::Cow::Borrowed(label)))
+            {
+                bins.push(((slot.offset + b as usize) as u32, *c));
+                total = total.saturating_add(*c);
+            }
+        }
+        if m.all.window.add_counts(t_ms, &bins, total) == Inserted::Counted {
+            m.last_event_ms = m.last_event_ms.max(t_ms);
+            self.stats.batch_class_counts = self.stats.batch_class_counts.saturating_add(total);
         }
     }
 
@@ -279,28 +497,11 @@ impl Engine {
     pub fn insert(&mut self, ev: &Event<'_>, t_ms: i64, now_ms: i64) -> Outcome {
         let model = ev.model.as_ref();
         if !self.models.contains_key(model) {
-            match self.layouts.get(model) {
-                Some(layout) if self.models.len() < self.cfg.max_models => {
-                    let layout = layout.clone();
-                    let rules = self.cfg.detect.rules.len();
-                    self.models.insert(
-                        model.into(),
-                        ModelState {
-                            name: model.into(),
-                            all: Tracked::new(layout.clone(), self.cfg.window, rules),
-                            layout,
-                            arms: Vec::new(),
-                            events: 0,
-                            last_event_ms: t_ms,
-                            sources: Vec::new(),
-                        },
-                    );
-                }
-                Some(_) => {
-                    self.stats.models_refused += 1;
-                    return Outcome::Refused;
-                }
-                None => return self.collect(ev, now_ms),
+            if !self.layouts.contains_key(model) {
+                return self.collect(ev, now_ms);
+            }
+            if self.state_of(model, t_ms).is_none() {
+                return Outcome::Refused;
             }
         }
         let cfg = &self.cfg;
@@ -410,10 +611,19 @@ impl Engine {
         for name in names {
             let m = self.models.get_mut(&name).expect("listed");
             evaluate_tracked(cfg, &m.name, None, &mut m.all, now_ms, &mut out);
+            if let Some(t) = &mut m.latency {
+                evaluate_tracked(cfg, &m.name, None, t, now_ms, &mut out);
+            }
             for (arm, t) in &mut m.arms {
                 evaluate_tracked(cfg, &m.name, Some(arm), t, now_ms, &mut out);
             }
         }
+        let (health, t) = self.health.evaluate(now_ms, &self.cfg.detect);
+        self.last_health = health;
+        out.extend(t);
+        let (exp, t) = self.experiments.evaluate(now_ms, &self.cfg.detect);
+        self.last_experiments = exp;
+        out.extend(t);
         out
     }
 
@@ -434,6 +644,17 @@ impl Engine {
     pub fn expire_idle(&mut self, now_ms: i64, idle_ms: i64) -> Vec<Arc<str>> {
         self.collecting
             .retain(|_, (_, seen)| now_ms - *seen <= idle_ms);
+        self.health.expire_idle(now_ms, idle_ms);
+        self.experiments.expire_idle(now_ms, idle_ms);
+        // What the last evaluation reported about them goes too.
+        let health = &self.health;
+        self.last_health
+            .retain(|h| health.model(&h.model).is_some());
+        let x = &self.experiments;
+        self.last_experiments.arms.retain(|a| x.has_model(&a.model));
+        self.last_experiments
+            .comparisons
+            .retain(|c| x.has_model(&c.model));
         let gone: Vec<Box<str>> = self
             .models
             .iter()
@@ -447,6 +668,7 @@ impl Engine {
 
     /// Current state of every window, for reports, the API and metrics.
     pub fn report(&self) -> Report {
+        let control = self.cfg.experiments.control_arm.as_str();
         let mut models: Vec<ModelReport> = self
             .models
             .values()
@@ -460,10 +682,29 @@ impl Engine {
                     .iter()
                     .map(|(a, t)| (a.to_string(), window_report(&self.cfg, &m.layout, t)))
                     .collect(),
+                latency: m
+                    .latency
+                    .as_ref()
+                    .map(|t| window_report(&self.cfg, t.window.layout(), t)),
+                arm_divergence: arm_divergence(&self.cfg, m, control),
             })
             .collect();
         models.sort_by(|a, b| a.model.cmp(&b.model));
-        Report { models }
+        let mut health = self.last_health.clone();
+        for h in &mut health {
+            if let (Some(b), Some(l)) = (&mut h.batch, self.layouts.get(h.model.as_str())) {
+                b.shifts = batch_shifts(&b.stats, &l.baseline);
+            }
+        }
+        Report {
+            models,
+            health,
+            experiments: self.last_experiments.clone(),
+            health_stats: self.health.stats.clone(),
+            join_stats: self.experiments.stats.clone(),
+            join_waiting: self.experiments.waiting(),
+            versions: self.health.versions(),
+        }
     }
 
     /// Window states of every model, for checkpoints.
@@ -525,6 +766,7 @@ impl Engine {
             .or_insert_with(|| ModelState {
                 name: model.into(),
                 all: Tracked::new(layout.clone(), spec, rules),
+                latency: latency_tracked(&layout, spec, rules),
                 layout: layout.clone(),
                 arms: Vec::new(),
                 events: 0,
@@ -551,6 +793,70 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// Each variant arm's window against the control arm's (named `control`, or
+/// the first arm by name), on the model's bins, with the same comparator.
+fn arm_divergence(cfg: &EngineConfig, m: &ModelState, control: &str) -> Vec<ArmDivergence> {
+    if m.arms.len() < 2 {
+        return Vec::new();
+    }
+    let mut arms: Vec<&(Arc<str>, Tracked)> = m.arms.iter().collect();
+    arms.sort_by(|a, b| a.0.cmp(&b.0));
+    let c = arms.iter().position(|(a, _)| **a == *control).unwrap_or(0);
+    let (c_name, c_t) = arms[c];
+    let mut out = Vec::new();
+    for (i, (v_name, v_t)) in arms.iter().enumerate() {
+        if i == c {
+            continue;
+        }
+        for (s, slot) in m.layout.slots.iter().enumerate() {
+            let Some(scores) = compare::compare(
+                v_t.window.slot_counts(s),
+                c_t.window.slot_counts(s),
+                m.layout.bin_layout(s),
+                &cfg.compare,
+            ) else {
+                continue;
+            };
+            let mut metrics = serde_json::Map::new();
+            for k in Metric::ALL {
+                if let Some(v) = scores.get(k) {
+                    metrics.insert(k.name().to_owned(), json_num(v));
+                }
+            }
+            out.push(ArmDivergence {
+                arm_a: c_name.to_string(),
+                arm_b: v_name.to_string(),
+                feature: slot.name.to_string(),
+                metrics,
+            });
+        }
+    }
+    out
+}
+
+/// Batch statistics named `<feature>_mean` against the baseline's mean of
+/// that feature, in baseline standard deviations.
+fn batch_shifts(stats: &[(String, f64)], b: &Baseline) -> Vec<(String, f64)> {
+    stats
+        .iter()
+        .filter_map(|(name, v)| {
+            let feature = name.strip_suffix("_mean")?;
+            let f = b.features.iter().find(|f| f.name == feature)?;
+            match f.bins {
+                crate::baseline::Bins::Numeric { mean, std, .. } if std > 0.0 => {
+                    Some((name.clone(), (v - mean) / std))
+                }
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// A latency window, when the model's baseline has latency stages.
+fn latency_tracked(layout: &Layout, spec: WindowSpec, rules: usize) -> Option<Tracked> {
+    Layout::for_latency(&layout.baseline).map(|l| Tracked::new(Arc::new(l), spec, rules))
 }
 
 fn evaluate_tracked(
@@ -584,12 +890,17 @@ fn evaluate_tracked(
                 continue;
             }
             if let Some(step) = t.verdicts[i][r].step(rule, &cfg.detect, value, samples, now_ms) {
+                let distribution = crate::detect::Distribution::of(slot.role);
                 out.push(Transition {
+                    alertname: distribution.alertname(),
                     model: model.to_owned(),
                     arm: arm.map(str::to_owned),
                     feature: slot.name.to_string(),
-                    distribution: crate::detect::Distribution::of(slot.role),
-                    metric: rule.metric,
+                    distribution: Some(distribution),
+                    metric: rule.metric.name(),
+                    higher_is_worse: rule.metric.higher_is_worse(),
+                    labels: Default::default(),
+                    details: Default::default(),
                     from: step.from,
                     to: step.to,
                     severity: step.severity,
@@ -610,6 +921,26 @@ fn evaluate_tracked(
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
     pub models: Vec<ModelReport>,
+    /// Errors, deploys, latency and batch statistics per model, as of the
+    /// last evaluation.
+    pub health: Vec<HealthReport>,
+    /// Feedback per arm and the arm comparisons, as of the last evaluation.
+    pub experiments: ExperimentReport,
+    pub health_stats: crate::health::HealthStats,
+    pub join_stats: crate::experiment::JoinStats,
+    /// (predictions, feedback lines) waiting in the join.
+    pub join_waiting: (usize, usize),
+    /// (service, model, first seen ms) of every version seen.
+    pub versions: Vec<(String, String, i64)>,
+}
+
+/// How a variant arm's inputs differ from the control's, per distribution.
+#[derive(Debug, Clone, Serialize)]
+pub struct ArmDivergence {
+    pub arm_a: String,
+    pub arm_b: String,
+    pub feature: String,
+    pub metrics: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -621,6 +952,12 @@ pub struct ModelReport {
     pub all: WindowReport,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub arms: Vec<(String, WindowReport)>,
+    /// The latency stages' window, when the baseline has stages.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency: Option<WindowReport>,
+    /// Each variant arm against the control arm.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub arm_divergence: Vec<ArmDivergence>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -719,7 +1056,7 @@ fn window_report(cfg: &EngineConfig, layout: &Layout, t: &Tracked) -> WindowRepo
             state: worst,
         };
         match slot.role {
-            SlotRole::Feature => features.push(fr),
+            SlotRole::Feature | SlotRole::Latency => features.push(fr),
             SlotRole::Prediction => prediction = Some(fr),
             SlotRole::Confidence => confidence = Some(fr),
         }
@@ -867,6 +1204,86 @@ mod tests {
         assert!(e2.expire_idle(now + 60_000, 3_600_000).is_empty());
         e2.evaluate(now + 60_000);
         assert_eq!(e2.model("m").unwrap().all.window.samples(), 200);
+    }
+
+    /// Timing, error, feedback and batch lines reach their analyses through
+    /// `ingest`: latency in the latency window and quantiles, errors in the
+    /// error rate, batch class counts in the prediction distribution,
+    /// feedback joined to its prediction.
+    #[test]
+    fn every_record_kind_reaches_its_analysis() {
+        let t0 = 1_800_000_000i64;
+        let d = Decoder::new(DecodeConfig::default());
+        let mut b = BaselineBuilder::new("m");
+        for i in 0..600 {
+            let l = format!(
+                r#"{{"model_id":"m","prediction":"{}","timestamp":{},"inference_ms":{},"input_features":{{"x":{}}}}}"#,
+                if i % 2 == 0 { "a" } else { "b" },
+                t0 - 3600 + i,
+                5 + i % 10,
+                i % 10
+            );
+            if let Decoded::Event(e) = d.decode(l.as_bytes()) {
+                b.add(&e);
+            }
+        }
+        let base = b.finish(&Binning::default(), "t", 0).unwrap();
+        assert_eq!(
+            base.latency.len(),
+            1,
+            "stages on inference lines build a latency baseline"
+        );
+        let mut e = Engine::new(EngineConfig::default(), vec![base]);
+        let now = (t0 + 100) * 1000;
+        let lines = [
+            format!(
+                r#"{{"model_id":"m","prediction":"a","request_id":"r1","experiment_assignment":"control","timestamp":{t0},"input_features":{{"x":1}}}}"#
+            ),
+            format!(
+                r#"{{"model_id":"m","level":"ERROR","error_type":"Timeout","timestamp":{t0}}}"#
+            ),
+            format!(
+                r#"{{"model_id":"m","inference_ms":250.0,"total_latency_ms":300,"timestamp":{t0}}}"#
+            ),
+            format!(
+                r#"{{"request_id":"r1","action":"clicked_on_item","timestamp":{}}}"#,
+                t0 + 5
+            ),
+            format!(
+                r#"{{"model_id":"m","timestamp_end":{t0},"input_stats":{{"x_mean":4.5}},"prediction_stats":{{"class_counts":{{"a":7,"b":3}},"avg_confidence":0.8}}}}"#
+            ),
+        ];
+        for l in &lines {
+            assert_eq!(e.ingest(l.as_bytes(), now), Outcome::Counted, "{l}");
+        }
+        e.evaluate(now);
+        let r = e.report();
+        let h = &r.health[0];
+        assert_eq!((h.requests, h.errors), (2, 1));
+        assert_eq!(h.errors_by_type, vec![("Timeout".into(), 1)]);
+        let inf = h
+            .latency
+            .iter()
+            .find(|s| s.stage == "inference_ms")
+            .unwrap();
+        assert_eq!(inf.samples, 1);
+        assert!((inf.p50_ms.unwrap() - 250.0).abs() < 3.0);
+        let m = &r.models[0];
+        assert_eq!(m.latency.as_ref().unwrap().samples, 1);
+        // 1 inference event + 10 from the batch's class counts.
+        assert_eq!(m.all.samples, 11);
+        let pred = m.all.prediction.as_ref().unwrap();
+        let total: u64 = pred.window_counts.iter().sum();
+        assert_eq!(total, 11);
+        let b = h.batch.as_ref().unwrap();
+        assert_eq!(b.stats, vec![("x_mean".into(), 4.5)]);
+        // x was 0..9 uniformly: mean 4.5, so no shift.
+        assert!(b.shifts[0].1.abs() < 1e-9, "{:?}", b.shifts);
+        assert_eq!(r.join_stats.joined, 1);
+        let arm = &r.experiments.arms[0];
+        assert_eq!((arm.arm.as_str(), arm.predictions), ("control", 1));
+        assert_eq!(arm.feedback[0], ("any".into(), 1));
+        assert_eq!(e.stats.decode.records, [1, 1, 1, 1]);
     }
 
     /// End to end on generated data: a shifted feature fires, the others stay ok.

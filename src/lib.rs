@@ -9,6 +9,10 @@
 //!                                                                             │               │
 //!                                              /metrics ◀── metrics ◀────────┘               │
 //!                                              Alertmanager, Kafka ◀── alert ◀───────────────┘
+//!
+//!  the same lines, other records ──▶ health: error rates, deploys, latency sketches, batch stats
+//!  (timing, error, feedback, batch)  experiment: feedback joined by request id, arms compared
+//!                                    (both also end in metrics and alerts)
 //! ```
 //!
 //! The engine (decode, window, baseline, compare, detect, engine) is pure and
@@ -20,7 +24,9 @@
 //! - [`baseline`]: the stored, versioned, binned reference distributions; building, loading, validating.
 //! - [`compare`]: divergences between a window and its baseline (KL, JS, PSI, Hellinger, chi², KS, Wasserstein).
 //! - [`detect`]: rules and the ok → pending → firing → resolved state machine.
-//! - [`engine`]: decode → window → compare → detect for every model, with the caps that bound it.
+//! - [`health`]: error rates, deploy regressions, latency quantiles (DDSketch) and batch statistics per model.
+//! - [`experiment`]: the bounded feedback join by request id; arms compared by feedback rate.
+//! - [`engine`]: decode → window → compare → detect for every model, plus health and experiments, with the caps that bound them.
 //! - [`ingest`]: the Kafka consumer loop: consumer group, offsets stored once counted, rebalances, evaluation.
 //! - [`checkpoint`]: window state with the offsets it covers, on disk and on a compacted topic.
 //! - [`metrics`]: every Prometheus series, set once per evaluation from a snapshot.
@@ -45,7 +51,9 @@ pub mod decode;
 pub mod demo;
 pub mod detect;
 pub mod engine;
+pub mod experiment;
 pub mod generate;
+pub mod health;
 pub mod ingest;
 pub mod metrics;
 pub mod replay;

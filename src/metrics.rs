@@ -17,7 +17,7 @@ use prometheus::{
 };
 
 use crate::compare::Metric;
-use crate::decode::{Issue, Reject, Skip};
+use crate::decode::{Issue, RecordKind, Reject, Skip};
 use crate::detect::Transition;
 use crate::engine::{EngineStats, Report, WindowReport};
 
@@ -76,6 +76,8 @@ pub struct Metrics {
     transitions: IntCounterVec,
     checkpoints: IntCounterVec,
     last_checkpoint: Gauge,
+    records: IntCounterVec,
+    health: HealthMetrics,
     // What was exported last time, to remove series that went away and to
     // turn cumulative totals into counter increments.
     prev_series: HashSet<(&'static str, Vec<String>)>,
@@ -83,7 +85,84 @@ pub struct Metrics {
     prev_stats: EngineStats,
     prev_messages: u64,
     prev_checkpoints: (u64, u64),
+    prev_records: [u64; RecordKind::ALL.len()],
 }
+
+/// The series of the health and experiment analyses.
+struct HealthMetrics {
+    error_rate: GaugeVec,
+    error_rate_reference: GaugeVec,
+    requests: IntCounterVec,
+    errors: IntCounterVec,
+    first_seen: GaugeVec,
+    condition: IntGaugeVec,
+    latency: GaugeVec,
+    latency_samples: IntGaugeVec,
+    batch_stat: GaugeVec,
+    batch_shift: GaugeVec,
+    batch_confidence: GaugeVec,
+    batches: IntCounterVec,
+    arm_divergence: GaugeVec,
+    arm_predictions: IntGaugeVec,
+    feedback_rate: GaugeVec,
+    feedback_p: GaugeVec,
+    join: IntCounterVec,
+    join_waiting: IntGaugeVec,
+    refused: IntCounterVec,
+    prev_totals: BTreeMap<(&'static str, Vec<String>), u64>,
+    prev_join: crate::experiment::JoinStats,
+    prev_refused: crate::health::HealthStats,
+}
+
+impl HealthMetrics {
+    fn new(r: &Registry) -> Result<HealthMetrics, prometheus::Error> {
+        let h = HealthMetrics {
+            error_rate: gauge_vec(r, "driftd_error_rate", "Share of the window's requests (inference and ERROR/CRITICAL records) that are errors", &["model"])?,
+            error_rate_reference: gauge_vec(r, "driftd_error_rate_reference", "The model's error rate over the windows before the current one (the reference of ErrorRateHigh)", &["model"])?,
+            requests: counter_vec(r, "driftd_requests_total", "Requests seen per model: inference records and error records", &["model"])?,
+            errors: counter_vec(r, "driftd_errors_total", "Error records per model, by error_type (the first health.max_error_types types, then other)", &["model", "error_type"])?,
+            first_seen: gauge_vec(r, "driftd_model_first_seen_timestamp_seconds", "Event time a model version was first seen, per service (a deploy when a lineage gains a version)", &["service", "model"])?,
+            condition: int_gauge_vec(r, "driftd_health_state", "State of a health condition: 0 ok, 1 pending, 2 firing", &["model", "alertname", "feature"])?,
+            latency: gauge_vec(r, "driftd_latency_seconds", "Window percentile of a stage's latency (DDSketch, 1% relative error)", &["model", "stage", "percentile"])?,
+            latency_samples: int_gauge_vec(r, "driftd_latency_window_samples", "Latency values of a stage in the window", &["model", "stage"])?,
+            batch_stat: gauge_vec(r, "driftd_batch_stat", "Latest value of a batch statistics line's input_stats entry", &["model", "stat"])?,
+            batch_shift: gauge_vec(r, "driftd_batch_stat_shift", "A <feature>_mean batch statistic minus the baseline mean, in baseline standard deviations", &["model", "stat"])?,
+            batch_confidence: gauge_vec(r, "driftd_batch_avg_confidence", "Latest avg_confidence of a batch statistics line", &["model"])?,
+            batches: counter_vec(r, "driftd_batches_total", "Batch statistics lines per model", &["model"])?,
+            arm_divergence: gauge_vec(r, "driftd_arm_divergence", "Divergence of a variant arm's window (arm_b) from the control arm's (arm_a)", &["model", "arm_a", "arm_b", "feature", "metric"])?,
+            arm_predictions: int_gauge_vec(r, "driftd_arm_window_predictions", "Predictions with a request id in the window, per arm (the feedback rate's denominator)", &["model", "arm"])?,
+            feedback_rate: gauge_vec(r, "driftd_feedback_rate", "Share of the window's predictions that got feedback (action=\"any\") or a given action", &["model", "arm", "action"])?,
+            feedback_p: gauge_vec(r, "driftd_arm_feedback_p_value", "Two-sided two-proportion test of a variant's feedback rate against the control's", &["model", "arm_a", "arm_b", "action"])?,
+            join: counter_vec(r, "driftd_feedback_join_total", "What the feedback join did, by outcome", &["outcome"])?,
+            join_waiting: int_gauge_vec(r, "driftd_feedback_join_waiting", "Predictions waiting for feedback, and feedback waiting for its prediction", &["side"])?,
+            refused: counter_vec(r, "driftd_health_refused_total", "What the health caps refused or dropped, by what", &["what"])?,
+            prev_totals: BTreeMap::new(),
+            prev_join: Default::default(),
+            prev_refused: Default::default(),
+        };
+        for o in JOIN_OUTCOMES {
+            h.join.with_label_values(&[o]);
+        }
+        for w in REFUSED {
+            h.refused.with_label_values(&[w]);
+        }
+        Ok(h)
+    }
+}
+
+const JOIN_OUTCOMES: [&str; 9] = [
+    "joined",
+    "joined_early",
+    "duplicate_feedback",
+    "duplicate_prediction",
+    "pending_evicted",
+    "early_evicted",
+    "early_expired",
+    "late_feedback",
+    "refused",
+];
+
+const REFUSED: [&str; 5] = ["models", "stages", "batch_stats", "late", "lineages"];
 
 fn gauge_vec(
     r: &Registry,
@@ -268,12 +347,23 @@ impl Metrics {
                 r.register(Box::new(g.clone()))?;
                 g
             },
+            records: counter_vec(
+                r,
+                "driftd_records_total",
+                "Non-inference records used by the health and experiment analyses, by kind",
+                &["kind"],
+            )?,
+            health: HealthMetrics::new(r)?,
             prev_series: HashSet::new(),
             prev_events: BTreeMap::new(),
             prev_stats: EngineStats::default(),
             prev_messages: 0,
             prev_checkpoints: (0, 0),
+            prev_records: [0; RecordKind::ALL.len()],
         };
+        for k in RecordKind::ALL {
+            m.records.with_label_values(&[k.as_str()]);
+        }
         // Fixed label sets exist from the start, so rates work from zero.
         for r in Reject::ALL {
             m.rejected.with_label_values(&[r.as_str()]);
@@ -304,9 +394,9 @@ impl Metrics {
     pub fn update(&mut self, s: &Snapshot) {
         let mut seen: HashSet<(&'static str, Vec<String>)> = HashSet::new();
         for m in &s.report.models {
-            self.window(&m.model, "", &m.all, &mut seen);
+            self.window(&m.model, "", &m.all, true, &mut seen);
             for (arm, w) in &m.arms {
-                self.window(&m.model, arm, w, &mut seen);
+                self.window(&m.model, arm, w, true, &mut seen);
             }
             set(
                 &mut seen,
@@ -315,7 +405,40 @@ impl Metrics {
                 &[&m.model, &m.baseline_version],
                 1,
             );
-            for f in m.all.distributions() {
+            if let Some(l) = &m.latency {
+                // Latency stages are distributions of the model's window
+                // (`latency.<stage>`); its size is driftd_latency_window_samples.
+                self.window(&m.model, "", l, false, &mut seen);
+            }
+            for div in &m.arm_divergence {
+                for (name, v) in &div.metrics {
+                    let (Some(x), Ok(metric)) = (v.as_f64(), name.parse::<Metric>()) else {
+                        continue;
+                    };
+                    if !self.scores.contains(&metric) {
+                        continue;
+                    }
+                    let labels = [
+                        m.model.as_str(),
+                        div.arm_a.as_str(),
+                        div.arm_b.as_str(),
+                        div.feature.as_str(),
+                        metric.name(),
+                    ];
+                    setf(
+                        &mut seen,
+                        &self.health.arm_divergence,
+                        "arm_divergence",
+                        &labels,
+                        x,
+                    );
+                }
+            }
+            for f in m
+                .all
+                .distributions()
+                .chain(m.latency.iter().flat_map(|l| l.features.iter()))
+            {
                 for v in &f.verdicts {
                     for (sev, t) in [("warning", v.warning), ("critical", v.critical)] {
                         let labels = [m.model.as_str(), f.name.as_str(), v.metric.name(), sev];
@@ -364,6 +487,14 @@ impl Metrics {
         self.arms_refused
             .inc_by(st.arms_refused.saturating_sub(p.arms_refused));
         self.prev_stats = st.clone();
+        for k in RecordKind::ALL {
+            let i = k as usize;
+            self.records
+                .with_label_values(&[k.as_str()])
+                .inc_by(st.decode.records[i].saturating_sub(self.prev_records[i]));
+        }
+        self.prev_records = st.decode.records;
+        self.update_health(&s.report, &mut seen);
         self.messages
             .inc_by(s.messages.saturating_sub(self.prev_messages));
         self.prev_messages = s.messages;
@@ -402,6 +533,27 @@ impl Metrics {
                 "threshold" => self.threshold.remove_label_values(&l),
                 "baseline_info" => self.baseline_info.remove_label_values(&l),
                 "lag" => self.lag.remove_label_values(&l),
+                "error_rate" => self.health.error_rate.remove_label_values(&l),
+                "error_rate_reference" => self.health.error_rate_reference.remove_label_values(&l),
+                "first_seen" => self.health.first_seen.remove_label_values(&l),
+                "condition" => self.health.condition.remove_label_values(&l),
+                "latency" => self.health.latency.remove_label_values(&l),
+                "latency_samples" => self.health.latency_samples.remove_label_values(&l),
+                "batch_stat" => self.health.batch_stat.remove_label_values(&l),
+                "batch_shift" => self.health.batch_shift.remove_label_values(&l),
+                "batch_confidence" => self.health.batch_confidence.remove_label_values(&l),
+                "arm_divergence" => self.health.arm_divergence.remove_label_values(&l),
+                "arm_predictions" => self.health.arm_predictions.remove_label_values(&l),
+                "feedback_rate" => self.health.feedback_rate.remove_label_values(&l),
+                "feedback_p" => self.health.feedback_p.remove_label_values(&l),
+                "requests" | "errors" | "batches" => {
+                    self.health.prev_totals.remove(&(*family, labels.clone()));
+                    match *family {
+                        "requests" => self.health.requests.remove_label_values(&l),
+                        "errors" => self.health.errors.remove_label_values(&l),
+                        _ => self.health.batches.remove_label_values(&l),
+                    }
+                }
                 "events" => {
                     self.prev_events.remove(labels[0].as_str());
                     self.events.remove_label_values(&l)
@@ -412,20 +564,201 @@ impl Metrics {
         self.prev_series = seen;
     }
 
+    /// The health and experiment series.
+    fn update_health(&mut self, r: &Report, seen: &mut HashSet<(&'static str, Vec<String>)>) {
+        let h = &mut self.health;
+        for m in &r.health {
+            let model = m.model.as_str();
+            if let Some(x) = m.error_rate {
+                setf(seen, &h.error_rate, "error_rate", &[model], x);
+            }
+            if let Some(x) = m.reference_error_rate {
+                setf(
+                    seen,
+                    &h.error_rate_reference,
+                    "error_rate_reference",
+                    &[model],
+                    x,
+                );
+            }
+            inc_to(
+                seen,
+                &mut h.prev_totals,
+                &h.requests,
+                "requests",
+                &[model],
+                m.requests_total,
+            );
+            for (ty, n) in &m.errors_by_type {
+                inc_to(
+                    seen,
+                    &mut h.prev_totals,
+                    &h.errors,
+                    "errors",
+                    &[model, ty],
+                    *n,
+                );
+            }
+            for (name, feature, state) in &m.conditions {
+                set(
+                    seen,
+                    &h.condition,
+                    "condition",
+                    &[model, name, feature],
+                    state.gauge(),
+                );
+            }
+            for st in &m.latency {
+                set(
+                    seen,
+                    &h.latency_samples,
+                    "latency_samples",
+                    &[model, &st.stage],
+                    st.samples as i64,
+                );
+                for (q, v) in [("50", st.p50_ms), ("90", st.p90_ms), ("99", st.p99_ms)] {
+                    if let Some(v) = v {
+                        setf(
+                            seen,
+                            &h.latency,
+                            "latency",
+                            &[model, &st.stage, q],
+                            v / 1000.0,
+                        );
+                    }
+                }
+            }
+            if let Some(b) = &m.batch {
+                inc_to(
+                    seen,
+                    &mut h.prev_totals,
+                    &h.batches,
+                    "batches",
+                    &[model],
+                    b.batches,
+                );
+                if let Some(c) = b.avg_confidence {
+                    setf(seen, &h.batch_confidence, "batch_confidence", &[model], c);
+                }
+                for (k, v) in &b.stats {
+                    setf(seen, &h.batch_stat, "batch_stat", &[model, k], *v);
+                }
+                for (k, v) in &b.shifts {
+                    setf(seen, &h.batch_shift, "batch_shift", &[model, k], *v);
+                }
+            }
+        }
+        for (service, model, t) in &r.versions {
+            setf(
+                seen,
+                &h.first_seen,
+                "first_seen",
+                &[service, model],
+                *t as f64 / 1000.0,
+            );
+        }
+        for a in &r.experiments.arms {
+            set(
+                seen,
+                &h.arm_predictions,
+                "arm_predictions",
+                &[&a.model, &a.arm],
+                a.predictions as i64,
+            );
+            if a.predictions == 0 {
+                continue;
+            }
+            for (action, n) in &a.feedback {
+                let rate = *n as f64 / a.predictions as f64;
+                setf(
+                    seen,
+                    &h.feedback_rate,
+                    "feedback_rate",
+                    &[&a.model, &a.arm, action],
+                    rate,
+                );
+            }
+        }
+        for c in &r.experiments.comparisons {
+            if let Some(p) = c.p_value {
+                setf(
+                    seen,
+                    &h.feedback_p,
+                    "feedback_p",
+                    &[&c.model, &c.control, &c.variant, &c.action],
+                    p,
+                );
+            }
+        }
+        let j = &r.join_stats;
+        let pj = &h.prev_join;
+        for (o, now, before) in [
+            ("joined", j.joined, pj.joined),
+            ("joined_early", j.joined_early, pj.joined_early),
+            (
+                "duplicate_feedback",
+                j.duplicate_feedback,
+                pj.duplicate_feedback,
+            ),
+            (
+                "duplicate_prediction",
+                j.duplicate_predictions,
+                pj.duplicate_predictions,
+            ),
+            ("pending_evicted", j.pending_evicted, pj.pending_evicted),
+            ("early_evicted", j.early_evicted, pj.early_evicted),
+            ("early_expired", j.early_expired, pj.early_expired),
+            ("late_feedback", j.late_feedback, pj.late_feedback),
+            ("refused", j.refused, pj.refused),
+        ] {
+            h.join
+                .with_label_values(&[o])
+                .inc_by(now.saturating_sub(before));
+        }
+        h.prev_join = j.clone();
+        h.join_waiting
+            .with_label_values(&["predictions"])
+            .set(r.join_waiting.0 as i64);
+        h.join_waiting
+            .with_label_values(&["feedback"])
+            .set(r.join_waiting.1 as i64);
+        let hs = &r.health_stats;
+        let ph = &h.prev_refused;
+        for (w, now, before) in [
+            ("models", hs.models_refused, ph.models_refused),
+            ("stages", hs.stages_refused, ph.stages_refused),
+            (
+                "batch_stats",
+                hs.batch_stats_refused,
+                ph.batch_stats_refused,
+            ),
+            ("late", hs.late, ph.late),
+            ("lineages", hs.lineages_refused, ph.lineages_refused),
+        ] {
+            h.refused
+                .with_label_values(&[w])
+                .inc_by(now.saturating_sub(before));
+        }
+        h.prev_refused = hs.clone();
+    }
+
     fn window(
         &self,
         model: &str,
         arm: &str,
         w: &WindowReport,
+        with_samples: bool,
         seen: &mut HashSet<(&'static str, Vec<String>)>,
     ) {
-        set(
-            seen,
-            &self.window_samples,
-            "window_samples",
-            &[model, arm],
-            w.samples as i64,
-        );
+        if with_samples {
+            set(
+                seen,
+                &self.window_samples,
+                "window_samples",
+                &[model, arm],
+                w.samples as i64,
+            );
+        }
         for f in &w.features {
             for (name, v) in &f.metrics {
                 let (Some(x), Ok(metric)) = (v.as_f64(), name.parse::<Metric>()) else {
@@ -484,6 +817,37 @@ fn set(
 ) {
     g.with_label_values(labels).set(v);
     seen.insert((family, labels.iter().map(|x| x.to_string()).collect()));
+}
+
+fn setf(
+    seen: &mut HashSet<(&'static str, Vec<String>)>,
+    g: &GaugeVec,
+    family: &'static str,
+    labels: &[&str],
+    v: f64,
+) {
+    g.with_label_values(labels).set(v);
+    seen.insert((family, labels.iter().map(|x| x.to_string()).collect()));
+}
+
+/// Advances a counter to a cumulative total (the engine counts; the
+/// exporter turns totals into increments).
+fn inc_to(
+    seen: &mut HashSet<(&'static str, Vec<String>)>,
+    prev: &mut BTreeMap<(&'static str, Vec<String>), u64>,
+    c: &IntCounterVec,
+    family: &'static str,
+    labels: &[&str],
+    total: u64,
+) {
+    let key = (
+        family,
+        labels.iter().map(|x| x.to_string()).collect::<Vec<_>>(),
+    );
+    let before = prev.insert(key.clone(), total).unwrap_or(0);
+    c.with_label_values(labels)
+        .inc_by(total.saturating_sub(before));
+    seen.insert(key);
 }
 
 /// Renders the registry in the Prometheus text format.

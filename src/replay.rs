@@ -12,7 +12,7 @@ use std::io::{self, BufRead};
 use std::path::{Path, PathBuf};
 
 use crate::baseline::{rfc3339, Baseline, BaselineBuilder, BaselineError, Binning};
-use crate::decode::{Decoded, Decoder, EventTime, Reject};
+use crate::decode::{Decoded, Decoder, EventTime, RecordKind, Reject};
 use crate::detect::{State, Transition};
 use crate::engine::{Engine, EngineStats, Report};
 
@@ -168,21 +168,23 @@ pub fn replay(
         if n % 65_536 == 0 {
             progress(bytes);
         }
-        let ev = match engine.decode(line) {
-            Decoded::Event(ev) => ev,
+        let d = engine.decode(line);
+        let time = match &d {
+            Decoded::Event(ev) => ev.time,
+            Decoded::Record(r) => r.time,
             Decoded::Rejected(r) => {
-                first_bad.note(r, n);
+                first_bad.note(*r, n);
                 return;
             }
             Decoded::Skipped(_) => return,
         };
         // Event time drives the clock; a line without a usable timestamp
         // happens "now", at the latest time seen.
-        let arrival = match ev.time {
+        let arrival = match time {
             EventTime::Parsed(t) => t,
             _ => watermark.unwrap_or(0),
         };
-        let t = engine.event_time(&ev, arrival);
+        let t = engine.event_time(time, arrival);
         first_event.get_or_insert(t);
         let next = *next_eval.get_or_insert_with(|| (t.div_euclid(every_ms) + 1) * every_ms);
         if t >= next {
@@ -196,7 +198,7 @@ pub fn replay(
             next_eval = Some(at);
         }
         watermark = Some(watermark.map_or(t, |w| w.max(t)));
-        engine.insert(&ev, t, t);
+        engine.accept(&d, t, t);
     })?;
     progress(bytes);
     // The final window, as of the last event.
@@ -250,11 +252,26 @@ pub fn build_baselines(
         stats.record(&d);
         let ev = match d {
             Decoded::Event(ev) => ev,
+            // Timing lines give the model's latency baseline.
+            Decoded::Record(r) if r.kind == RecordKind::Timing => {
+                let Some(m) = r.model.as_deref() else { return };
+                if model.is_some_and(|x| x != m) {
+                    return;
+                }
+                if let Some(b) = builders.get_mut(m) {
+                    b.add_stages(&r.stages);
+                } else if builders.len() < MAX_MODELS {
+                    let mut b = BaselineBuilder::new(m);
+                    b.add_stages(&r.stages);
+                    builders.insert(m.to_string(), b);
+                }
+                return;
+            }
             Decoded::Rejected(r) => {
                 first_bad.note(r, n);
                 return;
             }
-            Decoded::Skipped(_) => return,
+            Decoded::Record(_) | Decoded::Skipped(_) => return,
         };
         if model.is_some_and(|m| m != ev.model) {
             if seen_models.len() < MAX_MODELS {
@@ -293,10 +310,19 @@ pub fn build_baselines(
         ),
         Input::Stdin => "stdin".into(),
     };
+    // A model seen only in timing lines has no inference events to build
+    // from; it gets no baseline (its latency still gets quantiles).
     let baselines = builders
         .into_values()
+        .filter(|b| b.events() > 0)
         .map(|b| b.finish(binning, &source, now_ms))
         .collect::<Result<Vec<_>, _>>()?;
+    if baselines.is_empty() {
+        return Err(crate::baseline::BaselineError::Empty {
+            model: model.map(str::to_owned),
+        }
+        .into());
+    }
     Ok(BuildResult {
         baselines,
         lines,

@@ -338,6 +338,42 @@ impl Window {
         Inserted::Counted
     }
 
+    /// Adds precomputed counts (a batch-statistics line's class counts) at
+    /// event time `t_ms`: `counts` pairs flat bin indices with counts, and
+    /// `samples` events are added to the window's size.
+    pub fn add_counts(&mut self, t_ms: i64, counts: &[(u32, u64)], samples: u64) -> Inserted {
+        let pane = self.pane_of(t_ms);
+        if let Some(head) = self.head {
+            if pane <= head - self.n as i64 {
+                self.counters.late += 1;
+                return Inserted::Late;
+            }
+        }
+        if self.head.is_none_or(|h| pane > h) {
+            self.advance(pane);
+        }
+        let row = pane.rem_euclid(self.n as i64) as usize;
+        if self.pane_ids[row] != pane {
+            self.pane_ids[row] = pane;
+        }
+        // Panes count in u32; a batch cannot overflow one (the decoder caps
+        // a count at 1e12, so clamp what one pane takes).
+        let mut pane_row = self.panes.row_mut(row);
+        let pane_row = pane_row.as_slice_mut().expect("rows are contiguous");
+        let totals = self.totals.as_slice_mut().expect("contiguous");
+        for &(i, c) in counts {
+            if let (Some(p), Some(t)) = (pane_row.get_mut(i as usize), totals.get_mut(i as usize)) {
+                let c = c.min(u64::from(u32::MAX - *p));
+                *p += c as u32;
+                *t += c;
+            }
+        }
+        self.pane_samples[row] += samples;
+        self.samples += samples;
+        self.counters.events += samples;
+        Inserted::Counted
+    }
+
     /// The panes as they are, for checkpoints.
     pub fn state(&self) -> WindowState {
         let mut panes = Vec::new();
@@ -456,6 +492,7 @@ mod tests {
                 counts: vec![10, 0, 0],
             }),
             confidence: None,
+            latency: Vec::new(),
         };
         Arc::new(Layout::new(b))
     }

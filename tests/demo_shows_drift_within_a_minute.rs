@@ -1,6 +1,9 @@
 //! `driftd demo` shows drift within a minute with nothing to install: the
 //! injected drift turns a verdict to firing, printed as a line, and the
-//! demo's /metrics (valid for promtool) has a firing state.
+//! demo's /metrics (valid for promtool) has a firing state. The other
+//! analyses show too: the bad deploy raises ErrorSpikeAfterDeploy (errors and
+//! latency), its p99 raises LatencyP99High, and the arm with the lower
+//! click-through a significant ArmFeedbackDifference.
 
 mod common;
 
@@ -9,6 +12,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::*;
+
+/// Recognises one line the demo must print.
+type LinePredicate = dyn Fn(&str) -> bool;
 
 /// The demo binary, killed when dropped (also on a panic).
 struct Demo(std::process::Child);
@@ -32,6 +38,8 @@ fn injected_drift_fires_and_is_exported() {
             "75s",
             "--drift-after",
             "10s",
+            "--deploy-after",
+            "15s",
             "--rate",
             "2000",
             "--listen",
@@ -58,32 +66,59 @@ fn injected_drift_fires_and_is_exported() {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(70);
     let mut seen = Vec::new();
-    let firing = loop {
+    // Every one of these must be printed as a line before the deadline.
+    let wanted: [(&str, &LinePredicate); 5] = [
+        ("f00_amount or f01_country firing", &|l: &str| {
+            l.contains("-> firing") && (l.contains("f00_amount") || l.contains("f01_country"))
+        }),
+        ("ErrorSpikeAfterDeploy on errors", &|l: &str| {
+            l.contains("ErrorSpikeAfterDeploy fraud-v2 -> firing") && l.contains("fraud-v1")
+        }),
+        ("ErrorSpikeAfterDeploy on inference latency", &|l: &str| {
+            l.contains("ErrorSpikeAfterDeploy fraud-v2 inference_ms -> firing")
+        }),
+        ("LatencyP99High", &|l: &str| {
+            l.contains("LatencyP99High fraud-v2 inference_ms -> firing")
+        }),
+        ("ArmFeedbackDifference on clicks", &|l: &str| {
+            l.contains("ArmFeedbackDifference")
+                && l.contains("arm variant clicked_on_item -> firing")
+        }),
+    ];
+    let mut found: Vec<Option<String>> = vec![None; wanted.len()];
+    while found.iter().any(Option::is_none) {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
             Ok(line) => {
-                let hit = line.contains("-> firing")
-                    && (line.contains("f00_amount") || line.contains("f01_country"));
-                seen.push(line);
-                if hit {
-                    break seen.last().unwrap().clone();
+                for (i, (_, hit)) in wanted.iter().enumerate() {
+                    if found[i].is_none() && hit(&line) {
+                        found[i] = Some(line.clone());
+                    }
                 }
+                seen.push(line);
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => {
+            Err(e) => {
+                let missing: Vec<&str> = wanted
+                    .iter()
+                    .zip(&found)
+                    .filter(|(_, f)| f.is_none())
+                    .map(|(w, _)| w.0)
+                    .collect();
+                if e == mpsc::RecvTimeoutError::Disconnected {
+                    let status = demo.0.wait().unwrap();
+                    panic!(
+                        "the demo ended ({status}) before {missing:?}; it printed:\n{}",
+                        seen.join("\n")
+                    );
+                }
                 panic!(
-                    "no f00_amount or f01_country firing within 70 s; the demo printed:\n{}",
+                    "no {missing:?} within 70 s; the demo printed:\n{}",
                     seen.join("\n")
-                )
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                let status = demo.0.wait().unwrap();
-                panic!(
-                    "the demo ended ({status}) before any drift fired; it printed:\n{}",
-                    seen.join("\n")
-                )
+                );
             }
         }
-    };
+    }
+    let firing = found[0].clone().unwrap();
     eprintln!("{:?} after the start: {firing}", started.elapsed());
     assert!(
         seen.iter().any(|l| l.contains("embedded Kafka")),
@@ -117,5 +152,33 @@ fn injected_drift_fires_and_is_exported() {
         "no firing driftd_drift_state for f00_amount or f01_country: {firing_series:?}"
     );
     assert!(events_total(&s) > 0.0);
+    // The health and experiment conditions are on /metrics too.
+    let state = |alertname: &str, model: &str, feature: &str| {
+        s.iter()
+            .find(|x| {
+                x.name == "driftd_health_state"
+                    && x.labels.get("alertname").map(String::as_str) == Some(alertname)
+                    && x.labels.get("model").map(String::as_str) == Some(model)
+                    && x.labels.get("feature").map(String::as_str) == Some(feature)
+            })
+            .map(|x| x.value)
+    };
+    assert_eq!(state("ErrorSpikeAfterDeploy", "fraud-v2", ""), Some(2.0));
+    assert_eq!(
+        state("LatencyP99High", "fraud-v2", "inference_ms"),
+        Some(2.0)
+    );
+    let p: Vec<f64> = s
+        .iter()
+        .filter(|x| {
+            x.name == "driftd_arm_feedback_p_value"
+                && x.labels.get("action").map(String::as_str) == Some("clicked_on_item")
+        })
+        .map(|x| x.value)
+        .collect();
+    assert!(
+        p.iter().any(|p| *p < 0.001),
+        "click-through p-values: {p:?}"
+    );
     drop(demo);
 }

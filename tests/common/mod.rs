@@ -125,7 +125,7 @@ pub fn lines(cfg: GeneratorConfig, n: usize, start_ms: i64, step_ms: i64) -> Lin
         match d.decode(buf.as_bytes()) {
             Decoded::Event(e) => *out.events.entry(e.model.to_string()).or_default() += 1,
             Decoded::Rejected(_) => out.rejected += 1,
-            Decoded::Skipped(_) => {}
+            Decoded::Skipped(_) | Decoded::Record(_) => {}
         }
         out.lines.push(buf.clone());
     }

@@ -1,0 +1,1247 @@
+//! Service health from the same stream: error rates, deployments, latency
+//! quantiles and batch statistics, per model.
+//!
+//! This module owns what the seed's error, latency and batch-statistics
+//! analyses need beside drift. Per model: a ring of time panes with request
+//! and error counts, one mergeable latency sketch per stage and pane
+//! (DDSketch: bounded memory, 1% relative error by default), error counts by
+//! `error_type` (top K, the rest as `other`) and the latest batch
+//! statistics. Per lineage (a service and a model name without its version
+//! suffix), the versions in the order they were first seen. Like the engine
+//! it is pure: time comes in as a parameter, transitions go out.
+//!
+//! Three conditions, each debounced like a drift verdict ([`Condition`]):
+//!
+//! - `ErrorRateHigh`: the window's error rate is significantly above the
+//!   model's own recent past (the `reference_windows` windows before it): a
+//!   one-sided two-proportion z-test at `alpha`, *and* at least `min_ratio`
+//!   times the reference rate with at least `min_errors` errors, so a
+//!   0.10% -> 0.11% change at a million requests does not page anyone. Or,
+//!   when `max_rate` is set, simply above it.
+//! - `ErrorSpikeAfterDeploy`: when a new version starts receiving traffic,
+//!   the previous version's error rate and stage p90s are frozen as its
+//!   reference. The new version's error rate is tested against that rate
+//!   (`signal="error_rate"`); per stage, the share of its requests slower
+//!   than the previous p90 is tested against the previous 10%
+//!   (`signal="latency"`): a quantile test, exact on the new version's side
+//!   because each value is compared when it arrives.
+//! - `LatencyP99High`: a stage's window p99 above its configured limit.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use serde::Serialize;
+use sketches_ddsketch::{Config as SketchConfig, DDSketch};
+
+use crate::compare::{two_proportion_test, Tail};
+use crate::detect::{Condition, DetectConfig, Severity, State, Transition};
+
+/// The error-rate tests' settings (`ErrorRateHigh` and the deploy check).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ErrorRule {
+    /// One-sided significance level of the two-proportion test.
+    pub alpha: f64,
+    /// The window's rate must also be at least this many times the reference.
+    pub min_ratio: f64,
+    /// Errors the window must hold before the test can fire.
+    pub min_errors: u64,
+    /// Requests both sides must hold before anything is judged.
+    pub min_requests: u64,
+    /// Fire whenever the window's rate is above this (off when `None`).
+    pub max_rate: Option<f64>,
+}
+
+/// Settings (validated config, `[health]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthConfig {
+    pub enabled: bool,
+    pub pane_ms: i64,
+    /// Panes per window (the drift window's length).
+    pub panes: usize,
+    /// Windows of history before the current one, the reference of
+    /// `ErrorRateHigh`.
+    pub reference_windows: usize,
+    pub max_models: usize,
+    pub max_error_types: usize,
+    pub max_stages: usize,
+    /// Lineages (service and model name) remembered for deploy detection.
+    pub max_lineages: usize,
+    /// Versions remembered per lineage.
+    pub max_versions: usize,
+    /// Relative accuracy of the latency sketches.
+    pub sketch_error: f64,
+    pub errors: ErrorRule,
+    /// The deploy check's error test (`min_ratio` against the previous version).
+    pub deploy: ErrorRule,
+    /// The quantile of the previous version a new version's requests are
+    /// compared with, and how many times more of them may exceed it.
+    pub deploy_latency_quantile: f64,
+    pub deploy_latency_min_ratio: f64,
+    /// p99 limits per stage, in milliseconds (`LatencyP99High`).
+    pub p99_limit_ms: BTreeMap<String, f64>,
+    /// Batch statistics kept per model.
+    pub max_batch_stats: usize,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            enabled: true,
+            pane_ms: 30_000,
+            panes: 20,
+            reference_windows: 6,
+            max_models: 1000,
+            max_error_types: 8,
+            max_stages: 8,
+            max_lineages: 1000,
+            max_versions: 8,
+            sketch_error: 0.01,
+            errors: ErrorRule {
+                alpha: 0.001,
+                min_ratio: 2.0,
+                min_errors: 10,
+                min_requests: 200,
+                max_rate: None,
+            },
+            deploy: ErrorRule {
+                alpha: 0.001,
+                min_ratio: 1.5,
+                min_errors: 5,
+                min_requests: 200,
+                max_rate: None,
+            },
+            deploy_latency_quantile: 0.9,
+            deploy_latency_min_ratio: 2.0,
+            p99_limit_ms: BTreeMap::new(),
+            max_batch_stats: 64,
+        }
+    }
+}
+
+/// Counters of what the caps refused; exported per evaluation.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct HealthStats {
+    /// Lines of new models refused because `max_models` was reached.
+    pub models_refused: u64,
+    /// Stage values of stages beyond `max_stages`.
+    pub stages_refused: u64,
+    /// Batch statistics beyond `max_batch_stats`.
+    pub batch_stats_refused: u64,
+    /// Lines older than the model's history ring.
+    pub late: u64,
+    /// New lineages refused because `max_lineages` was reached.
+    pub lineages_refused: u64,
+}
+
+/// Request and error counts of one pane, and (after a deploy) how many
+/// requests per stage were slower than the previous version's quantile.
+#[derive(Debug, Clone, Default)]
+struct Pane {
+    id: i64,
+    requests: u64,
+    errors: u64,
+    /// Per stage: (values, values above the previous version's quantile).
+    slow: Vec<(u64, u64)>,
+}
+
+/// What a new version is compared with: its predecessor, frozen when the new
+/// version was first seen.
+#[derive(Debug, Clone)]
+pub struct DeployRef {
+    pub previous: Arc<str>,
+    pub at_ms: i64,
+    pub previous_requests: u64,
+    pub previous_errors: u64,
+    /// Per stage of the previous version: (stage, its quantile in ms, values).
+    pub previous_latency: Vec<(Arc<str>, f64, u64)>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct BatchState {
+    pub batches: u64,
+    pub last_at_ms: i64,
+    pub avg_confidence: Option<f64>,
+    pub stats: Vec<(Arc<str>, f64)>,
+}
+
+/// One model's health state.
+#[derive(Debug)]
+pub struct ModelHealth {
+    pub name: Arc<str>,
+    pub service: Option<Arc<str>>,
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    panes: Vec<Pane>,
+    pub requests_total: u64,
+    pub errors_total: u64,
+    /// Error types with their own label, and their counts; `other_errors`
+    /// holds the rest.
+    pub error_types: Vec<(Arc<str>, u64)>,
+    pub other_errors: u64,
+    pub stages: Vec<Arc<str>>,
+    /// `[stage][pane % panes]`: (pane id, sketch).
+    sketches: Vec<Vec<Option<(i64, Sketch)>>>,
+    pub deploy: Option<DeployRef>,
+    pub batch: BatchState,
+    error_high: Condition,
+    deploy_errors: Condition,
+    /// Per stage.
+    deploy_latency: Vec<Condition>,
+    p99_high: Vec<Condition>,
+}
+
+/// A DDSketch that prints as its count (the crate's type has no `Debug`).
+#[derive(Clone)]
+struct Sketch(DDSketch);
+
+impl std::fmt::Debug for Sketch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DDSketch({} values)", self.0.count())
+    }
+}
+
+/// A lineage's versions, oldest first, with when each was first seen.
+#[derive(Debug, Default)]
+struct Lineage {
+    versions: Vec<(Arc<str>, i64)>,
+}
+
+/// Health of every model.
+#[derive(Debug)]
+pub struct Health {
+    cfg: HealthConfig,
+    sketch_cfg: SketchConfig,
+    models: HashMap<Box<str>, ModelHealth>,
+    lineages: HashMap<(Box<str>, Box<str>), Lineage>,
+    pub stats: HealthStats,
+}
+
+/// The model name without a trailing version: `fraud-v2` -> `fraud`,
+/// `recsys@3.1` -> `recsys`, `v1.2.3` -> `` (the seed's services log only a
+/// version, so the service is the lineage). Names without a version suffix
+/// are their own lineage.
+pub fn version_base(model: &str) -> &str {
+    fn is_version(s: &str) -> bool {
+        let s = s.strip_prefix(['v', 'V']).unwrap_or(s);
+        s.starts_with(|c: char| c.is_ascii_digit())
+            && s.chars().all(|c| c.is_ascii_digit() || c == '.')
+    }
+    if is_version(model) {
+        return "";
+    }
+    match model.rfind(['-', '_', '@', ':', '/']) {
+        Some(i) if is_version(&model[i + 1..]) => &model[..i],
+        _ => model,
+    }
+}
+
+/// What a line contributes to a model's health.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Observation<'l, 'a> {
+    /// An inference record or an error record: one request.
+    pub request: bool,
+    pub error: bool,
+    pub error_type: Option<&'l str>,
+    pub stages: &'l [(std::borrow::Cow<'a, str>, f64)],
+}
+
+impl Health {
+    pub fn new(cfg: HealthConfig) -> Health {
+        let sketch_cfg = SketchConfig::new(cfg.sketch_error, 2048, 1e-6);
+        Health {
+            cfg,
+            sketch_cfg,
+            models: HashMap::new(),
+            lineages: HashMap::new(),
+            stats: HealthStats::default(),
+        }
+    }
+
+    pub fn config(&self) -> &HealthConfig {
+        &self.cfg
+    }
+
+    pub fn model(&self, name: &str) -> Option<&ModelHealth> {
+        self.models.get(name)
+    }
+
+    pub fn models(&self) -> impl Iterator<Item = &ModelHealth> {
+        self.models.values()
+    }
+
+    fn history(&self) -> usize {
+        self.cfg.panes * (1 + self.cfg.reference_windows)
+    }
+
+    /// The model's state, created (and its deploy detected) on first sight.
+    fn entry(&mut self, model: &str, service: Option<&str>, t_ms: i64) -> Option<&mut ModelHealth> {
+        if !self.models.contains_key(model) {
+            if self.models.len() >= self.cfg.max_models {
+                self.stats.models_refused += 1;
+                return None;
+            }
+            let deploy = self.note_version(model, service, t_ms);
+            let history = self.history();
+            self.models.insert(
+                model.into(),
+                ModelHealth {
+                    name: model.into(),
+                    service: service.map(Into::into),
+                    first_seen_ms: t_ms,
+                    last_seen_ms: t_ms,
+                    panes: vec![
+                        Pane {
+                            id: i64::MIN,
+                            ..Pane::default()
+                        };
+                        history
+                    ],
+                    requests_total: 0,
+                    errors_total: 0,
+                    error_types: Vec::new(),
+                    other_errors: 0,
+                    stages: Vec::new(),
+                    sketches: Vec::new(),
+                    deploy,
+                    batch: BatchState::default(),
+                    error_high: Condition::default(),
+                    deploy_errors: Condition::default(),
+                    deploy_latency: Vec::new(),
+                    p99_high: Vec::new(),
+                },
+            );
+        }
+        let m = self.models.get_mut(model).expect("inserted above");
+        m.last_seen_ms = m.last_seen_ms.max(t_ms);
+        Some(m)
+    }
+
+    /// Records a model's version in its lineage; if an earlier version is
+    /// known, freezes it as the new version's reference.
+    fn note_version(&mut self, model: &str, service: Option<&str>, t_ms: i64) -> Option<DeployRef> {
+        let key: (Box<str>, Box<str>) = (service.unwrap_or("").into(), version_base(model).into());
+        if !self.lineages.contains_key(&key) && self.lineages.len() >= self.cfg.max_lineages {
+            self.stats.lineages_refused += 1;
+            return None;
+        }
+        let max_versions = self.cfg.max_versions;
+        let lineage = self.lineages.entry(key).or_default();
+        if lineage.versions.iter().any(|(v, _)| **v == *model) {
+            // Seen before (and expired since): not a new deploy.
+            return None;
+        }
+        let previous = lineage.versions.last().map(|(v, _)| v.clone());
+        lineage.versions.push((model.into(), t_ms));
+        if lineage.versions.len() > max_versions {
+            lineage.versions.remove(0);
+        }
+        let previous = previous?;
+        let (requests, errors, latency) = match self.models.get(previous.as_ref()) {
+            Some(p) => {
+                let (r, e) = p
+                    .panes
+                    .iter()
+                    .filter(|x| x.id != i64::MIN)
+                    .fold((0, 0), |(r, e), x| (r + x.requests, e + x.errors));
+                let q = self.cfg.deploy_latency_quantile;
+                let latency = (0..p.stages.len())
+                    .filter_map(|s| {
+                        let sk = merged(&p.sketches[s], self.sketch_cfg, None)?;
+                        let v = sk.quantile(q).ok().flatten()?;
+                        Some((p.stages[s].clone(), v, sk.count() as u64))
+                    })
+                    .collect();
+                (r, e, latency)
+            }
+            None => (0, 0, Vec::new()),
+        };
+        Some(DeployRef {
+            previous,
+            at_ms: t_ms,
+            previous_requests: requests,
+            previous_errors: errors,
+            previous_latency: latency,
+        })
+    }
+
+    /// Counts one line of `model` at event time `t_ms`.
+    pub fn observe(
+        &mut self,
+        model: &str,
+        service: Option<&str>,
+        t_ms: i64,
+        o: Observation<'_, '_>,
+    ) {
+        if !self.cfg.enabled {
+            return;
+        }
+        let cfg = self.cfg.clone_limits();
+        let sketch_cfg = self.sketch_cfg;
+        let Some(m) = self.entry(model, service, t_ms) else {
+            return;
+        };
+        let (late, refused) = observe_model(m, &cfg, sketch_cfg, t_ms, o);
+        self.stats.late += u64::from(late);
+        self.stats.stages_refused += refused;
+    }
+
+    /// Records a batch-statistics line.
+    pub fn observe_batch(
+        &mut self,
+        model: &str,
+        service: Option<&str>,
+        t_ms: i64,
+        stats: &[(std::borrow::Cow<'_, str>, f64)],
+        avg_confidence: Option<f64>,
+    ) {
+        if !self.cfg.enabled {
+            return;
+        }
+        let max = self.cfg.max_batch_stats;
+        let mut refused = 0;
+        let Some(m) = self.entry(model, service, t_ms) else {
+            return;
+        };
+        let b = &mut m.batch;
+        if t_ms < b.last_at_ms {
+            // Gauges show the latest batch; an older one arriving late is
+            // counted but does not overwrite it.
+            b.batches += 1;
+            return;
+        }
+        b.batches += 1;
+        b.last_at_ms = t_ms;
+        if avg_confidence.is_some() {
+            b.avg_confidence = avg_confidence;
+        }
+        for (name, v) in stats {
+            match b.stats.iter().position(|(n, _)| **n == **name) {
+                Some(i) => b.stats[i].1 = *v,
+                None if b.stats.len() < max => b.stats.push((name.as_ref().into(), *v)),
+                None => refused += 1,
+            }
+        }
+        self.stats.batch_stats_refused += refused;
+    }
+
+    /// Forgets models that sent nothing for `idle_ms`.
+    pub fn expire_idle(&mut self, now_ms: i64, idle_ms: i64) {
+        self.models
+            .retain(|_, m| now_ms - m.last_seen_ms <= idle_ms);
+    }
+
+    /// Evaluates every model at `now_ms`: reports, and transitions of the
+    /// conditions, in a stable order.
+    pub fn evaluate(
+        &mut self,
+        now_ms: i64,
+        detect: &DetectConfig,
+    ) -> (Vec<HealthReport>, Vec<Transition>) {
+        let mut reports = Vec::new();
+        let mut out = Vec::new();
+        if !self.cfg.enabled {
+            return (reports, out);
+        }
+        let mut names: Vec<Box<str>> = self.models.keys().cloned().collect();
+        names.sort();
+        for name in names {
+            let m = self.models.get_mut(&name).expect("listed");
+            reports.push(evaluate_model(
+                &self.cfg,
+                self.sketch_cfg,
+                m,
+                now_ms,
+                detect,
+                &mut out,
+            ));
+        }
+        (reports, out)
+    }
+
+    /// Every live version per lineage: (service, model, first seen ms).
+    pub fn versions(&self) -> Vec<(String, String, i64)> {
+        let mut v: Vec<(String, String, i64)> = self
+            .lineages
+            .iter()
+            .flat_map(|((svc, _), l)| {
+                l.versions
+                    .iter()
+                    .filter(|(m, _)| self.models.contains_key(m.as_ref()))
+                    .map(move |(m, t)| (svc.to_string(), m.to_string(), *t))
+            })
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+/// The caps [`observe_model`] needs, copied out of the config so the
+/// model's state can be borrowed at the same time.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    pane_ms: i64,
+    panes: usize,
+    max_types: usize,
+    max_stages: usize,
+}
+
+impl HealthConfig {
+    fn clone_limits(&self) -> Limits {
+        Limits {
+            pane_ms: self.pane_ms,
+            panes: self.panes,
+            max_types: self.max_error_types,
+            max_stages: self.max_stages,
+        }
+    }
+}
+
+/// Counts one line into a model's state; returns (late, stages refused).
+fn observe_model(
+    m: &mut ModelHealth,
+    l: &Limits,
+    sketch_cfg: SketchConfig,
+    t_ms: i64,
+    o: Observation<'_, '_>,
+) -> (bool, u64) {
+    let (pane_ms, panes, max_types, max_stages) = (l.pane_ms, l.panes, l.max_types, l.max_stages);
+    let mut stages_refused = 0;
+    let id = t_ms.div_euclid(pane_ms);
+    let n = m.panes.len();
+    let row = &mut m.panes[id.rem_euclid(n as i64) as usize];
+    if row.id > id {
+        return (true, 0);
+    }
+    if row.id != id {
+        *row = Pane {
+            id,
+            ..Pane::default()
+        };
+    }
+    if o.request {
+        row.requests += 1;
+        m.requests_total += 1;
+    }
+    if o.error {
+        row.errors += 1;
+        m.errors_total += 1;
+        let ty = o.error_type.unwrap_or("unknown");
+        match m.error_types.iter().position(|(t, _)| **t == *ty) {
+            Some(i) => m.error_types[i].1 += 1,
+            None if m.error_types.len() < max_types => m.error_types.push((ty.into(), 1)),
+            None => m.other_errors += 1,
+        }
+    }
+    for (name, ms) in o.stages {
+        let s = match m.stages.iter().position(|x| **x == **name) {
+            Some(s) => s,
+            None if m.stages.len() < max_stages => {
+                m.stages.push(name.as_ref().into());
+                m.sketches.push(vec![None; panes]);
+                m.deploy_latency.push(Condition::default());
+                m.p99_high.push(Condition::default());
+                m.stages.len() - 1
+            }
+            None => {
+                stages_refused += 1;
+                continue;
+            }
+        };
+        let cell = &mut m.sketches[s][id.rem_euclid(panes as i64) as usize];
+        match cell {
+            Some((cid, sk)) if *cid == id => sk.0.add(*ms),
+            Some((cid, _)) if *cid > id => {}
+            _ => {
+                let mut sk = DDSketch::new(sketch_cfg);
+                sk.add(*ms);
+                *cell = Some((id, Sketch(sk)));
+            }
+        }
+        if let Some(d) = &m.deploy {
+            if let Some((_, q, _)) = d.previous_latency.iter().find(|(st, _, _)| **st == **name) {
+                if row.slow.len() <= s {
+                    row.slow.resize(s + 1, (0, 0));
+                }
+                row.slow[s].0 += 1;
+                row.slow[s].1 += u64::from(*ms > *q);
+            }
+        }
+    }
+    (false, stages_refused)
+}
+
+/// The merge of a stage's live pane sketches (`lo`: the oldest pane id to
+/// include).
+fn merged(cells: &[Option<(i64, Sketch)>], cfg: SketchConfig, lo: Option<i64>) -> Option<DDSketch> {
+    let mut out: Option<DDSketch> = None;
+    for (id, sk) in cells.iter().flatten() {
+        if lo.is_some_and(|lo| *id < lo) {
+            continue;
+        }
+        match &mut out {
+            None => {
+                let mut s = DDSketch::new(cfg);
+                s.merge(&sk.0).ok()?;
+                out = Some(s);
+            }
+            Some(s) => s.merge(&sk.0).ok()?,
+        }
+    }
+    out.filter(|s| s.count() > 0)
+}
+
+/// One stage's window quantiles.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageReport {
+    pub stage: String,
+    pub samples: u64,
+    pub p50_ms: Option<f64>,
+    pub p90_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p99_limit_ms: Option<f64>,
+    /// After a deploy: the previous version's quantile and the share of this
+    /// version's values above it, with the test's p-value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_quantile_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slow_share: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slow_p_value: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeployReport {
+    pub previous: String,
+    pub at_ms: i64,
+    pub previous_requests: u64,
+    pub previous_errors: u64,
+    pub previous_error_rate: Option<f64>,
+    pub p_value: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BatchReport {
+    pub batches: u64,
+    pub last_at_ms: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub avg_confidence: Option<f64>,
+    pub stats: Vec<(String, f64)>,
+    /// `<feature>_mean` statistics against the baseline's mean, in its
+    /// standard deviations (filled in by the engine, which has baselines).
+    pub shifts: Vec<(String, f64)>,
+}
+
+/// One model's health as of an evaluation.
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthReport {
+    pub model: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    pub first_seen_ms: i64,
+    pub requests: u64,
+    pub errors: u64,
+    pub error_rate: Option<f64>,
+    pub reference_requests: u64,
+    pub reference_errors: u64,
+    pub reference_error_rate: Option<f64>,
+    /// One-sided p-value of the window's rate against the reference.
+    pub error_rate_p_value: Option<f64>,
+    pub requests_total: u64,
+    pub errors_total: u64,
+    /// Cumulative errors by type (`other` last when any).
+    pub errors_by_type: Vec<(String, u64)>,
+    pub latency: Vec<StageReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deploy: Option<DeployReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchReport>,
+    /// (alertname, feature, state) of every condition.
+    pub conditions: Vec<(&'static str, String, State)>,
+}
+
+fn rate(x: u64, n: u64) -> Option<f64> {
+    (n > 0).then(|| x as f64 / n as f64)
+}
+
+/// Does `x` of `n` breach against `x0` of `n0` under `rule`? `None` when
+/// there is too little data to say. Returns the p-value too.
+fn error_breach(rule: &ErrorRule, x0: u64, n0: u64, x: u64, n: u64) -> (Option<bool>, Option<f64>) {
+    if n < rule.min_requests {
+        return (None, None);
+    }
+    let r = x as f64 / n as f64;
+    let over_max = rule.max_rate.is_some_and(|m| r > m);
+    if n0 < rule.min_requests {
+        return (rule.max_rate.map(|_| over_max), None);
+    }
+    let p = two_proportion_test(x0, n0, x, n, Tail::Greater).map(|(_, p)| p);
+    let r0 = x0 as f64 / n0 as f64;
+    // A reference of zero errors: any real rate is a ratio of infinity;
+    // `min_errors` is then what keeps one error from paging.
+    let significant =
+        p.is_some_and(|p| p < rule.alpha) && x >= rule.min_errors && r >= rule.min_ratio * r0;
+    (Some(significant || over_max), p)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn transition(
+    alertname: &'static str,
+    m: &ModelHealth,
+    feature: &str,
+    metric: &'static str,
+    (from, to): (State, State),
+    severity: Severity,
+    value: f64,
+    threshold: f64,
+    samples: u64,
+    now_ms: i64,
+    span: (i64, i64),
+) -> Transition {
+    let mut labels = BTreeMap::new();
+    if let Some(s) = &m.service {
+        labels.insert("service", s.to_string());
+    }
+    Transition {
+        alertname,
+        model: m.name.to_string(),
+        arm: None,
+        feature: feature.to_owned(),
+        distribution: None,
+        metric,
+        higher_is_worse: true,
+        from,
+        to,
+        severity: (to == State::Firing).then_some(severity),
+        value,
+        threshold,
+        samples,
+        at_ms: now_ms,
+        baseline_version: String::new(),
+        window_start_ms: Some(span.0),
+        window_end_ms: Some(span.1),
+        labels,
+        details: BTreeMap::new(),
+    }
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.2}%", x * 100.0)
+}
+
+fn evaluate_model(
+    cfg: &HealthConfig,
+    sketch_cfg: SketchConfig,
+    m: &mut ModelHealth,
+    now_ms: i64,
+    detect: &DetectConfig,
+    out: &mut Vec<Transition>,
+) -> HealthReport {
+    let head = now_ms.div_euclid(cfg.pane_ms);
+    let cur_lo = head - cfg.panes as i64 + 1;
+    let hist_lo = head - m.panes.len() as i64 + 1;
+    let span = (cur_lo * cfg.pane_ms, (head + 1) * cfg.pane_ms);
+    let (mut n, mut x, mut n0, mut x0) = (0, 0, 0, 0);
+    let mut slow: Vec<(u64, u64)> = vec![(0, 0); m.stages.len()];
+    for p in &m.panes {
+        if p.id >= cur_lo && p.id <= head {
+            n += p.requests;
+            x += p.errors;
+            for (s, (a, b)) in p.slow.iter().enumerate() {
+                slow[s].0 += a;
+                slow[s].1 += b;
+            }
+        } else if p.id >= hist_lo && p.id < cur_lo {
+            n0 += p.requests;
+            x0 += p.errors;
+        }
+    }
+
+    // ErrorRateHigh: against the model's own recent past.
+    let (breach, p_value) = error_breach(&cfg.errors, x0, n0, x, n);
+    if let Some(step) = m.error_high.step(breach, detect) {
+        let threshold = cfg
+            .errors
+            .max_rate
+            .unwrap_or(cfg.errors.min_ratio * rate(x0, n0).unwrap_or(0.0));
+        let mut t = transition(
+            "ErrorRateHigh",
+            m,
+            "",
+            "error_rate",
+            step,
+            Severity::Warning,
+            rate(x, n).unwrap_or(0.0),
+            threshold,
+            n,
+            now_ms,
+            span,
+        );
+        t.details.insert(
+            "summary",
+            format!(
+                "{}: error rate {} over the window ({x} of {n} requests) against {} before it ({x0} of {n0})",
+                m.name,
+                pct(rate(x, n).unwrap_or(0.0)),
+                rate(x0, n0).map_or("no data".into(), pct)
+            ),
+        );
+        if let Some(p) = p_value {
+            t.details.insert("p_value", format!("{p:.3e}"));
+        }
+        out.push(t);
+    }
+
+    // ErrorSpikeAfterDeploy: against the previous version.
+    let mut deploy_report = None;
+    if let Some(d) = m.deploy.clone() {
+        let (breach, p) = error_breach(&cfg.deploy, d.previous_errors, d.previous_requests, x, n);
+        if let Some(step) = m.deploy_errors.step(breach, detect) {
+            let r0 = rate(d.previous_errors, d.previous_requests).unwrap_or(0.0);
+            let mut t = transition(
+                "ErrorSpikeAfterDeploy",
+                m,
+                "",
+                "error_rate",
+                step,
+                Severity::Critical,
+                rate(x, n).unwrap_or(0.0),
+                cfg.deploy.min_ratio * r0,
+                n,
+                now_ms,
+                span,
+            );
+            t.labels.insert("previous_model", d.previous.to_string());
+            t.labels.insert("signal", "error_rate".into());
+            t.details.insert(
+                "summary",
+                format!(
+                    "{} (first seen {}) fails {} of requests ({x} of {n}); the previous version {} failed {} ({} of {})",
+                    m.name,
+                    crate::baseline::rfc3339(d.at_ms),
+                    pct(rate(x, n).unwrap_or(0.0)),
+                    d.previous,
+                    pct(r0),
+                    d.previous_errors,
+                    d.previous_requests
+                ),
+            );
+            if let Some(p) = p {
+                t.details.insert("p_value", format!("{p:.3e}"));
+            }
+            out.push(t);
+        }
+        deploy_report = Some(DeployReport {
+            previous: d.previous.to_string(),
+            at_ms: d.at_ms,
+            previous_requests: d.previous_requests,
+            previous_errors: d.previous_errors,
+            previous_error_rate: rate(d.previous_errors, d.previous_requests),
+            p_value: p,
+        });
+    }
+
+    // Latency: window quantiles, the p99 rule, the deploy quantile test.
+    let q = cfg.deploy_latency_quantile;
+    let mut latency = Vec::new();
+    for s in 0..m.stages.len() {
+        let stage = m.stages[s].clone();
+        let sk = merged(&m.sketches[s], sketch_cfg, Some(cur_lo));
+        let samples = sk.as_ref().map_or(0, |k| k.count() as u64);
+        let qv = |p: f64| sk.as_ref().and_then(|k| k.quantile(p).ok().flatten());
+        let (p50, p90, p99) = (qv(0.5), qv(0.9), qv(0.99));
+        let limit = cfg.p99_limit_ms.get(stage.as_ref()).copied();
+        if let Some(limit) = limit {
+            let breach = (samples >= detect.min_samples.min(cfg.errors.min_requests))
+                .then(|| p99.is_some_and(|v| v > limit));
+            if let Some(step) = m.p99_high[s].step(breach, detect) {
+                let mut t = transition(
+                    "LatencyP99High",
+                    m,
+                    &stage,
+                    "p99_ms",
+                    step,
+                    Severity::Warning,
+                    p99.unwrap_or(0.0),
+                    limit,
+                    samples,
+                    now_ms,
+                    span,
+                );
+                t.details.insert(
+                    "summary",
+                    format!(
+                        "{}: {stage} p99 is {:.1} ms over the window, above the {limit:.1} ms limit",
+                        m.name,
+                        p99.unwrap_or(0.0)
+                    ),
+                );
+                out.push(t);
+            }
+        }
+        let mut prev_q = None;
+        let mut slow_share = None;
+        let mut slow_p = None;
+        if let Some(d) = &m.deploy {
+            if let Some((_, pq, pn)) = d.previous_latency.iter().find(|(st, _, _)| **st == *stage) {
+                prev_q = Some(*pq);
+                let (vn, vslow) = slow.get(s).copied().unwrap_or((0, 0));
+                slow_share = rate(vslow, vn);
+                // The previous version had (1 - q) of its values above its
+                // own q-quantile, by definition.
+                let x_prev = ((1.0 - q) * *pn as f64).round() as u64;
+                let breach = if vn < cfg.deploy.min_requests || *pn < cfg.deploy.min_requests {
+                    None
+                } else {
+                    let p =
+                        two_proportion_test(x_prev, *pn, vslow, vn, Tail::Greater).map(|(_, p)| p);
+                    slow_p = p;
+                    Some(
+                        p.is_some_and(|p| p < cfg.deploy.alpha)
+                            && slow_share.unwrap_or(0.0)
+                                >= cfg.deploy_latency_min_ratio * (1.0 - q),
+                    )
+                };
+                if let Some(step) = m.deploy_latency[s].step(breach, detect) {
+                    let mut t = transition(
+                        "ErrorSpikeAfterDeploy",
+                        m,
+                        &stage,
+                        "slow_share",
+                        step,
+                        Severity::Critical,
+                        slow_share.unwrap_or(0.0),
+                        cfg.deploy_latency_min_ratio * (1.0 - q),
+                        vn,
+                        now_ms,
+                        span,
+                    );
+                    t.labels.insert("previous_model", d.previous.to_string());
+                    t.labels.insert("signal", "latency".into());
+                    t.details.insert(
+                        "summary",
+                        format!(
+                            "{}: {} of its {stage} values are slower than {:.1} ms, the p{} of the previous version {} (which had {})",
+                            m.name,
+                            pct(slow_share.unwrap_or(0.0)),
+                            pq,
+                            (q * 100.0).round(),
+                            d.previous,
+                            pct(1.0 - q)
+                        ),
+                    );
+                    if let Some(p) = slow_p {
+                        t.details.insert("p_value", format!("{p:.3e}"));
+                    }
+                    out.push(t);
+                }
+            }
+        }
+        latency.push(StageReport {
+            stage: stage.to_string(),
+            samples,
+            p50_ms: p50,
+            p90_ms: p90,
+            p99_ms: p99,
+            p99_limit_ms: limit,
+            previous_quantile_ms: prev_q,
+            slow_share,
+            slow_p_value: slow_p,
+        });
+    }
+
+    let mut conditions = Vec::new();
+    let mut note = |name: &'static str, feature: &str, c: &Condition| {
+        conditions.push((name, feature.to_owned(), c.state));
+    };
+    note("ErrorRateHigh", "", &m.error_high);
+    if m.deploy.is_some() {
+        note("ErrorSpikeAfterDeploy", "", &m.deploy_errors);
+    }
+    for (s, stage) in m.stages.iter().enumerate() {
+        if m.deploy
+            .as_ref()
+            .is_some_and(|d| d.previous_latency.iter().any(|(x, _, _)| x == stage))
+        {
+            note("ErrorSpikeAfterDeploy", stage, &m.deploy_latency[s]);
+        }
+        if cfg.p99_limit_ms.contains_key(stage.as_ref()) {
+            note("LatencyP99High", stage, &m.p99_high[s]);
+        }
+    }
+    let mut errors_by_type: Vec<(String, u64)> = m
+        .error_types
+        .iter()
+        .map(|(t, c)| (t.to_string(), *c))
+        .collect();
+    if m.other_errors > 0 {
+        errors_by_type.push(("other".into(), m.other_errors));
+    }
+    HealthReport {
+        model: m.name.to_string(),
+        service: m.service.as_ref().map(|s| s.to_string()),
+        first_seen_ms: m.first_seen_ms,
+        requests: n,
+        errors: x,
+        error_rate: rate(x, n),
+        reference_requests: n0,
+        reference_errors: x0,
+        reference_error_rate: rate(x0, n0),
+        error_rate_p_value: p_value,
+        requests_total: m.requests_total,
+        errors_total: m.errors_total,
+        errors_by_type,
+        latency,
+        deploy: deploy_report,
+        batch: (m.batch.batches > 0).then(|| BatchReport {
+            batches: m.batch.batches,
+            last_at_ms: m.batch.last_at_ms,
+            avg_confidence: m.batch.avg_confidence,
+            stats: m
+                .batch
+                .stats
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
+            shifts: Vec::new(),
+        }),
+        conditions,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::borrow::Cow;
+
+    const T0: i64 = 1_800_000_000_000;
+
+    fn detect() -> DetectConfig {
+        DetectConfig {
+            for_evaluations: 1,
+            resolve_after: 1,
+            ..DetectConfig::default()
+        }
+    }
+
+    fn request(h: &mut Health, model: &str, t: i64, error: bool) {
+        h.observe(
+            model,
+            Some("svc"),
+            t,
+            Observation {
+                request: true,
+                error,
+                error_type: error.then_some("InputValidationError"),
+                stages: &[],
+            },
+        );
+    }
+
+    fn fired<'a>(ts: &'a [Transition], name: &str) -> Vec<&'a Transition> {
+        ts.iter()
+            .filter(|t| t.alertname == name && t.to == State::Firing)
+            .collect()
+    }
+
+    #[test]
+    fn version_suffixes_are_stripped_to_the_lineage() {
+        assert_eq!(version_base("fraud-v2"), "fraud");
+        assert_eq!(version_base("recsys@3.1"), "recsys");
+        assert_eq!(version_base("churn_model_12"), "churn_model");
+        assert_eq!(version_base("v1.2.3"), "");
+        assert_eq!(version_base("1.4"), "");
+        assert_eq!(version_base("model_A"), "model_A");
+        assert_eq!(version_base("vision"), "vision");
+    }
+
+    /// A version that fails 10% of requests after one that failed 1% raises
+    /// ErrorSpikeAfterDeploy naming both; the same version at 1% does not.
+    #[test]
+    fn a_bad_deploy_raises_error_spike_after_deploy() {
+        for (bad_every, expect) in [(10, true), (100, false)] {
+            let mut h = Health::new(HealthConfig::default());
+            for i in 0..5000 {
+                request(&mut h, "fraud-v1", T0 + i * 100, i % 100 == 0);
+            }
+            let t1 = T0 + 500_000;
+            for i in 0..3000 {
+                request(&mut h, "fraud-v2", t1 + i * 100, i % bad_every == 0);
+            }
+            let (reports, ts) = h.evaluate(t1 + 300_000, &detect());
+            let spikes = fired(&ts, "ErrorSpikeAfterDeploy");
+            assert_eq!(!spikes.is_empty(), expect, "{ts:?}");
+            let r = reports.iter().find(|r| r.model == "fraud-v2").unwrap();
+            let d = r.deploy.as_ref().unwrap();
+            assert_eq!(d.previous, "fraud-v1");
+            assert_eq!(d.previous_requests, 5000);
+            assert_eq!(d.previous_errors, 50);
+            if expect {
+                let t = spikes[0];
+                assert_eq!(t.model, "fraud-v2");
+                assert_eq!(t.labels["previous_model"], "fraud-v1");
+                assert_eq!(t.labels["signal"], "error_rate");
+                assert_eq!(t.severity, Some(Severity::Critical));
+                assert!(t.details["summary"].contains("fraud-v1"));
+            }
+            // The first version of a lineage is no deploy.
+            assert!(reports
+                .iter()
+                .find(|r| r.model == "fraud-v1")
+                .unwrap()
+                .deploy
+                .is_none());
+        }
+    }
+
+    /// Error rate up 5x against the model's own previous hour fires
+    /// ErrorRateHigh, and it resolves once the window is clean again.
+    #[test]
+    fn error_rate_high_fires_against_its_own_past_and_resolves() {
+        let mut h = Health::new(HealthConfig::default());
+        let d = detect();
+        // An hour at 1%.
+        for i in 0..36_000 {
+            request(&mut h, "m", T0 + i * 100, i % 100 == 0);
+        }
+        let (_, ts) = h.evaluate(T0 + 3_600_000 - 1, &d);
+        assert!(fired(&ts, "ErrorRateHigh").is_empty(), "{ts:?}");
+        // Ten minutes at 5%.
+        let t1 = T0 + 3_600_000;
+        for i in 0..6000 {
+            request(&mut h, "m", t1 + i * 100, i % 20 == 0);
+        }
+        let (r, ts) = h.evaluate(t1 + 600_000 - 1, &d);
+        assert_eq!(fired(&ts, "ErrorRateHigh").len(), 1, "{ts:?}");
+        let m = &r[0];
+        assert_eq!(m.requests, 6000);
+        assert_eq!(m.errors, 300);
+        assert!(m.error_rate_p_value.unwrap() < 1e-10);
+        assert_eq!(
+            m.errors_by_type,
+            vec![("InputValidationError".into(), 360 + 300)]
+        );
+        // Ten clean minutes later: resolved.
+        let t2 = t1 + 600_000;
+        for i in 0..6000 {
+            request(&mut h, "m", t2 + i * 100, i % 100 == 0);
+        }
+        let (_, ts) = h.evaluate(t2 + 600_000 - 1, &d);
+        assert!(
+            ts.iter()
+                .any(|t| t.alertname == "ErrorRateHigh" && t.to == State::Resolved),
+            "{ts:?}"
+        );
+    }
+
+    fn timing(h: &mut Health, model: &str, t: i64, ms: f64) {
+        let stages = [(Cow::Borrowed("inference_ms"), ms)];
+        h.observe(
+            model,
+            Some("svc"),
+            t,
+            Observation {
+                stages: &stages,
+                ..Observation::default()
+            },
+        );
+    }
+
+    /// Quantiles of a known distribution (1..=1000 ms, uniform) are within
+    /// the sketch's relative error, a p99 over its limit fires, and a new
+    /// version three times slower raises the deploy alert on latency.
+    #[test]
+    fn latency_quantiles_p99_limit_and_slower_deploy() {
+        let mut cfg = HealthConfig::default();
+        cfg.p99_limit_ms.insert("inference_ms".into(), 500.0);
+        let mut h = Health::new(cfg);
+        for i in 0..10_000 {
+            timing(&mut h, "ranker-v1", T0 + i * 30, (i % 1000 + 1) as f64);
+        }
+        let (r, ts) = h.evaluate(T0 + 300_000, &detect());
+        let st = &r[0].latency[0];
+        assert_eq!(st.samples, 10_000);
+        for (got, want) in [(st.p50_ms, 500.0), (st.p90_ms, 900.0), (st.p99_ms, 990.0)] {
+            let got = got.unwrap();
+            assert!((got - want).abs() <= want * 0.02 + 1.0, "{got} vs {want}");
+        }
+        assert_eq!(fired(&ts, "LatencyP99High").len(), 1);
+        // The new version: every value three times slower.
+        let t1 = T0 + 300_000;
+        for i in 0..2000 {
+            timing(
+                &mut h,
+                "ranker-v2",
+                t1 + i * 100,
+                3.0 * (i % 1000 + 1) as f64,
+            );
+        }
+        let (r, ts) = h.evaluate(t1 + 200_000, &detect());
+        let spikes = fired(&ts, "ErrorSpikeAfterDeploy");
+        assert_eq!(spikes.len(), 1, "{ts:?}");
+        assert_eq!(spikes[0].feature, "inference_ms");
+        assert_eq!(spikes[0].labels["signal"], "latency");
+        let v2 = r.iter().find(|r| r.model == "ranker-v2").unwrap();
+        // Values above ~900 ms: 3x(1..=1000) exceeds 900 from 301 on: 70%.
+        let share = v2.latency[0].slow_share.unwrap();
+        assert!((share - 0.70).abs() < 0.02, "{share}");
+    }
+
+    #[test]
+    fn caps_bound_models_error_types_and_stages() {
+        let cfg = HealthConfig {
+            max_models: 3,
+            max_error_types: 2,
+            max_stages: 1,
+            ..HealthConfig::default()
+        };
+        let mut h = Health::new(cfg);
+        for i in 0..100 {
+            request(&mut h, &format!("m{i}"), T0, false);
+        }
+        assert_eq!(h.models().count(), 3);
+        assert_eq!(h.stats.models_refused, 97);
+        for ty in ["a", "b", "c", "d"] {
+            h.observe(
+                "m0",
+                None,
+                T0,
+                Observation {
+                    request: true,
+                    error: true,
+                    error_type: Some(ty),
+                    stages: &[],
+                },
+            );
+        }
+        let m = h.model("m0").unwrap();
+        assert_eq!(m.error_types.len(), 2);
+        assert_eq!(m.other_errors, 2);
+        let stages = [(Cow::Borrowed("a_ms"), 1.0), (Cow::Borrowed("b_ms"), 1.0)];
+        h.observe(
+            "m0",
+            None,
+            T0,
+            Observation {
+                stages: &stages,
+                ..Observation::default()
+            },
+        );
+        assert_eq!(h.model("m0").unwrap().stages.len(), 1);
+        assert_eq!(h.stats.stages_refused, 1);
+    }
+
+    #[test]
+    fn batch_statistics_keep_the_latest_values() {
+        let mut h = Health::new(HealthConfig::default());
+        let s1 = [(Cow::Borrowed("amount_mean"), 10.0)];
+        let s2 = [(Cow::Borrowed("amount_mean"), 12.0)];
+        h.observe_batch("m", None, T0 + 10, &s1, Some(0.9));
+        h.observe_batch("m", None, T0 + 20, &s2, None);
+        h.observe_batch("m", None, T0 + 5, &s1, Some(0.1));
+        let b = &h.model("m").unwrap().batch;
+        assert_eq!(b.batches, 3);
+        assert_eq!(b.stats, vec![("amount_mean".into(), 12.0)]);
+        assert_eq!(b.avg_confidence, Some(0.9));
+    }
+}
