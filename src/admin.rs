@@ -7,7 +7,7 @@
 //! | `GET /metrics` | Prometheus text format, from the one registry |
 //! | `GET /livez` | 200 while the process serves HTTP; never depends on Kafka |
 //! | `GET /readyz` | 200 when baselines are loaded, partitions assigned and a broker reachable; 503 with the reasons otherwise |
-//! | `GET /api/v1/drift[?model=M]` | current scores, states and sample counts per model and feature (JSON) |
+//! | `GET /api/v1/drift[?model=M]` | current scores, states and sample counts per model and feature; error rates, deploys, latency percentiles and batch statistics (`health`); feedback per arm and arm comparisons (`experiments`) (JSON) |
 //! | `GET /api/v1/baselines` | the loaded baselines: model, version, creation time, samples |
 //! | `POST /api/v1/baselines` `{"model": M}` | capture M's current window as its new baseline (bearer token) |
 //! | `POST /api/v1/baselines/reload` | reload the baseline directory (bearer token) |
@@ -109,7 +109,20 @@ async fn drift(State(s): State<AdminState>, Query(q): Query<DriftQuery>) -> Resp
         .iter()
         .filter(|m| q.model.as_ref().is_none_or(|want| *want == m.model))
         .collect();
-    if let (Some(want), true) = (&q.model, models.is_empty()) {
+    let wanted = |m: &str| q.model.as_ref().is_none_or(|want| want == m);
+    let health: Vec<_> = snap
+        .report
+        .health
+        .iter()
+        .filter(|h| wanted(&h.model))
+        .collect();
+    let x = &snap.report.experiments;
+    let arms: Vec<_> = x.arms.iter().filter(|a| wanted(&a.model)).collect();
+    let comparisons: Vec<_> = x.comparisons.iter().filter(|c| wanted(&c.model)).collect();
+    if let (Some(want), true) = (
+        &q.model,
+        models.is_empty() && health.is_empty() && arms.is_empty(),
+    ) {
         return (
             StatusCode::NOT_FOUND,
             Json(json!({"error": format!("no model {want:?} is being tracked")})),
@@ -119,6 +132,8 @@ async fn drift(State(s): State<AdminState>, Query(q): Query<DriftQuery>) -> Resp
     Json(json!({
         "evaluated_at": crate::baseline::rfc3339(snap.at_ms),
         "models": models,
+        "health": health,
+        "experiments": {"arms": arms, "comparisons": comparisons},
     }))
     .into_response()
 }

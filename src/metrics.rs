@@ -122,7 +122,7 @@ impl HealthMetrics {
             requests: counter_vec(r, "driftd_requests_total", "Requests seen per model: inference records and error records", &["model"])?,
             errors: counter_vec(r, "driftd_errors_total", "Error records per model, by error_type (the first health.max_error_types types, then other)", &["model", "error_type"])?,
             first_seen: gauge_vec(r, "driftd_model_first_seen_timestamp_seconds", "Event time a model version was first seen, per service (a deploy when a lineage gains a version)", &["service", "model"])?,
-            condition: int_gauge_vec(r, "driftd_health_state", "State of a health condition: 0 ok, 1 pending, 2 firing", &["model", "alertname", "feature"])?,
+            condition: int_gauge_vec(r, "driftd_health_state", "State of a health or experiment condition (named as driftd's alert for it): 0 ok, 1 pending, 2 firing", &["model", "condition", "feature"])?,
             latency: gauge_vec(r, "driftd_latency_seconds", "Window percentile of a stage's latency (DDSketch, 1% relative error)", &["model", "stage", "percentile"])?,
             latency_samples: int_gauge_vec(r, "driftd_latency_window_samples", "Latency values of a stage in the window", &["model", "stage"])?,
             batch_stat: gauge_vec(r, "driftd_batch_stat", "Latest value of a batch statistics line's input_stats entry", &["model", "stat"])?,

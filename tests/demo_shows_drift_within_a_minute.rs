@@ -157,7 +157,7 @@ fn injected_drift_fires_and_is_exported() {
         s.iter()
             .find(|x| {
                 x.name == "driftd_health_state"
-                    && x.labels.get("alertname").map(String::as_str) == Some(alertname)
+                    && x.labels.get("condition").map(String::as_str) == Some(alertname)
                     && x.labels.get("model").map(String::as_str) == Some(model)
                     && x.labels.get("feature").map(String::as_str) == Some(feature)
             })

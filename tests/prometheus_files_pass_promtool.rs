@@ -42,6 +42,26 @@ const METRICS: &[&str] = &[
     "driftd_alerts_sent_total",
     "driftd_alerts_dropped_total",
     "driftd_alerts_firing",
+    "driftd_records_total",
+    "driftd_error_rate",
+    "driftd_error_rate_reference",
+    "driftd_requests_total",
+    "driftd_errors_total",
+    "driftd_model_first_seen_timestamp_seconds",
+    "driftd_health_state",
+    "driftd_latency_seconds",
+    "driftd_latency_window_samples",
+    "driftd_arm_divergence",
+    "driftd_arm_window_predictions",
+    "driftd_feedback_rate",
+    "driftd_arm_feedback_p_value",
+    "driftd_feedback_join_total",
+    "driftd_feedback_join_waiting",
+    "driftd_batch_stat",
+    "driftd_batch_stat_shift",
+    "driftd_batch_avg_confidence",
+    "driftd_batches_total",
+    "driftd_health_refused_total",
 ];
 
 /// Histograms: their series carry these suffixes.
@@ -57,6 +77,8 @@ const REQUIRED_ALERTS: &[&str] = &[
     "DriftdRejectedEventsHigh",
     "DriftdCheckpointStale",
     "DriftdAlertsDropped",
+    "DriftdHealthCondition",
+    "DriftdErrorSpikeAfterDeploy",
 ];
 
 fn config_path(rel: &str) -> PathBuf {
