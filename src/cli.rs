@@ -184,6 +184,28 @@ pub struct GenerateArgs {
     /// input_hash, features named fNN.
     #[arg(long)]
     pub compact: bool,
+    /// Replace fraud-v1 by fraud-v2 after this fraction of the lines (0 to
+    /// 1): 8% more errors and 3x the inference latency.
+    #[arg(long)]
+    pub deploy_at: Option<f64>,
+    /// Click rates of feedback per arm, `CONTROL,VARIANT` (e.g. 0.3,0.2).
+    #[arg(long, value_parser = parse_pair)]
+    pub click_rates: Option<(f64, f64)>,
+    /// Share of lines that are batch statistics (0 to 1).
+    #[arg(long, default_value_t = 0.0)]
+    pub batch_share: f64,
+}
+
+fn parse_pair(s: &str) -> Result<(f64, f64), String> {
+    let (a, b) = s
+        .split_once(',')
+        .ok_or_else(|| format!("{s:?}: write two numbers, e.g. 0.3,0.2"))?;
+    let num = |x: &str| {
+        x.trim()
+            .parse::<f64>()
+            .map_err(|e| format!("{x:?} is not a number: {e}"))
+    };
+    Ok((num(a)?, num(b)?))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -432,6 +454,22 @@ fn generate(a: GenerateArgs) -> anyhow::Result<()> {
         let at = start + (a.lines as f64 * f * step) as i64;
         gcfg.drifts = crate::generate::standard_drifts(at);
     }
+    if let Some(f) = a.deploy_at {
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&f),
+            "--deploy-at is a fraction of the lines, 0 to 1"
+        );
+        let at = start + (a.lines as f64 * f * step) as i64;
+        gcfg = gcfg.with_deploy(
+            crate::generate::DeploySpec::new("fraud-v1", "fraud-v2", at)
+                .with_extra_error_share(0.08)
+                .with_latency_factor(3.0),
+        );
+    }
+    if let Some((c, v)) = a.click_rates {
+        gcfg = gcfg.with_click_rates(c, v);
+    }
+    gcfg.batch_share = a.batch_share;
     let mut g = Generator::try_new(gcfg).map_err(|e| anyhow::anyhow!("{}", e.0))?;
     let mut out: Box<dyn Write> = if a.output == "-" {
         Box::new(std::io::BufWriter::new(std::io::stdout().lock()))

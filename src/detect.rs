@@ -320,10 +320,20 @@ impl Distribution {
     }
 }
 
-/// A yes/no condition (an error rate significantly up, a p99 over its
-/// limit) debounced exactly like a drift verdict: `for` breaching
-/// evaluations to fire, `resolve_after` clear ones to resolve; `None`
-/// (too little data) holds the state.
+/// Where a condition's evidence stands at one evaluation. Between breach
+/// and clear is a band that holds the state, the hysteresis that keeps a
+/// p-value hovering at alpha (or a p99 at its limit) from flapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Breach,
+    Hold,
+    Clear,
+}
+
+/// A condition (an error rate significantly up, a p99 over its limit)
+/// debounced like a drift verdict: `for` breaching evaluations to fire,
+/// `resolve_after` clear ones to resolve; [`Level::Hold`] neither starts
+/// nor ends anything, and `None` (too little data) holds the state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Condition {
     pub state: State,
@@ -334,15 +344,15 @@ pub struct Condition {
 
 impl Condition {
     /// Steps the condition; returns `(from, to)` when it fired or resolved.
-    pub fn step(&mut self, breach: Option<bool>, cfg: &DetectConfig) -> Option<(State, State)> {
-        let Some(breach) = breach else {
+    pub fn step(&mut self, level: Option<Level>, cfg: &DetectConfig) -> Option<(State, State)> {
+        let Some(level) = level else {
             self.insufficient_data = true;
             return None;
         };
         self.insufficient_data = false;
         let from = self.state;
-        match (self.state, breach) {
-            (State::Ok | State::Resolved, true) => {
+        match (self.state, level) {
+            (State::Ok | State::Resolved, Level::Breach) => {
                 if cfg.for_evaluations <= 1 {
                     self.streak = 0;
                     self.state = State::Firing;
@@ -352,7 +362,7 @@ impl Condition {
                 self.state = State::Pending;
                 None
             }
-            (State::Pending, true) => {
+            (State::Pending, Level::Breach) => {
                 self.streak += 1;
                 if self.streak >= cfg.for_evaluations {
                     self.streak = 0;
@@ -361,17 +371,17 @@ impl Condition {
                 }
                 None
             }
-            (State::Pending | State::Resolved, false) => {
+            (State::Pending | State::Resolved, Level::Hold | Level::Clear) => {
                 self.streak = 0;
                 self.state = State::Ok;
                 None
             }
-            (State::Ok, false) => None,
-            (State::Firing, true) => {
+            (State::Ok, _) => None,
+            (State::Firing, Level::Breach | Level::Hold) => {
                 self.streak = 0;
                 None
             }
-            (State::Firing, false) => {
+            (State::Firing, Level::Clear) => {
                 self.streak += 1;
                 if self.streak >= cfg.resolve_after {
                     self.streak = 0;
@@ -385,6 +395,32 @@ impl Condition {
 
     pub fn firing(&self) -> bool {
         self.state == State::Firing
+    }
+}
+
+/// The level of a p-value test with an effect condition: breach under
+/// `alpha` with the effect, clear at ten times `alpha` or with the effect
+/// gone below `hysteresis` of its minimum, hold in between.
+pub fn p_level(p: Option<f64>, alpha: f64, effect: f64, min_effect: f64, hysteresis: f64) -> Level {
+    let p = p.unwrap_or(1.0);
+    if p < alpha && effect >= min_effect {
+        Level::Breach
+    } else if p >= 10.0 * alpha || effect < min_effect * hysteresis {
+        Level::Clear
+    } else {
+        Level::Hold
+    }
+}
+
+/// The level of a value against an upper limit: breach above it, clear
+/// under `hysteresis` of it.
+pub fn limit_level(value: f64, limit: f64, hysteresis: f64) -> Level {
+    if value > limit {
+        Level::Breach
+    } else if value < limit * hysteresis {
+        Level::Clear
+    } else {
+        Level::Hold
     }
 }
 
@@ -500,6 +536,57 @@ impl Verdict {
 
 #[cfg(test)]
 mod tests {
+
+    /// A condition fires after `for` breaches, holds in the band between
+    /// breach and clear (no flapping at the threshold), and resolves after
+    /// `resolve_after` clears.
+    #[test]
+    fn conditions_debounce_with_a_hold_band() {
+        use Level::*;
+        let cfg = DetectConfig {
+            for_evaluations: 2,
+            resolve_after: 2,
+            ..DetectConfig::default()
+        };
+        let mut c = Condition::default();
+        let mut seen = Vec::new();
+        for l in [
+            Breach, Hold, Breach, Breach, Hold, Clear, Hold, Clear, Clear, Breach,
+        ] {
+            seen.push((c.step(Some(l), &cfg), c.state));
+        }
+        let states: Vec<State> = seen.iter().map(|s| s.1).collect();
+        assert_eq!(
+            states,
+            [
+                State::Pending,
+                State::Ok,
+                State::Pending,
+                State::Firing,
+                State::Firing,
+                State::Firing,
+                State::Firing,
+                State::Firing,
+                State::Resolved,
+                State::Pending,
+            ]
+        );
+        assert_eq!(seen[3].0, Some((State::Pending, State::Firing)));
+        assert_eq!(seen[8].0, Some((State::Firing, State::Resolved)));
+        // Too little data holds whatever the state.
+        assert_eq!(c.step(None, &cfg), None);
+        assert!(c.insufficient_data);
+        assert_eq!(c.state, State::Pending);
+        assert_eq!(p_level(Some(0.0001), 0.001, 3.0, 2.0, 0.8), Breach);
+        assert_eq!(p_level(Some(0.0001), 0.001, 1.7, 2.0, 0.8), Hold);
+        assert_eq!(p_level(Some(0.005), 0.001, 3.0, 2.0, 0.8), Hold);
+        assert_eq!(p_level(Some(0.02), 0.001, 3.0, 2.0, 0.8), Clear);
+        assert_eq!(p_level(None, 0.001, 3.0, 2.0, 0.8), Clear);
+        assert_eq!(limit_level(120.0, 100.0, 0.8), Breach);
+        assert_eq!(limit_level(90.0, 100.0, 0.8), Hold);
+        assert_eq!(limit_level(70.0, 100.0, 0.8), Clear);
+    }
+
     use super::*;
 
     fn psi() -> Rule {

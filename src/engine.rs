@@ -1286,6 +1286,58 @@ mod tests {
         assert_eq!(e.stats.decode.records, [1, 1, 1, 1]);
     }
 
+    /// Timing lines three times slower than the reference's make the
+    /// latency stage drift (LatencyDrift on `latency.inference_ms`); the
+    /// same speed does not.
+    #[test]
+    fn slower_stages_raise_latency_drift() {
+        let t0 = 1_800_000_000_000i64;
+        let d = Decoder::new(DecodeConfig::default());
+        let timing = |ms: f64, t: i64| {
+            format!(
+                r#"{{"model_id":"m","inference_ms":{ms},"timestamp":{}}}"#,
+                t / 1000
+            )
+        };
+        let mut b = BaselineBuilder::new("m");
+        b.add(&match d.decode(br#"{"model_id":"m","prediction":"a"}"#) {
+            Decoded::Event(e) => e,
+            _ => unreachable!(),
+        });
+        for i in 0..2000 {
+            let l = timing(5.0 + (i % 50) as f64 * 0.2, t0);
+            if let Decoded::Record(r) = d.decode(l.as_bytes()) {
+                b.add_stages(&r.stages);
+            }
+        }
+        let base = b.finish(&Binning::default(), "t", 0).unwrap();
+        assert_eq!(base.latency[0].name, "inference_ms");
+        for (factor, expect) in [(1.0, false), (3.0, true)] {
+            let mut e = Engine::new(EngineConfig::default(), vec![base.clone()]);
+            let mut fired = Vec::new();
+            for i in 0..6000i64 {
+                let t = t0 + i * 100;
+                let ms = factor * (5.0 + (i % 50) as f64 * 0.2);
+                e.ingest(timing(ms, t).as_bytes(), t);
+                if i % 300 == 299 {
+                    fired.extend(e.evaluate(t).into_iter().filter(|x| x.to == State::Firing));
+                }
+            }
+            let latency: Vec<_> = fired
+                .iter()
+                .filter(|t| t.alertname == "LatencyDrift")
+                .collect();
+            assert_eq!(!latency.is_empty(), expect, "factor {factor}: {fired:?}");
+            if expect {
+                assert_eq!(latency[0].feature, "latency.inference_ms");
+                assert_eq!(
+                    latency[0].distribution,
+                    Some(crate::detect::Distribution::Latency)
+                );
+            }
+        }
+    }
+
     /// End to end on generated data: a shifted feature fires, the others stay ok.
     #[test]
     fn shifted_feature_fires_and_stable_ones_do_not() {

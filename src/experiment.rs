@@ -25,7 +25,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::compare::{two_proportion_test, Tail};
-use crate::detect::{Condition, DetectConfig, Severity, State, Transition};
+use crate::detect::{p_level, Condition, DetectConfig, Level, Severity, State, Transition};
 
 /// Settings (validated config, `[experiments]`).
 #[derive(Debug, Clone, PartialEq)]
@@ -484,6 +484,10 @@ impl Experiments {
         }
         for (model, mut arms) in by_model {
             arms.sort_by(|a, b| a.0.cmp(&b.0));
+            // A model gone quiet: nothing to report, conditions hold.
+            if arms.iter().all(|a| a.1 == 0) {
+                continue;
+            }
             for (arm, n, any, acts) in &arms {
                 let mut feedback = vec![("any".to_owned(), *any)];
                 for (i, c) in acts.iter().enumerate() {
@@ -520,7 +524,9 @@ impl Experiments {
                     let enough =
                         c_n >= self.cfg.min_predictions && *v_n >= self.cfg.min_predictions;
                     let p = two_proportion_test(cx, c_n, vx, *v_n, Tail::TwoSided).map(|(_, p)| p);
-                    let breach = enough.then(|| p.is_some_and(|p| p < self.cfg.alpha));
+                    // Any difference counts (two-sided): the effect is 1.
+                    let breach: Option<Level> =
+                        enough.then(|| p_level(p, self.cfg.alpha, 1.0, 1.0, 1.0));
                     let cond = self
                         .conditions
                         .entry((model.clone(), v_arm.clone(), key))

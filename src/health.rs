@@ -34,7 +34,9 @@ use serde::Serialize;
 use sketches_ddsketch::{Config as SketchConfig, DDSketch};
 
 use crate::compare::{two_proportion_test, Tail};
-use crate::detect::{Condition, DetectConfig, Severity, State, Transition};
+use crate::detect::{
+    limit_level, p_level, Condition, DetectConfig, Level, Severity, State, Transition,
+};
 
 /// The error-rate tests' settings (`ErrorRateHigh` and the deploy check).
 #[derive(Debug, Clone, PartialEq)]
@@ -664,24 +666,47 @@ fn rate(x: u64, n: u64) -> Option<f64> {
     (n > 0).then(|| x as f64 / n as f64)
 }
 
-/// Does `x` of `n` breach against `x0` of `n0` under `rule`? `None` when
+/// Where `x` of `n` stands against `x0` of `n0` under `rule`; `None` when
 /// there is too little data to say. Returns the p-value too.
-fn error_breach(rule: &ErrorRule, x0: u64, n0: u64, x: u64, n: u64) -> (Option<bool>, Option<f64>) {
+fn error_level(
+    rule: &ErrorRule,
+    hysteresis: f64,
+    x0: u64,
+    n0: u64,
+    x: u64,
+    n: u64,
+) -> (Option<Level>, Option<f64>) {
     if n < rule.min_requests {
         return (None, None);
     }
     let r = x as f64 / n as f64;
-    let over_max = rule.max_rate.is_some_and(|m| r > m);
+    let max = rule.max_rate.map(|m| limit_level(r, m, hysteresis));
     if n0 < rule.min_requests {
-        return (rule.max_rate.map(|_| over_max), None);
+        return (max, None);
     }
     let p = two_proportion_test(x0, n0, x, n, Tail::Greater).map(|(_, p)| p);
     let r0 = x0 as f64 / n0 as f64;
-    // A reference of zero errors: any real rate is a ratio of infinity;
-    // `min_errors` is then what keeps one error from paging.
-    let significant =
-        p.is_some_and(|p| p < rule.alpha) && x >= rule.min_errors && r >= rule.min_ratio * r0;
-    (Some(significant || over_max), p)
+    // The effect is the rate over the reference's; a reference of zero
+    // errors makes any errors an infinite ratio, and `min_errors` is then
+    // what keeps one error from paging.
+    let ratio = if r0 > 0.0 {
+        r / r0
+    } else if x > 0 {
+        f64::INFINITY
+    } else {
+        0.0
+    };
+    let mut level = p_level(p, rule.alpha, ratio, rule.min_ratio, hysteresis);
+    if level == Level::Breach && x < rule.min_errors {
+        level = Level::Hold;
+    }
+    // Either rule breaching breaches; both must clear to clear.
+    let level = match (level, max) {
+        (Level::Breach, _) | (_, Some(Level::Breach)) => Level::Breach,
+        (Level::Clear, None | Some(Level::Clear)) => Level::Clear,
+        _ => Level::Hold,
+    };
+    (Some(level), p)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -758,7 +783,7 @@ fn evaluate_model(
     }
 
     // ErrorRateHigh: against the model's own recent past.
-    let (breach, p_value) = error_breach(&cfg.errors, x0, n0, x, n);
+    let (breach, p_value) = error_level(&cfg.errors, detect.hysteresis, x0, n0, x, n);
     if let Some(step) = m.error_high.step(breach, detect) {
         let threshold = cfg
             .errors
@@ -795,7 +820,14 @@ fn evaluate_model(
     // ErrorSpikeAfterDeploy: against the previous version.
     let mut deploy_report = None;
     if let Some(d) = m.deploy.clone() {
-        let (breach, p) = error_breach(&cfg.deploy, d.previous_errors, d.previous_requests, x, n);
+        let (breach, p) = error_level(
+            &cfg.deploy,
+            detect.hysteresis,
+            d.previous_errors,
+            d.previous_requests,
+            x,
+            n,
+        );
         if let Some(step) = m.deploy_errors.step(breach, detect) {
             let r0 = rate(d.previous_errors, d.previous_requests).unwrap_or(0.0);
             let mut t = transition(
@@ -853,7 +885,7 @@ fn evaluate_model(
         let limit = cfg.p99_limit_ms.get(stage.as_ref()).copied();
         if let Some(limit) = limit {
             let breach = (samples >= detect.min_samples.min(cfg.errors.min_requests))
-                .then(|| p99.is_some_and(|v| v > limit));
+                .then(|| limit_level(p99.unwrap_or(0.0), limit, detect.hysteresis));
             if let Some(step) = m.p99_high[s].step(breach, detect) {
                 let mut t = transition(
                     "LatencyP99High",
@@ -896,11 +928,13 @@ fn evaluate_model(
                     let p =
                         two_proportion_test(x_prev, *pn, vslow, vn, Tail::Greater).map(|(_, p)| p);
                     slow_p = p;
-                    Some(
-                        p.is_some_and(|p| p < cfg.deploy.alpha)
-                            && slow_share.unwrap_or(0.0)
-                                >= cfg.deploy_latency_min_ratio * (1.0 - q),
-                    )
+                    Some(p_level(
+                        p,
+                        cfg.deploy.alpha,
+                        slow_share.unwrap_or(0.0) / (1.0 - q),
+                        cfg.deploy_latency_min_ratio,
+                        detect.hysteresis,
+                    ))
                 };
                 if let Some(step) = m.deploy_latency[s].step(breach, detect) {
                     let mut t = transition(

@@ -432,7 +432,10 @@ pub fn render_table(r: &ReplayResult) -> String {
             let _ = write!(out, " {c:>12}");
         }
         let _ = writeln!(out, "  verdict");
-        let rows = m.all.distributions();
+        let rows = m
+            .all
+            .distributions()
+            .chain(m.latency.iter().flat_map(|l| l.features.iter()));
         for f in rows {
             let _ = write!(out, "  {:<22} {:<12}", truncate(&f.name, 22), f.kind);
             for c in cols {
@@ -466,7 +469,7 @@ pub fn render_table(r: &ReplayResult) -> String {
         let ts: Vec<&Transition> = r
             .transitions
             .iter()
-            .filter(|t| *t.model == *m.model)
+            .filter(|t| *t.model == *m.model && t.distribution.is_some())
             .collect();
         if !ts.is_empty() {
             let _ = writeln!(out, "  transitions:");
@@ -492,18 +495,148 @@ pub fn render_table(r: &ReplayResult) -> String {
         }
         let _ = writeln!(out);
     }
+    render_health(r, &mut out);
     let s = &r.stats;
     let _ = writeln!(
         out,
-        "{} lines: {} inference events, {} rejected, {} skipped (not inference records), {} late, {} without a baseline",
+        "{} lines: {} inference events, {} other records (timing, error, feedback, batch), {} rejected, {} skipped, {} late, {} without a baseline",
         r.lines,
         s.decode.events,
+        s.decode.records.iter().sum::<u64>(),
         s.decode.rejected_total(),
         s.decode.skipped.iter().sum::<u64>(),
         s.late,
         s.no_baseline
     );
     out
+}
+
+/// Errors, latency, deploys and arms, as of the last evaluation, and the
+/// transitions of their conditions.
+fn render_health(r: &ReplayResult, out: &mut String) {
+    let h = &r.report.health;
+    if !h.is_empty() {
+        let _ = writeln!(
+            out,
+            "health (last window)\n  {:<16} {:>9} {:>9} {:>10}  {:<18} {:>9} {:>9} {:>9}  conditions",
+            "model", "requests", "errors", "reference", "stage", "p50 ms", "p90 ms", "p99 ms"
+        );
+        for m in h {
+            let pct = |x: Option<f64>| x.map_or("-".into(), |v| format!("{:.2}%", v * 100.0));
+            let ms = |x: Option<f64>| x.map_or("-".into(), |v| format!("{v:.1}"));
+            let cond: Vec<String> = m
+                .conditions
+                .iter()
+                .filter(|c| c.2 != State::Ok)
+                .map(|c| format!("{} {} {}", c.0, c.1, c.2).replace("  ", " "))
+                .collect();
+            let stages: Vec<_> = m.latency.iter().collect();
+            for i in 0..stages.len().max(1) {
+                let (name, p50, p90, p99) = match stages.get(i) {
+                    Some(s) => (s.stage.as_str(), s.p50_ms, s.p90_ms, s.p99_ms),
+                    None => ("", None, None, None),
+                };
+                if i == 0 {
+                    let _ = writeln!(
+                        out,
+                        "  {:<16} {:>9} {:>9} {:>10}  {:<18} {:>9} {:>9} {:>9}  {}",
+                        truncate(&m.model, 16),
+                        m.requests,
+                        pct(m.error_rate),
+                        pct(m.reference_error_rate),
+                        truncate(name, 18),
+                        ms(p50),
+                        ms(p90),
+                        ms(p99),
+                        if cond.is_empty() {
+                            "ok".into()
+                        } else {
+                            cond.join(", ")
+                        }
+                    );
+                } else {
+                    let _ = writeln!(
+                        out,
+                        "  {:<16} {:>9} {:>9} {:>10}  {:<18} {:>9} {:>9} {:>9}",
+                        "",
+                        "",
+                        "",
+                        "",
+                        truncate(name, 18),
+                        ms(p50),
+                        ms(p90),
+                        ms(p99)
+                    );
+                }
+            }
+            if let Some(d) = &m.deploy {
+                let _ = writeln!(
+                    out,
+                    "  {:<16} deployed after {} at {}: {} then, {} now (p = {})",
+                    "",
+                    d.previous,
+                    rfc3339(d.at_ms),
+                    pct(d.previous_error_rate),
+                    pct(m.error_rate),
+                    d.p_value.map_or("-".into(), |p| format!("{p:.2e}"))
+                );
+            }
+        }
+        let _ = writeln!(out);
+    }
+    let x = &r.report.experiments;
+    if !x.comparisons.is_empty() {
+        let _ = writeln!(
+            out,
+            "experiments (last window): feedback rate, variant against control"
+        );
+        for c in &x.comparisons {
+            let pct = |x: Option<f64>| x.map_or("-".into(), |v| format!("{:.2}%", v * 100.0));
+            let _ = writeln!(
+                out,
+                "  {:<16} {:<22} {} {:>7}  {} {:>7}  p = {:<9} {}",
+                truncate(&c.model, 16),
+                truncate(&c.action, 22),
+                c.control,
+                pct(c.control_rate),
+                c.variant,
+                pct(c.variant_rate),
+                c.p_value.map_or("-".into(), |p| format!("{p:.2e}")),
+                c.state
+            );
+        }
+        let _ = writeln!(out);
+    }
+    let ts: Vec<&Transition> = r
+        .transitions
+        .iter()
+        .filter(|t| t.distribution.is_none())
+        .collect();
+    if !ts.is_empty() {
+        let _ = writeln!(out, "health and experiment transitions:");
+        for t in ts {
+            let _ = writeln!(
+                out,
+                "  {}  {} {}{}{}: {} -> {}  {}",
+                rfc3339(t.at_ms),
+                t.alertname,
+                t.model,
+                t.arm
+                    .as_ref()
+                    .map(|a| format!(" [arm {a}]"))
+                    .unwrap_or_default(),
+                if t.feature.is_empty() {
+                    String::new()
+                } else {
+                    format!(" {}", t.feature)
+                },
+                t.from,
+                t.to,
+                t.details.get("summary").map_or("", String::as_str)
+            );
+        }
+        let _ = writeln!(out);
+    }
 }
 
 fn truncate(s: &str, n: usize) -> String {
