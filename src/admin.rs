@@ -8,6 +8,7 @@
 //! | `GET /livez` | 200 while the process serves HTTP; never depends on Kafka |
 //! | `GET /readyz` | 200 when baselines are loaded, partitions assigned and a broker reachable; 503 with the reasons otherwise |
 //! | `GET /api/v1/drift[?model=M]` | current scores, states and sample counts per model and feature; error rates, deploys, latency percentiles and batch statistics (`health`); feedback per arm and arm comparisons (`experiments`) (JSON) |
+//! | `GET /api/v1/status` | consumption counters: messages, events per model, partitions, lag (small JSON; what `driftd bench` polls) |
 //! | `GET /api/v1/baselines` | the loaded baselines: model, version, creation time, samples |
 //! | `POST /api/v1/baselines` `{"model": M}` | capture M's current window as its new baseline (bearer token) |
 //! | `POST /api/v1/baselines/reload` | reload the baseline directory (bearer token) |
@@ -48,6 +49,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/api/v1/drift", get(drift))
+        .route("/api/v1/status", get(status))
         .route("/api/v1/baselines", get(baselines).post(capture))
         .route("/api/v1/baselines/reload", post(reload))
         .with_state(state)
@@ -134,6 +136,25 @@ async fn drift(State(s): State<AdminState>, Query(q): Query<DriftQuery>) -> Resp
         "models": models,
         "health": health,
         "experiments": {"arms": arms, "comparisons": comparisons},
+    }))
+    .into_response()
+}
+
+async fn status(State(s): State<AdminState>) -> Response {
+    let snap = s.snapshot.borrow().clone();
+    let events: serde_json::Map<String, serde_json::Value> = snap
+        .report
+        .models
+        .iter()
+        .map(|m| (m.model.clone(), m.events.into()))
+        .collect();
+    Json(json!({
+        "evaluated_at": crate::baseline::rfc3339(snap.at_ms),
+        "evaluated_at_ms": snap.at_ms,
+        "messages": snap.messages,
+        "events": events,
+        "assigned_partitions": snap.assigned_partitions,
+        "lag": snap.lag.iter().map(|l| l.2.max(0)).sum::<i64>(),
     }))
     .into_response()
 }

@@ -268,8 +268,10 @@ impl AlertBook {
                 if let Some(a) = &t.arm {
                     labels.insert("arm".into(), a.clone());
                 }
+                // A condition's own labels (service, previous_model ...)
+                // never override the static ones routing depends on.
                 for (k, v) in &t.labels {
-                    labels.insert((*k).into(), v.clone());
+                    labels.entry((*k).into()).or_insert_with(|| v.clone());
                 }
                 // A different severity is a different alert: resolve the old one.
                 if let Some(old) = self.firing.insert(key, labels.clone()) {

@@ -758,12 +758,16 @@ impl FeatureAcc {
     }
 
     fn add_cat(&mut self, s: &str) {
+        self.add_cat_n(s, 1);
+    }
+
+    fn add_cat_n(&mut self, s: &str, n: u64) {
         if let Some(c) = self.cats.get_mut(s) {
-            *c += 1;
+            *c += n;
         } else if self.cats.len() < MAX_DISTINCT_WHILE_BUILDING {
-            self.cats.insert(s.to_owned(), 1);
+            self.cats.insert(s.to_owned(), n);
         } else {
-            self.cats_overflow += 1;
+            self.cats_overflow += n;
         }
     }
 
@@ -859,6 +863,11 @@ pub struct BaselineBuilder {
     confidence: FeatureAcc,
     /// Timing lines (or inference lines with stages) seen.
     latency_events: u64,
+    /// Class counts of batch-statistics lines, used only for a model that
+    /// logs no inference records (else they would count its predictions
+    /// twice).
+    batch_prediction: FeatureAcc,
+    batch_events: u64,
     latency: Vec<(String, FeatureAcc)>,
     /// Features beyond [`MAX_BUILD_FEATURES`], ignored.
     pub dropped_features: u64,
@@ -874,8 +883,27 @@ impl BaselineBuilder {
             prediction: FeatureAcc::default(),
             confidence: FeatureAcc::default(),
             latency_events: 0,
+            batch_prediction: FeatureAcc::default(),
+            batch_events: 0,
             latency: Vec::new(),
             dropped_features: 0,
+        }
+    }
+
+    /// Inference records, or batch-counted predictions of a batch-only
+    /// model: whether there is anything to build from.
+    pub fn has_data(&self) -> bool {
+        self.events > 0 || self.batch_events > 0
+    }
+
+    /// Adds a batch-statistics line's class counts.
+    pub fn add_class_counts(&mut self, counts: &[(std::borrow::Cow<'_, str>, u64)]) {
+        for (label, n) in counts {
+            // Bounded like the window: a batch stands for at most 2^32 events.
+            let n = (*n).min(u64::from(u32::MAX));
+            self.batch_prediction.seen_events += n;
+            self.batch_prediction.add_cat_n(label, n);
+            self.batch_events = self.batch_events.saturating_add(n);
         }
     }
 
@@ -939,11 +967,17 @@ impl BaselineBuilder {
 
     /// The finished baseline; `now_ms` stamps it.
     pub fn finish(
-        self,
+        mut self,
         binning: &Binning,
         source: &str,
         now_ms: i64,
     ) -> Result<Baseline, BaselineError> {
+        if self.events == 0 && self.batch_events > 0 {
+            // A batch-only model: its predicted classes are all there is.
+            let (events, acc) = (self.batch_events, self.batch_prediction);
+            self.events = events;
+            self.prediction = acc;
+        }
         if self.events == 0 {
             return Err(BaselineError::Empty {
                 model: Some(self.model),

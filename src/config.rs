@@ -169,6 +169,7 @@ struct RawHealth {
     deploy: Option<RawErrorRule>,
     deploy_latency_quantile: Option<f64>,
     deploy_latency_min_ratio: Option<f64>,
+    deploy_horizon: Option<String>,
     p99_limit: Option<BTreeMap<String, String>>,
 }
 
@@ -841,6 +842,12 @@ impl Config {
             h.deploy_latency_min_ratio =
                 p.fraction("health.deploy_latency_min_ratio", v, 1.0, 100.0);
         }
+        let horizon = p.duration(
+            "health.deploy_horizon",
+            health.deploy_horizon.as_deref(),
+            Duration::from_millis(h.deploy_horizon_ms as u64),
+        );
+        h.deploy_horizon_ms = horizon.as_millis() as i64;
         for (stage, limit) in health.p99_limit.unwrap_or_default() {
             let key = format!("health.p99_limit.{stage}");
             let d = p.duration(&key, Some(&limit), Duration::ZERO);

@@ -1139,6 +1139,39 @@ impl<'de> de::Deserialize<'de> for Scalar<'de> {
     }
 }
 
+/// An identifier fit to be a label value (`error_type`, `action`): a
+/// class name, not free text that could carry a user's data.
+fn label_safe(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+}
+
+/// Whether a batch statistic (`<feature>_<stat>`, e.g. `user_id_mean`) may
+/// be kept: not when the feature it summarises is denied, hashed, or
+/// outside the allow list. The feature is any prefix ending at a `_`.
+fn stat_allowed(f: &FeatureFilter, stat: &str) -> bool {
+    if f.is_noop() {
+        return true;
+    }
+    let candidates = std::iter::once(stat).chain(
+        stat.match_indices('_')
+            .map(|(i, _)| &stat[..i])
+            .filter(|p| !p.is_empty()),
+    );
+    let mut allowed = f.allow.is_none();
+    for c in candidates {
+        if f.deny.contains(c) || f.hash.contains(c) {
+            return false;
+        }
+        if f.allow.as_ref().is_some_and(|a| a.contains(c)) {
+            allowed = true;
+        }
+    }
+    allowed
+}
+
 fn valid_name(s: &str) -> bool {
     !s.is_empty() && s.len() <= MAX_NAME_LEN && !s.chars().any(char::is_control)
 }
@@ -1172,7 +1205,15 @@ impl<'de> DeserializeSeed<'de> for RoleSeed<'_, '_, 'de> {
             let max = self.cfg.max_features;
             let pairs = d.deserialize_any(NumberMap { max })?;
             if self.role == Role::InputStats {
-                out.input_stats = Some(pairs);
+                // Statistics of a denied or hashed feature are that
+                // feature's values, summarised: the filter applies to them.
+                let f = &self.cfg.filter;
+                out.input_stats = Some(
+                    pairs
+                        .into_iter()
+                        .filter(|(k, _)| stat_allowed(f, k))
+                        .collect(),
+                );
             } else {
                 // Counts are whole and not absurd; anything else is not a count.
                 out.class_counts = Some(
@@ -1261,14 +1302,14 @@ impl<'de> DeserializeSeed<'de> for RoleSeed<'_, '_, 'de> {
             }
             Role::ErrorType => {
                 if let Scalar::Str(s) = v {
-                    if valid_name(&s) {
+                    if label_safe(&s) {
                         out.error_type = Some(s);
                     }
                 }
             }
             Role::Action => {
                 out.action = match v {
-                    Scalar::Str(s) if valid_name(&s) => Some(Some(s)),
+                    Scalar::Str(s) if label_safe(&s) => Some(Some(s)),
                     Scalar::Null => None,
                     _ => Some(None),
                 }
@@ -1916,6 +1957,36 @@ mod tests {
         ] {
             assert_eq!(d.decode(line.as_bytes()), Decoded::Skipped(want), "{line}");
         }
+    }
+
+    #[test]
+    fn batch_statistics_of_filtered_features_and_free_text_labels_are_dropped() {
+        let mut cfg = DecodeConfig::default();
+        cfg.filter.deny.insert("user_id".into());
+        cfg.filter.hash.insert("email".into());
+        let d = Decoder::new(cfg);
+        let Decoded::Record(r) = d.decode(
+            br#"{"model_id":"m","input_stats":{"user_id_mean":123.0,"email_len_mean":20,"amount_mean":5.5}}"#,
+        ) else {
+            panic!()
+        };
+        assert_eq!(r.input_stats, vec![("amount_mean".into(), 5.5)]);
+        let mut cfg = DecodeConfig::default();
+        cfg.filter.allow = Some(["amount".to_owned()].into_iter().collect());
+        let d = Decoder::new(cfg);
+        let Decoded::Record(r) =
+            d.decode(br#"{"model_id":"m","input_stats":{"user_id_mean":1,"amount_mean":5.5}}"#)
+        else {
+            panic!()
+        };
+        assert_eq!(r.input_stats, vec![("amount_mean".into(), 5.5)]);
+        // Free text is not a label value.
+        let r = record(
+            r#"{"model_id":"m","level":"ERROR","error_type":"bad value for jane@example.com"}"#,
+        );
+        assert_eq!(r.error_type, None);
+        let r = record(r#"{"request_id":"r","action":"clicked item 42 of Jane"}"#);
+        assert_eq!(r.action.as_deref(), Some("other"));
     }
 
     #[test]

@@ -66,8 +66,17 @@ impl Default for DemoOptions {
     }
 }
 
-/// A scratch directory removed when the demo ends.
-struct Scratch(PathBuf);
+/// A scratch directory removed when dropped (the demo's, the bench's).
+pub(crate) struct Scratch(pub(crate) PathBuf);
+
+impl Scratch {
+    /// `<tmp>/driftd-<what>-<pid>`, created.
+    pub(crate) fn new(what: &str) -> std::io::Result<Scratch> {
+        let p = std::env::temp_dir().join(format!("driftd-{what}-{}", std::process::id()));
+        std::fs::create_dir_all(&p)?;
+        Ok(Scratch(p))
+    }
+}
 
 impl Drop for Scratch {
     fn drop(&mut self) {
@@ -77,8 +86,7 @@ impl Drop for Scratch {
 
 /// Runs the demo until `cancel` or the duration ends.
 pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result<()> {
-    let scratch = Scratch(std::env::temp_dir().join(format!("driftd-demo-{}", std::process::id())));
-    std::fs::create_dir_all(&scratch.0).context("creating the demo's scratch directory")?;
+    let scratch = Scratch::new("demo").context("creating the demo's scratch directory")?;
     let baselines_dir = scratch.0.join("baselines");
     std::fs::create_dir_all(&baselines_dir)?;
 

@@ -190,6 +190,9 @@ pub struct Engine {
     /// What the last evaluation found beside drift (for reports and metrics).
     last_health: Vec<HealthReport>,
     last_experiments: ExperimentReport,
+    /// Transitions made outside an evaluation (resolves of forgotten
+    /// models), handed out by the next one.
+    pending: Vec<Transition>,
 }
 
 impl Engine {
@@ -201,6 +204,7 @@ impl Engine {
             experiments: Experiments::new(cfg.experiments.clone()),
             last_health: Vec::new(),
             last_experiments: ExperimentReport::default(),
+            pending: Vec::new(),
             cfg,
             decoder,
             layouts: HashMap::new(),
@@ -254,7 +258,20 @@ impl Engine {
             for (_, t) in &mut m.arms {
                 rebuild(t);
             }
-            m.latency = latency_tracked(&layout, spec, rules);
+            let same_stages = m.layout.baseline.latency.len() == layout.baseline.latency.len()
+                && m.layout
+                    .baseline
+                    .latency
+                    .iter()
+                    .zip(&layout.baseline.latency)
+                    .all(|(a, b)| a.name == b.name && a.bins == b.bins);
+            let mut latency = latency_tracked(&layout, spec, rules);
+            if let (true, Some(old), Some(new)) = (same_stages, &mut m.latency, &mut latency) {
+                // Same stage bins (a capture keeps them): keep the counts.
+                let _ = new.window.restore(&old.window.state());
+                new.verdicts = std::mem::take(&mut old.verdicts);
+            }
+            m.latency = latency;
             m.layout = layout.clone();
         }
         self.collecting.remove(&name);
@@ -326,10 +343,13 @@ impl Engine {
     pub fn accept(&mut self, d: &Decoded<'_>, t_ms: i64, now_ms: i64) -> Outcome {
         match d {
             Decoded::Event(ev) => {
+                // Health and the join file by event time too, but never in
+                // a pane ahead of now: that would overwrite live panes.
+                let th = t_ms.min(now_ms);
                 self.health.observe(
                     &ev.model,
                     ev.service.as_deref(),
-                    t_ms,
+                    th,
                     Observation {
                         request: true,
                         error: ev.level.is_some_and(crate::decode::Level::is_error),
@@ -339,27 +359,29 @@ impl Engine {
                 );
                 if let Some(r) = ev.request_id {
                     self.experiments
-                        .prediction(&ev.model, ev.arm.as_deref(), r, t_ms);
+                        .prediction(&ev.model, ev.arm.as_deref(), r, th);
                 }
                 let out = self.insert(ev, t_ms, now_ms);
-                // A collected event's stages went into its automatic baseline.
-                if !ev.stages.is_empty() && out != Outcome::Collected {
+                // A collected event's stages went into its automatic
+                // baseline; a refused one's model has no window.
+                if !ev.stages.is_empty() && matches!(out, Outcome::Counted | Outcome::Late) {
                     self.add_latency(&ev.model, &ev.stages, t_ms);
                 }
                 out
             }
-            Decoded::Record(r) => self.record(r, t_ms),
+            Decoded::Record(r) => self.record(r, t_ms, now_ms),
             Decoded::Skipped(_) => Outcome::Skipped,
             Decoded::Rejected(_) => Outcome::Rejected,
         }
     }
 
-    fn record(&mut self, r: &Record<'_>, t_ms: i64) -> Outcome {
+    fn record(&mut self, r: &Record<'_>, t_ms: i64, now_ms: i64) -> Outcome {
         let model = r.model.as_deref();
+        let th = t_ms.min(now_ms);
         match (r.kind, model) {
             (RecordKind::Feedback, _) => {
                 if let (Some(req), Some(a)) = (r.request_id, r.action.as_deref()) {
-                    self.experiments.feedback(req, a, t_ms);
+                    self.experiments.feedback(req, a, th);
                 }
             }
             (RecordKind::Timing, Some(m)) => {
@@ -367,7 +389,7 @@ impl Engine {
                     stages: &r.stages,
                     ..Observation::default()
                 };
-                self.health.observe(m, r.service.as_deref(), t_ms, o);
+                self.health.observe(m, r.service.as_deref(), th, o);
                 self.add_latency(m, &r.stages, t_ms);
             }
             (RecordKind::Error, Some(m)) => {
@@ -377,13 +399,13 @@ impl Engine {
                     error_type: r.error_type.as_deref(),
                     stages: &r.stages,
                 };
-                self.health.observe(m, r.service.as_deref(), t_ms, o);
+                self.health.observe(m, r.service.as_deref(), th, o);
             }
             (RecordKind::BatchStats, Some(m)) => {
                 self.health.observe_batch(
                     m,
                     r.service.as_deref(),
-                    t_ms,
+                    th,
                     &r.input_stats,
                     r.avg_confidence,
                 );
@@ -471,6 +493,11 @@ impl Engine {
         let Some(m) = self.state_of(model, t_ms) else {
             return;
         };
+        // A model that logs its inferences one by one has them counted
+        // already; its batch lines summarise the same predictions.
+        if m.events > 0 {
+            return;
+        }
         let Some(p) = m.layout.prediction else {
             return;
         };
@@ -486,7 +513,7 @@ impl Engine {
                 total = total.saturating_add(*c);
             }
         }
-        if m.all.window.add_counts(t_ms, &bins, total) == Inserted::Counted {
+        if m.all.window.add_counts(t_ms, &bins) == Inserted::Counted {
             m.last_event_ms = m.last_event_ms.max(t_ms);
             self.stats.batch_class_counts = self.stats.batch_class_counts.saturating_add(total);
         }
@@ -603,7 +630,7 @@ impl Engine {
     /// Scores every window at `now_ms` and steps every verdict. Returns the
     /// transitions, in a stable order (model, arm, feature, metric).
     pub fn evaluate(&mut self, now_ms: i64) -> Vec<Transition> {
-        let mut out = Vec::new();
+        let mut out = std::mem::take(&mut self.pending);
         let cfg = &self.cfg;
         let mut names: Vec<&Box<str>> = self.models.keys().collect();
         names.sort();
@@ -644,8 +671,10 @@ impl Engine {
     pub fn expire_idle(&mut self, now_ms: i64, idle_ms: i64) -> Vec<Arc<str>> {
         self.collecting
             .retain(|_, (_, seen)| now_ms - *seen <= idle_ms);
-        self.health.expire_idle(now_ms, idle_ms);
-        self.experiments.expire_idle(now_ms, idle_ms);
+        let health = self.health.expire_idle(now_ms, idle_ms);
+        let arms = self.experiments.expire_idle(now_ms, idle_ms);
+        self.pending.extend(health);
+        self.pending.extend(arms);
         // What the last evaluation reported about them goes too.
         let health = &self.health;
         self.last_health
@@ -661,9 +690,55 @@ impl Engine {
             .filter(|(_, m)| now_ms - m.last_event_ms > idle_ms)
             .map(|(k, _)| k.clone())
             .collect();
-        gone.into_iter()
-            .filter_map(|k| self.models.remove(&k).map(|m| m.name))
-            .collect()
+        let mut names = Vec::new();
+        for k in gone {
+            if let Some(m) = self.models.remove(&k) {
+                // A firing verdict of a forgotten window resolves: nothing
+                // would ever resolve its alert otherwise.
+                let cfg = &self.cfg;
+                let windows = std::iter::once((None, &m.all))
+                    .chain(m.latency.iter().map(|t| (None, t)))
+                    .chain(m.arms.iter().map(|(a, t)| (Some(a), t)));
+                for (arm, t) in windows {
+                    let layout = t.window.layout();
+                    for (i, slot) in layout.slots.iter().enumerate() {
+                        for (r, rule) in cfg.detect.rules.iter().enumerate() {
+                            let v = t.verdicts[i][r];
+                            if v.state != State::Firing {
+                                continue;
+                            }
+                            let distribution = crate::detect::Distribution::of(slot.role);
+                            self.pending.push(Transition {
+                                alertname: distribution.alertname(),
+                                model: m.name.to_string(),
+                                arm: arm.map(|a| a.to_string()),
+                                feature: slot.name.to_string(),
+                                distribution: Some(distribution),
+                                metric: rule.metric.name(),
+                                higher_is_worse: rule.metric.higher_is_worse(),
+                                from: State::Firing,
+                                to: State::Resolved,
+                                severity: None,
+                                value: f64::NAN,
+                                threshold: rule.warning,
+                                samples: 0,
+                                at_ms: now_ms,
+                                baseline_version: layout.baseline.version.clone(),
+                                window_start_ms: None,
+                                window_end_ms: None,
+                                labels: Default::default(),
+                                details: std::collections::BTreeMap::from([(
+                                    "summary",
+                                    format!("{} went quiet and was forgotten", m.name),
+                                )]),
+                            });
+                        }
+                    }
+                }
+                names.push(m.name);
+            }
+        }
+        names
     }
 
     /// Current state of every window, for reports, the API and metrics.
@@ -1233,7 +1308,21 @@ mod tests {
             1,
             "stages on inference lines build a latency baseline"
         );
-        let mut e = Engine::new(EngineConfig::default(), vec![base]);
+        // A batch-only model: its baseline is its batches' class counts.
+        let batch = |t: i64| {
+            format!(
+                r#"{{"model_id":"b","timestamp_end":{t},"prediction_stats":{{"class_counts":{{"a":7,"b":3}}}}}}"#
+            )
+        };
+        let mut bb = BaselineBuilder::new("b");
+        for _ in 0..100 {
+            if let Decoded::Record(r) = d.decode(batch(t0 - 3600).as_bytes()) {
+                bb.add_class_counts(&r.class_counts);
+            }
+        }
+        let bbase = bb.finish(&Binning::default(), "t", 0).unwrap();
+        assert_eq!(bbase.samples, 1000);
+        let mut e = Engine::new(EngineConfig::default(), vec![base, bbase]);
         let now = (t0 + 100) * 1000;
         let lines = [
             format!(
@@ -1252,13 +1341,14 @@ mod tests {
             format!(
                 r#"{{"model_id":"m","timestamp_end":{t0},"input_stats":{{"x_mean":4.5}},"prediction_stats":{{"class_counts":{{"a":7,"b":3}},"avg_confidence":0.8}}}}"#
             ),
+            batch(t0),
         ];
         for l in &lines {
             assert_eq!(e.ingest(l.as_bytes(), now), Outcome::Counted, "{l}");
         }
         e.evaluate(now);
         let r = e.report();
-        let h = &r.health[0];
+        let h = r.health.iter().find(|h| h.model == "m").unwrap();
         assert_eq!((h.requests, h.errors), (2, 1));
         assert_eq!(h.errors_by_type, vec![("Timeout".into(), 1)]);
         let inf = h
@@ -1268,13 +1358,18 @@ mod tests {
             .unwrap();
         assert_eq!(inf.samples, 1);
         assert!((inf.p50_ms.unwrap() - 250.0).abs() < 3.0);
-        let m = &r.models[0];
+        let m = r.models.iter().find(|m| m.model == "m").unwrap();
         assert_eq!(m.latency.as_ref().unwrap().samples, 1);
-        // 1 inference event + 10 from the batch's class counts.
-        assert_eq!(m.all.samples, 11);
+        // m logs its inferences: its batch lines summarise predictions
+        // already counted, and are not counted again.
+        assert_eq!(m.all.samples, 1);
         let pred = m.all.prediction.as_ref().unwrap();
-        let total: u64 = pred.window_counts.iter().sum();
-        assert_eq!(total, 11);
+        assert_eq!(pred.window_counts.iter().sum::<u64>(), 1);
+        // b logs only batches: their class counts are its predictions.
+        let bm = r.models.iter().find(|m| m.model == "b").unwrap();
+        assert_eq!(bm.all.samples, 10);
+        let pred = bm.all.prediction.as_ref().unwrap();
+        assert_eq!(pred.window_counts.iter().sum::<u64>(), 10);
         let b = h.batch.as_ref().unwrap();
         assert_eq!(b.stats, vec![("x_mean".into(), 4.5)]);
         // x was 0..9 uniformly: mean 4.5, so no shift.
@@ -1283,7 +1378,7 @@ mod tests {
         let arm = &r.experiments.arms[0];
         assert_eq!((arm.arm.as_str(), arm.predictions), ("control", 1));
         assert_eq!(arm.feedback[0], ("any".into(), 1));
-        assert_eq!(e.stats.decode.records, [1, 1, 1, 1]);
+        assert_eq!(e.stats.decode.records, [1, 1, 1, 2]);
     }
 
     /// Timing lines three times slower than the reference's make the

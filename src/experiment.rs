@@ -115,13 +115,23 @@ struct ArmStats {
     last_ms: i64,
 }
 
-/// A prediction waiting for feedback.
-#[derive(Debug, Clone, Copy)]
+/// Predictions of one request waiting for feedback: usually one, more when
+/// several models (a canary, a shadow, a pipeline) score the same request.
+#[derive(Debug, Clone)]
 struct Pending {
-    arm: u32,
     t_ms: i64,
     seq: u64,
-    /// Actions already counted for this request (bit 15: any).
+    preds: Vec<Pred>,
+}
+
+/// Predictions kept per request id; more are refused (and counted).
+const MAX_PREDICTIONS_PER_REQUEST: usize = 4;
+
+#[derive(Debug, Clone, Copy)]
+struct Pred {
+    arm: u32,
+    t_ms: i64,
+    /// Actions already counted for this prediction (bit 15: any).
     seen: u16,
 }
 
@@ -131,6 +141,8 @@ struct Early {
     t_ms: i64,
     seq: u64,
     actions: u16,
+    /// A prediction took it (it stays for other models' predictions).
+    joined: bool,
 }
 
 /// A variant against the control, for one action.
@@ -172,6 +184,8 @@ pub struct Experiments {
     cfg: ExperimentConfig,
     arm_ids: HashMap<(Box<str>, Box<str>), u32>,
     arms: HashMap<u32, ArmStats>,
+    /// Arms per model, for the caps.
+    arms_per_model: HashMap<Arc<str>, usize>,
     next_arm: u32,
     actions: Vec<Arc<str>>,
     pending: HashMap<u64, Pending>,
@@ -192,6 +206,7 @@ impl Experiments {
             cfg,
             arm_ids: HashMap::new(),
             arms: HashMap::new(),
+            arms_per_model: HashMap::new(),
             next_arm: 0,
             actions: Vec::new(),
             pending: HashMap::new(),
@@ -214,21 +229,21 @@ impl Experiments {
         if let Some(id) = self.arm_ids.get(&(model.into(), arm.into())) {
             return Some(*id);
         }
-        let models: std::collections::HashSet<&str> =
-            self.arms.values().map(|a| a.model.as_ref()).collect();
-        let arms_of_model = self.arms.values().filter(|a| *a.model == *model).count();
-        if (!models.contains(model) && models.len() >= self.cfg.max_models)
+        let arms_of_model = self.arms_per_model.get(model).copied().unwrap_or(0);
+        if (arms_of_model == 0 && self.arms_per_model.len() >= self.cfg.max_models)
             || arms_of_model >= self.cfg.max_arms_per_model
         {
             return None;
         }
+        let model: Arc<str> = model.into();
+        *self.arms_per_model.entry(model.clone()).or_default() += 1;
         let id = self.next_arm;
         self.next_arm += 1;
-        self.arm_ids.insert((model.into(), arm.into()), id);
+        self.arm_ids.insert((model.as_ref().into(), arm.into()), id);
         self.arms.insert(
             id,
             ArmStats {
-                model: model.into(),
+                model,
                 arm: arm.into(),
                 panes: vec![
                     Pane {
@@ -257,9 +272,17 @@ impl Experiments {
     /// Counts `bits` (actions, and ANY) for the prediction of `arm` made at
     /// `t_ms`, unless they were counted already (`seen`).
     fn credit(&mut self, arm: u32, t_ms: i64, bits: u16, seen: &mut u16) {
+        if bits & !*seen == 0 {
+            self.stats.duplicate_feedback += 1;
+            return;
+        }
+        self.credit_quiet(arm, t_ms, bits, seen);
+    }
+
+    /// [`Experiments::credit`] without counting a duplicate.
+    fn credit_quiet(&mut self, arm: u32, t_ms: i64, bits: u16, seen: &mut u16) {
         let new = bits & !*seen;
         if new == 0 {
-            self.stats.duplicate_feedback += 1;
             return;
         }
         *seen |= new;
@@ -294,16 +317,23 @@ impl Experiments {
         }
         self.watermark = self.watermark.max(t_ms);
         self.expire();
-        if self.pending.contains_key(&request) {
-            self.stats.duplicate_predictions += 1;
-            return;
-        }
         let Some(id) = self.arm_id(model, arm.unwrap_or(""), t_ms) else {
             self.stats.refused += 1;
             return;
         };
+        if let Some(w) = self.pending.get(&request) {
+            if w.preds.iter().any(|p| p.arm == id) {
+                // The same request in the same arm again: a redelivery.
+                self.stats.duplicate_predictions += 1;
+                return;
+            }
+            if w.preds.len() >= MAX_PREDICTIONS_PER_REQUEST {
+                self.stats.refused += 1;
+                return;
+            }
+        }
         {
-            let a = self.arms.get_mut(&id).expect("just made");
+            let a = self.arms.get_mut(&id).expect("exists");
             a.last_ms = a.last_ms.max(t_ms);
             let pid = t_ms.div_euclid(self.cfg.pane_ms);
             let n = a.panes.len() as i64;
@@ -321,9 +351,23 @@ impl Experiments {
             p.predictions += 1;
         }
         let mut seen = 0;
-        if let Some(e) = self.early.remove(&request) {
+        // Feedback that came first stays until its TTL: another model may
+        // yet log a prediction for the same request.
+        if let Some(actions) = self.early.get_mut(&request).map(|e| {
+            e.joined = true;
+            e.actions
+        }) {
             self.stats.joined_early += 1;
-            self.credit(id, t_ms, e.actions, &mut seen);
+            self.credit(id, t_ms, actions, &mut seen);
+        }
+        let pred = Pred {
+            arm: id,
+            t_ms,
+            seen,
+        };
+        if let Some(w) = self.pending.get_mut(&request) {
+            w.preds.push(pred);
+            return;
         }
         while self.pending.len() >= self.cfg.max_pending {
             match self.pending_order.pop_front() {
@@ -340,10 +384,9 @@ impl Experiments {
         self.pending.insert(
             request,
             Pending {
-                arm: id,
                 t_ms,
                 seq: self.seq,
-                seen,
+                preds: vec![pred],
             },
         );
         self.pending_order.push_back((request, self.seq));
@@ -357,12 +400,17 @@ impl Experiments {
         self.watermark = self.watermark.max(t_ms);
         self.expire();
         let bits = ANY | (1 << self.action_index(action));
-        if let Some(mut p) = self.pending.get(&request).copied() {
+        if let Some(mut w) = self.pending.remove(&request) {
             self.stats.joined += 1;
-            self.credit(p.arm, p.t_ms, bits, &mut p.seen);
-            if let Some(x) = self.pending.get_mut(&request) {
-                x.seen = p.seen;
+            let mut dup = true;
+            for p in &mut w.preds {
+                dup &= bits & !p.seen == 0;
+                self.credit_quiet(p.arm, p.t_ms, bits, &mut p.seen);
             }
+            if dup {
+                self.stats.duplicate_feedback += 1;
+            }
+            self.pending.insert(request, w);
             return;
         }
         if let Some(e) = self.early.get_mut(&request) {
@@ -390,6 +438,7 @@ impl Experiments {
                 t_ms,
                 seq: self.seq,
                 actions: bits,
+                joined: false,
             },
         );
         self.early_order.push_back((request, self.seq));
@@ -412,18 +461,34 @@ impl Experiments {
             match self.early.get(&h) {
                 Some(e) if e.seq == seq && e.t_ms >= cutoff => break,
                 Some(e) if e.seq == seq => {
+                    if !e.joined {
+                        self.stats.early_expired += 1;
+                    }
                     self.early.remove(&h);
-                    self.stats.early_expired += 1;
                 }
                 _ => {}
             }
             self.early_order.pop_front();
         }
+        // Entries removed early (evicted, joined) leave their place in the
+        // order queues; compact them so the queues stay near the maps' size.
+        if self.pending_order.len() > 2 * self.pending.len() + 1024 {
+            let pending = &self.pending;
+            self.pending_order
+                .retain(|(h, seq)| pending.get(h).is_some_and(|p| p.seq == *seq));
+        }
+        if self.early_order.len() > 2 * self.early.len() + 1024 {
+            let early = &self.early;
+            self.early_order
+                .retain(|(h, seq)| early.get(h).is_some_and(|e| e.seq == *seq));
+        }
     }
 
     /// Forgets arms idle for `idle_ms` (their waiting predictions then
-    /// credit nothing).
-    pub fn expire_idle(&mut self, now_ms: i64, idle_ms: i64) {
+    /// credit nothing). A firing comparison of a forgotten arm resolves (the
+    /// returned transitions): nothing would ever resolve it otherwise.
+    pub fn expire_idle(&mut self, now_ms: i64, idle_ms: i64) -> Vec<Transition> {
+        let mut out = Vec::new();
         let gone: Vec<u32> = self
             .arms
             .iter()
@@ -431,13 +496,59 @@ impl Experiments {
             .map(|(id, _)| *id)
             .collect();
         for id in gone {
-            if let Some(a) = self.arms.remove(&id) {
-                self.arm_ids
-                    .remove(&(a.model.as_ref().into(), a.arm.as_ref().into()));
-                self.conditions
-                    .retain(|(m, v, _), _| !(*m == a.model && *v == a.arm));
+            let Some(a) = self.arms.remove(&id) else {
+                continue;
+            };
+            self.arm_ids
+                .remove(&(a.model.as_ref().into(), a.arm.as_ref().into()));
+            if let Some(n) = self.arms_per_model.get_mut(&a.model) {
+                *n -= 1;
+                if *n == 0 {
+                    self.arms_per_model.remove(&a.model);
+                }
             }
+            let actions = &self.actions;
+            let control = self.cfg.control_arm.as_str();
+            self.conditions.retain(|(m, v, key), c| {
+                // A model's comparisons all end with its control, or with the variant.
+                let ends = *m == a.model && (*v == a.arm || *a.arm == *control);
+                if ends && c.state == State::Firing {
+                    let action = if *key == ANY {
+                        "any".to_owned()
+                    } else {
+                        actions
+                            .get(*key as usize)
+                            .map_or("other".to_owned(), |x| x.to_string())
+                    };
+                    out.push(Transition {
+                        alertname: "ArmFeedbackDifference",
+                        model: m.to_string(),
+                        arm: Some(v.to_string()),
+                        feature: action,
+                        distribution: None,
+                        metric: "feedback_rate_p_value",
+                        higher_is_worse: false,
+                        from: State::Firing,
+                        to: State::Resolved,
+                        severity: None,
+                        value: 1.0,
+                        threshold: 0.0,
+                        samples: 0,
+                        at_ms: now_ms,
+                        baseline_version: String::new(),
+                        window_start_ms: None,
+                        window_end_ms: None,
+                        labels: BTreeMap::new(),
+                        details: BTreeMap::from([(
+                            "summary",
+                            format!("{m}: arm {} went quiet and was forgotten", a.arm),
+                        )]),
+                    });
+                }
+                !ends
+            });
         }
+        out
     }
 
     /// Whether `model` has any arm tracked.
@@ -484,11 +595,7 @@ impl Experiments {
         }
         for (model, mut arms) in by_model {
             arms.sort_by(|a, b| a.0.cmp(&b.0));
-            // A model gone quiet: nothing to report, conditions hold.
-            if arms.iter().all(|a| a.1 == 0) {
-                continue;
-            }
-            for (arm, n, any, acts) in &arms {
+            for (arm, n, any, acts) in arms.iter().filter(|a| a.1 > 0) {
                 let mut feedback = vec![("any".to_owned(), *any)];
                 for (i, c) in acts.iter().enumerate() {
                     if i < self.actions.len() || (i == slots - 1 && *c > 0) {
@@ -503,6 +610,8 @@ impl Experiments {
                     feedback,
                 });
             }
+            // Predictions without an arm are reported, not compared.
+            arms.retain(|a| !a.0.is_empty());
             if arms.len() < 2 {
                 continue;
             }
@@ -525,8 +634,12 @@ impl Experiments {
                         c_n >= self.cfg.min_predictions && *v_n >= self.cfg.min_predictions;
                     let p = two_proportion_test(cx, c_n, vx, *v_n, Tail::TwoSided).map(|(_, p)| p);
                     // Any difference counts (two-sided): the effect is 1.
-                    let breach: Option<Level> =
-                        enough.then(|| p_level(p, self.cfg.alpha, 1.0, 1.0, 1.0));
+                    let breach: Option<Level> = if c_n == 0 && *v_n == 0 {
+                        // Both arms quiet: nothing differs any more.
+                        Some(Level::Clear)
+                    } else {
+                        enough.then(|| p_level(p, self.cfg.alpha, 1.0, 1.0, 1.0))
+                    };
                     let cond = self
                         .conditions
                         .entry((model.clone(), v_arm.clone(), key))
@@ -566,6 +679,9 @@ impl Experiments {
                             ),
                         );
                         out.push(t);
+                    }
+                    if c_n == 0 && *v_n == 0 {
+                        continue;
                     }
                     report.comparisons.push(ArmComparison {
                         model: model.to_string(),

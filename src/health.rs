@@ -79,6 +79,9 @@ pub struct HealthConfig {
     /// compared with, and how many times more of them may exceed it.
     pub deploy_latency_quantile: f64,
     pub deploy_latency_min_ratio: f64,
+    /// How long after its first sight a version is compared with the one
+    /// before it; after that, its own past is its reference.
+    pub deploy_horizon_ms: i64,
     /// p99 limits per stage, in milliseconds (`LatencyP99High`).
     pub p99_limit_ms: BTreeMap<String, f64>,
     /// Batch statistics kept per model.
@@ -114,6 +117,7 @@ impl Default for HealthConfig {
             },
             deploy_latency_quantile: 0.9,
             deploy_latency_min_ratio: 2.0,
+            deploy_horizon_ms: 24 * 3_600_000,
             p99_limit_ms: BTreeMap::new(),
             max_batch_stats: 64,
         }
@@ -192,6 +196,33 @@ pub struct ModelHealth {
     p99_high: Vec<Condition>,
 }
 
+impl ModelHealth {
+    /// Every condition with its alert name, feature and metric.
+    fn conditions_mut(&mut self) -> Vec<(&mut Condition, &'static str, String, &'static str)> {
+        let mut v: Vec<(&mut Condition, &'static str, String, &'static str)> = vec![
+            (
+                &mut self.error_high,
+                "ErrorRateHigh",
+                String::new(),
+                "error_rate",
+            ),
+            (
+                &mut self.deploy_errors,
+                "ErrorSpikeAfterDeploy",
+                String::new(),
+                "error_rate",
+            ),
+        ];
+        for (c, st) in self.deploy_latency.iter_mut().zip(&self.stages) {
+            v.push((c, "ErrorSpikeAfterDeploy", st.to_string(), "slow_share"));
+        }
+        for (c, st) in self.p99_high.iter_mut().zip(&self.stages) {
+            v.push((c, "LatencyP99High", st.to_string(), "p99_ms"));
+        }
+        v
+    }
+}
+
 /// A DDSketch that prints as its count (the crate's type has no `Debug`).
 #[derive(Clone)]
 struct Sketch(DDSketch);
@@ -214,19 +245,26 @@ pub struct Health {
     cfg: HealthConfig,
     sketch_cfg: SketchConfig,
     models: HashMap<Box<str>, ModelHealth>,
-    lineages: HashMap<(Box<str>, Box<str>), Lineage>,
+    /// By model name without its version (see [`version_base`]).
+    lineages: HashMap<Box<str>, Lineage>,
     pub stats: HealthStats,
 }
 
 /// The model name without a trailing version: `fraud-v2` -> `fraud`,
 /// `recsys@3.1` -> `recsys`, `v1.2.3` -> `` (the seed's services log only a
-/// version, so the service is the lineage). Names without a version suffix
-/// are their own lineage.
+/// version: all of them are one lineage). A version is `v` and a number, or
+/// a dotted number: `resnet-50` and `resnet-101` are different models, not
+/// versions of `resnet`. Names without a version suffix are their own
+/// lineage.
 pub fn version_base(model: &str) -> &str {
     fn is_version(s: &str) -> bool {
-        let s = s.strip_prefix(['v', 'V']).unwrap_or(s);
-        s.starts_with(|c: char| c.is_ascii_digit())
-            && s.chars().all(|c| c.is_ascii_digit() || c == '.')
+        let (v, rest) = match s.strip_prefix(['v', 'V']) {
+            Some(r) => (true, r),
+            None => (false, s),
+        };
+        rest.starts_with(|c: char| c.is_ascii_digit())
+            && rest.chars().all(|c| c.is_ascii_digit() || c == '.')
+            && (v || rest.contains('.'))
     }
     if is_version(model) {
         return "";
@@ -249,7 +287,9 @@ pub struct Observation<'l, 'a> {
 
 impl Health {
     pub fn new(cfg: HealthConfig) -> Health {
-        let sketch_cfg = SketchConfig::new(cfg.sketch_error, 2048, 1e-6);
+        // 512 bins cover 1 us to over an hour at 1% (the lowest bins
+        // collapse beyond): about 4 KiB at most per stage and pane.
+        let sketch_cfg = SketchConfig::new(cfg.sketch_error, 512, 1e-6);
         Health {
             cfg,
             sketch_cfg,
@@ -282,7 +322,7 @@ impl Health {
                 self.stats.models_refused += 1;
                 return None;
             }
-            let deploy = self.note_version(model, service, t_ms);
+            let deploy = self.note_version(model, t_ms);
             let history = self.history();
             self.models.insert(
                 model.into(),
@@ -315,13 +355,18 @@ impl Health {
         }
         let m = self.models.get_mut(model).expect("inserted above");
         m.last_seen_ms = m.last_seen_ms.max(t_ms);
+        if m.service.is_none() {
+            // Batch and feedback lines may lack the envelope's service.
+            m.service = service.map(Into::into);
+        }
         Some(m)
     }
 
     /// Records a model's version in its lineage; if an earlier version is
-    /// known, freezes it as the new version's reference.
-    fn note_version(&mut self, model: &str, service: Option<&str>, t_ms: i64) -> Option<DeployRef> {
-        let key: (Box<str>, Box<str>) = (service.unwrap_or("").into(), version_base(model).into());
+    /// live, freezes it as the new version's reference: the most recent one
+    /// with enough requests to compare with, else the most recent live one.
+    fn note_version(&mut self, model: &str, t_ms: i64) -> Option<DeployRef> {
+        let key: Box<str> = version_base(model).into();
         if !self.lineages.contains_key(&key) && self.lineages.len() >= self.cfg.max_lineages {
             self.stats.lineages_refused += 1;
             return None;
@@ -332,31 +377,40 @@ impl Health {
             // Seen before (and expired since): not a new deploy.
             return None;
         }
-        let previous = lineage.versions.last().map(|(v, _)| v.clone());
-        lineage.versions.push((model.into(), t_ms));
-        if lineage.versions.len() > max_versions {
-            lineage.versions.remove(0);
-        }
-        let previous = previous?;
-        let (requests, errors, latency) = match self.models.get(previous.as_ref()) {
-            Some(p) => {
+        let live: Vec<(&ModelHealth, u64, u64)> = lineage
+            .versions
+            .iter()
+            .rev()
+            .filter_map(|(v, _)| self.models.get(v.as_ref()))
+            .map(|p| {
                 let (r, e) = p
                     .panes
                     .iter()
                     .filter(|x| x.id != i64::MIN)
                     .fold((0, 0), |(r, e), x| (r + x.requests, e + x.errors));
+                (p, r, e)
+            })
+            .collect();
+        let previous = live
+            .iter()
+            .find(|(_, r, _)| *r >= self.cfg.deploy.min_requests)
+            .or(live.first())
+            .map(|(p, r, e)| {
                 let q = self.cfg.deploy_latency_quantile;
                 let latency = (0..p.stages.len())
                     .filter_map(|s| {
-                        let sk = merged(&p.sketches[s], self.sketch_cfg, None)?;
+                        let sk = merged(&p.sketches[s], self.sketch_cfg, None, None)?;
                         let v = sk.quantile(q).ok().flatten()?;
                         Some((p.stages[s].clone(), v, sk.count() as u64))
                     })
                     .collect();
-                (r, e, latency)
-            }
-            None => (0, 0, Vec::new()),
-        };
+                (p.name.clone(), *r, *e, latency)
+            });
+        lineage.versions.push((model.into(), t_ms));
+        if lineage.versions.len() > max_versions {
+            lineage.versions.remove(0);
+        }
+        let (previous, requests, errors, latency) = previous?;
         Some(DeployRef {
             previous,
             at_ms: t_ms,
@@ -426,10 +480,60 @@ impl Health {
         self.stats.batch_stats_refused += refused;
     }
 
-    /// Forgets models that sent nothing for `idle_ms`.
-    pub fn expire_idle(&mut self, now_ms: i64, idle_ms: i64) {
-        self.models
-            .retain(|_, m| now_ms - m.last_seen_ms <= idle_ms);
+    /// Forgets models that sent nothing for `idle_ms`, and lineages with no
+    /// live version. A firing condition of a forgotten model resolves (the
+    /// returned transitions): nothing would ever resolve it otherwise.
+    pub fn expire_idle(&mut self, now_ms: i64, idle_ms: i64) -> Vec<Transition> {
+        let mut out = Vec::new();
+        let gone: Vec<Box<str>> = self
+            .models
+            .iter()
+            .filter(|(_, m)| now_ms - m.last_seen_ms > idle_ms)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in gone {
+            if let Some(mut m) = self.models.remove(&k) {
+                let span = (now_ms, now_ms);
+                let fired: Vec<(&'static str, String, &'static str)> = m
+                    .conditions_mut()
+                    .into_iter()
+                    .filter(|(c, ..)| c.state == State::Firing)
+                    .map(|(c, name, feature, metric)| {
+                        c.state = State::Resolved;
+                        (name, feature, metric)
+                    })
+                    .collect();
+                for (name, feature, metric) in fired {
+                    {
+                        let mut t = transition(
+                            name,
+                            &m,
+                            &feature,
+                            metric,
+                            (State::Firing, State::Resolved),
+                            Severity::Warning,
+                            0.0,
+                            0.0,
+                            0,
+                            now_ms,
+                            span,
+                        );
+                        t.details.insert(
+                            "summary",
+                            format!("{} went quiet and was forgotten", m.name),
+                        );
+                        out.push(t);
+                    }
+                }
+            }
+        }
+        let models = &self.models;
+        self.lineages.retain(|_, l| {
+            l.versions
+                .iter()
+                .any(|(v, _)| models.contains_key(v.as_ref()))
+        });
+        out
     }
 
     /// Evaluates every model at `now_ms`: reports, and transitions of the
@@ -460,16 +564,17 @@ impl Health {
         (reports, out)
     }
 
-    /// Every live version per lineage: (service, model, first seen ms).
+    /// Every live version: (service, model, first seen ms).
     pub fn versions(&self) -> Vec<(String, String, i64)> {
         let mut v: Vec<(String, String, i64)> = self
             .lineages
-            .iter()
-            .flat_map(|((svc, _), l)| {
-                l.versions
-                    .iter()
-                    .filter(|(m, _)| self.models.contains_key(m.as_ref()))
-                    .map(move |(m, t)| (svc.to_string(), m.to_string(), *t))
+            .values()
+            .flat_map(|l| {
+                l.versions.iter().filter_map(|(m, t)| {
+                    let h = self.models.get(m.as_ref())?;
+                    let svc = h.service.as_deref().unwrap_or("");
+                    Some((svc.to_string(), m.to_string(), *t))
+                })
             })
             .collect();
         v.sort();
@@ -574,10 +679,15 @@ fn observe_model(
 
 /// The merge of a stage's live pane sketches (`lo`: the oldest pane id to
 /// include).
-fn merged(cells: &[Option<(i64, Sketch)>], cfg: SketchConfig, lo: Option<i64>) -> Option<DDSketch> {
+fn merged(
+    cells: &[Option<(i64, Sketch)>],
+    cfg: SketchConfig,
+    lo: Option<i64>,
+    hi: Option<i64>,
+) -> Option<DDSketch> {
     let mut out: Option<DDSketch> = None;
     for (id, sk) in cells.iter().flatten() {
-        if lo.is_some_and(|lo| *id < lo) {
+        if lo.is_some_and(|lo| *id < lo) || hi.is_some_and(|hi| *id > hi) {
             continue;
         }
         match &mut out {
@@ -750,6 +860,26 @@ fn transition(
     }
 }
 
+/// Drops a model's deploy reference; returns the deploy conditions that
+/// were firing (now resolved).
+fn end_deploy(m: &mut ModelHealth) -> Vec<(&'static str, String, &'static str)> {
+    let mut fired = Vec::new();
+    if m.deploy_errors.state == State::Firing {
+        fired.push(("ErrorSpikeAfterDeploy", String::new(), "error_rate"));
+    }
+    for (c, st) in m.deploy_latency.iter().zip(&m.stages) {
+        if c.state == State::Firing {
+            fired.push(("ErrorSpikeAfterDeploy", st.to_string(), "slow_share"));
+        }
+    }
+    m.deploy = None;
+    m.deploy_errors = Condition::default();
+    for c in &mut m.deploy_latency {
+        *c = Condition::default();
+    }
+    fired
+}
+
 fn pct(x: f64) -> String {
     format!("{:.2}%", x * 100.0)
 }
@@ -783,7 +913,12 @@ fn evaluate_model(
     }
 
     // ErrorRateHigh: against the model's own recent past.
-    let (breach, p_value) = error_level(&cfg.errors, detect.hysteresis, x0, n0, x, n);
+    let (mut breach, p_value) = error_level(&cfg.errors, detect.hysteresis, x0, n0, x, n);
+    if n == 0 {
+        // No traffic: nothing is failing. Without this a firing condition
+        // of a model that stopped (a rollback) would never resolve.
+        breach = Some(Level::Clear);
+    }
     if let Some(step) = m.error_high.step(breach, detect) {
         let threshold = cfg
             .errors
@@ -817,10 +952,38 @@ fn evaluate_model(
         out.push(t);
     }
 
-    // ErrorSpikeAfterDeploy: against the previous version.
+    // ErrorSpikeAfterDeploy: against the previous version, for a while.
     let mut deploy_report = None;
+    if m.deploy
+        .as_ref()
+        .is_some_and(|d| now_ms - d.at_ms > cfg.deploy_horizon_ms)
+    {
+        for (name, feature, metric) in end_deploy(m) {
+            let mut t = transition(
+                name,
+                m,
+                &feature,
+                metric,
+                (State::Firing, State::Resolved),
+                Severity::Critical,
+                0.0,
+                0.0,
+                n,
+                now_ms,
+                span,
+            );
+            t.details.insert(
+                "summary",
+                format!(
+                    "{}: the deploy comparison ended (health.deploy_horizon)",
+                    m.name
+                ),
+            );
+            out.push(t);
+        }
+    }
     if let Some(d) = m.deploy.clone() {
-        let (breach, p) = error_level(
+        let (mut breach, p) = error_level(
             &cfg.deploy,
             detect.hysteresis,
             d.previous_errors,
@@ -828,6 +991,9 @@ fn evaluate_model(
             x,
             n,
         );
+        if n == 0 {
+            breach = Some(Level::Clear);
+        }
         if let Some(step) = m.deploy_errors.step(breach, detect) {
             let r0 = rate(d.previous_errors, d.previous_requests).unwrap_or(0.0);
             let mut t = transition(
@@ -878,14 +1044,18 @@ fn evaluate_model(
     let mut latency = Vec::new();
     for s in 0..m.stages.len() {
         let stage = m.stages[s].clone();
-        let sk = merged(&m.sketches[s], sketch_cfg, Some(cur_lo));
+        let sk = merged(&m.sketches[s], sketch_cfg, Some(cur_lo), Some(head));
         let samples = sk.as_ref().map_or(0, |k| k.count() as u64);
         let qv = |p: f64| sk.as_ref().and_then(|k| k.quantile(p).ok().flatten());
         let (p50, p90, p99) = (qv(0.5), qv(0.9), qv(0.99));
         let limit = cfg.p99_limit_ms.get(stage.as_ref()).copied();
         if let Some(limit) = limit {
-            let breach = (samples >= detect.min_samples.min(cfg.errors.min_requests))
-                .then(|| limit_level(p99.unwrap_or(0.0), limit, detect.hysteresis));
+            let breach = if samples == 0 {
+                Some(Level::Clear)
+            } else {
+                (samples >= detect.min_samples.min(cfg.errors.min_requests))
+                    .then(|| limit_level(p99.unwrap_or(0.0), limit, detect.hysteresis))
+            };
             if let Some(step) = m.p99_high[s].step(breach, detect) {
                 let mut t = transition(
                     "LatencyP99High",
@@ -922,7 +1092,9 @@ fn evaluate_model(
                 // The previous version had (1 - q) of its values above its
                 // own q-quantile, by definition.
                 let x_prev = ((1.0 - q) * *pn as f64).round() as u64;
-                let breach = if vn < cfg.deploy.min_requests || *pn < cfg.deploy.min_requests {
+                let breach = if vn == 0 {
+                    Some(Level::Clear)
+                } else if vn < cfg.deploy.min_requests || *pn < cfg.deploy.min_requests {
                     None
                 } else {
                     let p =
@@ -1082,11 +1254,51 @@ mod tests {
     fn version_suffixes_are_stripped_to_the_lineage() {
         assert_eq!(version_base("fraud-v2"), "fraud");
         assert_eq!(version_base("recsys@3.1"), "recsys");
-        assert_eq!(version_base("churn_model_12"), "churn_model");
+        assert_eq!(version_base("churn_model_v12"), "churn_model");
         assert_eq!(version_base("v1.2.3"), "");
         assert_eq!(version_base("1.4"), "");
         assert_eq!(version_base("model_A"), "model_A");
         assert_eq!(version_base("vision"), "vision");
+        // Sizes are not versions.
+        assert_eq!(version_base("resnet-50"), "resnet-50");
+        assert_eq!(version_base("resnet-101"), "resnet-101");
+        assert_eq!(version_base("gpt-4"), "gpt-4");
+    }
+
+    /// A rolled-back version's firing alert resolves once its traffic stops,
+    /// and a forgotten model resolves what still fired.
+    #[test]
+    fn conditions_resolve_when_traffic_stops_or_the_model_is_forgotten() {
+        let mut h = Health::new(HealthConfig::default());
+        for i in 0..5000 {
+            request(&mut h, "fraud-v1", T0 + i * 100, i % 100 == 0);
+        }
+        let t1 = T0 + 500_000;
+        for i in 0..3000 {
+            request(&mut h, "fraud-v2", t1 + i * 100, i % 10 == 0);
+        }
+        let d = detect();
+        let (_, ts) = h.evaluate(t1 + 300_000, &d);
+        assert_eq!(fired(&ts, "ErrorSpikeAfterDeploy").len(), 1);
+        // Rolled back: fraud-v2 gets nothing for longer than a window.
+        let (_, ts) = h.evaluate(t1 + 300_000 + 700_000, &d);
+        assert!(
+            ts.iter()
+                .any(|t| t.model == "fraud-v2" && t.to == State::Resolved),
+            "{ts:?}"
+        );
+        // Fire again, then forget the model while firing.
+        for i in 0..3000 {
+            request(&mut h, "fraud-v2", t1 + 1_000_000 + i * 100, i % 10 == 0);
+        }
+        let (_, ts) = h.evaluate(t1 + 1_300_000, &d);
+        assert_eq!(fired(&ts, "ErrorSpikeAfterDeploy").len(), 1);
+        let gone = h.expire_idle(t1 + 10_000_000, 3_600_000);
+        assert!(gone.iter().any(|t| t.model == "fraud-v2"
+            && t.alertname == "ErrorSpikeAfterDeploy"
+            && t.to == State::Resolved));
+        assert!(h.model("fraud-v2").is_none());
+        assert!(h.versions().is_empty());
     }
 
     /// A version that fails 10% of requests after one that failed 1% raises

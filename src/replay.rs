@@ -252,19 +252,21 @@ pub fn build_baselines(
         stats.record(&d);
         let ev = match d {
             Decoded::Event(ev) => ev,
-            // Timing lines give the model's latency baseline.
-            Decoded::Record(r) if r.kind == RecordKind::Timing => {
+            // Timing lines give the model's latency baseline, batch lines
+            // a batch-only model's predicted classes.
+            Decoded::Record(r) if matches!(r.kind, RecordKind::Timing | RecordKind::BatchStats) => {
                 let Some(m) = r.model.as_deref() else { return };
                 if model.is_some_and(|x| x != m) {
                     return;
                 }
-                if let Some(b) = builders.get_mut(m) {
-                    b.add_stages(&r.stages);
-                } else if builders.len() < MAX_MODELS {
-                    let mut b = BaselineBuilder::new(m);
-                    b.add_stages(&r.stages);
-                    builders.insert(m.to_string(), b);
+                if !builders.contains_key(m) && builders.len() >= MAX_MODELS {
+                    return;
                 }
+                let b = builders
+                    .entry(m.to_string())
+                    .or_insert_with(|| BaselineBuilder::new(m));
+                b.add_stages(&r.stages);
+                b.add_class_counts(&r.class_counts);
                 return;
             }
             Decoded::Rejected(r) => {
@@ -314,7 +316,7 @@ pub fn build_baselines(
     // from; it gets no baseline (its latency still gets quantiles).
     let baselines = builders
         .into_values()
-        .filter(|b| b.events() > 0)
+        .filter(BaselineBuilder::has_data)
         .map(|b| b.finish(binning, &source, now_ms))
         .collect::<Result<Vec<_>, _>>()?;
     if baselines.is_empty() {

@@ -339,9 +339,10 @@ impl Window {
     }
 
     /// Adds precomputed counts (a batch-statistics line's class counts) at
-    /// event time `t_ms`: `counts` pairs flat bin indices with counts, and
-    /// `samples` events are added to the window's size.
-    pub fn add_counts(&mut self, t_ms: i64, counts: &[(u32, u64)], samples: u64) -> Inserted {
+    /// event time `t_ms`: `counts` pairs flat bin indices with counts. The
+    /// counts added (clamped so no pane count overflows) are also added to
+    /// the window's size, as that many events.
+    pub fn add_counts(&mut self, t_ms: i64, counts: &[(u32, u64)]) -> Inserted {
         let pane = self.pane_of(t_ms);
         if let Some(head) = self.head {
             if pane <= head - self.n as i64 {
@@ -356,8 +357,7 @@ impl Window {
         if self.pane_ids[row] != pane {
             self.pane_ids[row] = pane;
         }
-        // Panes count in u32; a batch cannot overflow one (the decoder caps
-        // a count at 1e12, so clamp what one pane takes).
+        let mut added = 0u64;
         let mut pane_row = self.panes.row_mut(row);
         let pane_row = pane_row.as_slice_mut().expect("rows are contiguous");
         let totals = self.totals.as_slice_mut().expect("contiguous");
@@ -365,12 +365,15 @@ impl Window {
             if let (Some(p), Some(t)) = (pane_row.get_mut(i as usize), totals.get_mut(i as usize)) {
                 let c = c.min(u64::from(u32::MAX - *p));
                 *p += c as u32;
-                *t += c;
+                *t = t.saturating_add(c);
+                added += c;
             }
         }
-        self.pane_samples[row] += samples;
-        self.samples += samples;
-        self.counters.events += samples;
+        self.pane_samples[row] = self.pane_samples[row].saturating_add(added);
+        self.samples = self.samples.saturating_add(added);
+        self.counters.events = self.counters.events.saturating_add(added);
+        // A count window moves on by the events the batch stood for.
+        self.seq = self.seq.saturating_add(added);
         Inserted::Counted
     }
 
