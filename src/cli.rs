@@ -46,6 +46,9 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Validate a configuration file (and DRIFTD__* variables) without running.
     CheckConfig(ConfigArgs),
+    /// Measure throughput, CPU, memory and latency on generated logs: parse
+    /// floor, replay, and `driftd run` through an in-process Kafka.
+    Bench(BenchArgs),
     /// Exit 0 if an HTTP URL answers 2xx (container health checks: the
     /// runtime image has no curl).
     Probe {
@@ -196,6 +199,48 @@ pub struct GenerateArgs {
     pub batch_share: f64,
 }
 
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Models in the generated stream.
+    #[arg(long, default_value_t = 4)]
+    pub models: usize,
+    /// Input features per model.
+    #[arg(long, default_value_t = 20)]
+    pub features: usize,
+    /// Share of categorical features (0 to 1).
+    #[arg(long, default_value_t = crate::generate::DEFAULT_CATEGORICAL_SHARE)]
+    pub categorical_share: f64,
+    /// Lines to generate and measure.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub lines: usize,
+    /// The seed's full logging envelope (~840 bytes with 20 features)
+    /// instead of the lean shape (~450).
+    #[arg(long)]
+    pub seed_shape: bool,
+    /// Skip the in-process replay measurement.
+    #[arg(long)]
+    pub no_replay: bool,
+    /// Skip the daemon measurements (drain, steady, /metrics).
+    #[arg(long)]
+    pub no_daemon: bool,
+    /// The daemon's evaluation interval.
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    pub every: Duration,
+    /// After the drain, run at --rate for this long: event-to-API latency
+    /// and the RSS curve.
+    #[arg(long, value_parser = parse_duration)]
+    pub steady: Option<Duration>,
+    /// Lines per second in the steady phase.
+    #[arg(long, default_value_t = 50_000)]
+    pub rate: u64,
+    /// /metrics scrapes to time.
+    #[arg(long, default_value_t = 20)]
+    pub scrapes: usize,
+    /// Also write the report as JSON to this file (`-` for stdout).
+    #[arg(long)]
+    pub json: Option<String>,
+}
+
 fn parse_pair(s: &str) -> Result<(f64, f64), String> {
     let (a, b) = s
         .split_once(',')
@@ -267,6 +312,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Run(a) => run_daemon(a),
         Command::Demo(a) => demo(a),
+        Command::Bench(a) => bench(a).map_err(Failure::Runtime),
         Command::Baseline(BaselineCommand::Build(a)) => baseline_build(a),
         Command::Replay(a) => replay_cmd(a),
         Command::Generate(a) => generate(a).map_err(Failure::Runtime),
@@ -560,6 +606,43 @@ fn run_daemon(a: ConfigArgs) -> Result<(), Failure> {
             daemon.wait().await
         })
         .map_err(Failure::Runtime)
+}
+
+fn bench(a: BenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(a.lines > 0, "--lines must be at least 1");
+    anyhow::ensure!(
+        a.models > 0 && a.features > 0,
+        "--models and --features must be at least 1"
+    );
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&a.categorical_share),
+        "--categorical-share is a fraction, 0 to 1"
+    );
+    let o = crate::bench::BenchOptions {
+        models: a.models,
+        features: a.features,
+        categorical_share: a.categorical_share,
+        lines: a.lines,
+        compact: !a.seed_shape,
+        replay: !a.no_replay,
+        daemon: !a.no_daemon,
+        every: a.every,
+        steady: a.steady,
+        rate: a.rate,
+        scrapes: a.scrapes,
+    };
+    let r = crate::bench::run(&o)?;
+    print!("{}", crate::bench::render(&r, &o));
+    match a.json.as_deref() {
+        Some("-") => crate::bench::write_json(&r, &mut std::io::stdout().lock())?,
+        Some(path) => {
+            let mut f =
+                std::fs::File::create(path).with_context(|| format!("cannot create {path}"))?;
+            crate::bench::write_json(&r, &mut f)?;
+        }
+        None => {}
+    }
+    Ok(())
 }
 
 fn demo(a: DemoArgs) -> Result<(), Failure> {

@@ -36,6 +36,7 @@
 //! - [`demo`]: the whole daemon on an in-process Kafka with generated, drifting traffic.
 //! - [`replay`]: a log file through the engine in event time; baseline builds; reports.
 //! - [`generate`]: seed-shaped synthetic inference logs with injectable drift.
+//! - [`bench`]: `driftd bench`, the performance harness (parse floor, replay, the daemon through Kafka).
 //! - [`config`]: TOML + environment configuration, validated with every problem reported.
 //! - [`cli`]: subcommands, exit codes, error printing.
 
@@ -43,6 +44,7 @@ pub mod admin;
 pub mod alert;
 pub mod app;
 pub mod baseline;
+pub mod bench;
 pub mod checkpoint;
 pub mod cli;
 pub mod compare;

@@ -1,0 +1,926 @@
+//! `driftd bench`: the end-to-end performance harness.
+//!
+//! This module owns the measurements the README's performance section
+//! quotes, so anyone can rerun them with one command. It generates
+//! seed-shaped inference logs (models, features, categorical share and line
+//! shape configurable) and measures, on the same lines:
+//!
+//! 1. **parse floor**: serde_json into a typed, borrowed struct of the line
+//!    (what any decoder of this design must at least pay), one core;
+//! 2. **replay**: the engine (decode, bin, window, evaluate) over the lines
+//!    in memory, one core;
+//! 3. **daemon**: the real `driftd run` binary as a child process, draining
+//!    the lines from librdkafka's mock cluster (the real protocol over
+//!    loopback, hosted by this process), timed from its partitions'
+//!    assignment; the child's own CPU time and peak RSS (from /proc);
+//! 4. **steady** (with `--steady`): the child at a fixed produce rate, with
+//!    probe events whose time to show in the daemon's API (event-to-gauge
+//!    latency) is measured, and the child's RSS sampled over the run;
+//! 5. **/metrics**: scrapes of the child's exposition, timed.
+//!
+//! Each throughput is also given as a ratio to the parse floor measured in
+//! the same run. The daemon is measured from outside (its HTTP API and
+//! /proc), so nothing here is special-cased inside it.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::ClientConfig;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
+
+use crate::baseline::{Baseline, BaselineBuilder, Binning};
+use crate::decode::{Decoded, Decoder, Str};
+
+use crate::engine::{Engine, EngineConfig};
+use crate::generate::{Generator, GeneratorConfig};
+use crate::window::WindowSpec;
+
+const TOPIC: &str = "bench";
+const PROBE_MODEL: &str = "latency-probe";
+
+/// What to measure (flags of `driftd bench`).
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub models: usize,
+    pub features: usize,
+    pub categorical_share: f64,
+    pub lines: usize,
+    /// The lean line shape (~450 bytes with 20 features) instead of the
+    /// seed's logging envelope (~840).
+    pub compact: bool,
+    pub replay: bool,
+    pub daemon: bool,
+    /// The daemon's evaluation interval.
+    pub every: Duration,
+    /// A steady-rate phase after the drain.
+    pub steady: Option<Duration>,
+    /// Lines per second in the steady phase.
+    pub rate: u64,
+    pub scrapes: usize,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        BenchOptions {
+            models: 4,
+            features: 20,
+            categorical_share: crate::generate::DEFAULT_CATEGORICAL_SHARE,
+            lines: 1_000_000,
+            compact: true,
+            replay: true,
+            daemon: true,
+            every: Duration::from_secs(1),
+            steady: None,
+            rate: 50_000,
+            scrapes: 20,
+        }
+    }
+}
+
+/// One throughput measurement.
+#[derive(Debug, Clone, Serialize)]
+pub struct Throughput {
+    pub events: u64,
+    pub seconds: f64,
+    pub events_per_second: f64,
+    pub cpu_seconds_per_million: f64,
+    /// This stage's cost per event over the parse floor's.
+    pub ratio_to_floor: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Steady {
+    pub seconds: f64,
+    pub target_rate: u64,
+    pub consumed_per_second: f64,
+    pub cpu_seconds_per_million: f64,
+    pub probes: usize,
+    pub latency_p50_ms: f64,
+    pub latency_p99_ms: f64,
+    pub latency_max_ms: f64,
+    /// (seconds since the phase started, RSS MiB) every few seconds.
+    pub rss_curve_mib: Vec<(f64, f64)>,
+    pub final_lag: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Scrape {
+    pub series: usize,
+    pub bytes: usize,
+    pub median_ms: f64,
+    pub max_ms: f64,
+}
+
+/// Everything one run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub machine: String,
+    pub cores: usize,
+    pub models: usize,
+    pub features: usize,
+    pub lines: usize,
+    pub bytes_per_line: f64,
+    pub floor: Throughput,
+    pub replay: Option<Throughput>,
+    pub daemon: Option<Throughput>,
+    pub daemon_peak_rss_mib: Option<f64>,
+    pub daemon_rss_after_drain_mib: Option<f64>,
+    pub steady: Option<Steady>,
+    pub scrape: Option<Scrape>,
+}
+
+/// The machine, as `/proc/cpuinfo` names it.
+fn machine() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_owned())
+}
+
+/// (user + system CPU seconds, RSS MiB, peak RSS MiB) of a process or the
+/// calling thread, from /proc (Linux; zeros elsewhere).
+fn proc_stat(path: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("{path}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) in parentheses;
+    // utime and stime are the 14th and 15th of the whole line.
+    let rest = stat.rsplit_once(')').map_or("", |r| r.1);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn proc_mem(pid: u32) -> (f64, f64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb = |key: &str| {
+        text.lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (kb("VmRSS:") / 1024.0, kb("VmHWM:") / 1024.0)
+}
+
+fn thread_cpu() -> f64 {
+    proc_stat("/proc/thread-self")
+}
+
+/// The parse floor's target: every field the engine reads, typed and
+/// borrowed, features as (name, scalar) pairs, nothing binned or counted.
+#[derive(Deserialize)]
+#[allow(dead_code)] // read by serde only: the point is the parsing
+struct FloorLine<'a> {
+    #[serde(borrow)]
+    model_id: Option<FloorScalar<'a>>,
+    #[serde(borrow)]
+    timestamp: Option<FloorScalar<'a>>,
+    #[serde(borrow)]
+    prediction: Option<FloorScalar<'a>>,
+    confidence: Option<f64>,
+    #[serde(borrow)]
+    experiment_assignment: Option<FloorScalar<'a>>,
+    #[serde(borrow)]
+    level: Option<FloorScalar<'a>>,
+    #[serde(borrow)]
+    request_id: Option<FloorScalar<'a>>,
+    #[serde(borrow, default)]
+    input_features: FloorFeatures<'a>,
+}
+
+#[allow(dead_code)]
+enum FloorScalar<'a> {
+    Str(std::borrow::Cow<'a, str>),
+    Num(f64),
+    Bool(bool),
+    Null,
+    Other,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for FloorScalar<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = FloorScalar<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a scalar")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(FloorScalar::Str(v.into()))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(FloorScalar::Str(v.to_owned().into()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(FloorScalar::Num(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(FloorScalar::Num(v as f64))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(FloorScalar::Num(v as f64))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(FloorScalar::Bool(v))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(FloorScalar::Null)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+                while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(FloorScalar::Other)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut s: A) -> Result<Self::Value, A::Error> {
+                while s.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(FloorScalar::Other)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Default)]
+struct FloorFeatures<'a>(#[allow(dead_code)] Vec<(std::borrow::Cow<'a, str>, FloorScalar<'a>)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for FloorFeatures<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = FloorFeatures<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+                let mut v = Vec::with_capacity(m.size_hint().unwrap_or(16));
+                while let Some(k) = m.next_key::<Str<'de>>()? {
+                    v.push((k.0, m.next_value::<FloorScalar<'de>>()?));
+                }
+                Ok(FloorFeatures(v))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// Lines in one buffer, with their models (Kafka keys).
+struct Lines {
+    text: Vec<u8>,
+    ends: Vec<usize>,
+    keys: Vec<u16>,
+    names: Vec<String>,
+}
+
+impl Lines {
+    fn iter(&self) -> impl Iterator<Item = (&[u8], &str)> {
+        let mut start = 0;
+        self.ends.iter().zip(&self.keys).map(move |(&end, &k)| {
+            let l = &self.text[start..end];
+            start = end;
+            (l, self.names[k as usize].as_str())
+        })
+    }
+}
+
+fn generator_config(o: &BenchOptions) -> GeneratorConfig {
+    let mut g = GeneratorConfig::synthetic(42, o.models, o.features)
+        .with_categorical_share(o.categorical_share)
+        .inference_only();
+    g.compact = o.compact;
+    g
+}
+
+fn generate(o: &BenchOptions, start_ms: i64, span_ms: i64) -> Lines {
+    let mut g = Generator::new(generator_config(o));
+    let names = g.model_names();
+    let mut text = Vec::with_capacity(o.lines * 600);
+    let mut ends = Vec::with_capacity(o.lines);
+    let mut keys = Vec::with_capacity(o.lines);
+    let mut buf = String::new();
+    for i in 0..o.lines {
+        let t = start_ms + (i as i64 * span_ms) / o.lines.max(1) as i64;
+        g.next_line(t, &mut buf);
+        text.extend_from_slice(buf.as_bytes());
+        ends.push(text.len());
+        keys.push(g.last_model().unwrap_or(0) as u16);
+    }
+    Lines {
+        text,
+        ends,
+        keys,
+        names,
+    }
+}
+
+/// Baselines of the generated models from a separate reference stream, and
+/// of the latency probe.
+fn baselines(o: &BenchOptions, now: i64) -> anyhow::Result<Vec<Baseline>> {
+    let mut cfg = generator_config(o);
+    cfg.stream_seed = Some(7);
+    let mut g = Generator::new(cfg);
+    let d = Decoder::new(Default::default());
+    let mut builders: BTreeMap<String, BaselineBuilder> = BTreeMap::new();
+    let mut buf = String::new();
+    let n = (o.models * 2_000).max(20_000);
+    for i in 0..n {
+        g.next_line(now - 3_600_000 + i as i64, &mut buf);
+        if let Decoded::Event(e) = d.decode(buf.as_bytes()) {
+            builders
+                .entry(e.model.to_string())
+                .or_insert_with(|| BaselineBuilder::new(&e.model))
+                .add(&e);
+        }
+    }
+    let mut probe = BaselineBuilder::new(PROBE_MODEL);
+    for i in 0..1000 {
+        let l = probe_line(i, now);
+        if let Decoded::Event(e) = d.decode(l.as_bytes()) {
+            probe.add(&e);
+        }
+    }
+    builders.insert(PROBE_MODEL.into(), probe);
+    builders
+        .into_values()
+        .map(|b| {
+            b.finish(&Binning::default(), "bench", now)
+                .map_err(Into::into)
+        })
+        .collect()
+}
+
+fn probe_line(i: u64, t_ms: i64) -> String {
+    format!(
+        r#"{{"model_id":"{PROBE_MODEL}","timestamp":{t_ms},"prediction":"p","input_features":{{"x":{}}}}}"#,
+        i % 10
+    )
+}
+
+fn floor(lines: &Lines) -> anyhow::Result<(f64, f64)> {
+    let (t, c) = (Instant::now(), thread_cpu());
+    for (l, _) in lines.iter() {
+        let parsed: FloorLine<'_> =
+            serde_json::from_slice(l).context("the parse floor could not parse a line")?;
+        std::hint::black_box(&parsed);
+    }
+    Ok((t.elapsed().as_secs_f64(), thread_cpu() - c))
+}
+
+fn replay(lines: &Lines, bases: Vec<Baseline>, now: i64) -> (f64, f64, u64) {
+    let mut cfg = EngineConfig {
+        max_future_ms: None,
+        ..EngineConfig::default()
+    };
+    cfg.window = WindowSpec::default();
+    let mut e = Engine::new(cfg, bases);
+    let (t, c) = (Instant::now(), thread_cpu());
+    let mut last_eval = now;
+    for (i, (l, _)) in lines.iter().enumerate() {
+        e.ingest(l, now);
+        // Evaluate as the daemon would, every 30 s of (generated) time.
+        if i % 4096 == 0 {
+            let at = now + (i as i64);
+            if at - last_eval >= 30_000 {
+                e.evaluate(at);
+                last_eval = at;
+            }
+        }
+    }
+    e.evaluate(last_eval + 30_000);
+    let events = e.stats.decode.events;
+    (t.elapsed().as_secs_f64(), thread_cpu() - c, events)
+}
+
+fn throughput(events: u64, secs: f64, cpu: f64, floor_per_event: f64) -> Throughput {
+    let per_event = secs / events.max(1) as f64;
+    Throughput {
+        events,
+        seconds: secs,
+        events_per_second: events as f64 / secs.max(1e-9),
+        cpu_seconds_per_million: cpu / events.max(1) as f64 * 1e6,
+        ratio_to_floor: per_event / floor_per_event.max(1e-15),
+    }
+}
+
+/// The daemon under test: `driftd run` in a child process, killed on drop.
+struct ChildDaemon {
+    child: Child,
+    base: String,
+    log_path: std::path::PathBuf,
+    client: reqwest::Client,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Drop for ChildDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ChildDaemon {
+    fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        let url = format!("{}{path}", self.base);
+        self.rt.block_on(async {
+            let r = self.client.get(&url).send().await?;
+            let status = r.status().as_u16();
+            Ok((status, r.text().await?))
+        })
+    }
+
+    fn status(&self) -> anyhow::Result<serde_json::Value> {
+        let (code, body) = self.get("/api/v1/status")?;
+        if code != 200 {
+            bail!("/api/v1/status answered {code}: {body}");
+        }
+        Ok(serde_json::from_str(&body)?)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn cpu(&self) -> f64 {
+        proc_stat(&format!("/proc/{}", self.pid()))
+    }
+
+    fn alive(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("the daemon exited ({status}); see its log above");
+        }
+        Ok(())
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn write_config(
+    dir: &Path,
+    name: &str,
+    brokers: &str,
+    topic: &str,
+    port: u16,
+    every: Duration,
+) -> anyhow::Result<std::path::PathBuf> {
+    let path = dir.join(format!("{name}.toml"));
+    let text = format!(
+        r#"[kafka]
+brokers = "{brokers}"
+topics = ["{topic}"]
+group_id = "driftd-bench-{name}"
+rewind_on_start = false
+
+[window]
+length = "10m"
+pane = "30s"
+max_future = "1h"
+
+[evaluation]
+every = "{every}"
+
+[baselines]
+dir = "{baselines}"
+watch = false
+
+[checkpoint]
+dir = "{state}"
+
+[http]
+listen = "127.0.0.1:{port}"
+
+[log]
+format = "text"
+level = "warn"
+"#,
+        every = humantime::format_duration(every),
+        baselines = dir.join("baselines").display(),
+        state = dir.join(format!("state-{name}")).display(),
+    );
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+fn producer(brokers: &str) -> anyhow::Result<BaseProducer> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "20")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("queue.buffering.max.kbytes", "1048576")
+        .create()?)
+}
+
+fn send(p: &BaseProducer, topic: &str, key: &str, payload: &[u8], partition: Option<i32>) {
+    let mut rec = BaseRecord::to(topic).key(key).payload(payload);
+    if let Some(part) = partition {
+        rec = rec.partition(part);
+    }
+    loop {
+        match p.send(rec) {
+            Ok(()) => return,
+            Err((_, r)) => {
+                rec = r;
+                p.poll(Duration::from_millis(2));
+            }
+        }
+    }
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Runs every measurement `o` asks for, printing progress to stderr.
+pub fn run(o: &BenchOptions) -> anyhow::Result<BenchReport> {
+    let now = crate::ingest::now_ms();
+    eprintln!(
+        "generating {} lines: {} models x {} features ({}% categorical), {} shape",
+        o.lines,
+        o.models,
+        o.features,
+        (o.categorical_share * 100.0).round(),
+        if o.compact { "compact" } else { "seed" }
+    );
+    // Event times over the last 10 minutes: all within the daemon's window.
+    let lines = generate(o, now - 600_000, 600_000);
+    let bytes_per_line = lines.text.len() as f64 / o.lines.max(1) as f64;
+    let bases = baselines(o, now)?;
+
+    eprintln!("parse floor ...");
+    let (floor_s, floor_cpu) = floor(&lines)?;
+    let floor_per_event = floor_s / o.lines.max(1) as f64;
+    let floor_t = throughput(o.lines as u64, floor_s, floor_cpu, floor_per_event);
+
+    let replay_t = if o.replay {
+        eprintln!("replay ...");
+        let (s, c, events) = replay(&lines, bases.clone(), now);
+        Some(throughput(events, s, c, floor_per_event))
+    } else {
+        None
+    };
+
+    let mut report = BenchReport {
+        machine: machine(),
+        cores: std::thread::available_parallelism().map_or(1, |c| c.get()),
+        models: o.models,
+        features: o.features,
+        lines: o.lines,
+        bytes_per_line,
+        floor: floor_t,
+        replay: replay_t,
+        daemon: None,
+        daemon_peak_rss_mib: None,
+        daemon_rss_after_drain_mib: None,
+        steady: None,
+        scrape: None,
+    };
+    if !o.daemon {
+        return Ok(report);
+    }
+
+    // The broker. The mock cluster keeps about 5 MB per partition: spread
+    // the lines over enough partitions that all of them fit.
+    let partitions = ((lines.text.len() / (3 << 20)) + 1).clamp(4, 256) as i32;
+    let cluster = MockCluster::new(1).context("starting librdkafka's mock cluster")?;
+    cluster.create_topic(TOPIC, partitions, 1)?;
+    let brokers = cluster.bootstrap_servers();
+    eprintln!("producing {} lines to {partitions} partitions ...", o.lines);
+    {
+        let p = producer(&brokers)?;
+        for (i, (l, k)) in lines.iter().enumerate() {
+            send(&p, TOPIC, k, l, Some(i as i32 % partitions));
+        }
+        p.flush(Duration::from_secs(600))?;
+    }
+    let n = o.lines as u64;
+    drop(lines);
+
+    let scratch = crate::demo::Scratch::new("bench").context("creating a scratch directory")?;
+    let dir = scratch.0.as_path();
+    std::fs::create_dir_all(dir.join("baselines"))?;
+    for b in &bases {
+        b.save(&dir.join("baselines"))?;
+    }
+    // Drain: the lines wait in the topic; the daemon (evaluating every
+    // 100 ms, so its counters are fresh) drains them. Timed from its first
+    // counted message to its last, CPU over the same span.
+    let mut d = spawn_daemon(dir, "drain", &brokers, TOPIC, Duration::from_millis(100))?;
+    eprintln!("daemon: draining ...");
+    let t_start = Instant::now();
+    let mut first = None;
+    let last = loop {
+        let s = d.status()?;
+        let m = s["messages"].as_u64().unwrap_or(0);
+        let at = (Instant::now(), m, d.cpu());
+        if m > 0 && first.is_none() {
+            first = Some(at);
+        }
+        if m >= n {
+            break at;
+        }
+        if t_start.elapsed() > Duration::from_secs(3600) {
+            bail!("the daemon did not drain within an hour");
+        }
+        d.alive().with_context(|| d.log())?;
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let ((t0, m0, c0), (t1, _, c1)) = (first.unwrap_or(last), last);
+    let secs = t1.duration_since(t0).as_secs_f64();
+    if secs < 0.5 {
+        bail!("the drain took {secs:.3} s: too short to time; use more --lines");
+    }
+    report.daemon = Some(throughput(n - m0, secs, c1 - c0, floor_per_event));
+    let (rss, peak) = proc_mem(d.pid());
+    report.daemon_peak_rss_mib = Some(peak);
+    report.daemon_rss_after_drain_mib = Some(rss);
+    if o.scrapes > 0 {
+        report.scrape = Some(scrape(&d, o.scrapes)?);
+    }
+    drop(d);
+
+    if let Some(dur) = o.steady {
+        // A fresh daemon on an empty topic, at the configured interval:
+        // its RSS is the daemon's own at this rate, not the drain's.
+        const STEADY: &str = "bench-steady";
+        cluster.create_topic(STEADY, 4, 1)?;
+        let d = spawn_daemon(dir, "steady", &brokers, STEADY, o.every)?;
+        eprintln!(
+            "steady: {} lines/s for {} ...",
+            o.rate,
+            humantime::format_duration(dur)
+        );
+        report.steady = Some(steady(o, &d, &brokers, STEADY, dur)?);
+    }
+    drop(cluster);
+    drop(scratch);
+    Ok(report)
+}
+
+fn scrape(d: &ChildDaemon, n: usize) -> anyhow::Result<Scrape> {
+    let mut times = Vec::new();
+    let mut body = String::new();
+    for _ in 0..n {
+        let t = Instant::now();
+        let (_, b) = d.get("/metrics")?;
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+        body = b;
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(Scrape {
+        series: body.lines().filter(|l| !l.starts_with('#')).count(),
+        bytes: body.len(),
+        median_ms: percentile(&times, 0.5),
+        max_ms: times.last().copied().unwrap_or(f64::NAN),
+    })
+}
+
+/// Starts `driftd run` on `topic` and waits until it owns partitions.
+fn spawn_daemon(
+    dir: &Path,
+    name: &str,
+    brokers: &str,
+    topic: &str,
+    every: Duration,
+) -> anyhow::Result<ChildDaemon> {
+    let port = free_port()?;
+    let config = write_config(dir, name, brokers, topic, port, every)?;
+    let exe = std::env::current_exe().context("locating the driftd binary")?;
+    let log_path = dir.join(format!("{name}.log"));
+    let log = std::fs::File::create(&log_path)?;
+    let child = Command::new(exe)
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .context("starting `driftd run`")?;
+    let mut d = ChildDaemon {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+        log_path,
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()?,
+        rt: tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+    };
+    let joined = Instant::now();
+    loop {
+        d.alive().with_context(|| d.log())?;
+        if let Ok(s) = d.status() {
+            if s["assigned_partitions"].as_i64().unwrap_or(0) > 0 {
+                return Ok(d);
+            }
+        }
+        if joined.elapsed() > Duration::from_secs(120) {
+            bail!("the daemon did not join within 2 minutes:\n{}", d.log());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The steady phase: lines at `o.rate` per second and a probe event every
+/// 20 ms; each probe's latency is the time until the daemon's API counts
+/// it (its events are cumulative and in order: one partition, one key).
+fn steady(
+    o: &BenchOptions,
+    d: &ChildDaemon,
+    brokers: &str,
+    topic: &'static str,
+    dur: Duration,
+) -> anyhow::Result<Steady> {
+    let probes_before = d.status()?["events"][PROBE_MODEL].as_u64().unwrap_or(0);
+    let sent_at: Arc<std::sync::Mutex<Vec<Instant>>> = Default::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let produced = Arc::new(AtomicU64::new(0));
+    let prod = {
+        let (sent_at, stop, produced) = (sent_at.clone(), stop.clone(), produced.clone());
+        let brokers = brokers.to_owned();
+        let mut g = Generator::new(GeneratorConfig {
+            stream_seed: Some(11),
+            ..generator_config(o)
+        });
+        let names = g.model_names();
+        let rate = o.rate.max(1);
+        std::thread::spawn(move || -> anyhow::Result<()> {
+            let p = producer(&brokers)?;
+            let start = Instant::now();
+            let mut sent = 0u64;
+            let mut probes = 0u64;
+            let mut buf = String::new();
+            while !stop.load(Ordering::Relaxed) {
+                let el = start.elapsed().as_secs_f64();
+                let due = (el * rate as f64) as u64;
+                while sent < due {
+                    let t = crate::ingest::now_ms();
+                    g.next_line(t, &mut buf);
+                    let k = g.last_model().map_or("", |m| names[m].as_str());
+                    send(&p, topic, k, buf.as_bytes(), None);
+                    sent += 1;
+                }
+                let probes_due = (el * 50.0) as u64;
+                while probes < probes_due {
+                    let l = probe_line(probes, crate::ingest::now_ms());
+                    send(&p, topic, PROBE_MODEL, l.as_bytes(), Some(0));
+                    // The clock starts when the producer hands it to librdkafka.
+                    sent_at.lock().expect("not poisoned").push(Instant::now());
+                    probes += 1;
+                }
+                produced.store(sent, Ordering::Relaxed);
+                p.poll(Duration::ZERO);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            p.flush(Duration::from_secs(30))?;
+            Ok(())
+        })
+    };
+    let start = Instant::now();
+    let (m0, c0) = (d.status()?["messages"].as_u64().unwrap_or(0), d.cpu());
+    let mut latencies = Vec::new();
+    let mut seen = 0usize;
+    let mut curve = Vec::new();
+    let mut next_sample = Duration::ZERO;
+    while start.elapsed() < dur {
+        let s = d.status()?;
+        let at = Instant::now();
+        let count = s["events"][PROBE_MODEL]
+            .as_u64()
+            .unwrap_or(0)
+            .saturating_sub(probes_before) as usize;
+        {
+            let sent = sent_at.lock().expect("not poisoned");
+            while seen < count.min(sent.len()) {
+                latencies.push(at.duration_since(sent[seen]).as_secs_f64() * 1000.0);
+                seen += 1;
+            }
+        }
+        if start.elapsed() >= next_sample {
+            let (rss, _) = proc_mem(d.pid());
+            curve.push((start.elapsed().as_secs_f64(), rss));
+            next_sample += (dur / 20).max(Duration::from_secs(1));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let s = d.status()?;
+    let consumed = s["messages"].as_u64().unwrap_or(0).saturating_sub(m0);
+    let cpu = d.cpu() - c0;
+    stop.store(true, Ordering::Relaxed);
+    prod.join()
+        .map_err(|_| anyhow::anyhow!("the producer thread panicked"))??;
+    latencies.sort_by(f64::total_cmp);
+    let _ = produced;
+    Ok(Steady {
+        seconds: secs,
+        target_rate: o.rate,
+        consumed_per_second: consumed as f64 / secs,
+        cpu_seconds_per_million: cpu / consumed.max(1) as f64 * 1e6,
+        probes: latencies.len(),
+        latency_p50_ms: percentile(&latencies, 0.5),
+        latency_p99_ms: percentile(&latencies, 0.99),
+        latency_max_ms: latencies.last().copied().unwrap_or(f64::NAN),
+        rss_curve_mib: curve,
+        final_lag: s["lag"].as_i64().unwrap_or(0),
+    })
+}
+
+/// The report as the README's table.
+pub fn render(r: &BenchReport, o: &BenchOptions) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "driftd bench: {} ({} cores); {} lines, {} models x {} features, {:.0} bytes/line",
+        r.machine, r.cores, r.lines, r.models, r.features, r.bytes_per_line
+    );
+    let _ = writeln!(
+        out,
+        "| stage | events/s | CPU s per 1M events | x parse floor |\n|---|---|---|---|"
+    );
+    let row = |out: &mut String, name: &str, t: &Throughput| {
+        let _ = writeln!(
+            out,
+            "| {name} | {:.0} | {:.2} | {:.2} |",
+            t.events_per_second, t.cpu_seconds_per_million, t.ratio_to_floor
+        );
+    };
+    row(
+        &mut out,
+        "parse floor (serde_json into a typed struct, 1 core)",
+        &r.floor,
+    );
+    if let Some(t) = &r.replay {
+        row(&mut out, "replay (engine, 1 core)", t);
+    }
+    if let Some(t) = &r.daemon {
+        row(&mut out, "daemon through the mock broker (driftd run)", t);
+    }
+    if let (Some(peak), Some(after)) = (r.daemon_peak_rss_mib, r.daemon_rss_after_drain_mib) {
+        let _ = writeln!(
+            out,
+            "daemon RSS: {after:.1} MiB after the drain, peak {peak:.1} MiB"
+        );
+    }
+    if let Some(s) = &r.steady {
+        let _ = writeln!(
+            out,
+            "steady {:.0} s at {} lines/s: consumed {:.0}/s, {:.2} CPU s per 1M, final lag {}; event-to-API latency over {} probes: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (evaluation every {})",
+            s.seconds,
+            s.target_rate,
+            s.consumed_per_second,
+            s.cpu_seconds_per_million,
+            s.final_lag,
+            s.probes,
+            s.latency_p50_ms,
+            s.latency_p99_ms,
+            s.latency_max_ms,
+            humantime::format_duration(o.every)
+        );
+        let curve: Vec<String> = s
+            .rss_curve_mib
+            .iter()
+            .map(|(t, m)| format!("{t:.0}s {m:.1}"))
+            .collect();
+        let _ = writeln!(out, "steady RSS (MiB): {}", curve.join(", "));
+    }
+    if let Some(s) = &r.scrape {
+        let _ = writeln!(
+            out,
+            "/metrics: {} series, {} bytes, scrape median {:.1} ms, max {:.1} ms",
+            s.series, s.bytes, s.median_ms, s.max_ms
+        );
+    }
+    out
+}
+
+use std::fmt::Write as _;
+
+/// Writes the JSON report.
+pub fn write_json(r: &BenchReport, w: &mut dyn std::io::Write) -> anyhow::Result<()> {
+    serde_json::to_writer_pretty(&mut *w, r)?;
+    w.write_all(b"\n")?;
+    Ok(())
+}
