@@ -9,8 +9,9 @@
 //! Every line is counted exactly once, here, in [`EngineStats`]; exporters
 //! read the counters per evaluation, never per event.
 
-use std::collections::HashMap;
 use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
 
 use serde::Serialize;
 
@@ -176,10 +177,10 @@ const MAX_SOURCES: usize = 64;
 pub struct Engine {
     cfg: EngineConfig,
     decoder: Decoder,
-    layouts: HashMap<Box<str>, Arc<Layout>>,
-    models: HashMap<Box<str>, ModelState>,
+    layouts: FxHashMap<Box<str>, Arc<Layout>>,
+    models: FxHashMap<Box<str>, ModelState>,
     /// Models collecting an automatic baseline, with when they were last seen.
-    collecting: HashMap<Box<str>, (BaselineBuilder, i64)>,
+    collecting: FxHashMap<Box<str>, (BaselineBuilder, i64)>,
     pub stats: EngineStats,
     /// Reused per event: the flat bins of the event being inserted.
     scratch: Vec<u32>,
@@ -207,9 +208,9 @@ impl Engine {
             pending: Vec::new(),
             cfg,
             decoder,
-            layouts: HashMap::new(),
-            models: HashMap::new(),
-            collecting: HashMap::new(),
+            layouts: FxHashMap::default(),
+            models: FxHashMap::default(),
+            collecting: FxHashMap::default(),
             stats: EngineStats::default(),
             scratch: Vec::new(),
             source: None,
@@ -1439,7 +1440,8 @@ mod tests {
         let gcfg = GeneratorConfig::default();
         let mut g = Generator::new(gcfg.clone());
         let d = Decoder::new(DecodeConfig::default());
-        let mut builders: HashMap<String, BaselineBuilder> = HashMap::new();
+        let mut builders: std::collections::HashMap<String, BaselineBuilder> =
+            std::collections::HashMap::new();
         let mut buf = String::new();
         for i in 0..20_000i64 {
             g.next_line(1_700_000_000_000 + i * 10, &mut buf);

@@ -22,6 +22,8 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
+use rustc_hash::FxHashMap;
+
 use serde::Serialize;
 
 use crate::compare::{two_proportion_test, Tail};
@@ -182,19 +184,20 @@ type ArmWindow = (Arc<str>, u64, u64, Vec<u64>);
 #[derive(Debug)]
 pub struct Experiments {
     cfg: ExperimentConfig,
-    arm_ids: HashMap<(Box<str>, Box<str>), u32>,
+    arm_ids: FxHashMap<(Box<str>, Box<str>), u32>,
     arms: HashMap<u32, ArmStats>,
     /// Arms per model, for the caps.
     arms_per_model: HashMap<Arc<str>, usize>,
     next_arm: u32,
     actions: Vec<Arc<str>>,
-    pending: HashMap<u64, Pending>,
+    pending: FxHashMap<u64, Pending>,
     pending_order: VecDeque<(u64, u64)>,
-    early: HashMap<u64, Early>,
+    early: FxHashMap<u64, Early>,
     early_order: VecDeque<(u64, u64)>,
     seq: u64,
     /// Latest event time seen; drives expiry.
     watermark: i64,
+    last_expire: i64,
     /// (model, variant, action index or ANY) -> condition.
     conditions: HashMap<(Arc<str>, Arc<str>, u16), Condition>,
     pub stats: JoinStats,
@@ -204,17 +207,18 @@ impl Experiments {
     pub fn new(cfg: ExperimentConfig) -> Experiments {
         Experiments {
             cfg,
-            arm_ids: HashMap::new(),
+            arm_ids: FxHashMap::default(),
             arms: HashMap::new(),
             arms_per_model: HashMap::new(),
             next_arm: 0,
             actions: Vec::new(),
-            pending: HashMap::new(),
+            pending: FxHashMap::default(),
             pending_order: VecDeque::new(),
-            early: HashMap::new(),
+            early: FxHashMap::default(),
             early_order: VecDeque::new(),
             seq: 0,
             watermark: i64::MIN,
+            last_expire: i64::MIN,
             conditions: HashMap::new(),
             stats: JoinStats::default(),
         }
@@ -444,8 +448,13 @@ impl Experiments {
         self.early_order.push_back((request, self.seq));
     }
 
-    /// Drops what waited longer than the TTL behind the watermark.
+    /// Drops what waited longer than the TTL behind the watermark; at most
+    /// once per second of event time (it is on the per-event path).
     fn expire(&mut self) {
+        if self.watermark < self.last_expire.saturating_add(1000) {
+            return;
+        }
+        self.last_expire = self.watermark;
         let cutoff = self.watermark.saturating_sub(self.cfg.ttl_ms);
         while let Some(&(h, seq)) = self.pending_order.front() {
             match self.pending.get(&h) {

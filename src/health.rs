@@ -27,8 +27,10 @@
 //!   because each value is compared when it arrives.
 //! - `LatencyP99High`: a stage's window p99 above its configured limit.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
 
 use serde::Serialize;
 use sketches_ddsketch::{Config as SketchConfig, DDSketch};
@@ -244,9 +246,9 @@ struct Lineage {
 pub struct Health {
     cfg: HealthConfig,
     sketch_cfg: SketchConfig,
-    models: HashMap<Box<str>, ModelHealth>,
+    models: FxHashMap<Box<str>, ModelHealth>,
     /// By model name without its version (see [`version_base`]).
-    lineages: HashMap<Box<str>, Lineage>,
+    lineages: FxHashMap<Box<str>, Lineage>,
     pub stats: HealthStats,
 }
 
@@ -293,8 +295,8 @@ impl Health {
         Health {
             cfg,
             sketch_cfg,
-            models: HashMap::new(),
-            lineages: HashMap::new(),
+            models: FxHashMap::default(),
+            lineages: FxHashMap::default(),
             stats: HealthStats::default(),
         }
     }
