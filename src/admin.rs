@@ -4,7 +4,7 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `GET /metrics` | Prometheus text format, from the one registry |
+//! | `GET /metrics` | Prometheus text format: the registry, and the gauges of the last evaluation |
 //! | `GET /livez` | 200 while the process serves HTTP; never depends on Kafka |
 //! | `GET /readyz` | 200 when baselines are loaded, partitions assigned and a broker reachable; 503 with the reasons otherwise |
 //! | `GET /api/v1/drift[?model=M]` | current scores, states and sample counts per model and feature; error rates, deploys, latency percentiles and batch statistics (`health`); feedback per arm and arm comparisons (`experiments`) (JSON) |
@@ -24,7 +24,6 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use prometheus::Registry;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -36,7 +35,7 @@ use crate::metrics::Snapshot;
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AdminState {
-    pub registry: Registry,
+    pub exposition: crate::metrics::Exposition,
     pub health: Arc<Health>,
     pub snapshot: watch::Receiver<Arc<Snapshot>>,
     pub control: mpsc::Sender<Control>,
@@ -76,7 +75,7 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
 }
 
 async fn metrics(State(s): State<AdminState>) -> Response {
-    let body = crate::metrics::render(&s.registry);
+    let body = s.exposition.render();
     (
         [(
             header::CONTENT_TYPE,

@@ -90,7 +90,9 @@ pub async fn start(mut cfg: Config, cancel: CancellationToken) -> anyhow::Result
     // 2. One registry, each part registers its own series.
     let registry = Registry::new();
     metrics::register_build_info(&registry)?;
-    let metrics = Metrics::new(&registry)?.with_scores(cfg.metric_scores.clone());
+    let metrics = Metrics::new(&registry)?
+        .with_scores(cfg.metric_scores.clone())
+        .with_per_arm_scores(cfg.metric_per_arm_scores);
 
     // 3. HTTP.
     let listener = admin::bind(cfg.http.listen).await?;
@@ -102,7 +104,7 @@ pub async fn start(mut cfg: Config, cancel: CancellationToken) -> anyhow::Result
     let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::default()));
     let (control_tx, control_rx) = mpsc::channel(16);
     let state = AdminState {
-        registry: registry.clone(),
+        exposition: metrics.exposition(),
         health: health.clone(),
         snapshot: snap_rx.clone(),
         control: control_tx.clone(),

@@ -65,6 +65,8 @@ pub struct BenchOptions {
     /// Lines per second in the steady phase.
     pub rate: u64,
     pub scrapes: usize,
+    /// librdkafka properties for the daemon under test (tuning experiments).
+    pub kafka_properties: Vec<(String, String)>,
 }
 
 impl Default for BenchOptions {
@@ -81,6 +83,7 @@ impl Default for BenchOptions {
             steady: None,
             rate: 50_000,
             scrapes: 20,
+            kafka_properties: Vec::new(),
         }
     }
 }
@@ -481,6 +484,7 @@ fn write_config(
     topic: &str,
     port: u16,
     every: Duration,
+    props: &[(String, String)],
 ) -> anyhow::Result<std::path::PathBuf> {
     let path = dir.join(format!("{name}.toml"));
     let text = format!(
@@ -516,6 +520,13 @@ level = "warn"
         baselines = dir.join("baselines").display(),
         state = dir.join(format!("state-{name}")).display(),
     );
+    let mut text = text;
+    if !props.is_empty() {
+        text.push_str("\n[kafka.properties]\n");
+        for (k, v) in props {
+            text.push_str(&format!("{k:?} = {v:?}\n"));
+        }
+    }
     std::fs::write(&path, text)?;
     Ok(path)
 }
@@ -627,7 +638,14 @@ pub fn run(o: &BenchOptions) -> anyhow::Result<BenchReport> {
     // Drain: the lines wait in the topic; the daemon (evaluating every
     // 100 ms, so its counters are fresh) drains them. Timed from its first
     // counted message to its last, CPU over the same span.
-    let mut d = spawn_daemon(dir, "drain", &brokers, TOPIC, Duration::from_millis(100))?;
+    let mut d = spawn_daemon(
+        dir,
+        "drain",
+        &brokers,
+        TOPIC,
+        Duration::from_millis(100),
+        &o.kafka_properties,
+    )?;
     eprintln!("daemon: draining ...");
     let t_start = Instant::now();
     let mut first = None;
@@ -666,7 +684,7 @@ pub fn run(o: &BenchOptions) -> anyhow::Result<BenchReport> {
         // its RSS is the daemon's own at this rate, not the drain's.
         const STEADY: &str = "bench-steady";
         cluster.create_topic(STEADY, 4, 1)?;
-        let d = spawn_daemon(dir, "steady", &brokers, STEADY, o.every)?;
+        let d = spawn_daemon(dir, "steady", &brokers, STEADY, o.every, &o.kafka_properties)?;
         eprintln!(
             "steady: {} lines/s for {} ...",
             o.rate,
@@ -704,9 +722,10 @@ fn spawn_daemon(
     brokers: &str,
     topic: &str,
     every: Duration,
+    props: &[(String, String)],
 ) -> anyhow::Result<ChildDaemon> {
     let port = free_port()?;
-    let config = write_config(dir, name, brokers, topic, port, every)?;
+    let config = write_config(dir, name, brokers, topic, port, every, props)?;
     let exe = std::env::current_exe().context("locating the driftd binary")?;
     let log_path = dir.join(format!("{name}.log"));
     let log = std::fs::File::create(&log_path)?;

@@ -239,6 +239,16 @@ pub struct BenchArgs {
     /// Also write the report as JSON to this file (`-` for stdout).
     #[arg(long)]
     pub json: Option<String>,
+    /// A librdkafka property for the daemon under test, `KEY=VALUE`
+    /// (repeatable; tuning experiments).
+    #[arg(long = "kafka-property", value_parser = parse_kv)]
+    pub kafka_properties: Vec<(String, String)>,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .ok_or_else(|| format!("{s:?}: write KEY=VALUE, e.g. fetch.wait.max.ms=50"))
 }
 
 fn parse_pair(s: &str) -> Result<(f64, f64), String> {
@@ -630,6 +640,7 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         steady: a.steady,
         rate: a.rate,
         scrapes: a.scrapes,
+        kafka_properties: a.kafka_properties,
     };
     let r = crate::bench::run(&o)?;
     print!("{}", crate::bench::render(&r, &o));

@@ -265,6 +265,7 @@ struct RawAlertKafka {
 #[serde(deny_unknown_fields)]
 struct RawMetrics {
     scores: Option<Vec<String>>,
+    per_arm_scores: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -360,6 +361,8 @@ pub struct Config {
     pub alerts: crate::alert::AlertConfig,
     /// Scores exported per feature (`[metrics] scores`).
     pub metric_scores: Vec<Metric>,
+    /// Export per-arm feature scores and states too (`[metrics] per_arm_scores`).
+    pub metric_per_arm_scores: bool,
     /// Where it came from, for messages.
     pub source: String,
 }
@@ -389,6 +392,7 @@ impl Default for Config {
             grace: Duration::from_secs(5),
             alerts: crate::alert::AlertConfig::default(),
             metric_scores: crate::metrics::DEFAULT_SCORES.to_vec(),
+            metric_per_arm_scores: false,
             source: "defaults".into(),
         }
     }
@@ -1065,6 +1069,7 @@ impl Config {
             }
             cfg.metric_scores = list;
         }
+        cfg.metric_per_arm_scores = metrics.per_arm_scores.unwrap_or(false);
 
         if p.0.is_empty() {
             Ok(cfg)

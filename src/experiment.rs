@@ -119,11 +119,35 @@ struct ArmStats {
 
 /// Predictions of one request waiting for feedback: usually one, more when
 /// several models (a canary, a shadow, a pipeline) score the same request.
+///
+/// 40 bytes for the common case (one prediction, no allocation): the join
+/// holds `max_pending` of these, the biggest map of the daemon.
 #[derive(Debug, Clone)]
 struct Pending {
-    t_ms: i64,
     seq: u64,
-    preds: Vec<Pred>,
+    first: Pred,
+    more: Option<Box<[Pred]>>,
+}
+
+impl Pending {
+    fn len(&self) -> usize {
+        1 + self.more.as_ref().map_or(0, |m| m.len())
+    }
+    fn t_ms(&self) -> i64 {
+        self.first.t_ms
+    }
+    fn iter(&self) -> impl Iterator<Item = &Pred> {
+        std::iter::once(&self.first).chain(self.more.iter().flat_map(|m| m.iter()))
+    }
+    fn iter_mut(&mut self) -> impl Iterator<Item = &mut Pred> {
+        std::iter::once(&mut self.first).chain(self.more.iter_mut().flat_map(|m| m.iter_mut()))
+    }
+    fn push(&mut self, p: Pred) {
+        // Rare (a second model on the same request): rebuild the slice.
+        let mut v = self.more.take().map(Vec::from).unwrap_or_default();
+        v.push(p);
+        self.more = Some(v.into_boxed_slice());
+    }
 }
 
 /// Predictions kept per request id; more are refused (and counted).
@@ -326,12 +350,12 @@ impl Experiments {
             return;
         };
         if let Some(w) = self.pending.get(&request) {
-            if w.preds.iter().any(|p| p.arm == id) {
+            if w.iter().any(|p| p.arm == id) {
                 // The same request in the same arm again: a redelivery.
                 self.stats.duplicate_predictions += 1;
                 return;
             }
-            if w.preds.len() >= MAX_PREDICTIONS_PER_REQUEST {
+            if w.len() >= MAX_PREDICTIONS_PER_REQUEST {
                 self.stats.refused += 1;
                 return;
             }
@@ -370,7 +394,7 @@ impl Experiments {
             seen,
         };
         if let Some(w) = self.pending.get_mut(&request) {
-            w.preds.push(pred);
+            w.push(pred);
             return;
         }
         while self.pending.len() >= self.cfg.max_pending {
@@ -388,9 +412,9 @@ impl Experiments {
         self.pending.insert(
             request,
             Pending {
-                t_ms,
                 seq: self.seq,
-                preds: vec![pred],
+                first: pred,
+                more: None,
             },
         );
         self.pending_order.push_back((request, self.seq));
@@ -407,7 +431,7 @@ impl Experiments {
         if let Some(mut w) = self.pending.remove(&request) {
             self.stats.joined += 1;
             let mut dup = true;
-            for p in &mut w.preds {
+            for p in w.iter_mut() {
                 dup &= bits & !p.seen == 0;
                 self.credit_quiet(p.arm, p.t_ms, bits, &mut p.seen);
             }
@@ -458,7 +482,7 @@ impl Experiments {
         let cutoff = self.watermark.saturating_sub(self.cfg.ttl_ms);
         while let Some(&(h, seq)) = self.pending_order.front() {
             match self.pending.get(&h) {
-                Some(p) if p.seq == seq && p.t_ms >= cutoff => break,
+                Some(p) if p.seq == seq && p.t_ms() >= cutoff => break,
                 Some(p) if p.seq == seq => {
                     self.pending.remove(&h);
                 }

@@ -1,9 +1,20 @@
 //! Metrics: the Prometheus series driftd exports, updated once per evaluation.
 //!
 //! This module owns every series name and label set. One registry is passed
-//! in (no globals); [`Metrics::update`] sets the gauges from a [`Snapshot`]
-//! the consumer loop publishes after each evaluation, so nothing on the
-//! per-event path touches Prometheus. Series of windows that went away
+//! in (no globals); [`Metrics::update`] is called with the [`Snapshot`] the
+//! consumer loop publishes after each evaluation, so nothing on the
+//! per-event path touches Prometheus.
+//!
+//! Two kinds of series, two paths. Counters and process gauges (fixed or
+//! small label sets) live in the registry. The per-window gauges (scores,
+//! states, thresholds, window sizes, health, latency, arms: tens of
+//! thousands of series for a hundred models) are written straight into the
+//! exposition text once per evaluation and served from that cache: going
+//! through `GaugeVec`s cost a hash of every label set on every update and a
+//! protobuf per series on every scrape (measured: 180k series, 1 s per
+//! update, 560 ms per scrape; now see `driftd bench`). The text is rebuilt
+//! whole each time, so series of windows that went away simply are not in
+//! it. Series of windows that went away
 //! (idle models, removed baselines, arms) are removed, and every label value
 //! is bounded: model and feature names from baselines, arms under a cap,
 //! reasons from fixed lists. No label ever carries a feature value or a
@@ -11,15 +22,19 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use std::fmt::Write as _;
+use std::sync::{Arc, RwLock};
+
 use prometheus::{
-    Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry,
+    Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 use crate::compare::Metric;
 use crate::decode::{Issue, RecordKind, Reject, Skip};
 use crate::detect::Transition;
 use crate::engine::{EngineStats, Report, WindowReport};
+use crate::health::HealthReport;
 
 /// What the consumer loop knows after an evaluation.
 #[derive(Debug, Clone, Default)]
@@ -53,12 +68,12 @@ pub const DEFAULT_SCORES: [Metric; 6] = [
 /// Every driftd series.
 pub struct Metrics {
     scores: Vec<Metric>,
-    feature_drift: GaugeVec,
-    prediction_drift: GaugeVec,
-    threshold: GaugeVec,
-    state: IntGaugeVec,
-    window_samples: IntGaugeVec,
-    unseen_share: GaugeVec,
+    /// Export every feature's scores and states per arm too (`arm="x"`);
+    /// off by default: the arms' windows triple the series, and how arms
+    /// differ is in `driftd_arm_divergence`.
+    per_arm_scores: bool,
+    registry: Registry,
+    gauges: Arc<RwLock<Arc<str>>>,
     events: IntCounterVec,
     rejected: IntCounterVec,
     skipped: IntCounterVec,
@@ -72,81 +87,47 @@ pub struct Metrics {
     assigned: IntGauge,
     messages: IntCounter,
     eval_duration: Histogram,
-    baseline_info: IntGaugeVec,
     transitions: IntCounterVec,
     checkpoints: IntCounterVec,
     last_checkpoint: Gauge,
     records: IntCounterVec,
-    health: HealthMetrics,
-    // What was exported last time, to remove series that went away and to
-    // turn cumulative totals into counter increments.
+    requests: IntCounterVec,
+    errors: IntCounterVec,
+    batches: IntCounterVec,
+    join: IntCounterVec,
+    join_waiting: IntGaugeVec,
+    refused: IntCounterVec,
+    // What was exported last time, to remove the counters of models that
+    // went away and to turn cumulative totals into counter increments.
     prev_series: HashSet<(&'static str, Vec<String>)>,
-    prev_events: BTreeMap<String, u64>,
+    prev_totals: BTreeMap<(&'static str, Vec<String>), u64>,
     prev_stats: EngineStats,
     prev_messages: u64,
     prev_checkpoints: (u64, u64),
     prev_records: [u64; RecordKind::ALL.len()],
-}
-
-/// The series of the health and experiment analyses.
-struct HealthMetrics {
-    error_rate: GaugeVec,
-    error_rate_reference: GaugeVec,
-    requests: IntCounterVec,
-    errors: IntCounterVec,
-    first_seen: GaugeVec,
-    condition: IntGaugeVec,
-    latency: GaugeVec,
-    latency_samples: IntGaugeVec,
-    batch_stat: GaugeVec,
-    batch_shift: GaugeVec,
-    batch_confidence: GaugeVec,
-    batches: IntCounterVec,
-    arm_divergence: GaugeVec,
-    arm_predictions: IntGaugeVec,
-    feedback_rate: GaugeVec,
-    feedback_p: GaugeVec,
-    join: IntCounterVec,
-    join_waiting: IntGaugeVec,
-    refused: IntCounterVec,
-    prev_totals: BTreeMap<(&'static str, Vec<String>), u64>,
     prev_join: crate::experiment::JoinStats,
     prev_refused: crate::health::HealthStats,
 }
 
-impl HealthMetrics {
-    fn new(r: &Registry) -> Result<HealthMetrics, prometheus::Error> {
-        let h = HealthMetrics {
-            error_rate: gauge_vec(r, "driftd_error_rate", "Share of the window's requests (inference and ERROR/CRITICAL records) that are errors", &["model"])?,
-            error_rate_reference: gauge_vec(r, "driftd_error_rate_reference", "The model's error rate over the windows before the current one (the reference of ErrorRateHigh)", &["model"])?,
-            requests: counter_vec(r, "driftd_requests_total", "Requests seen per model: inference records and error records", &["model"])?,
-            errors: counter_vec(r, "driftd_errors_total", "Error records per model, by error_type (the first health.max_error_types types, then other)", &["model", "error_type"])?,
-            first_seen: gauge_vec(r, "driftd_model_first_seen_timestamp_seconds", "Event time a model version was first seen, per service (a deploy when a lineage gains a version)", &["service", "model"])?,
-            condition: int_gauge_vec(r, "driftd_health_state", "State of a health or experiment condition (named as driftd's alert for it): 0 ok, 1 pending, 2 firing", &["model", "condition", "feature"])?,
-            latency: gauge_vec(r, "driftd_latency_seconds", "Window percentile of a stage's latency (DDSketch, 1% relative error)", &["model", "stage", "percentile"])?,
-            latency_samples: int_gauge_vec(r, "driftd_latency_window_samples", "Latency values of a stage in the window", &["model", "stage"])?,
-            batch_stat: gauge_vec(r, "driftd_batch_stat", "Latest value of a batch statistics line's input_stats entry", &["model", "stat"])?,
-            batch_shift: gauge_vec(r, "driftd_batch_stat_shift", "A <feature>_mean batch statistic minus the baseline mean, in baseline standard deviations", &["model", "stat"])?,
-            batch_confidence: gauge_vec(r, "driftd_batch_avg_confidence", "Latest avg_confidence of a batch statistics line", &["model"])?,
-            batches: counter_vec(r, "driftd_batches_total", "Batch statistics lines per model", &["model"])?,
-            arm_divergence: gauge_vec(r, "driftd_arm_divergence", "Divergence of a variant arm's window (arm_b) from the control arm's (arm_a)", &["model", "arm_a", "arm_b", "feature", "metric"])?,
-            arm_predictions: int_gauge_vec(r, "driftd_arm_window_predictions", "Predictions with a request id in the window, per arm (the feedback rate's denominator)", &["model", "arm"])?,
-            feedback_rate: gauge_vec(r, "driftd_feedback_rate", "Share of the window's predictions that got feedback (action=\"any\") or a given action", &["model", "arm", "action"])?,
-            feedback_p: gauge_vec(r, "driftd_arm_feedback_p_value", "Two-sided two-proportion test of a variant's feedback rate against the control's", &["model", "arm_a", "arm_b", "action"])?,
-            join: counter_vec(r, "driftd_feedback_join_total", "What the feedback join did, by outcome", &["outcome"])?,
-            join_waiting: int_gauge_vec(r, "driftd_feedback_join_waiting", "Predictions waiting for feedback, and feedback waiting for its prediction", &["side"])?,
-            refused: counter_vec(r, "driftd_health_refused_total", "What the health caps refused or dropped, by what", &["what"])?,
-            prev_totals: BTreeMap::new(),
-            prev_join: Default::default(),
-            prev_refused: Default::default(),
-        };
-        for o in JOIN_OUTCOMES {
-            h.join.with_label_values(&[o]);
-        }
-        for w in REFUSED {
-            h.refused.with_label_values(&[w]);
-        }
-        Ok(h)
+/// What /metrics serves: the registry, and the gauges text of the last
+/// evaluation. Cheap to clone (the admin server holds one).
+#[derive(Clone)]
+pub struct Exposition {
+    registry: Registry,
+    gauges: Arc<RwLock<Arc<str>>>,
+}
+
+impl Exposition {
+    /// The whole exposition: the registry's families, then the gauges'.
+    pub fn render(&self) -> String {
+        let mut buf = render(&self.registry);
+        let g = self
+            .gauges
+            .read()
+            .map(|g| g.clone())
+            .unwrap_or_else(|e| e.into_inner().clone());
+        buf.push_str(&g);
+        buf
     }
 }
 
@@ -163,17 +144,6 @@ const JOIN_OUTCOMES: [&str; 9] = [
 ];
 
 const REFUSED: [&str; 5] = ["models", "stages", "batch_stats", "late", "lineages"];
-
-fn gauge_vec(
-    r: &Registry,
-    name: &str,
-    help: &str,
-    labels: &[&str],
-) -> Result<GaugeVec, prometheus::Error> {
-    let g = GaugeVec::new(Opts::new(name, help), labels)?;
-    r.register(Box::new(g.clone()))?;
-    Ok(g)
-}
 
 fn int_gauge_vec(
     r: &Registry,
@@ -217,93 +187,19 @@ impl Metrics {
     pub fn new(r: &Registry) -> Result<Metrics, prometheus::Error> {
         let m = Metrics {
             scores: DEFAULT_SCORES.to_vec(),
-            feature_drift: gauge_vec(
-                r,
-                "driftd_feature_drift",
-                "Drift score of an input feature's window against its baseline (arm=\"\" is the whole model)",
-                &["model", "arm", "feature", "metric"],
-            )?,
-            prediction_drift: gauge_vec(
-                r,
-                "driftd_prediction_drift",
-                "Drift score of the predicted class (or output) distribution against its baseline",
-                &["model", "arm", "metric"],
-            )?,
-            threshold: gauge_vec(
-                r,
-                "driftd_drift_threshold",
-                "Threshold in use for a metric and severity",
-                &["model", "feature", "metric", "severity"],
-            )?,
-            state: int_gauge_vec(
-                r,
-                "driftd_drift_state",
-                "Verdict state: 0 ok, 1 pending, 2 firing",
-                &["model", "arm", "feature", "metric"],
-            )?,
-            window_samples: int_gauge_vec(
-                r,
-                "driftd_window_samples",
-                "Events in the current window",
-                &["model", "arm"],
-            )?,
-            unseen_share: gauge_vec(
-                r,
-                "driftd_unseen_share",
-                "Share of the window in values the baseline never saw (underflow, overflow, __other__)",
-                &["model", "arm", "feature"],
-            )?,
-            events: counter_vec(
-                r,
-                "driftd_events_total",
-                "Inference events counted into windows",
-                &["model"],
-            )?,
-            rejected: counter_vec(
-                r,
-                "driftd_events_rejected_total",
-                "Lines rejected, by reason",
-                &["reason"],
-            )?,
-            skipped: counter_vec(
-                r,
-                "driftd_events_skipped_total",
-                "Valid lines that are not inference records (timing, feedback, ...), by kind",
-                &["reason"],
-            )?,
-            issues: counter_vec(
-                r,
-                "driftd_event_field_issues_total",
-                "Accepted events with a field that could not be used, by issue",
-                &["issue"],
-            )?,
+            per_arm_scores: false,
+            registry: r.clone(),
+            gauges: Arc::new(RwLock::new(Arc::from(""))),
+            events: counter_vec(r, "driftd_events_total", "Inference events counted into windows", &["model"])?,
+            rejected: counter_vec(r, "driftd_events_rejected_total", "Lines rejected, by reason", &["reason"])?,
+            skipped: counter_vec(r, "driftd_events_skipped_total", "Valid lines no analysis uses, by reason", &["reason"])?,
+            issues: counter_vec(r, "driftd_event_field_issues_total", "Accepted events with a field that could not be used, by issue", &["issue"])?,
             late: counter(r, "driftd_late_events_total", "Events older than their window, dropped")?,
-            future: counter(
-                r,
-                "driftd_future_events_total",
-                "Events timestamped too far in the future, clamped to arrival time",
-            )?,
-            no_baseline: counter(
-                r,
-                "driftd_events_without_baseline_total",
-                "Events of models that have no baseline",
-            )?,
-            models_refused: counter(
-                r,
-                "driftd_models_refused_total",
-                "Events of new models refused because limits.max_models was reached",
-            )?,
-            arms_refused: counter(
-                r,
-                "driftd_arms_refused_total",
-                "Events of new arms not tracked because limits.max_arms_per_model was reached",
-            )?,
-            lag: int_gauge_vec(
-                r,
-                "driftd_kafka_consumer_lag",
-                "Messages between the consumer's position and the partition's end",
-                &["topic", "partition"],
-            )?,
+            future: counter(r, "driftd_future_events_total", "Events timestamped too far in the future, clamped to arrival time")?,
+            no_baseline: counter(r, "driftd_events_without_baseline_total", "Events of models that have no baseline")?,
+            models_refused: counter(r, "driftd_models_refused_total", "Events of new models refused because limits.max_models was reached")?,
+            arms_refused: counter(r, "driftd_arms_refused_total", "Events of new arms not tracked because limits.max_arms_per_model was reached")?,
+            lag: int_gauge_vec(r, "driftd_kafka_consumer_lag", "Messages between the consumer's position and the partition's end", &["topic", "partition"])?,
             assigned: {
                 let g = IntGauge::new("driftd_kafka_assigned_partitions", "Partitions assigned to this consumer")?;
                 r.register(Box::new(g.clone()))?;
@@ -321,24 +217,8 @@ impl Metrics {
                 r.register(Box::new(h.clone()))?;
                 h
             },
-            baseline_info: int_gauge_vec(
-                r,
-                "driftd_baseline_info",
-                "Baseline loaded for a model; the value is always 1",
-                &["model", "version"],
-            )?,
-            transitions: counter_vec(
-                r,
-                "driftd_verdict_transitions_total",
-                "Verdict transitions, by the state entered",
-                &["to"],
-            )?,
-            checkpoints: counter_vec(
-                r,
-                "driftd_checkpoints_total",
-                "Checkpoint writes, by outcome",
-                &["outcome"],
-            )?,
+            transitions: counter_vec(r, "driftd_verdict_transitions_total", "Verdict transitions, by the state entered", &["to"])?,
+            checkpoints: counter_vec(r, "driftd_checkpoints_total", "Checkpoint writes, by outcome", &["outcome"])?,
             last_checkpoint: {
                 let g = Gauge::new(
                     "driftd_checkpoint_last_success_timestamp_seconds",
@@ -347,24 +227,26 @@ impl Metrics {
                 r.register(Box::new(g.clone()))?;
                 g
             },
-            records: counter_vec(
-                r,
-                "driftd_records_total",
-                "Non-inference records used by the health and experiment analyses, by kind",
-                &["kind"],
-            )?,
-            health: HealthMetrics::new(r)?,
+            records: counter_vec(r, "driftd_records_total", "Non-inference records used by the health and experiment analyses, by kind", &["kind"])?,
+            requests: counter_vec(r, "driftd_requests_total", "Requests seen per model: inference records and error records", &["model"])?,
+            errors: counter_vec(r, "driftd_errors_total", "Error records per model, by error_type (the first health.max_error_types types, then other)", &["model", "error_type"])?,
+            batches: counter_vec(r, "driftd_batches_total", "Batch statistics lines per model", &["model"])?,
+            join: counter_vec(r, "driftd_feedback_join_total", "What the feedback join did, by outcome", &["outcome"])?,
+            join_waiting: int_gauge_vec(r, "driftd_feedback_join_waiting", "Predictions waiting for feedback, and feedback waiting for its prediction", &["side"])?,
+            refused: counter_vec(r, "driftd_health_refused_total", "What the health caps refused or dropped, by what", &["what"])?,
             prev_series: HashSet::new(),
-            prev_events: BTreeMap::new(),
+            prev_totals: BTreeMap::new(),
             prev_stats: EngineStats::default(),
             prev_messages: 0,
             prev_checkpoints: (0, 0),
             prev_records: [0; RecordKind::ALL.len()],
+            prev_join: Default::default(),
+            prev_refused: Default::default(),
         };
+        // Fixed label sets exist from the start, so rates work from zero.
         for k in RecordKind::ALL {
             m.records.with_label_values(&[k.as_str()]);
         }
-        // Fixed label sets exist from the start, so rates work from zero.
         for r in Reject::ALL {
             m.rejected.with_label_values(&[r.as_str()]);
         }
@@ -380,81 +262,61 @@ impl Metrics {
         for o in ["ok", "error"] {
             m.checkpoints.with_label_values(&[o]);
         }
+        for o in JOIN_OUTCOMES {
+            m.join.with_label_values(&[o]);
+        }
+        for w in REFUSED {
+            m.refused.with_label_values(&[w]);
+        }
         Ok(m)
     }
 
-    /// Exports these scores (and no others) as `driftd_feature_drift` and
-    /// `driftd_prediction_drift`.
+    /// Exports these scores (and no others) as `driftd_feature_drift`,
+    /// `driftd_prediction_drift` and `driftd_arm_divergence`.
     pub fn with_scores(mut self, scores: Vec<Metric>) -> Metrics {
         self.scores = scores;
         self
     }
 
+    /// Also exports every feature's scores and states per arm.
+    pub fn with_per_arm_scores(mut self, on: bool) -> Metrics {
+        self.per_arm_scores = on;
+        self
+    }
+
+    /// The handle /metrics renders from.
+    pub fn exposition(&self) -> Exposition {
+        Exposition {
+            registry: self.registry.clone(),
+            gauges: self.gauges.clone(),
+        }
+    }
+
+    /// The whole exposition as of the last update.
+    pub fn render(&self) -> String {
+        self.exposition().render()
+    }
+
     /// Sets every series from a snapshot.
     pub fn update(&mut self, s: &Snapshot) {
+        let text = gauges_text(&s.report, &self.scores, self.per_arm_scores);
+        match self.gauges.write() {
+            Ok(mut g) => *g = Arc::from(text),
+            Err(e) => *e.into_inner() = Arc::from(text),
+        }
         let mut seen: HashSet<(&'static str, Vec<String>)> = HashSet::new();
         for m in &s.report.models {
-            self.window(&m.model, "", &m.all, true, &mut seen);
-            for (arm, w) in &m.arms {
-                self.window(&m.model, arm, w, true, &mut seen);
+            inc_to(&mut seen, &mut self.prev_totals, &self.events, "events", &[&m.model], m.events);
+        }
+        for h in &s.report.health {
+            let model = h.model.as_str();
+            inc_to(&mut seen, &mut self.prev_totals, &self.requests, "requests", &[model], h.requests_total);
+            for (ty, n) in &h.errors_by_type {
+                inc_to(&mut seen, &mut self.prev_totals, &self.errors, "errors", &[model, ty], *n);
             }
-            set(
-                &mut seen,
-                &self.baseline_info,
-                "baseline_info",
-                &[&m.model, &m.baseline_version],
-                1,
-            );
-            if let Some(l) = &m.latency {
-                // Latency stages are distributions of the model's window
-                // (`latency.<stage>`); its size is driftd_latency_window_samples.
-                self.window(&m.model, "", l, false, &mut seen);
+            if let Some(b) = &h.batch {
+                inc_to(&mut seen, &mut self.prev_totals, &self.batches, "batches", &[model], b.batches);
             }
-            for div in &m.arm_divergence {
-                for (name, v) in &div.metrics {
-                    let (Some(x), Ok(metric)) = (v.as_f64(), name.parse::<Metric>()) else {
-                        continue;
-                    };
-                    if !self.scores.contains(&metric) {
-                        continue;
-                    }
-                    let labels = [
-                        m.model.as_str(),
-                        div.arm_a.as_str(),
-                        div.arm_b.as_str(),
-                        div.feature.as_str(),
-                        metric.name(),
-                    ];
-                    setf(
-                        &mut seen,
-                        &self.health.arm_divergence,
-                        "arm_divergence",
-                        &labels,
-                        x,
-                    );
-                }
-            }
-            for f in m
-                .all
-                .distributions()
-                .chain(m.latency.iter().flat_map(|l| l.features.iter()))
-            {
-                for v in &f.verdicts {
-                    for (sev, t) in [("warning", v.warning), ("critical", v.critical)] {
-                        let labels = [m.model.as_str(), f.name.as_str(), v.metric.name(), sev];
-                        self.threshold.with_label_values(&labels).set(t);
-                        seen.insert(("threshold", labels.iter().map(|x| x.to_string()).collect()));
-                    }
-                }
-            }
-            let prev = self
-                .prev_events
-                .insert(m.model.clone(), m.events)
-                .unwrap_or(0);
-            self.events
-                .with_label_values(&[&m.model])
-                .inc_by(m.events.saturating_sub(prev));
-            seen.insert(("events", vec![m.model.clone()]));
         }
         // Counters: increments since the last snapshot.
         let st = &s.stats;
@@ -477,6 +339,13 @@ impl Metrics {
                 .with_label_values(&[k.as_str()])
                 .inc_by(st.decode.issues[i].saturating_sub(p.decode.issues[i]));
         }
+        for k in RecordKind::ALL {
+            let i = k as usize;
+            self.records
+                .with_label_values(&[k.as_str()])
+                .inc_by(st.decode.records[i].saturating_sub(self.prev_records[i]));
+        }
+        self.prev_records = st.decode.records;
         self.late.inc_by(st.late.saturating_sub(p.late));
         self.future
             .inc_by(st.future_clamped.saturating_sub(p.future_clamped));
@@ -487,14 +356,6 @@ impl Metrics {
         self.arms_refused
             .inc_by(st.arms_refused.saturating_sub(p.arms_refused));
         self.prev_stats = st.clone();
-        for k in RecordKind::ALL {
-            let i = k as usize;
-            self.records
-                .with_label_values(&[k.as_str()])
-                .inc_by(st.decode.records[i].saturating_sub(self.prev_records[i]));
-        }
-        self.prev_records = st.decode.records;
-        self.update_health(&s.report, &mut seen);
         self.messages
             .inc_by(s.messages.saturating_sub(self.prev_messages));
         self.prev_messages = s.messages;
@@ -521,313 +382,60 @@ impl Metrics {
         if s.eval_seconds > 0.0 {
             self.eval_duration.observe(s.eval_seconds);
         }
-        // Remove the series of windows, models and partitions that went away.
-        for (family, labels) in self.prev_series.difference(&seen) {
-            let l: Vec<&str> = labels.iter().map(String::as_str).collect();
-            let _ = match *family {
-                "feature_drift" => self.feature_drift.remove_label_values(&l),
-                "prediction_drift" => self.prediction_drift.remove_label_values(&l),
-                "state" => self.state.remove_label_values(&l),
-                "window_samples" => self.window_samples.remove_label_values(&l),
-                "unseen_share" => self.unseen_share.remove_label_values(&l),
-                "threshold" => self.threshold.remove_label_values(&l),
-                "baseline_info" => self.baseline_info.remove_label_values(&l),
-                "lag" => self.lag.remove_label_values(&l),
-                "error_rate" => self.health.error_rate.remove_label_values(&l),
-                "error_rate_reference" => self.health.error_rate_reference.remove_label_values(&l),
-                "first_seen" => self.health.first_seen.remove_label_values(&l),
-                "condition" => self.health.condition.remove_label_values(&l),
-                "latency" => self.health.latency.remove_label_values(&l),
-                "latency_samples" => self.health.latency_samples.remove_label_values(&l),
-                "batch_stat" => self.health.batch_stat.remove_label_values(&l),
-                "batch_shift" => self.health.batch_shift.remove_label_values(&l),
-                "batch_confidence" => self.health.batch_confidence.remove_label_values(&l),
-                "arm_divergence" => self.health.arm_divergence.remove_label_values(&l),
-                "arm_predictions" => self.health.arm_predictions.remove_label_values(&l),
-                "feedback_rate" => self.health.feedback_rate.remove_label_values(&l),
-                "feedback_p" => self.health.feedback_p.remove_label_values(&l),
-                "requests" | "errors" | "batches" => {
-                    self.health.prev_totals.remove(&(*family, labels.clone()));
-                    match *family {
-                        "requests" => self.health.requests.remove_label_values(&l),
-                        "errors" => self.health.errors.remove_label_values(&l),
-                        _ => self.health.batches.remove_label_values(&l),
-                    }
-                }
-                "events" => {
-                    self.prev_events.remove(labels[0].as_str());
-                    self.events.remove_label_values(&l)
-                }
-                _ => Ok(()),
-            };
-        }
-        self.prev_series = seen;
-    }
-
-    /// The health and experiment series.
-    fn update_health(&mut self, r: &Report, seen: &mut HashSet<(&'static str, Vec<String>)>) {
-        let h = &mut self.health;
-        for m in &r.health {
-            let model = m.model.as_str();
-            if let Some(x) = m.error_rate {
-                setf(seen, &h.error_rate, "error_rate", &[model], x);
-            }
-            if let Some(x) = m.reference_error_rate {
-                setf(
-                    seen,
-                    &h.error_rate_reference,
-                    "error_rate_reference",
-                    &[model],
-                    x,
-                );
-            }
-            inc_to(
-                seen,
-                &mut h.prev_totals,
-                &h.requests,
-                "requests",
-                &[model],
-                m.requests_total,
-            );
-            for (ty, n) in &m.errors_by_type {
-                inc_to(
-                    seen,
-                    &mut h.prev_totals,
-                    &h.errors,
-                    "errors",
-                    &[model, ty],
-                    *n,
-                );
-            }
-            for (name, feature, state) in &m.conditions {
-                set(
-                    seen,
-                    &h.condition,
-                    "condition",
-                    &[model, name, feature],
-                    state.gauge(),
-                );
-            }
-            for st in &m.latency {
-                set(
-                    seen,
-                    &h.latency_samples,
-                    "latency_samples",
-                    &[model, &st.stage],
-                    st.samples as i64,
-                );
-                for (q, v) in [("50", st.p50_ms), ("90", st.p90_ms), ("99", st.p99_ms)] {
-                    if let Some(v) = v {
-                        setf(
-                            seen,
-                            &h.latency,
-                            "latency",
-                            &[model, &st.stage, q],
-                            v / 1000.0,
-                        );
-                    }
-                }
-            }
-            if let Some(b) = &m.batch {
-                inc_to(
-                    seen,
-                    &mut h.prev_totals,
-                    &h.batches,
-                    "batches",
-                    &[model],
-                    b.batches,
-                );
-                if let Some(c) = b.avg_confidence {
-                    setf(seen, &h.batch_confidence, "batch_confidence", &[model], c);
-                }
-                for (k, v) in &b.stats {
-                    setf(seen, &h.batch_stat, "batch_stat", &[model, k], *v);
-                }
-                for (k, v) in &b.shifts {
-                    setf(seen, &h.batch_shift, "batch_shift", &[model, k], *v);
-                }
-            }
-        }
-        for (service, model, t) in &r.versions {
-            setf(
-                seen,
-                &h.first_seen,
-                "first_seen",
-                &[service, model],
-                *t as f64 / 1000.0,
-            );
-        }
-        for a in &r.experiments.arms {
-            set(
-                seen,
-                &h.arm_predictions,
-                "arm_predictions",
-                &[&a.model, &a.arm],
-                a.predictions as i64,
-            );
-            if a.predictions == 0 {
-                continue;
-            }
-            for (action, n) in &a.feedback {
-                let rate = *n as f64 / a.predictions as f64;
-                setf(
-                    seen,
-                    &h.feedback_rate,
-                    "feedback_rate",
-                    &[&a.model, &a.arm, action],
-                    rate,
-                );
-            }
-        }
-        for c in &r.experiments.comparisons {
-            if let Some(p) = c.p_value {
-                setf(
-                    seen,
-                    &h.feedback_p,
-                    "feedback_p",
-                    &[&c.model, &c.control, &c.variant, &c.action],
-                    p,
-                );
-            }
-        }
+        let r = &s.report;
         let j = &r.join_stats;
-        let pj = &h.prev_join;
+        let pj = &self.prev_join;
         for (o, now, before) in [
             ("joined", j.joined, pj.joined),
             ("joined_early", j.joined_early, pj.joined_early),
-            (
-                "duplicate_feedback",
-                j.duplicate_feedback,
-                pj.duplicate_feedback,
-            ),
-            (
-                "duplicate_prediction",
-                j.duplicate_predictions,
-                pj.duplicate_predictions,
-            ),
+            ("duplicate_feedback", j.duplicate_feedback, pj.duplicate_feedback),
+            ("duplicate_prediction", j.duplicate_predictions, pj.duplicate_predictions),
             ("pending_evicted", j.pending_evicted, pj.pending_evicted),
             ("early_evicted", j.early_evicted, pj.early_evicted),
             ("early_expired", j.early_expired, pj.early_expired),
             ("late_feedback", j.late_feedback, pj.late_feedback),
             ("refused", j.refused, pj.refused),
         ] {
-            h.join
-                .with_label_values(&[o])
-                .inc_by(now.saturating_sub(before));
+            self.join.with_label_values(&[o]).inc_by(now.saturating_sub(before));
         }
-        h.prev_join = j.clone();
-        h.join_waiting
+        self.prev_join = j.clone();
+        self.join_waiting
             .with_label_values(&["predictions"])
             .set(r.join_waiting.0 as i64);
-        h.join_waiting
+        self.join_waiting
             .with_label_values(&["feedback"])
             .set(r.join_waiting.1 as i64);
         let hs = &r.health_stats;
-        let ph = &h.prev_refused;
+        let ph = &self.prev_refused;
         for (w, now, before) in [
             ("models", hs.models_refused, ph.models_refused),
             ("stages", hs.stages_refused, ph.stages_refused),
-            (
-                "batch_stats",
-                hs.batch_stats_refused,
-                ph.batch_stats_refused,
-            ),
+            ("batch_stats", hs.batch_stats_refused, ph.batch_stats_refused),
             ("late", hs.late, ph.late),
             ("lineages", hs.lineages_refused, ph.lineages_refused),
         ] {
-            h.refused
-                .with_label_values(&[w])
-                .inc_by(now.saturating_sub(before));
+            self.refused.with_label_values(&[w]).inc_by(now.saturating_sub(before));
         }
-        h.prev_refused = hs.clone();
+        self.prev_refused = hs.clone();
+        // Remove the counters of models and partitions that went away.
+        for (family, labels) in self.prev_series.difference(&seen) {
+            let l: Vec<&str> = labels.iter().map(String::as_str).collect();
+            let _ = match *family {
+                "lag" => self.lag.remove_label_values(&l),
+                "events" | "requests" | "errors" | "batches" => {
+                    self.prev_totals.remove(&(*family, labels.clone()));
+                    match *family {
+                        "events" => self.events.remove_label_values(&l),
+                        "requests" => self.requests.remove_label_values(&l),
+                        "errors" => self.errors.remove_label_values(&l),
+                        _ => self.batches.remove_label_values(&l),
+                    }
+                }
+                _ => Ok(()),
+            };
+        }
+        self.prev_series = seen;
     }
-
-    fn window(
-        &self,
-        model: &str,
-        arm: &str,
-        w: &WindowReport,
-        with_samples: bool,
-        seen: &mut HashSet<(&'static str, Vec<String>)>,
-    ) {
-        if with_samples {
-            set(
-                seen,
-                &self.window_samples,
-                "window_samples",
-                &[model, arm],
-                w.samples as i64,
-            );
-        }
-        for f in &w.features {
-            for (name, v) in &f.metrics {
-                let (Some(x), Ok(metric)) = (v.as_f64(), name.parse::<Metric>()) else {
-                    continue;
-                };
-                if metric == Metric::UnseenShare {
-                    let labels = [model, arm, f.name.as_str()];
-                    self.unseen_share.with_label_values(&labels).set(x);
-                    seen.insert((
-                        "unseen_share",
-                        labels.iter().map(|x| x.to_string()).collect(),
-                    ));
-                }
-                if !self.scores.contains(&metric) {
-                    continue;
-                }
-                let labels = [model, arm, f.name.as_str(), metric.name()];
-                self.feature_drift.with_label_values(&labels).set(x);
-                seen.insert((
-                    "feature_drift",
-                    labels.iter().map(|x| x.to_string()).collect(),
-                ));
-            }
-        }
-        if let Some(p) = &w.prediction {
-            for (name, v) in &p.metrics {
-                let (Some(x), Ok(metric)) = (v.as_f64(), name.parse::<Metric>()) else {
-                    continue;
-                };
-                if !self.scores.contains(&metric) {
-                    continue;
-                }
-                let labels = [model, arm, metric.name()];
-                self.prediction_drift.with_label_values(&labels).set(x);
-                seen.insert((
-                    "prediction_drift",
-                    labels.iter().map(|x| x.to_string()).collect(),
-                ));
-            }
-        }
-        for f in w.distributions() {
-            for v in &f.verdicts {
-                let labels = [model, arm, f.name.as_str(), v.metric.name()];
-                set(seen, &self.state, "state", &labels, v.state.gauge());
-            }
-        }
-    }
-}
-
-fn set(
-    seen: &mut HashSet<(&'static str, Vec<String>)>,
-    g: &IntGaugeVec,
-    family: &'static str,
-    labels: &[&str],
-    v: i64,
-) {
-    g.with_label_values(labels).set(v);
-    seen.insert((family, labels.iter().map(|x| x.to_string()).collect()));
-}
-
-fn setf(
-    seen: &mut HashSet<(&'static str, Vec<String>)>,
-    g: &GaugeVec,
-    family: &'static str,
-    labels: &[&str],
-    v: f64,
-) {
-    g.with_label_values(labels).set(v);
-    seen.insert((family, labels.iter().map(|x| x.to_string()).collect()));
 }
 
 /// Advances a counter to a cumulative total (the engine counts; the
@@ -848,6 +456,267 @@ fn inc_to(
     c.with_label_values(labels)
         .inc_by(total.saturating_sub(before));
     seen.insert(key);
+}
+
+/// One gauge family being written: its samples, then HELP and TYPE when it
+/// is emitted (families without samples are left out, like the registry's).
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    body: String,
+}
+
+impl Family {
+    fn new(name: &'static str, help: &'static str) -> Family {
+        Family {
+            name,
+            help,
+            body: String::new(),
+        }
+    }
+
+    /// Labels must be given sorted by name (the registry's order).
+    fn sample(&mut self, labels: &[(&str, &str)], v: f64) {
+        self.body.push_str(self.name);
+        if !labels.is_empty() {
+            self.body.push('{');
+            for (i, (k, val)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.body.push(',');
+                }
+                self.body.push_str(k);
+                self.body.push_str("=\"");
+                escape_label(&mut self.body, val);
+                self.body.push('"');
+            }
+            self.body.push('}');
+        }
+        self.body.push(' ');
+        push_value(&mut self.body, v);
+        self.body.push('\n');
+    }
+
+    fn emit(&self, out: &mut String) {
+        if self.body.is_empty() {
+            return;
+        }
+        let _ = writeln!(out, "# HELP {} {}", self.name, self.help);
+        let _ = writeln!(out, "# TYPE {} gauge", self.name);
+        out.push_str(&self.body);
+    }
+}
+
+fn escape_label(out: &mut String, v: &str) {
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+fn push_value(out: &mut String, v: f64) {
+    if v.is_nan() {
+        out.push_str("NaN");
+    } else if v == f64::INFINITY {
+        out.push_str("+Inf");
+    } else if v == f64::NEG_INFINITY {
+        out.push_str("-Inf");
+    } else if v.fract() == 0.0 && v.abs() < 1e15 {
+        let _ = write!(out, "{}", v as i64);
+    } else {
+        let _ = write!(out, "{v}");
+    }
+}
+
+/// The per-window gauges of one evaluation, as exposition text.
+fn gauges_text(r: &Report, scores: &[Metric], per_arm: bool) -> String {
+    let mut feature = Family::new("driftd_feature_drift", "Drift score of an input feature's window against its baseline (arm=\"\" is the whole model; latency stages are features latency.<stage>)");
+    let mut prediction = Family::new("driftd_prediction_drift", "Drift score of the predicted class (or output) distribution against its baseline");
+    let mut threshold = Family::new("driftd_drift_threshold", "Threshold in use for a metric and severity");
+    let mut state = Family::new("driftd_drift_state", "Verdict state: 0 ok, 1 pending, 2 firing");
+    let mut samples = Family::new("driftd_window_samples", "Events in the current window");
+    let mut unseen = Family::new("driftd_unseen_share", "Share of the window in values the baseline never saw (underflow, overflow, __other__)");
+    let mut info = Family::new("driftd_baseline_info", "Baseline loaded for a model; the value is always 1");
+    let mut divergence = Family::new("driftd_arm_divergence", "Divergence of a variant arm's window (arm_b) from the control arm's (arm_a)");
+    for m in &r.models {
+        let model = m.model.as_str();
+        let mut windows: Vec<(&str, &WindowReport, bool)> = vec![(""  , &m.all, true)];
+        if let Some(l) = &m.latency {
+            // Stage distributions of the model's window; their size is
+            // driftd_latency_window_samples.
+            windows.push(("", l, false));
+        }
+        for (arm, w) in &m.arms {
+            samples.sample(&[("arm", arm), ("model", model)], w.samples as f64);
+            if per_arm {
+                windows.push((arm, w, false));
+            }
+        }
+        for (arm, w, with_samples) in windows {
+            if with_samples {
+                samples.sample(&[("arm", arm), ("model", model)], w.samples as f64);
+            }
+            for f in &w.features {
+                for (name, v) in &f.metrics {
+                    let (Some(x), Ok(metric)) = (v.as_f64(), name.parse::<Metric>()) else {
+                        continue;
+                    };
+                    if metric == Metric::UnseenShare {
+                        unseen.sample(&[("arm", arm), ("feature", &f.name), ("model", model)], x);
+                    }
+                    if scores.contains(&metric) {
+                        feature.sample(
+                            &[("arm", arm), ("feature", &f.name), ("metric", metric.name()), ("model", model)],
+                            x,
+                        );
+                    }
+                }
+            }
+            if let Some(p) = &w.prediction {
+                for (name, v) in &p.metrics {
+                    let (Some(x), Ok(metric)) = (v.as_f64(), name.parse::<Metric>()) else {
+                        continue;
+                    };
+                    if scores.contains(&metric) {
+                        prediction.sample(&[("arm", arm), ("metric", metric.name()), ("model", model)], x);
+                    }
+                }
+            }
+            for f in w.distributions() {
+                for v in &f.verdicts {
+                    state.sample(
+                        &[("arm", arm), ("feature", &f.name), ("metric", v.metric.name()), ("model", model)],
+                        v.state.gauge() as f64,
+                    );
+                    if arm.is_empty() {
+                        for (sev, t) in [("critical", v.critical), ("warning", v.warning)] {
+                            threshold.sample(
+                                &[("feature", &f.name), ("metric", v.metric.name()), ("model", model), ("severity", sev)],
+                                t,
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        info.sample(&[("model", model), ("version", &m.baseline_version)], 1.0);
+        for div in &m.arm_divergence {
+            for (name, v) in &div.metrics {
+                let (Some(x), Ok(metric)) = (v.as_f64(), name.parse::<Metric>()) else {
+                    continue;
+                };
+                if scores.contains(&metric) {
+                    divergence.sample(
+                        &[("arm_a", &div.arm_a), ("arm_b", &div.arm_b), ("feature", &div.feature), ("metric", metric.name()), ("model", model)],
+                        x,
+                    );
+                }
+            }
+        }
+    }
+    let mut out = String::with_capacity(
+        [&feature, &prediction, &threshold, &state, &samples, &unseen, &info, &divergence]
+            .iter()
+            .map(|f| f.body.len() + 200)
+            .sum::<usize>()
+            + 4096,
+    );
+    for f in [&feature, &prediction, &threshold, &state, &samples, &unseen, &info, &divergence] {
+        f.emit(&mut out);
+    }
+    health_text(r, &mut out);
+    out
+}
+
+/// The health and experiment gauges.
+fn health_text(r: &Report, out: &mut String) {
+    let mut error_rate = Family::new("driftd_error_rate", "Share of the window's requests (inference and ERROR/CRITICAL records) that are errors");
+    let mut reference = Family::new("driftd_error_rate_reference", "The model's error rate over the windows before the current one (the reference of ErrorRateHigh)");
+    let mut first_seen = Family::new("driftd_model_first_seen_timestamp_seconds", "Event time a model version was first seen, per service (a deploy when a lineage gains a version)");
+    let mut condition = Family::new("driftd_health_state", "State of a health condition (named as driftd's alert for it): 0 ok, 1 pending, 2 firing");
+    let mut latency = Family::new("driftd_latency_seconds", "Window percentile of a stage's latency (DDSketch, 1% relative error)");
+    let mut latency_samples = Family::new("driftd_latency_window_samples", "Latency values of a stage in the window");
+    let mut batch_stat = Family::new("driftd_batch_stat", "Latest value of a batch statistics line's input_stats entry");
+    let mut batch_shift = Family::new("driftd_batch_stat_shift", "A <feature>_mean batch statistic minus the baseline mean, in baseline standard deviations");
+    let mut batch_conf = Family::new("driftd_batch_avg_confidence", "Latest avg_confidence of a batch statistics line");
+    let mut arm_predictions = Family::new("driftd_arm_window_predictions", "Predictions with a request id in the window, per arm (the feedback rate's denominator)");
+    let mut feedback = Family::new("driftd_feedback_rate", "Share of the window's predictions that got feedback (action=\"any\") or a given action");
+    let mut feedback_p = Family::new("driftd_arm_feedback_p_value", "Two-sided two-proportion test of a variant's feedback rate against the control's");
+    for h in &r.health {
+        health_model(h, &mut error_rate, &mut reference, &mut condition, &mut latency, &mut latency_samples, &mut batch_stat, &mut batch_shift, &mut batch_conf);
+    }
+    for (service, model, t) in &r.versions {
+        first_seen.sample(&[("model", model), ("service", service)], *t as f64 / 1000.0);
+    }
+    for a in &r.experiments.arms {
+        arm_predictions.sample(&[("arm", &a.arm), ("model", &a.model)], a.predictions as f64);
+        if a.predictions == 0 {
+            continue;
+        }
+        for (action, n) in &a.feedback {
+            feedback.sample(
+                &[("action", action), ("arm", &a.arm), ("model", &a.model)],
+                *n as f64 / a.predictions as f64,
+            );
+        }
+    }
+    for c in &r.experiments.comparisons {
+        if let Some(p) = c.p_value {
+            feedback_p.sample(
+                &[("action", &c.action), ("arm_a", &c.control), ("arm_b", &c.variant), ("model", &c.model)],
+                p,
+            );
+        }
+    }
+    for f in [&error_rate, &reference, &first_seen, &condition, &latency, &latency_samples, &batch_stat, &batch_shift, &batch_conf, &arm_predictions, &feedback, &feedback_p] {
+        f.emit(out);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn health_model(
+    h: &HealthReport,
+    error_rate: &mut Family,
+    reference: &mut Family,
+    condition: &mut Family,
+    latency: &mut Family,
+    latency_samples: &mut Family,
+    batch_stat: &mut Family,
+    batch_shift: &mut Family,
+    batch_conf: &mut Family,
+) {
+    let model = h.model.as_str();
+    if let Some(x) = h.error_rate {
+        error_rate.sample(&[("model", model)], x);
+    }
+    if let Some(x) = h.reference_error_rate {
+        reference.sample(&[("model", model)], x);
+    }
+    for (name, feature, st) in &h.conditions {
+        condition.sample(&[("condition", name), ("feature", feature), ("model", model)], st.gauge() as f64);
+    }
+    for st in &h.latency {
+        latency_samples.sample(&[("model", model), ("stage", &st.stage)], st.samples as f64);
+        for (q, v) in [("50", st.p50_ms), ("90", st.p90_ms), ("99", st.p99_ms)] {
+            if let Some(v) = v {
+                latency.sample(&[("model", model), ("percentile", q), ("stage", &st.stage)], v / 1000.0);
+            }
+        }
+    }
+    if let Some(b) = &h.batch {
+        if let Some(c) = b.avg_confidence {
+            batch_conf.sample(&[("model", model)], c);
+        }
+        for (k, v) in &b.stats {
+            batch_stat.sample(&[("model", model), ("stat", k)], *v);
+        }
+        for (k, v) in &b.shifts {
+            batch_shift.sample(&[("model", model), ("stat", k)], *v);
+        }
+    }
 }
 
 /// Renders the registry in the Prometheus text format.
@@ -893,7 +762,7 @@ mod tests {
         let mut m = Metrics::new(&reg).unwrap();
         let s = snapshot_for(&lines, &mut engine);
         m.update(&s);
-        let text = render(&reg);
+        let text = m.render();
         assert!(
             text.contains(r#"driftd_feature_drift{arm="",feature="x",metric="psi",model="m"}"#),
             "{text}"
@@ -912,7 +781,7 @@ mod tests {
         let reg2 = Registry::new();
         let mut only_psi = Metrics::new(&reg2).unwrap().with_scores(vec![Metric::Psi]);
         only_psi.update(&s);
-        let text2 = render(&reg2);
+        let text2 = only_psi.render();
         assert!(
             text2.contains(r#"driftd_feature_drift{arm="",feature="x",metric="psi",model="m"}"#)
         );
@@ -931,7 +800,7 @@ mod tests {
             ..Snapshot::default()
         };
         m.update(&s2);
-        let text = render(&reg);
+        let text = m.render();
         assert!(!text.contains(r#"model="m""#), "{text}");
         assert!(!text.contains("driftd_feature_drift{"), "{text}");
         assert!(!text.contains("driftd_window_samples{"), "{text}");

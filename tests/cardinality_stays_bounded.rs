@@ -162,7 +162,7 @@ fn floods_of_identifiers_stop_at_the_caps() {
         stats: e.stats.clone(),
         ..Snapshot::default()
     });
-    let samples = parse_exposition(&driftd::metrics::render(&registry));
+    let samples = parse_exposition(&metrics.render());
     let models = model_labels(&samples);
     assert!(models.len() <= 50, "{} model label values", models.len());
     assert_eq!(
