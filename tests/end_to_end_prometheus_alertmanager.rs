@@ -16,7 +16,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -30,19 +29,9 @@ use tokio_util::sync::CancellationToken;
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
-/// Like `wait_for`, but the condition says why it is not met yet, and the
-/// panic says it too.
-fn eventually<T>(what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        match f() {
-            Ok(t) => return t,
-            Err(why) if Instant::now() > deadline => {
-                panic!("timed out after {DEADLINE:?} waiting for {what}; last: {why}")
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(200)),
-        }
-    }
+/// [`common::eventually`] with this test's deadline.
+fn eventually<T>(what: &str, f: impl FnMut() -> Result<T, String>) -> T {
+    common::eventually(DEADLINE, what, f)
 }
 
 // ---------------------------------------------------------------------------
@@ -130,18 +119,6 @@ fn prom_agrees_with_driftd(prom: &str, addr: &str, name: &str) -> Result<usize, 
 // ---------------------------------------------------------------------------
 // Alertmanager's API v2.
 
-/// `GET /api/v2/alerts` (its defaults: active, silenced, inhibited and
-/// unprocessed alerts, i.e. every alert whose endsAt has not passed), or
-/// None while Alertmanager does not answer.
-fn am_alerts(am: &str) -> Option<Vec<Value>> {
-    let (status, body) = http_get(&format!("http://{am}/api/v2/alerts?active=true"));
-    if status != 200 {
-        return None;
-    }
-    let doc: Value = serde_json::from_str(&body).expect("alerts JSON");
-    Some(doc.as_array().expect("an array of alerts").clone())
-}
-
 /// The whole-model (no arm label) alerts with these labels.
 fn whole_model<'a>(alerts: &'a [Value], want: &[(&str, &str)]) -> Vec<&'a Value> {
     alerts
@@ -164,27 +141,6 @@ fn am_counter(am: &str, name: &str, want: &[(&str, &str)]) -> f64 {
     let (status, body) = http_get(&format!("http://{am}/metrics"));
     assert_eq!(status, 200, "Alertmanager /metrics: {body}");
     value(&parse_exposition(&body), name, want)
-}
-
-fn start_alertmanager(bin: &Path, tmp: &Path, port: u16, name: &str) -> Proc {
-    let config = tmp.join("alertmanager.yml");
-    let storage = tmp.join("alertmanager-data");
-    let args = [
-        format!("--config.file={}", config.display()),
-        format!("--storage.path={}", storage.display()),
-        format!("--web.listen-address=127.0.0.1:{port}"),
-        // No gossip: a single instance, nothing listening on 9094.
-        "--cluster.listen-address=".to_owned(),
-        "--log.level=info".to_owned(),
-    ];
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut p = Proc::spawn_program(bin, &args, tmp, name);
-    wait_ready(
-        &mut p,
-        &format!("http://127.0.0.1:{port}/-/ready"),
-        DEADLINE,
-    );
-    p
 }
 
 // ---------------------------------------------------------------------------
@@ -274,7 +230,7 @@ impl Drop for Traffic {
 fn prometheus_scrapes_and_alertmanager_gets_fired_resolved_and_resent_alerts() {
     let began = Instant::now();
     let prometheus = require_binary("prometheus", "prometheus");
-    let alertmanager = require_binary("prometheus-alertmanager", "prometheus-alertmanager");
+    let alertmanager = require_alertmanager();
 
     let kafka = Kafka::new(1, 2);
     let dir = tempfile::tempdir().unwrap();
@@ -285,23 +241,7 @@ fn prometheus_scrapes_and_alertmanager_gets_fired_resolved_and_resent_alerts() {
     // listens on (failed notifications are fine: we read its API).
     let am_port = free_port();
     let am = format!("127.0.0.1:{am_port}");
-    std::fs::write(
-        tmp.join("alertmanager.yml"),
-        r#"
-route:
-  receiver: nowhere
-  group_by: [alertname, model, feature]
-  group_wait: 1s
-  group_interval: 1s
-  repeat_interval: 1h
-receivers:
-  - name: nowhere
-    webhook_configs:
-      - url: http://127.0.0.1:1/
-        send_resolved: true
-"#,
-    )
-    .unwrap();
+    write_alertmanager_config(tmp);
     let mut am_proc = start_alertmanager(&alertmanager, tmp, am_port, "alertmanager");
 
     // driftd: a 20 s window of 1 s panes judged every 500 ms, so drift can

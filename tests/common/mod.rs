@@ -630,6 +630,41 @@ impl Running {
     }
 }
 
+/// A test that fails before [`Running::stop`] still ends: the daemon is
+/// cancelled, so dropping the runtime (which waits for the consumer's
+/// blocking task) does not hang.
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// Messages the daemon at `addr` consumed (`driftd_kafka_messages_total`).
+pub fn consumed(addr: &str) -> u64 {
+    value(&scrape(addr), "driftd_kafka_messages_total", &[]) as u64
+}
+
+/// Produces `lines` in chunks, each consumed by the daemon at `addr` (its
+/// only source) before the next is sent. librdkafka's mock broker keeps
+/// 5 MB per partition and deletes older segments, so tens of thousands of
+/// lines sent at once are partly lost to a slower consumer; and every line
+/// is then processed before this returns.
+pub fn produce_consumed(kafka: &Kafka, addr: &str, lines: &[String], timeout: Duration) {
+    let mut want = consumed(addr);
+    for chunk in lines.chunks(4000) {
+        kafka.produce(chunk);
+        want += chunk.len() as u64;
+        eventually(
+            timeout,
+            &format!("driftd consumed {want} messages"),
+            || match consumed(addr) {
+                n if n == want => Ok(()),
+                n => Err(format!("{n} consumed")),
+            },
+        );
+    }
+}
+
 /// A webhook receiver on the test's runtime that keeps every body as it came
 /// over the wire. Returns its address and the bodies.
 pub fn webhook_receiver(
@@ -665,4 +700,98 @@ pub fn window_samples(samples: &[Sample], model: &str) -> u64 {
         "driftd_window_samples",
         &[("model", model), ("arm", "")],
     ) as u64
+}
+
+// ---------------------------------------------------------------------------
+// Waiting with a reason, and a real Alertmanager on loopback.
+
+/// Like [`wait_for`], but the condition says why it is not met yet, and the
+/// panic after `timeout` says it too.
+pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match f() {
+            Ok(t) => return t,
+            Err(why) if Instant::now() > deadline => {
+                panic!("timed out after {timeout:?} waiting for {what}; last: {why}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// The Alertmanager binary of Debian's `prometheus-alertmanager` package
+/// (`prometheus-alertmanager`, or `alertmanager` as upstream names it), or a
+/// failure that says what to install.
+pub fn require_alertmanager() -> PathBuf {
+    for dir in ["/usr/bin", "/usr/local/bin", "/bin"] {
+        for name in ["prometheus-alertmanager", "alertmanager"] {
+            let p = Path::new(dir).join(name);
+            if p.exists() {
+                return p;
+            }
+        }
+    }
+    panic!(
+        "this test needs Alertmanager (`prometheus-alertmanager` or `alertmanager`): install it with `apt-get install prometheus-alertmanager` (.ci/run does)"
+    );
+}
+
+/// Writes `<dir>/alertmanager.yml`: one route, groups flushed after 1 s, a
+/// receiver nobody listens on (failed notifications are fine: the tests
+/// read Alertmanager's API).
+pub fn write_alertmanager_config(dir: &Path) {
+    std::fs::write(
+        dir.join("alertmanager.yml"),
+        r#"
+route:
+  receiver: nowhere
+  group_by: [alertname, model, feature]
+  group_wait: 1s
+  group_interval: 1s
+  repeat_interval: 1h
+receivers:
+  - name: nowhere
+    webhook_configs:
+      - url: http://127.0.0.1:1/
+        send_resolved: true
+"#,
+    )
+    .unwrap();
+}
+
+/// Starts Alertmanager with `<tmp>/alertmanager.yml` (see
+/// [`write_alertmanager_config`]) and storage under `tmp`, on
+/// `127.0.0.1:<port>` without gossip, and waits until it is ready.
+pub fn start_alertmanager(bin: &Path, tmp: &Path, port: u16, name: &str) -> Proc {
+    let config = tmp.join("alertmanager.yml");
+    let storage = tmp.join("alertmanager-data");
+    let args = [
+        format!("--config.file={}", config.display()),
+        format!("--storage.path={}", storage.display()),
+        format!("--web.listen-address=127.0.0.1:{port}"),
+        // No gossip: a single instance, nothing listening on 9094.
+        "--cluster.listen-address=".to_owned(),
+        "--log.level=info".to_owned(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut p = Proc::spawn_program(bin, &args, tmp, name);
+    wait_ready(
+        &mut p,
+        &format!("http://127.0.0.1:{port}/-/ready"),
+        Duration::from_secs(60),
+    );
+    p
+}
+
+/// `GET /api/v2/alerts` (its defaults: active, silenced, inhibited and
+/// unprocessed alerts, i.e. every alert whose endsAt has not passed), or
+/// None while Alertmanager does not answer.
+pub fn am_alerts(am: &str) -> Option<Vec<serde_json::Value>> {
+    let (status, body) = http_get(&format!("http://{am}/api/v2/alerts?active=true"));
+    if status != 200 {
+        return None;
+    }
+    let doc: serde_json::Value = serde_json::from_str(&body).expect("alerts JSON");
+    Some(doc.as_array().expect("an array of alerts").clone())
 }
