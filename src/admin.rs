@@ -7,7 +7,7 @@
 //! | `GET /metrics` | Prometheus text format: the registry, and the gauges of the last evaluation |
 //! | `GET /livez` | 200 while the process serves HTTP; never depends on Kafka |
 //! | `GET /readyz` | 200 when baselines are loaded, partitions assigned and a broker reachable; 503 with the reasons otherwise |
-//! | `GET /api/v1/drift[?model=M]` | current scores, states and sample counts per model and feature; error rates, deploys, latency percentiles and batch statistics (`health`); feedback per arm and arm comparisons (`experiments`) (JSON) |
+//! | `GET /api/v1/drift[?model=M]` | current scores, states and sample counts per model and feature (with `model`, also every bin's baseline and window counts); error rates, deploys, latency percentiles and batch statistics (`health`); feedback per arm and arm comparisons (`experiments`) (JSON) |
 //! | `GET /api/v1/status` | consumption counters: messages, events per model, partitions, lag (small JSON; what `driftd bench` polls) |
 //! | `GET /api/v1/baselines` | the loaded baselines: model, version, creation time, samples |
 //! | `POST /api/v1/baselines` `{"model": M}` | capture M's current window as its new baseline (bearer token) |
@@ -104,8 +104,28 @@ struct DriftQuery {
 
 async fn drift(State(s): State<AdminState>, Query(q): Query<DriftQuery>) -> Response {
     let snap = s.snapshot.borrow().clone();
-    let models: Vec<_> = snap
-        .report
+    // One model: its bins and counts too, asked of the consumer loop (the
+    // per-evaluation snapshot leaves them out); every model: the snapshot.
+    let detail = match &q.model {
+        Some(model) => {
+            let (tx, rx) = oneshot::channel();
+            let asked = s
+                .control
+                .send(Control::Detail {
+                    model: model.clone(),
+                    reply: tx,
+                })
+                .await;
+            match asked {
+                Ok(()) => rx.await.ok(),
+                Err(_) => None,
+            }
+        }
+        None => None,
+    };
+    let models: Vec<_> = detail
+        .as_ref()
+        .unwrap_or(&snap.report)
         .models
         .iter()
         .filter(|m| q.model.as_ref().is_none_or(|want| *want == m.model))

@@ -144,6 +144,7 @@ pub async fn start(mut cfg: Config, cancel: CancellationToken) -> anyhow::Result
         baselines_dir: cfg.baselines_dir.clone(),
         watch_baselines: cfg.watch_baselines,
         window_ms,
+        arm_features: cfg.metric_per_arm_scores,
     };
     let engine = Engine::new(cfg.engine.clone(), baselines);
     let handles = LoopHandles {

@@ -67,6 +67,8 @@ pub struct BenchOptions {
     pub scrapes: usize,
     /// librdkafka properties for the daemon under test (tuning experiments).
     pub kafka_properties: Vec<(String, String)>,
+    /// Lines carry an experiment arm (per-arm windows, arm comparison).
+    pub arms: bool,
 }
 
 impl Default for BenchOptions {
@@ -84,6 +86,7 @@ impl Default for BenchOptions {
             rate: 50_000,
             scrapes: 20,
             kafka_properties: Vec::new(),
+            arms: true,
         }
     }
 }
@@ -303,6 +306,7 @@ fn generator_config(o: &BenchOptions) -> GeneratorConfig {
         .with_categorical_share(o.categorical_share)
         .inference_only();
     g.compact = o.compact;
+    g.arms = o.arms;
     g
 }
 
@@ -684,7 +688,14 @@ pub fn run(o: &BenchOptions) -> anyhow::Result<BenchReport> {
         // its RSS is the daemon's own at this rate, not the drain's.
         const STEADY: &str = "bench-steady";
         cluster.create_topic(STEADY, 4, 1)?;
-        let d = spawn_daemon(dir, "steady", &brokers, STEADY, o.every, &o.kafka_properties)?;
+        let d = spawn_daemon(
+            dir,
+            "steady",
+            &brokers,
+            STEADY,
+            o.every,
+            &o.kafka_properties,
+        )?;
         eprintln!(
             "steady: {} lines/s for {} ...",
             o.rate,

@@ -243,6 +243,9 @@ pub struct BenchArgs {
     /// (repeatable; tuning experiments).
     #[arg(long = "kafka-property", value_parser = parse_kv)]
     pub kafka_properties: Vec<(String, String)>,
+    /// Lines without an experiment arm (no per-arm windows).
+    #[arg(long)]
+    pub no_arms: bool,
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -641,6 +644,7 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         rate: a.rate,
         scrapes: a.scrapes,
         kafka_properties: a.kafka_properties,
+        arms: !a.no_arms,
     };
     let r = crate::bench::run(&o)?;
     print!("{}", crate::bench::render(&r, &o));

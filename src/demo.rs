@@ -351,12 +351,7 @@ fn draw_table(snap: &Snapshot, elapsed: Duration, sent: u64, drift_at: i64) {
             "distribution", "psi", "js_dist", "unseen", "state"
         ));
         for f in m.all.distributions() {
-            let g = |k: &str| {
-                f.metrics
-                    .get(k)
-                    .and_then(|v| v.as_f64())
-                    .map_or("-".into(), |x| format!("{x:.3}"))
-            };
+            let g = |k: &str| f.metrics.get(k).map_or("-".into(), |x| format!("{x:.3}"));
             out.push_str(&format!(
                 "  {:<18} {:>8} {:>10} {:>8}  {}\n",
                 f.name,
@@ -449,11 +444,7 @@ fn print_changes(
             let key = (m.model.clone(), f.name.clone());
             let prev = last.insert(key, f.state).unwrap_or(State::Ok);
             if prev != f.state {
-                let psi = f
-                    .metrics
-                    .get("psi")
-                    .and_then(|v| v.as_f64())
-                    .unwrap_or(f64::NAN);
+                let psi = f.metrics.get("psi").unwrap_or(f64::NAN);
                 println!(
                     "t+{:>3}s {} {} {} -> {} (psi {:.3}, {} events in window)",
                     elapsed.as_secs(),

@@ -742,26 +742,51 @@ impl Engine {
         names
     }
 
-    /// Current state of every window, for reports, the API and metrics.
+    /// Current state of every window with bins and counts, for replay
+    /// reports and the API.
     pub fn report(&self) -> Report {
+        self.report_with(true, None)
+    }
+
+    /// Scores, states and sizes without bins and counts, and the arms'
+    /// windows as their sizes only unless `arm_features`: what each
+    /// evaluation publishes for /metrics (a fraction of the memory and time).
+    pub fn summary(&self, arm_features: bool) -> Report {
+        self.report_of(false, None, arm_features)
+    }
+
+    /// The report, with bins and counts or not, of every model or of one.
+    pub fn report_with(&self, detail: bool, only: Option<&str>) -> Report {
+        self.report_of(detail, only, true)
+    }
+
+    fn report_of(&self, detail: bool, only: Option<&str>, arm_features: bool) -> Report {
         let control = self.cfg.experiments.control_arm.as_str();
         let mut models: Vec<ModelReport> = self
             .models
             .values()
+            .filter(|m| only.is_none_or(|o| *o == *m.name))
             .map(|m| ModelReport {
                 model: m.name.to_string(),
                 baseline_version: m.layout.baseline.version.clone(),
                 events: m.events,
-                all: window_report(&self.cfg, &m.layout, &m.all),
+                all: window_report(&self.cfg, &m.layout, &m.all, detail),
                 arms: m
                     .arms
                     .iter()
-                    .map(|(a, t)| (a.to_string(), window_report(&self.cfg, &m.layout, t)))
+                    .map(|(a, t)| {
+                        let w = if arm_features {
+                            window_report(&self.cfg, &m.layout, t, detail)
+                        } else {
+                            size_report(t)
+                        };
+                        (a.to_string(), w)
+                    })
                     .collect(),
                 latency: m
                     .latency
                     .as_ref()
-                    .map(|t| window_report(&self.cfg, t.window.layout(), t)),
+                    .map(|t| window_report(&self.cfg, t.window.layout(), t, detail)),
                 arm_divergence: arm_divergence(&self.cfg, m, control),
             })
             .collect();
@@ -895,17 +920,11 @@ fn arm_divergence(cfg: &EngineConfig, m: &ModelState, control: &str) -> Vec<ArmD
             ) else {
                 continue;
             };
-            let mut metrics = serde_json::Map::new();
-            for k in Metric::ALL {
-                if let Some(v) = scores.get(k) {
-                    metrics.insert(k.name().to_owned(), json_num(v));
-                }
-            }
             out.push(ArmDivergence {
                 arm_a: c_name.to_string(),
                 arm_b: v_name.to_string(),
                 feature: slot.name.to_string(),
-                metrics,
+                metrics: ScoreMap(Some(scores)),
             });
         }
     }
@@ -1016,7 +1035,7 @@ pub struct ArmDivergence {
     pub arm_a: String,
     pub arm_b: String,
     pub feature: String,
-    pub metrics: serde_json::Map<String, serde_json::Value>,
+    pub metrics: ScoreMap,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -1066,11 +1085,16 @@ impl WindowReport {
 pub struct FeatureReport {
     pub name: String,
     pub kind: &'static str,
+    /// Bins and counts: in detailed reports only (replay, the API for one
+    /// model); the per-evaluation snapshot leaves them out.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub bins: Vec<serde_json::Value>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub baseline_counts: Vec<u64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub window_counts: Vec<u64>,
-    /// Every metric the comparator computed (absent when the window is empty).
-    pub metrics: serde_json::Map<String, serde_json::Value>,
+    /// Every metric the comparator computed (empty when the window is).
+    pub metrics: ScoreMap,
     pub verdicts: Vec<VerdictReport>,
     /// The worst state over this distribution's rules.
     pub state: State,
@@ -1087,21 +1111,13 @@ pub struct VerdictReport {
     pub critical: f64,
 }
 
-fn window_report(cfg: &EngineConfig, layout: &Layout, t: &Tracked) -> WindowReport {
-    let mut features = Vec::new();
+fn window_report(cfg: &EngineConfig, layout: &Layout, t: &Tracked, detail: bool) -> WindowReport {
+    let mut features = Vec::with_capacity(layout.feature_count);
     let mut prediction = None;
     let mut confidence = None;
     for (i, slot) in layout.slots.iter().enumerate() {
         let fb = layout.feature_baseline(i);
-        let mut metrics = serde_json::Map::new();
-        if let Some(s) = &t.scores[i] {
-            for m in Metric::ALL {
-                if let Some(v) = s.get(m) {
-                    metrics.insert(m.name().to_owned(), json_num(v));
-                }
-            }
-            metrics.insert("chi2".into(), json_num(s.chi2));
-        }
+        let metrics = ScoreMap(t.scores[i]);
         let mut verdicts = Vec::new();
         let mut worst = State::Ok;
         for (r, rule) in cfg.detect.rules.iter().enumerate() {
@@ -1124,9 +1140,17 @@ fn window_report(cfg: &EngineConfig, layout: &Layout, t: &Tracked) -> WindowRepo
         let fr = FeatureReport {
             name: slot.name.to_string(),
             kind: fb.bins.kind(),
-            bins: fb.bins.labels(),
-            baseline_counts: fb.counts.clone(),
-            window_counts: t.window.slot_counts(i).to_vec(),
+            bins: if detail { fb.bins.labels() } else { Vec::new() },
+            baseline_counts: if detail {
+                fb.counts.clone()
+            } else {
+                Vec::new()
+            },
+            window_counts: if detail {
+                t.window.slot_counts(i).to_vec()
+            } else {
+                Vec::new()
+            },
             metrics,
             verdicts,
             state: worst,
@@ -1147,6 +1171,62 @@ fn window_report(cfg: &EngineConfig, layout: &Layout, t: &Tracked) -> WindowRepo
         features,
         prediction,
         confidence,
+    }
+}
+
+/// A window's size and span only.
+fn size_report(t: &Tracked) -> WindowReport {
+    let span = t.window.span_ms();
+    WindowReport {
+        samples: t.window.samples(),
+        window_start_ms: span.map(|s| s.0),
+        window_end_ms: span.map(|s| s.1),
+        late_events: t.window.counters.late,
+        invalid_values: t.window.counters.invalid_values,
+        features: Vec::new(),
+        prediction: None,
+        confidence: None,
+    }
+}
+
+/// A distribution's scores, serialised as `{"kl": .., "psi": .., ...}`
+/// (every metric computed, plus `chi2`), typed in memory: the exporter reads
+/// them for every feature of every model at each evaluation.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ScoreMap(pub Option<Scores>);
+
+impl ScoreMap {
+    /// A score by its name (`psi`, `js_distance`, ..., `chi2`).
+    pub fn get(&self, name: &str) -> Option<f64> {
+        let s = self.0.as_ref()?;
+        if name == "chi2" {
+            return Some(s.chi2);
+        }
+        s.get(name.parse::<Metric>().ok()?)
+    }
+
+    pub fn metric(&self, m: Metric) -> Option<f64> {
+        self.0.as_ref().and_then(|s| s.get(m))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+}
+
+impl Serialize for ScoreMap {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = ser.serialize_map(None)?;
+        if let Some(s) = &self.0 {
+            for m in Metric::ALL {
+                if let Some(v) = s.get(m) {
+                    map.serialize_entry(m.name(), &json_num(v))?;
+                }
+            }
+            map.serialize_entry("chi2", &json_num(s.chi2))?;
+        }
+        map.end()
     }
 }
 

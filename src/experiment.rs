@@ -61,7 +61,7 @@ impl Default for ExperimentConfig {
         ExperimentConfig {
             enabled: true,
             ttl_ms: 3_600_000,
-            max_pending: 200_000,
+            max_pending: 100_000,
             max_early: 50_000,
             max_actions: 8,
             control_arm: "control".into(),

@@ -306,16 +306,44 @@ impl Metrics {
         }
         let mut seen: HashSet<(&'static str, Vec<String>)> = HashSet::new();
         for m in &s.report.models {
-            inc_to(&mut seen, &mut self.prev_totals, &self.events, "events", &[&m.model], m.events);
+            inc_to(
+                &mut seen,
+                &mut self.prev_totals,
+                &self.events,
+                "events",
+                &[&m.model],
+                m.events,
+            );
         }
         for h in &s.report.health {
             let model = h.model.as_str();
-            inc_to(&mut seen, &mut self.prev_totals, &self.requests, "requests", &[model], h.requests_total);
+            inc_to(
+                &mut seen,
+                &mut self.prev_totals,
+                &self.requests,
+                "requests",
+                &[model],
+                h.requests_total,
+            );
             for (ty, n) in &h.errors_by_type {
-                inc_to(&mut seen, &mut self.prev_totals, &self.errors, "errors", &[model, ty], *n);
+                inc_to(
+                    &mut seen,
+                    &mut self.prev_totals,
+                    &self.errors,
+                    "errors",
+                    &[model, ty],
+                    *n,
+                );
             }
             if let Some(b) = &h.batch {
-                inc_to(&mut seen, &mut self.prev_totals, &self.batches, "batches", &[model], b.batches);
+                inc_to(
+                    &mut seen,
+                    &mut self.prev_totals,
+                    &self.batches,
+                    "batches",
+                    &[model],
+                    b.batches,
+                );
             }
         }
         // Counters: increments since the last snapshot.
@@ -388,15 +416,25 @@ impl Metrics {
         for (o, now, before) in [
             ("joined", j.joined, pj.joined),
             ("joined_early", j.joined_early, pj.joined_early),
-            ("duplicate_feedback", j.duplicate_feedback, pj.duplicate_feedback),
-            ("duplicate_prediction", j.duplicate_predictions, pj.duplicate_predictions),
+            (
+                "duplicate_feedback",
+                j.duplicate_feedback,
+                pj.duplicate_feedback,
+            ),
+            (
+                "duplicate_prediction",
+                j.duplicate_predictions,
+                pj.duplicate_predictions,
+            ),
             ("pending_evicted", j.pending_evicted, pj.pending_evicted),
             ("early_evicted", j.early_evicted, pj.early_evicted),
             ("early_expired", j.early_expired, pj.early_expired),
             ("late_feedback", j.late_feedback, pj.late_feedback),
             ("refused", j.refused, pj.refused),
         ] {
-            self.join.with_label_values(&[o]).inc_by(now.saturating_sub(before));
+            self.join
+                .with_label_values(&[o])
+                .inc_by(now.saturating_sub(before));
         }
         self.prev_join = j.clone();
         self.join_waiting
@@ -410,11 +448,17 @@ impl Metrics {
         for (w, now, before) in [
             ("models", hs.models_refused, ph.models_refused),
             ("stages", hs.stages_refused, ph.stages_refused),
-            ("batch_stats", hs.batch_stats_refused, ph.batch_stats_refused),
+            (
+                "batch_stats",
+                hs.batch_stats_refused,
+                ph.batch_stats_refused,
+            ),
             ("late", hs.late, ph.late),
             ("lineages", hs.lineages_refused, ph.lineages_refused),
         ] {
-            self.refused.with_label_values(&[w]).inc_by(now.saturating_sub(before));
+            self.refused
+                .with_label_values(&[w])
+                .inc_by(now.saturating_sub(before));
         }
         self.prev_refused = hs.clone();
         // Remove the counters of models and partitions that went away.
@@ -534,16 +578,34 @@ fn push_value(out: &mut String, v: f64) {
 /// The per-window gauges of one evaluation, as exposition text.
 fn gauges_text(r: &Report, scores: &[Metric], per_arm: bool) -> String {
     let mut feature = Family::new("driftd_feature_drift", "Drift score of an input feature's window against its baseline (arm=\"\" is the whole model; latency stages are features latency.<stage>)");
-    let mut prediction = Family::new("driftd_prediction_drift", "Drift score of the predicted class (or output) distribution against its baseline");
-    let mut threshold = Family::new("driftd_drift_threshold", "Threshold in use for a metric and severity");
-    let mut state = Family::new("driftd_drift_state", "Verdict state: 0 ok, 1 pending, 2 firing");
+    let mut prediction = Family::new(
+        "driftd_prediction_drift",
+        "Drift score of the predicted class (or output) distribution against its baseline",
+    );
+    let mut threshold = Family::new(
+        "driftd_drift_threshold",
+        "Threshold in use for a metric and severity",
+    );
+    let mut state = Family::new(
+        "driftd_drift_state",
+        "Verdict state: 0 ok, 1 pending, 2 firing",
+    );
     let mut samples = Family::new("driftd_window_samples", "Events in the current window");
-    let mut unseen = Family::new("driftd_unseen_share", "Share of the window in values the baseline never saw (underflow, overflow, __other__)");
-    let mut info = Family::new("driftd_baseline_info", "Baseline loaded for a model; the value is always 1");
-    let mut divergence = Family::new("driftd_arm_divergence", "Divergence of a variant arm's window (arm_b) from the control arm's (arm_a)");
+    let mut unseen = Family::new(
+        "driftd_unseen_share",
+        "Share of the window in values the baseline never saw (underflow, overflow, __other__)",
+    );
+    let mut info = Family::new(
+        "driftd_baseline_info",
+        "Baseline loaded for a model; the value is always 1",
+    );
+    let mut divergence = Family::new(
+        "driftd_arm_divergence",
+        "Divergence of a variant arm's window (arm_b) from the control arm's (arm_a)",
+    );
     for m in &r.models {
         let model = m.model.as_str();
-        let mut windows: Vec<(&str, &WindowReport, bool)> = vec![(""  , &m.all, true)];
+        let mut windows: Vec<(&str, &WindowReport, bool)> = vec![("", &m.all, true)];
         if let Some(l) = &m.latency {
             // Stage distributions of the model's window; their size is
             // driftd_latency_window_samples.
@@ -560,41 +622,53 @@ fn gauges_text(r: &Report, scores: &[Metric], per_arm: bool) -> String {
                 samples.sample(&[("arm", arm), ("model", model)], w.samples as f64);
             }
             for f in &w.features {
-                for (name, v) in &f.metrics {
-                    let (Some(x), Ok(metric)) = (v.as_f64(), name.parse::<Metric>()) else {
-                        continue;
-                    };
-                    if metric == Metric::UnseenShare {
-                        unseen.sample(&[("arm", arm), ("feature", &f.name), ("model", model)], x);
-                    }
-                    if scores.contains(&metric) {
+                if let Some(x) = f.metrics.metric(Metric::UnseenShare) {
+                    unseen.sample(&[("arm", arm), ("feature", &f.name), ("model", model)], x);
+                }
+                for metric in scores {
+                    if let Some(x) = f.metrics.metric(*metric) {
                         feature.sample(
-                            &[("arm", arm), ("feature", &f.name), ("metric", metric.name()), ("model", model)],
+                            &[
+                                ("arm", arm),
+                                ("feature", &f.name),
+                                ("metric", metric.name()),
+                                ("model", model),
+                            ],
                             x,
                         );
                     }
                 }
             }
             if let Some(p) = &w.prediction {
-                for (name, v) in &p.metrics {
-                    let (Some(x), Ok(metric)) = (v.as_f64(), name.parse::<Metric>()) else {
-                        continue;
-                    };
-                    if scores.contains(&metric) {
-                        prediction.sample(&[("arm", arm), ("metric", metric.name()), ("model", model)], x);
+                for metric in scores {
+                    if let Some(x) = p.metrics.metric(*metric) {
+                        prediction.sample(
+                            &[("arm", arm), ("metric", metric.name()), ("model", model)],
+                            x,
+                        );
                     }
                 }
             }
             for f in w.distributions() {
                 for v in &f.verdicts {
                     state.sample(
-                        &[("arm", arm), ("feature", &f.name), ("metric", v.metric.name()), ("model", model)],
+                        &[
+                            ("arm", arm),
+                            ("feature", &f.name),
+                            ("metric", v.metric.name()),
+                            ("model", model),
+                        ],
                         v.state.gauge() as f64,
                     );
                     if arm.is_empty() {
                         for (sev, t) in [("critical", v.critical), ("warning", v.warning)] {
                             threshold.sample(
-                                &[("feature", &f.name), ("metric", v.metric.name()), ("model", model), ("severity", sev)],
+                                &[
+                                    ("feature", &f.name),
+                                    ("metric", v.metric.name()),
+                                    ("model", model),
+                                    ("severity", sev),
+                                ],
                                 t,
                             );
                         }
@@ -604,13 +678,16 @@ fn gauges_text(r: &Report, scores: &[Metric], per_arm: bool) -> String {
         }
         info.sample(&[("model", model), ("version", &m.baseline_version)], 1.0);
         for div in &m.arm_divergence {
-            for (name, v) in &div.metrics {
-                let (Some(x), Ok(metric)) = (v.as_f64(), name.parse::<Metric>()) else {
-                    continue;
-                };
-                if scores.contains(&metric) {
+            for metric in scores {
+                if let Some(x) = div.metrics.metric(*metric) {
                     divergence.sample(
-                        &[("arm_a", &div.arm_a), ("arm_b", &div.arm_b), ("feature", &div.feature), ("metric", metric.name()), ("model", model)],
+                        &[
+                            ("arm_a", &div.arm_a),
+                            ("arm_b", &div.arm_b),
+                            ("feature", &div.feature),
+                            ("metric", metric.name()),
+                            ("model", model),
+                        ],
                         x,
                     );
                 }
@@ -618,13 +695,31 @@ fn gauges_text(r: &Report, scores: &[Metric], per_arm: bool) -> String {
         }
     }
     let mut out = String::with_capacity(
-        [&feature, &prediction, &threshold, &state, &samples, &unseen, &info, &divergence]
-            .iter()
-            .map(|f| f.body.len() + 200)
-            .sum::<usize>()
+        [
+            &feature,
+            &prediction,
+            &threshold,
+            &state,
+            &samples,
+            &unseen,
+            &info,
+            &divergence,
+        ]
+        .iter()
+        .map(|f| f.body.len() + 200)
+        .sum::<usize>()
             + 4096,
     );
-    for f in [&feature, &prediction, &threshold, &state, &samples, &unseen, &info, &divergence] {
+    for f in [
+        &feature,
+        &prediction,
+        &threshold,
+        &state,
+        &samples,
+        &unseen,
+        &info,
+        &divergence,
+    ] {
         f.emit(&mut out);
     }
     health_text(r, &mut out);
@@ -633,26 +728,72 @@ fn gauges_text(r: &Report, scores: &[Metric], per_arm: bool) -> String {
 
 /// The health and experiment gauges.
 fn health_text(r: &Report, out: &mut String) {
-    let mut error_rate = Family::new("driftd_error_rate", "Share of the window's requests (inference and ERROR/CRITICAL records) that are errors");
+    let mut error_rate = Family::new(
+        "driftd_error_rate",
+        "Share of the window's requests (inference and ERROR/CRITICAL records) that are errors",
+    );
     let mut reference = Family::new("driftd_error_rate_reference", "The model's error rate over the windows before the current one (the reference of ErrorRateHigh)");
     let mut first_seen = Family::new("driftd_model_first_seen_timestamp_seconds", "Event time a model version was first seen, per service (a deploy when a lineage gains a version)");
-    let mut condition = Family::new("driftd_health_state", "State of a health condition (named as driftd's alert for it): 0 ok, 1 pending, 2 firing");
-    let mut latency = Family::new("driftd_latency_seconds", "Window percentile of a stage's latency (DDSketch, 1% relative error)");
-    let mut latency_samples = Family::new("driftd_latency_window_samples", "Latency values of a stage in the window");
-    let mut batch_stat = Family::new("driftd_batch_stat", "Latest value of a batch statistics line's input_stats entry");
-    let mut batch_shift = Family::new("driftd_batch_stat_shift", "A <feature>_mean batch statistic minus the baseline mean, in baseline standard deviations");
-    let mut batch_conf = Family::new("driftd_batch_avg_confidence", "Latest avg_confidence of a batch statistics line");
-    let mut arm_predictions = Family::new("driftd_arm_window_predictions", "Predictions with a request id in the window, per arm (the feedback rate's denominator)");
-    let mut feedback = Family::new("driftd_feedback_rate", "Share of the window's predictions that got feedback (action=\"any\") or a given action");
-    let mut feedback_p = Family::new("driftd_arm_feedback_p_value", "Two-sided two-proportion test of a variant's feedback rate against the control's");
+    let mut condition = Family::new(
+        "driftd_health_state",
+        "State of a health condition (named as driftd's alert for it): 0 ok, 1 pending, 2 firing",
+    );
+    let mut latency = Family::new(
+        "driftd_latency_seconds",
+        "Window percentile of a stage's latency (DDSketch, 1% relative error)",
+    );
+    let mut latency_samples = Family::new(
+        "driftd_latency_window_samples",
+        "Latency values of a stage in the window",
+    );
+    let mut batch_stat = Family::new(
+        "driftd_batch_stat",
+        "Latest value of a batch statistics line's input_stats entry",
+    );
+    let mut batch_shift = Family::new(
+        "driftd_batch_stat_shift",
+        "A <feature>_mean batch statistic minus the baseline mean, in baseline standard deviations",
+    );
+    let mut batch_conf = Family::new(
+        "driftd_batch_avg_confidence",
+        "Latest avg_confidence of a batch statistics line",
+    );
+    let mut arm_predictions = Family::new(
+        "driftd_arm_window_predictions",
+        "Predictions with a request id in the window, per arm (the feedback rate's denominator)",
+    );
+    let mut feedback = Family::new(
+        "driftd_feedback_rate",
+        "Share of the window's predictions that got feedback (action=\"any\") or a given action",
+    );
+    let mut feedback_p = Family::new(
+        "driftd_arm_feedback_p_value",
+        "Two-sided two-proportion test of a variant's feedback rate against the control's",
+    );
     for h in &r.health {
-        health_model(h, &mut error_rate, &mut reference, &mut condition, &mut latency, &mut latency_samples, &mut batch_stat, &mut batch_shift, &mut batch_conf);
+        health_model(
+            h,
+            &mut error_rate,
+            &mut reference,
+            &mut condition,
+            &mut latency,
+            &mut latency_samples,
+            &mut batch_stat,
+            &mut batch_shift,
+            &mut batch_conf,
+        );
     }
     for (service, model, t) in &r.versions {
-        first_seen.sample(&[("model", model), ("service", service)], *t as f64 / 1000.0);
+        first_seen.sample(
+            &[("model", model), ("service", service)],
+            *t as f64 / 1000.0,
+        );
     }
     for a in &r.experiments.arms {
-        arm_predictions.sample(&[("arm", &a.arm), ("model", &a.model)], a.predictions as f64);
+        arm_predictions.sample(
+            &[("arm", &a.arm), ("model", &a.model)],
+            a.predictions as f64,
+        );
         if a.predictions == 0 {
             continue;
         }
@@ -666,12 +807,30 @@ fn health_text(r: &Report, out: &mut String) {
     for c in &r.experiments.comparisons {
         if let Some(p) = c.p_value {
             feedback_p.sample(
-                &[("action", &c.action), ("arm_a", &c.control), ("arm_b", &c.variant), ("model", &c.model)],
+                &[
+                    ("action", &c.action),
+                    ("arm_a", &c.control),
+                    ("arm_b", &c.variant),
+                    ("model", &c.model),
+                ],
                 p,
             );
         }
     }
-    for f in [&error_rate, &reference, &first_seen, &condition, &latency, &latency_samples, &batch_stat, &batch_shift, &batch_conf, &arm_predictions, &feedback, &feedback_p] {
+    for f in [
+        &error_rate,
+        &reference,
+        &first_seen,
+        &condition,
+        &latency,
+        &latency_samples,
+        &batch_stat,
+        &batch_shift,
+        &batch_conf,
+        &arm_predictions,
+        &feedback,
+        &feedback_p,
+    ] {
         f.emit(out);
     }
 }
@@ -696,13 +855,19 @@ fn health_model(
         reference.sample(&[("model", model)], x);
     }
     for (name, feature, st) in &h.conditions {
-        condition.sample(&[("condition", name), ("feature", feature), ("model", model)], st.gauge() as f64);
+        condition.sample(
+            &[("condition", name), ("feature", feature), ("model", model)],
+            st.gauge() as f64,
+        );
     }
     for st in &h.latency {
         latency_samples.sample(&[("model", model), ("stage", &st.stage)], st.samples as f64);
         for (q, v) in [("50", st.p50_ms), ("90", st.p90_ms), ("99", st.p99_ms)] {
             if let Some(v) = v {
-                latency.sample(&[("model", model), ("percentile", q), ("stage", &st.stage)], v / 1000.0);
+                latency.sample(
+                    &[("model", model), ("percentile", q), ("stage", &st.stage)],
+                    v / 1000.0,
+                );
             }
         }
     }

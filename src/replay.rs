@@ -398,8 +398,8 @@ pub fn render_json(r: &ReplayResult) -> serde_json::Value {
     doc
 }
 
-fn fmt_metric(v: Option<&serde_json::Value>) -> String {
-    match v.and_then(|v| v.as_f64()) {
+fn fmt_metric(v: Option<f64>) -> String {
+    match v {
         Some(x) if x != 0.0 && x.abs() < 1e-3 => format!("{x:.1e}"),
         Some(x) => format!("{x:.4}"),
         None => "-".into(),
