@@ -324,9 +324,15 @@ url = "http://{hook_addr}/hook"
 
     // The drift API: a canary may appear only as one of plan's baseline
     // categories, in plan's `bins`.
+    // Every model's summary, then one model's detail (its bins and counts,
+    // where baseline category labels are shown): neither may leak.
     let (status, body) = http_get(&format!("http://{listen}/api/v1/drift"));
     assert_eq!(status, 200, "{body}");
     assert_no_secrets("GET /api/v1/drift", &body, &[NEW_PLAN]);
+    assert!(!body.contains("canary"), "the summary has no bins: {body}");
+    let (status, body) = http_get(&format!("http://{listen}/api/v1/drift?model=shop-v1"));
+    assert_eq!(status, 200, "{body}");
+    assert_no_secrets("GET /api/v1/drift?model=shop-v1", &body, &[NEW_PLAN]);
     let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
     let mut found = Vec::new();
     strings(&doc, "", &mut found);
