@@ -52,6 +52,22 @@ pub struct Daemon {
     grace: Duration,
 }
 
+/// Makes glibc's malloc hand every allocation over 128 KiB back to the
+/// system when freed. Each evaluation builds and drops megabytes at once
+/// (the exposition text, the snapshot): with glibc's default, adaptive
+/// threshold those land on the heap and fragment it, and RSS crept up ~1
+/// MiB a minute (driftd bench, 100 models x 50 features, 10 minutes at 20k
+/// lines/s: 93 -> 116 MiB; with this: 62-86 MiB, no trend over 5 minutes).
+/// A no-op on other allocators and systems.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a malloc parameter; called once, first
+    // thing in main, before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+}
+
 /// Starts the daemon; `cancel` stops it.
 pub async fn start(mut cfg: Config, cancel: CancellationToken) -> anyhow::Result<Daemon> {
     let kafka = cfg.require_kafka()?.clone();

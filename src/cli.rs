@@ -311,6 +311,7 @@ impl Failure {
 
 /// Parses arguments, runs the command, and returns the exit code.
 pub fn main() -> ExitCode {
+    crate::app::tune_allocator();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
