@@ -75,6 +75,10 @@ pub struct Health {
     pub assigned: AtomicUsize,
     pub broker_up: AtomicBool,
     pub running: AtomicBool,
+    /// Baseline reloads that took, and that failed (the old baselines
+    /// stayed in force).
+    pub reloads_ok: std::sync::atomic::AtomicU64,
+    pub reloads_failed: std::sync::atomic::AtomicU64,
 }
 
 impl Health {
@@ -789,6 +793,10 @@ pub fn run(
                 transitions,
                 checkpoints_ok: checkpointer.ok,
                 checkpoints_failed: checkpointer.failed,
+                reloads: (
+                    h.health.reloads_ok.load(Ordering::Relaxed),
+                    h.health.reloads_failed.load(Ordering::Relaxed),
+                ),
                 last_checkpoint_ms: checkpointer.last_ok_ms,
             };
             h.metrics.update(&snap);
@@ -1104,6 +1112,12 @@ fn handle_control(c: Control, engine: &mut Engine, setup: &IngestSetup, health: 
     match c {
         Control::Reload { reply } => {
             let r = reload(engine, &setup.baselines_dir);
+            let counter = if r.is_ok() {
+                &health.reloads_ok
+            } else {
+                &health.reloads_failed
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
             match &r {
                 Ok(models) => tracing::info!(models = models.len(), "baselines reloaded"),
                 // The old baselines stay in force; readiness is unaffected.

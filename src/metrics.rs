@@ -51,6 +51,8 @@ pub struct Snapshot {
     pub checkpoints_ok: u64,
     pub checkpoints_failed: u64,
     pub last_checkpoint_ms: Option<i64>,
+    /// Baseline reloads: (took, failed and kept the old ones).
+    pub reloads: (u64, u64),
 }
 
 /// Scores exported per feature by default: six, to keep the series count of
@@ -90,6 +92,7 @@ pub struct Metrics {
     transitions: IntCounterVec,
     checkpoints: IntCounterVec,
     last_checkpoint: Gauge,
+    reloads: IntCounterVec,
     records: IntCounterVec,
     requests: IntCounterVec,
     errors: IntCounterVec,
@@ -104,6 +107,7 @@ pub struct Metrics {
     prev_stats: EngineStats,
     prev_messages: u64,
     prev_checkpoints: (u64, u64),
+    prev_reloads: (u64, u64),
     prev_records: [u64; RecordKind::ALL.len()],
     prev_join: crate::experiment::JoinStats,
     prev_refused: crate::health::HealthStats,
@@ -227,6 +231,7 @@ impl Metrics {
                 r.register(Box::new(g.clone()))?;
                 g
             },
+            reloads: counter_vec(r, "driftd_baseline_reloads_total", "Baseline reloads (file change, SIGHUP, API), by outcome; on error the baselines in force stay", &["outcome"])?,
             records: counter_vec(r, "driftd_records_total", "Non-inference records used by the health and experiment analyses, by kind", &["kind"])?,
             requests: counter_vec(r, "driftd_requests_total", "Requests seen per model: inference records and error records", &["model"])?,
             errors: counter_vec(r, "driftd_errors_total", "Error records per model, by error_type (the first health.max_error_types types, then other)", &["model", "error_type"])?,
@@ -239,6 +244,7 @@ impl Metrics {
             prev_stats: EngineStats::default(),
             prev_messages: 0,
             prev_checkpoints: (0, 0),
+            prev_reloads: (0, 0),
             prev_records: [0; RecordKind::ALL.len()],
             prev_join: Default::default(),
             prev_refused: Default::default(),
@@ -261,6 +267,7 @@ impl Metrics {
         }
         for o in ["ok", "error"] {
             m.checkpoints.with_label_values(&[o]);
+            m.reloads.with_label_values(&[o]);
         }
         for o in JOIN_OUTCOMES {
             m.join.with_label_values(&[o]);
@@ -398,6 +405,14 @@ impl Metrics {
             .with_label_values(&["error"])
             .inc_by(s.checkpoints_failed.saturating_sub(err));
         self.prev_checkpoints = (s.checkpoints_ok, s.checkpoints_failed);
+        let (ok, err) = self.prev_reloads;
+        self.reloads
+            .with_label_values(&["ok"])
+            .inc_by(s.reloads.0.saturating_sub(ok));
+        self.reloads
+            .with_label_values(&["error"])
+            .inc_by(s.reloads.1.saturating_sub(err));
+        self.prev_reloads = s.reloads;
         if let Some(t) = s.last_checkpoint_ms {
             self.last_checkpoint.set(t as f64 / 1000.0);
         }

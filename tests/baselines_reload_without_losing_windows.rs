@@ -88,6 +88,12 @@ fn a_changed_file_is_reloaded_and_windows_keep_their_counts() {
     let s = scrape(&addr);
     assert_eq!(version(&s, "fraud-v1").as_deref(), Some("reloaded-v2"));
     assert_eq!(http_get(&format!("http://{addr}/readyz")).0, 200);
+    // ... and the failure is counted (from the next evaluation on).
+    let failed = [("outcome", "error")];
+    wait_for(Duration::from_secs(30), "a failed reload counted", || {
+        let s = scrape(&addr);
+        (value(&s, "driftd_baseline_reloads_total", &failed) >= 1.0).then_some(())
+    });
 
     running.stop();
 }

@@ -42,6 +42,7 @@ const METRICS: &[&str] = &[
     "driftd_alerts_sent_total",
     "driftd_alerts_dropped_total",
     "driftd_alerts_firing",
+    "driftd_baseline_reloads_total",
     "driftd_records_total",
     "driftd_error_rate",
     "driftd_error_rate_reference",
