@@ -303,26 +303,36 @@ impl Window {
         }
     }
 
-    /// Counts one event, given its bins from [`Window::bins_of`] on a window
-    /// of the same layout.
-    pub fn add(&mut self, t_ms: i64, bins: &[u32]) -> Inserted {
+    /// The row of the pane holding event time `t_ms`, the window moved on
+    /// to it if it is the newest; `None` (counted as late) when the pane
+    /// already left the window.
+    fn row_for(&mut self, t_ms: i64) -> Option<usize> {
         let pane = self.pane_of(t_ms);
         if let Some(head) = self.head {
             if pane <= head - self.n as i64 {
                 self.counters.late += 1;
-                return Inserted::Late;
+                return None;
             }
         }
         if self.head.is_none_or(|h| pane > h) {
             self.advance(pane);
         }
-        self.seq += 1;
-        self.counters.events += 1;
         let row = pane.rem_euclid(self.n as i64) as usize;
         if self.pane_ids[row] != pane {
-            // A late-but-in-window event for a pane nobody has written yet.
+            // A late-but-in-window line for a pane nobody has written yet.
             self.pane_ids[row] = pane;
         }
+        Some(row)
+    }
+
+    /// Counts one event, given its bins from [`Window::bins_of`] on a window
+    /// of the same layout.
+    pub fn add(&mut self, t_ms: i64, bins: &[u32]) -> Inserted {
+        let Some(row) = self.row_for(t_ms) else {
+            return Inserted::Late;
+        };
+        self.seq += 1;
+        self.counters.events += 1;
         self.pane_samples[row] += 1;
         self.samples += 1;
         let mut pane_row = self.panes.row_mut(row);
@@ -343,20 +353,9 @@ impl Window {
     /// counts added (clamped so no pane count overflows) are also added to
     /// the window's size, as that many events.
     pub fn add_counts(&mut self, t_ms: i64, counts: &[(u32, u64)]) -> Inserted {
-        let pane = self.pane_of(t_ms);
-        if let Some(head) = self.head {
-            if pane <= head - self.n as i64 {
-                self.counters.late += 1;
-                return Inserted::Late;
-            }
-        }
-        if self.head.is_none_or(|h| pane > h) {
-            self.advance(pane);
-        }
-        let row = pane.rem_euclid(self.n as i64) as usize;
-        if self.pane_ids[row] != pane {
-            self.pane_ids[row] = pane;
-        }
+        let Some(row) = self.row_for(t_ms) else {
+            return Inserted::Late;
+        };
         let mut added = 0u64;
         let mut pane_row = self.panes.row_mut(row);
         let pane_row = pane_row.as_slice_mut().expect("rows are contiguous");
