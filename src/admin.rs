@@ -43,10 +43,7 @@ pub struct AdminState {
 }
 
 pub fn router(state: AdminState) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/livez", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
+    probes()
         .route("/api/v1/drift", get(drift))
         .route("/api/v1/status", get(status))
         .route("/api/v1/baselines", get(baselines).post(capture))
@@ -54,23 +51,34 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
-/// Serves until `cancel`, then finishes in-flight requests.
+/// What Prometheus and the kubelet need, and nothing else: the router of
+/// `http.metrics_listen`, an address that can be opened wider than the API.
+pub fn probes_router(state: AdminState) -> Router {
+    probes().with_state(state)
+}
+
+fn probes() -> Router<AdminState> {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/livez", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+}
+
+/// Serves `app` until `cancel`, then finishes in-flight requests.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    state: AdminState,
+    app: Router,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
+    axum::serve(listener, app)
         .with_graceful_shutdown(async move { cancel.cancelled().await })
         .await
 }
 
 /// Binds the listener; a bind failure names the address and a likely fix.
-pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+pub async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-        anyhow::anyhow!(
-            "cannot listen on {addr}: {e} (is another process using the port? set http.listen)"
-        )
+        anyhow::anyhow!("cannot listen on {addr}: {e} (is another process using the port? set {key})")
     })
 }
 

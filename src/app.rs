@@ -40,6 +40,8 @@ use crate::window::WindowSpec;
 pub struct Daemon {
     /// Where the HTTP server listens (useful with port 0).
     pub addr: SocketAddr,
+    /// Where /metrics and the probes are also served (`http.metrics_listen`).
+    pub metrics_addr: Option<SocketAddr>,
     pub snapshot: watch::Receiver<Arc<Snapshot>>,
     pub health: Arc<Health>,
     pub control: mpsc::Sender<Control>,
@@ -111,8 +113,16 @@ pub async fn start(mut cfg: Config, cancel: CancellationToken) -> anyhow::Result
         .with_per_arm_scores(cfg.metric_per_arm_scores);
 
     // 3. HTTP.
-    let listener = admin::bind(cfg.http.listen).await?;
+    let listener = admin::bind(cfg.http.listen, "http.listen").await?;
     let addr = listener.local_addr()?;
+    let probes_listener = match cfg.http.metrics_listen {
+        Some(a) => Some(admin::bind(a, "http.metrics_listen").await?),
+        None => None,
+    };
+    let metrics_addr = match &probes_listener {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
     if cfg.alerts.external_url.is_empty() {
         cfg.alerts.external_url = crate::alert::external_url_for(addr);
     }
@@ -126,8 +136,23 @@ pub async fn start(mut cfg: Config, cancel: CancellationToken) -> anyhow::Result
         control: control_tx.clone(),
         admin_token: cfg.http.admin_token.as_deref().map(Arc::from),
     };
-    let http = tokio::spawn(admin::serve(listener, state, cancel.clone()));
     tracing::info!(%addr, "serving /metrics, /livez, /readyz and /api/v1");
+    // /metrics and the probes on an address of their own, if configured
+    // (say, the pod IP for Prometheus while the API stays on loopback).
+    let probes = probes_listener.map(|l| {
+        tracing::info!(addr = %metrics_addr.unwrap_or(addr), "serving /metrics, /livez and /readyz");
+        admin::serve(l, admin::probes_router(state.clone()), cancel.clone())
+    });
+    let api = admin::serve(listener, admin::router(state), cancel.clone());
+    let http = tokio::spawn(async move {
+        match probes {
+            Some(p) => {
+                let (a, b) = tokio::join!(api, p);
+                a.and(b)
+            }
+            None => api.await,
+        }
+    });
 
     // 4. Alerts. Their own token: they flush after the consumer has stopped,
     // so the last transitions are not lost.
@@ -176,6 +201,7 @@ pub async fn start(mut cfg: Config, cancel: CancellationToken) -> anyhow::Result
 
     Ok(Daemon {
         addr,
+        metrics_addr,
         snapshot: snap_rx,
         health,
         control: control_tx,

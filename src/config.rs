@@ -21,7 +21,7 @@ use serde::Deserialize;
 use crate::baseline::Binning;
 use crate::compare::{CompareOptions, Metric};
 use crate::decode::{DecodeConfig, FeatureFilter, Pointer};
-use crate::detect::{DetectConfig, Rule, Target};
+use crate::detect::{AutoThresholds, DetectConfig, Rule, Target, Thresholds};
 use crate::engine::{AutoBaseline, EngineConfig};
 use crate::window::WindowSpec;
 
@@ -125,6 +125,9 @@ struct RawEvaluation {
     resolve_after: Option<u64>,
     hysteresis: Option<f64>,
     smoothing: Option<f64>,
+    thresholds: Option<String>,
+    alpha: Option<f64>,
+    min_effect: Option<BTreeMap<String, f64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -217,6 +220,7 @@ struct RawCheckpoint {
 #[serde(deny_unknown_fields)]
 struct RawHttp {
     listen: Option<String>,
+    metrics_listen: Option<String>,
     admin_token: Option<String>,
     admin_token_file: Option<String>,
 }
@@ -315,6 +319,8 @@ pub struct CheckpointConfig {
 #[derive(Clone)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
+    /// A second address serving only /metrics, /livez and /readyz.
+    pub metrics_listen: Option<SocketAddr>,
     /// Bearer token for the admin endpoints; `None` disables them.
     pub admin_token: Option<String>,
 }
@@ -323,6 +329,7 @@ impl fmt::Debug for HttpConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HttpConfig")
             .field("listen", &self.listen)
+            .field("metrics_listen", &self.metrics_listen)
             .field(
                 "admin_token",
                 &self.admin_token.as_ref().map(|_| "<redacted>"),
@@ -369,8 +376,14 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
+        // The daemon judges with automatic thresholds unless told otherwise
+        // (the engine's own default stays static: fixed numbers for tests
+        // and benchmarks that set their thresholds by hand).
+        let mut engine = EngineConfig::default();
+        engine.detect.thresholds = Thresholds::Auto(AutoThresholds::default());
+        engine.detect.min_samples = 100;
         Config {
-            engine: EngineConfig::default(),
+            engine,
             every: Duration::from_secs(30),
             baselines_dir: PathBuf::from("baselines"),
             watch_baselines: true,
@@ -383,6 +396,7 @@ impl Default for Config {
             },
             http: HttpConfig {
                 listen: "127.0.0.1:9400".parse().expect("valid"),
+                metrics_listen: None,
                 admin_token: None,
             },
             log: LogConfig {
@@ -696,6 +710,55 @@ impl Config {
             p.push("evaluation.every", "must be at least 100ms".into());
         }
         let mut det = DetectConfig::default();
+        match evaluation.thresholds.as_deref().unwrap_or("auto") {
+            "auto" => {
+                let mut auto = AutoThresholds::default();
+                if let Some(a) = evaluation.alpha {
+                    if !(a > 0.0 && a < 0.5) {
+                        p.push(
+                            "evaluation.alpha",
+                            format!("{a} must be in (0, 0.5); 0.001 is one false alarm in a thousand windows per model"),
+                        );
+                    } else {
+                        auto.alpha = a;
+                    }
+                }
+                for (name, v) in evaluation.min_effect.unwrap_or_default() {
+                    let key = format!("evaluation.min_effect.{name}");
+                    match name.parse::<Metric>() {
+                        Ok(m) if !m.higher_is_worse() => p.push(
+                            &key,
+                            format!("{m} is a p-value; its effect is that of {} (set that instead)", if m == Metric::KsP { "ks" } else { "psi" }),
+                        ),
+                        Ok(_) if !(v.is_finite() && v >= 0.0) => {
+                            p.push(&key, format!("{v} must be a number >= 0"))
+                        }
+                        Ok(m) => {
+                            auto.min_effect.insert(m, v);
+                        }
+                        Err(e) => p.push(&key, e.to_string()),
+                    }
+                }
+                // The thresholds account for the sample size, so windows
+                // can be judged much earlier than fixed thresholds allow.
+                det.min_samples = 100;
+                det.thresholds = Thresholds::Auto(auto);
+            }
+            "static" => {
+                for (key, set) in [
+                    ("evaluation.alpha", evaluation.alpha.is_some()),
+                    ("evaluation.min_effect", evaluation.min_effect.is_some()),
+                ] {
+                    if set {
+                        p.push(key, "applies only with thresholds = \"auto\"; remove it or switch".into());
+                    }
+                }
+            }
+            other => p.push(
+                "evaluation.thresholds",
+                format!("{other:?} is not a threshold mode; use \"auto\" (from the baseline, by sample size) or \"static\" (the rules' values)"),
+            ),
+        }
         if let Some(v) = evaluation.min_samples {
             det.min_samples = p.range("evaluation.min_samples", v, 1, u64::MAX);
         }
@@ -983,6 +1046,19 @@ impl Config {
                 Err(_) => p.push(
                     "http.listen",
                     format!("{l:?} is not an address; write it as \"0.0.0.0:9400\""),
+                ),
+            }
+        }
+        if let Some(l) = http.metrics_listen {
+            match l.parse::<SocketAddr>() {
+                Ok(a) if a == cfg.http.listen && a.port() != 0 => p.push(
+                    "http.metrics_listen",
+                    format!("{l:?} is http.listen itself; give it another port, or leave it out (http.listen serves /metrics too)"),
+                ),
+                Ok(a) => cfg.http.metrics_listen = Some(a),
+                Err(_) => p.push(
+                    "http.metrics_listen",
+                    format!("{l:?} is not an address; write it as \"0.0.0.0:9401\""),
                 ),
             }
         }
@@ -1439,6 +1515,45 @@ mod tests {
         assert!(cfg.kafka.is_some());
         assert_eq!(cfg.every, Duration::from_secs(30));
         assert!(!cfg.engine.detect.rules.is_empty());
+        assert_eq!(
+            cfg.engine.detect.thresholds,
+            Thresholds::Auto(AutoThresholds::default()),
+            "the example spells out the defaults"
+        );
+    }
+
+    #[test]
+    fn threshold_modes_are_checked() {
+        let cfg = Config::from_toml("", "empty.toml").unwrap();
+        assert!(matches!(cfg.engine.detect.thresholds, Thresholds::Auto(_)));
+        assert_eq!(cfg.engine.detect.min_samples, 100);
+        let cfg = Config::from_toml("[evaluation]\nthresholds = \"static\"\n", "s.toml").unwrap();
+        assert_eq!(cfg.engine.detect.thresholds, Thresholds::Static);
+        assert_eq!(cfg.engine.detect.min_samples, 500);
+        let cfg = Config::from_toml(
+            "[evaluation]\nalpha = 0.01\nmin_effect = { psi = 0.2 }\n",
+            "a.toml",
+        )
+        .unwrap();
+        let Thresholds::Auto(a) = &cfg.engine.detect.thresholds else {
+            panic!("auto")
+        };
+        assert_eq!((a.alpha, a.min_effect[&Metric::Psi]), (0.01, 0.2));
+        assert_eq!(a.min_effect[&Metric::Kl], 0.025, "others keep their defaults");
+        for (text, key) in [
+            ("thresholds = \"magic\"", "evaluation.thresholds"),
+            ("alpha = 0.7", "evaluation.alpha"),
+            ("min_effect = { chi2_p = 0.1 }", "evaluation.min_effect.chi2_p"),
+            ("min_effect = { psx = 0.1 }", "evaluation.min_effect.psx"),
+            ("min_effect = { psi = -1 }", "evaluation.min_effect.psi"),
+            ("thresholds = \"static\"\nalpha = 0.01", "evaluation.alpha"),
+        ] {
+            let err = Config::from_toml(&format!("[evaluation]\n{text}\n"), "t.toml").unwrap_err();
+            let ConfigError::Invalid { problems, .. } = &err else {
+                panic!("{err}")
+            };
+            assert!(problems.iter().any(|p| p.key == key), "{text}: {err}");
+        }
     }
 
     #[test]

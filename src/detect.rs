@@ -217,6 +217,9 @@ pub struct DetectConfig {
     pub resolve_after: u32,
     /// Clear level as a fraction of the warning threshold (0 < h <= 1).
     pub hysteresis: f64,
+    /// Where the warning thresholds come from: the rules as written, or the
+    /// no-drift distribution of each metric at the window's sample size.
+    pub thresholds: Thresholds,
 }
 
 impl Default for DetectConfig {
@@ -227,8 +230,59 @@ impl Default for DetectConfig {
             for_evaluations: 2,
             resolve_after: 2,
             hysteresis: 0.8,
+            thresholds: Thresholds::Static,
         }
     }
+}
+
+/// How a rule's thresholds are chosen.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "mode")]
+pub enum Thresholds {
+    /// The rules' warning and critical values, whatever the sample size.
+    Static,
+    /// Thresholds from the baseline's own no-drift distribution at the
+    /// window's sample size (see [`AutoThresholds`]).
+    Auto(AutoThresholds),
+}
+
+/// Settings of automatic thresholds.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AutoThresholds {
+    /// False-alarm probability per model and evaluated window, before the
+    /// correction for the number of tests.
+    pub alpha: f64,
+    /// Smallest effect worth a page, per metric: the warning threshold is
+    /// never below it, so tiny real shifts in huge windows stay quiet.
+    pub min_effect: BTreeMap<Metric, f64>,
+}
+
+impl Default for AutoThresholds {
+    fn default() -> Self {
+        AutoThresholds {
+            alpha: 0.001,
+            min_effect: default_min_effect(),
+        }
+    }
+}
+
+/// The smallest effects that page by default, and why:
+/// - `psi` 0.05: about a quarter of a standard deviation's mean shift on ten
+///   even bins; half the "moderate change" level of the static rule.
+/// - `unseen_share` 0.02: one event in fifty from values never seen.
+/// - the rest scaled to the same shift (KL and JS are about PSI / 2 and / 8
+///   for small shifts, Hellinger is close to sqrt(PSI / 8)).
+pub fn default_min_effect() -> BTreeMap<Metric, f64> {
+    BTreeMap::from([
+        (Metric::Psi, 0.05),
+        (Metric::Kl, 0.025),
+        (Metric::JsDivergence, 0.006),
+        (Metric::JsDistance, 0.08),
+        (Metric::Hellinger, 0.08),
+        (Metric::Wasserstein, 0.25),
+        (Metric::Ks, 0.1),
+        (Metric::UnseenShare, 0.02),
+    ])
 }
 
 /// One rule's state on one distribution of one window.
@@ -242,6 +296,10 @@ pub struct Verdict {
     pub since_ms: i64,
     /// Last evaluation had too few samples to judge.
     pub insufficient_data: bool,
+    /// The (warning, critical) thresholds of the last evaluation, when they
+    /// were not the rule's own (automatic thresholds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thresholds: Option<(f64, f64)>,
 }
 
 /// A state change, as the alert sinks and the replay report see it. Drift

@@ -21,9 +21,10 @@ use crate::decode::{
     DecodeConfig, DecodeStats, Decoded, Decoder, Event, EventTime, FeatureValue, Prediction,
     Record, RecordKind,
 };
-use crate::detect::{DetectConfig, State, Transition, Verdict};
+use crate::detect::{AutoThresholds, DetectConfig, Rule, State, Thresholds, Transition, Verdict};
 use crate::experiment::{ExperimentConfig, ExperimentReport, Experiments};
 use crate::health::{Health, HealthConfig, HealthReport, Observation};
+use crate::threshold::{self, NullCache, Quantiles};
 use crate::window::{Inserted, Window, WindowSpec, WindowState};
 
 /// Capture a baseline from live traffic for models that have none.
@@ -136,6 +137,10 @@ pub struct Tracked {
     pub verdicts: Vec<Vec<Verdict>>,
     pub scores: Vec<Option<Scores>>,
     pub evaluated_at_ms: Option<i64>,
+    /// Simulated no-drift quantiles of this window's distributions
+    /// (automatic thresholds); rebuilt with the window when the baseline
+    /// changes.
+    pub null: NullCache,
 }
 
 impl Tracked {
@@ -146,6 +151,7 @@ impl Tracked {
             verdicts: vec![vec![Verdict::default(); rules]; slots],
             scores: vec![None; slots],
             evaluated_at_ms: None,
+            null: NullCache::default(),
         }
     }
 }
@@ -636,14 +642,18 @@ impl Engine {
         let mut names: Vec<&Box<str>> = self.models.keys().collect();
         names.sort();
         let names: Vec<Box<str>> = names.into_iter().cloned().collect();
+        let mut budget = SIMULATIONS_PER_EVALUATION;
         for name in names {
             let m = self.models.get_mut(&name).expect("listed");
-            evaluate_tracked(cfg, &m.name, None, &mut m.all, now_ms, &mut out);
+            let mut eval = |arm: Option<&str>, t: &mut Tracked| {
+                evaluate_tracked(cfg, &m.name, arm, t, now_ms, &mut budget, &mut out)
+            };
+            eval(None, &mut m.all);
             if let Some(t) = &mut m.latency {
-                evaluate_tracked(cfg, &m.name, None, t, now_ms, &mut out);
+                eval(None, t);
             }
             for (arm, t) in &mut m.arms {
-                evaluate_tracked(cfg, &m.name, Some(arm), t, now_ms, &mut out);
+                eval(Some(arm), t);
             }
         }
         let (health, t) = self.health.evaluate(now_ms, &self.cfg.detect);
@@ -954,12 +964,80 @@ fn latency_tracked(layout: &Layout, spec: WindowSpec, rules: usize) -> Option<Tr
     Layout::for_latency(&layout.baseline).map(|l| Tracked::new(Arc::new(l), spec, rules))
 }
 
+/// New no-drift simulations (one distribution at one sample-size bucket,
+/// about 2-4 ms each) an evaluation may run; the rest wait for the next
+/// one, judged on the first-order law meanwhile. Bounds the pause a burst
+/// of new models or growing windows can put on the consumer loop.
+pub const SIMULATIONS_PER_EVALUATION: usize = 64;
+
+/// The tests of one window: (distribution, rule) pairs that apply, the
+/// number the automatic thresholds' alpha is divided by (Bonferroni).
+fn tests_of(cfg: &EngineConfig, layout: &Layout) -> usize {
+    let mut n = 0;
+    for (i, slot) in layout.slots.iter().enumerate() {
+        let numeric = matches!(layout.bin_layout(i), compare::BinLayout::Numeric { .. });
+        n += cfg
+            .detect
+            .rules
+            .iter()
+            .filter(|r| r.applies(slot.role) && (numeric || !r.metric.numeric_only()))
+            .count();
+    }
+    n
+}
+
+/// The rule as automatic thresholds make it for one distribution, and the
+/// value to judge; `None` when there is no threshold yet (the verdict
+/// holds). See [`crate::threshold`].
+fn auto_rule(
+    rule: &Rule,
+    auto: &AutoThresholds,
+    null: &Quantiles,
+    alpha: f64,
+    scores: Option<&Scores>,
+    value: Option<f64>,
+) -> Option<(Rule, Option<f64>)> {
+    let floor = |m: Metric| auto.min_effect.get(&m).copied().unwrap_or(0.0);
+    if rule.metric.higher_is_worse() {
+        let warning = null.get(rule.metric)?.max(floor(rule.metric));
+        let critical = rule.critical.max(warning);
+        Some((
+            Rule {
+                warning,
+                critical,
+                ..*rule
+            },
+            value,
+        ))
+    } else {
+        // A p-value at the corrected alpha, with the effect its statistic
+        // measures above the minimum: at a million events everything is
+        // significant, and only a large enough change should page.
+        let effect = match rule.metric {
+            Metric::KsP => Metric::Ks,
+            _ => Metric::Psi,
+        };
+        let big_enough = scores
+            .and_then(|s| s.get(effect))
+            .is_some_and(|e| e >= floor(effect));
+        Some((
+            Rule {
+                warning: alpha,
+                critical: alpha.min(rule.critical),
+                ..*rule
+            },
+            value.map(|p| if big_enough { p } else { 1.0 }),
+        ))
+    }
+}
+
 fn evaluate_tracked(
     cfg: &EngineConfig,
     model: &str,
     arm: Option<&str>,
     t: &mut Tracked,
     now_ms: i64,
+    budget: &mut usize,
     out: &mut Vec<Transition>,
 ) {
     t.window.advance_to(now_ms);
@@ -967,15 +1045,41 @@ fn evaluate_tracked(
     let layout = t.window.layout().clone();
     let samples = t.window.samples();
     let span = t.window.span_ms();
+    let auto = match &cfg.detect.thresholds {
+        Thresholds::Auto(a) => Some((a, a.alpha / tests_of(cfg, &layout).max(1) as f64)),
+        Thresholds::Static => None,
+    };
     for (i, slot) in layout.slots.iter().enumerate() {
         let base = &layout.baseline_counts[slot.offset..slot.offset + slot.len];
-        let scores = compare::compare(
-            t.window.slot_counts(i),
-            base,
-            layout.bin_layout(i),
-            &cfg.compare,
-        );
+        let counts = t.window.slot_counts(i);
+        let scores = compare::compare(counts, base, layout.bin_layout(i), &cfg.compare);
         t.scores[i] = scores;
+        // The no-drift quantiles at this distribution's sample size
+        // (automatic thresholds, once there is enough to judge).
+        let null = match auto {
+            Some((_, alpha)) if samples >= cfg.detect.min_samples => {
+                let (bucket, n) = threshold::bucket(counts.iter().sum());
+                Some(match t.null.get(i, bucket) {
+                    Some(q) => *q,
+                    None if *budget > 0 => {
+                        *budget -= 1;
+                        let q = threshold::simulate(
+                            base,
+                            layout.bin_layout(i),
+                            &cfg.compare,
+                            n,
+                            alpha,
+                            threshold::REPLICATES,
+                            threshold::seed(model, i, bucket),
+                        );
+                        t.null.insert(i, bucket, q);
+                        q
+                    }
+                    None => threshold::asymptotic(base, n, alpha),
+                })
+            }
+            _ => None,
+        };
         for (r, rule) in cfg.detect.rules.iter().enumerate() {
             if !rule.applies(slot.role) {
                 continue;
@@ -984,6 +1088,20 @@ fn evaluate_tracked(
             if value.is_none() && rule.metric.numeric_only() {
                 continue;
             }
+            let (rule, value) = match (auto, &null) {
+                (Some((a, alpha)), Some(q)) => {
+                    match auto_rule(rule, a, q, alpha, scores.as_ref(), value) {
+                        Some((made, v)) => {
+                            t.verdicts[i][r].thresholds = Some((made.warning, made.critical));
+                            (made, v)
+                        }
+                        // No threshold yet: hold, as with too few samples.
+                        None => (*rule, None),
+                    }
+                }
+                _ => (*rule, value),
+            };
+            let rule = &rule;
             if let Some(step) = t.verdicts[i][r].step(rule, &cfg.detect, value, samples, now_ms) {
                 let distribution = crate::detect::Distribution::of(slot.role);
                 out.push(Transition {
@@ -1133,8 +1251,8 @@ fn window_report(cfg: &EngineConfig, layout: &Layout, t: &Tracked, detail: bool)
                 state: v.state,
                 severity: v.severity,
                 insufficient_data: v.insufficient_data,
-                warning: rule.warning,
-                critical: rule.critical,
+                warning: v.thresholds.map_or(rule.warning, |t| t.0),
+                critical: v.thresholds.map_or(rule.critical, |t| t.1),
             });
         }
         let fr = FeatureReport {
@@ -1550,5 +1668,140 @@ mod tests {
             }
         }
         assert!(fired.is_empty(), "false alarms: {fired:?}");
+    }
+}
+
+#[cfg(test)]
+mod auto_threshold_tests {
+    use super::*;
+    use rand::rngs::SmallRng;
+    use rand::SeedableRng;
+    use rand_distr::{Distribution, Normal};
+
+    const FEATURES: usize = 10;
+    const T0: i64 = 1_800_000_000_000;
+
+    /// A line of model `m` with `FEATURES` standard normal features, the
+    /// first shifted by `shift` standard deviations.
+    fn line(rng: &mut SmallRng, shift: f64) -> String {
+        let z = Normal::new(0.0, 1.0).unwrap();
+        let mut s = String::from(r#"{"model_id":"m","input_features":{"#);
+        for f in 0..FEATURES {
+            let x = z.sample(rng) + if f == 0 { shift } else { 0.0 };
+            if f > 0 {
+                s.push(',');
+            }
+            s.push_str(&format!("\"f{f}\":{x:.4}"));
+        }
+        s.push_str("}}");
+        s
+    }
+
+    fn baseline(rng: &mut SmallRng) -> Baseline {
+        let d = Decoder::new(DecodeConfig::default());
+        let mut b = BaselineBuilder::new("m");
+        for _ in 0..20_000 {
+            let l = line(rng, 0.0);
+            let Decoded::Event(ev) = d.decode(l.as_bytes()) else {
+                panic!("reference line is an event");
+            };
+            b.add(&ev);
+        }
+        b.finish(&Binning::default(), "t", 0).unwrap()
+    }
+
+    fn engine(auto: bool, base: Baseline) -> Engine {
+        let mut cfg = EngineConfig::default();
+        cfg.detect.min_samples = 100;
+        if auto {
+            cfg.detect.thresholds = Thresholds::Auto(AutoThresholds::default());
+        }
+        Engine::new(cfg, vec![base])
+    }
+
+    /// Feeds `hours` of events at `per_window` events per 10-minute window,
+    /// evaluating every 30 s; returns the firing transitions.
+    fn run(
+        e: &mut Engine,
+        rng: &mut SmallRng,
+        hours: i64,
+        per_window: i64,
+        shift: f64,
+    ) -> Vec<Transition> {
+        let step = 600_000 / per_window;
+        let mut fired = Vec::new();
+        let mut next_eval = T0 + 30_000;
+        let mut t = T0;
+        while t < T0 + hours * 3_600_000 {
+            e.ingest(line(rng, shift).as_bytes(), t);
+            t += step;
+            while next_eval <= t {
+                fired.extend(
+                    e.evaluate(next_eval)
+                        .into_iter()
+                        .filter(|x| x.to == State::Firing),
+                );
+                next_eval += 30_000;
+            }
+        }
+        fired
+    }
+
+    /// The reason for automatic thresholds: windows of 200 events from the
+    /// baseline's own distribution. The static PSI threshold (0.1) pages
+    /// over and over; the automatic one, which knows PSI's no-drift level at
+    /// 200 events, stays quiet for the day.
+    #[test]
+    fn small_windows_page_on_noise_with_static_thresholds_only() {
+        let mut rng = SmallRng::seed_from_u64(1);
+        let base = baseline(&mut rng);
+        let mut stat = engine(false, base.clone());
+        let noisy = run(&mut stat, &mut SmallRng::seed_from_u64(2), 24, 200, 0.0);
+        assert!(noisy.len() > 10, "static: {} false alarms", noisy.len());
+        let mut auto = engine(true, base);
+        let quiet = run(&mut auto, &mut SmallRng::seed_from_u64(2), 24, 200, 0.0);
+        assert!(
+            quiet.len() <= 1,
+            "auto: {} false alarms: {quiet:?}",
+            quiet.len()
+        );
+    }
+
+    /// A half standard deviation shift of one feature fires under automatic
+    /// thresholds, on that feature only, and the thresholds in use (what
+    /// `driftd_drift_threshold` exports) fall as the window grows.
+    #[test]
+    fn a_half_sd_shift_fires_and_thresholds_fall_with_the_sample_size() {
+        let mut rng = SmallRng::seed_from_u64(3);
+        let base = baseline(&mut rng);
+        let psi_warning = |e: &Engine| {
+            let r = e.report_with(false, Some("m"));
+            let f = r.models[0]
+                .all
+                .features
+                .iter()
+                .find(|f| f.name == "f1")
+                .unwrap()
+                .clone();
+            f.verdicts
+                .iter()
+                .find(|v| v.metric == Metric::Psi)
+                .unwrap()
+                .warning
+        };
+        let mut small = engine(true, base.clone());
+        assert!(run(&mut small, &mut rng, 1, 300, 0.0).is_empty());
+        let mut big = engine(true, base);
+        assert!(run(&mut big, &mut rng, 1, 6000, 0.0).is_empty());
+        let (at_300, at_6000) = (psi_warning(&small), psi_warning(&big));
+        assert!(
+            at_300 > at_6000,
+            "threshold at 300 events {at_300}, at 6000 {at_6000}"
+        );
+        // The floor: never under the minimum effect.
+        assert!(at_6000 >= 0.05, "{at_6000}");
+        let fired = run(&mut big, &mut rng, 1, 6000, 0.5);
+        assert!(!fired.is_empty(), "a 0.5 sd shift did not fire");
+        assert!(fired.iter().all(|t| t.feature == "f0"), "{fired:?}");
     }
 }

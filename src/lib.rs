@@ -24,6 +24,7 @@
 //! - [`baseline`]: the stored, versioned, binned reference distributions; building, loading, validating.
 //! - [`compare`]: divergences between a window and its baseline (KL, JS, PSI, Hellinger, chi², KS, Wasserstein).
 //! - [`detect`]: rules and the ok → pending → firing → resolved state machine.
+//! - [`threshold`]: automatic thresholds: each metric's no-drift level at the window's sample size, from the baseline.
 //! - [`health`]: error rates, deploy regressions, latency quantiles (DDSketch) and batch statistics per model.
 //! - [`experiment`]: the bounded feedback join by request id; arms compared by feedback rate.
 //! - [`engine`]: decode → window → compare → detect for every model, plus health and experiments, with the caps that bound them.
@@ -59,4 +60,5 @@ pub mod health;
 pub mod ingest;
 pub mod metrics;
 pub mod replay;
+pub mod threshold;
 pub mod window;
