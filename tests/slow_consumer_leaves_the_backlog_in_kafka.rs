@@ -42,7 +42,11 @@ fn backlog_stays_in_kafka_and_sigterm_under_load_commits_what_was_counted() {
     let config = dir.path().join("driftd.toml");
     std::fs::write(&config, toml).unwrap();
     let mut daemon = Proc::spawn(&["run", "--config", path_str(&config)], dir.path(), "first");
-    wait_ready(&mut daemon, &format!("http://{addr}/readyz"), Duration::from_secs(60));
+    wait_ready(
+        &mut daemon,
+        &format!("http://{addr}/readyz"),
+        Duration::from_secs(60),
+    );
     // Warm: a few lines through, so the idle RSS includes the windows.
     let warm = lines(GeneratorConfig::default().with_seed(1), 2000, now_ms(), 1);
     kafka.produce(&warm.lines);
@@ -114,7 +118,11 @@ fn backlog_stays_in_kafka_and_sigterm_under_load_commits_what_was_counted() {
     );
 
     // The next member starts exactly after the last counted message.
-    let mut second = Proc::spawn(&["run", "--config", path_str(&config)], dir.path(), "second");
+    let mut second = Proc::spawn(
+        &["run", "--config", path_str(&config)],
+        dir.path(),
+        "second",
+    );
     wait_for(Duration::from_secs(120), "the rest consumed", || {
         (try_scrape(&addr).map(|s| value(&s, "driftd_kafka_messages_total", &[]) as u64)
             == Some(total - committed))
@@ -131,7 +139,9 @@ fn backlog_stays_in_kafka_and_sigterm_under_load_commits_what_was_counted() {
     );
     second.signal("TERM");
     assert_eq!(
-        second.wait_exit(Duration::from_secs(12)).and_then(|s| s.code()),
+        second
+            .wait_exit(Duration::from_secs(12))
+            .and_then(|s| s.code()),
         Some(0)
     );
 }
