@@ -78,7 +78,9 @@ pub async fn serve(
 /// Binds the listener; a bind failure names the address and a likely fix.
 pub async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-        anyhow::anyhow!("cannot listen on {addr}: {e} (is another process using the port? set {key})")
+        anyhow::anyhow!(
+            "cannot listen on {addr}: {e} (is another process using the port? set {key})"
+        )
     })
 }
 

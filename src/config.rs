@@ -1539,11 +1539,18 @@ mod tests {
             panic!("auto")
         };
         assert_eq!((a.alpha, a.min_effect[&Metric::Psi]), (0.01, 0.2));
-        assert_eq!(a.min_effect[&Metric::Kl], 0.025, "others keep their defaults");
+        assert_eq!(
+            a.min_effect[&Metric::Kl],
+            0.025,
+            "others keep their defaults"
+        );
         for (text, key) in [
             ("thresholds = \"magic\"", "evaluation.thresholds"),
             ("alpha = 0.7", "evaluation.alpha"),
-            ("min_effect = { chi2_p = 0.1 }", "evaluation.min_effect.chi2_p"),
+            (
+                "min_effect = { chi2_p = 0.1 }",
+                "evaluation.min_effect.chi2_p",
+            ),
             ("min_effect = { psx = 0.1 }", "evaluation.min_effect.psx"),
             ("min_effect = { psi = -1 }", "evaluation.min_effect.psi"),
             ("thresholds = \"static\"\nalpha = 0.01", "evaluation.alpha"),

@@ -196,10 +196,8 @@ fn metrics_and_probes_listen_apart_from_the_api() {
     let kafka = Kafka::new(1, 1);
     let dir = tempfile::tempdir().unwrap();
     write_baselines(dir.path(), &baselines(5_000));
-    let toml = config_toml(&kafka.brokers(), dir.path(), "apart", "127.0.0.1:0").replace(
-        "[http]\n",
-        "[http]\nmetrics_listen = \"127.0.0.1:0\"\n",
-    );
+    let toml = config_toml(&kafka.brokers(), dir.path(), "apart", "127.0.0.1:0")
+        .replace("[http]\n", "[http]\nmetrics_listen = \"127.0.0.1:0\"\n");
     let cfg = driftd::config::Config::from_toml(&toml, "test").unwrap_or_else(|e| panic!("{e}"));
     let d = Running::start(cfg);
     let probes = d
@@ -208,9 +206,11 @@ fn metrics_and_probes_listen_apart_from_the_api() {
         .expect("metrics_listen gives a second address")
         .to_string();
     assert_ne!(probes, d.addr);
-    wait_for(Duration::from_secs(30), "ready on the probes address", || {
-        (http_get(&format!("http://{probes}/readyz")).0 == 200).then_some(())
-    });
+    wait_for(
+        Duration::from_secs(30),
+        "ready on the probes address",
+        || (http_get(&format!("http://{probes}/readyz")).0 == 200).then_some(()),
+    );
     let (code, body) = http_get(&format!("http://{probes}/metrics"));
     assert_eq!(code, 200);
     assert!(body.contains("driftd_build_info"), "{body}");
@@ -218,7 +218,11 @@ fn metrics_and_probes_listen_apart_from_the_api() {
     for path in ["/api/v1/status", "/api/v1/drift", "/api/v1/baselines"] {
         assert_eq!(http_get(&format!("http://{probes}{path}")).0, 404, "{path}");
     }
-    let (code, _) = http_post(&format!("http://{probes}/api/v1/baselines/reload"), Some(TOKEN), None);
+    let (code, _) = http_post(
+        &format!("http://{probes}/api/v1/baselines/reload"),
+        Some(TOKEN),
+        None,
+    );
     assert_eq!(code, 404, "no admin action on the probes address");
     // The API address keeps everything.
     assert_eq!(http_get(&format!("http://{}/api/v1/status", d.addr)).0, 200);
