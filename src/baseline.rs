@@ -666,7 +666,13 @@ impl Layout {
             .collect();
         let baseline_totals = slots
             .iter()
-            .map(|s| baseline_counts[s.offset..s.offset + s.len].iter().sum())
+            // Saturating: a hand-edited file can hold counts whose sum
+            // overflows u64 (found by cargo fuzz).
+            .map(|s| {
+                baseline_counts[s.offset..s.offset + s.len]
+                    .iter()
+                    .fold(0u64, |a, &c| a.saturating_add(c))
+            })
             .collect();
         Layout {
             baseline,
@@ -1118,6 +1124,15 @@ mod tests {
         assert_eq!(binner.bin_num(8.0), BinOf::Bin(2));
         assert_eq!(binner.bin_num(6.0), BinOf::Bin(0));
         assert_eq!(k.counts, vec![0, 100, 0, 0]);
+    }
+
+    #[test]
+    fn counts_whose_sum_overflows_load_without_panicking() {
+        // Found by cargo fuzz: summing the counts overflowed u64.
+        let text = r#"{"schema_version":1,"model":"m","version":"v","created_at":"","source":"","samples":0,"binning":{"numeric_bins":2,"top_k":2,"hash_buckets":2},"features":[{"name":"x","kind":"hashed","buckets":1,"counts":[18446744073709551615,1]}]}"#;
+        let b: Baseline = serde_json::from_str(text).unwrap();
+        let layout = Layout::new(b);
+        assert_eq!(layout.baseline_totals, vec![u64::MAX]);
     }
 
     #[test]

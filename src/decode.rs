@@ -1599,7 +1599,9 @@ pub fn parse_timestamp(s: &str, local_offset: FixedOffset) -> Option<i64> {
     if b.len() >= 19 && b[4] == b'-' && b[7] == b'-' && b[13] == b':' && b[16] == b':' {
         if b[10] == b' ' || b[10] == b'T' {
             // Offset-carrying forms go through chrono's RFC 3339 parser.
-            let tail = &s[19..];
+            // Bytes 0-17 were checked as ASCII only where it matters; byte 18
+            // can start a multi-byte character (found by cargo fuzz).
+            let tail = s.get(19..)?;
             let has_offset = tail.ends_with('Z')
                 || tail.ends_with('z')
                 || tail
@@ -1785,6 +1787,17 @@ mod tests {
     fn model_id_wins_over_model_used_whatever_the_order() {
         let e = event(r#"{"model_used": "b", "model_id": "a", "prediction": "x"}"#);
         assert_eq!(e.model, "a");
+    }
+
+    #[test]
+    fn timestamps_with_a_multibyte_character_at_byte_18_are_rejected_not_panics() {
+        // Found by cargo fuzz: slicing at byte 19 panicked inside 'é'.
+        let utc = FixedOffset::east_opt(0).unwrap();
+        assert_eq!(parse_timestamp("2025-12-14 10:00:0é", utc), None);
+        assert_eq!(parse_timestamp("2025-12-14T10:00:0😀Z", utc), None);
+        let d = Decoder::new(DecodeConfig::default());
+        let line = r#"{"model_id":"m","timestamp":"2025-12-14 10:00:0é"}"#;
+        assert!(!matches!(d.decode(line.as_bytes()), Decoded::Event(_)));
     }
 
     #[test]

@@ -219,7 +219,7 @@ pub fn simulate(
     replicates: usize,
     seed: u64,
 ) -> Quantiles {
-    let m: u64 = baseline.iter().sum();
+    let m = total(baseline);
     let mut q = Quantiles([f64::NAN; FITTED.len()]);
     if m == 0 || n == 0 || replicates < 2 {
         return q;
@@ -267,7 +267,7 @@ pub fn simulate(
 /// does `unseen_share` (the minimum effect stands alone until then).
 pub fn asymptotic(baseline: &[u64], n: u64, alpha: f64) -> Quantiles {
     let mut q = Quantiles([f64::NAN; FITTED.len()]);
-    let m: u64 = baseline.iter().sum();
+    let m = total(baseline);
     let k = baseline.iter().filter(|&&c| c > 0).count();
     if m == 0 || n == 0 || k < 2 {
         return q;
@@ -288,6 +288,12 @@ pub fn asymptotic(baseline: &[u64], n: u64, alpha: f64) -> Quantiles {
         };
     }
     q
+}
+
+/// A count total that saturates (a hand-edited baseline can hold counts
+/// whose sum overflows).
+fn total(counts: &[u64]) -> u64 {
+    counts.iter().fold(0u64, |a, &c| a.saturating_add(c))
 }
 
 /// The cache of simulated quantiles of one model's distributions.
