@@ -159,7 +159,8 @@ fn fitted_values(s: &Scores) -> [Option<f64>; FITTED.len()] {
 /// The `1 − alpha` quantile of the scaled chi-square with the given mean
 /// and variance (the variance may be 0: a degenerate law at its mean).
 fn scaled_chi2_quantile(mean: f64, var: f64, alpha: f64) -> f64 {
-    if !(mean > 0.0) || !(var > 0.0) {
+    // NaN fails both comparisons: a degenerate law at 0 then.
+    if mean.is_nan() || var.is_nan() || mean <= 0.0 || var <= 0.0 {
         return mean.max(0.0);
     }
     let a = var / (2.0 * mean);
@@ -174,7 +175,7 @@ fn scaled_chi2_quantile(mean: f64, var: f64, alpha: f64) -> f64 {
 /// the given mean, variance and skewness; the scaled chi-square's when the
 /// skewness is not positive.
 fn pearson3_quantile(mean: f64, var: f64, skew: f64, alpha: f64) -> f64 {
-    if !(var > 0.0) || !(skew > 0.0) {
+    if var.is_nan() || skew.is_nan() || var <= 0.0 || skew <= 0.0 {
         return scaled_chi2_quantile(mean, var, alpha);
     }
     let sd = var.sqrt();

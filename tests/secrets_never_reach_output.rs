@@ -127,7 +127,7 @@ fn secrets_stay_out_of_check_config_logs_and_http() {
     assert_clean("check-config of a bad file", &printed);
 
     // The daemon at debug level, serving, with alerts configured.
-    let mut child = with_env(
+    let child = with_env(
         Command::new(env!("CARGO_BIN_EXE_driftd"))
             .args(["run", "--config", path_str(&path)])
             .stdout(std::process::Stdio::piped())
