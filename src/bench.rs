@@ -44,7 +44,7 @@ use crate::generate::{Generator, GeneratorConfig};
 use crate::window::WindowSpec;
 
 const TOPIC: &str = "bench";
-const PROBE_MODEL: &str = "latency-probe";
+pub(crate) const PROBE_MODEL: &str = "latency-probe";
 
 /// What to measure (flags of `driftd bench`).
 #[derive(Debug, Clone)]
@@ -144,7 +144,7 @@ pub struct BenchReport {
 }
 
 /// The machine, as `/proc/cpuinfo` names it.
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|t| {
@@ -170,7 +170,7 @@ fn proc_stat(path: &str) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-fn proc_mem(pid: u32) -> (f64, f64) {
+pub(crate) fn proc_mem(pid: u32) -> (f64, f64) {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let kb = |key: &str| {
         text.lines()
@@ -301,7 +301,7 @@ impl Lines {
     }
 }
 
-fn generator_config(o: &BenchOptions) -> GeneratorConfig {
+pub(crate) fn generator_config(o: &BenchOptions) -> GeneratorConfig {
     let mut g = GeneratorConfig::synthetic(42, o.models, o.features)
         .with_categorical_share(o.categorical_share)
         .inference_only();
@@ -334,7 +334,7 @@ fn generate(o: &BenchOptions, start_ms: i64, span_ms: i64) -> Lines {
 
 /// Baselines of the generated models from a separate reference stream, and
 /// of the latency probe.
-fn baselines(o: &BenchOptions, now: i64) -> anyhow::Result<Vec<Baseline>> {
+pub(crate) fn baselines(o: &BenchOptions, now: i64) -> anyhow::Result<Vec<Baseline>> {
     let mut cfg = generator_config(o);
     cfg.stream_seed = Some(7);
     let mut g = Generator::new(cfg);
@@ -422,8 +422,8 @@ fn throughput(events: u64, secs: f64, cpu: f64, floor_per_event: f64) -> Through
 }
 
 /// The daemon under test: `driftd run` in a child process, killed on drop.
-struct ChildDaemon {
-    child: Child,
+pub(crate) struct ChildDaemon {
+    pub(crate) child: Child,
     base: String,
     log_path: std::path::PathBuf,
     client: reqwest::Client,
@@ -438,7 +438,7 @@ impl Drop for ChildDaemon {
 }
 
 impl ChildDaemon {
-    fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+    pub(crate) fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
         let url = format!("{}{path}", self.base);
         self.rt.block_on(async {
             let r = self.client.get(&url).send().await?;
@@ -447,7 +447,7 @@ impl ChildDaemon {
         })
     }
 
-    fn status(&self) -> anyhow::Result<serde_json::Value> {
+    pub(crate) fn status(&self) -> anyhow::Result<serde_json::Value> {
         let (code, body) = self.get("/api/v1/status")?;
         if code != 200 {
             bail!("/api/v1/status answered {code}: {body}");
@@ -455,11 +455,11 @@ impl ChildDaemon {
         Ok(serde_json::from_str(&body)?)
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
@@ -467,7 +467,7 @@ impl ChildDaemon {
         proc_stat(&format!("/proc/{}", self.pid()))
     }
 
-    fn alive(&mut self) -> anyhow::Result<()> {
+    pub(crate) fn alive(&mut self) -> anyhow::Result<()> {
         if let Some(status) = self.child.try_wait()? {
             bail!("the daemon exited ({status}); see its log above");
         }
@@ -475,7 +475,7 @@ impl ChildDaemon {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
@@ -737,17 +737,30 @@ fn spawn_daemon(
 ) -> anyhow::Result<ChildDaemon> {
     let port = free_port()?;
     let config = write_config(dir, name, brokers, topic, port, every, props)?;
-    let exe = std::env::current_exe().context("locating the driftd binary")?;
     let log_path = dir.join(format!("{name}.log"));
+    let mut d = start_child(&config, port, log_path, Stdio::null())?;
+    wait_joined(&mut d)?;
+    Ok(d)
+}
+
+/// Starts `driftd run --config <config>` (this executable) whose HTTP API
+/// listens on `port`; its stderr goes to `log_path`.
+pub(crate) fn start_child(
+    config: &Path,
+    port: u16,
+    log_path: std::path::PathBuf,
+    stdout: Stdio,
+) -> anyhow::Result<ChildDaemon> {
+    let exe = std::env::current_exe().context("locating the driftd binary")?;
     let log = std::fs::File::create(&log_path)?;
     let child = Command::new(exe)
         .args(["run", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
+        .arg(config)
+        .stdout(stdout)
         .stderr(log)
         .spawn()
         .context("starting `driftd run`")?;
-    let mut d = ChildDaemon {
+    Ok(ChildDaemon {
         child,
         base: format!("http://127.0.0.1:{port}"),
         log_path,
@@ -757,13 +770,17 @@ fn spawn_daemon(
         rt: tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?,
-    };
+    })
+}
+
+/// Waits (up to 2 minutes) until the daemon owns partitions.
+pub(crate) fn wait_joined(d: &mut ChildDaemon) -> anyhow::Result<()> {
     let joined = Instant::now();
     loop {
         d.alive().with_context(|| d.log())?;
         if let Ok(s) = d.status() {
             if s["assigned_partitions"].as_i64().unwrap_or(0) > 0 {
-                return Ok(d);
+                return Ok(());
             }
         }
         if joined.elapsed() > Duration::from_secs(120) {

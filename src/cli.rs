@@ -49,6 +49,14 @@ pub enum Command {
     /// Measure throughput, CPU, memory and latency on generated logs: parse
     /// floor, replay, and `driftd run` through an in-process Kafka.
     Bench(BenchArgs),
+    /// The verdict-quality suite: false alarms per 24 h of stationary
+    /// traffic at window sizes from 200 to 1M samples, and detection delay
+    /// of injected drifts, for static and auto thresholds.
+    Scenarios(ScenariosArgs),
+    /// Run `driftd run` for a long time at a steady rate through an
+    /// in-process Kafka, with broker, request and Alertmanager faults; exit 1
+    /// if RSS, fds or series grow, a message is lost or the daemon panics.
+    Soak(SoakArgs),
     /// Exit 0 if an HTTP URL answers 2xx (container health checks: the
     /// runtime image has no curl).
     Probe {
@@ -199,6 +207,35 @@ pub struct GenerateArgs {
     pub batch_share: f64,
 }
 
+/// Which threshold modes `driftd scenarios` runs.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ScenarioMode {
+    Static,
+    Auto,
+    Both,
+}
+
+#[derive(Debug, Args)]
+pub struct ScenariosArgs {
+    /// The reduced set CI runs (windows of 200 and 1,000 samples for a few
+    /// hours, four drifts in one stream stopped once decided): a few
+    /// seconds in release builds.
+    #[arg(long)]
+    pub quick: bool,
+    /// Threshold mode(s) to run.
+    #[arg(long, value_enum, default_value = "both")]
+    pub mode: ScenarioMode,
+    /// Print the report as JSON instead of markdown tables.
+    #[arg(long)]
+    pub json: bool,
+    /// Seed of the model, the reference sample and the streams.
+    #[arg(long, default_value_t = crate::scenario::DEFAULT_SEED)]
+    pub seed: u64,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Models in the generated stream.
@@ -246,6 +283,46 @@ pub struct BenchArgs {
     /// Lines without an experiment arm (no per-arm windows).
     #[arg(long)]
     pub no_arms: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SoakArgs {
+    /// How long faults are injected (after a warm-up: the window, a twelfth
+    /// of this between 20 s and 5 min, filled once).
+    #[arg(long, value_parser = parse_duration, default_value = "30m")]
+    pub duration: Duration,
+    /// Lines per second.
+    #[arg(long, default_value_t = 2000)]
+    pub rate: u64,
+    /// One fault starts this often, in turn: all brokers down, Fetch and
+    /// OffsetCommit errors, Alertmanager killed.
+    #[arg(long, value_parser = parse_duration, default_value = "3m")]
+    pub fault_every: Duration,
+    /// Models in the generated stream.
+    #[arg(long, default_value_t = 4)]
+    pub models: usize,
+    /// Input features per model.
+    #[arg(long, default_value_t = 20)]
+    pub features: usize,
+    /// Partitions of the topic (default: enough for two minutes of backlog).
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=256))]
+    pub partitions: Option<i32>,
+    /// The Alertmanager binary (default: prometheus-alertmanager or
+    /// alertmanager on PATH; without one the Alertmanager fault is skipped).
+    #[arg(long)]
+    pub alertmanager: Option<PathBuf>,
+    /// The faults to cycle through, in order (comma-separated: broker,
+    /// requests, alertmanager).
+    #[arg(long, value_delimiter = ',', value_parser = crate::soak::FaultKind::parse,
+          default_value = "broker,requests,alertmanager")]
+    pub faults: Vec<crate::soak::FaultKind>,
+    /// Print the report as JSON on stdout (the table goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+    /// Keep the daemon's and Alertmanager's logs even when every check
+    /// passes (they are always kept when one fails).
+    #[arg(long)]
+    pub keep_logs: bool,
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -327,9 +404,11 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Run(a) => run_daemon(a),
         Command::Demo(a) => demo(a),
         Command::Bench(a) => bench(a).map_err(Failure::Runtime),
+        Command::Soak(a) => soak(a),
         Command::Baseline(BaselineCommand::Build(a)) => baseline_build(a),
         Command::Replay(a) => replay_cmd(a),
         Command::Generate(a) => generate(a).map_err(Failure::Runtime),
+        Command::Scenarios(a) => scenarios(a).map_err(Failure::Runtime),
         Command::Probe { url, timeout } => probe(&url, timeout),
         Command::CheckConfig(a) => {
             let cfg = Config::load(a.config.as_deref())?;
@@ -659,6 +738,79 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         None => {}
     }
     Ok(())
+}
+
+fn scenarios(a: ScenariosArgs) -> anyhow::Result<()> {
+    use crate::scenario::{self, Mode};
+    let mut opts = scenario::SuiteOptions {
+        quick: a.quick,
+        modes: match a.mode {
+            ScenarioMode::Static => vec![Mode::Static],
+            ScenarioMode::Auto => vec![Mode::Auto],
+            ScenarioMode::Both => vec![Mode::Static, Mode::Auto],
+        },
+        seed: a.seed,
+        progress: Some(|line: &str| eprintln!("{line}")),
+        ..scenario::SuiteOptions::default()
+    };
+    if let Some(t) = a.threads {
+        anyhow::ensure!(t > 0, "--threads must be at least 1");
+        opts.threads = t;
+    }
+    let report = scenario::run(&opts);
+    let mut out = std::io::stdout().lock();
+    let written = if a.json {
+        serde_json::to_writer_pretty(&mut out, &report)
+            .map_err(std::io::Error::other)
+            .and_then(|_| out.write_all(b"\n"))
+    } else {
+        out.write_all(scenario::render_markdown(&report).as_bytes())
+    };
+    match written {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(e).context("writing the scenario report")
+        }
+        _ => Ok(()),
+    }
+}
+
+fn soak(a: SoakArgs) -> Result<(), Failure> {
+    let o = crate::soak::SoakOptions {
+        duration: a.duration,
+        rate: a.rate,
+        fault_every: a.fault_every,
+        models: a.models,
+        features: a.features,
+        partitions: a.partitions,
+        alertmanager: a.alertmanager,
+        faults: a.faults,
+        keep_logs: a.keep_logs,
+    };
+    let r = crate::soak::run(&o).map_err(Failure::Runtime)?;
+    let table = crate::soak::render(&r);
+    if a.json {
+        eprint!("{table}");
+        let mut out = std::io::stdout().lock();
+        serde_json::to_writer_pretty(&mut out, &r).map_err(|e| Failure::Runtime(e.into()))?;
+        let _ = writeln!(out);
+    } else {
+        print!("{table}");
+    }
+    let failed: Vec<String> = r
+        .failed()
+        .iter()
+        .map(|c| format!("  - {}: {}", c.name, c.detail))
+        .collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::Runtime(anyhow::anyhow!(
+            "the soak failed {} check{}:\n{}",
+            failed.len(),
+            if failed.len() == 1 { "" } else { "s" },
+            failed.join("\n")
+        )))
+    }
 }
 
 fn demo(a: DemoArgs) -> Result<(), Failure> {

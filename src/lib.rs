@@ -38,6 +38,8 @@
 //! - [`replay`]: a log file through the engine in event time; baseline builds; reports.
 //! - [`generate`]: seed-shaped synthetic inference logs with injectable drift.
 //! - [`bench`]: `driftd bench`, the performance harness (parse floor, replay, the daemon through Kafka).
+//! - [`soak`]: `driftd soak`, the daemon for a long time at a steady rate with broker, request and Alertmanager faults; flat RSS, fds and series, nothing lost.
+//! - [`scenario`]: `driftd scenarios`, the verdict-quality suite: false alarms per 24 h without drift, detection delay with it.
 //! - [`config`]: TOML + environment configuration, validated with every problem reported.
 //! - [`cli`]: subcommands, exit codes, error printing.
 
@@ -60,5 +62,7 @@ pub mod health;
 pub mod ingest;
 pub mod metrics;
 pub mod replay;
+pub mod scenario;
+pub mod soak;
 pub mod threshold;
 pub mod window;

@@ -795,3 +795,40 @@ pub fn am_alerts(am: &str) -> Option<Vec<serde_json::Value>> {
     let doc: serde_json::Value = serde_json::from_str(&body).expect("alerts JSON");
     Some(doc.as_array().expect("an array of alerts").clone())
 }
+
+// ---------------------------------------------------------------------------
+// A driftd process that starts processes of its own (`driftd soak`).
+
+impl Proc {
+    /// [`Proc::spawn`] in a process group of its own, so that
+    /// [`Proc::kill_group`] also ends what it started (its daemon, its
+    /// Alertmanager) when it has to be stopped from outside.
+    pub fn spawn_group(args: &[&str], logs: &Path, name: &str) -> Proc {
+        use std::os::unix::process::CommandExt;
+        let stdout = logs.join(format!("{name}.stdout"));
+        let stderr = logs.join(format!("{name}.stderr"));
+        let child = Command::new(env!("CARGO_BIN_EXE_driftd"))
+            .args(args)
+            .env_remove("RUST_LOG")
+            .process_group(0)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::fs::File::create(&stdout).expect("stdout file"))
+            .stderr(std::fs::File::create(&stderr).expect("stderr file"))
+            .spawn()
+            .expect("the driftd binary starts");
+        Proc {
+            child,
+            name: name.to_owned(),
+            stdout,
+            stderr,
+        }
+    }
+
+    /// SIGKILL to the whole process group of a [`Proc::spawn_group`], and reap.
+    pub fn kill_group(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.pid())])
+            .status();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,1723 @@
+//! `driftd soak`: the daemon at a steady rate for a long time, with faults.
+//!
+//! This module owns the long-running robustness check the README's "Soak"
+//! section describes. Like `driftd bench` (whose machinery it reuses) it
+//! hosts librdkafka's mock cluster (three brokers, the real protocol over
+//! loopback) in this process and runs the real `driftd run` binary as a
+//! child, so the daemon is measured from outside: its HTTP API, /metrics
+//! and /proc. Generated inference logs are produced at `--rate` lines/s;
+//! one model's traffic is drifted against its baseline, so a `FeatureDrift`
+//! alert fires and stays firing: there is always something to deliver.
+//!
+//! After a warm-up (the window filled once, the alert delivered), the start
+//! is measured; then one fault begins every `--fault-every`, in turn:
+//!
+//! 1. **broker outage**: every mock broker down (1/3 of the period, at most
+//!    60 s); /readyz must turn 503 and come back to 200 after the brokers do;
+//! 2. **request errors**: Fetch and OffsetCommit requests fail with
+//!    retriable errors and dropped connections (1/3 of the period, at most
+//!    60 s);
+//! 3. **Alertmanager outage**: the real Alertmanager (Debian's
+//!    `prometheus-alertmanager`, or `alertmanager`, or `--alertmanager`)
+//!    the daemon sends to is killed, then restarted on the same port after
+//!    max(1/3 of the period, 1/6 of the run), at most 5 minutes; the firing
+//!    alert must reach it again. Without an Alertmanager binary the soak
+//!    still runs and says this fault was not exercised.
+//!
+//! At the end the producer stops and the daemon must have consumed every
+//! message (the group's committed offset equals the high watermark of every
+//! partition, and its message counter is at least what the topic holds:
+//! at-least-once, so duplicates after faults are allowed and reported), its
+//! RSS, open file descriptors and /metrics series must be flat against the
+//! start (limits in [`RSS_FACTOR`], [`RSS_SLACK_MIB`], [`FD_SLACK`]), no
+//! "panicked" may appear in its output, and SIGTERM must stop it cleanly
+//! within its grace period. Every failed check is listed and `driftd soak`
+//! exits 1.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::DeliveryResult;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+use serde::Serialize;
+
+use crate::bench::{self, BenchOptions, ChildDaemon};
+use crate::generate::{DriftSpec, Generator, GeneratorConfig};
+
+const TOPIC: &str = "soak";
+const GROUP: &str = "driftd-soak";
+const BROKERS: i32 = 3;
+/// The `cluster` label of the soak's alerts.
+const CLUSTER: &str = "soak";
+/// The daemon's `shutdown.grace`.
+const GRACE: Duration = Duration::from_secs(5);
+/// The daemon's `alerts.resend_interval`.
+const RESEND: Duration = Duration::from_secs(5);
+
+/// End RSS may be at most start x this + [`RSS_SLACK_MIB`]: the exposition
+/// text and snapshot are rebuilt every evaluation and RSS swings with them
+/// (README, Performance), so a single sample is noise; medians of 5-10 s of
+/// samples are compared, and a leak of even 1 MiB a minute fails a 30-minute
+/// run of a ~30 MiB daemon.
+pub const RSS_FACTOR: f64 = 1.25;
+pub const RSS_SLACK_MIB: f64 = 16.0;
+/// End open file descriptors may be at most start + this (broker and
+/// Alertmanager connections come and go; a leak per fault or per retry
+/// does not fit).
+pub const FD_SLACK: usize = 16;
+/// Brokers down or Alertmanager back: how long recovery may take.
+const RECOVERY: Duration = Duration::from_secs(90);
+
+/// Flags of `driftd soak`.
+#[derive(Debug, Clone)]
+pub struct SoakOptions {
+    /// How long faults are injected (after the warm-up).
+    pub duration: Duration,
+    /// Lines per second.
+    pub rate: u64,
+    /// One fault starts every this long.
+    pub fault_every: Duration,
+    pub models: usize,
+    pub features: usize,
+    /// Partitions of the topic (default: enough that a minute of backlog
+    /// fits in the mock broker's 5 MB per partition).
+    pub partitions: Option<i32>,
+    /// The Alertmanager binary (default: found on PATH).
+    pub alertmanager: Option<PathBuf>,
+    /// The faults to cycle through, in this order (default: all three).
+    pub faults: Vec<FaultKind>,
+    /// Keep the scratch directory (the daemon's and Alertmanager's logs)
+    /// even when every check passed.
+    pub keep_logs: bool,
+}
+
+impl Default for SoakOptions {
+    fn default() -> Self {
+        SoakOptions {
+            duration: Duration::from_secs(30 * 60),
+            rate: 2000,
+            fault_every: Duration::from_secs(3 * 60),
+            models: 4,
+            features: 20,
+            partitions: None,
+            alertmanager: None,
+            faults: FaultKind::ALL.to_vec(),
+            keep_logs: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultKind {
+    BrokerOutage,
+    RequestErrors,
+    AlertmanagerOutage,
+}
+
+impl FaultKind {
+    pub const ALL: [FaultKind; 3] = [
+        FaultKind::BrokerOutage,
+        FaultKind::RequestErrors,
+        FaultKind::AlertmanagerOutage,
+    ];
+
+    /// `broker`, `requests` or `alertmanager` (the `--faults` names).
+    pub fn parse(s: &str) -> Result<FaultKind, String> {
+        match s.trim() {
+            "broker" | "broker_outage" => Ok(FaultKind::BrokerOutage),
+            "requests" | "request_errors" => Ok(FaultKind::RequestErrors),
+            "alertmanager" | "alertmanager_outage" => Ok(FaultKind::AlertmanagerOutage),
+            other => Err(format!(
+                "{other:?}: the faults are broker, requests and alertmanager"
+            )),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FaultKind::BrokerOutage => "broker_outage",
+            FaultKind::RequestErrors => "request_errors",
+            FaultKind::AlertmanagerOutage => "alertmanager_outage",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            FaultKind::BrokerOutage => "all brokers down",
+            FaultKind::RequestErrors => "Fetch/OffsetCommit errors",
+            FaultKind::AlertmanagerOutage => "Alertmanager killed",
+        }
+    }
+}
+
+/// One fault and what the daemon did about it.
+#[derive(Debug, Clone, Serialize)]
+pub struct FaultRecord {
+    pub kind: FaultKind,
+    /// False for an Alertmanager outage without an Alertmanager.
+    pub exercised: bool,
+    /// Seconds since the fault phase began.
+    pub at_s: f64,
+    pub seconds: f64,
+    /// First /readyz 503 after the fault began.
+    pub ready_down_after_s: Option<f64>,
+    /// First /readyz 200 after the fault ended (brokers up).
+    pub ready_recovered_after_s: Option<f64>,
+    /// Messages the daemon counted while the fault lasted.
+    pub consumed_during: u64,
+    /// The largest lag the daemon reported while it lasted (and recovered).
+    pub max_lag: i64,
+    /// Alertmanager outage: failed posts counted by the daemon meanwhile.
+    pub failed_sends: Option<u64>,
+    /// Alertmanager outage: the firing alert was back in the restarted
+    /// Alertmanager this long after it was ready.
+    pub alert_back_after_s: Option<f64>,
+}
+
+/// RSS, descriptors and series at one end of the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Measure {
+    /// Median of one sample a second over 5 to 10 s (a 24th of the run).
+    pub rss_mib: f64,
+    /// Median of the same samples.
+    pub fds: usize,
+    pub series: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// Everything one soak measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct SoakReport {
+    pub machine: String,
+    pub cores: usize,
+    pub duration_s: f64,
+    pub rate: u64,
+    pub fault_every_s: f64,
+    pub models: usize,
+    pub features: usize,
+    pub brokers: i32,
+    pub partitions: i32,
+    pub window: String,
+    pub warmup_s: f64,
+    pub drifted_model: String,
+    /// The Alertmanager binary, or None (its fault not exercised).
+    pub alertmanager: Option<String>,
+    pub start: Measure,
+    pub end: Measure,
+    pub rss_limit_mib: f64,
+    pub fds_limit: usize,
+    pub series_added: Vec<String>,
+    pub series_removed: Vec<String>,
+    /// (seconds since the fault phase began, RSS MiB, open fds).
+    pub curve: Vec<(f64, f64, usize)>,
+    /// Messages in the topic: the sum of the partitions' high watermarks.
+    pub produced: u64,
+    /// Messages the producer had acknowledged (a retried produce can put a
+    /// message in the log twice, so `produced` may be a little higher).
+    pub acked: u64,
+    pub producer_failed: u64,
+    /// The daemon's message counter (`/api/v1/status` `messages`).
+    pub consumed: u64,
+    pub duplicates: u64,
+    pub lost: u64,
+    /// Partitions whose committed offset equals the high watermark.
+    pub partitions_committed: usize,
+    /// When the drift alert first reached Alertmanager (seconds since the
+    /// daemon started).
+    pub first_alert_s: Option<f64>,
+    pub alerts_dropped: f64,
+    pub faults: Vec<FaultRecord>,
+    /// Faults exercised, by kind.
+    pub fault_counts: BTreeMap<String, usize>,
+    /// Lines with "panicked" in the daemon's output.
+    pub panics: usize,
+    pub exit_status: String,
+    pub shutdown_s: Option<f64>,
+    pub checks: Vec<Check>,
+    pub passed: bool,
+    /// The daemon's and Alertmanager's logs, kept when a check failed (or
+    /// with `--keep-logs`).
+    pub logs: Option<String>,
+}
+
+impl SoakReport {
+    pub fn failed(&self) -> Vec<&Check> {
+        self.checks.iter().filter(|c| !c.ok).collect()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Small helpers.
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+/// The wall clock (UTC), to find a moment in the daemon's log.
+fn wall() -> String {
+    chrono::Utc::now().format("%H:%M:%S").to_string()
+}
+
+/// `6m05s`, `45s`.
+fn clock(s: f64) -> String {
+    let s = s.max(0.0).round() as u64;
+    if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+fn median_f(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn median_u(v: &[usize]) -> usize {
+    let mut v = v.to_vec();
+    v.sort_unstable();
+    v.get(v.len() / 2).copied().unwrap_or(0)
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// The identities (name and labels) of every sample in an exposition.
+fn series_set(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| l.rsplit_once(' ').map_or(l, |(head, _)| head).to_owned())
+        .collect()
+}
+
+/// Sum of the samples of `name` whose labels include every `k="v"` of `want`.
+fn sample_sum(text: &str, name: &str, want: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(head, _)| {
+            let (n, labels) = head.split_once('{').unwrap_or((head, ""));
+            n == name
+                && want
+                    .iter()
+                    .all(|(k, v)| labels.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|(_, v)| v.parse::<f64>().ok())
+        .sum()
+}
+
+/// The Alertmanager binary: `--alertmanager`, else `prometheus-alertmanager`
+/// or `alertmanager` on PATH (or in /usr/bin, /usr/local/bin).
+pub fn find_alertmanager(explicit: Option<&Path>) -> anyhow::Result<Option<PathBuf>> {
+    if let Some(p) = explicit {
+        anyhow::ensure!(p.is_file(), "--alertmanager {}: no such file", p.display());
+        return Ok(Some(p.to_owned()));
+    }
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    dirs.extend(["/usr/bin", "/usr/local/bin"].map(PathBuf::from));
+    for d in dirs {
+        for name in ["prometheus-alertmanager", "alertmanager"] {
+            let p = d.join(name);
+            if p.is_file() {
+                return Ok(Some(p));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// A blocking HTTP client for Alertmanager.
+struct Http {
+    rt: tokio::runtime::Runtime,
+    client: reqwest::Client,
+}
+
+impl Http {
+    fn new() -> anyhow::Result<Http> {
+        Ok(Http {
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()?,
+        })
+    }
+
+    /// (status, body), or None when nothing answers.
+    fn get(&self, url: &str) -> Option<(u16, String)> {
+        self.rt.block_on(async {
+            let r = self.client.get(url).send().await.ok()?;
+            let status = r.status().as_u16();
+            Some((status, r.text().await.unwrap_or_default()))
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Alertmanager on loopback.
+
+struct Alertmanager {
+    bin: PathBuf,
+    dir: PathBuf,
+    port: u16,
+    child: Option<Child>,
+    starts: u32,
+}
+
+impl Alertmanager {
+    fn new(bin: PathBuf, dir: &Path) -> anyhow::Result<Alertmanager> {
+        std::fs::write(
+            dir.join("alertmanager.yml"),
+            // One route, groups flushed after 1 s, a receiver nobody listens
+            // on: the soak reads Alertmanager's API, not notifications.
+            "route:\n  receiver: nowhere\n  group_by: [alertname, model, feature]\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: nowhere\n    webhook_configs:\n      - url: http://127.0.0.1:1/\n",
+        )?;
+        Ok(Alertmanager {
+            bin,
+            dir: dir.to_owned(),
+            port: bench::free_port()?,
+            child: None,
+            starts: 0,
+        })
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Starts it (on the same port and storage every time) and waits until
+    /// it is ready.
+    fn start(&mut self, http: &Http) -> anyhow::Result<()> {
+        self.starts += 1;
+        let log = self.dir.join(format!("alertmanager-{}.log", self.starts));
+        let mut cmd = Command::new(&self.bin);
+        no_inherited_fds(&mut cmd);
+        let child = cmd
+            .arg(format!(
+                "--config.file={}",
+                self.dir.join("alertmanager.yml").display()
+            ))
+            .arg(format!(
+                "--storage.path={}",
+                self.dir.join("alertmanager-data").display()
+            ))
+            .arg(format!("--web.listen-address={}", self.addr()))
+            // A single instance: no gossip.
+            .arg("--cluster.listen-address=")
+            .arg("--log.level=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .with_context(|| format!("starting {}", self.bin.display()))?;
+        self.child = Some(child);
+        let started = Instant::now();
+        loop {
+            if let Some((200, _)) = http.get(&format!("http://{}/-/ready", self.addr())) {
+                return Ok(());
+            }
+            if let Some(c) = &mut self.child {
+                if let Some(st) = c.try_wait()? {
+                    bail!(
+                        "Alertmanager exited ({st}) before it was ready:\n{}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    );
+                }
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                bail!("Alertmanager not ready after 60 s (log: {})", log.display());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGKILL: a crash, not a clean stop.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Whether the firing drift alert of `model` from the soak's daemon is
+    /// in Alertmanager (None: Alertmanager does not answer).
+    fn has_drift_alert(&self, http: &Http, model: &str) -> Option<bool> {
+        let (status, body) =
+            http.get(&format!("http://{}/api/v2/alerts?active=true", self.addr()))?;
+        if status != 200 {
+            return None;
+        }
+        let alerts: serde_json::Value = serde_json::from_str(&body).ok()?;
+        Some(alerts.as_array()?.iter().any(|a| {
+            let l = &a["labels"];
+            l["alertname"] == "FeatureDrift" && l["model"] == model && l["cluster"] == CLUSTER
+        }))
+    }
+}
+
+/// Lets `cmd` inherit only stdin, stdout and stderr, and kills it if the
+/// soak dies. librdkafka's mock broker accepts connections without
+/// `CLOEXEC`: a child started while the daemon is connected would hold the
+/// broker's end of those connections open, so a later `broker_down` (which
+/// closes the mock's copy) would leave them half-alive and the daemon's
+/// requests unanswered instead of refused (seen: a 60 s stall after an
+/// Alertmanager restart, until librdkafka's request timeout).
+fn no_inherited_fds(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: sysconf in the parent; the child, between fork and exec, only
+    // makes system calls (prctl, fcntl), which are async-signal-safe, and
+    // allocates nothing.
+    let max = unsafe { libc::sysconf(libc::_SC_OPEN_MAX) }.clamp(256, 65_536) as libc::c_int;
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            for fd in 3..max {
+                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+            }
+            Ok(())
+        });
+    }
+}
+
+impl Drop for Alertmanager {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The producer: a thread at a steady rate, counting acknowledgements.
+
+#[derive(Default)]
+struct ProduceStats {
+    queued: AtomicU64,
+    acked: AtomicU64,
+    failed: AtomicU64,
+}
+
+struct Counting(Arc<ProduceStats>);
+
+impl ClientContext for Counting {}
+
+impl ProducerContext for Counting {
+    type DeliveryOpaque = ();
+    fn delivery(&self, r: &DeliveryResult<'_>, _: ()) {
+        match r {
+            Ok(_) => self.0.acked.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self.0.failed.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+}
+
+fn start_producer(
+    brokers: String,
+    partitions: i32,
+    rate: u64,
+    gcfg: GeneratorConfig,
+    stop: Arc<AtomicBool>,
+    stats: Arc<ProduceStats>,
+) -> std::thread::JoinHandle<anyhow::Result<()>> {
+    std::thread::spawn(move || -> anyhow::Result<()> {
+        let p: BaseProducer<Counting> = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            // Few, large message sets: the mock broker finds a fetch's
+            // offset by walking every set a partition holds, from the
+            // oldest. At 20 ms (one or two lines a set) that walk took 80%
+            // of a core at 2000 lines/s and drained a backlog at only
+            // ~7k lines/s; at 250 ms, a set holds ~20 lines.
+            .set("linger.ms", "250")
+            // Messages wait out any outage the soak makes.
+            .set("message.timeout.ms", "900000")
+            .set("queue.buffering.max.messages", "2000000")
+            .set("queue.buffering.max.kbytes", "2097151")
+            .create_with_context(Counting(stats.clone()))
+            .context("creating the soak's producer")?;
+        let mut g = Generator::new(gcfg);
+        let names = g.model_names();
+        let start = Instant::now();
+        let mut sent = 0u64;
+        let mut buf = String::new();
+        while !stop.load(Ordering::Relaxed) {
+            let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
+            while sent < due {
+                g.next_line(crate::ingest::now_ms(), &mut buf);
+                let key = g.last_model().map_or("", |m| names[m].as_str());
+                // Round-robin: every partition takes its share of a backlog.
+                let mut rec = BaseRecord::to(TOPIC)
+                    .key(key)
+                    .payload(buf.as_str())
+                    .partition((sent % partitions as u64) as i32);
+                loop {
+                    match p.send(rec) {
+                        Ok(()) => break,
+                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                            rec = r;
+                            p.poll(Duration::from_millis(5));
+                        }
+                        Err(_) => {
+                            stats.failed.fetch_add(1, Ordering::Relaxed);
+                            break;
+                        }
+                    }
+                }
+                sent += 1;
+            }
+            stats.queued.store(sent, Ordering::Relaxed);
+            p.poll(Duration::ZERO);
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        stats.queued.store(sent, Ordering::Relaxed);
+        // Everything queued is delivered (or fails) before it is counted.
+        if p.flush(Duration::from_secs(300)).is_err() {
+            stats
+                .failed
+                .fetch_add(p.in_flight_count().max(0) as u64, Ordering::Relaxed);
+        }
+        Ok(())
+    })
+}
+
+// ---------------------------------------------------------------------------
+// The plan.
+
+/// (kind, start since the fault phase began, length).
+pub fn plan(o: &SoakOptions) -> Vec<(FaultKind, Duration, Duration)> {
+    let period = o.fault_every;
+    let third = period / 3;
+    // Every fault is over this long before the end: the end is measured
+    // after recovery.
+    let latest_end = o
+        .duration
+        .saturating_sub(third.max(Duration::from_secs(10)));
+    let cycle = if o.faults.is_empty() {
+        &FaultKind::ALL[..]
+    } else {
+        &o.faults[..]
+    };
+    let mut out = Vec::new();
+    for k in 0u32.. {
+        let at = period * k;
+        if at >= latest_end {
+            break;
+        }
+        let kind = cycle[k as usize % cycle.len()];
+        let len = match kind {
+            FaultKind::BrokerOutage | FaultKind::RequestErrors => {
+                third.min(Duration::from_secs(60))
+            }
+            FaultKind::AlertmanagerOutage => third
+                .max(o.duration / 6)
+                .min(Duration::from_secs(300))
+                .min(period * 5 / 2),
+        };
+        let len = len.min(latest_end - at);
+        if len >= Duration::from_secs(5) {
+            out.push((kind, at, len));
+        }
+    }
+    out
+}
+
+/// The window: a twelfth of the run, in whole 10 s, 20 s to 5 minutes; ten
+/// panes. (A daemon more than a window behind counts its events late: the
+/// windows must outlast a hiccup of a busy machine.)
+fn window_of(o: &SoakOptions) -> Duration {
+    let w = (o.duration.as_secs() / 12 / 10 * 10).clamp(20, 300);
+    Duration::from_secs(w)
+}
+
+fn partitions_of(o: &SoakOptions, bytes_per_line: f64) -> i32 {
+    if let Some(p) = o.partitions {
+        return p.max(1);
+    }
+    // The mock broker keeps the last 5 MB of each partition: a 60 s backlog
+    // at the rate must fit twice over.
+    let backlog = o.rate as f64 * bytes_per_line * 60.0 * 2.0;
+    ((backlog / (5u64 << 20) as f64).ceil() as i32).clamp(8, 64)
+}
+
+fn write_config(
+    dir: &Path,
+    brokers: &str,
+    port: u16,
+    window: Duration,
+    am: Option<&str>,
+) -> anyhow::Result<PathBuf> {
+    let path = dir.join("soak.toml");
+    let pane = window / 10;
+    let mut text = format!(
+        r#"[kafka]
+brokers = "{brokers}"
+topics = ["{TOPIC}"]
+group_id = "{GROUP}"
+commit_interval = "1s"
+rewind_on_start = false
+
+[window]
+length = "{window}"
+pane = "{pane}"
+max_future = "1h"
+
+[evaluation]
+every = "1s"
+
+[baselines]
+dir = "{baselines}"
+watch = false
+
+[checkpoint]
+dir = "{state}"
+
+[http]
+listen = "127.0.0.1:{port}"
+
+[log]
+format = "text"
+level = "warn"
+
+[shutdown]
+grace = "{grace}"
+"#,
+        window = humantime::format_duration(window),
+        pane = humantime::format_duration(pane),
+        baselines = dir.join("baselines").display(),
+        state = dir.join("state").display(),
+        grace = humantime::format_duration(GRACE),
+    );
+    if let Some(am) = am {
+        text.push_str(&format!(
+            r#"
+[alerts]
+resend_interval = "{resend}"
+
+[alerts.labels]
+cluster = "{CLUSTER}"
+
+[[alerts.alertmanagers]]
+url = "http://{am}"
+timeout = "2s"
+"#,
+            resend = humantime::format_duration(RESEND),
+        ));
+    }
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+// ---------------------------------------------------------------------------
+// The run.
+
+/// Per-partition (committed, high watermark) of the daemon's group.
+fn offsets(c: &BaseConsumer, partitions: i32) -> anyhow::Result<Vec<(i64, i64)>> {
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(TOPIC, p);
+    }
+    let committed = c.committed_offsets(tpl, Duration::from_secs(10))?;
+    let mut out = Vec::with_capacity(partitions as usize);
+    for p in 0..partitions {
+        let (_, high) = c.fetch_watermarks(TOPIC, p, Duration::from_secs(10))?;
+        let done = committed
+            .find_partition(TOPIC, p)
+            .map_or(0, |e| match e.offset() {
+                Offset::Offset(o) => o,
+                _ => 0,
+            });
+        out.push((done, high));
+    }
+    Ok(out)
+}
+
+/// Whether the daemon has counted all but the last 2 s of what was produced
+/// (its counter is published once per evaluation, every second).
+fn caught_up(d: &ChildDaemon, p: &ProduceStats, rate: u64) -> bool {
+    let acked = p.acked.load(Ordering::Relaxed);
+    d.status()
+        .ok()
+        .and_then(|s| s["messages"].as_u64())
+        .is_some_and(|m| m + 2 * rate >= acked)
+}
+
+/// The series of /metrics once they have settled: the daemon caught up (a
+/// lagging daemon's windows miss events, and the series of empty arm
+/// windows go) and two scrapes 2 s apart agree, or the second equals
+/// `want`. After a minute, the last scrape.
+fn settled_series(
+    d: &ChildDaemon,
+    p: &ProduceStats,
+    rate: u64,
+    want: Option<&BTreeSet<String>>,
+) -> anyhow::Result<BTreeSet<String>> {
+    let started = Instant::now();
+    let mut last = series_set(&d.get("/metrics")?.1);
+    loop {
+        if want == Some(&last) {
+            return Ok(last);
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        let now = series_set(&d.get("/metrics")?.1);
+        let settled = caught_up(d, p, rate) && (now == last || want == Some(&now));
+        last = now;
+        if settled || started.elapsed() > Duration::from_secs(60) {
+            return Ok(last);
+        }
+    }
+}
+
+/// A fault being injected or recovered from.
+struct Live {
+    index: usize,
+    ends_at: Duration,
+    ended: Option<Instant>,
+    started: Instant,
+    consumed_at_start: u64,
+    errors_at_start: f64,
+    /// The Alertmanager restarted and was ready at.
+    am_ready: Option<Instant>,
+}
+
+/// Runs the soak, printing progress to stderr.
+pub fn run(o: &SoakOptions) -> anyhow::Result<SoakReport> {
+    anyhow::ensure!(o.rate > 0, "--rate must be at least 1");
+    anyhow::ensure!(
+        o.models > 0 && o.features > 0,
+        "--models and --features must be at least 1"
+    );
+    anyhow::ensure!(
+        o.fault_every >= Duration::from_secs(15),
+        "--fault-every must be at least 15s"
+    );
+    anyhow::ensure!(
+        o.duration >= o.fault_every,
+        "--duration must be at least --fault-every"
+    );
+    let am_bin = find_alertmanager(o.alertmanager.as_deref())?;
+    let began = Instant::now();
+    let http = Http::new()?;
+    let now = crate::ingest::now_ms();
+
+    // Traffic: the bench's generator (compact lines, arms), fresh lines, and
+    // the first model's first numeric feature shifted by two standard
+    // deviations from the start, so its drift alert fires and stays firing.
+    let bo = BenchOptions {
+        models: o.models,
+        features: o.features,
+        ..BenchOptions::default()
+    };
+    let mut gcfg = GeneratorConfig {
+        stream_seed: Some(11),
+        ..bench::generator_config(&bo)
+    };
+    let probe = Generator::new(gcfg.clone());
+    let drifted_model = probe.model_names()[0].clone();
+    let feature = probe
+        .features(0)
+        .iter()
+        .find(|f| f.is_numeric())
+        .map(|f| f.name.clone())
+        .context("the first model has no numeric feature to drift; use more --features")?;
+    gcfg.drifts = vec![DriftSpec::mean_shift(feature.as_str(), 2.0, 0).for_model(&drifted_model)];
+    let bytes_per_line = {
+        let mut g = Generator::new(gcfg.clone());
+        let mut buf = String::new();
+        let n = 200;
+        (0..n)
+            .map(|_| {
+                g.next_line(now, &mut buf);
+                buf.len()
+            })
+            .sum::<usize>() as f64
+            / n as f64
+    };
+    let partitions = partitions_of(o, bytes_per_line);
+    let window = window_of(o);
+    let warmup = window + Duration::from_secs(5);
+
+    let scratch = crate::demo::Scratch::new("soak").context("creating a scratch directory")?;
+    let dir = scratch.0.clone();
+    std::fs::create_dir_all(dir.join("baselines"))?;
+    for b in bench::baselines(&bo, now)?
+        .iter()
+        .filter(|b| b.model != bench::PROBE_MODEL)
+    {
+        b.save(&dir.join("baselines"))?;
+    }
+
+    let cluster = MockCluster::new(BROKERS).context("starting librdkafka's mock cluster")?;
+    cluster.create_topic(TOPIC, partitions, 1)?;
+    let brokers = cluster.bootstrap_servers();
+
+    let mut am = match &am_bin {
+        Some(bin) => {
+            let mut a = Alertmanager::new(bin.clone(), &dir)?;
+            a.start(&http)?;
+            Some(a)
+        }
+        None => {
+            eprintln!(
+                "soak: no Alertmanager binary (prometheus-alertmanager or alertmanager on PATH, or --alertmanager): the Alertmanager outage fault is NOT exercised (apt-get install prometheus-alertmanager)"
+            );
+            None
+        }
+    };
+    let port = bench::free_port()?;
+    let config = write_config(
+        &dir,
+        &brokers,
+        port,
+        window,
+        am.as_ref().map(|a| a.addr()).as_deref(),
+    )?;
+    let stdout_path = dir.join("daemon.stdout");
+    let mut d = bench::start_child(
+        &config,
+        port,
+        dir.join("daemon.log"),
+        Stdio::from(std::fs::File::create(&stdout_path)?),
+    )?;
+    bench::wait_joined(&mut d)?;
+    let daemon_started = Instant::now();
+    eprintln!(
+        "soak: driftd run (pid {}) on {partitions} partitions of {BROKERS} mock brokers; {} lines/s, {} models x {} features ({bytes_per_line:.0} B/line), {drifted_model}/{feature} drifted; window {}; logs in {}",
+        d.pid(),
+        o.rate,
+        o.models,
+        o.features,
+        humantime::format_duration(window),
+        dir.display()
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let pstats = Arc::new(ProduceStats::default());
+    let producer = start_producer(
+        brokers.clone(),
+        partitions,
+        o.rate,
+        gcfg,
+        stop.clone(),
+        pstats.clone(),
+    );
+    let mut checks: Vec<Check> = Vec::new();
+    let mut check = |name: &str, ok: bool, detail: String| {
+        checks.push(Check {
+            name: name.to_owned(),
+            ok,
+            detail,
+        })
+    };
+
+    // ---- Warm-up: the window filled once, and the alert delivered.
+    eprintln!(
+        "soak: warming up for {} ...",
+        humantime::format_duration(warmup)
+    );
+    let mut first_alert: Option<f64> = None;
+    let warm_deadline = warmup + Duration::from_secs(120);
+    loop {
+        d.alive().with_context(|| d.log())?;
+        if first_alert.is_none() {
+            if let Some(a) = &am {
+                if a.has_drift_alert(&http, &drifted_model) == Some(true) {
+                    first_alert = Some(secs(daemon_started.elapsed()));
+                    eprintln!(
+                        "soak: the {drifted_model} drift alert reached Alertmanager {:.1} s after the daemon started",
+                        first_alert.unwrap_or_default()
+                    );
+                }
+            }
+        }
+        let waited = daemon_started.elapsed();
+        let current = caught_up(&d, &pstats, o.rate);
+        if waited >= warmup && (am.is_none() || first_alert.is_some()) && current {
+            break;
+        }
+        if waited >= warm_deadline {
+            if !current {
+                eprintln!("soak: the daemon has not caught up with the producer after the warm-up");
+            }
+            if am.is_some() && first_alert.is_none() {
+                eprintln!("soak: the drift alert did not reach Alertmanager during the warm-up");
+            }
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    if am.is_some() {
+        check(
+            "drift alert delivered",
+            first_alert.is_some(),
+            match first_alert {
+                Some(s) => format!(
+                    "{drifted_model}'s FeatureDrift alert in Alertmanager {s:.1} s after start"
+                ),
+                None => format!(
+                    "no FeatureDrift alert of {drifted_model} in Alertmanager within {}",
+                    clock(secs(warm_deadline))
+                ),
+            },
+        );
+    }
+
+    // ---- Start: a sample a second for 5 to 10 s (the same at the end).
+    let sample = |d: &ChildDaemon| (bench::proc_mem(d.pid()).0, open_fds(d.pid()));
+    let sampling = (o.duration / 24).clamp(Duration::from_secs(5), Duration::from_secs(10));
+    let (mut rss_s, mut fds_s) = (Vec::new(), Vec::new());
+    for _ in 0..sampling.as_secs() {
+        d.alive().with_context(|| d.log())?;
+        let (r, f) = sample(&d);
+        rss_s.push(r);
+        fds_s.push(f);
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let start_series = settled_series(&d, &pstats, o.rate, None)?;
+    let start = Measure {
+        rss_mib: median_f(&rss_s),
+        fds: median_u(&fds_s),
+        series: start_series.len(),
+    };
+    eprintln!(
+        "soak: start: RSS {:.1} MiB, {} open fds, {} series; {} of faults every {} ...",
+        start.rss_mib,
+        start.fds,
+        start.series,
+        humantime::format_duration(o.duration),
+        humantime::format_duration(o.fault_every)
+    );
+
+    // ---- Faults.
+    let schedule = plan(o);
+    let mut faults: Vec<FaultRecord> = schedule
+        .iter()
+        .map(|(kind, at, len)| FaultRecord {
+            kind: *kind,
+            exercised: *kind != FaultKind::AlertmanagerOutage || am.is_some(),
+            at_s: secs(*at),
+            seconds: secs(*len),
+            ready_down_after_s: None,
+            ready_recovered_after_s: None,
+            consumed_during: 0,
+            max_lag: 0,
+            failed_sends: None,
+            alert_back_after_s: None,
+        })
+        .collect();
+    let alert_errors = |d: &ChildDaemon| -> f64 {
+        d.get("/metrics").map_or(0.0, |(_, t)| {
+            sample_sum(
+                &t,
+                "driftd_alerts_sent_total",
+                &[("sink", "alertmanager"), ("outcome", "error")],
+            )
+        })
+    };
+    let phase = Instant::now();
+    let progress_every = o.fault_every.min(Duration::from_secs(60));
+    let curve_every = (o.duration / 30).clamp(Duration::from_secs(5), Duration::from_secs(60));
+    let mut next_progress = progress_every;
+    let mut next_curve = Duration::ZERO;
+    let mut curve = Vec::new();
+    let mut end_rss = Vec::new();
+    let mut end_fds = Vec::new();
+    let mut live: Vec<Live> = Vec::new();
+    let mut next_fault = 0;
+    let mut tick = Instant::now();
+    let mut messages = 0u64;
+    loop {
+        let t = phase.elapsed();
+        d.alive().with_context(|| d.log())?;
+        let status = d.status().ok();
+        if let Some(s) = &status {
+            messages = s["messages"].as_u64().unwrap_or(messages);
+        }
+        let lag = status.as_ref().and_then(|s| s["lag"].as_i64()).unwrap_or(0);
+        let ready = d.get("/readyz").map_or(0, |r| r.0);
+        let (rss, fds) = sample(&d);
+        if t >= next_curve {
+            curve.push((secs(t), rss, fds));
+            next_curve += curve_every;
+        }
+        if t + sampling >= o.duration && t <= o.duration {
+            end_rss.push(rss);
+            end_fds.push(fds);
+        }
+
+        // Start what is due.
+        while next_fault < schedule.len() && schedule[next_fault].1 <= t {
+            let (kind, _, len) = schedule[next_fault];
+            let f = &faults[next_fault];
+            eprintln!(
+                "soak {} ({}): fault {} of {}: {} for {}{}",
+                clock(secs(t)),
+                wall(),
+                next_fault + 1,
+                schedule.len(),
+                kind.describe(),
+                clock(secs(len)),
+                if f.exercised {
+                    ""
+                } else {
+                    " (NOT exercised: no Alertmanager)"
+                }
+            );
+            if f.exercised {
+                match kind {
+                    FaultKind::BrokerOutage => {
+                        for id in 1..=BROKERS {
+                            cluster.broker_down(id)?;
+                        }
+                    }
+                    FaultKind::RequestErrors => {
+                        let n = (len.as_secs() as usize + 1) * 50;
+                        let fetch: Vec<RDKafkaRespErr> = [
+                            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
+                            RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+                            RDKafkaRespErr::RD_KAFKA_RESP_ERR__TRANSPORT,
+                        ]
+                        .into_iter()
+                        .cycle()
+                        .take(n)
+                        .collect();
+                        let commit: Vec<RDKafkaRespErr> = [
+                            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_COORDINATOR,
+                            RDKafkaRespErr::RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE,
+                            RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+                        ]
+                        .into_iter()
+                        .cycle()
+                        .take(n / 10)
+                        .collect();
+                        cluster.request_errors(RDKafkaApiKey::Fetch, &fetch);
+                        cluster.request_errors(RDKafkaApiKey::OffsetCommit, &commit);
+                    }
+                    FaultKind::AlertmanagerOutage => {
+                        if let Some(a) = &mut am {
+                            a.kill();
+                        }
+                    }
+                }
+                live.push(Live {
+                    index: next_fault,
+                    ends_at: schedule[next_fault].1 + len,
+                    ended: None,
+                    started: Instant::now(),
+                    consumed_at_start: messages,
+                    errors_at_start: if kind == FaultKind::AlertmanagerOutage {
+                        alert_errors(&d)
+                    } else {
+                        0.0
+                    },
+                    am_ready: None,
+                });
+            }
+            next_fault += 1;
+        }
+
+        // Observe, end and verify what is live.
+        let mut done = Vec::new();
+        for (i, l) in live.iter_mut().enumerate() {
+            let f = &mut faults[l.index];
+            f.max_lag = f.max_lag.max(lag);
+            if l.ended.is_none() {
+                f.consumed_during = messages.saturating_sub(l.consumed_at_start);
+                if ready != 200 && f.ready_down_after_s.is_none() {
+                    f.ready_down_after_s = Some(secs(l.started.elapsed()));
+                }
+                if t >= l.ends_at {
+                    match f.kind {
+                        FaultKind::BrokerOutage => {
+                            for id in 1..=BROKERS {
+                                cluster.broker_up(id)?;
+                            }
+                        }
+                        FaultKind::RequestErrors => {
+                            cluster.clear_request_errors(RDKafkaApiKey::Fetch);
+                            cluster.clear_request_errors(RDKafkaApiKey::OffsetCommit);
+                        }
+                        FaultKind::AlertmanagerOutage => {
+                            f.failed_sends =
+                                Some((alert_errors(&d) - l.errors_at_start).max(0.0) as u64);
+                            if let Some(a) = &mut am {
+                                a.start(&http)?;
+                            }
+                            l.am_ready = Some(Instant::now());
+                        }
+                    }
+                    l.ended = Some(Instant::now());
+                    eprintln!(
+                        "soak {} ({}): fault {} over ({}): {} messages counted meanwhile{}",
+                        clock(secs(phase.elapsed())),
+                        wall(),
+                        l.index + 1,
+                        f.kind.describe(),
+                        f.consumed_during,
+                        match (f.kind, f.ready_down_after_s, f.failed_sends) {
+                            (FaultKind::AlertmanagerOutage, _, Some(n)) =>
+                                format!(", {n} alert posts failed"),
+                            (_, Some(s), _) => format!(", /readyz 503 after {s:.1} s"),
+                            _ => ", /readyz stayed 200".to_owned(),
+                        }
+                    );
+                }
+                continue;
+            }
+            let since = l.ended.map_or(Duration::ZERO, |e| e.elapsed());
+            let finished = match f.kind {
+                FaultKind::BrokerOutage | FaultKind::RequestErrors => {
+                    if ready == 200 && f.ready_recovered_after_s.is_none() {
+                        f.ready_recovered_after_s = Some(secs(since));
+                    }
+                    f.ready_recovered_after_s.is_some() || since > RECOVERY
+                }
+                FaultKind::AlertmanagerOutage => {
+                    let back = am
+                        .as_ref()
+                        .and_then(|a| a.has_drift_alert(&http, &drifted_model))
+                        == Some(true);
+                    if back && f.alert_back_after_s.is_none() {
+                        let s = secs(l.am_ready.map_or(since, |r| r.elapsed()));
+                        f.alert_back_after_s = Some(s);
+                        eprintln!(
+                            "soak {}: the firing alert is back in the restarted Alertmanager after {s:.1} s",
+                            clock(secs(phase.elapsed()))
+                        );
+                    }
+                    f.alert_back_after_s.is_some() || since > RECOVERY
+                }
+            };
+            if finished {
+                done.push(i);
+            }
+        }
+        for i in done.into_iter().rev() {
+            live.remove(i);
+        }
+
+        if t >= next_progress {
+            next_progress += progress_every;
+            let now_faults: Vec<String> = live
+                .iter()
+                .filter(|l| l.ended.is_none())
+                .map(|l| faults[l.index].kind.describe().to_owned())
+                .collect();
+            eprintln!(
+                "soak {}/{}: produced {} ({} acknowledged), consumed {messages} (lag {lag}), RSS {rss:.1} MiB, {fds} fds, /readyz {ready}{}",
+                clock(secs(t)),
+                clock(secs(o.duration)),
+                pstats.queued.load(Ordering::Relaxed),
+                pstats.acked.load(Ordering::Relaxed),
+                if now_faults.is_empty() {
+                    String::new()
+                } else {
+                    format!(" [{}]", now_faults.join(", "))
+                }
+            );
+        }
+        // Past the end, recoveries are still waited for (each up to RECOVERY).
+        if t >= o.duration && (live.is_empty() || t >= o.duration + RECOVERY) {
+            break;
+        }
+        tick += Duration::from_secs(1);
+        std::thread::sleep(tick.saturating_duration_since(Instant::now()));
+    }
+
+    // ---- End: measured under load, after every fault is over.
+    let end_series = settled_series(&d, &pstats, o.rate, Some(&start_series))?;
+    let end = Measure {
+        rss_mib: median_f(&end_rss),
+        fds: median_u(&end_fds),
+        series: end_series.len(),
+    };
+    eprintln!(
+        "soak: end: RSS {:.1} MiB, {} open fds, {} series; stopping the producer and draining ...",
+        end.rss_mib, end.fds, end.series
+    );
+
+    // ---- Drain: everything in the topic consumed and committed.
+    stop.store(true, Ordering::Relaxed);
+    producer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the producer thread panicked"))??;
+    let acked = pstats.acked.load(Ordering::Relaxed);
+    let producer_failed = pstats.failed.load(Ordering::Relaxed);
+    let watcher: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", GROUP)
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let drain_started = Instant::now();
+    let (mut offs, mut consumed) = (Vec::new(), 0u64);
+    loop {
+        d.alive().with_context(|| d.log())?;
+        if let Ok(got) = offsets(&watcher, partitions) {
+            offs = got;
+        }
+        if let Ok(s) = d.status() {
+            consumed = s["messages"].as_u64().unwrap_or(consumed);
+        }
+        let produced: i64 = offs.iter().map(|o| o.1).sum();
+        let all_committed = !offs.is_empty() && offs.iter().all(|(c, h)| c == h);
+        if all_committed && consumed >= produced as u64 {
+            break;
+        }
+        if drain_started.elapsed() > Duration::from_secs(180) {
+            eprintln!("soak: not drained after 3 minutes");
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let produced = offs.iter().map(|o| o.1.max(0) as u64).sum::<u64>();
+    let partitions_committed = offs.iter().filter(|(c, h)| c == h).count();
+    let uncommitted: u64 = offs.iter().map(|(c, h)| (h - c).max(0) as u64).sum();
+    let lost = produced.saturating_sub(consumed).max(uncommitted);
+    let duplicates = consumed.saturating_sub(produced);
+    let final_ready = d.get("/readyz").map_or(0, |r| r.0);
+    let alerts_dropped = sample_sum(&d.get("/metrics")?.1, "driftd_alerts_dropped_total", &[]);
+
+    // ---- SIGTERM: a clean exit within the grace period.
+    let stopping = Instant::now();
+    // SAFETY: kill(2) on our own child's pid, which we have not reaped.
+    unsafe {
+        libc::kill(d.pid() as libc::pid_t, libc::SIGTERM);
+    }
+    let mut exit = None;
+    while stopping.elapsed() < GRACE + Duration::from_secs(5) {
+        if let Some(st) = d.child.try_wait()? {
+            exit = Some((st, stopping.elapsed()));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = format!(
+        "{}{}",
+        std::fs::read_to_string(&stdout_path).unwrap_or_default(),
+        d.log()
+    );
+    let panic_lines: Vec<&str> = output.lines().filter(|l| l.contains("panicked")).collect();
+    if let Some(a) = &mut am {
+        a.kill();
+    }
+
+    // ---- Checks.
+    let rss_limit = start.rss_mib * RSS_FACTOR + RSS_SLACK_MIB;
+    check(
+        "RSS flat",
+        end.rss_mib <= rss_limit,
+        format!(
+            "start {:.1} MiB, end {:.1} MiB, limit {rss_limit:.1} (start x {RSS_FACTOR} + {RSS_SLACK_MIB} MiB)",
+            start.rss_mib, end.rss_mib
+        ),
+    );
+    let fds_limit = start.fds + FD_SLACK;
+    check(
+        "open fds flat",
+        end.fds <= fds_limit,
+        format!("start {}, end {}, limit {fds_limit}", start.fds, end.fds),
+    );
+    let added: Vec<String> = end_series.difference(&start_series).cloned().collect();
+    let removed: Vec<String> = start_series.difference(&end_series).cloned().collect();
+    check(
+        "series stable",
+        added.is_empty() && removed.is_empty(),
+        format!(
+            "start {}, end {}; {} added {:?}, {} removed {:?}",
+            start.series,
+            end.series,
+            added.len(),
+            &added[..added.len().min(5)],
+            removed.len(),
+            &removed[..removed.len().min(5)]
+        ),
+    );
+    check(
+        "no lost messages",
+        lost == 0,
+        format!(
+            "{produced} in the topic, {consumed} consumed ({duplicates} duplicates), committed = high watermark on {partitions_committed}/{partitions} partitions"
+        ),
+    );
+    check(
+        "producer delivered everything",
+        producer_failed == 0 && acked > 0,
+        format!("{acked} acknowledged, {producer_failed} failed (the harness's producer, not the daemon)"),
+    );
+    check(
+        "no panics",
+        panic_lines.is_empty(),
+        if panic_lines.is_empty() {
+            "no \"panicked\" in the daemon's output".to_owned()
+        } else {
+            panic_lines[..panic_lines.len().min(3)].join(" | ")
+        },
+    );
+    let exit_status = match &exit {
+        Some((st, _)) => st.to_string(),
+        None => "still running".to_owned(),
+    };
+    check(
+        "clean exit on SIGTERM",
+        exit.as_ref()
+            .is_some_and(|(st, t)| st.success() && *t <= GRACE + Duration::from_secs(1)),
+        match &exit {
+            Some((st, t)) => format!(
+                "{st} after {:.2} s (grace {})",
+                secs(*t),
+                humantime::format_duration(GRACE)
+            ),
+            None => format!(
+                "not stopped {} after SIGTERM",
+                humantime::format_duration(GRACE + Duration::from_secs(5))
+            ),
+        },
+    );
+    check(
+        "ready at the end",
+        final_ready == 200,
+        format!("/readyz {final_ready}"),
+    );
+    let broker: Vec<&FaultRecord> = faults
+        .iter()
+        .filter(|f| f.kind == FaultKind::BrokerOutage)
+        .collect();
+    check(
+        "not ready while the brokers are down",
+        broker.iter().all(|f| f.ready_down_after_s.is_some()),
+        broker
+            .iter()
+            .map(|f| match f.ready_down_after_s {
+                Some(s) => format!("503 after {s:.1} s"),
+                None => format!("stayed 200 for {}", clock(f.seconds)),
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    check(
+        "ready again after the brokers are back",
+        broker.iter().all(|f| f.ready_recovered_after_s.is_some()),
+        broker
+            .iter()
+            .map(|f| match f.ready_recovered_after_s {
+                Some(s) => format!("200 after {s:.1} s"),
+                None => format!("not within {}", clock(secs(RECOVERY))),
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    if am.is_some() {
+        let outages: Vec<&FaultRecord> = faults
+            .iter()
+            .filter(|f| f.kind == FaultKind::AlertmanagerOutage)
+            .collect();
+        check(
+            "alert delivered after every Alertmanager outage",
+            outages.iter().all(|f| f.alert_back_after_s.is_some()),
+            outages
+                .iter()
+                .map(|f| match f.alert_back_after_s {
+                    Some(s) => format!(
+                        "back after {s:.1} s ({} failed posts during the outage)",
+                        f.failed_sends.unwrap_or(0)
+                    ),
+                    None => format!("not back within {}", clock(secs(RECOVERY))),
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+        check(
+            "no alert transitions dropped",
+            alerts_dropped == 0.0,
+            format!("driftd_alerts_dropped_total {alerts_dropped}"),
+        );
+    }
+
+    let mut fault_counts = BTreeMap::new();
+    for k in FaultKind::ALL {
+        let n = faults.iter().filter(|f| f.kind == k && f.exercised).count();
+        fault_counts.insert(k.as_str().to_owned(), n);
+    }
+    let passed = checks.iter().all(|c| c.ok);
+    let logs = if passed && !o.keep_logs {
+        None
+    } else {
+        // Keep the logs of a failed run (or when asked to).
+        let p = scratch.0.display().to_string();
+        std::mem::forget(scratch);
+        Some(p)
+    };
+    drop(d);
+    drop(cluster);
+    eprintln!("soak: done in {}", clock(secs(began.elapsed())));
+    Ok(SoakReport {
+        machine: bench::machine(),
+        cores: std::thread::available_parallelism().map_or(1, |c| c.get()),
+        duration_s: secs(o.duration),
+        rate: o.rate,
+        fault_every_s: secs(o.fault_every),
+        models: o.models,
+        features: o.features,
+        brokers: BROKERS,
+        partitions,
+        window: humantime::format_duration(window).to_string(),
+        warmup_s: secs(warmup),
+        drifted_model,
+        alertmanager: am_bin.map(|p| p.display().to_string()),
+        start,
+        end,
+        rss_limit_mib: rss_limit,
+        fds_limit,
+        series_added: added,
+        series_removed: removed,
+        curve,
+        produced,
+        acked,
+        producer_failed,
+        consumed,
+        duplicates,
+        lost,
+        partitions_committed,
+        first_alert_s: first_alert,
+        alerts_dropped,
+        faults,
+        fault_counts,
+        panics: panic_lines.len(),
+        exit_status,
+        shutdown_s: exit.map(|(_, t)| secs(t)),
+        checks,
+        passed,
+        logs,
+    })
+}
+
+/// The report as tables.
+pub fn render(r: &SoakReport) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "driftd soak: {} at {} lines/s, a fault every {}; {} models x {} features, {} partitions on {} mock brokers, window {}; {} ({} cores)",
+        clock(r.duration_s),
+        r.rate,
+        clock(r.fault_every_s),
+        r.models,
+        r.features,
+        r.partitions,
+        r.brokers,
+        r.window,
+        r.machine,
+        r.cores
+    );
+    match &r.alertmanager {
+        Some(p) => {
+            let _ = writeln!(out, "Alertmanager: {p}");
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "Alertmanager: none found; the Alertmanager outage fault was NOT exercised"
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\n| measure | start | end | limit |\n|---|---|---|---|"
+    );
+    let _ = writeln!(
+        out,
+        "| RSS (MiB, median of 5-10 s) | {:.1} | {:.1} | {:.1} |",
+        r.start.rss_mib, r.end.rss_mib, r.rss_limit_mib
+    );
+    let _ = writeln!(
+        out,
+        "| open file descriptors | {} | {} | {} |",
+        r.start.fds, r.end.fds, r.fds_limit
+    );
+    let _ = writeln!(
+        out,
+        "| /metrics series | {} | {} | the same series |",
+        r.start.series, r.end.series
+    );
+    let _ = writeln!(
+        out,
+        "\nmessages: {} in the topic ({} acknowledged to the producer, {} failed), {} consumed, {} duplicates, {} lost; committed offset = high watermark on {}/{} partitions",
+        r.produced, r.acked, r.producer_failed, r.consumed, r.duplicates, r.lost, r.partitions_committed, r.partitions
+    );
+    let counts: Vec<String> = r
+        .fault_counts
+        .iter()
+        .map(|(k, n)| format!("{n} {k}"))
+        .collect();
+    let _ = writeln!(out, "faults exercised: {}", counts.join(", "));
+    let _ = writeln!(
+        out,
+        "\n| # | at | fault | for | consumed meanwhile | max lag | /readyz | alerts |\n|---|---|---|---|---|---|---|---|"
+    );
+    for (i, f) in r.faults.iter().enumerate() {
+        let ready = match f.kind {
+            FaultKind::AlertmanagerOutage => "-".to_owned(),
+            _ => format!(
+                "{}; {}",
+                f.ready_down_after_s
+                    .map_or("stayed 200".to_owned(), |s| format!("503 after {s:.1} s")),
+                f.ready_recovered_after_s
+                    .map_or("not back".to_owned(), |s| format!("200 {s:.1} s after")),
+            ),
+        };
+        let alerts = match (f.kind, f.exercised) {
+            (FaultKind::AlertmanagerOutage, false) => "not exercised".to_owned(),
+            (FaultKind::AlertmanagerOutage, true) => format!(
+                "{} failed posts; {}",
+                f.failed_sends.unwrap_or(0),
+                f.alert_back_after_s
+                    .map_or("alert NOT back".to_owned(), |s| format!(
+                        "alert back {s:.1} s after restart"
+                    ))
+            ),
+            _ => "-".to_owned(),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {ready} | {alerts} |",
+            i + 1,
+            clock(f.at_s),
+            f.kind.describe(),
+            clock(f.seconds),
+            f.consumed_during,
+            f.max_lag
+        );
+    }
+    let curve: Vec<String> = r
+        .curve
+        .iter()
+        .map(|(t, m, f)| format!("{} {m:.1}/{f}", clock(*t)))
+        .collect();
+    let _ = writeln!(
+        out,
+        "\nRSS MiB / open fds over the run: {}",
+        curve.join(", ")
+    );
+    if let Some(s) = r.first_alert_s {
+        let _ = writeln!(
+            out,
+            "drift alert of {} first in Alertmanager {s:.1} s after the daemon started",
+            r.drifted_model
+        );
+    }
+    let _ = writeln!(
+        out,
+        "panics: {}; SIGTERM: {}{}",
+        r.panics,
+        r.exit_status,
+        r.shutdown_s
+            .map_or(String::new(), |s| format!(" after {s:.2} s"))
+    );
+    let failed = r.failed();
+    let _ = writeln!(
+        out,
+        "\nchecks: {} passed, {} failed",
+        r.checks.len() - failed.len(),
+        failed.len()
+    );
+    for c in &r.checks {
+        let _ = writeln!(
+            out,
+            "  {} {}: {}",
+            if c.ok { "ok    " } else { "FAILED" },
+            c.name,
+            c.detail
+        );
+    }
+    if let Some(l) = &r.logs {
+        let _ = writeln!(out, "logs kept in {l}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(duration: u64, every: u64) -> SoakOptions {
+        SoakOptions {
+            duration: Duration::from_secs(duration),
+            fault_every: Duration::from_secs(every),
+            ..SoakOptions::default()
+        }
+    }
+
+    #[test]
+    fn the_ci_soak_exercises_every_fault_kind() {
+        let p = plan(&opts(120, 30));
+        let kinds: Vec<FaultKind> = p.iter().map(|f| f.0).collect();
+        assert_eq!(
+            kinds,
+            [
+                FaultKind::BrokerOutage,
+                FaultKind::RequestErrors,
+                FaultKind::AlertmanagerOutage,
+                FaultKind::BrokerOutage
+            ]
+        );
+        // Every fault over 10 s before the end.
+        for (_, at, len) in &p {
+            assert!(*at + *len <= Duration::from_secs(110), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn the_full_soak_has_five_minute_alertmanager_outages_and_minute_broker_outages() {
+        let p = plan(&opts(1800, 180));
+        assert_eq!(p.len(), 10);
+        for (kind, at, len) in &p {
+            let want = match kind {
+                FaultKind::AlertmanagerOutage => 300,
+                _ => 60,
+            };
+            assert_eq!(len.as_secs(), want, "{kind:?} at {at:?}");
+        }
+        let am = p
+            .iter()
+            .filter(|f| f.0 == FaultKind::AlertmanagerOutage)
+            .count();
+        assert_eq!(am, 3);
+        let (_, at, len) = p.last().unwrap();
+        assert!(*at + *len <= Duration::from_secs(1740));
+    }
+
+    #[test]
+    fn series_and_samples_are_read_from_the_exposition() {
+        let text = "# HELP x y\n# TYPE x counter\ndriftd_alerts_sent_total{sink=\"alertmanager\",outcome=\"error\"} 3\ndriftd_alerts_sent_total{sink=\"alertmanager\",outcome=\"success\"} 4\nup 1\n";
+        assert_eq!(series_set(text).len(), 3);
+        assert_eq!(
+            sample_sum(
+                text,
+                "driftd_alerts_sent_total",
+                &[("sink", "alertmanager"), ("outcome", "error")]
+            ),
+            3.0
+        );
+        assert_eq!(sample_sum(text, "driftd_alerts_sent_total", &[]), 7.0);
+        assert_eq!(clock(65.0), "1m05s");
+        assert_eq!(clock(9.4), "9s");
+    }
+}
