@@ -23,6 +23,13 @@
 //!   (statistic, dof and the incomplete-gamma p-value), `ks_binned` (on the
 //!   12 ordered bins), to see where a pass spends its time.
 //!
+//! * `threshold/simulate_*`: one no-drift simulation of automatic
+//!   thresholds ([`driftd::threshold::simulate`], 1,000 replicates of a
+//!   window and a baseline drawn from the baseline, each scored by
+//!   `compare`), on one numeric feature of 13 bins and one categorical of
+//!   52 (top-50 + other + missing): what an evaluation pays per new
+//!   (distribution, sample-size bucket), at most 64 times.
+//!
 //! Why: evaluation compares every distribution of every window (model and
 //! arms) on each tick; this bounds how many models and features one core
 //! can keep scored.
@@ -152,5 +159,52 @@ fn bench_compare(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_compare);
+fn bench_threshold(c: &mut Criterion) {
+    let opts = CompareOptions::default();
+    let mut g = c.benchmark_group("threshold");
+    g.sample_size(20);
+    let numeric: Vec<u64> = std::iter::once(500)
+        .chain(std::iter::repeat_n(9_800, 10))
+        .chain([500, 1_000])
+        .collect();
+    let edges: Vec<f64> = (0..11).map(f64::from).collect();
+    let layout = BinLayout::Numeric {
+        edges: &edges,
+        spread: 1.0,
+    };
+    g.bench_function("simulate_numeric_13_bins", |b| {
+        b.iter(|| {
+            driftd::threshold::simulate(
+                black_box(&numeric),
+                layout,
+                &opts,
+                5_000,
+                1e-5,
+                driftd::threshold::REPLICATES,
+                7,
+            )
+        })
+    });
+    // Zipf-like top 50, then other and missing.
+    let categorical: Vec<u64> = (1..=50u64)
+        .map(|r| 100_000 / r)
+        .chain([2_000, 500])
+        .collect();
+    g.bench_function("simulate_categorical_52_bins", |b| {
+        b.iter(|| {
+            driftd::threshold::simulate(
+                black_box(&categorical),
+                BinLayout::Categorical,
+                &opts,
+                5_000,
+                1e-5,
+                driftd::threshold::REPLICATES,
+                7,
+            )
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_compare, bench_threshold);
 criterion_main!(benches);

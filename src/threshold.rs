@@ -262,11 +262,16 @@ pub fn simulate(
 
 /// The first-order asymptotic null quantiles, used until a simulated entry
 /// exists: with `k` bins holding baseline mass, `n·m/(n+m)·PSI`, `2·KL`,
-/// `8·JS` and `8·Hellinger²` all tend to `χ²_{k−1}`. The square-root
-/// metrics follow from those; KS and Wasserstein have no such law on
-/// arbitrary bins and get none (the rule waits for the simulation), nor
-/// does `unseen_share` (the minimum effect stands alone until then).
-pub fn asymptotic(baseline: &[u64], n: u64, alpha: f64) -> Quantiles {
+/// `8·JS` and `8·Hellinger²` all tend to `χ²_{k−1}`, and the square-root
+/// metrics follow from those. `unseen_share` is a proportion whose no-drift
+/// mean is the baseline's own share `p0` in the unseen bins (underflow and
+/// overflow, or `__other__`): `p0 + z·sqrt(p0(1 − p0)(1/n + 1/m))`, with
+/// one event's worth (`1/n`) added for the normal law's poor tail at small
+/// counts. KS gets the Kolmogorov law of the continuous two-sample test,
+/// conservative on bins (binning can only shrink the distance).
+/// Wasserstein has no law on arbitrary bins and gets none: its rule waits
+/// for the simulation.
+pub fn asymptotic(baseline: &[u64], layout: BinLayout<'_>, n: u64, alpha: f64) -> Quantiles {
     let mut q = Quantiles([f64::NAN; FITTED.len()]);
     let m = total(baseline);
     let k = baseline.iter().filter(|&&c| c > 0).count();
@@ -276,7 +281,20 @@ pub fn asymptotic(baseline: &[u64], n: u64, alpha: f64) -> Quantiles {
     let Ok(c) = ChiSquared::new((k - 1) as f64) else {
         return q;
     };
-    let x = c.inverse_cdf(1.0 - alpha) * (1.0 / n as f64 + 1.0 / m as f64);
+    let (nf, mf) = (n as f64, m as f64);
+    let x = c.inverse_cdf(1.0 - alpha) * (1.0 / nf + 1.0 / mf);
+    let unseen = match layout {
+        BinLayout::Numeric { .. } if baseline.len() >= 3 => {
+            baseline[0].saturating_add(baseline[baseline.len() - 2])
+        }
+        BinLayout::Categorical if baseline.len() >= 2 => baseline[baseline.len() - 2],
+        _ => 0,
+    };
+    let p0 = unseen as f64 / mf;
+    let z = statrs::distribution::Normal::standard().inverse_cdf(1.0 - alpha);
+    let unseen_q = p0 + z * (p0 * (1.0 - p0) * (1.0 / nf + 1.0 / mf)).sqrt() + 1.0 / nf;
+    let ks_q = kolmogorov_quantile(alpha) * ((nf + mf) / (nf * mf)).sqrt();
+    let numeric = matches!(layout, BinLayout::Numeric { .. });
     for (i, metric) in FITTED.iter().enumerate() {
         q.0[i] = match metric {
             Metric::Psi => x,
@@ -285,10 +303,27 @@ pub fn asymptotic(baseline: &[u64], n: u64, alpha: f64) -> Quantiles {
             Metric::JsDivergence => x / (8.0 * std::f64::consts::LN_2),
             Metric::JsDistance => (x / (8.0 * std::f64::consts::LN_2)).sqrt(),
             Metric::Hellinger => (x / 8.0).sqrt(),
+            Metric::UnseenShare if !matches!(layout, BinLayout::Hashed) => unseen_q,
+            Metric::Ks if numeric => ks_q,
             _ => f64::NAN,
         };
     }
     q
+}
+
+/// The `λ` with `P(K > λ) = alpha` for the Kolmogorov distribution, by
+/// bisection on its survival function.
+fn kolmogorov_quantile(alpha: f64) -> f64 {
+    let (mut lo, mut hi) = (0.2, 10.0);
+    for _ in 0..60 {
+        let mid = 0.5 * (lo + hi);
+        if compare::kolmogorov_sf(mid) > alpha {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    hi
 }
 
 /// A count total that saturates (a hand-edited baseline can hold counts
@@ -396,7 +431,7 @@ mod tests {
         };
         let opts = CompareOptions::default();
         let sim = simulate(&base, layout, &opts, 50_000, 0.01, 2000, 1);
-        let asy = asymptotic(&base, 50_000, 0.01);
+        let asy = asymptotic(&base, layout, 50_000, 0.01);
         for m in [
             Metric::Psi,
             Metric::Kl,
@@ -480,19 +515,56 @@ mod tests {
         }
     }
 
+    /// The stand-ins used while a simulation waits: the unseen share's
+    /// normal law agrees with the simulation, and the continuous KS law is
+    /// conservative on bins (never under the simulated quantile).
+    #[test]
+    fn fallback_laws_for_unseen_share_and_ks() {
+        let opts = CompareOptions::default();
+        // Categorical, 3% of the baseline in __other__.
+        let cat = vec![40_000u64, 30_000, 20_000, 7_000, 3_000, 0];
+        for n in [2_000, 50_000] {
+            let sim = simulate(&cat, BinLayout::Categorical, &opts, n, 1e-4, 2000, 2);
+            let asy = asymptotic(&cat, BinLayout::Categorical, n, 1e-4);
+            let (s, a) = (
+                sim.get(Metric::UnseenShare).unwrap(),
+                asy.get(Metric::UnseenShare).unwrap(),
+            );
+            assert!(
+                a > 0.03 && (a / s - 1.0).abs() < 0.25,
+                "n {n}: unseen simulated {s}, law {a}"
+            );
+        }
+        let base = even(10, 10_000);
+        let e = edges(10);
+        let layout = BinLayout::Numeric {
+            edges: &e,
+            spread: 1.0,
+        };
+        for n in [500, 20_000] {
+            let sim = simulate(&base, layout, &opts, n, 1e-4, 2000, 4);
+            let asy = asymptotic(&base, layout, n, 1e-4);
+            let (s, a) = (sim.get(Metric::Ks).unwrap(), asy.get(Metric::Ks).unwrap());
+            assert!(
+                a >= s * 0.95 && a < s * 2.0,
+                "n {n}: ks simulated {s}, law {a}"
+            );
+        }
+    }
+
     /// Against the same windows, the first-order law alone is too low at
     /// n = 200 (the reason the simulation exists).
     #[test]
     fn the_first_order_law_is_too_low_for_small_windows() {
         let base = even(10, 1000);
         let alpha = 0.002;
-        let q = asymptotic(&base, 200, alpha);
         let opts = CompareOptions::default();
         let e = edges(10);
         let layout = BinLayout::Numeric {
             edges: &e,
             spread: 1.0,
         };
+        let q = asymptotic(&base, layout, 200, alpha);
         let p: Vec<f64> = base.iter().map(|&c| c as f64 / 10_000.0).collect();
         let mut rng = SmallRng::seed_from_u64(5);
         let (mut w, mut b) = (vec![0; base.len()], vec![0; base.len()]);
