@@ -180,6 +180,24 @@ struct Ctx {
     paused: Mutex<Vec<(String, i32)>>,
 }
 
+/// A broker not heard from for this long is not "up", whatever its
+/// connection state says. A broker host that died without closing its
+/// connections (or a silent middlebox) leaves the socket open and the state
+/// `UP` while nothing arrives; a healthy consumer hears from its brokers at
+/// least every `fetch.wait.max.ms` (50 ms) and heartbeat (3 s). Found by
+/// `driftd soak`: a connection kept open but silent held /readyz at 200
+/// through a minute without consumption.
+const SILENT_BROKER_US: i64 = 30_000_000;
+
+/// Whether some broker is connected and talking, from librdkafka's
+/// statistics: (state, microseconds since the last bytes received, -1 for
+/// never).
+fn any_broker_up<'a>(brokers: impl Iterator<Item = (&'a str, i64)>) -> bool {
+    brokers
+        .into_iter()
+        .any(|(state, rxidle)| state == "UP" && rxidle < SILENT_BROKER_US)
+}
+
 /// Reading other replicas' model states from the compacted topic.
 struct Takeover {
     client: ClientConfig,
@@ -205,7 +223,7 @@ impl ClientContext for Ctx {
         if let Ok(mut l) = self.lag.lock() {
             *l = lag;
         }
-        let up = s.brokers.values().any(|b| b.state == "UP");
+        let up = any_broker_up(s.brokers.values().map(|b| (b.state.as_str(), b.rxidle)));
         self.health.broker_up.store(up, Ordering::Relaxed);
     }
 
@@ -1229,6 +1247,18 @@ pub fn log_transition(t: &Transition) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connected_but_silent_broker_is_not_up() {
+        assert!(any_broker_up([("UP", 40_000)].into_iter()));
+        assert!(any_broker_up([("DOWN", 10), ("UP", -1)].into_iter()));
+        assert!(!any_broker_up([("UP", 31_000_000)].into_iter()));
+        assert!(!any_broker_up([("DOWN", 10), ("CONNECT", 10)].into_iter()));
+        assert!(any_broker_up(
+            [("UP", 60_000_000), ("UP", 2_000)].into_iter()
+        ));
+        assert!(!any_broker_up(std::iter::empty()));
+    }
 
     #[test]
     fn a_known_position_always_wins() {
