@@ -372,10 +372,22 @@ pub fn events_total(samples: &[Sample]) -> f64 {
 // ---------------------------------------------------------------------------
 // Tests that run the binary as a long-lived process, and the admin API.
 
-/// A free TCP port on loopback (bound, then released for the daemon).
+/// A free TCP port on loopback (bound, then released for the daemon), never
+/// one this process handed out before: the kernel can give a just-released
+/// port to the next bind, so two tests of one binary starting together could
+/// otherwise get the same port, one daemon failing to bind and its test
+/// reading the other's /metrics.
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr").port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = l.local_addr().expect("local addr").port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// The exposition, or None while nothing answers /metrics with 200 (a
