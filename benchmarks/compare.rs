@@ -11,7 +11,7 @@
 //! What it measures:
 //!
 //! * `compare/all_metrics_50_features`: one comparison pass, i.e.
-//!   [`driftd::compare::compare`] with a `BinLayout::Numeric` on each of the
+//!   [`driftd::engine::compare::compare`] with a `BinLayout::Numeric` on each of the
 //!   50 features, every metric (KL, PSI, JS divergence and distance,
 //!   Hellinger, chi² with its p-value, KS with its p-value, Wasserstein,
 //!   unseen share). Throughput is in features. Target: under 50 µs for the
@@ -24,7 +24,7 @@
 //!   12 ordered bins), to see where a pass spends its time.
 //!
 //! * `threshold/simulate_*`: one no-drift simulation of automatic
-//!   thresholds ([`driftd::threshold::simulate`], 1,000 replicates of a
+//!   thresholds ([`driftd::engine::threshold::simulate`], 1,000 replicates of a
 //!   window and a baseline drawn from the baseline, each scored by
 //!   `compare`), on one numeric feature of 13 bins and one categorical of
 //!   52 (top-50 + other + missing): what an evaluation pays per new
@@ -39,7 +39,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use driftd::compare::{
+use driftd::engine::compare::{
     chi2_homogeneity, compare, js_divergence, kl_smoothed, ks_binned, BinLayout, CompareOptions,
     DEFAULT_SMOOTHING,
 };
@@ -174,13 +174,13 @@ fn bench_threshold(c: &mut Criterion) {
     };
     g.bench_function("simulate_numeric_13_bins", |b| {
         b.iter(|| {
-            driftd::threshold::simulate(
+            driftd::engine::threshold::simulate(
                 black_box(&numeric),
                 layout,
                 &opts,
                 5_000,
                 1e-5,
-                driftd::threshold::REPLICATES,
+                driftd::engine::threshold::REPLICATES,
                 7,
             )
         })
@@ -192,13 +192,13 @@ fn bench_threshold(c: &mut Criterion) {
         .collect();
     g.bench_function("simulate_categorical_52_bins", |b| {
         b.iter(|| {
-            driftd::threshold::simulate(
+            driftd::engine::threshold::simulate(
                 black_box(&categorical),
                 BinLayout::Categorical,
                 &opts,
                 5_000,
                 1e-5,
-                driftd::threshold::REPLICATES,
+                driftd::engine::threshold::REPLICATES,
                 7,
             )
         })

@@ -1,4 +1,4 @@
-//! Benchmark `decode`: one JSON inference line to one [`driftd::decode::Event`].
+//! Benchmark `decode`: one JSON inference line to one [`driftd::engine::decode::Event`].
 //!
 //! What it measures:
 //!
@@ -31,8 +31,8 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use driftd::decode::{DecodeConfig, Decoded, Decoder};
-use driftd::generate::{Generator, GeneratorConfig};
+use driftd::engine::decode::{DecodeConfig, Decoded, Decoder};
+use driftd::lab::generate::{Generator, GeneratorConfig};
 use serde::de::IgnoredAny;
 
 /// Lines decoded per iteration.

@@ -15,11 +15,11 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
 use tokio_util::sync::CancellationToken;
 
-use driftd::baseline::{BaselineBuilder, Binning};
 use driftd::config::{Config, KafkaConfig};
-use driftd::decode::{Decoded, Decoder};
-use driftd::generate::{Generator, GeneratorConfig};
-use driftd::window::WindowSpec;
+use driftd::engine::baseline::{BaselineBuilder, Binning};
+use driftd::engine::decode::{Decoded, Decoder};
+use driftd::engine::window::WindowSpec;
+use driftd::lab::generate::{Generator, GeneratorConfig};
 
 const TOPIC: &str = "bench";
 
@@ -39,7 +39,7 @@ fn main() {
         20_000
     };
     let gen_cfg = GeneratorConfig::synthetic(42, 4, 20).inference_only();
-    let now = driftd::ingest::now_ms();
+    let now = driftd::daemon::ingest::now_ms();
 
     // Baselines from a separate reference stream of the same models.
     let mut reference = Generator::new(GeneratorConfig {
@@ -160,7 +160,7 @@ fn main() {
     let cancel = CancellationToken::new();
     let joined = Instant::now();
     let daemon = rt
-        .block_on(driftd::app::start(cfg, cancel.clone()))
+        .block_on(driftd::daemon::app::start(cfg, cancel.clone()))
         .expect("daemon starts");
     let snap = daemon.snapshot.clone();
     while daemon

@@ -11,11 +11,11 @@ use std::collections::BTreeMap;
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use driftd::baseline::{BaselineBuilder, Binning};
-use driftd::decode::{Decoded, Decoder};
+use driftd::daemon::metrics::{Metrics, Snapshot};
+use driftd::engine::baseline::{BaselineBuilder, Binning};
+use driftd::engine::decode::{Decoded, Decoder};
 use driftd::engine::{Engine, EngineConfig};
-use driftd::generate::{Generator, GeneratorConfig};
-use driftd::metrics::{Metrics, Snapshot};
+use driftd::lab::generate::{Generator, GeneratorConfig};
 use prometheus::Registry;
 
 fn snapshot() -> Snapshot {

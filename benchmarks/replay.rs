@@ -47,10 +47,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, SamplingMode, Throughput};
-use driftd::baseline::{Baseline, Binning};
-use driftd::decode::{DecodeConfig, Decoder};
+use driftd::engine::baseline::{Baseline, Binning};
+use driftd::engine::decode::{DecodeConfig, Decoder};
 use driftd::engine::{Engine, EngineConfig};
-use driftd::generate::{Generator, GeneratorConfig};
+use driftd::lab::generate::{Generator, GeneratorConfig};
 use driftd::replay::{self, Input};
 use serde::de::IgnoredAny;
 

@@ -39,10 +39,10 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
-use driftd::baseline::{BaselineBuilder, Binning, Layout};
-use driftd::decode::{DecodeConfig, Decoded, Decoder, Event};
-use driftd::generate::{Generator, GeneratorConfig};
-use driftd::window::{Window, WindowSpec, WindowState};
+use driftd::engine::baseline::{BaselineBuilder, Binning, Layout};
+use driftd::engine::decode::{DecodeConfig, Decoded, Decoder, Event};
+use driftd::engine::window::{Window, WindowSpec, WindowState};
+use driftd::lab::generate::{Generator, GeneratorConfig};
 
 /// Reference lines for the baseline.
 const REFERENCE_LINES: usize = 20_000;

@@ -14,11 +14,11 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{Config, ConfigError};
-use crate::decode::Decoder;
+use crate::engine::decode::Decoder;
+use crate::engine::window::WindowSpec;
 use crate::engine::Engine;
-use crate::generate::{Generator, GeneratorConfig};
+use crate::lab::generate::{Generator, GeneratorConfig};
 use crate::replay::{self, Input};
-use crate::window::WindowSpec;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -229,7 +229,7 @@ pub struct ScenariosArgs {
     #[arg(long)]
     pub json: bool,
     /// Seed of the model, the reference sample and the streams.
-    #[arg(long, default_value_t = crate::scenario::DEFAULT_SEED)]
+    #[arg(long, default_value_t = crate::lab::scenario::DEFAULT_SEED)]
     pub seed: u64,
     /// Worker threads (default: one per core).
     #[arg(long)]
@@ -245,7 +245,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 20)]
     pub features: usize,
     /// Share of categorical features (0 to 1).
-    #[arg(long, default_value_t = crate::generate::DEFAULT_CATEGORICAL_SHARE)]
+    #[arg(long, default_value_t = crate::lab::generate::DEFAULT_CATEGORICAL_SHARE)]
     pub categorical_share: f64,
     /// Lines to generate and measure.
     #[arg(long, default_value_t = 1_000_000)]
@@ -313,9 +313,9 @@ pub struct SoakArgs {
     pub alertmanager: Option<PathBuf>,
     /// The faults to cycle through, in order (comma-separated: broker,
     /// requests, alertmanager).
-    #[arg(long, value_delimiter = ',', value_parser = crate::soak::FaultKind::parse,
+    #[arg(long, value_delimiter = ',', value_parser = crate::lab::soak::FaultKind::parse,
           default_value = "broker,requests,alertmanager")]
-    pub faults: Vec<crate::soak::FaultKind>,
+    pub faults: Vec<crate::lab::soak::FaultKind>,
     /// Print the report as JSON on stdout (the table goes to stderr).
     #[arg(long)]
     pub json: bool,
@@ -388,7 +388,7 @@ impl Failure {
 
 /// Parses arguments, runs the command, and returns the exit code.
 pub fn main() -> ExitCode {
-    crate::app::tune_allocator();
+    crate::daemon::app::tune_allocator();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -591,7 +591,7 @@ fn generate(a: GenerateArgs) -> anyhow::Result<()> {
             "--drift-at is a fraction of the lines, 0 to 1"
         );
         let at = start + (a.lines as f64 * f * step) as i64;
-        gcfg.drifts = crate::generate::standard_drifts(at);
+        gcfg.drifts = crate::lab::generate::standard_drifts(at);
     }
     if let Some(f) = a.deploy_at {
         anyhow::ensure!(
@@ -600,7 +600,7 @@ fn generate(a: GenerateArgs) -> anyhow::Result<()> {
         );
         let at = start + (a.lines as f64 * f * step) as i64;
         gcfg = gcfg.with_deploy(
-            crate::generate::DeploySpec::new("fraud-v1", "fraud-v2", at)
+            crate::lab::generate::DeploySpec::new("fraud-v1", "fraud-v2", at)
                 .with_extra_error_share(0.08)
                 .with_latency_factor(3.0),
         );
@@ -637,7 +637,7 @@ fn generate(a: GenerateArgs) -> anyhow::Result<()> {
 /// now, so a typo is a config error (exit 64) and not a runtime failure.
 fn check_kafka(cfg: &Config) -> Result<(), Failure> {
     if let Some(k) = &cfg.kafka {
-        if let Err(e) = crate::ingest::validate_properties(k) {
+        if let Err(e) = crate::daemon::ingest::validate_properties(k) {
             return Err(Failure::Config(ConfigError::Invalid {
                 source_name: cfg.source.clone(),
                 problems: vec![crate::config::Problem {
@@ -694,8 +694,8 @@ fn run_daemon(a: ConfigArgs) -> Result<(), Failure> {
     runtime()?
         .block_on(async move {
             let cancel = tokio_util::sync::CancellationToken::new();
-            let daemon = crate::app::start(cfg, cancel.clone()).await?;
-            crate::app::handle_signals(cancel, daemon.control.clone())?;
+            let daemon = crate::daemon::app::start(cfg, cancel.clone()).await?;
+            crate::daemon::app::handle_signals(cancel, daemon.control.clone())?;
             daemon.wait().await
         })
         .map_err(Failure::Runtime)
@@ -711,7 +711,7 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         (0.0..=1.0).contains(&a.categorical_share),
         "--categorical-share is a fraction, 0 to 1"
     );
-    let o = crate::bench::BenchOptions {
+    let o = crate::lab::bench::BenchOptions {
         models: a.models,
         features: a.features,
         categorical_share: a.categorical_share,
@@ -726,14 +726,14 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         kafka_properties: a.kafka_properties,
         arms: !a.no_arms,
     };
-    let r = crate::bench::run(&o)?;
-    print!("{}", crate::bench::render(&r, &o));
+    let r = crate::lab::bench::run(&o)?;
+    print!("{}", crate::lab::bench::render(&r, &o));
     match a.json.as_deref() {
-        Some("-") => crate::bench::write_json(&r, &mut std::io::stdout().lock())?,
+        Some("-") => crate::lab::bench::write_json(&r, &mut std::io::stdout().lock())?,
         Some(path) => {
             let mut f =
                 std::fs::File::create(path).with_context(|| format!("cannot create {path}"))?;
-            crate::bench::write_json(&r, &mut f)?;
+            crate::lab::bench::write_json(&r, &mut f)?;
         }
         None => {}
     }
@@ -741,7 +741,7 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
 }
 
 fn scenarios(a: ScenariosArgs) -> anyhow::Result<()> {
-    use crate::scenario::{self, Mode};
+    use crate::lab::scenario::{self, Mode};
     let mut opts = scenario::SuiteOptions {
         quick: a.quick,
         modes: match a.mode {
@@ -775,7 +775,7 @@ fn scenarios(a: ScenariosArgs) -> anyhow::Result<()> {
 }
 
 fn soak(a: SoakArgs) -> Result<(), Failure> {
-    let o = crate::soak::SoakOptions {
+    let o = crate::lab::soak::SoakOptions {
         duration: a.duration,
         rate: a.rate,
         fault_every: a.fault_every,
@@ -786,8 +786,8 @@ fn soak(a: SoakArgs) -> Result<(), Failure> {
         faults: a.faults,
         keep_logs: a.keep_logs,
     };
-    let r = crate::soak::run(&o).map_err(Failure::Runtime)?;
-    let table = crate::soak::render(&r);
+    let r = crate::lab::soak::run(&o).map_err(Failure::Runtime)?;
+    let table = crate::lab::soak::render(&r);
     if a.json {
         eprint!("{table}");
         let mut out = std::io::stdout().lock();
@@ -819,7 +819,7 @@ fn demo(a: DemoArgs) -> Result<(), Failure> {
         format: crate::config::LogFormat::Text,
         level: "warn".into(),
     });
-    let opts = crate::demo::DemoOptions {
+    let opts = crate::lab::demo::DemoOptions {
         listen: a.listen,
         rate: a.rate,
         drift_after: a.drift_after,
@@ -835,7 +835,7 @@ fn demo(a: DemoArgs) -> Result<(), Failure> {
                 let _ = tokio::signal::ctrl_c().await;
                 c.cancel();
             });
-            crate::demo::run(opts, cancel).await
+            crate::lab::demo::run(opts, cancel).await
         })
         .map_err(Failure::Runtime)
 }

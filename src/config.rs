@@ -18,12 +18,12 @@ use chrono::FixedOffset;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use crate::baseline::Binning;
-use crate::compare::{CompareOptions, Metric};
-use crate::decode::{DecodeConfig, FeatureFilter, Pointer};
-use crate::detect::{AutoThresholds, DetectConfig, Rule, Target, Thresholds};
+use crate::engine::baseline::Binning;
+use crate::engine::compare::{CompareOptions, Metric};
+use crate::engine::decode::{DecodeConfig, FeatureFilter, Pointer};
+use crate::engine::detect::{AutoThresholds, DetectConfig, Rule, Target, Thresholds};
+use crate::engine::window::WindowSpec;
 use crate::engine::{AutoBaseline, EngineConfig};
-use crate::window::WindowSpec;
 
 /// One problem with the configuration: the key and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -365,7 +365,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub log: LogConfig,
     pub grace: Duration,
-    pub alerts: crate::alert::AlertConfig,
+    pub alerts: crate::daemon::alert::AlertConfig,
     /// Scores exported per feature (`[metrics] scores`).
     pub metric_scores: Vec<Metric>,
     /// Export per-arm feature scores and states too (`[metrics] per_arm_scores`).
@@ -404,8 +404,8 @@ impl Default for Config {
                 level: "info".into(),
             },
             grace: Duration::from_secs(5),
-            alerts: crate::alert::AlertConfig::default(),
-            metric_scores: crate::metrics::DEFAULT_SCORES.to_vec(),
+            alerts: crate::daemon::alert::AlertConfig::default(),
+            metric_scores: crate::daemon::metrics::DEFAULT_SCORES.to_vec(),
             metric_per_arm_scores: false,
             source: "defaults".into(),
         }
@@ -1191,8 +1191,12 @@ fn check_label_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn http_target(key: &str, r: RawHttpTarget, p: &mut Problems) -> Option<crate::alert::HttpTarget> {
-    use crate::alert::HttpAuth;
+fn http_target(
+    key: &str,
+    r: RawHttpTarget,
+    p: &mut Problems,
+) -> Option<crate::daemon::alert::HttpTarget> {
+    use crate::daemon::alert::HttpAuth;
     let mut ok = true;
     if !(r.url.starts_with("http://") || r.url.starts_with("https://")) {
         p.push(
@@ -1247,7 +1251,7 @@ fn http_target(key: &str, r: RawHttpTarget, p: &mut Problems) -> Option<crate::a
             ok = false;
         }
     }
-    ok.then(|| crate::alert::HttpTarget {
+    ok.then(|| crate::daemon::alert::HttpTarget {
         url: r.url,
         timeout,
         auth,
@@ -1256,9 +1260,9 @@ fn http_target(key: &str, r: RawHttpTarget, p: &mut Problems) -> Option<crate::a
     })
 }
 
-fn alert_config(a: RawAlerts, cfg: &Config, p: &mut Problems) -> crate::alert::AlertConfig {
-    let d = crate::alert::AlertConfig::default();
-    let mut out = crate::alert::AlertConfig {
+fn alert_config(a: RawAlerts, cfg: &Config, p: &mut Problems) -> crate::daemon::alert::AlertConfig {
+    let d = crate::daemon::alert::AlertConfig::default();
+    let mut out = crate::daemon::alert::AlertConfig {
         resend_interval: p.duration(
             "alerts.resend_interval",
             a.resend_interval.as_deref(),
@@ -1316,7 +1320,7 @@ fn alert_config(a: RawAlerts, cfg: &Config, p: &mut Problems) -> crate::alert::A
                         Err(m) => p.push(&format!("alerts.kafka.properties.{key}"), m),
                     }
                 }
-                out.kafka = Some(crate::alert::KafkaSink {
+                out.kafka = Some(crate::daemon::alert::KafkaSink {
                     topic: k.topic,
                     brokers: b,
                     properties,

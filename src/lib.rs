@@ -43,26 +43,9 @@
 //! - [`config`]: TOML + environment configuration, validated with every problem reported.
 //! - [`cli`]: subcommands, exit codes, error printing.
 
-pub mod admin;
-pub mod alert;
-pub mod app;
-pub mod baseline;
-pub mod bench;
-pub mod checkpoint;
 pub mod cli;
-pub mod compare;
 pub mod config;
-pub mod decode;
-pub mod demo;
-pub mod detect;
+pub mod daemon;
 pub mod engine;
-pub mod experiment;
-pub mod generate;
-pub mod health;
-pub mod ingest;
-pub mod metrics;
+pub mod lab;
 pub mod replay;
-pub mod scenario;
-pub mod soak;
-pub mod threshold;
-pub mod window;

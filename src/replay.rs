@@ -11,9 +11,9 @@ use std::fmt::Write as _;
 use std::io::{self, BufRead};
 use std::path::{Path, PathBuf};
 
-use crate::baseline::{rfc3339, Baseline, BaselineBuilder, BaselineError, Binning};
-use crate::decode::{Decoded, Decoder, EventTime, RecordKind, Reject};
-use crate::detect::{State, Transition};
+use crate::engine::baseline::{rfc3339, Baseline, BaselineBuilder, BaselineError, Binning};
+use crate::engine::decode::{Decoded, Decoder, EventTime, RecordKind, Reject};
+use crate::engine::detect::{State, Transition};
 use crate::engine::{Engine, EngineStats, Report};
 
 /// Where lines come from, for messages.
@@ -89,7 +89,7 @@ impl FirstBad {
     }
 
     /// `file:57: malformed_json (12 lines)` per reason.
-    pub fn describe(&self, input: &str, stats: &crate::decode::DecodeStats) -> Vec<String> {
+    pub fn describe(&self, input: &str, stats: &crate::engine::decode::DecodeStats) -> Vec<String> {
         Reject::ALL
             .iter()
             .filter_map(|r| {
@@ -221,7 +221,7 @@ pub fn replay(
 pub struct BuildResult {
     pub baselines: Vec<Baseline>,
     pub lines: u64,
-    pub stats: crate::decode::DecodeStats,
+    pub stats: crate::engine::decode::DecodeStats,
     pub first_bad: FirstBad,
 }
 
@@ -237,7 +237,7 @@ pub fn build_baselines(
 ) -> Result<BuildResult, ReplayError> {
     let mut builders: BTreeMap<String, BaselineBuilder> = BTreeMap::new();
     let mut seen_models: BTreeMap<String, u64> = BTreeMap::new();
-    let mut stats = crate::decode::DecodeStats::default();
+    let mut stats = crate::engine::decode::DecodeStats::default();
     let mut first_bad = FirstBad::default();
     let mut bytes = 0u64;
     // Bounded: a hostile file of a million model ids must not build a
@@ -320,7 +320,7 @@ pub fn build_baselines(
         .map(|b| b.finish(binning, &source, now_ms))
         .collect::<Result<Vec<_>, _>>()?;
     if baselines.is_empty() {
-        return Err(crate::baseline::BaselineError::Empty {
+        return Err(crate::engine::baseline::BaselineError::Empty {
             model: model.map(str::to_owned),
         }
         .into());
@@ -335,7 +335,7 @@ pub fn build_baselines(
 
 /// Loads every baseline in a directory, or says everything that is wrong.
 pub fn load_baselines(dir: &Path) -> Result<Vec<Baseline>, Vec<BaselineError>> {
-    crate::baseline::load_dir(dir).map(|v| v.into_iter().map(|(_, b)| b).collect())
+    crate::engine::baseline::load_dir(dir).map(|v| v.into_iter().map(|(_, b)| b).collect())
 }
 
 /// The replay report as the documented JSON document.
@@ -377,7 +377,7 @@ pub fn render_json(r: &ReplayResult) -> serde_json::Value {
         );
     }
     let mut skipped = serde_json::Map::new();
-    for k in crate::decode::Skip::ALL {
+    for k in crate::engine::decode::Skip::ALL {
         skipped.insert(k.as_str().into(), s.decode.skipped[k as usize].into());
     }
     if let Some(o) = doc.as_object_mut() {

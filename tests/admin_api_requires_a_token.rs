@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use driftd::generate::GeneratorConfig;
+use driftd::lab::generate::GeneratorConfig;
 use tokio_util::sync::CancellationToken;
 
 const TOKEN: &str = "test-admin-token-0123456789";
@@ -39,7 +39,7 @@ fn capture_and_reload_need_the_token_and_a_bad_reload_keeps_the_baselines() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let cancel = CancellationToken::new();
     let daemon = rt
-        .block_on(driftd::app::start(cfg, cancel.clone()))
+        .block_on(driftd::daemon::app::start(cfg, cancel.clone()))
         .unwrap();
     let addr = daemon.addr.to_string();
     let capture = format!("http://{addr}/api/v1/baselines");
@@ -157,7 +157,7 @@ fn without_a_configured_token_the_admin_api_is_closed() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let cancel = CancellationToken::new();
     let daemon = rt
-        .block_on(driftd::app::start(cfg, cancel.clone()))
+        .block_on(driftd::daemon::app::start(cfg, cancel.clone()))
         .unwrap();
     let addr = daemon.addr.to_string();
     let before = std::fs::read(dir.path().join("baselines/fraud-v1.json")).unwrap();

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use driftd::generate::{standard_drifts, GeneratorConfig};
+use driftd::lab::generate::{standard_drifts, GeneratorConfig};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::ClientConfig;
@@ -33,7 +33,7 @@ fn firing_transitions_reach_the_alert_topic_and_the_webhook() {
     let cfg = driftd::config::Config::from_toml(&toml, "test").unwrap_or_else(|e| panic!("{e}"));
     let cancel = CancellationToken::new();
     let daemon = rt
-        .block_on(driftd::app::start(cfg, cancel.clone()))
+        .block_on(driftd::daemon::app::start(cfg, cancel.clone()))
         .unwrap();
     let addr = daemon.addr.to_string();
 

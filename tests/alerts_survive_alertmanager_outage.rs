@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use driftd::generate::{standard_drifts, GeneratorConfig};
+use driftd::lab::generate::{standard_drifts, GeneratorConfig};
 use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::ClientConfig;
 use serde_json::Value;

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use driftd::generate::GeneratorConfig;
+use driftd::lab::generate::GeneratorConfig;
 
 fn version(s: &[Sample], model: &str) -> Option<String> {
     s.iter()

@@ -14,10 +14,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::*;
-use driftd::baseline::{Baseline, BaselineBuilder, Binning, OTHER};
-use driftd::decode::{DecodeConfig, Decoded, Decoder, Issue};
+use driftd::daemon::metrics::{Metrics, Snapshot};
+use driftd::engine::baseline::{Baseline, BaselineBuilder, Binning, OTHER};
+use driftd::engine::decode::{DecodeConfig, Decoded, Decoder, Issue};
 use driftd::engine::{AutoBaseline, Engine, EngineConfig, Outcome};
-use driftd::metrics::{Metrics, Snapshot};
 
 /// The tests of this file run one at a time: the memory bound reads the
 /// whole process' RSS, which the daemon test would otherwise disturb.
@@ -228,7 +228,7 @@ fn floods_of_identifiers_stop_at_the_caps() {
     let counts = w.slot_counts(c);
     assert_eq!(counts.len(), bins);
     let other = base.features.iter().find(|f| f.name == "c").unwrap();
-    let driftd::baseline::Bins::Categorical { categories } = &other.bins else {
+    let driftd::engine::baseline::Bins::Categorical { categories } = &other.bins else {
         panic!("c is categorical: {:?}", other.bins)
     };
     let other_bin = categories.len();

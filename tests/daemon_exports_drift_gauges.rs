@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use driftd::generate::{standard_drifts, GeneratorConfig};
+use driftd::lab::generate::{standard_drifts, GeneratorConfig};
 
 #[test]
 fn known_events_give_known_gauges_and_drift_fires() {

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
-use driftd::generate::{standard_drifts, GeneratorConfig};
+use driftd::lab::generate::{standard_drifts, GeneratorConfig};
 use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::ClientConfig;
 use serde_json::Value;
@@ -47,7 +47,7 @@ struct PromSample {
 fn prom_query(prom: &str, q: &str) -> Result<Vec<PromSample>, String> {
     let (status, body) = http_get(&format!(
         "http://{prom}/api/v1/query?query={}",
-        driftd::alert::urlencode(q)
+        driftd::daemon::alert::urlencode(q)
     ));
     if status != 200 {
         return Err(format!("query {q}: {status} {body}"));
@@ -270,7 +270,7 @@ timeout = "2s"
     let rt = tokio::runtime::Runtime::new().unwrap();
     let cancel = CancellationToken::new();
     let daemon = rt
-        .block_on(driftd::app::start(cfg, cancel.clone()))
+        .block_on(driftd::daemon::app::start(cfg, cancel.clone()))
         .unwrap();
     assert_eq!(daemon.addr.to_string(), addr);
 

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use driftd::generate::GeneratorConfig;
+use driftd::lab::generate::GeneratorConfig;
 use tokio_util::sync::CancellationToken;
 
 /// The mock coordinator waits `session.timeout.ms - 1 s` for more members
@@ -32,7 +32,7 @@ fn two_members_split_partitions_and_every_message_is_read_once() {
         write_baselines(d.path(), &baselines(20_000));
         let mut cfg = daemon_config(&kafka.brokers(), d.path(), group);
         short_session(&mut cfg);
-        rt.block_on(driftd::app::start(cfg, cancel.clone()))
+        rt.block_on(driftd::daemon::app::start(cfg, cancel.clone()))
             .unwrap()
     };
     // The first member takes every partition; the second joins an existing

@@ -33,8 +33,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use common::*;
-use driftd::decode::{Decoded, Decoder, RecordKind};
-use driftd::generate::{DeploySpec, GeneratorConfig};
+use driftd::engine::decode::{Decoded, Decoder, RecordKind};
+use driftd::lab::generate::{DeploySpec, GeneratorConfig};
 use serde_json::Value;
 
 /// How long any one condition may take (it takes a few seconds here).

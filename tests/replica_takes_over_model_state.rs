@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use driftd::generate::GeneratorConfig;
+use driftd::lab::generate::GeneratorConfig;
 use tokio_util::sync::CancellationToken;
 
 fn config(brokers: &str, dir: &std::path::Path) -> driftd::config::Config {
@@ -51,7 +51,7 @@ fn a_new_replica_continues_the_windows_of_the_one_it_replaces() {
     let first = lines(GeneratorConfig::default(), 2000, now_ms(), 1);
     let cancel_a = CancellationToken::new();
     let a = rt
-        .block_on(driftd::app::start(
+        .block_on(driftd::daemon::app::start(
             config(&kafka.brokers(), dir_a.path()),
             cancel_a.clone(),
         ))
@@ -74,7 +74,7 @@ fn a_new_replica_continues_the_windows_of_the_one_it_replaces() {
     // Replica B has no local checkpoint: its windows come from the topic.
     let cancel_b = CancellationToken::new();
     let b = rt
-        .block_on(driftd::app::start(
+        .block_on(driftd::daemon::app::start(
             config(&kafka.brokers(), dir_b.path()),
             cancel_b.clone(),
         ))

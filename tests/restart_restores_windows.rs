@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
-use driftd::generate::GeneratorConfig;
+use driftd::lab::generate::GeneratorConfig;
 
 /// Events per model, summed over batches.
 fn sum_events(batches: &[&Lines]) -> std::collections::BTreeMap<String, u64> {

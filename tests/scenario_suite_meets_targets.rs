@@ -8,7 +8,7 @@
 
 use std::sync::OnceLock;
 
-use driftd::scenario::{self, DriftResult, Mode, SuiteOptions, SuiteReport};
+use driftd::lab::scenario::{self, DriftResult, Mode, SuiteOptions, SuiteReport};
 
 /// The suite runs once; every test reads its report.
 fn report() -> &'static SuiteReport {

@@ -10,7 +10,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use driftd::generate::GeneratorConfig;
+use driftd::lab::generate::GeneratorConfig;
 
 #[test]
 fn sigterm_commits_every_consumed_offset_and_exits_0() {

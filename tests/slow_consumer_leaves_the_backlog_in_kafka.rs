@@ -15,7 +15,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use driftd::generate::GeneratorConfig;
+use driftd::lab::generate::GeneratorConfig;
 
 const PARTITIONS: i32 = 16;
 const LINES: usize = 140_000;

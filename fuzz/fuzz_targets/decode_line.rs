@@ -10,7 +10,7 @@
 
 use std::sync::OnceLock;
 
-use driftd::decode::{
+use driftd::engine::decode::{
     DecodeConfig, Decoded, Decoder, FeatureFilter, FieldMapping, Pointer, MAX_NAME_LEN,
 };
 use driftd::engine::{AutoBaseline, Engine, EngineConfig};

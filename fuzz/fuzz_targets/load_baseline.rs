@@ -12,7 +12,7 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use driftd::baseline::{Baseline, Layout};
+use driftd::engine::baseline::{Baseline, Layout};
 use driftd::engine::{Engine, EngineConfig};
 use libfuzzer_sys::fuzz_target;
 

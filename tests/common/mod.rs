@@ -45,9 +45,9 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use driftd::baseline::{Baseline, BaselineBuilder, Binning};
-use driftd::decode::{Decoded, Decoder};
-use driftd::generate::{Generator, GeneratorConfig};
+use driftd::engine::baseline::{Baseline, BaselineBuilder, Binning};
+use driftd::engine::decode::{Decoded, Decoder};
+use driftd::lab::generate::{Generator, GeneratorConfig};
 
 pub const TOPIC: &str = "inference-logs";
 
@@ -152,7 +152,7 @@ pub fn baselines(n: usize) -> Vec<Baseline> {
 }
 
 pub fn now_ms() -> i64 {
-    driftd::ingest::now_ms()
+    driftd::daemon::ingest::now_ms()
 }
 
 /// One sample of the exposition.
@@ -612,7 +612,7 @@ pub struct Running {
     pub rt: tokio::runtime::Runtime,
     pub addr: String,
     pub cancel: tokio_util::sync::CancellationToken,
-    daemon: Option<driftd::app::Daemon>,
+    daemon: Option<driftd::daemon::app::Daemon>,
 }
 
 impl Running {
@@ -620,7 +620,7 @@ impl Running {
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         let cancel = tokio_util::sync::CancellationToken::new();
         let daemon = rt
-            .block_on(driftd::app::start(cfg, cancel.clone()))
+            .block_on(driftd::daemon::app::start(cfg, cancel.clone()))
             .unwrap_or_else(|e| panic!("daemon starts: {e:#}"));
         Running {
             addr: daemon.addr.to_string(),
@@ -630,7 +630,7 @@ impl Running {
         }
     }
 
-    pub fn daemon(&self) -> &driftd::app::Daemon {
+    pub fn daemon(&self) -> &driftd::daemon::app::Daemon {
         self.daemon.as_ref().expect("running")
     }
 

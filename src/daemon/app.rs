@@ -29,12 +29,12 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::{self, AdminState};
 use crate::config::Config;
+use crate::daemon::admin::{self, AdminState};
+use crate::daemon::ingest::{self, Control, Health, IngestError, IngestSetup, LoopHandles};
+use crate::daemon::metrics::{self, Metrics, Snapshot};
+use crate::engine::window::WindowSpec;
 use crate::engine::Engine;
-use crate::ingest::{self, Control, Health, IngestError, IngestSetup, LoopHandles};
-use crate::metrics::{self, Metrics, Snapshot};
-use crate::window::WindowSpec;
 
 /// A running daemon.
 pub struct Daemon {
@@ -48,7 +48,7 @@ pub struct Daemon {
     pub registry: Registry,
     consumer: JoinHandle<Result<(), IngestError>>,
     http: JoinHandle<std::io::Result<()>>,
-    alerts: Option<crate::alert::Alerting>,
+    alerts: Option<crate::daemon::alert::Alerting>,
     alerts_cancel: CancellationToken,
     cancel: CancellationToken,
     grace: Duration,
@@ -124,7 +124,7 @@ pub async fn start(mut cfg: Config, cancel: CancellationToken) -> anyhow::Result
         None => None,
     };
     if cfg.alerts.external_url.is_empty() {
-        cfg.alerts.external_url = crate::alert::external_url_for(addr);
+        cfg.alerts.external_url = crate::daemon::alert::external_url_for(addr);
     }
     let health = Arc::new(Health::default());
     let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::default()));
@@ -159,7 +159,12 @@ pub async fn start(mut cfg: Config, cancel: CancellationToken) -> anyhow::Result
     let alerts_cancel = CancellationToken::new();
     let alerts = if cfg.alerts.any_sink() {
         let flush = cfg.grace.mul_f64(0.4);
-        let a = crate::alert::start(cfg.alerts.clone(), &registry, alerts_cancel.clone(), flush)?;
+        let a = crate::daemon::alert::start(
+            cfg.alerts.clone(),
+            &registry,
+            alerts_cancel.clone(),
+            flush,
+        )?;
         tracing::info!(
             alertmanagers = cfg.alerts.alertmanagers.len(),
             kafka = cfg.alerts.kafka.is_some(),

@@ -39,8 +39,8 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::baseline::rfc3339;
-use crate::detect::{Severity, State, Transition};
+use crate::engine::baseline::rfc3339;
+use crate::engine::detect::{Severity, State, Transition};
 
 /// How to authenticate to an HTTP receiver.
 #[derive(Clone, Default)]
@@ -646,7 +646,7 @@ pub fn start(
                 _ = tick.tick() => changed = true,
                 _ = cancel.cancelled(), if !stopping => stopping = true,
             }
-            let now = crate::ingest::now_ms();
+            let now = crate::daemon::ingest::now_ms();
             for t in q.drain() {
                 changed |= book.apply(&t, &cfg);
                 if matches!(t.to, State::Firing | State::Resolved) {
@@ -748,8 +748,8 @@ fn send_webhook(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compare::Metric;
-    use crate::detect::Distribution;
+    use crate::engine::compare::Metric;
+    use crate::engine::detect::Distribution;
 
     fn t(to: State, sev: Option<Severity>, at: i64) -> Transition {
         Transition {

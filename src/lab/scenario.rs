@@ -17,7 +17,7 @@
 //!   drifted distribution fired within one window length of the onset, the
 //!   delay in seconds and events, and any firing elsewhere.
 //!
-//! The model and its distributions are the generator's ([`crate::generate`],
+//! The model and its distributions are the generator's ([`crate::lab::generate`],
 //! `GeneratorConfig::synthetic(seed, 1, 50)`: 34 numeric features, normal or
 //! log-normal at scales from 1 to 3,000, 15 categorical ones, a boolean, two
 //! classes and a confidence); the drifts are the generator's
@@ -45,15 +45,15 @@ use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 use serde::Serialize;
 
-use crate::baseline::{Baseline, BaselineBuilder};
-use crate::compare::Metric;
 use crate::config::Config;
-use crate::decode::{Decoded, Event, EventTime, FeatureValue, Prediction};
-use crate::detect::{AutoThresholds, State, Thresholds, Transition};
+use crate::engine::baseline::{Baseline, BaselineBuilder};
+use crate::engine::compare::Metric;
+use crate::engine::decode::{Decoded, Event, EventTime, FeatureValue, Prediction};
+use crate::engine::detect::{AutoThresholds, State, Thresholds, Transition};
+use crate::engine::window::WindowSpec;
 use crate::engine::{Engine, EngineConfig};
-use crate::generate::{DriftEffect, DriftSpec, FeatureInfo, FeatureKind, FeatureRef};
-use crate::generate::{Generator, GeneratorConfig};
-use crate::window::WindowSpec;
+use crate::lab::generate::{DriftEffect, DriftSpec, FeatureInfo, FeatureKind, FeatureRef};
+use crate::lab::generate::{Generator, GeneratorConfig};
 
 /// Features of the suite's model.
 pub const FEATURES: usize = 50;
@@ -359,7 +359,7 @@ pub fn drift_streams(def: &ModelDef, onset_ms: i64, quick: bool) -> Vec<DriftStr
                     .collect::<Vec<_>>()
                     .join("/")
             ),
-            crate::baseline::PREDICTION,
+            crate::engine::baseline::PREDICTION,
             Expect::Page,
             DriftSpec::class_priors(vec![0.15, 0.85], onset_ms),
             after,
@@ -1524,7 +1524,7 @@ pub fn render_markdown(r: &SuiteReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::{DecodeConfig, Decoder};
+    use crate::engine::decode::{DecodeConfig, Decoder};
 
     /// The sampler draws what the generator writes: a window of sampled
     /// events scores as noise against a baseline built from the

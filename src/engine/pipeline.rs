@@ -15,17 +15,19 @@ use rustc_hash::FxHashMap;
 
 use serde::Serialize;
 
-use crate::baseline::{Baseline, BaselineBuilder, Binning, Layout, SlotRole};
-use crate::compare::{self, CompareOptions, Metric, Scores};
-use crate::decode::{
+use crate::engine::baseline::{Baseline, BaselineBuilder, Binning, Layout, SlotRole};
+use crate::engine::compare::{self, CompareOptions, Metric, Scores};
+use crate::engine::decode::{
     DecodeConfig, DecodeStats, Decoded, Decoder, Event, EventTime, FeatureValue, Prediction,
     Record, RecordKind,
 };
-use crate::detect::{AutoThresholds, DetectConfig, Rule, State, Thresholds, Transition, Verdict};
-use crate::experiment::{ExperimentConfig, ExperimentReport, Experiments};
-use crate::health::{Health, HealthConfig, HealthReport, Observation};
-use crate::threshold::{self, NullCache, Quantiles};
-use crate::window::{Inserted, Window, WindowSpec, WindowState};
+use crate::engine::detect::{
+    AutoThresholds, DetectConfig, Rule, State, Thresholds, Transition, Verdict,
+};
+use crate::engine::experiment::{ExperimentConfig, ExperimentReport, Experiments};
+use crate::engine::health::{Health, HealthConfig, HealthReport, Observation};
+use crate::engine::threshold::{self, NullCache, Quantiles};
+use crate::engine::window::{Inserted, Window, WindowSpec, WindowState};
 
 /// Capture a baseline from live traffic for models that have none.
 #[derive(Debug, Clone, PartialEq)]
@@ -359,7 +361,7 @@ impl Engine {
                     th,
                     Observation {
                         request: true,
-                        error: ev.level.is_some_and(crate::decode::Level::is_error),
+                        error: ev.level.is_some_and(crate::engine::decode::Level::is_error),
                         error_type: ev.error_type.as_deref(),
                         stages: &ev.stages,
                     },
@@ -512,7 +514,7 @@ impl Engine {
         let mut bins = Vec::with_capacity(counts.len());
         let mut total = 0u64;
         for (label, c) in counts {
-            if let crate::baseline::BinOf::Bin(b) = slot
+            if let crate::engine::baseline::BinOf::Bin(b) = slot
                 .binner
                 .bin_prediction(&Prediction::Label(std::borrow::Cow::Borrowed(label)))
             {
@@ -718,7 +720,7 @@ impl Engine {
                             if v.state != State::Firing {
                                 continue;
                             }
-                            let distribution = crate::detect::Distribution::of(slot.role);
+                            let distribution = crate::engine::detect::Distribution::of(slot.role);
                             self.pending.push(Transition {
                                 alertname: distribution.alertname(),
                                 model: m.name.to_string(),
@@ -950,7 +952,7 @@ fn batch_shifts(stats: &[(String, f64)], b: &Baseline) -> Vec<(String, f64)> {
             let feature = name.strip_suffix("_mean")?;
             let f = b.features.iter().find(|f| f.name == feature)?;
             match f.bins {
-                crate::baseline::Bins::Numeric { mean, std, .. } if std > 0.0 => {
+                crate::engine::baseline::Bins::Numeric { mean, std, .. } if std > 0.0 => {
                     Some((name.clone(), (v - mean) / std))
                 }
                 _ => None,
@@ -990,7 +992,7 @@ fn tests_of(cfg: &EngineConfig, layout: &Layout) -> usize {
 
 /// The rule as automatic thresholds make it for one distribution, and the
 /// value to judge; `None` when there is no threshold yet (the verdict
-/// holds). See [`crate::threshold`].
+/// holds). See [`crate::engine::threshold`].
 fn auto_rule(
     rule: &Rule,
     auto: &AutoThresholds,
@@ -1105,7 +1107,7 @@ fn evaluate_tracked(
             };
             let rule = &rule;
             if let Some(step) = t.verdicts[i][r].step(rule, &cfg.detect, value, samples, now_ms) {
-                let distribution = crate::detect::Distribution::of(slot.role);
+                let distribution = crate::engine::detect::Distribution::of(slot.role);
                 out.push(Transition {
                     alertname: distribution.alertname(),
                     model: model.to_owned(),
@@ -1141,8 +1143,8 @@ pub struct Report {
     pub health: Vec<HealthReport>,
     /// Feedback per arm and the arm comparisons, as of the last evaluation.
     pub experiments: ExperimentReport,
-    pub health_stats: crate::health::HealthStats,
-    pub join_stats: crate::experiment::JoinStats,
+    pub health_stats: crate::engine::health::HealthStats,
+    pub join_stats: crate::engine::experiment::JoinStats,
     /// (predictions, feedback lines) waiting in the join.
     pub join_waiting: (usize, usize),
     /// (service, model, first seen ms) of every version seen.
@@ -1225,7 +1227,7 @@ pub struct VerdictReport {
     pub metric: Metric,
     pub state: State,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub severity: Option<crate::detect::Severity>,
+    pub severity: Option<crate::engine::detect::Severity>,
     pub insufficient_data: bool,
     pub warning: f64,
     pub critical: f64,
@@ -1359,7 +1361,7 @@ fn json_num(v: f64) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::generate::{Generator, GeneratorConfig};
+    use crate::lab::generate::{Generator, GeneratorConfig};
 
     #[test]
     fn late_and_future_events_are_counted() {
@@ -1628,7 +1630,7 @@ mod tests {
                 assert_eq!(latency[0].feature, "latency.inference_ms");
                 assert_eq!(
                     latency[0].distribution,
-                    Some(crate::detect::Distribution::Latency)
+                    Some(crate::engine::detect::Distribution::Latency)
                 );
             }
         }

@@ -27,8 +27,8 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
-use crate::compare::BinLayout;
-use crate::decode::{feature_hash, Event, FeatureValue, Prediction};
+use crate::engine::compare::BinLayout;
+use crate::engine::decode::{feature_hash, Event, FeatureValue, Prediction};
 
 /// The file format version this build reads and writes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -214,11 +214,11 @@ impl Baseline {
                 self.schema_version
             ));
         }
-        if self.model.is_empty() || self.model.len() > crate::decode::MAX_NAME_LEN {
+        if self.model.is_empty() || self.model.len() > crate::engine::decode::MAX_NAME_LEN {
             problems.push(format!(
                 "model {:?} must be 1 to {} bytes",
                 self.model,
-                crate::decode::MAX_NAME_LEN
+                crate::engine::decode::MAX_NAME_LEN
             ));
         }
         if self.version.is_empty() {
@@ -1065,7 +1065,7 @@ impl fmt::Display for Bins {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::{Decoded, Decoder};
+    use crate::engine::decode::{Decoded, Decoder};
 
     fn build(lines: &[String]) -> Baseline {
         let d = Decoder::new(Default::default());

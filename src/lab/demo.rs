@@ -24,17 +24,17 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
 use tokio_util::sync::CancellationToken;
 
-use crate::baseline::rfc3339;
 use crate::config::{Config, KafkaConfig};
-use crate::decode::Decoder;
-use crate::decode::{Decoded, RecordKind};
-use crate::detect::State;
+use crate::daemon::ingest::now_ms;
+use crate::daemon::metrics::Snapshot;
+use crate::engine::baseline::rfc3339;
+use crate::engine::decode::Decoder;
+use crate::engine::decode::{Decoded, RecordKind};
+use crate::engine::detect::State;
+use crate::engine::window::WindowSpec;
 use crate::engine::AutoBaseline;
-use crate::generate::{standard_drifts, DeploySpec, Generator, GeneratorConfig};
-use crate::ingest::now_ms;
-use crate::metrics::Snapshot;
+use crate::lab::generate::{standard_drifts, DeploySpec, Generator, GeneratorConfig};
 use crate::replay::{build_baselines, Input};
-use crate::window::WindowSpec;
 
 pub const TOPIC: &str = "inference-logs";
 
@@ -172,7 +172,7 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
     cfg.watch_baselines = false;
     cfg.checkpoint.dir = scratch.0.join("state");
     cfg.http.listen = opts.listen;
-    let daemon = crate::app::start(cfg, cancel.clone()).await?;
+    let daemon = crate::daemon::app::start(cfg, cancel.clone()).await?;
     println!(
         "serving http://{}/metrics (also /readyz, /api/v1/drift)",
         daemon.addr

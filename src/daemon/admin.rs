@@ -29,13 +29,13 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::ingest::{Control, Health};
-use crate::metrics::Snapshot;
+use crate::daemon::ingest::{Control, Health};
+use crate::daemon::metrics::Snapshot;
 
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AdminState {
-    pub exposition: crate::metrics::Exposition,
+    pub exposition: crate::daemon::metrics::Exposition,
     pub health: Arc<Health>,
     pub snapshot: watch::Receiver<Arc<Snapshot>>,
     pub control: mpsc::Sender<Control>,
@@ -161,7 +161,7 @@ async fn drift(State(s): State<AdminState>, Query(q): Query<DriftQuery>) -> Resp
             .into_response();
     }
     Json(json!({
-        "evaluated_at": crate::baseline::rfc3339(snap.at_ms),
+        "evaluated_at": crate::engine::baseline::rfc3339(snap.at_ms),
         "models": models,
         "health": health,
         "experiments": {"arms": arms, "comparisons": comparisons},
@@ -178,7 +178,7 @@ async fn status(State(s): State<AdminState>) -> Response {
         .map(|m| (m.model.clone(), m.events.into()))
         .collect();
     Json(json!({
-        "evaluated_at": crate::baseline::rfc3339(snap.at_ms),
+        "evaluated_at": crate::engine::baseline::rfc3339(snap.at_ms),
         "evaluated_at_ms": snap.at_ms,
         "messages": snap.messages,
         "events": events,

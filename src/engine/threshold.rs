@@ -46,7 +46,7 @@ use rand_distr::{Binomial, Distribution};
 use rustc_hash::FxHashMap;
 use statrs::distribution::{ChiSquared, ContinuousCDF};
 
-use crate::compare::{self, BinLayout, CompareOptions, Metric, Scores};
+use crate::engine::compare::{self, BinLayout, CompareOptions, Metric, Scores};
 
 /// Replicates per (distribution, bucket): enough for the three moments the
 /// fit needs, cheap enough to fill a model's cache in a few evaluations.

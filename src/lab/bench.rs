@@ -36,12 +36,12 @@ use rdkafka::ClientConfig;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
-use crate::baseline::{Baseline, BaselineBuilder, Binning};
-use crate::decode::{Decoded, Decoder, Str};
+use crate::engine::baseline::{Baseline, BaselineBuilder, Binning};
+use crate::engine::decode::{Decoded, Decoder, Str};
 
+use crate::engine::window::WindowSpec;
 use crate::engine::{Engine, EngineConfig};
-use crate::generate::{Generator, GeneratorConfig};
-use crate::window::WindowSpec;
+use crate::lab::generate::{Generator, GeneratorConfig};
 
 const TOPIC: &str = "bench";
 pub(crate) const PROBE_MODEL: &str = "latency-probe";
@@ -76,7 +76,7 @@ impl Default for BenchOptions {
         BenchOptions {
             models: 4,
             features: 20,
-            categorical_share: crate::generate::DEFAULT_CATEGORICAL_SHARE,
+            categorical_share: crate::lab::generate::DEFAULT_CATEGORICAL_SHARE,
             lines: 1_000_000,
             compact: true,
             replay: true,
@@ -570,7 +570,7 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 
 /// Runs every measurement `o` asks for, printing progress to stderr.
 pub fn run(o: &BenchOptions) -> anyhow::Result<BenchReport> {
-    let now = crate::ingest::now_ms();
+    let now = crate::daemon::ingest::now_ms();
     eprintln!(
         "generating {} lines: {} models x {} features ({}% categorical), {} shape",
         o.lines,
@@ -633,7 +633,8 @@ pub fn run(o: &BenchOptions) -> anyhow::Result<BenchReport> {
     let n = o.lines as u64;
     drop(lines);
 
-    let scratch = crate::demo::Scratch::new("bench").context("creating a scratch directory")?;
+    let scratch =
+        crate::lab::demo::Scratch::new("bench").context("creating a scratch directory")?;
     let dir = scratch.0.as_path();
     std::fs::create_dir_all(dir.join("baselines"))?;
     for b in &bases {
@@ -823,7 +824,7 @@ fn steady(
                 let el = start.elapsed().as_secs_f64();
                 let due = (el * rate as f64) as u64;
                 while sent < due {
-                    let t = crate::ingest::now_ms();
+                    let t = crate::daemon::ingest::now_ms();
                     g.next_line(t, &mut buf);
                     let k = g.last_model().map_or("", |m| names[m].as_str());
                     send(&p, topic, k, buf.as_bytes(), None);
@@ -831,7 +832,7 @@ fn steady(
                 }
                 let probes_due = (el * 50.0) as u64;
                 while probes < probes_due {
-                    let l = probe_line(probes, crate::ingest::now_ms());
+                    let l = probe_line(probes, crate::daemon::ingest::now_ms());
                     send(&p, topic, PROBE_MODEL, l.as_bytes(), Some(0));
                     // The clock starts when the producer hands it to librdkafka.
                     sent_at.lock().expect("not poisoned").push(Instant::now());

@@ -37,15 +37,15 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::baseline::Baseline;
-use crate::checkpoint::{
+use crate::config::{CheckpointConfig, KafkaConfig};
+use crate::daemon::checkpoint::{
     window_fingerprint, Checkpoint, CheckpointStore, ModelCheckpoint, PartitionOffset, SavedWindow,
 };
-use crate::config::{CheckpointConfig, KafkaConfig};
-use crate::detect::Transition;
+use crate::daemon::metrics::{Metrics, Snapshot};
+use crate::engine::baseline::Baseline;
+use crate::engine::detect::Transition;
+use crate::engine::window::WindowSpec;
 use crate::engine::Engine;
-use crate::metrics::{Metrics, Snapshot};
-use crate::window::WindowSpec;
 
 /// Requests from the admin API to the consumer loop.
 #[derive(Debug)]
@@ -545,7 +545,7 @@ pub struct LoopHandles {
     pub health: Arc<Health>,
     pub snapshot: watch::Sender<Arc<Snapshot>>,
     pub control: mpsc::Receiver<Control>,
-    pub alerts: Option<Arc<crate::alert::AlertQueue>>,
+    pub alerts: Option<Arc<crate::daemon::alert::AlertQueue>>,
     pub metrics: Metrics,
 }
 
@@ -872,7 +872,7 @@ fn checkpoint(
         .collect();
     offsets.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
     Checkpoint {
-        schema_version: crate::checkpoint::CHECKPOINT_VERSION,
+        schema_version: crate::daemon::checkpoint::CHECKPOINT_VERSION,
         window: window_fingerprint(spec),
         group_id: group.to_owned(),
         written_at_ms: now,
@@ -1015,7 +1015,7 @@ fn publish_models(p: &BaseProducer, topic: &str, at: &CheckpointAt<'_>) {
     }
     for m in engine.models() {
         let rec = ModelCheckpoint {
-            schema_version: crate::checkpoint::CHECKPOINT_VERSION,
+            schema_version: crate::daemon::checkpoint::CHECKPOINT_VERSION,
             window: window_fingerprint(spec),
             group_id: group.to_owned(),
             written_at_ms: now,
@@ -1179,7 +1179,7 @@ fn handle_control(c: Control, engine: &mut Engine, setup: &IngestSetup, health: 
 
 /// Loads every baseline; on any problem nothing changes.
 fn reload(engine: &mut Engine, dir: &std::path::Path) -> Result<Vec<String>, String> {
-    let loaded = crate::baseline::load_dir(dir).map_err(|errs| {
+    let loaded = crate::engine::baseline::load_dir(dir).map_err(|errs| {
         errs.iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>()

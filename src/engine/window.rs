@@ -16,8 +16,8 @@ use std::sync::Arc;
 use ndarray::{Array1, Array2};
 use serde::{Deserialize, Serialize};
 
-use crate::baseline::{BinOf, Layout};
-use crate::decode::Event;
+use crate::engine::baseline::{BinOf, Layout};
+use crate::engine::decode::Event;
 
 /// The shape of a window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -455,8 +455,8 @@ pub struct PaneState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::baseline::{Baseline, Binning, Bins, FeatureBaseline, SCHEMA_VERSION};
-    use crate::decode::{Decoded, Decoder};
+    use crate::engine::baseline::{Baseline, Binning, Bins, FeatureBaseline, SCHEMA_VERSION};
+    use crate::engine::decode::{Decoded, Decoder};
     use proptest::prelude::*;
 
     fn layout() -> Arc<Layout> {

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::window::{WindowSpec, WindowState};
+use crate::engine::window::{WindowSpec, WindowState};
 
 /// File format version.
 pub const CHECKPOINT_VERSION: u32 = 1;
@@ -207,7 +207,7 @@ impl CheckpointStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::window::WindowCounters;
+    use crate::engine::window::WindowCounters;
 
     fn cp() -> Checkpoint {
         Checkpoint {

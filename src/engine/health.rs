@@ -35,8 +35,8 @@ use rustc_hash::FxHashMap;
 use serde::Serialize;
 use sketches_ddsketch::{Config as SketchConfig, DDSketch};
 
-use crate::compare::{two_proportion_test, Tail};
-use crate::detect::{
+use crate::engine::compare::{two_proportion_test, Tail};
+use crate::engine::detect::{
     limit_level, p_level, Condition, DetectConfig, Level, Severity, State, Transition,
 };
 
@@ -1018,7 +1018,7 @@ fn evaluate_model(
                 format!(
                     "{} (first seen {}) fails {} of requests ({x} of {n}); the previous version {} failed {} ({} of {})",
                     m.name,
-                    crate::baseline::rfc3339(d.at_ms),
+                    crate::engine::baseline::rfc3339(d.at_ms),
                     pct(rate(x, n).unwrap_or(0.0)),
                     d.previous,
                     pct(r0),

@@ -21,7 +21,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::compare::Metric;
+use crate::engine::compare::Metric;
 
 /// Alert severity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -170,8 +170,8 @@ impl Rule {
         p
     }
 
-    pub fn applies(&self, role: crate::baseline::SlotRole) -> bool {
-        use crate::baseline::SlotRole;
+    pub fn applies(&self, role: crate::engine::baseline::SlotRole) -> bool {
+        use crate::engine::baseline::SlotRole;
         matches!(
             (self.target, role),
             (Target::All, _)
@@ -357,8 +357,8 @@ pub enum Distribution {
 }
 
 impl Distribution {
-    pub fn of(role: crate::baseline::SlotRole) -> Distribution {
-        use crate::baseline::SlotRole;
+    pub fn of(role: crate::engine::baseline::SlotRole) -> Distribution {
+        use crate::engine::baseline::SlotRole;
         match role {
             SlotRole::Feature => Distribution::Feature,
             SlotRole::Prediction => Distribution::Prediction,

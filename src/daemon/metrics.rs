@@ -30,11 +30,11 @@ use prometheus::{
     Registry,
 };
 
-use crate::compare::Metric;
-use crate::decode::{Issue, RecordKind, Reject, Skip};
-use crate::detect::Transition;
+use crate::engine::compare::Metric;
+use crate::engine::decode::{Issue, RecordKind, Reject, Skip};
+use crate::engine::detect::Transition;
+use crate::engine::health::HealthReport;
 use crate::engine::{EngineStats, Report, WindowReport};
-use crate::health::HealthReport;
 
 /// What the consumer loop knows after an evaluation.
 #[derive(Debug, Clone, Default)]
@@ -109,8 +109,8 @@ pub struct Metrics {
     prev_checkpoints: (u64, u64),
     prev_reloads: (u64, u64),
     prev_records: [u64; RecordKind::ALL.len()],
-    prev_join: crate::experiment::JoinStats,
-    prev_refused: crate::health::HealthStats,
+    prev_join: crate::engine::experiment::JoinStats,
+    prev_refused: crate::engine::health::HealthStats,
 }
 
 /// What /metrics serves: the registry, and the gauges text of the last

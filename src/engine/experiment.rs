@@ -26,8 +26,8 @@ use rustc_hash::FxHashMap;
 
 use serde::Serialize;
 
-use crate::compare::{two_proportion_test, Tail};
-use crate::detect::{p_level, Condition, DetectConfig, Level, Severity, State, Transition};
+use crate::engine::compare::{two_proportion_test, Tail};
+use crate::engine::detect::{p_level, Condition, DetectConfig, Level, Severity, State, Transition};
 
 /// Settings (validated config, `[experiments]`).
 #[derive(Debug, Clone, PartialEq)]
@@ -736,7 +736,7 @@ impl Experiments {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::feature_hash;
+    use crate::engine::decode::feature_hash;
 
     const T0: i64 = 1_800_000_000_000;
 

@@ -51,8 +51,8 @@ use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use serde::Serialize;
 
-use crate::bench::{self, BenchOptions, ChildDaemon};
-use crate::generate::{DriftSpec, Generator, GeneratorConfig};
+use crate::lab::bench::{self, BenchOptions, ChildDaemon};
+use crate::lab::generate::{DriftSpec, Generator, GeneratorConfig};
 
 const TOPIC: &str = "soak";
 const GROUP: &str = "driftd-soak";
@@ -562,7 +562,7 @@ fn start_producer(
         while !stop.load(Ordering::Relaxed) {
             let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
             while sent < due {
-                g.next_line(crate::ingest::now_ms(), &mut buf);
+                g.next_line(crate::daemon::ingest::now_ms(), &mut buf);
                 let key = g.last_model().map_or("", |m| names[m].as_str());
                 // Round-robin: every partition takes its share of a backlog.
                 let mut rec = BaseRecord::to(TOPIC)
@@ -816,7 +816,7 @@ pub fn run(o: &SoakOptions) -> anyhow::Result<SoakReport> {
     let am_bin = find_alertmanager(o.alertmanager.as_deref())?;
     let began = Instant::now();
     let http = Http::new()?;
-    let now = crate::ingest::now_ms();
+    let now = crate::daemon::ingest::now_ms();
 
     // Traffic: the bench's generator (compact lines, arms), fresh lines, and
     // the first model's first numeric feature shifted by two standard
@@ -855,7 +855,7 @@ pub fn run(o: &SoakOptions) -> anyhow::Result<SoakReport> {
     let window = window_of(o);
     let warmup = window + Duration::from_secs(5);
 
-    let scratch = crate::demo::Scratch::new("soak").context("creating a scratch directory")?;
+    let scratch = crate::lab::demo::Scratch::new("soak").context("creating a scratch directory")?;
     let dir = scratch.0.clone();
     std::fs::create_dir_all(dir.join("baselines"))?;
     for b in bench::baselines(&bo, now)?

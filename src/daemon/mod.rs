@@ -1,0 +1,9 @@
+//! The daemon's edges: Kafka in, checkpoints, metrics, HTTP and alerts out,
+//! wired to the engine in [`app`].
+
+pub mod admin;
+pub mod alert;
+pub mod app;
+pub mod checkpoint;
+pub mod ingest;
+pub mod metrics;

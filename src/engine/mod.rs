@@ -1,0 +1,24 @@
+//! The engine: pure, synchronous, time as a parameter.
+//!
+//! Everything here turns lines into verdicts without touching the outside
+//! world: no clock, no network, no async runtime, no logging, no metrics
+//! registry. The daemon and `driftd replay` drive the same code, so what a
+//! replay shows is what the daemon would have done. `tests/` holds a test
+//! that fails when a file under `src/engine/` uses the daemon, the lab or an
+//! I/O crate.
+
+pub mod baseline;
+pub mod compare;
+pub mod decode;
+pub mod detect;
+pub mod experiment;
+pub mod health;
+mod pipeline;
+pub mod threshold;
+pub mod window;
+
+pub use pipeline::{
+    ArmDivergence, AutoBaseline, Engine, EngineConfig, EngineStats, FeatureReport, ModelReport,
+    ModelState, Outcome, Report, ScoreMap, Tracked, VerdictReport, WindowReport,
+    SIMULATIONS_PER_EVALUATION,
+};
