@@ -39,7 +39,7 @@ fn main() {
         20_000
     };
     let gen_cfg = GeneratorConfig::synthetic(42, 4, 20).inference_only();
-    let now = driftd::daemon::ingest::now_ms();
+    let now = driftd::clock::now_ms();
 
     // Baselines from a separate reference stream of the same models.
     let mut reference = Generator::new(GeneratorConfig {

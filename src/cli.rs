@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::clock::now_ms;
 use crate::config::{Config, ConfigError};
 use crate::engine::decode::Decoder;
 use crate::engine::window::WindowSpec;
@@ -431,10 +432,6 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
     }
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 fn progress_bar(size: Option<u64>, quiet: bool) -> indicatif::ProgressBar {

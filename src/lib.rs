@@ -44,6 +44,7 @@
 //! - [`cli`]: subcommands, exit codes, error printing.
 
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod engine;

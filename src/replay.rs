@@ -11,9 +11,10 @@ use std::fmt::Write as _;
 use std::io::{self, BufRead};
 use std::path::{Path, PathBuf};
 
-use crate::engine::baseline::{rfc3339, Baseline, BaselineBuilder, BaselineError, Binning};
+use crate::engine::baseline::{Baseline, BaselineBuilder, BaselineError, Binning};
 use crate::engine::decode::{Decoded, Decoder, EventTime, RecordKind, Reject};
 use crate::engine::detect::{State, Transition};
+use crate::engine::time::rfc3339;
 use crate::engine::{Engine, EngineStats, Report};
 
 /// Where lines come from, for messages.

@@ -161,7 +161,7 @@ async fn drift(State(s): State<AdminState>, Query(q): Query<DriftQuery>) -> Resp
             .into_response();
     }
     Json(json!({
-        "evaluated_at": crate::engine::baseline::rfc3339(snap.at_ms),
+        "evaluated_at": crate::engine::time::rfc3339(snap.at_ms),
         "models": models,
         "health": health,
         "experiments": {"arms": arms, "comparisons": comparisons},
@@ -178,7 +178,7 @@ async fn status(State(s): State<AdminState>) -> Response {
         .map(|m| (m.model.clone(), m.events.into()))
         .collect();
     Json(json!({
-        "evaluated_at": crate::engine::baseline::rfc3339(snap.at_ms),
+        "evaluated_at": crate::engine::time::rfc3339(snap.at_ms),
         "evaluated_at_ms": snap.at_ms,
         "messages": snap.messages,
         "events": events,

@@ -39,8 +39,8 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::baseline::rfc3339;
 use crate::engine::detect::{Severity, State, Transition};
+use crate::engine::time::rfc3339;
 
 /// How to authenticate to an HTTP receiver.
 #[derive(Clone, Default)]
@@ -646,7 +646,7 @@ pub fn start(
                 _ = tick.tick() => changed = true,
                 _ = cancel.cancelled(), if !stopping => stopping = true,
             }
-            let now = crate::daemon::ingest::now_ms();
+            let now = crate::clock::now_ms();
             for t in q.drain() {
                 changed |= book.apply(&t, &cfg);
                 if matches!(t.to, State::Firing | State::Resolved) {

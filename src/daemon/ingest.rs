@@ -37,6 +37,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::now_ms;
 use crate::config::{CheckpointConfig, KafkaConfig};
 use crate::daemon::checkpoint::{
     window_fingerprint, Checkpoint, CheckpointStore, ModelCheckpoint, PartitionOffset, SavedWindow,
@@ -472,12 +473,6 @@ fn describe(tpl: &TopicPartitionList) -> String {
         .map(|e| format!("{}/{}", e.topic(), e.partition()))
         .collect::<Vec<_>>()
         .join(",")
-}
-
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// librdkafka settings driftd owns, then the user's properties.

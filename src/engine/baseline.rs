@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::compare::BinLayout;
 use crate::engine::decode::{feature_hash, Event, FeatureValue, Prediction};
+use crate::engine::time::rfc3339;
 
 /// The file format version this build reads and writes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -1048,12 +1049,6 @@ fn version_of(b: &Baseline) -> String {
         .take(8)
         .collect();
     format!("{date}-{:08x}", h.digest() as u32)
-}
-
-pub fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 impl fmt::Display for Bins {

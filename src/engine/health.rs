@@ -1018,7 +1018,7 @@ fn evaluate_model(
                 format!(
                     "{} (first seen {}) fails {} of requests ({x} of {n}); the previous version {} failed {} ({} of {})",
                     m.name,
-                    crate::engine::baseline::rfc3339(d.at_ms),
+                    crate::engine::time::rfc3339(d.at_ms),
                     pct(rate(x, n).unwrap_or(0.0)),
                     d.previous,
                     pct(r0),

@@ -15,6 +15,7 @@ pub mod experiment;
 pub mod health;
 mod pipeline;
 pub mod threshold;
+pub mod time;
 pub mod window;
 
 pub use pipeline::{

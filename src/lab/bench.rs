@@ -570,7 +570,7 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 
 /// Runs every measurement `o` asks for, printing progress to stderr.
 pub fn run(o: &BenchOptions) -> anyhow::Result<BenchReport> {
-    let now = crate::daemon::ingest::now_ms();
+    let now = crate::clock::now_ms();
     eprintln!(
         "generating {} lines: {} models x {} features ({}% categorical), {} shape",
         o.lines,
@@ -824,7 +824,7 @@ fn steady(
                 let el = start.elapsed().as_secs_f64();
                 let due = (el * rate as f64) as u64;
                 while sent < due {
-                    let t = crate::daemon::ingest::now_ms();
+                    let t = crate::clock::now_ms();
                     g.next_line(t, &mut buf);
                     let k = g.last_model().map_or("", |m| names[m].as_str());
                     send(&p, topic, k, buf.as_bytes(), None);
@@ -832,7 +832,7 @@ fn steady(
                 }
                 let probes_due = (el * 50.0) as u64;
                 while probes < probes_due {
-                    let l = probe_line(probes, crate::daemon::ingest::now_ms());
+                    let l = probe_line(probes, crate::clock::now_ms());
                     send(&p, topic, PROBE_MODEL, l.as_bytes(), Some(0));
                     // The clock starts when the producer hands it to librdkafka.
                     sent_at.lock().expect("not poisoned").push(Instant::now());

@@ -24,13 +24,13 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::now_ms;
 use crate::config::{Config, KafkaConfig};
-use crate::daemon::ingest::now_ms;
 use crate::daemon::metrics::Snapshot;
-use crate::engine::baseline::rfc3339;
 use crate::engine::decode::Decoder;
 use crate::engine::decode::{Decoded, RecordKind};
 use crate::engine::detect::State;
+use crate::engine::time::rfc3339;
 use crate::engine::window::WindowSpec;
 use crate::engine::AutoBaseline;
 use crate::lab::generate::{standard_drifts, DeploySpec, Generator, GeneratorConfig};

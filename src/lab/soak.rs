@@ -562,7 +562,7 @@ fn start_producer(
         while !stop.load(Ordering::Relaxed) {
             let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
             while sent < due {
-                g.next_line(crate::daemon::ingest::now_ms(), &mut buf);
+                g.next_line(crate::clock::now_ms(), &mut buf);
                 let key = g.last_model().map_or("", |m| names[m].as_str());
                 // Round-robin: every partition takes its share of a backlog.
                 let mut rec = BaseRecord::to(TOPIC)
@@ -816,7 +816,7 @@ pub fn run(o: &SoakOptions) -> anyhow::Result<SoakReport> {
     let am_bin = find_alertmanager(o.alertmanager.as_deref())?;
     let began = Instant::now();
     let http = Http::new()?;
-    let now = crate::daemon::ingest::now_ms();
+    let now = crate::clock::now_ms();
 
     // Traffic: the bench's generator (compact lines, arms), fresh lines, and
     // the first model's first numeric feature shifted by two standard

@@ -152,7 +152,7 @@ pub fn baselines(n: usize) -> Vec<Baseline> {
 }
 
 pub fn now_ms() -> i64 {
-    driftd::daemon::ingest::now_ms()
+    driftd::clock::now_ms()
 }
 
 /// One sample of the exposition.
