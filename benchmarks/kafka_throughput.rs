@@ -15,7 +15,8 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
 use tokio_util::sync::CancellationToken;
 
-use driftd::config::{Config, KafkaConfig};
+use driftd::config::Config;
+use driftd::daemon::ingest::KafkaConfig;
 use driftd::engine::baseline::{BaselineBuilder, Binning};
 use driftd::engine::decode::{Decoded, Decoder};
 use driftd::engine::window::WindowSpec;

@@ -647,32 +647,6 @@ fn check_kafka(cfg: &Config) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Logs go to stderr: JSON lines (what this project consumes) unless the
-/// format is `text`, or `auto` on a terminal.
-pub fn init_logging(cfg: &crate::config::LogConfig) {
-    use crate::config::LogFormat;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cfg.level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let json = match cfg.format {
-        LogFormat::Json => true,
-        LogFormat::Text => false,
-        LogFormat::Auto => !std::io::stderr().is_terminal(),
-    };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if json {
-        builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .try_init()
-    } else {
-        builder.try_init()
-    };
-}
-
 fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -686,7 +660,7 @@ fn run_daemon(a: ConfigArgs) -> Result<(), Failure> {
     let cfg = Config::load(a.config.as_deref())?;
     cfg.require_kafka()?;
     check_kafka(&cfg)?;
-    init_logging(&cfg.log);
+    crate::daemon::logging::init(&cfg.log);
     tracing::info!(config = %cfg.source, version = env!("CARGO_PKG_VERSION"), "driftd starting");
     runtime()?
         .block_on(async move {
@@ -812,8 +786,8 @@ fn soak(a: SoakArgs) -> Result<(), Failure> {
 
 fn demo(a: DemoArgs) -> Result<(), Failure> {
     // The live table owns the terminal: only warnings are logged.
-    init_logging(&crate::config::LogConfig {
-        format: crate::config::LogFormat::Text,
+    crate::daemon::logging::init(&crate::daemon::logging::LogConfig {
+        format: crate::daemon::logging::LogFormat::Text,
         level: "warn".into(),
     });
     let opts = crate::lab::demo::DemoOptions {

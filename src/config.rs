@@ -18,12 +18,17 @@ use chrono::FixedOffset;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
+use crate::daemon::alert::AlertConfig;
+pub use crate::daemon::app::Config;
+use crate::daemon::checkpoint::CheckpointConfig;
+use crate::daemon::ingest::KafkaConfig;
+use crate::daemon::logging::LogFormat;
 use crate::engine::baseline::Binning;
 use crate::engine::compare::{CompareOptions, Metric};
 use crate::engine::decode::{DecodeConfig, FeatureFilter, Pointer};
 use crate::engine::detect::{AutoThresholds, DetectConfig, Rule, Target, Thresholds};
 use crate::engine::window::WindowSpec;
-use crate::engine::{AutoBaseline, EngineConfig};
+use crate::engine::AutoBaseline;
 
 /// One problem with the configuration: the key and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -276,140 +281,6 @@ struct RawMetrics {
 #[serde(deny_unknown_fields)]
 struct RawShutdown {
     grace: Option<String>,
-}
-
-// ---------------------------------------------------------------------------
-// Typed config.
-
-/// Kafka consumer settings.
-#[derive(Clone)]
-pub struct KafkaConfig {
-    pub brokers: String,
-    pub topics: Vec<String>,
-    pub group_id: String,
-    pub commit_interval: Duration,
-    /// Without a checkpoint, start from `now - window` by offsets-for-times.
-    pub rewind_on_start: bool,
-    /// Passed to librdkafka as they are (TLS, SASL, queue limits ...).
-    /// Values `env:NAME` and `file:PATH` are resolved at load time.
-    pub properties: BTreeMap<String, String>,
-}
-
-impl fmt::Debug for KafkaConfig {
-    // Properties may hold secrets: print their keys only.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KafkaConfig")
-            .field("brokers", &self.brokers)
-            .field("topics", &self.topics)
-            .field("group_id", &self.group_id)
-            .field("commit_interval", &self.commit_interval)
-            .field("rewind_on_start", &self.rewind_on_start)
-            .field("properties", &self.properties.keys().collect::<Vec<_>>())
-            .finish()
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct CheckpointConfig {
-    pub enabled: bool,
-    pub dir: PathBuf,
-    pub kafka_topic: Option<String>,
-}
-
-#[derive(Clone)]
-pub struct HttpConfig {
-    pub listen: SocketAddr,
-    /// A second address serving only /metrics, /livez and /readyz.
-    pub metrics_listen: Option<SocketAddr>,
-    /// Bearer token for the admin endpoints; `None` disables them.
-    pub admin_token: Option<String>,
-}
-
-impl fmt::Debug for HttpConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HttpConfig")
-            .field("listen", &self.listen)
-            .field("metrics_listen", &self.metrics_listen)
-            .field(
-                "admin_token",
-                &self.admin_token.as_ref().map(|_| "<redacted>"),
-            )
-            .finish()
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Json,
-    Text,
-    /// Text on a terminal, JSON otherwise.
-    Auto,
-}
-
-#[derive(Debug, Clone)]
-pub struct LogConfig {
-    pub format: LogFormat,
-    pub level: String,
-}
-
-/// The whole validated configuration.
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub engine: EngineConfig,
-    pub every: Duration,
-    pub baselines_dir: PathBuf,
-    pub watch_baselines: bool,
-    pub model_idle: Duration,
-    pub kafka: Option<KafkaConfig>,
-    pub checkpoint: CheckpointConfig,
-    pub http: HttpConfig,
-    pub log: LogConfig,
-    pub grace: Duration,
-    pub alerts: crate::daemon::alert::AlertConfig,
-    /// Scores exported per feature (`[metrics] scores`).
-    pub metric_scores: Vec<Metric>,
-    /// Export per-arm feature scores and states too (`[metrics] per_arm_scores`).
-    pub metric_per_arm_scores: bool,
-    /// Where it came from, for messages.
-    pub source: String,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        // The daemon judges with automatic thresholds unless told otherwise
-        // (the engine's own default stays static: fixed numbers for tests
-        // and benchmarks that set their thresholds by hand).
-        let mut engine = EngineConfig::default();
-        engine.detect.thresholds = Thresholds::Auto(AutoThresholds::default());
-        engine.detect.min_samples = 100;
-        Config {
-            engine,
-            every: Duration::from_secs(30),
-            baselines_dir: PathBuf::from("baselines"),
-            watch_baselines: true,
-            model_idle: Duration::from_secs(3600),
-            kafka: None,
-            checkpoint: CheckpointConfig {
-                enabled: true,
-                dir: PathBuf::from("state"),
-                kafka_topic: None,
-            },
-            http: HttpConfig {
-                listen: "127.0.0.1:9400".parse().expect("valid"),
-                metrics_listen: None,
-                admin_token: None,
-            },
-            log: LogConfig {
-                format: LogFormat::Auto,
-                level: "info".into(),
-            },
-            grace: Duration::from_secs(5),
-            alerts: crate::daemon::alert::AlertConfig::default(),
-            metric_scores: crate::daemon::metrics::DEFAULT_SCORES.to_vec(),
-            metric_per_arm_scores: false,
-            source: "defaults".into(),
-        }
-    }
 }
 
 const SECTIONS: &[&str] = &[
@@ -1143,9 +1014,9 @@ impl Config {
                     Err(e) => p.push("metrics.scores", e.to_string()),
                 }
             }
-            cfg.metric_scores = list;
+            cfg.metrics.scores = list;
         }
-        cfg.metric_per_arm_scores = metrics.per_arm_scores.unwrap_or(false);
+        cfg.metrics.per_arm_scores = metrics.per_arm_scores.unwrap_or(false);
 
         if p.0.is_empty() {
             Ok(cfg)
@@ -1260,8 +1131,8 @@ fn http_target(
     })
 }
 
-fn alert_config(a: RawAlerts, cfg: &Config, p: &mut Problems) -> crate::daemon::alert::AlertConfig {
-    let d = crate::daemon::alert::AlertConfig::default();
+fn alert_config(a: RawAlerts, cfg: &Config, p: &mut Problems) -> AlertConfig {
+    let d = AlertConfig::default();
     let mut out = crate::daemon::alert::AlertConfig {
         resend_interval: p.duration(
             "alerts.resend_interval",

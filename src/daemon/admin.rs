@@ -16,6 +16,7 @@
 //! Admin routes need `Authorization: Bearer <http.admin_token>`, compared in
 //! constant time; with no token configured they answer 403, never open.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -31,6 +32,39 @@ use tokio_util::sync::CancellationToken;
 
 use crate::daemon::ingest::{Control, Health};
 use crate::daemon::metrics::Snapshot;
+
+/// Where the HTTP server listens and who may use the admin API (`[http]`).
+#[derive(Clone)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    /// A second address serving only /metrics, /livez and /readyz.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Bearer token for the admin endpoints; `None` disables them.
+    pub admin_token: Option<String>,
+}
+
+impl fmt::Debug for HttpConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpConfig")
+            .field("listen", &self.listen)
+            .field("metrics_listen", &self.metrics_listen)
+            .field(
+                "admin_token",
+                &self.admin_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "127.0.0.1:9400".parse().expect("valid"),
+            metrics_listen: None,
+            admin_token: None,
+        }
+    }
+}
 
 /// What the handlers share.
 #[derive(Clone)]

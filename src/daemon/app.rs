@@ -29,12 +29,67 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
 use crate::daemon::admin::{self, AdminState};
 use crate::daemon::ingest::{self, Control, Health, IngestError, IngestSetup, LoopHandles};
 use crate::daemon::metrics::{self, Metrics, Snapshot};
 use crate::engine::window::WindowSpec;
-use crate::engine::Engine;
+use std::path::PathBuf;
+
+use crate::daemon::admin::HttpConfig;
+use crate::daemon::alert::AlertConfig;
+use crate::daemon::checkpoint::CheckpointConfig;
+use crate::daemon::ingest::KafkaConfig;
+use crate::daemon::logging::LogConfig;
+use crate::daemon::metrics::MetricsConfig;
+use crate::engine::detect::{AutoThresholds, Thresholds};
+use crate::engine::{Engine, EngineConfig};
+
+/// Everything `driftd run` needs, validated: the engine's settings and each
+/// edge's, side by side. `crate::config` makes one from a file and the
+/// environment; the daemon never reads the file itself.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub engine: EngineConfig,
+    pub every: Duration,
+    pub baselines_dir: PathBuf,
+    pub watch_baselines: bool,
+    pub model_idle: Duration,
+    pub kafka: Option<KafkaConfig>,
+    pub checkpoint: CheckpointConfig,
+    pub http: HttpConfig,
+    pub log: LogConfig,
+    pub grace: Duration,
+    pub alerts: AlertConfig,
+    pub metrics: MetricsConfig,
+    /// Where it came from, for messages.
+    pub source: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        // The daemon judges with automatic thresholds unless told otherwise
+        // (the engine's own default stays static: fixed numbers for tests
+        // and benchmarks that set their thresholds by hand).
+        let mut engine = EngineConfig::default();
+        engine.detect.thresholds = Thresholds::Auto(AutoThresholds::default());
+        engine.detect.min_samples = 100;
+        Config {
+            engine,
+            every: Duration::from_secs(30),
+            baselines_dir: PathBuf::from("baselines"),
+            watch_baselines: true,
+            model_idle: Duration::from_secs(3600),
+            kafka: None,
+            checkpoint: CheckpointConfig::default(),
+            http: HttpConfig::default(),
+            log: LogConfig::default(),
+            grace: Duration::from_secs(5),
+            alerts: AlertConfig::default(),
+            metrics: MetricsConfig::default(),
+            source: "defaults".into(),
+        }
+    }
+}
 
 /// A running daemon.
 pub struct Daemon {
@@ -109,8 +164,8 @@ pub async fn start(mut cfg: Config, cancel: CancellationToken) -> anyhow::Result
     let registry = Registry::new();
     metrics::register_build_info(&registry)?;
     let metrics = Metrics::new(&registry)?
-        .with_scores(cfg.metric_scores.clone())
-        .with_per_arm_scores(cfg.metric_per_arm_scores);
+        .with_scores(cfg.metrics.scores.clone())
+        .with_per_arm_scores(cfg.metrics.per_arm_scores);
 
     // 3. HTTP.
     let listener = admin::bind(cfg.http.listen, "http.listen").await?;
@@ -190,7 +245,7 @@ pub async fn start(mut cfg: Config, cancel: CancellationToken) -> anyhow::Result
         baselines_dir: cfg.baselines_dir.clone(),
         watch_baselines: cfg.watch_baselines,
         window_ms,
-        arm_features: cfg.metric_per_arm_scores,
+        arm_features: cfg.metrics.per_arm_scores,
     };
     let engine = Engine::new(cfg.engine.clone(), baselines);
     let handles = LoopHandles {

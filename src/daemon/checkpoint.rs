@@ -18,6 +18,24 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::window::{WindowSpec, WindowState};
 
+/// Where checkpoints go (`[checkpoint]`).
+#[derive(Debug, Clone)]
+pub struct CheckpointConfig {
+    pub enabled: bool,
+    pub dir: PathBuf,
+    pub kafka_topic: Option<String>,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        CheckpointConfig {
+            enabled: true,
+            dir: PathBuf::from("state"),
+            kafka_topic: None,
+        }
+    }
+}
+
 /// File format version.
 pub const CHECKPOINT_VERSION: u32 = 1;
 const FILE_NAME: &str = "driftd-checkpoint.json";

@@ -21,7 +21,8 @@
 //! window fills at once; a broker that cannot answer that lookup falls back
 //! to the committed offset.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -38,7 +39,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ms;
-use crate::config::{CheckpointConfig, KafkaConfig};
+use crate::daemon::checkpoint::CheckpointConfig;
 use crate::daemon::checkpoint::{
     window_fingerprint, Checkpoint, CheckpointStore, ModelCheckpoint, PartitionOffset, SavedWindow,
 };
@@ -47,6 +48,34 @@ use crate::engine::baseline::Baseline;
 use crate::engine::detect::Transition;
 use crate::engine::window::WindowSpec;
 use crate::engine::Engine;
+
+/// Kafka consumer settings.
+#[derive(Clone)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    pub topics: Vec<String>,
+    pub group_id: String,
+    pub commit_interval: Duration,
+    /// Without a checkpoint, start from `now - window` by offsets-for-times.
+    pub rewind_on_start: bool,
+    /// Passed to librdkafka as they are (TLS, SASL, queue limits ...).
+    /// Values `env:NAME` and `file:PATH` are resolved at load time.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl fmt::Debug for KafkaConfig {
+    // Properties may hold secrets: print their keys only.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("topics", &self.topics)
+            .field("group_id", &self.group_id)
+            .field("commit_interval", &self.commit_interval)
+            .field("rewind_on_start", &self.rewind_on_start)
+            .field("properties", &self.properties.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
 
 /// Requests from the admin API to the consumer loop.
 #[derive(Debug)]

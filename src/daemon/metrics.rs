@@ -67,6 +67,24 @@ pub const DEFAULT_SCORES: [Metric; 6] = [
     Metric::UnseenShare,
 ];
 
+/// `[metrics]`: which scores become series.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricsConfig {
+    /// Scores exported per feature (`scores`).
+    pub scores: Vec<Metric>,
+    /// Export per-arm feature scores and states too (`per_arm_scores`).
+    pub per_arm_scores: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            scores: DEFAULT_SCORES.to_vec(),
+            per_arm_scores: false,
+        }
+    }
+}
+
 /// Every driftd series.
 pub struct Metrics {
     scores: Vec<Metric>,

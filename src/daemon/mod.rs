@@ -6,4 +6,5 @@ pub mod alert;
 pub mod app;
 pub mod checkpoint;
 pub mod ingest;
+pub mod logging;
 pub mod metrics;

@@ -25,7 +25,8 @@ use rdkafka::ClientConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ms;
-use crate::config::{Config, KafkaConfig};
+use crate::config::Config;
+use crate::daemon::ingest::KafkaConfig;
 use crate::daemon::metrics::Snapshot;
 use crate::engine::decode::Decoder;
 use crate::engine::decode::{Decoded, RecordKind};
