@@ -165,7 +165,7 @@ fn main() {
         .expect("daemon starts");
     let snap = daemon.snapshot.clone();
     while daemon
-        .health
+        .readiness
         .assigned
         .load(std::sync::atomic::Ordering::Relaxed)
         < PARTITIONS as usize
@@ -181,7 +181,7 @@ fn main() {
     let start = Instant::now();
     let done = loop {
         std::thread::sleep(Duration::from_millis(5));
-        let m = snap.borrow().messages;
+        let m = snap.borrow().kafka.messages;
         if m as usize >= n {
             break Instant::now();
         }

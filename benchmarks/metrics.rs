@@ -11,7 +11,8 @@ use std::collections::BTreeMap;
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use driftd::daemon::metrics::{Metrics, Snapshot};
+use driftd::daemon::metrics::Metrics;
+use driftd::daemon::snapshot::Snapshot;
 use driftd::engine::baseline::{BaselineBuilder, Binning};
 use driftd::engine::decode::{Decoded, Decoder};
 use driftd::engine::{Engine, EngineConfig};

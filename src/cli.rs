@@ -413,21 +413,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Probe { url, timeout } => probe(&url, timeout),
         Command::CheckConfig(a) => {
             let cfg = Config::load(a.config.as_deref())?;
-            check_kafka(&cfg)?;
-            if cfg.baselines_dir.exists() {
-                if let Err(errs) = replay::load_baselines(&cfg.baselines_dir) {
-                    return Err(Failure::Config(ConfigError::Invalid {
-                        source_name: cfg.source.clone(),
-                        problems: errs
-                            .iter()
-                            .map(|e| crate::config::Problem {
-                                key: "baselines.dir".into(),
-                                message: e.to_string(),
-                            })
-                            .collect(),
-                    }));
-                }
-            }
+            preflight(&cfg)?;
             println!("{}: ok", cfg.source);
             Ok(())
         }
@@ -630,21 +616,20 @@ fn generate(a: GenerateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// librdkafka rejects unknown properties only when a client is made: do it
-/// now, so a typo is a config error (exit 64) and not a runtime failure.
-fn check_kafka(cfg: &Config) -> Result<(), Failure> {
-    if let Some(k) = &cfg.kafka {
-        if let Err(e) = crate::daemon::ingest::validate_properties(k) {
-            return Err(Failure::Config(ConfigError::Invalid {
-                source_name: cfg.source.clone(),
-                problems: vec![crate::config::Problem {
-                    key: "kafka.properties".into(),
-                    message: e,
-                }],
-            }));
-        }
+/// The problems only the daemon can find (librdkafka's view of the
+/// properties, the baseline files), as config problems: exit 64.
+fn preflight(cfg: &Config) -> Result<(), Failure> {
+    let problems: Vec<crate::config::Problem> = crate::daemon::app::preflight(cfg)
+        .into_iter()
+        .map(|(key, message)| crate::config::Problem { key, message })
+        .collect();
+    if problems.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    Err(Failure::Config(ConfigError::Invalid {
+        source_name: cfg.source.clone(),
+        problems,
+    }))
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
@@ -659,7 +644,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
 fn run_daemon(a: ConfigArgs) -> Result<(), Failure> {
     let cfg = Config::load(a.config.as_deref())?;
     cfg.require_kafka()?;
-    check_kafka(&cfg)?;
+    preflight(&cfg)?;
     crate::daemon::logging::init(&cfg.log);
     tracing::info!(config = %cfg.source, version = env!("CARGO_PKG_VERSION"), "driftd starting");
     runtime()?

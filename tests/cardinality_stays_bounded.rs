@@ -14,7 +14,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::*;
-use driftd::daemon::metrics::{Metrics, Snapshot};
+use driftd::daemon::metrics::Metrics;
+use driftd::daemon::snapshot::Snapshot;
 use driftd::engine::baseline::{Baseline, BaselineBuilder, Binning, OTHER};
 use driftd::engine::decode::{DecodeConfig, Decoded, Decoder, Issue};
 use driftd::engine::{AutoBaseline, Engine, EngineConfig, Outcome};

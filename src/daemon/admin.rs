@@ -1,6 +1,9 @@
-//! The HTTP server: metrics, health and the small admin API.
+//! The HTTP server: metrics, probes and the small admin API.
 //!
-//! This module owns every HTTP route, on one listener:
+//! This module owns every HTTP route and what the API may ask of the worker
+//! ([`Control`]). It reads only the last [`Snapshot`] and the readiness
+//! flags, so no request waits for the consumer loop except the ones that
+//! must (a capture, a reload, one model's bins). Routes:
 //!
 //! | route | what |
 //! |---|---|
@@ -30,8 +33,10 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::daemon::ingest::{Control, Health};
-use crate::daemon::metrics::Snapshot;
+use crate::daemon::metrics::Exposition;
+use crate::daemon::readiness::Readiness;
+use crate::daemon::snapshot::Snapshot;
+use crate::engine::Report;
 
 /// Where the HTTP server listens and who may use the admin API (`[http]`).
 #[derive(Clone)]
@@ -66,11 +71,33 @@ impl Default for HttpConfig {
     }
 }
 
+/// What the API asks of the worker, the one owner of the engine. Answers
+/// come back on the oneshot; a request the worker never answers (it
+/// stopped) is a 503, never a hang.
+#[derive(Debug)]
+pub enum Control {
+    /// Reload baselines from the directory (SIGHUP, or a file change).
+    Reload {
+        reply: Option<oneshot::Sender<Result<Vec<String>, String>>>,
+    },
+    /// Make the current window of `model` its new baseline.
+    Capture {
+        model: String,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+    /// The detailed report (bins and counts) of one model, now: the
+    /// per-evaluation snapshot leaves those out.
+    Detail {
+        model: String,
+        reply: oneshot::Sender<Report>,
+    },
+}
+
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AdminState {
-    pub exposition: crate::daemon::metrics::Exposition,
-    pub health: Arc<Health>,
+    pub exposition: Exposition,
+    pub readiness: Arc<Readiness>,
     pub snapshot: watch::Receiver<Arc<Snapshot>>,
     pub control: mpsc::Sender<Control>,
     pub admin_token: Option<Arc<str>>,
@@ -131,7 +158,7 @@ async fn metrics(State(s): State<AdminState>) -> Response {
 }
 
 async fn readyz(State(s): State<AdminState>) -> Response {
-    match s.health.ready() {
+    match s.readiness.ready() {
         Ok(()) => (StatusCode::OK, "ready\n").into_response(),
         Err(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -214,10 +241,10 @@ async fn status(State(s): State<AdminState>) -> Response {
     Json(json!({
         "evaluated_at": crate::engine::time::rfc3339(snap.at_ms),
         "evaluated_at_ms": snap.at_ms,
-        "messages": snap.messages,
+        "messages": snap.kafka.messages,
         "events": events,
-        "assigned_partitions": snap.assigned_partitions,
-        "lag": snap.lag.iter().map(|l| l.2.max(0)).sum::<i64>(),
+        "assigned_partitions": snap.kafka.assigned_partitions,
+        "lag": snap.kafka.lag.iter().map(|l| l.2.max(0)).sum::<i64>(),
     }))
     .into_response()
 }

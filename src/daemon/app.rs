@@ -1,47 +1,63 @@
-//! The daemon: wiring and shutdown. Read this file to know what `driftd run`
-//! does.
+//! The daemon: wiring, the worker loop and shutdown. Read this file to know
+//! what `driftd run` does; it is the only place where the edges meet the
+//! engine.
 //!
 //! 1. The configuration is already validated (a bad one exited 64 before we
-//!    got here). Baselines are loaded from `baselines.dir`; a bad file stops
-//!    the start with its name and problem.
-//! 2. One Prometheus registry is made and handed to each part that exports
-//!    series (metrics, build info).
-//! 3. The HTTP listener is bound: /metrics, /livez, /readyz and the API.
-//! 4. The alert task starts (see `alert`): verdict transitions out to
+//!    got here). Baselines are loaded from `baselines.dir` (`baselines`); a
+//!    bad file stops the start with its name and problem.
+//! 2. One Prometheus registry is made; each part registers its own series:
+//!    the engine's (`metrics`), the consumer's (`ingest`), the checkpoints'
+//!    (`checkpoint`), the alerts' (`alert`).
+//! 3. The HTTP listener is bound (`admin`): /metrics, /livez, /readyz and
+//!    the API, which reads the last [`Snapshot`] and asks the worker
+//!    ([`Control`]) for what only it knows.
+//! 4. The alert task starts (`alert`): verdict transitions out to
 //!    Alertmanager, a Kafka topic and a webhook, re-sent while firing.
-//! 5. The consumer loop starts on its own thread (see `ingest`): Kafka in,
-//!    engine, checkpoints, evaluation, snapshots and transitions out.
+//! 5. The worker starts on its own thread. It restores the last checkpoint
+//!    (`checkpoint`), subscribes (`ingest`), and then loops: a batch of lines
+//!    from Kafka into the engine, their offsets stored once counted; state
+//!    claimed from other replicas restored; the API's requests answered; a
+//!    checkpoint at each pane boundary; and every `evaluation.every` an
+//!    evaluation, whose transitions go to the log and the alert queue and
+//!    whose snapshot goes to the metrics and the API.
 //! 6. Then we wait for the cancellation token (SIGTERM or SIGINT in `driftd
-//!    run`; the test or the demo otherwise). On cancellation the consumer
-//!    loop stops fetching, stores and commits offsets, writes a last
-//!    checkpoint and leaves the group; then the alert task flushes what is
-//!    pending; the HTTP server finishes in-flight requests. All of it must
-//!    fit in `shutdown.grace` (5 s by default, under Kubernetes' 30 s), or
-//!    we say so and exit anyway.
+//!    run`; the test or the demo otherwise). On cancellation the worker stops
+//!    fetching, writes a last checkpoint, commits offsets and leaves the
+//!    group; then the alert task flushes what is pending; the HTTP server
+//!    finishes in-flight requests. All of it must fit in `shutdown.grace`
+//!    (5 s by default, under Kubernetes' 30 s), or we say so and exit anyway.
+//!
+//! Why one blocking thread for the worker rather than async tasks: the
+//! engine is synchronous and single-owner, librdkafka serves rebalances from
+//! `poll` on the calling thread, and keeping windows, positions and
+//! checkpoints on one thread makes "a checkpoint holds exactly the events
+//! before its offsets" true by construction.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use prometheus::Registry;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::daemon::admin::{self, AdminState};
-use crate::daemon::ingest::{self, Control, Health, IngestError, IngestSetup, LoopHandles};
-use crate::daemon::metrics::{self, Metrics, Snapshot};
-use crate::engine::window::WindowSpec;
-use std::path::PathBuf;
-
-use crate::daemon::admin::HttpConfig;
-use crate::daemon::alert::AlertConfig;
-use crate::daemon::checkpoint::CheckpointConfig;
-use crate::daemon::ingest::KafkaConfig;
+use crate::clock::now_ms;
+use crate::daemon::admin::{self, AdminState, Control, HttpConfig};
+use crate::daemon::alert::{self, AlertConfig, AlertQueue, Alerting};
+use crate::daemon::baselines::BaselineDir;
+use crate::daemon::checkpoint::{
+    self, CheckpointConfig, CheckpointMetrics, CheckpointStats, CheckpointStore, CheckpointTopic,
+};
+use crate::daemon::ingest::{self, IngestError, KafkaConfig, KafkaMetrics, KafkaSource, Start};
 use crate::daemon::logging::LogConfig;
-use crate::daemon::metrics::MetricsConfig;
-use crate::engine::detect::{AutoThresholds, Thresholds};
+use crate::daemon::metrics::{self, Metrics, MetricsConfig};
+use crate::daemon::readiness::Readiness;
+use crate::daemon::snapshot::Snapshot;
+use crate::engine::detect::{AutoThresholds, Thresholds, Transition};
+use crate::engine::window::WindowSpec;
 use crate::engine::{Engine, EngineConfig};
 
 /// Everything `driftd run` needs, validated: the engine's settings and each
@@ -91,24 +107,6 @@ impl Default for Config {
     }
 }
 
-/// A running daemon.
-pub struct Daemon {
-    /// Where the HTTP server listens (useful with port 0).
-    pub addr: SocketAddr,
-    /// Where /metrics and the probes are also served (`http.metrics_listen`).
-    pub metrics_addr: Option<SocketAddr>,
-    pub snapshot: watch::Receiver<Arc<Snapshot>>,
-    pub health: Arc<Health>,
-    pub control: mpsc::Sender<Control>,
-    pub registry: Registry,
-    consumer: JoinHandle<Result<(), IngestError>>,
-    http: JoinHandle<std::io::Result<()>>,
-    alerts: Option<crate::daemon::alert::Alerting>,
-    alerts_cancel: CancellationToken,
-    cancel: CancellationToken,
-    grace: Duration,
-}
-
 /// Makes glibc's malloc hand every allocation over 128 KiB back to the
 /// system when freed. Each evaluation builds and drops megabytes at once
 /// (the exposition text, the snapshot): with glibc's default, adaptive
@@ -125,32 +123,57 @@ pub fn tune_allocator() {
     }
 }
 
+/// What `driftd run` would stop on that validating the file cannot see:
+/// a property librdkafka refuses (it only says so when a client is made)
+/// and a baseline file that does not load. `(key, problem)` pairs, found
+/// without binding a port or connecting; `check-config` and `run` report
+/// them like any other config problem.
+pub fn preflight(cfg: &Config) -> Vec<(String, String)> {
+    let mut problems = Vec::new();
+    if let Some(k) = &cfg.kafka {
+        if let Err(e) = ingest::validate_properties(k) {
+            problems.push(("kafka.properties".to_owned(), e));
+        }
+    }
+    if cfg.baselines_dir.exists() {
+        if let Err(errs) = crate::engine::baseline::load_dir(&cfg.baselines_dir) {
+            problems.extend(
+                errs.iter()
+                    .map(|e| ("baselines.dir".to_owned(), e.to_string())),
+            );
+        }
+    }
+    problems
+}
+
+/// A running daemon.
+pub struct Daemon {
+    /// Where the HTTP server listens (useful with port 0).
+    pub addr: SocketAddr,
+    /// Where /metrics and the probes are also served (`http.metrics_listen`).
+    pub metrics_addr: Option<SocketAddr>,
+    pub snapshot: watch::Receiver<Arc<Snapshot>>,
+    pub readiness: Arc<Readiness>,
+    pub control: mpsc::Sender<Control>,
+    pub registry: Registry,
+    worker: JoinHandle<Result<(), IngestError>>,
+    http: JoinHandle<std::io::Result<()>>,
+    alerts: Option<Alerting>,
+    alerts_cancel: CancellationToken,
+    cancel: CancellationToken,
+    grace: Duration,
+}
+
 /// Starts the daemon; `cancel` stops it.
 pub async fn start(mut cfg: Config, cancel: CancellationToken) -> anyhow::Result<Daemon> {
-    let kafka = cfg.require_kafka()?.clone();
-
-    // 1. Baselines. A missing directory is fine with automatic baselines.
-    let baselines = if cfg.baselines_dir.exists() || cfg.engine.auto_baseline.is_none() {
-        crate::replay::load_baselines(&cfg.baselines_dir).map_err(|errs| {
-            anyhow::anyhow!(
-                "cannot load the baselines in {}:\n{}",
-                cfg.baselines_dir.display(),
-                errs.iter()
-                    .map(|e| format!("  - {e}"))
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            )
-        })?
-    } else {
-        std::fs::create_dir_all(&cfg.baselines_dir).with_context(|| {
-            format!(
-                "cannot create baselines.dir {}",
-                cfg.baselines_dir.display()
-            )
-        })?;
-        Vec::new()
+    let Some(kafka) = cfg.kafka.clone() else {
+        anyhow::bail!("driftd run needs a [kafka] section with brokers and topics");
     };
-    if baselines.is_empty() && cfg.engine.auto_baseline.is_none() {
+
+    // 1. Baselines.
+    let auto = cfg.engine.auto_baseline.is_some();
+    let (dir, baselines) = BaselineDir::open(&cfg.baselines_dir, auto)?;
+    if baselines.is_empty() && !auto {
         tracing::warn!(
             dir = %cfg.baselines_dir.display(),
             "no baselines: events will be counted as without baseline until one is added (or set baselines.auto_after_events)"
@@ -163,110 +186,60 @@ pub async fn start(mut cfg: Config, cancel: CancellationToken) -> anyhow::Result
     // 2. One registry, each part registers its own series.
     let registry = Registry::new();
     metrics::register_build_info(&registry)?;
-    let metrics = Metrics::new(&registry)?
-        .with_scores(cfg.metrics.scores.clone())
-        .with_per_arm_scores(cfg.metrics.per_arm_scores);
+    let series = Series {
+        engine: Metrics::new(&registry)?
+            .with_scores(cfg.metrics.scores.clone())
+            .with_per_arm_scores(cfg.metrics.per_arm_scores),
+        kafka: KafkaMetrics::new(&registry)?,
+        checkpoints: CheckpointMetrics::new(&registry)?,
+    };
 
     // 3. HTTP.
-    let listener = admin::bind(cfg.http.listen, "http.listen").await?;
-    let addr = listener.local_addr()?;
-    let probes_listener = match cfg.http.metrics_listen {
-        Some(a) => Some(admin::bind(a, "http.metrics_listen").await?),
-        None => None,
-    };
-    let metrics_addr = match &probes_listener {
-        Some(l) => Some(l.local_addr()?),
-        None => None,
-    };
-    if cfg.alerts.external_url.is_empty() {
-        cfg.alerts.external_url = crate::daemon::alert::external_url_for(addr);
-    }
-    let health = Arc::new(Health::default());
+    let readiness = Arc::new(Readiness::default());
     let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::default()));
     let (control_tx, control_rx) = mpsc::channel(16);
     let state = AdminState {
-        exposition: metrics.exposition(),
-        health: health.clone(),
+        exposition: series.engine.exposition(),
+        readiness: readiness.clone(),
         snapshot: snap_rx.clone(),
         control: control_tx.clone(),
         admin_token: cfg.http.admin_token.as_deref().map(Arc::from),
     };
-    tracing::info!(%addr, "serving /metrics, /livez, /readyz and /api/v1");
-    // /metrics and the probes on an address of their own, if configured
-    // (say, the pod IP for Prometheus while the API stays on loopback).
-    let probes = probes_listener.map(|l| {
-        tracing::info!(addr = %metrics_addr.unwrap_or(addr), "serving /metrics, /livez and /readyz");
-        admin::serve(l, admin::probes_router(state.clone()), cancel.clone())
-    });
-    let api = admin::serve(listener, admin::router(state), cancel.clone());
-    let http = tokio::spawn(async move {
-        match probes {
-            Some(p) => {
-                let (a, b) = tokio::join!(api, p);
-                a.and(b)
-            }
-            None => api.await,
-        }
-    });
+    let (addr, metrics_addr, http) = serve_http(&cfg.http, state, cancel.clone()).await?;
+    if cfg.alerts.external_url.is_empty() {
+        cfg.alerts.external_url = alert::external_url_for(addr);
+    }
 
-    // 4. Alerts. Their own token: they flush after the consumer has stopped,
+    // 4. Alerts. Their own token: they flush after the worker has stopped,
     // so the last transitions are not lost.
     let alerts_cancel = CancellationToken::new();
-    let alerts = if cfg.alerts.any_sink() {
-        let flush = cfg.grace.mul_f64(0.4);
-        let a = crate::daemon::alert::start(
-            cfg.alerts.clone(),
-            &registry,
-            alerts_cancel.clone(),
-            flush,
-        )?;
-        tracing::info!(
-            alertmanagers = cfg.alerts.alertmanagers.len(),
-            kafka = cfg.alerts.kafka.is_some(),
-            webhook = cfg.alerts.webhook.is_some(),
-            "alerting started"
-        );
-        Some(a)
-    } else {
-        tracing::info!("no alert sink configured: transitions are logged only");
-        None
-    };
+    let alerts = start_alerts(&cfg, &registry, alerts_cancel.clone())?;
 
-    // 5. The consumer loop.
-    let window_ms = match cfg.engine.window {
-        WindowSpec::Time { length_ms, .. } => length_ms,
-        WindowSpec::Count { .. } => 0,
-    };
-    let setup = IngestSetup {
-        kafka,
-        every: cfg.every,
-        model_idle: cfg.model_idle,
-        checkpoint: cfg.checkpoint.clone(),
-        baselines_dir: cfg.baselines_dir.clone(),
-        watch_baselines: cfg.watch_baselines,
-        window_ms,
-        arm_features: cfg.metrics.per_arm_scores,
-    };
-    let engine = Engine::new(cfg.engine.clone(), baselines);
-    let handles = LoopHandles {
-        health: health.clone(),
+    // 5. The worker.
+    let worker = Worker {
+        engine: Engine::new(cfg.engine.clone(), baselines),
+        baselines: dir,
+        alerts: alerts.as_ref().map(|a| a.queue.clone()),
+        series,
+        readiness: readiness.clone(),
         snapshot: snap_tx,
         control: control_rx,
-        alerts: alerts.as_ref().map(|a| a.queue.clone()),
-        metrics,
+        checkpoints: CheckpointStats::default(),
+        reloads: (0, 0),
+        settings: WorkerSettings::of(&cfg),
     };
-    let loop_cancel = cancel.clone();
-    let consumer =
-        tokio::task::spawn_blocking(move || ingest::run(setup, engine, handles, loop_cancel));
+    let (checkpoint, worker_cancel) = (cfg.checkpoint.clone(), cancel.clone());
+    let worker =
+        tokio::task::spawn_blocking(move || worker.run(&kafka, &checkpoint, worker_cancel));
 
     Ok(Daemon {
         addr,
         metrics_addr,
         snapshot: snap_rx,
-        health,
+        readiness,
         control: control_tx,
         registry,
-        consumer,
+        worker,
         http,
         alerts,
         alerts_cancel,
@@ -275,12 +248,73 @@ pub async fn start(mut cfg: Config, cancel: CancellationToken) -> anyhow::Result
     })
 }
 
+/// Binds `http.listen` (and `http.metrics_listen`) and serves until
+/// `cancel`. Returns the bound addresses and the server task.
+async fn serve_http(
+    http: &HttpConfig,
+    state: AdminState,
+    cancel: CancellationToken,
+) -> anyhow::Result<(
+    SocketAddr,
+    Option<SocketAddr>,
+    JoinHandle<std::io::Result<()>>,
+)> {
+    let listener = admin::bind(http.listen, "http.listen").await?;
+    let addr = listener.local_addr()?;
+    let probes_listener = match http.metrics_listen {
+        Some(a) => Some(admin::bind(a, "http.metrics_listen").await?),
+        None => None,
+    };
+    let metrics_addr = match &probes_listener {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
+    tracing::info!(%addr, "serving /metrics, /livez, /readyz and /api/v1");
+    // /metrics and the probes on an address of their own, if configured
+    // (say, the pod IP for Prometheus while the API stays on loopback).
+    let probes = probes_listener.map(|l| {
+        tracing::info!(addr = %metrics_addr.unwrap_or(addr), "serving /metrics, /livez and /readyz");
+        admin::serve(l, admin::probes_router(state.clone()), cancel.clone())
+    });
+    let api = admin::serve(listener, admin::router(state), cancel);
+    let task = tokio::spawn(async move {
+        match probes {
+            Some(p) => {
+                let (a, b) = tokio::join!(api, p);
+                a.and(b)
+            }
+            None => api.await,
+        }
+    });
+    Ok((addr, metrics_addr, task))
+}
+
+fn start_alerts(
+    cfg: &Config,
+    registry: &Registry,
+    cancel: CancellationToken,
+) -> anyhow::Result<Option<Alerting>> {
+    if !cfg.alerts.any_sink() {
+        tracing::info!("no alert sink configured: transitions are logged only");
+        return Ok(None);
+    }
+    let flush = cfg.grace.mul_f64(0.4);
+    let a = alert::start(cfg.alerts.clone(), registry, cancel, flush)?;
+    tracing::info!(
+        alertmanagers = cfg.alerts.alertmanagers.len(),
+        kafka = cfg.alerts.kafka.is_some(),
+        webhook = cfg.alerts.webhook.is_some(),
+        "alerting started"
+    );
+    Ok(Some(a))
+}
+
 impl Daemon {
-    /// Runs until cancelled (or until the consumer loop fails), then drains
+    /// Runs until cancelled (or until the worker fails), then drains
     /// within the grace period.
     pub async fn wait(self) -> anyhow::Result<()> {
         let Daemon {
-            mut consumer,
+            mut worker,
             http,
             alerts,
             alerts_cancel,
@@ -290,10 +324,10 @@ impl Daemon {
         } = self;
         let early = tokio::select! {
             _ = cancel.cancelled() => None,
-            r = &mut consumer => Some(r),
+            r = &mut worker => Some(r),
         };
         if let Some(r) = early {
-            // The loop ended without being asked to: stop everything else.
+            // The worker ended without being asked to: stop everything else.
             cancel.cancel();
             alerts_cancel.cancel();
             if let Some(a) = alerts {
@@ -308,7 +342,7 @@ impl Daemon {
         }
         tracing::info!(grace = %humantime::format_duration(grace), "shutting down");
         let started = tokio::time::Instant::now();
-        let drained = tokio::time::timeout(grace, consumer).await;
+        let drained = tokio::time::timeout(grace, worker).await;
         // Then the alerts, with what is left of the grace period.
         alerts_cancel.cancel();
         if let Some(a) = alerts {
@@ -356,4 +390,369 @@ pub fn handle_signals(
         }
     });
     Ok(())
+}
+
+/// Every series the worker sets, once per evaluation.
+struct Series {
+    engine: Metrics,
+    kafka: KafkaMetrics,
+    checkpoints: CheckpointMetrics,
+}
+
+/// The worker's settings, from the config.
+struct WorkerSettings {
+    every: Duration,
+    model_idle_ms: i64,
+    watch_baselines: bool,
+    spec: WindowSpec,
+    /// The window's length (0 for a count window), for the rewind.
+    window_ms: i64,
+    /// How often a checkpoint is written: each pane (each evaluation for a
+    /// count window).
+    checkpoint_ms: i64,
+    /// Publish the arms' feature scores (`[metrics] per_arm_scores`).
+    arm_features: bool,
+}
+
+impl WorkerSettings {
+    fn of(cfg: &Config) -> WorkerSettings {
+        let spec = cfg.engine.window;
+        let (window_ms, checkpoint_ms) = match spec {
+            WindowSpec::Time { length_ms, pane_ms } => (length_ms, pane_ms),
+            WindowSpec::Count { .. } => (0, cfg.every.as_millis() as i64),
+        };
+        WorkerSettings {
+            every: cfg.every,
+            model_idle_ms: cfg.model_idle.as_millis() as i64,
+            watch_baselines: cfg.watch_baselines,
+            spec,
+            window_ms,
+            checkpoint_ms: checkpoint_ms.max(1),
+            arm_features: cfg.metrics.per_arm_scores,
+        }
+    }
+}
+
+/// The worker: the one thread that owns the engine.
+struct Worker {
+    engine: Engine,
+    baselines: BaselineDir,
+    alerts: Option<Arc<AlertQueue>>,
+    series: Series,
+    readiness: Arc<Readiness>,
+    snapshot: watch::Sender<Arc<Snapshot>>,
+    control: mpsc::Receiver<Control>,
+    checkpoints: CheckpointStats,
+    /// Baseline reloads: (took, failed).
+    reloads: (u64, u64),
+    settings: WorkerSettings,
+}
+
+/// The edges the worker drives: Kafka in, checkpoints out.
+struct Edges {
+    source: KafkaSource,
+    store: Option<CheckpointStore>,
+    topic: Option<Arc<CheckpointTopic>>,
+    group: String,
+}
+
+impl Worker {
+    /// Restores, subscribes, loops until `cancel`, then drains: a last
+    /// checkpoint, a commit, and the group left.
+    fn run(
+        mut self,
+        kafka: &KafkaConfig,
+        checkpoint: &CheckpointConfig,
+        cancel: CancellationToken,
+    ) -> Result<(), IngestError> {
+        let store = checkpoint
+            .enabled
+            .then(|| CheckpointStore::new(&checkpoint.dir));
+        let known = self.restore(store.as_ref(), &kafka.group_id);
+        let topic = checkpoint.kafka_topic.as_ref().map(|t| {
+            let client = ingest::side_client_config(kafka);
+            Arc::new(CheckpointTopic::new(
+                client,
+                t,
+                self.settings.spec,
+                &kafka.group_id,
+            ))
+        });
+        let claim: Option<ingest::Claim> = topic
+            .clone()
+            .map(|t| Box::new(move |unknown: &[(String, i32)]| t.claim(unknown)) as ingest::Claim);
+        let start = Start {
+            known,
+            rewind_ms: kafka.rewind_on_start.then_some(self.settings.window_ms),
+            claim,
+        };
+        let source = KafkaSource::subscribe(kafka, start, self.readiness.clone())?;
+        let mut io = Edges {
+            source,
+            store,
+            topic,
+            group: kafka.group_id.clone(),
+        };
+        self.readiness.running.store(true, Ordering::Relaxed);
+        self.readiness.auto_baseline.store(
+            self.engine.config().auto_baseline.is_some(),
+            Ordering::Relaxed,
+        );
+        self.count_baselines();
+
+        let every = self.settings.every;
+        let mut next_eval = Instant::now() + every;
+        let mut last_pane = now_ms().div_euclid(self.settings.checkpoint_ms);
+        while !cancel.is_cancelled() {
+            self.consume_batch(&mut io);
+            self.restore_claimed(&mut io);
+            while let Ok(c) = self.control.try_recv() {
+                self.answer(c);
+            }
+            if let Some(t) = &io.topic {
+                t.poll();
+            }
+            let now = now_ms();
+            let pane = now.div_euclid(self.settings.checkpoint_ms);
+            if pane != last_pane {
+                last_pane = pane;
+                self.write_checkpoint(&io, now);
+            }
+            if Instant::now() >= next_eval {
+                next_eval += every;
+                if next_eval < Instant::now() {
+                    // We fell behind (a slow evaluation): skip, don't pile up.
+                    next_eval = Instant::now() + every;
+                }
+                self.evaluate(&io, now);
+            }
+        }
+        self.drain(io);
+        Ok(())
+    }
+
+    /// Restores the last checkpoint's windows; returns the positions they
+    /// cover, where their partitions resume.
+    fn restore(&mut self, store: Option<&CheckpointStore>, group: &str) -> Vec<ingest::Position> {
+        let Some(store) = store else {
+            return Vec::new();
+        };
+        match store.load(&self.settings.spec, group) {
+            Ok(Some(cp)) => {
+                let restored =
+                    checkpoint::restore_windows(&mut self.engine, &cp.windows, cp.written_at_ms);
+                tracing::info!(
+                    windows = restored,
+                    partitions = cp.offsets.len(),
+                    path = %store.path().display(),
+                    "restored checkpoint"
+                );
+                cp.offsets
+                    .into_iter()
+                    .map(|o| (o.topic, o.partition, o.offset))
+                    .collect()
+            }
+            Ok(None) => {
+                tracing::info!(path = %store.path().display(), "no checkpoint; starting with empty windows");
+                Vec::new()
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "checkpoint not used; starting with empty windows");
+                Vec::new()
+            }
+        }
+    }
+
+    /// One batch from Kafka into the engine; then its offsets may be
+    /// committed (the lines are counted).
+    fn consume_batch(&mut self, io: &mut Edges) {
+        let arrival = now_ms();
+        let engine = &mut self.engine;
+        io.source
+            .poll_batch(Duration::from_millis(100), |source, line| {
+                engine.set_source(Some(source));
+                engine.ingest(line, arrival);
+            });
+        io.source.commit_batch();
+    }
+
+    /// Restores the model states claimed from the checkpoint topic at the
+    /// last assignment, then resumes the partitions that waited for them.
+    fn restore_claimed(&mut self, io: &mut Edges) {
+        let Some(topic) = &io.topic else {
+            return;
+        };
+        let claimed = topic.take_claimed();
+        if claimed.is_empty() {
+            return;
+        }
+        for rec in claimed {
+            if self.engine.model(&rec.model).is_some() {
+                // Tracked here already: its windows are ours, not to be doubled.
+                tracing::warn!(model = %rec.model, "model already tracked here; its checkpointed state is not taken over");
+                continue;
+            }
+            let restored =
+                checkpoint::restore_windows(&mut self.engine, &rec.windows, rec.written_at_ms);
+            let ids: Vec<u32> = rec
+                .sources
+                .iter()
+                .map(|s| io.source.source_id(&s.topic, s.partition))
+                .collect();
+            self.engine.add_sources(&rec.model, &ids);
+            if restored == rec.windows.len() {
+                tracing::info!(model = %rec.model, windows = restored, "model state taken over");
+            }
+        }
+        io.source.resume_claimed();
+    }
+
+    /// Writes the checkpoint file and publishes the models' states.
+    fn write_checkpoint(&mut self, io: &Edges, now: i64) {
+        let positions = io.source.positions();
+        if let Some(t) = &io.topic {
+            t.publish(&self.engine, &positions, |id| io.source.source(id), now);
+        }
+        let Some(store) = &io.store else {
+            return;
+        };
+        let cp = checkpoint::checkpoint_of(
+            &self.engine,
+            &positions,
+            &self.settings.spec,
+            &io.group,
+            now,
+        );
+        match store.save(&cp) {
+            Ok(_) => {
+                self.checkpoints.ok += 1;
+                self.checkpoints.last_ok_ms = Some(now);
+            }
+            Err(e) => {
+                self.checkpoints.failed += 1;
+                tracing::error!(error = %e, "checkpoint failed");
+            }
+        }
+    }
+
+    /// Forgets idle models, evaluates, hands the transitions to the log and
+    /// the alert queue, and publishes the snapshot.
+    fn evaluate(&mut self, io: &Edges, now: i64) {
+        if self.settings.watch_baselines && self.baselines.changed() {
+            self.answer(Control::Reload { reply: None });
+        }
+        let started = Instant::now();
+        for gone in self.engine.expire_idle(now, self.settings.model_idle_ms) {
+            tracing::info!(model = %gone, "model idle; its windows and series are dropped");
+        }
+        let transitions = self.engine.evaluate(now);
+        let eval_seconds = started.elapsed().as_secs_f64();
+        for t in &transitions {
+            log_transition(t);
+            if let Some(q) = &self.alerts {
+                // Never blocks: a full queue drops its oldest (counted).
+                q.push(t.clone());
+            }
+        }
+        self.baselines.save_automatic(&self.engine);
+        let snap = Snapshot {
+            at_ms: now,
+            report: self.engine.summary(self.settings.arm_features),
+            stats: self.engine.stats.clone(),
+            kafka: io.source.stats(),
+            checkpoints: self.checkpoints,
+            eval_seconds,
+            transitions,
+            reloads: self.reloads,
+        };
+        self.series.engine.update(&snap);
+        self.series.kafka.update(&snap.kafka);
+        self.series.checkpoints.update(&snap.checkpoints);
+        self.count_baselines();
+        let _ = self.snapshot.send(Arc::new(snap));
+    }
+
+    fn count_baselines(&self) {
+        self.readiness
+            .baselines
+            .store(self.engine.baselines().count(), Ordering::Relaxed);
+    }
+
+    /// Answers a request of the API (or a reload the directory asked for).
+    fn answer(&mut self, c: Control) {
+        match c {
+            Control::Reload { reply } => {
+                let r = self
+                    .baselines
+                    .load()
+                    .map(|loaded| self.engine.replace_baselines(loaded));
+                match &r {
+                    Ok(models) => {
+                        self.reloads.0 += 1;
+                        tracing::info!(models = models.len(), "baselines reloaded")
+                    }
+                    // The old baselines stay in force; readiness is unaffected.
+                    Err(e) => {
+                        self.reloads.1 += 1;
+                        tracing::error!(error = %e, "baseline reload failed; keeping the baselines in force")
+                    }
+                }
+                self.count_baselines();
+                if let Some(tx) = reply {
+                    let _ = tx.send(r);
+                }
+            }
+            Control::Capture { model, reply } => {
+                let r = self.capture(&model);
+                match &r {
+                    Ok(v) => {
+                        tracing::info!(model = %model, version = %v, "baseline captured from the current window")
+                    }
+                    Err(e) => tracing::warn!(model = %model, error = %e, "baseline capture failed"),
+                }
+                let _ = reply.send(r);
+            }
+            Control::Detail { model, reply } => {
+                let _ = reply.send(self.engine.report_with(true, Some(&model)));
+            }
+        }
+    }
+
+    /// Makes the model's current window its new baseline, written to the
+    /// directory first; returns the new version.
+    fn capture(&mut self, model: &str) -> Result<String, String> {
+        let b = self.engine.capture(model, now_ms())?;
+        self.baselines.save(&b)?;
+        let v = b.version.clone();
+        self.engine.set_baseline(b);
+        Ok(v)
+    }
+
+    /// Everything counted is stored: checkpoint, commit, leave the group.
+    fn drain(&mut self, io: Edges) {
+        tracing::info!("consumer stopping: committing offsets and writing a last checkpoint");
+        self.write_checkpoint(&io, now_ms());
+        if let Some(t) = &io.topic {
+            t.flush(Duration::from_secs(1));
+        }
+        self.readiness.running.store(false, Ordering::Relaxed);
+        io.source.close();
+    }
+}
+
+/// One structured log line per transition. Names only: no feature values.
+fn log_transition(t: &Transition) {
+    tracing::info!(
+        model = %t.model,
+        arm = t.arm.as_deref().unwrap_or(""),
+        feature = %t.feature,
+        metric = %t.metric,
+        from = %t.from,
+        to = %t.to,
+        severity = t.severity.map(|s| s.as_str()).unwrap_or(""),
+        value = t.value,
+        threshold = t.threshold,
+        samples = t.samples,
+        "drift verdict changed"
+    );
 }

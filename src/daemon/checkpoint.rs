@@ -1,6 +1,8 @@
-//! Checkpoints: window state and the partition offsets it covers, on disk.
+//! Checkpoints: window state and the partition offsets it covers, on disk
+//! and on a compacted Kafka topic.
 //!
-//! This module owns the checkpoint file. The consumer loop writes one at pane
+//! This module owns the checkpoint file and the checkpoint topic, and their
+//! series (`driftd_checkpoint*`). The worker writes a checkpoint at pane
 //! boundaries, taken at a single instant so that the windows hold exactly the
 //! events before the recorded offsets; after a restart (or a crash, even one
 //! in the middle of a write) the windows are restored and consumption resumes
@@ -10,13 +12,30 @@
 //! directory. A reader sees the old checkpoint or the new one, never half of
 //! one. A checkpoint made with other window settings or against another
 //! baseline version is discarded (with a log line), not trusted.
+//!
+//! The topic (`checkpoint.kafka_topic`) holds each model's state keyed by
+//! model, with the offsets of the partitions its lines came from. When the
+//! group hands a partition to another replica, that replica claims the
+//! states of the models that lived on it (see [`CheckpointTopic::claim`])
+//! and resumes the partition exactly where those states end.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
+use prometheus::{Gauge, IntCounterVec, Opts, Registry};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::window::{WindowSpec, WindowState};
+use crate::engine::Engine;
 
 /// Where checkpoints go (`[checkpoint]`).
 #[derive(Debug, Clone)]
@@ -219,6 +238,365 @@ impl CheckpointStore {
             let _ = d.sync_all();
         }
         Ok(body.len() as u64)
+    }
+}
+
+/// Builds the checkpoint of the engine's windows and the positions their
+/// lines end at, at one instant.
+pub fn checkpoint_of(
+    engine: &Engine,
+    positions: &[(String, i32, i64)],
+    spec: &WindowSpec,
+    group: &str,
+    now_ms: i64,
+) -> Checkpoint {
+    Checkpoint {
+        schema_version: CHECKPOINT_VERSION,
+        window: window_fingerprint(spec),
+        group_id: group.to_owned(),
+        written_at_ms: now_ms,
+        offsets: positions
+            .iter()
+            .map(|(topic, partition, offset)| PartitionOffset {
+                topic: topic.clone(),
+                partition: *partition,
+                offset: *offset,
+            })
+            .collect(),
+        windows: saved_windows(engine),
+    }
+}
+
+fn saved_windows(engine: &Engine) -> Vec<SavedWindow> {
+    engine
+        .window_states()
+        .into_iter()
+        .map(|(model, arm, baseline_version, state)| SavedWindow {
+            model,
+            arm,
+            baseline_version,
+            state,
+        })
+        .collect()
+}
+
+/// Restores saved windows into the engine; returns how many took. A window
+/// the engine refuses (its baseline changed or went away) is logged and
+/// left out.
+pub fn restore_windows(engine: &mut Engine, windows: &[SavedWindow], written_at_ms: i64) -> usize {
+    let mut restored = 0;
+    for w in windows {
+        match engine.restore_window(
+            &w.model,
+            w.arm.as_deref(),
+            &w.baseline_version,
+            &w.state,
+            written_at_ms,
+        ) {
+            Ok(()) => restored += 1,
+            Err(why) => {
+                tracing::warn!(model = %w.model, %why, "checkpointed window discarded")
+            }
+        }
+    }
+    restored
+}
+
+/// The compacted checkpoint topic: each model's state, keyed by model, so
+/// a replica that is assigned a model's partitions takes its windows over.
+pub struct CheckpointTopic {
+    client: ClientConfig,
+    topic: String,
+    producer: Option<BaseProducer>,
+    spec: WindowSpec,
+    group: String,
+    /// Model states claimed at assignment, waiting for the worker to
+    /// restore them (see [`CheckpointTopic::claim`]).
+    claimed: Mutex<Vec<ModelCheckpoint>>,
+}
+
+/// Model states read from the checkpoint topic at most (the engine's own
+/// cap, `limits.max_models`, is at most this).
+const MAX_TAKEOVER_MODELS: usize = 100_000;
+
+impl CheckpointTopic {
+    /// `client` reaches the cluster (brokers and security settings).
+    pub fn new(
+        client: ClientConfig,
+        topic: &str,
+        spec: WindowSpec,
+        group: &str,
+    ) -> CheckpointTopic {
+        let producer = match client
+            .clone()
+            .set("linger.ms", "50")
+            .create::<BaseProducer>()
+        {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot create the checkpoint topic producer; local checkpoints only");
+                None
+            }
+        };
+        CheckpointTopic {
+            client,
+            topic: topic.to_owned(),
+            producer,
+            spec,
+            group: group.to_owned(),
+            claimed: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Publishes every model's state. `partition_of` names a model's
+    /// sources (the engine's opaque ids) as partitions.
+    pub fn publish<'a>(
+        &self,
+        engine: &Engine,
+        positions: &[(String, i32, i64)],
+        partition_of: impl Fn(u32) -> Option<(&'a str, i32)>,
+        now_ms: i64,
+    ) {
+        let Some(p) = &self.producer else {
+            return;
+        };
+        let mut windows: HashMap<String, Vec<SavedWindow>> = HashMap::new();
+        for w in saved_windows(engine) {
+            windows.entry(w.model.clone()).or_default().push(w);
+        }
+        for m in engine.models() {
+            let sources = m
+                .sources
+                .iter()
+                .filter_map(|s| partition_of(*s))
+                .filter_map(|(t, part)| {
+                    positions
+                        .iter()
+                        .find(|(pt, pp, _)| *pp == part && pt == t)
+                        .map(|(_, _, o)| PartitionOffset {
+                            topic: t.to_owned(),
+                            partition: part,
+                            offset: *o,
+                        })
+                })
+                .collect();
+            let rec = ModelCheckpoint {
+                schema_version: CHECKPOINT_VERSION,
+                window: window_fingerprint(&self.spec),
+                group_id: self.group.clone(),
+                written_at_ms: now_ms,
+                model: m.name.to_string(),
+                baseline_version: m.layout.baseline.version.clone(),
+                sources,
+                windows: windows.remove(m.name.as_ref()).unwrap_or_default(),
+            };
+            let Ok(body) = serde_json::to_vec(&rec) else {
+                continue;
+            };
+            let r = BaseRecord::to(&self.topic)
+                .key(m.name.as_ref())
+                .payload(&body);
+            if let Err((e, _)) = p.send(r) {
+                tracing::warn!(model = %m.name, error = %e, "model state not published to the checkpoint topic");
+            }
+        }
+    }
+
+    /// Serves the producer's delivery callbacks; call often.
+    pub fn poll(&self) {
+        if let Some(p) = &self.producer {
+            p.poll(Duration::ZERO);
+        }
+    }
+
+    /// Waits for what was published to be delivered (at shutdown).
+    pub fn flush(&self, timeout: Duration) {
+        if let Some(p) = &self.producer {
+            if let Err(e) = p.flush(timeout) {
+                tracing::warn!(error = %e, "model states not all published to the checkpoint topic");
+            }
+        }
+    }
+
+    /// For partitions this replica knows nothing of, finds the states of
+    /// the models that lived on them. A model is taken over only if every
+    /// partition it came from is among `unknown` and all agree on one
+    /// checkpoint; returns the offsets those partitions start at, and keeps
+    /// the states for [`CheckpointTopic::take_claimed`].
+    pub fn claim(&self, unknown: &[(String, i32)]) -> Vec<(String, i32, i64)> {
+        let records = match read_model_checkpoints(
+            &self.client,
+            &self.topic,
+            Duration::from_secs(5),
+        ) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(topic = %self.topic, error = %e, "checkpoint topic not readable; partitions start without state");
+                return Vec::new();
+            }
+        };
+        let (offsets, taken) = claimable(records.into_values(), unknown, &self.spec, &self.group);
+        if !taken.is_empty() {
+            tracing::info!(
+                models = taken.len(),
+                partitions = offsets.len(),
+                "taking over model state from the checkpoint topic"
+            );
+            self.claimed.lock().expect("not poisoned").extend(taken);
+        }
+        offsets
+    }
+
+    /// The model states claimed since the last call.
+    pub fn take_claimed(&self) -> Vec<ModelCheckpoint> {
+        std::mem::take(&mut *self.claimed.lock().expect("not poisoned"))
+    }
+}
+
+/// Which model states can be taken over when `unknown` partitions come to
+/// this replica: those that fit these settings and whose every source is
+/// among them, consistently (two models from one partition must agree on
+/// its offset). Returns the start offsets and the states.
+fn claimable(
+    records: impl Iterator<Item = ModelCheckpoint>,
+    unknown: &[(String, i32)],
+    spec: &WindowSpec,
+    group: &str,
+) -> (Vec<(String, i32, i64)>, Vec<ModelCheckpoint>) {
+    let mut offsets: HashMap<(String, i32), i64> = HashMap::new();
+    let mut taken = Vec::new();
+    for rec in records {
+        if !rec.fits(spec, group) || rec.sources.is_empty() {
+            continue;
+        }
+        let all_ours = rec
+            .sources
+            .iter()
+            .all(|s| unknown.contains(&(s.topic.clone(), s.partition)));
+        let consistent = rec.sources.iter().all(|s| {
+            offsets
+                .get(&(s.topic.clone(), s.partition))
+                .is_none_or(|o| *o == s.offset)
+        });
+        if !all_ours || !consistent {
+            continue;
+        }
+        for s in &rec.sources {
+            offsets.insert((s.topic.clone(), s.partition), s.offset);
+        }
+        taken.push(rec);
+    }
+    let mut offsets: Vec<(String, i32, i64)> =
+        offsets.into_iter().map(|((t, p), o)| (t, p, o)).collect();
+    offsets.sort();
+    (offsets, taken)
+}
+
+/// Reads the latest state of every model from the checkpoint topic (a
+/// consumer outside any group, from the start to the high watermark).
+fn read_model_checkpoints(
+    client: &ClientConfig,
+    topic: &str,
+    timeout: Duration,
+) -> Result<HashMap<String, ModelCheckpoint>, KafkaError> {
+    let reader: BaseConsumer = client
+        .clone()
+        .set("group.id", "driftd-checkpoint-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()?;
+    let md = reader.fetch_metadata(Some(topic), timeout)?;
+    let mut tpl = TopicPartitionList::new();
+    let mut ends: HashMap<i32, i64> = HashMap::new();
+    for t in md.topics() {
+        for p in t.partitions() {
+            let (lo, hi) = reader.fetch_watermarks(topic, p.id(), timeout)?;
+            if hi > lo {
+                ends.insert(p.id(), hi);
+                tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
+            }
+        }
+    }
+    let mut out: HashMap<String, ModelCheckpoint> = HashMap::new();
+    if ends.is_empty() {
+        return Ok(out);
+    }
+    reader.assign(&tpl)?;
+    let deadline = Instant::now() + timeout;
+    while !ends.is_empty() && Instant::now() < deadline {
+        let Some(r) = reader.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let m = r?;
+        if m.offset() + 1 >= ends.get(&m.partition()).copied().unwrap_or(0) {
+            ends.remove(&m.partition());
+        }
+        let Some(rec) = m
+            .payload()
+            .and_then(|p| serde_json::from_slice::<ModelCheckpoint>(p).ok())
+        else {
+            continue;
+        };
+        match out.get(&rec.model) {
+            Some(old) if old.written_at_ms > rec.written_at_ms => {}
+            // Bounded like the engine: never more models than it may track.
+            None if out.len() >= MAX_TAKEOVER_MODELS => {}
+            _ => {
+                out.insert(rec.model.clone(), rec);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Checkpoint writes, for the metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CheckpointStats {
+    pub ok: u64,
+    pub failed: u64,
+    pub last_ok_ms: Option<i64>,
+}
+
+/// The checkpoint series: `driftd_checkpoint*`, set once per evaluation.
+pub struct CheckpointMetrics {
+    writes: IntCounterVec,
+    last_success: Gauge,
+    prev: CheckpointStats,
+}
+
+impl CheckpointMetrics {
+    pub fn new(r: &Registry) -> Result<CheckpointMetrics, prometheus::Error> {
+        let writes = IntCounterVec::new(
+            Opts::new("driftd_checkpoints_total", "Checkpoint writes, by outcome"),
+            &["outcome"],
+        )?;
+        let last_success = Gauge::new(
+            "driftd_checkpoint_last_success_timestamp_seconds",
+            "Unix time of the last checkpoint written",
+        )?;
+        r.register(Box::new(writes.clone()))?;
+        r.register(Box::new(last_success.clone()))?;
+        for o in ["ok", "error"] {
+            writes.with_label_values(&[o]);
+        }
+        Ok(CheckpointMetrics {
+            writes,
+            last_success,
+            prev: CheckpointStats::default(),
+        })
+    }
+
+    pub fn update(&mut self, s: &CheckpointStats) {
+        self.writes
+            .with_label_values(&["ok"])
+            .inc_by(s.ok.saturating_sub(self.prev.ok));
+        self.writes
+            .with_label_values(&["error"])
+            .inc_by(s.failed.saturating_sub(self.prev.failed));
+        if let Some(t) = s.last_ok_ms {
+            self.last_success.set(t as f64 / 1000.0);
+        }
+        self.prev = *s;
     }
 }
 

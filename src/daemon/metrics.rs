@@ -1,9 +1,14 @@
-//! Metrics: the Prometheus series driftd exports, updated once per evaluation.
+//! Metrics: the engine's Prometheus series, updated once per evaluation.
 //!
-//! This module owns every series name and label set. One registry is passed
-//! in (no globals); [`Metrics::update`] is called with the [`Snapshot`] the
-//! consumer loop publishes after each evaluation, so nothing on the
-//! per-event path touches Prometheus.
+//! This module owns the names and label sets of every series made from the
+//! engine's report: drift scores, states and thresholds, window sizes,
+//! health, latency, arms, decoding and join counters, evaluation time.
+//! Each edge registers its own beside its code: `ingest` the
+//! `driftd_kafka_*` series, `checkpoint` the `driftd_checkpoint*` ones,
+//! `alert` the `driftd_alerts_*` ones. One registry is passed in (no
+//! globals); [`Metrics::update`] is called with the [`Snapshot`] the worker
+//! publishes after each evaluation, so nothing on the per-event path
+//! touches Prometheus.
 //!
 //! Two kinds of series, two paths. Counters and process gauges (fixed or
 //! small label sets) live in the registry. The per-window gauges (scores,
@@ -13,9 +18,9 @@
 //! through `GaugeVec`s cost a hash of every label set on every update and a
 //! protobuf per series on every scrape (measured: 180k series, 1 s per
 //! update, 560 ms per scrape; now see `driftd bench`). The text is rebuilt
-//! whole each time, so series of windows that went away simply are not in
-//! it. Series of windows that went away
-//! (idle models, removed baselines, arms) are removed, and every label value
+//! whole each time, so series of windows that went away (idle models,
+//! removed baselines, arms) simply are not in it; counters of models that
+//! went away are removed. Every label value
 //! is bounded: model and feature names from baselines, arms under a cap,
 //! reasons from fixed lists. No label ever carries a feature value or a
 //! request id.
@@ -26,34 +31,14 @@ use std::fmt::Write as _;
 use std::sync::{Arc, RwLock};
 
 use prometheus::{
-    Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
 
+use crate::daemon::snapshot::Snapshot;
 use crate::engine::compare::Metric;
 use crate::engine::decode::{Issue, RecordKind, Reject, Skip};
-use crate::engine::detect::Transition;
 use crate::engine::health::HealthReport;
 use crate::engine::{EngineStats, Report, WindowReport};
-
-/// What the consumer loop knows after an evaluation.
-#[derive(Debug, Clone, Default)]
-pub struct Snapshot {
-    pub at_ms: i64,
-    pub report: Report,
-    pub stats: EngineStats,
-    /// (topic, partition, lag in messages) from librdkafka statistics.
-    pub lag: Vec<(String, i32, i64)>,
-    pub assigned_partitions: usize,
-    pub messages: u64,
-    pub eval_seconds: f64,
-    pub transitions: Vec<Transition>,
-    pub checkpoints_ok: u64,
-    pub checkpoints_failed: u64,
-    pub last_checkpoint_ms: Option<i64>,
-    /// Baseline reloads: (took, failed and kept the old ones).
-    pub reloads: (u64, u64),
-}
 
 /// Scores exported per feature by default: six, to keep the series count of
 /// many models x features x arms reasonable (every score is always in
@@ -85,7 +70,8 @@ impl Default for MetricsConfig {
     }
 }
 
-/// Every driftd series.
+/// The engine's series: drift, health, experiments, decoding and
+/// evaluation, set from the [`Snapshot`] once per evaluation.
 pub struct Metrics {
     scores: Vec<Metric>,
     /// Export every feature's scores and states per arm too (`arm="x"`);
@@ -103,13 +89,8 @@ pub struct Metrics {
     no_baseline: IntCounter,
     models_refused: IntCounter,
     arms_refused: IntCounter,
-    lag: IntGaugeVec,
-    assigned: IntGauge,
-    messages: IntCounter,
     eval_duration: Histogram,
     transitions: IntCounterVec,
-    checkpoints: IntCounterVec,
-    last_checkpoint: Gauge,
     reloads: IntCounterVec,
     records: IntCounterVec,
     requests: IntCounterVec,
@@ -123,8 +104,6 @@ pub struct Metrics {
     prev_series: HashSet<(&'static str, Vec<String>)>,
     prev_totals: BTreeMap<(&'static str, Vec<String>), u64>,
     prev_stats: EngineStats,
-    prev_messages: u64,
-    prev_checkpoints: (u64, u64),
     prev_reloads: (u64, u64),
     prev_records: [u64; RecordKind::ALL.len()],
     prev_join: crate::engine::experiment::JoinStats,
@@ -221,13 +200,6 @@ impl Metrics {
             no_baseline: counter(r, "driftd_events_without_baseline_total", "Events of models that have no baseline")?,
             models_refused: counter(r, "driftd_models_refused_total", "Events of new models refused because limits.max_models was reached")?,
             arms_refused: counter(r, "driftd_arms_refused_total", "Events of new arms not tracked because limits.max_arms_per_model was reached")?,
-            lag: int_gauge_vec(r, "driftd_kafka_consumer_lag", "Messages between the consumer's position and the partition's end", &["topic", "partition"])?,
-            assigned: {
-                let g = IntGauge::new("driftd_kafka_assigned_partitions", "Partitions assigned to this consumer")?;
-                r.register(Box::new(g.clone()))?;
-                g
-            },
-            messages: counter(r, "driftd_kafka_messages_total", "Kafka messages consumed")?,
             eval_duration: {
                 let h = Histogram::with_opts(
                     HistogramOpts::new(
@@ -240,15 +212,6 @@ impl Metrics {
                 h
             },
             transitions: counter_vec(r, "driftd_verdict_transitions_total", "Verdict transitions, by the state entered", &["to"])?,
-            checkpoints: counter_vec(r, "driftd_checkpoints_total", "Checkpoint writes, by outcome", &["outcome"])?,
-            last_checkpoint: {
-                let g = Gauge::new(
-                    "driftd_checkpoint_last_success_timestamp_seconds",
-                    "Unix time of the last checkpoint written",
-                )?;
-                r.register(Box::new(g.clone()))?;
-                g
-            },
             reloads: counter_vec(r, "driftd_baseline_reloads_total", "Baseline reloads (file change, SIGHUP, API), by outcome; on error the baselines in force stay", &["outcome"])?,
             records: counter_vec(r, "driftd_records_total", "Non-inference records used by the health and experiment analyses, by kind", &["kind"])?,
             requests: counter_vec(r, "driftd_requests_total", "Requests seen per model: inference records and error records", &["model"])?,
@@ -260,8 +223,6 @@ impl Metrics {
             prev_series: HashSet::new(),
             prev_totals: BTreeMap::new(),
             prev_stats: EngineStats::default(),
-            prev_messages: 0,
-            prev_checkpoints: (0, 0),
             prev_reloads: (0, 0),
             prev_records: [0; RecordKind::ALL.len()],
             prev_join: Default::default(),
@@ -284,7 +245,6 @@ impl Metrics {
             m.transitions.with_label_values(&[s]);
         }
         for o in ["ok", "error"] {
-            m.checkpoints.with_label_values(&[o]);
             m.reloads.with_label_values(&[o]);
         }
         for o in JOIN_OUTCOMES {
@@ -330,49 +290,55 @@ impl Metrics {
             Err(e) => *e.into_inner() = Arc::from(text),
         }
         let mut seen: HashSet<(&'static str, Vec<String>)> = HashSet::new();
-        for m in &s.report.models {
-            inc_to(
-                &mut seen,
-                &mut self.prev_totals,
-                &self.events,
-                "events",
-                &[&m.model],
-                m.events,
-            );
+        self.update_per_model(&s.report, &mut seen);
+        self.update_engine_counters(&s.stats);
+        for t in &s.transitions {
+            self.transitions.with_label_values(&[t.to.as_str()]).inc();
         }
-        for h in &s.report.health {
+        let (ok, err) = self.prev_reloads;
+        self.reloads
+            .with_label_values(&["ok"])
+            .inc_by(s.reloads.0.saturating_sub(ok));
+        self.reloads
+            .with_label_values(&["error"])
+            .inc_by(s.reloads.1.saturating_sub(err));
+        self.prev_reloads = s.reloads;
+        if s.eval_seconds > 0.0 {
+            self.eval_duration.observe(s.eval_seconds);
+        }
+        self.update_join(&s.report);
+        self.update_health_refused(&s.report.health_stats);
+        self.remove_gone(seen);
+    }
+
+    /// Counters per model (events, requests, errors, batches), from the
+    /// report's cumulative totals.
+    fn update_per_model(&mut self, r: &Report, seen: &mut HashSet<(&'static str, Vec<String>)>) {
+        let totals = &mut self.prev_totals;
+        for m in &r.models {
+            inc_to(seen, totals, &self.events, "events", &[&m.model], m.events);
+        }
+        for h in &r.health {
             let model = h.model.as_str();
             inc_to(
-                &mut seen,
-                &mut self.prev_totals,
+                seen,
+                totals,
                 &self.requests,
                 "requests",
                 &[model],
                 h.requests_total,
             );
             for (ty, n) in &h.errors_by_type {
-                inc_to(
-                    &mut seen,
-                    &mut self.prev_totals,
-                    &self.errors,
-                    "errors",
-                    &[model, ty],
-                    *n,
-                );
+                inc_to(seen, totals, &self.errors, "errors", &[model, ty], *n);
             }
             if let Some(b) = &h.batch {
-                inc_to(
-                    &mut seen,
-                    &mut self.prev_totals,
-                    &self.batches,
-                    "batches",
-                    &[model],
-                    b.batches,
-                );
+                inc_to(seen, totals, &self.batches, "batches", &[model], b.batches);
             }
         }
-        // Counters: increments since the last snapshot.
-        let st = &s.stats;
+    }
+
+    /// Decoding and engine counters: increments since the last snapshot.
+    fn update_engine_counters(&mut self, st: &EngineStats) {
         let p = &self.prev_stats;
         for r in Reject::ALL {
             let i = r as usize;
@@ -409,41 +375,10 @@ impl Metrics {
         self.arms_refused
             .inc_by(st.arms_refused.saturating_sub(p.arms_refused));
         self.prev_stats = st.clone();
-        self.messages
-            .inc_by(s.messages.saturating_sub(self.prev_messages));
-        self.prev_messages = s.messages;
-        for t in &s.transitions {
-            self.transitions.with_label_values(&[t.to.as_str()]).inc();
-        }
-        let (ok, err) = self.prev_checkpoints;
-        self.checkpoints
-            .with_label_values(&["ok"])
-            .inc_by(s.checkpoints_ok.saturating_sub(ok));
-        self.checkpoints
-            .with_label_values(&["error"])
-            .inc_by(s.checkpoints_failed.saturating_sub(err));
-        self.prev_checkpoints = (s.checkpoints_ok, s.checkpoints_failed);
-        let (ok, err) = self.prev_reloads;
-        self.reloads
-            .with_label_values(&["ok"])
-            .inc_by(s.reloads.0.saturating_sub(ok));
-        self.reloads
-            .with_label_values(&["error"])
-            .inc_by(s.reloads.1.saturating_sub(err));
-        self.prev_reloads = s.reloads;
-        if let Some(t) = s.last_checkpoint_ms {
-            self.last_checkpoint.set(t as f64 / 1000.0);
-        }
-        for (topic, partition, lag) in &s.lag {
-            let part = partition.to_string();
-            self.lag.with_label_values(&[topic, &part]).set(*lag);
-            seen.insert(("lag", vec![topic.clone(), part]));
-        }
-        self.assigned.set(s.assigned_partitions as i64);
-        if s.eval_seconds > 0.0 {
-            self.eval_duration.observe(s.eval_seconds);
-        }
-        let r = &s.report;
+    }
+
+    /// What the feedback join did, and what waits in it.
+    fn update_join(&mut self, r: &Report) {
         let j = &r.join_stats;
         let pj = &self.prev_join;
         for (o, now, before) in [
@@ -476,7 +411,10 @@ impl Metrics {
         self.join_waiting
             .with_label_values(&["feedback"])
             .set(r.join_waiting.1 as i64);
-        let hs = &r.health_stats;
+    }
+
+    /// What the health caps refused.
+    fn update_health_refused(&mut self, hs: &crate::engine::health::HealthStats) {
         let ph = &self.prev_refused;
         for (w, now, before) in [
             ("models", hs.models_refused, ph.models_refused),
@@ -494,21 +432,18 @@ impl Metrics {
                 .inc_by(now.saturating_sub(before));
         }
         self.prev_refused = hs.clone();
-        // Remove the counters of models and partitions that went away.
+    }
+
+    /// Removes the counters of models that went away.
+    fn remove_gone(&mut self, seen: HashSet<(&'static str, Vec<String>)>) {
         for (family, labels) in self.prev_series.difference(&seen) {
             let l: Vec<&str> = labels.iter().map(String::as_str).collect();
+            self.prev_totals.remove(&(*family, labels.clone()));
             let _ = match *family {
-                "lag" => self.lag.remove_label_values(&l),
-                "events" | "requests" | "errors" | "batches" => {
-                    self.prev_totals.remove(&(*family, labels.clone()));
-                    match *family {
-                        "events" => self.events.remove_label_values(&l),
-                        "requests" => self.requests.remove_label_values(&l),
-                        "errors" => self.errors.remove_label_values(&l),
-                        _ => self.batches.remove_label_values(&l),
-                    }
-                }
-                _ => Ok(()),
+                "events" => self.events.remove_label_values(&l),
+                "requests" => self.requests.remove_label_values(&l),
+                "errors" => self.errors.remove_label_values(&l),
+                _ => self.batches.remove_label_values(&l),
             };
         }
         self.prev_series = seen;

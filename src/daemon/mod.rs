@@ -4,7 +4,10 @@
 pub mod admin;
 pub mod alert;
 pub mod app;
+pub mod baselines;
 pub mod checkpoint;
 pub mod ingest;
 pub mod logging;
 pub mod metrics;
+pub mod readiness;
+pub mod snapshot;

@@ -287,6 +287,33 @@ impl Engine {
         self.layouts.insert(name, layout);
     }
 
+    /// Makes `loaded` the baselines in force (a reload of the baselines
+    /// directory): a model whose version changed gets the new one, a model
+    /// whose file went away loses its baseline and windows, automatic
+    /// baselines stay. Returns the models loaded.
+    pub fn replace_baselines(&mut self, loaded: Vec<Baseline>) -> Vec<String> {
+        let names: Vec<String> = loaded.iter().map(|b| b.model.clone()).collect();
+        let current: Vec<String> = self
+            .baselines()
+            .filter(|b| b.source != "auto")
+            .map(|b| b.model.clone())
+            .collect();
+        for b in loaded {
+            let unchanged = self
+                .baselines()
+                .any(|x| x.model == b.model && x.version == b.version);
+            if !unchanged {
+                self.set_baseline(b);
+            }
+        }
+        for m in current {
+            if !names.contains(&m) {
+                self.remove_baseline(&m);
+            }
+        }
+        names
+    }
+
     /// Drops a model's baseline and its windows.
     pub fn remove_baseline(&mut self, model: &str) {
         self.layouts.remove(model);

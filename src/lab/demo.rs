@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::now_ms;
 use crate::config::Config;
 use crate::daemon::ingest::KafkaConfig;
-use crate::daemon::metrics::Snapshot;
+use crate::daemon::snapshot::Snapshot;
 use crate::engine::decode::Decoder;
 use crate::engine::decode::{Decoded, RecordKind};
 use crate::engine::detect::State;
@@ -339,7 +339,7 @@ fn draw_table(snap: &Snapshot, elapsed: Duration, sent: u64, drift_at: i64) {
         "driftd demo  t+{}s  produced {}  consumed {}  rejected {}  ({drifting}; Ctrl-C to stop)\n\n",
         elapsed.as_secs(),
         sent,
-        snap.messages,
+        snap.kafka.messages,
         snap.stats.decode.rejected_total()
     ));
     for m in &snap.report.models {
