@@ -161,6 +161,10 @@ pub struct Daemon {
     alerts: Option<Alerting>,
     alerts_cancel: CancellationToken,
     cancel: CancellationToken,
+    /// Dropping the handle without [`Daemon::wait`] (a panicking test, an
+    /// early return) stops the daemon: otherwise its worker thread would
+    /// run on, and the runtime's drop would wait for it forever.
+    stop_on_drop: tokio_util::sync::DropGuard,
     grace: Duration,
 }
 
@@ -243,6 +247,7 @@ pub async fn start(mut cfg: Config, cancel: CancellationToken) -> anyhow::Result
         http,
         alerts,
         alerts_cancel,
+        stop_on_drop: cancel.clone().drop_guard(),
         cancel,
         grace: cfg.grace,
     })
@@ -319,9 +324,12 @@ impl Daemon {
             alerts,
             alerts_cancel,
             cancel,
+            stop_on_drop,
             grace,
             ..
         } = self;
+        // From here on this function stops the daemon itself.
+        let _ = stop_on_drop.disarm();
         let early = tokio::select! {
             _ = cancel.cancelled() => None,
             r = &mut worker => Some(r),
