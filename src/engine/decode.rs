@@ -216,7 +216,7 @@ pub enum Prediction<'a> {
 
 /// Log level, reduced to what the analyses need.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Level {
+pub enum LogLevel {
     Debug,
     Info,
     Warning,
@@ -225,19 +225,19 @@ pub enum Level {
     Other,
 }
 
-impl Level {
-    fn parse(s: &str) -> Level {
+impl LogLevel {
+    fn parse(s: &str) -> LogLevel {
         match s {
-            "INFO" | "info" | "Info" => Level::Info,
-            "DEBUG" | "debug" | "Debug" => Level::Debug,
-            "WARNING" | "WARN" | "warning" | "warn" => Level::Warning,
-            "ERROR" | "error" | "Error" => Level::Error,
-            "CRITICAL" | "FATAL" | "critical" | "fatal" => Level::Critical,
-            _ => Level::Other,
+            "INFO" | "info" | "Info" => LogLevel::Info,
+            "DEBUG" | "debug" | "Debug" => LogLevel::Debug,
+            "WARNING" | "WARN" | "warning" | "warn" => LogLevel::Warning,
+            "ERROR" | "error" | "Error" => LogLevel::Error,
+            "CRITICAL" | "FATAL" | "critical" | "fatal" => LogLevel::Critical,
+            _ => LogLevel::Other,
         }
     }
     pub fn is_error(self) -> bool {
-        matches!(self, Level::Error | Level::Critical)
+        matches!(self, LogLevel::Error | LogLevel::Critical)
     }
 }
 
@@ -261,7 +261,7 @@ pub struct Event<'a> {
     pub features: Vec<(Cow<'a, str>, FeatureValue<'a>)>,
     pub prediction: Option<Prediction<'a>>,
     pub confidence: Option<f64>,
-    pub level: Option<Level>,
+    pub level: Option<LogLevel>,
     /// The `service` that logged the line (groups a model's versions).
     pub service: Option<Cow<'a, str>>,
     /// `error_type` of an ERROR record.
@@ -291,7 +291,7 @@ pub struct Record<'a> {
     pub service: Option<Cow<'a, str>>,
     pub arm: Option<Cow<'a, str>>,
     pub time: EventTime,
-    pub level: Option<Level>,
+    pub level: Option<LogLevel>,
     pub error_type: Option<Cow<'a, str>>,
     /// Hash of the request id (see [`Event::request_id`]).
     pub request_id: Option<u64>,
@@ -578,7 +578,7 @@ struct Collect<'a> {
     prediction: Option<Result<Prediction<'a>, ()>>,
     confidence: Option<Result<f64, ()>>,
     arm: Option<Result<Cow<'a, str>, ()>>,
-    level: Option<Level>,
+    level: Option<LogLevel>,
     service: Option<Cow<'a, str>>,
     error_type: Option<Cow<'a, str>>,
     request_id: Option<u64>,
@@ -720,7 +720,7 @@ impl Decoder {
         } else if c.input_stats.is_some() || c.class_counts.is_some() || c.avg_confidence.is_some()
         {
             Some(RecordKind::BatchStats)
-        } else if c.level.is_some_and(Level::is_error) {
+        } else if c.level.is_some_and(LogLevel::is_error) {
             Some(RecordKind::Error)
         } else if !c.stages.is_empty() {
             Some(RecordKind::Timing)
@@ -1287,7 +1287,7 @@ impl<'a> Collect<'a> {
             }
             Role::Level => {
                 if let Scalar::Str(s) = v {
-                    self.level = Some(Level::parse(&s));
+                    self.level = Some(LogLevel::parse(&s));
                 }
             }
             Role::RequestId => {
@@ -1758,7 +1758,7 @@ mod tests {
         assert_eq!(e.time, EventTime::Parsed(1_765_706_400_123));
         assert_eq!(e.prediction, Some(Prediction::Label("cat".into())));
         assert_eq!(e.confidence, Some(0.95));
-        assert_eq!(e.level, Some(Level::Info));
+        assert_eq!(e.level, Some(LogLevel::Info));
         assert_eq!(e.request_id, Some(feature_hash("req_12345")));
         assert_eq!(e.service.as_deref(), Some("ai_inference_service"));
         assert_eq!(e.issues, 0);

@@ -37,7 +37,7 @@ use sketches_ddsketch::{Config as SketchConfig, DDSketch};
 
 use crate::engine::compare::{two_proportion_test, Tail};
 use crate::engine::detect::{
-    limit_level, p_level, Condition, DetectConfig, Level, Severity, State, Transition,
+    limit_level, p_level, Condition, ConditionLevel, DetectConfig, Severity, State, Transition,
 };
 
 /// The error-rate tests' settings (`ErrorRateHigh` and the deploy check).
@@ -787,7 +787,7 @@ fn error_level(
     n0: u64,
     x: u64,
     n: u64,
-) -> (Option<Level>, Option<f64>) {
+) -> (Option<ConditionLevel>, Option<f64>) {
     if n < rule.min_requests {
         return (None, None);
     }
@@ -809,14 +809,14 @@ fn error_level(
         0.0
     };
     let mut level = p_level(p, rule.alpha, ratio, rule.min_ratio, hysteresis);
-    if level == Level::Breach && x < rule.min_errors {
-        level = Level::Hold;
+    if level == ConditionLevel::Breach && x < rule.min_errors {
+        level = ConditionLevel::Hold;
     }
     // Either rule breaching breaches; both must clear to clear.
     let level = match (level, max) {
-        (Level::Breach, _) | (_, Some(Level::Breach)) => Level::Breach,
-        (Level::Clear, None | Some(Level::Clear)) => Level::Clear,
-        _ => Level::Hold,
+        (ConditionLevel::Breach, _) | (_, Some(ConditionLevel::Breach)) => ConditionLevel::Breach,
+        (ConditionLevel::Clear, None | Some(ConditionLevel::Clear)) => ConditionLevel::Clear,
+        _ => ConditionLevel::Hold,
     };
     (Some(level), p)
 }
@@ -980,7 +980,7 @@ impl Judge<'_> {
         if n == 0 {
             // No traffic: nothing is failing. Without this a firing condition
             // of a model that stopped (a rollback) would never resolve.
-            breach = Some(Level::Clear);
+            breach = Some(ConditionLevel::Clear);
         }
         let Some(step) = m.error_high.step(breach, self.detect) else {
             return p_value;
@@ -1071,7 +1071,7 @@ impl Judge<'_> {
             n,
         );
         if n == 0 {
-            breach = Some(Level::Clear);
+            breach = Some(ConditionLevel::Clear);
         }
         if let Some(step) = m.deploy_errors.step(breach, self.detect) {
             let r0 = rate(d.previous_errors, d.previous_requests).unwrap_or(0.0);
@@ -1160,7 +1160,7 @@ impl Judge<'_> {
         let (cfg, detect) = (self.cfg, self.detect);
         let p99 = r.p99_ms.unwrap_or(0.0);
         let breach = if r.samples == 0 {
-            Some(Level::Clear)
+            Some(ConditionLevel::Clear)
         } else {
             (r.samples >= detect.min_samples.min(cfg.errors.min_requests))
                 .then(|| limit_level(p99, limit, detect.hysteresis))
@@ -1218,7 +1218,7 @@ impl Judge<'_> {
         // q-quantile, by definition.
         let x_prev = ((1.0 - q) * *pn as f64).round() as u64;
         let breach = if vn == 0 {
-            Some(Level::Clear)
+            Some(ConditionLevel::Clear)
         } else if vn < cfg.deploy.min_requests || *pn < cfg.deploy.min_requests {
             None
         } else {
