@@ -18,17 +18,21 @@ use chrono::FixedOffset;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
+use crate::daemon::admin::HttpConfig;
 use crate::daemon::alert::AlertConfig;
 pub use crate::daemon::app::Config;
 use crate::daemon::checkpoint::CheckpointConfig;
 use crate::daemon::ingest::KafkaConfig;
-use crate::daemon::logging::LogFormat;
+use crate::daemon::logging::{LogConfig, LogFormat};
+use crate::daemon::metrics::MetricsConfig;
 use crate::engine::baseline::Binning;
 use crate::engine::compare::{CompareOptions, Metric};
-use crate::engine::decode::{DecodeConfig, FeatureFilter, Pointer};
+use crate::engine::decode::{DecodeConfig, FeatureFilter, FieldMapping, Pointer};
 use crate::engine::detect::{AutoThresholds, DetectConfig, Rule, Target, Thresholds};
+use crate::engine::experiment::ExperimentConfig;
+use crate::engine::health::{ErrorRule, HealthConfig};
 use crate::engine::window::WindowSpec;
-use crate::engine::AutoBaseline;
+use crate::engine::{AutoBaseline, EngineConfig};
 
 /// One problem with the configuration: the key and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -302,6 +306,70 @@ const SECTIONS: &[&str] = &[
     "experiments",
 ];
 
+/// The file, section by section, as written.
+struct RawConfig {
+    decode: RawDecode,
+    features: RawFeatures,
+    window: RawWindow,
+    evaluation: RawEvaluation,
+    rules: Option<Vec<RawRule>>,
+    baselines: RawBaselines,
+    limits: RawLimits,
+    kafka: Option<RawKafka>,
+    checkpoint: RawCheckpoint,
+    http: RawHttp,
+    log: RawLog,
+    shutdown: RawShutdown,
+    alerts: RawAlerts,
+    metrics: RawMetrics,
+    health: RawHealth,
+    experiments: RawExperiments,
+}
+
+impl RawConfig {
+    /// Reads every section, recording what does not parse (an unknown
+    /// section or key, a value of the wrong type) and carrying on.
+    fn parse(value: serde_json::Value, p: &mut Problems) -> RawConfig {
+        let mut root = match value {
+            serde_json::Value::Object(m) => m,
+            serde_json::Value::Null => serde_json::Map::new(),
+            other => {
+                p.push(
+                    "(file)",
+                    format!("must be a table of sections, found {other}"),
+                );
+                serde_json::Map::new()
+            }
+        };
+        for key in root.keys() {
+            if !SECTIONS.contains(&key.as_str()) {
+                p.push(
+                    key,
+                    format!("unknown section; the sections are: {}", SECTIONS.join(", ")),
+                );
+            }
+        }
+        RawConfig {
+            decode: section(&mut root, "decode", p),
+            features: section(&mut root, "features", p),
+            window: section(&mut root, "window", p),
+            evaluation: section(&mut root, "evaluation", p),
+            rules: section(&mut root, "rules", p),
+            baselines: section(&mut root, "baselines", p),
+            limits: section(&mut root, "limits", p),
+            kafka: section(&mut root, "kafka", p),
+            checkpoint: section(&mut root, "checkpoint", p),
+            http: section(&mut root, "http", p),
+            log: section(&mut root, "log", p),
+            shutdown: section(&mut root, "shutdown", p),
+            alerts: section(&mut root, "alerts", p),
+            metrics: section(&mut root, "metrics", p),
+            health: section(&mut root, "health", p),
+            experiments: section(&mut root, "experiments", p),
+        }
+    }
+}
+
 impl Config {
     /// Reads `path` (if any) and the `DRIFTD__*` environment, and validates.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
@@ -365,667 +433,30 @@ impl Config {
 
     fn from_value(value: serde_json::Value, source_name: &str) -> Result<Config, ConfigError> {
         let mut p = Problems::default();
-        let mut root = match value {
-            serde_json::Value::Object(m) => m,
-            serde_json::Value::Null => serde_json::Map::new(),
-            other => {
-                p.push(
-                    "(file)",
-                    format!("must be a table of sections, found {other}"),
-                );
-                serde_json::Map::new()
-            }
+        let raw = RawConfig::parse(value, &mut p);
+        let mut cfg = Config {
+            source: source_name.to_owned(),
+            ..Config::default()
         };
-        for key in root.keys() {
-            if !SECTIONS.contains(&key.as_str()) {
-                p.push(
-                    key,
-                    format!("unknown section; the sections are: {}", SECTIONS.join(", ")),
-                );
-            }
-        }
-        let decode: RawDecode = section(&mut root, "decode", &mut p);
-        let features: RawFeatures = section(&mut root, "features", &mut p);
-        let window: RawWindow = section(&mut root, "window", &mut p);
-        let evaluation: RawEvaluation = section(&mut root, "evaluation", &mut p);
-        let rules: Option<Vec<RawRule>> = section(&mut root, "rules", &mut p);
-        let baselines: RawBaselines = section(&mut root, "baselines", &mut p);
-        let limits: RawLimits = section(&mut root, "limits", &mut p);
-        let kafka: Option<RawKafka> = section(&mut root, "kafka", &mut p);
-        let checkpoint: RawCheckpoint = section(&mut root, "checkpoint", &mut p);
-        let http: RawHttp = section(&mut root, "http", &mut p);
-        let log: RawLog = section(&mut root, "log", &mut p);
-        let shutdown: RawShutdown = section(&mut root, "shutdown", &mut p);
-        let alerts: RawAlerts = section(&mut root, "alerts", &mut p);
-        let metrics: RawMetrics = section(&mut root, "metrics", &mut p);
-        let health: RawHealth = section(&mut root, "health", &mut p);
-        let experiments: RawExperiments = section(&mut root, "experiments", &mut p);
-
-        let d = Config::default();
-        let mut cfg = d.clone();
-        cfg.source = source_name.to_owned();
-
-        // decode
-        let mut dec = DecodeConfig::default();
-        if let Some(s) = decode.timestamp_offset {
-            match parse_offset(&s) {
-                Some(o) => dec.local_offset = o,
-                None => p.push(
-                    "decode.timestamp_offset",
-                    format!(
-                        "{s:?} is not a UTC offset; write it as \"+02:00\", \"-05:30\" or \"Z\""
-                    ),
-                ),
-            }
-        }
-        if let Some(v) = decode.max_line_bytes {
-            dec.max_line_bytes = p.range("decode.max_line_bytes", v, 64, 64 << 20) as usize;
-        }
-        if let Some(v) = decode.max_features {
-            dec.max_features = p.range("decode.max_features", v, 1, 10_000) as usize;
-        }
-        if let Some(v) = decode.max_feature_depth {
-            dec.max_feature_depth = p.range("decode.max_feature_depth", v, 1, 32) as usize;
-        }
-        if let Some(f) = decode.fields {
-            let m = &mut dec.mapping;
-            let mut ptr = |key: &str, v: Option<String>, slot: &mut Pointer| {
-                if let Some(s) = v {
-                    match Pointer::parse(&s) {
-                        Ok(ptr) => *slot = ptr,
-                        Err(e) => p.push(&format!("decode.fields.{key}"), e.to_string()),
-                    }
-                }
-            };
-            ptr("timestamp", f.timestamp, &mut m.timestamp);
-            ptr("features", f.features, &mut m.features);
-            ptr("prediction", f.prediction, &mut m.prediction);
-            ptr("confidence", f.confidence, &mut m.confidence);
-            ptr("arm", f.arm, &mut m.arm);
-            ptr("level", f.level, &mut m.level);
-            ptr("request_id", f.request_id, &mut m.request_id);
-            ptr("service", f.service, &mut m.service);
-            ptr("error_type", f.error_type, &mut m.error_type);
-            ptr("action", f.action, &mut m.action);
-            ptr("feedback_time", f.feedback_time, &mut m.feedback_time);
-            ptr("input_stats", f.input_stats, &mut m.input_stats);
-            ptr("class_counts", f.class_counts, &mut m.class_counts);
-            ptr("avg_confidence", f.avg_confidence, &mut m.avg_confidence);
-            ptr("batch_time", f.batch_time, &mut m.batch_time);
-            if let Some(stages) = f.stages {
-                if stages.len() > 16 {
-                    p.push(
-                        "decode.fields.stages",
-                        format!("{} stages; at most 16", stages.len()),
-                    );
-                }
-                let mut parsed = Vec::new();
-                for st in stages.into_iter().take(16) {
-                    match Pointer::parse(&st) {
-                        Ok(x) => parsed.push(x),
-                        Err(e) => p.push("decode.fields.stages", e.to_string()),
-                    }
-                }
-                m.stages = parsed;
-            }
-            if let Some(b) = f.any_ms_stage {
-                m.any_ms_stage = b;
-            }
-            if let Some(models) = f.model {
-                let list = match models {
-                    StringOrList::One(s) => vec![s],
-                    StringOrList::Many(v) => v,
-                };
-                if list.is_empty() || list.len() > 4 {
-                    p.push(
-                        "decode.fields.model",
-                        format!("give 1 to 4 pointers tried in order, found {}", list.len()),
-                    );
-                } else {
-                    let mut parsed = Vec::new();
-                    for s in list {
-                        match Pointer::parse(&s) {
-                            Ok(x) => parsed.push(x),
-                            Err(e) => p.push("decode.fields.model", e.to_string()),
-                        }
-                    }
-                    if !parsed.is_empty() {
-                        m.model = parsed;
-                    }
-                }
-            }
-        }
-        // features
-        let mut filter = FeatureFilter::default();
-        if let Some(a) = features.allow {
-            if !a.is_empty() {
-                filter.allow = Some(a.into_iter().collect());
-            }
-        }
-        filter.deny = features.deny.unwrap_or_default().into_iter().collect();
-        filter.hash = features.hash.unwrap_or_default().into_iter().collect();
-        for h in &filter.hash {
-            if filter.deny.contains(h) {
-                p.push(
-                    "features.hash",
-                    format!("{h:?} is also in features.deny; keep it in one list"),
-                );
-            }
-        }
-        dec.filter = filter;
-        cfg.engine.decode = dec;
-
-        // window
-        let kind = window.kind.as_deref().unwrap_or("time");
-        match kind {
-            "time" => {
-                let length = p.duration(
-                    "window.length",
-                    window.length.as_deref(),
-                    Duration::from_secs(600),
-                );
-                let pane = p.duration(
-                    "window.pane",
-                    window.pane.as_deref(),
-                    Duration::from_secs(30),
-                );
-                if pane > length {
-                    p.push(
-                        "window.pane",
-                        format!(
-                            "{} is longer than window.length {}; a pane is a slice of the window",
-                            humantime::format_duration(pane),
-                            humantime::format_duration(length)
-                        ),
-                    );
-                } else if !pane.is_zero() && length.as_millis() / pane.as_millis().max(1) > 1440 {
-                    p.push(
-                        "window.pane",
-                        "more than 1440 panes per window; use a longer pane (memory is panes x bins)".into(),
-                    );
-                }
-                if pane < Duration::from_millis(100) {
-                    p.push("window.pane", "must be at least 100ms".into());
-                }
-                cfg.engine.window = WindowSpec::Time {
-                    length_ms: length.as_millis() as i64,
-                    pane_ms: pane.as_millis().max(1) as i64,
-                };
-            }
-            "count" => {
-                let events = p.range(
-                    "window.events",
-                    window.events.unwrap_or(10_000),
-                    10,
-                    100_000_000,
-                );
-                let panes = p.range("window.panes", window.panes.unwrap_or(20), 1, 1440) as usize;
-                cfg.engine.window = WindowSpec::Count { events, panes };
-            }
-            other => p.push(
-                "window.kind",
-                format!("{other:?} is not a window kind; use \"time\" or \"count\""),
-            ),
-        }
-        let max_future = p.duration(
-            "window.max_future",
-            window.max_future.as_deref(),
-            Duration::from_secs(300),
-        );
-        cfg.engine.max_future_ms = Some(max_future.as_millis() as i64);
-        cfg.engine.per_arm = window.per_arm.unwrap_or(true);
-
-        // evaluation
-        cfg.every = p.duration("evaluation.every", evaluation.every.as_deref(), d.every);
-        if cfg.every < Duration::from_millis(100) {
-            p.push("evaluation.every", "must be at least 100ms".into());
-        }
-        let mut det = DetectConfig::default();
-        match evaluation.thresholds.as_deref().unwrap_or("auto") {
-            "auto" => {
-                let mut auto = AutoThresholds::default();
-                if let Some(a) = evaluation.alpha {
-                    if !(a > 0.0 && a < 0.5) {
-                        p.push(
-                            "evaluation.alpha",
-                            format!("{a} must be in (0, 0.5); 0.001 is one false alarm in a thousand windows per model"),
-                        );
-                    } else {
-                        auto.alpha = a;
-                    }
-                }
-                for (name, v) in evaluation.min_effect.unwrap_or_default() {
-                    let key = format!("evaluation.min_effect.{name}");
-                    match name.parse::<Metric>() {
-                        Ok(m) if !m.higher_is_worse() => p.push(
-                            &key,
-                            format!("{m} is a p-value; its effect is that of {} (set that instead)", if m == Metric::KsP { "ks" } else { "psi" }),
-                        ),
-                        Ok(_) if !(v.is_finite() && v >= 0.0) => {
-                            p.push(&key, format!("{v} must be a number >= 0"))
-                        }
-                        Ok(m) => {
-                            auto.min_effect.insert(m, v);
-                        }
-                        Err(e) => p.push(&key, e.to_string()),
-                    }
-                }
-                // The thresholds account for the sample size, so windows
-                // can be judged much earlier than fixed thresholds allow.
-                det.min_samples = 100;
-                det.thresholds = Thresholds::Auto(auto);
-            }
-            "static" => {
-                for (key, set) in [
-                    ("evaluation.alpha", evaluation.alpha.is_some()),
-                    ("evaluation.min_effect", evaluation.min_effect.is_some()),
-                ] {
-                    if set {
-                        p.push(key, "applies only with thresholds = \"auto\"; remove it or switch".into());
-                    }
-                }
-            }
-            other => p.push(
-                "evaluation.thresholds",
-                format!("{other:?} is not a threshold mode; use \"auto\" (from the baseline, by sample size) or \"static\" (the rules' values)"),
-            ),
-        }
-        if let Some(v) = evaluation.min_samples {
-            det.min_samples = p.range("evaluation.min_samples", v, 1, u64::MAX);
-        }
-        if let Some(v) = evaluation.for_evaluations {
-            det.for_evaluations = p.range("evaluation.for", v, 1, 1000) as u32;
-        }
-        if let Some(v) = evaluation.resolve_after {
-            det.resolve_after = p.range("evaluation.resolve_after", v, 1, 1000) as u32;
-        }
-        if let Some(h) = evaluation.hysteresis {
-            if !(h > 0.0 && h <= 1.0) {
-                p.push(
-                    "evaluation.hysteresis",
-                    format!("{h} must be in (0, 1]; 0.8 clears at 80% of the warning threshold"),
-                );
-            } else {
-                det.hysteresis = h;
-            }
-        }
-        if let Some(s) = evaluation.smoothing {
-            if !(s.is_finite() && (0.0..=10.0).contains(&s)) {
-                p.push(
-                    "evaluation.smoothing",
-                    format!("{s} must be between 0 and 10 (pseudo-counts per bin)"),
-                );
-            } else {
-                cfg.engine.compare = CompareOptions { smoothing: s };
-            }
-        }
-        if let Some(rules) = rules {
-            let mut typed = Vec::new();
-            for (i, r) in rules.into_iter().enumerate() {
-                let key = format!("rules[{i}]");
-                let metric = match r.metric.parse::<Metric>() {
-                    Ok(m) => m,
-                    Err(e) => {
-                        p.push(&format!("{key}.metric"), e.to_string());
-                        continue;
-                    }
-                };
-                let target = match r.target.as_deref().unwrap_or("all") {
-                    "all" => Target::All,
-                    "features" => Target::Features,
-                    "prediction" => Target::Prediction,
-                    "confidence" => Target::Confidence,
-                    other => {
-                        p.push(
-                            &format!("{key}.target"),
-                            format!("{other:?} is not a target; use all, features, prediction or confidence"),
-                        );
-                        continue;
-                    }
-                };
-                let rule = Rule {
-                    metric,
-                    warning: r.warning,
-                    critical: r.critical,
-                    target,
-                };
-                for msg in rule.problems() {
-                    p.push(&key, msg);
-                }
-                typed.push(rule);
-            }
-            det.rules = typed;
-        }
-        cfg.engine.detect = det;
-
-        // baselines
-        if let Some(dir) = baselines.dir {
-            cfg.baselines_dir = PathBuf::from(dir);
-        }
-        let mut binning = Binning::default();
-        if let Some(v) = baselines.numeric_bins {
-            binning.numeric_bins = p.range("baselines.numeric_bins", v, 2, 64) as usize;
-        }
-        if let Some(v) = baselines.top_k {
-            binning.top_k = p.range("baselines.top_k", v, 1, 10_000) as usize;
-        }
-        if let Some(v) = baselines.hash_buckets {
-            binning.hash_buckets = p.range("baselines.hash_buckets", v, 1, 4096) as usize;
-        }
-        cfg.engine.binning = binning;
-        cfg.engine.auto_baseline = match baselines.auto_after_events {
-            None | Some(0) => None,
-            Some(n) => Some(AutoBaseline {
-                after_events: p.range("baselines.auto_after_events", n, 100, 100_000_000),
-            }),
-        };
-        cfg.watch_baselines = baselines.watch.unwrap_or(true);
-
-        // limits
-        if let Some(v) = limits.max_models {
-            cfg.engine.max_models = p.range("limits.max_models", v, 1, 100_000) as usize;
-        }
-        if let Some(v) = limits.max_arms_per_model {
-            cfg.engine.max_arms_per_model = p.range("limits.max_arms_per_model", v, 0, 64) as usize;
-        }
-        cfg.model_idle = p.duration(
-            "limits.model_idle",
-            limits.model_idle.as_deref(),
-            d.model_idle,
-        );
-
-        // health and experiments: windows and caps follow the engine's
+        // In the order of the file's documentation, so the problems are too.
+        cfg.engine.decode = decode_config(raw.decode, raw.features, &mut p);
+        window_settings(raw.window, &mut cfg.engine, &mut p);
+        evaluation_settings(raw.evaluation, raw.rules, &mut cfg, &mut p);
+        baseline_settings(raw.baselines, &mut cfg, &mut p);
+        limit_settings(raw.limits, &mut cfg, &mut p);
+        // Health and experiments: their windows and caps follow the engine's.
         cfg.engine.align();
-        let h = &mut cfg.engine.health;
-        if let Some(b) = health.enabled {
-            h.enabled = b;
-        }
-        if let Some(v) = health.reference_windows {
-            h.reference_windows = p.range("health.reference_windows", v, 1, 48) as usize;
-        }
-        if let Some(v) = health.max_error_types {
-            h.max_error_types = p.range("health.max_error_types", v, 1, 100) as usize;
-        }
-        if let Some(v) = health.max_stages {
-            h.max_stages = p.range("health.max_stages", v, 1, 16) as usize;
-        }
-        if let Some(v) = health.sketch_relative_error {
-            h.sketch_error = p.fraction("health.sketch_relative_error", v, 0.0001, 0.1);
-        }
-        for (key, raw, rule) in [
-            ("health.errors", health.errors, &mut h.errors),
-            ("health.deploy", health.deploy, &mut h.deploy),
-        ] {
-            let Some(r) = raw else { continue };
-            if let Some(v) = r.alpha {
-                rule.alpha = p.fraction(&format!("{key}.alpha"), v, 1e-12, 0.5);
-            }
-            if let Some(v) = r.min_ratio {
-                rule.min_ratio = p.fraction(&format!("{key}.min_ratio"), v, 1.0, 1000.0);
-            }
-            if let Some(v) = r.min_errors {
-                rule.min_errors = p.range(&format!("{key}.min_errors"), v, 1, u64::MAX);
-            }
-            if let Some(v) = r.min_requests {
-                rule.min_requests = p.range(&format!("{key}.min_requests"), v, 1, u64::MAX);
-            }
-            if let Some(v) = r.max_rate {
-                rule.max_rate = Some(p.fraction(&format!("{key}.max_rate"), v, 0.0, 1.0));
-            }
-        }
-        if let Some(v) = health.deploy_latency_quantile {
-            h.deploy_latency_quantile = p.fraction("health.deploy_latency_quantile", v, 0.5, 0.999);
-        }
-        if let Some(v) = health.deploy_latency_min_ratio {
-            h.deploy_latency_min_ratio =
-                p.fraction("health.deploy_latency_min_ratio", v, 1.0, 100.0);
-        }
-        let horizon = p.duration(
-            "health.deploy_horizon",
-            health.deploy_horizon.as_deref(),
-            Duration::from_millis(h.deploy_horizon_ms as u64),
-        );
-        h.deploy_horizon_ms = horizon.as_millis() as i64;
-        for (stage, limit) in health.p99_limit.unwrap_or_default() {
-            let key = format!("health.p99_limit.{stage}");
-            let d = p.duration(&key, Some(&limit), Duration::ZERO);
-            if d.is_zero() {
-                p.push(
-                    &key,
-                    format!("{limit:?} must be a positive duration, e.g. \"250ms\""),
-                );
-            } else {
-                h.p99_limit_ms.insert(stage, d.as_secs_f64() * 1000.0);
-            }
-        }
-        let x = &mut cfg.engine.experiments;
-        if let Some(b) = experiments.enabled {
-            x.enabled = b;
-        }
-        let ttl = p.duration(
-            "experiments.feedback_ttl",
-            experiments.feedback_ttl.as_deref(),
-            Duration::from_millis(x.ttl_ms as u64),
-        );
-        if ttl < Duration::from_secs(1) {
-            p.push("experiments.feedback_ttl", "must be at least 1s".into());
-        }
-        x.ttl_ms = ttl.as_millis() as i64;
-        if let Some(v) = experiments.max_pending {
-            x.max_pending = p.range("experiments.max_pending", v, 1, 100_000_000) as usize;
-        }
-        if let Some(v) = experiments.max_early_feedback {
-            x.max_early = p.range("experiments.max_early_feedback", v, 1, 100_000_000) as usize;
-        }
-        if let Some(v) = experiments.max_actions {
-            x.max_actions = p.range("experiments.max_actions", v, 1, 14) as usize;
-        }
-        if let Some(c) = experiments.control_arm {
-            if c.is_empty() {
-                p.push("experiments.control_arm", "must not be empty".into());
-            }
-            x.control_arm = c;
-        }
-        if let Some(v) = experiments.alpha {
-            x.alpha = p.fraction("experiments.alpha", v, 1e-12, 0.5);
-        }
-        if let Some(v) = experiments.min_predictions {
-            x.min_predictions = p.range("experiments.min_predictions", v, 1, u64::MAX);
-        }
-
-        // kafka
-        if let Some(k) = kafka {
-            let brokers = k.brokers.unwrap_or_default();
-            if brokers.trim().is_empty() {
-                p.push(
-                    "kafka.brokers",
-                    "missing: set a comma-separated host:port list, or DRIFTD__KAFKA__BROKERS"
-                        .into(),
-                );
-            }
-            let topics = match k.topics {
-                Some(StringOrList::One(s)) => s
-                    .split(',')
-                    .map(|t| t.trim().to_owned())
-                    .filter(|t| !t.is_empty())
-                    .collect(),
-                Some(StringOrList::Many(v)) => v,
-                None => Vec::new(),
-            };
-            if topics.is_empty() {
-                p.push(
-                    "kafka.topics",
-                    "missing: name at least one topic to consume".into(),
-                );
-            }
-            let group_id = k.group_id.unwrap_or_else(|| "driftd".into());
-            if group_id.is_empty() {
-                p.push("kafka.group_id", "must not be empty".into());
-            }
-            let commit_interval = p.duration(
-                "kafka.commit_interval",
-                k.commit_interval.as_deref(),
-                Duration::from_secs(5),
-            );
-            let mut properties = BTreeMap::new();
-            for (key, v) in k.properties.unwrap_or_default() {
-                match resolve_secret(&v) {
-                    Ok(v) => {
-                        properties.insert(key, v);
-                    }
-                    // The message names the variable or file, never the value.
-                    Err(msg) => p.push(&format!("kafka.properties.{key}"), msg),
-                }
-            }
-            for reserved in [
-                "bootstrap.servers",
-                "group.id",
-                "enable.auto.offset.store",
-                "enable.auto.commit",
-            ] {
-                if properties.contains_key(reserved) {
-                    p.push(
-                        &format!("kafka.properties.{reserved}"),
-                        "is set by driftd itself (use kafka.brokers / kafka.group_id); remove it"
-                            .into(),
-                    );
-                }
-            }
-            cfg.kafka = Some(KafkaConfig {
-                brokers,
-                topics,
-                group_id,
-                commit_interval,
-                rewind_on_start: k.rewind_on_start.unwrap_or(true),
-                properties,
-            });
-        }
-
-        // checkpoint
-        cfg.checkpoint = CheckpointConfig {
-            enabled: checkpoint.enabled.unwrap_or(true),
-            dir: checkpoint
-                .dir
-                .map_or(d.checkpoint.dir.clone(), PathBuf::from),
-            kafka_topic: checkpoint.kafka_topic.filter(|t| !t.is_empty()),
-        };
-
-        // http
-        if let Some(l) = http.listen {
-            match l.parse::<SocketAddr>() {
-                Ok(a) => cfg.http.listen = a,
-                Err(_) => p.push(
-                    "http.listen",
-                    format!("{l:?} is not an address; write it as \"0.0.0.0:9400\""),
-                ),
-            }
-        }
-        if let Some(l) = http.metrics_listen {
-            match l.parse::<SocketAddr>() {
-                Ok(a) if a == cfg.http.listen && a.port() != 0 => p.push(
-                    "http.metrics_listen",
-                    format!("{l:?} is http.listen itself; give it another port, or leave it out (http.listen serves /metrics too)"),
-                ),
-                Ok(a) => cfg.http.metrics_listen = Some(a),
-                Err(_) => p.push(
-                    "http.metrics_listen",
-                    format!("{l:?} is not an address; write it as \"0.0.0.0:9401\""),
-                ),
-            }
-        }
-        cfg.http.admin_token = match (http.admin_token, http.admin_token_file) {
-            (Some(_), Some(_)) => {
-                p.push(
-                    "http.admin_token",
-                    "set admin_token or admin_token_file, not both".into(),
-                );
-                None
-            }
-            (Some(t), None) => match resolve_secret(&t) {
-                Ok(t) if t.len() >= 16 => Some(t),
-                Ok(_) => {
-                    p.push(
-                        "http.admin_token",
-                        "too short: use at least 16 characters".into(),
-                    );
-                    None
-                }
-                Err(m) => {
-                    p.push("http.admin_token", m);
-                    None
-                }
-            },
-            (None, Some(f)) => match std::fs::read_to_string(&f) {
-                Ok(t) if t.trim().len() >= 16 => Some(t.trim().to_owned()),
-                Ok(_) => {
-                    p.push(
-                        "http.admin_token_file",
-                        format!("{f}: token too short, use at least 16 characters"),
-                    );
-                    None
-                }
-                Err(e) => {
-                    p.push("http.admin_token_file", format!("cannot read {f}: {e}"));
-                    None
-                }
-            },
-            (None, None) => None,
-        };
-
-        // log
-        cfg.log.format = match log.format.as_deref().unwrap_or("auto") {
-            "json" => LogFormat::Json,
-            "text" => LogFormat::Text,
-            "auto" => LogFormat::Auto,
-            other => {
-                p.push(
-                    "log.format",
-                    format!("{other:?} is not a format; use json, text or auto"),
-                );
-                LogFormat::Auto
-            }
-        };
-        if let Some(level) = log.level {
-            if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
-                p.push(
-                    "log.level",
-                    format!(
-                        "{level:?} is not a level or filter; use e.g. info, debug, driftd=debug"
-                    ),
-                );
-            }
-            cfg.log.level = level;
-        }
-        cfg.grace = p.duration("shutdown.grace", shutdown.grace.as_deref(), d.grace);
-        if cfg.grace > Duration::from_secs(600) {
-            p.push(
-                "shutdown.grace",
-                "at most 10m (Kubernetes kills pods after terminationGracePeriodSeconds)".into(),
-            );
-        }
-
-        cfg.alerts = alert_config(alerts, &cfg, &mut p);
-        if let Some(scores) = metrics.scores {
-            let mut list = Vec::new();
-            for s in scores {
-                match s.parse::<Metric>() {
-                    Ok(m) if !list.contains(&m) => list.push(m),
-                    Ok(_) => {}
-                    Err(e) => p.push("metrics.scores", e.to_string()),
-                }
-            }
-            cfg.metrics.scores = list;
-        }
-        cfg.metrics.per_arm_scores = metrics.per_arm_scores.unwrap_or(false);
-
-        if p.0.is_empty() {
-            Ok(cfg)
-        } else {
-            Err(ConfigError::Invalid {
-                source_name: source_name.to_owned(),
-                problems: p.0,
-            })
-        }
+        health_config(raw.health, &mut cfg.engine.health, &mut p);
+        experiment_config(raw.experiments, &mut cfg.engine.experiments, &mut p);
+        cfg.kafka = raw.kafka.map(|k| kafka_config(k, &mut p));
+        cfg.checkpoint = checkpoint_config(raw.checkpoint);
+        http_config(raw.http, &mut cfg.http, &mut p);
+        log_config(raw.log, &mut cfg.log, &mut p);
+        cfg.grace = shutdown_grace(raw.shutdown, cfg.grace, &mut p);
+        // Alerts inherit the evaluation interval and the Kafka connection.
+        cfg.alerts = alert_config(raw.alerts, &cfg, &mut p);
+        metrics_config(raw.metrics, &mut cfg.metrics, &mut p);
+        p.into_result(cfg, source_name)
     }
 
     /// The settings `driftd run` needs beyond the engine.
@@ -1039,6 +470,703 @@ impl Config {
             }],
         })
     }
+}
+
+// ---------------------------------------------------------------------------
+// Validation: each section into its part of the typed config. A bad value
+// is recorded and the default kept, so the next section is still checked.
+
+/// `[decode]` and `[features]`: how a line is read and which features count.
+fn decode_config(decode: RawDecode, features: RawFeatures, p: &mut Problems) -> DecodeConfig {
+    let mut dec = DecodeConfig::default();
+    if let Some(s) = decode.timestamp_offset {
+        match parse_offset(&s) {
+            Some(o) => dec.local_offset = o,
+            None => p.push(
+                "decode.timestamp_offset",
+                format!("{s:?} is not a UTC offset; write it as \"+02:00\", \"-05:30\" or \"Z\""),
+            ),
+        }
+    }
+    if let Some(v) = decode.max_line_bytes {
+        dec.max_line_bytes = p.range("decode.max_line_bytes", v, 64, 64 << 20) as usize;
+    }
+    if let Some(v) = decode.max_features {
+        dec.max_features = p.range("decode.max_features", v, 1, 10_000) as usize;
+    }
+    if let Some(v) = decode.max_feature_depth {
+        dec.max_feature_depth = p.range("decode.max_feature_depth", v, 1, 32) as usize;
+    }
+    if let Some(f) = decode.fields {
+        field_mapping(f, &mut dec.mapping, p);
+    }
+    dec.filter = feature_filter(features, p);
+    dec
+}
+
+/// `[decode.fields]`: a JSON pointer for each field driftd reads.
+fn field_mapping(f: RawFields, m: &mut FieldMapping, p: &mut Problems) {
+    let mut ptr = |key: &str, v: Option<String>, slot: &mut Pointer| {
+        if let Some(s) = v {
+            match Pointer::parse(&s) {
+                Ok(ptr) => *slot = ptr,
+                Err(e) => p.push(&format!("decode.fields.{key}"), e.to_string()),
+            }
+        }
+    };
+    ptr("timestamp", f.timestamp, &mut m.timestamp);
+    ptr("features", f.features, &mut m.features);
+    ptr("prediction", f.prediction, &mut m.prediction);
+    ptr("confidence", f.confidence, &mut m.confidence);
+    ptr("arm", f.arm, &mut m.arm);
+    ptr("level", f.level, &mut m.level);
+    ptr("request_id", f.request_id, &mut m.request_id);
+    ptr("service", f.service, &mut m.service);
+    ptr("error_type", f.error_type, &mut m.error_type);
+    ptr("action", f.action, &mut m.action);
+    ptr("feedback_time", f.feedback_time, &mut m.feedback_time);
+    ptr("input_stats", f.input_stats, &mut m.input_stats);
+    ptr("class_counts", f.class_counts, &mut m.class_counts);
+    ptr("avg_confidence", f.avg_confidence, &mut m.avg_confidence);
+    ptr("batch_time", f.batch_time, &mut m.batch_time);
+    if let Some(stages) = f.stages {
+        if stages.len() > 16 {
+            p.push(
+                "decode.fields.stages",
+                format!("{} stages; at most 16", stages.len()),
+            );
+        }
+        let mut parsed = Vec::new();
+        for st in stages.into_iter().take(16) {
+            match Pointer::parse(&st) {
+                Ok(x) => parsed.push(x),
+                Err(e) => p.push("decode.fields.stages", e.to_string()),
+            }
+        }
+        m.stages = parsed;
+    }
+    if let Some(b) = f.any_ms_stage {
+        m.any_ms_stage = b;
+    }
+    if let Some(models) = f.model {
+        let list = match models {
+            StringOrList::One(s) => vec![s],
+            StringOrList::Many(v) => v,
+        };
+        if list.is_empty() || list.len() > 4 {
+            p.push(
+                "decode.fields.model",
+                format!("give 1 to 4 pointers tried in order, found {}", list.len()),
+            );
+        } else {
+            let mut parsed = Vec::new();
+            for s in list {
+                match Pointer::parse(&s) {
+                    Ok(x) => parsed.push(x),
+                    Err(e) => p.push("decode.fields.model", e.to_string()),
+                }
+            }
+            if !parsed.is_empty() {
+                m.model = parsed;
+            }
+        }
+    }
+}
+
+/// `[features]`: the allow, deny and hash lists.
+fn feature_filter(features: RawFeatures, p: &mut Problems) -> FeatureFilter {
+    let mut filter = FeatureFilter::default();
+    if let Some(a) = features.allow {
+        if !a.is_empty() {
+            filter.allow = Some(a.into_iter().collect());
+        }
+    }
+    filter.deny = features.deny.unwrap_or_default().into_iter().collect();
+    filter.hash = features.hash.unwrap_or_default().into_iter().collect();
+    for h in &filter.hash {
+        if filter.deny.contains(h) {
+            p.push(
+                "features.hash",
+                format!("{h:?} is also in features.deny; keep it in one list"),
+            );
+        }
+    }
+    filter
+}
+
+/// `[window]`: the drift window's shape, how far ahead of arrival an
+/// event's time may be, and whether arms get windows of their own.
+fn window_settings(window: RawWindow, engine: &mut EngineConfig, p: &mut Problems) {
+    match window.kind.as_deref().unwrap_or("time") {
+        "time" => engine.window = time_window(&window, p),
+        "count" => {
+            let events = p.range(
+                "window.events",
+                window.events.unwrap_or(10_000),
+                10,
+                100_000_000,
+            );
+            let panes = p.range("window.panes", window.panes.unwrap_or(20), 1, 1440) as usize;
+            engine.window = WindowSpec::Count { events, panes };
+        }
+        other => p.push(
+            "window.kind",
+            format!("{other:?} is not a window kind; use \"time\" or \"count\""),
+        ),
+    }
+    let max_future = p.duration(
+        "window.max_future",
+        window.max_future.as_deref(),
+        Duration::from_secs(300),
+    );
+    engine.max_future_ms = Some(max_future.as_millis() as i64);
+    engine.per_arm = window.per_arm.unwrap_or(true);
+}
+
+/// `kind = "time"`: a length cut into panes.
+fn time_window(window: &RawWindow, p: &mut Problems) -> WindowSpec {
+    let length = p.duration(
+        "window.length",
+        window.length.as_deref(),
+        Duration::from_secs(600),
+    );
+    let pane = p.duration(
+        "window.pane",
+        window.pane.as_deref(),
+        Duration::from_secs(30),
+    );
+    if pane > length {
+        p.push(
+            "window.pane",
+            format!(
+                "{} is longer than window.length {}; a pane is a slice of the window",
+                humantime::format_duration(pane),
+                humantime::format_duration(length)
+            ),
+        );
+    } else if !pane.is_zero() && length.as_millis() / pane.as_millis().max(1) > 1440 {
+        p.push(
+            "window.pane",
+            "more than 1440 panes per window; use a longer pane (memory is panes x bins)".into(),
+        );
+    }
+    if pane < Duration::from_millis(100) {
+        p.push("window.pane", "must be at least 100ms".into());
+    }
+    WindowSpec::Time {
+        length_ms: length.as_millis() as i64,
+        pane_ms: pane.as_millis().max(1) as i64,
+    }
+}
+
+/// `[evaluation]` and `[[rules]]`: how often, against which thresholds,
+/// and how a verdict is debounced.
+fn evaluation_settings(
+    evaluation: RawEvaluation,
+    rules: Option<Vec<RawRule>>,
+    cfg: &mut Config,
+    p: &mut Problems,
+) {
+    cfg.every = p.duration("evaluation.every", evaluation.every.as_deref(), cfg.every);
+    if cfg.every < Duration::from_millis(100) {
+        p.push("evaluation.every", "must be at least 100ms".into());
+    }
+    let mut det = DetectConfig::default();
+    threshold_mode(&evaluation, &mut det, p);
+    if let Some(v) = evaluation.min_samples {
+        det.min_samples = p.range("evaluation.min_samples", v, 1, u64::MAX);
+    }
+    if let Some(v) = evaluation.for_evaluations {
+        det.for_evaluations = p.range("evaluation.for", v, 1, 1000) as u32;
+    }
+    if let Some(v) = evaluation.resolve_after {
+        det.resolve_after = p.range("evaluation.resolve_after", v, 1, 1000) as u32;
+    }
+    if let Some(h) = evaluation.hysteresis {
+        if !(h > 0.0 && h <= 1.0) {
+            p.push(
+                "evaluation.hysteresis",
+                format!("{h} must be in (0, 1]; 0.8 clears at 80% of the warning threshold"),
+            );
+        } else {
+            det.hysteresis = h;
+        }
+    }
+    if let Some(s) = evaluation.smoothing {
+        if !(s.is_finite() && (0.0..=10.0).contains(&s)) {
+            p.push(
+                "evaluation.smoothing",
+                format!("{s} must be between 0 and 10 (pseudo-counts per bin)"),
+            );
+        } else {
+            cfg.engine.compare = CompareOptions { smoothing: s };
+        }
+    }
+    if let Some(rules) = rules {
+        det.rules = typed_rules(rules, p);
+    }
+    cfg.engine.detect = det;
+}
+
+/// `evaluation.thresholds`: automatic (with `alpha` and `min_effect`) or
+/// the rules' static values.
+fn threshold_mode(evaluation: &RawEvaluation, det: &mut DetectConfig, p: &mut Problems) {
+    match evaluation.thresholds.as_deref().unwrap_or("auto") {
+        "auto" => {
+            let auto = auto_thresholds(evaluation, p);
+            // The thresholds account for the sample size, so windows
+            // can be judged much earlier than fixed thresholds allow.
+            det.min_samples = 100;
+            det.thresholds = Thresholds::Auto(auto);
+        }
+        "static" => {
+            for (key, set) in [
+                ("evaluation.alpha", evaluation.alpha.is_some()),
+                ("evaluation.min_effect", evaluation.min_effect.is_some()),
+            ] {
+                if set {
+                    p.push(
+                        key,
+                        "applies only with thresholds = \"auto\"; remove it or switch".into(),
+                    );
+                }
+            }
+        }
+        other => p.push(
+            "evaluation.thresholds",
+            format!("{other:?} is not a threshold mode; use \"auto\" (from the baseline, by sample size) or \"static\" (the rules' values)"),
+        ),
+    }
+}
+
+/// `evaluation.alpha` and `evaluation.min_effect` of automatic thresholds.
+fn auto_thresholds(evaluation: &RawEvaluation, p: &mut Problems) -> AutoThresholds {
+    let mut auto = AutoThresholds::default();
+    if let Some(a) = evaluation.alpha {
+        if !(a > 0.0 && a < 0.5) {
+            p.push(
+                "evaluation.alpha",
+                format!("{a} must be in (0, 0.5); 0.001 is one false alarm in a thousand windows per model"),
+            );
+        } else {
+            auto.alpha = a;
+        }
+    }
+    for (name, &v) in evaluation.min_effect.iter().flatten() {
+        let key = format!("evaluation.min_effect.{name}");
+        match name.parse::<Metric>() {
+            Ok(m) if !m.higher_is_worse() => p.push(
+                &key,
+                format!(
+                    "{m} is a p-value; its effect is that of {} (set that instead)",
+                    if m == Metric::KsP { "ks" } else { "psi" }
+                ),
+            ),
+            Ok(_) if !(v.is_finite() && v >= 0.0) => {
+                p.push(&key, format!("{v} must be a number >= 0"))
+            }
+            Ok(m) => {
+                auto.min_effect.insert(m, v);
+            }
+            Err(e) => p.push(&key, e.to_string()),
+        }
+    }
+    auto
+}
+
+/// `[[rules]]`: each rule's metric, target and thresholds.
+fn typed_rules(rules: Vec<RawRule>, p: &mut Problems) -> Vec<Rule> {
+    let mut typed = Vec::new();
+    for (i, r) in rules.into_iter().enumerate() {
+        let key = format!("rules[{i}]");
+        let metric = match r.metric.parse::<Metric>() {
+            Ok(m) => m,
+            Err(e) => {
+                p.push(&format!("{key}.metric"), e.to_string());
+                continue;
+            }
+        };
+        let target = match r.target.as_deref().unwrap_or("all") {
+            "all" => Target::All,
+            "features" => Target::Features,
+            "prediction" => Target::Prediction,
+            "confidence" => Target::Confidence,
+            other => {
+                p.push(
+                    &format!("{key}.target"),
+                    format!(
+                        "{other:?} is not a target; use all, features, prediction or confidence"
+                    ),
+                );
+                continue;
+            }
+        };
+        let rule = Rule {
+            metric,
+            warning: r.warning,
+            critical: r.critical,
+            target,
+        };
+        for msg in rule.problems() {
+            p.push(&key, msg);
+        }
+        typed.push(rule);
+    }
+    typed
+}
+
+/// `[baselines]`: where they live, how they are binned, when one is made
+/// from live traffic.
+fn baseline_settings(baselines: RawBaselines, cfg: &mut Config, p: &mut Problems) {
+    if let Some(dir) = baselines.dir {
+        cfg.baselines_dir = PathBuf::from(dir);
+    }
+    let mut binning = Binning::default();
+    if let Some(v) = baselines.numeric_bins {
+        binning.numeric_bins = p.range("baselines.numeric_bins", v, 2, 64) as usize;
+    }
+    if let Some(v) = baselines.top_k {
+        binning.top_k = p.range("baselines.top_k", v, 1, 10_000) as usize;
+    }
+    if let Some(v) = baselines.hash_buckets {
+        binning.hash_buckets = p.range("baselines.hash_buckets", v, 1, 4096) as usize;
+    }
+    cfg.engine.binning = binning;
+    cfg.engine.auto_baseline = match baselines.auto_after_events {
+        None | Some(0) => None,
+        Some(n) => Some(AutoBaseline {
+            after_events: p.range("baselines.auto_after_events", n, 100, 100_000_000),
+        }),
+    };
+    cfg.watch_baselines = baselines.watch.unwrap_or(true);
+}
+
+/// `[limits]`: how many models and arms are tracked, and for how long.
+fn limit_settings(limits: RawLimits, cfg: &mut Config, p: &mut Problems) {
+    if let Some(v) = limits.max_models {
+        cfg.engine.max_models = p.range("limits.max_models", v, 1, 100_000) as usize;
+    }
+    if let Some(v) = limits.max_arms_per_model {
+        cfg.engine.max_arms_per_model = p.range("limits.max_arms_per_model", v, 0, 64) as usize;
+    }
+    cfg.model_idle = p.duration(
+        "limits.model_idle",
+        limits.model_idle.as_deref(),
+        cfg.model_idle,
+    );
+}
+
+/// `[health]`: the error-rate, deploy and latency conditions.
+fn health_config(health: RawHealth, h: &mut HealthConfig, p: &mut Problems) {
+    if let Some(b) = health.enabled {
+        h.enabled = b;
+    }
+    if let Some(v) = health.reference_windows {
+        h.reference_windows = p.range("health.reference_windows", v, 1, 48) as usize;
+    }
+    if let Some(v) = health.max_error_types {
+        h.max_error_types = p.range("health.max_error_types", v, 1, 100) as usize;
+    }
+    if let Some(v) = health.max_stages {
+        h.max_stages = p.range("health.max_stages", v, 1, 16) as usize;
+    }
+    if let Some(v) = health.sketch_relative_error {
+        h.sketch_error = p.fraction("health.sketch_relative_error", v, 0.0001, 0.1);
+    }
+    if let Some(r) = health.errors {
+        error_rule("health.errors", r, &mut h.errors, p);
+    }
+    if let Some(r) = health.deploy {
+        error_rule("health.deploy", r, &mut h.deploy, p);
+    }
+    if let Some(v) = health.deploy_latency_quantile {
+        h.deploy_latency_quantile = p.fraction("health.deploy_latency_quantile", v, 0.5, 0.999);
+    }
+    if let Some(v) = health.deploy_latency_min_ratio {
+        h.deploy_latency_min_ratio = p.fraction("health.deploy_latency_min_ratio", v, 1.0, 100.0);
+    }
+    let horizon = p.duration(
+        "health.deploy_horizon",
+        health.deploy_horizon.as_deref(),
+        Duration::from_millis(h.deploy_horizon_ms as u64),
+    );
+    h.deploy_horizon_ms = horizon.as_millis() as i64;
+    for (stage, limit) in health.p99_limit.unwrap_or_default() {
+        let key = format!("health.p99_limit.{stage}");
+        let d = p.duration(&key, Some(&limit), Duration::ZERO);
+        if d.is_zero() {
+            p.push(
+                &key,
+                format!("{limit:?} must be a positive duration, e.g. \"250ms\""),
+            );
+        } else {
+            h.p99_limit_ms.insert(stage, d.as_secs_f64() * 1000.0);
+        }
+    }
+}
+
+/// `health.errors` and `health.deploy`: one error-rate test's settings.
+fn error_rule(key: &str, r: RawErrorRule, rule: &mut ErrorRule, p: &mut Problems) {
+    if let Some(v) = r.alpha {
+        rule.alpha = p.fraction(&format!("{key}.alpha"), v, 1e-12, 0.5);
+    }
+    if let Some(v) = r.min_ratio {
+        rule.min_ratio = p.fraction(&format!("{key}.min_ratio"), v, 1.0, 1000.0);
+    }
+    if let Some(v) = r.min_errors {
+        rule.min_errors = p.range(&format!("{key}.min_errors"), v, 1, u64::MAX);
+    }
+    if let Some(v) = r.min_requests {
+        rule.min_requests = p.range(&format!("{key}.min_requests"), v, 1, u64::MAX);
+    }
+    if let Some(v) = r.max_rate {
+        rule.max_rate = Some(p.fraction(&format!("{key}.max_rate"), v, 0.0, 1.0));
+    }
+}
+
+/// `[experiments]`: the feedback join and the arm comparison.
+fn experiment_config(experiments: RawExperiments, x: &mut ExperimentConfig, p: &mut Problems) {
+    if let Some(b) = experiments.enabled {
+        x.enabled = b;
+    }
+    let ttl = p.duration(
+        "experiments.feedback_ttl",
+        experiments.feedback_ttl.as_deref(),
+        Duration::from_millis(x.ttl_ms as u64),
+    );
+    if ttl < Duration::from_secs(1) {
+        p.push("experiments.feedback_ttl", "must be at least 1s".into());
+    }
+    x.ttl_ms = ttl.as_millis() as i64;
+    if let Some(v) = experiments.max_pending {
+        x.max_pending = p.range("experiments.max_pending", v, 1, 100_000_000) as usize;
+    }
+    if let Some(v) = experiments.max_early_feedback {
+        x.max_early = p.range("experiments.max_early_feedback", v, 1, 100_000_000) as usize;
+    }
+    if let Some(v) = experiments.max_actions {
+        x.max_actions = p.range("experiments.max_actions", v, 1, 14) as usize;
+    }
+    if let Some(c) = experiments.control_arm {
+        if c.is_empty() {
+            p.push("experiments.control_arm", "must not be empty".into());
+        }
+        x.control_arm = c;
+    }
+    if let Some(v) = experiments.alpha {
+        x.alpha = p.fraction("experiments.alpha", v, 1e-12, 0.5);
+    }
+    if let Some(v) = experiments.min_predictions {
+        x.min_predictions = p.range("experiments.min_predictions", v, 1, u64::MAX);
+    }
+}
+
+/// `[kafka]`: where the lines come from.
+fn kafka_config(k: RawKafka, p: &mut Problems) -> KafkaConfig {
+    let brokers = k.brokers.unwrap_or_default();
+    if brokers.trim().is_empty() {
+        p.push(
+            "kafka.brokers",
+            "missing: set a comma-separated host:port list, or DRIFTD__KAFKA__BROKERS".into(),
+        );
+    }
+    let topics = match k.topics {
+        Some(StringOrList::One(s)) => s
+            .split(',')
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())
+            .collect(),
+        Some(StringOrList::Many(v)) => v,
+        None => Vec::new(),
+    };
+    if topics.is_empty() {
+        p.push(
+            "kafka.topics",
+            "missing: name at least one topic to consume".into(),
+        );
+    }
+    let group_id = k.group_id.unwrap_or_else(|| "driftd".into());
+    if group_id.is_empty() {
+        p.push("kafka.group_id", "must not be empty".into());
+    }
+    let commit_interval = p.duration(
+        "kafka.commit_interval",
+        k.commit_interval.as_deref(),
+        Duration::from_secs(5),
+    );
+    KafkaConfig {
+        brokers,
+        topics,
+        group_id,
+        commit_interval,
+        rewind_on_start: k.rewind_on_start.unwrap_or(true),
+        properties: consumer_properties(k.properties.unwrap_or_default(), p),
+    }
+}
+
+/// `kafka.properties`: librdkafka settings, secrets resolved, minus the
+/// ones driftd sets itself.
+fn consumer_properties(
+    raw: BTreeMap<String, String>,
+    p: &mut Problems,
+) -> BTreeMap<String, String> {
+    let mut properties = BTreeMap::new();
+    for (key, v) in raw {
+        match resolve_secret(&v) {
+            Ok(v) => {
+                properties.insert(key, v);
+            }
+            // The message names the variable or file, never the value.
+            Err(msg) => p.push(&format!("kafka.properties.{key}"), msg),
+        }
+    }
+    for reserved in [
+        "bootstrap.servers",
+        "group.id",
+        "enable.auto.offset.store",
+        "enable.auto.commit",
+    ] {
+        if properties.contains_key(reserved) {
+            p.push(
+                &format!("kafka.properties.{reserved}"),
+                "is set by driftd itself (use kafka.brokers / kafka.group_id); remove it".into(),
+            );
+        }
+    }
+    properties
+}
+
+/// `[checkpoint]`: where the engine's state is saved.
+fn checkpoint_config(checkpoint: RawCheckpoint) -> CheckpointConfig {
+    let d = CheckpointConfig::default();
+    CheckpointConfig {
+        enabled: checkpoint.enabled.unwrap_or(true),
+        dir: checkpoint.dir.map_or(d.dir, PathBuf::from),
+        kafka_topic: checkpoint.kafka_topic.filter(|t| !t.is_empty()),
+    }
+}
+
+/// `[http]`: the listening addresses and the admin token.
+fn http_config(http: RawHttp, cfg: &mut HttpConfig, p: &mut Problems) {
+    if let Some(l) = http.listen {
+        match l.parse::<SocketAddr>() {
+            Ok(a) => cfg.listen = a,
+            Err(_) => p.push(
+                "http.listen",
+                format!("{l:?} is not an address; write it as \"0.0.0.0:9400\""),
+            ),
+        }
+    }
+    if let Some(l) = http.metrics_listen {
+        match l.parse::<SocketAddr>() {
+            Ok(a) if a == cfg.listen && a.port() != 0 => p.push(
+                "http.metrics_listen",
+                format!("{l:?} is http.listen itself; give it another port, or leave it out (http.listen serves /metrics too)"),
+            ),
+            Ok(a) => cfg.metrics_listen = Some(a),
+            Err(_) => p.push(
+                "http.metrics_listen",
+                format!("{l:?} is not an address; write it as \"0.0.0.0:9401\""),
+            ),
+        }
+    }
+    cfg.admin_token = admin_token(http.admin_token, http.admin_token_file, p);
+}
+
+/// `http.admin_token` or `http.admin_token_file`; `None` disables the
+/// admin endpoints.
+fn admin_token(token: Option<String>, file: Option<String>, p: &mut Problems) -> Option<String> {
+    match (token, file) {
+        (Some(_), Some(_)) => {
+            p.push(
+                "http.admin_token",
+                "set admin_token or admin_token_file, not both".into(),
+            );
+            None
+        }
+        (Some(t), None) => match resolve_secret(&t) {
+            Ok(t) if t.len() >= 16 => Some(t),
+            Ok(_) => {
+                p.push(
+                    "http.admin_token",
+                    "too short: use at least 16 characters".into(),
+                );
+                None
+            }
+            Err(m) => {
+                p.push("http.admin_token", m);
+                None
+            }
+        },
+        (None, Some(f)) => match std::fs::read_to_string(&f) {
+            Ok(t) if t.trim().len() >= 16 => Some(t.trim().to_owned()),
+            Ok(_) => {
+                p.push(
+                    "http.admin_token_file",
+                    format!("{f}: token too short, use at least 16 characters"),
+                );
+                None
+            }
+            Err(e) => {
+                p.push("http.admin_token_file", format!("cannot read {f}: {e}"));
+                None
+            }
+        },
+        (None, None) => None,
+    }
+}
+
+/// `[log]`: the format and the filter of driftd's own log.
+fn log_config(log: RawLog, cfg: &mut LogConfig, p: &mut Problems) {
+    cfg.format = match log.format.as_deref().unwrap_or("auto") {
+        "json" => LogFormat::Json,
+        "text" => LogFormat::Text,
+        "auto" => LogFormat::Auto,
+        other => {
+            p.push(
+                "log.format",
+                format!("{other:?} is not a format; use json, text or auto"),
+            );
+            LogFormat::Auto
+        }
+    };
+    if let Some(level) = log.level {
+        if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+            p.push(
+                "log.level",
+                format!("{level:?} is not a level or filter; use e.g. info, debug, driftd=debug"),
+            );
+        }
+        cfg.level = level;
+    }
+}
+
+/// `shutdown.grace`: how long a stop may take.
+fn shutdown_grace(shutdown: RawShutdown, default: Duration, p: &mut Problems) -> Duration {
+    let grace = p.duration("shutdown.grace", shutdown.grace.as_deref(), default);
+    if grace > Duration::from_secs(600) {
+        p.push(
+            "shutdown.grace",
+            "at most 10m (Kubernetes kills pods after terminationGracePeriodSeconds)".into(),
+        );
+    }
+    grace
+}
+
+/// `[metrics]`: which scores are exported.
+fn metrics_config(metrics: RawMetrics, cfg: &mut MetricsConfig, p: &mut Problems) {
+    if let Some(scores) = metrics.scores {
+        let mut list = Vec::new();
+        for s in scores {
+            match s.parse::<Metric>() {
+                Ok(m) if !list.contains(&m) => list.push(m),
+                Ok(_) => {}
+                Err(e) => p.push("metrics.scores", e.to_string()),
+            }
+        }
+        cfg.scores = list;
+    }
+    cfg.per_arm_scores = metrics.per_arm_scores.unwrap_or(false);
 }
 
 /// Label names Alertmanager accepts, minus the ones driftd sets itself.
@@ -1241,6 +1369,18 @@ fn parse_offset(s: &str) -> Option<FixedOffset> {
 struct Problems(Vec<Problem>);
 
 impl Problems {
+    /// The config, or every problem found, all at once.
+    fn into_result(self, cfg: Config, source_name: &str) -> Result<Config, ConfigError> {
+        if self.0.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigError::Invalid {
+                source_name: source_name.to_owned(),
+                problems: self.0,
+            })
+        }
+    }
+
     fn push(&mut self, key: &str, message: String) {
         self.0.push(Problem {
             key: key.to_owned(),

@@ -216,7 +216,7 @@ pub enum Prediction<'a> {
 
 /// Log level, reduced to what the analyses need.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Level {
+pub enum LogLevel {
     Debug,
     Info,
     Warning,
@@ -225,19 +225,19 @@ pub enum Level {
     Other,
 }
 
-impl Level {
-    fn parse(s: &str) -> Level {
+impl LogLevel {
+    fn parse(s: &str) -> LogLevel {
         match s {
-            "INFO" | "info" | "Info" => Level::Info,
-            "DEBUG" | "debug" | "Debug" => Level::Debug,
-            "WARNING" | "WARN" | "warning" | "warn" => Level::Warning,
-            "ERROR" | "error" | "Error" => Level::Error,
-            "CRITICAL" | "FATAL" | "critical" | "fatal" => Level::Critical,
-            _ => Level::Other,
+            "INFO" | "info" | "Info" => LogLevel::Info,
+            "DEBUG" | "debug" | "Debug" => LogLevel::Debug,
+            "WARNING" | "WARN" | "warning" | "warn" => LogLevel::Warning,
+            "ERROR" | "error" | "Error" => LogLevel::Error,
+            "CRITICAL" | "FATAL" | "critical" | "fatal" => LogLevel::Critical,
+            _ => LogLevel::Other,
         }
     }
     pub fn is_error(self) -> bool {
-        matches!(self, Level::Error | Level::Critical)
+        matches!(self, LogLevel::Error | LogLevel::Critical)
     }
 }
 
@@ -261,7 +261,7 @@ pub struct Event<'a> {
     pub features: Vec<(Cow<'a, str>, FeatureValue<'a>)>,
     pub prediction: Option<Prediction<'a>>,
     pub confidence: Option<f64>,
-    pub level: Option<Level>,
+    pub level: Option<LogLevel>,
     /// The `service` that logged the line (groups a model's versions).
     pub service: Option<Cow<'a, str>>,
     /// `error_type` of an ERROR record.
@@ -291,7 +291,7 @@ pub struct Record<'a> {
     pub service: Option<Cow<'a, str>>,
     pub arm: Option<Cow<'a, str>>,
     pub time: EventTime,
-    pub level: Option<Level>,
+    pub level: Option<LogLevel>,
     pub error_type: Option<Cow<'a, str>>,
     /// Hash of the request id (see [`Event::request_id`]).
     pub request_id: Option<u64>,
@@ -578,7 +578,7 @@ struct Collect<'a> {
     prediction: Option<Result<Prediction<'a>, ()>>,
     confidence: Option<Result<f64, ()>>,
     arm: Option<Result<Cow<'a, str>, ()>>,
-    level: Option<Level>,
+    level: Option<LogLevel>,
     service: Option<Cow<'a, str>>,
     error_type: Option<Cow<'a, str>>,
     request_id: Option<u64>,
@@ -720,7 +720,7 @@ impl Decoder {
         } else if c.input_stats.is_some() || c.class_counts.is_some() || c.avg_confidence.is_some()
         {
             Some(RecordKind::BatchStats)
-        } else if c.level.is_some_and(Level::is_error) {
+        } else if c.level.is_some_and(LogLevel::is_error) {
             Some(RecordKind::Error)
         } else if !c.stages.is_empty() {
             Some(RecordKind::Timing)
@@ -1185,76 +1185,84 @@ struct RoleSeed<'t, 'c, 'a> {
 impl<'de> DeserializeSeed<'de> for RoleSeed<'_, '_, 'de> {
     type Value = ();
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        let out = self.out;
-        if self.role == Role::Features {
-            let mut feats = out.features.take().unwrap_or_default();
-            let mut issues = out.issues;
-            let seed = FeaturesSeed {
-                prefix: None,
-                depth: 0,
-                cfg: self.cfg,
-                out: &mut feats,
-                issues: &mut issues,
-            };
-            d.deserialize_any(seed)?;
-            out.issues = issues;
-            out.features = Some(feats);
-            return Ok(());
-        }
-        if self.role == Role::InputStats || self.role == Role::ClassCounts {
-            let max = self.cfg.max_features;
-            let pairs = d.deserialize_any(NumberMap { max })?;
-            if self.role == Role::InputStats {
-                // Statistics of a denied or hashed feature are that
-                // feature's values, summarised: the filter applies to them.
-                let f = &self.cfg.filter;
-                out.input_stats = Some(
-                    pairs
-                        .into_iter()
-                        .filter(|(k, _)| stat_allowed(f, k))
-                        .collect(),
-                );
-            } else {
-                // Counts are whole and not absurd; anything else is not a count.
-                out.class_counts = Some(
-                    pairs
-                        .into_iter()
-                        .filter(|(_, v)| *v >= 0.0 && v.fract() == 0.0 && *v <= 1e12)
-                        .map(|(k, v)| (k, v as u64))
-                        .collect(),
-                );
-            }
-            return Ok(());
-        }
-        let v = <Scalar<'de> as de::Deserialize>::deserialize(d)?;
         match self.role {
+            Role::Features => self.features(d),
+            Role::InputStats | Role::ClassCounts => self.batch_numbers(d),
+            role => {
+                let v = <Scalar<'de> as de::Deserialize>::deserialize(d)?;
+                self.out.keep_scalar(role, v, self.cfg);
+                Ok(())
+            }
+        }
+    }
+}
+
+impl<'de> RoleSeed<'_, '_, 'de> {
+    /// The features object, flattened into `out.features`.
+    fn features<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        let out = self.out;
+        let mut feats = out.features.take().unwrap_or_default();
+        let mut issues = out.issues;
+        let seed = FeaturesSeed {
+            prefix: None,
+            depth: 0,
+            cfg: self.cfg,
+            out: &mut feats,
+            issues: &mut issues,
+        };
+        d.deserialize_any(seed)?;
+        out.issues = issues;
+        out.features = Some(feats);
+        Ok(())
+    }
+
+    /// `input_stats` or `class_counts`: a batch's numbers by name.
+    fn batch_numbers<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        let out = self.out;
+        let max = self.cfg.max_features;
+        let pairs = d.deserialize_any(NumberMap { max })?;
+        if self.role == Role::InputStats {
+            // Statistics of a denied or hashed feature are that
+            // feature's values, summarised: the filter applies to them.
+            let f = &self.cfg.filter;
+            out.input_stats = Some(
+                pairs
+                    .into_iter()
+                    .filter(|(k, _)| stat_allowed(f, k))
+                    .collect(),
+            );
+        } else {
+            // Counts are whole and not absurd; anything else is not a count.
+            out.class_counts = Some(
+                pairs
+                    .into_iter()
+                    .filter(|(_, v)| *v >= 0.0 && v.fract() == 0.0 && *v <= 1e12)
+                    .map(|(k, v)| (k, v as u64))
+                    .collect(),
+            );
+        }
+        Ok(())
+    }
+}
+
+impl<'a> Collect<'a> {
+    /// Keeps the value of a field that holds a scalar, judged by its role:
+    /// an unusable value is kept as such (to be counted) or dropped.
+    fn keep_scalar(&mut self, role: Role, v: Scalar<'a>, cfg: &DecodeConfig) {
+        match role {
             Role::Model(i) => {
                 let r = match v {
                     Scalar::Str(s) if valid_name(&s) => Ok(s),
-                    Scalar::Null => return Ok(()),
+                    Scalar::Null => return,
                     _ => Err(()),
                 };
-                out.models[i as usize] = Some(r);
+                self.models[i as usize] = Some(r);
             }
             Role::Timestamp => {
-                out.time = Some(match v {
-                    Scalar::Str(s) => parse_timestamp(&s, self.cfg.local_offset)
-                        .map_or(EventTime::Invalid, EventTime::Parsed),
-                    Scalar::Float(f) => {
-                        epoch_number(f).map_or(EventTime::Invalid, EventTime::Parsed)
-                    }
-                    Scalar::Int(i) => {
-                        epoch_number(i as f64).map_or(EventTime::Invalid, EventTime::Parsed)
-                    }
-                    Scalar::UInt(u) => {
-                        epoch_number(u as f64).map_or(EventTime::Invalid, EventTime::Parsed)
-                    }
-                    Scalar::Null => EventTime::Missing,
-                    _ => EventTime::Invalid,
-                });
+                self.time = Some(event_time(v, cfg.local_offset, EventTime::Missing));
             }
             Role::Prediction => {
-                out.prediction = match v {
+                self.prediction = match v {
                     Scalar::Str(s) if valid_name(&s) => Some(Ok(Prediction::Label(s))),
                     Scalar::Bool(b) => Some(Ok(Prediction::Label(Cow::Borrowed(bool_str(b))))),
                     Scalar::Int(i) => Some(Ok(Prediction::Label(Cow::Owned(i.to_string())))),
@@ -1265,16 +1273,13 @@ impl<'de> DeserializeSeed<'de> for RoleSeed<'_, '_, 'de> {
                 };
             }
             Role::Confidence => {
-                out.confidence = match v {
-                    Scalar::Float(f) if (0.0..=1.0).contains(&f) => Some(Ok(f)),
-                    Scalar::Int(0) | Scalar::UInt(0) => Some(Ok(0.0)),
-                    Scalar::Int(1) | Scalar::UInt(1) => Some(Ok(1.0)),
+                self.confidence = match v {
                     Scalar::Null => None,
-                    _ => Some(Err(())),
+                    v => Some(probability(&v).ok_or(())),
                 };
             }
             Role::Arm => {
-                out.arm = match v {
+                self.arm = match v {
                     Scalar::Str(s) if valid_name(&s) => Some(Ok(s)),
                     Scalar::Null => None,
                     _ => Some(Err(())),
@@ -1282,11 +1287,11 @@ impl<'de> DeserializeSeed<'de> for RoleSeed<'_, '_, 'de> {
             }
             Role::Level => {
                 if let Scalar::Str(s) = v {
-                    out.level = Some(Level::parse(&s));
+                    self.level = Some(LogLevel::parse(&s));
                 }
             }
             Role::RequestId => {
-                out.request_id = match v {
+                self.request_id = match v {
                     Scalar::Str(s) if !s.is_empty() => Some(feature_hash(&s)),
                     Scalar::Int(i) => Some(feature_hash(&i.to_string())),
                     Scalar::UInt(u) => Some(feature_hash(&u.to_string())),
@@ -1296,58 +1301,59 @@ impl<'de> DeserializeSeed<'de> for RoleSeed<'_, '_, 'de> {
             Role::Service => {
                 if let Scalar::Str(s) = v {
                     if valid_name(&s) {
-                        out.service = Some(s);
+                        self.service = Some(s);
                     }
                 }
             }
             Role::ErrorType => {
                 if let Scalar::Str(s) = v {
                     if label_safe(&s) {
-                        out.error_type = Some(s);
+                        self.error_type = Some(s);
                     }
                 }
             }
             Role::Action => {
-                out.action = match v {
+                self.action = match v {
                     Scalar::Str(s) if label_safe(&s) => Some(Some(s)),
                     Scalar::Null => None,
                     _ => Some(None),
                 }
             }
-            Role::FeedbackTime | Role::BatchTime => {
-                let t = match v {
-                    Scalar::Str(s) => parse_timestamp(&s, self.cfg.local_offset)
-                        .map_or(EventTime::Invalid, EventTime::Parsed),
-                    Scalar::Float(f) => {
-                        epoch_number(f).map_or(EventTime::Invalid, EventTime::Parsed)
-                    }
-                    Scalar::Int(i) => {
-                        epoch_number(i as f64).map_or(EventTime::Invalid, EventTime::Parsed)
-                    }
-                    Scalar::UInt(u) => {
-                        epoch_number(u as f64).map_or(EventTime::Invalid, EventTime::Parsed)
-                    }
-                    _ => EventTime::Invalid,
-                };
-                if self.role == Role::FeedbackTime {
-                    out.feedback_time = Some(t);
-                } else {
-                    out.batch_time = Some(t);
-                }
+            Role::FeedbackTime => {
+                self.feedback_time = Some(event_time(v, cfg.local_offset, EventTime::Invalid));
             }
-            Role::AvgConfidence => {
-                out.avg_confidence = match v {
-                    Scalar::Float(f) if (0.0..=1.0).contains(&f) => Some(f),
-                    Scalar::Int(0) | Scalar::UInt(0) => Some(0.0),
-                    Scalar::Int(1) | Scalar::UInt(1) => Some(1.0),
-                    _ => None,
-                }
+            Role::BatchTime => {
+                self.batch_time = Some(event_time(v, cfg.local_offset, EventTime::Invalid));
             }
+            Role::AvgConfidence => self.avg_confidence = probability(&v),
             Role::Features | Role::InputStats | Role::ClassCounts | Role::Stage => {
-                unreachable!("handled above")
+                unreachable!("read whole by RoleSeed, or by NodeSeed for stages")
             }
         }
-        Ok(())
+    }
+}
+
+/// A time field's value (`timestamp`, `feedback_time`, `batch_time`): an
+/// RFC 3339-ish string or epoch seconds or milliseconds; `null` is `null_is`.
+fn event_time(v: Scalar<'_>, local_offset: FixedOffset, null_is: EventTime) -> EventTime {
+    let parsed = match v {
+        Scalar::Str(s) => parse_timestamp(&s, local_offset),
+        Scalar::Float(f) => epoch_number(f),
+        Scalar::Int(i) => epoch_number(i as f64),
+        Scalar::UInt(u) => epoch_number(u as f64),
+        Scalar::Null => return null_is,
+        _ => return EventTime::Invalid,
+    };
+    parsed.map_or(EventTime::Invalid, EventTime::Parsed)
+}
+
+/// A probability (`confidence`, `avg_confidence`): a number in [0, 1].
+fn probability(v: &Scalar<'_>) -> Option<f64> {
+    match *v {
+        Scalar::Float(f) if (0.0..=1.0).contains(&f) => Some(f),
+        Scalar::Int(0) | Scalar::UInt(0) => Some(0.0),
+        Scalar::Int(1) | Scalar::UInt(1) => Some(1.0),
+        _ => None,
     }
 }
 
@@ -1752,7 +1758,7 @@ mod tests {
         assert_eq!(e.time, EventTime::Parsed(1_765_706_400_123));
         assert_eq!(e.prediction, Some(Prediction::Label("cat".into())));
         assert_eq!(e.confidence, Some(0.95));
-        assert_eq!(e.level, Some(Level::Info));
+        assert_eq!(e.level, Some(LogLevel::Info));
         assert_eq!(e.request_id, Some(feature_hash("req_12345")));
         assert_eq!(e.service.as_deref(), Some("ai_inference_service"));
         assert_eq!(e.issues, 0);

@@ -382,7 +382,7 @@ impl Distribution {
 /// and clear is a band that holds the state, the hysteresis that keeps a
 /// p-value hovering at alpha (or a p99 at its limit) from flapping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Level {
+pub enum ConditionLevel {
     Breach,
     Hold,
     Clear,
@@ -390,7 +390,7 @@ pub enum Level {
 
 /// A condition (an error rate significantly up, a p99 over its limit)
 /// debounced like a drift verdict: `for` breaching evaluations to fire,
-/// `resolve_after` clear ones to resolve; [`Level::Hold`] neither starts
+/// `resolve_after` clear ones to resolve; [`ConditionLevel::Hold`] neither starts
 /// nor ends anything, and `None` (too little data) holds the state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Condition {
@@ -402,7 +402,11 @@ pub struct Condition {
 
 impl Condition {
     /// Steps the condition; returns `(from, to)` when it fired or resolved.
-    pub fn step(&mut self, level: Option<Level>, cfg: &DetectConfig) -> Option<(State, State)> {
+    pub fn step(
+        &mut self,
+        level: Option<ConditionLevel>,
+        cfg: &DetectConfig,
+    ) -> Option<(State, State)> {
         let Some(level) = level else {
             self.insufficient_data = true;
             return None;
@@ -410,7 +414,7 @@ impl Condition {
         self.insufficient_data = false;
         let from = self.state;
         match (self.state, level) {
-            (State::Ok | State::Resolved, Level::Breach) => {
+            (State::Ok | State::Resolved, ConditionLevel::Breach) => {
                 if cfg.for_evaluations <= 1 {
                     self.streak = 0;
                     self.state = State::Firing;
@@ -420,7 +424,7 @@ impl Condition {
                 self.state = State::Pending;
                 None
             }
-            (State::Pending, Level::Breach) => {
+            (State::Pending, ConditionLevel::Breach) => {
                 self.streak += 1;
                 if self.streak >= cfg.for_evaluations {
                     self.streak = 0;
@@ -429,17 +433,17 @@ impl Condition {
                 }
                 None
             }
-            (State::Pending | State::Resolved, Level::Hold | Level::Clear) => {
+            (State::Pending | State::Resolved, ConditionLevel::Hold | ConditionLevel::Clear) => {
                 self.streak = 0;
                 self.state = State::Ok;
                 None
             }
             (State::Ok, _) => None,
-            (State::Firing, Level::Breach | Level::Hold) => {
+            (State::Firing, ConditionLevel::Breach | ConditionLevel::Hold) => {
                 self.streak = 0;
                 None
             }
-            (State::Firing, Level::Clear) => {
+            (State::Firing, ConditionLevel::Clear) => {
                 self.streak += 1;
                 if self.streak >= cfg.resolve_after {
                     self.streak = 0;
@@ -459,26 +463,32 @@ impl Condition {
 /// The level of a p-value test with an effect condition: breach under
 /// `alpha` with the effect, clear at ten times `alpha` or with the effect
 /// gone below `hysteresis` of its minimum, hold in between.
-pub fn p_level(p: Option<f64>, alpha: f64, effect: f64, min_effect: f64, hysteresis: f64) -> Level {
+pub fn p_level(
+    p: Option<f64>,
+    alpha: f64,
+    effect: f64,
+    min_effect: f64,
+    hysteresis: f64,
+) -> ConditionLevel {
     let p = p.unwrap_or(1.0);
     if p < alpha && effect >= min_effect {
-        Level::Breach
+        ConditionLevel::Breach
     } else if p >= 10.0 * alpha || effect < min_effect * hysteresis {
-        Level::Clear
+        ConditionLevel::Clear
     } else {
-        Level::Hold
+        ConditionLevel::Hold
     }
 }
 
 /// The level of a value against an upper limit: breach above it, clear
 /// under `hysteresis` of it.
-pub fn limit_level(value: f64, limit: f64, hysteresis: f64) -> Level {
+pub fn limit_level(value: f64, limit: f64, hysteresis: f64) -> ConditionLevel {
     if value > limit {
-        Level::Breach
+        ConditionLevel::Breach
     } else if value < limit * hysteresis {
-        Level::Clear
+        ConditionLevel::Clear
     } else {
-        Level::Hold
+        ConditionLevel::Hold
     }
 }
 
@@ -600,7 +610,7 @@ mod tests {
     /// `resolve_after` clears.
     #[test]
     fn conditions_debounce_with_a_hold_band() {
-        use Level::*;
+        use ConditionLevel::*;
         let cfg = DetectConfig {
             for_evaluations: 2,
             resolve_after: 2,

@@ -27,7 +27,9 @@ use rustc_hash::FxHashMap;
 use serde::Serialize;
 
 use crate::engine::compare::{two_proportion_test, Tail};
-use crate::engine::detect::{p_level, Condition, DetectConfig, Level, Severity, State, Transition};
+use crate::engine::detect::{
+    p_level, Condition, ConditionLevel, DetectConfig, Severity, State, Transition,
+};
 
 /// Settings (validated config, `[experiments]`).
 #[derive(Debug, Clone, PartialEq)]
@@ -667,9 +669,9 @@ impl Experiments {
                         c_n >= self.cfg.min_predictions && *v_n >= self.cfg.min_predictions;
                     let p = two_proportion_test(cx, c_n, vx, *v_n, Tail::TwoSided).map(|(_, p)| p);
                     // Any difference counts (two-sided): the effect is 1.
-                    let breach: Option<Level> = if c_n == 0 && *v_n == 0 {
+                    let breach: Option<ConditionLevel> = if c_n == 0 && *v_n == 0 {
                         // Both arms quiet: nothing differs any more.
-                        Some(Level::Clear)
+                        Some(ConditionLevel::Clear)
                     } else {
                         enough.then(|| p_level(p, self.cfg.alpha, 1.0, 1.0, 1.0))
                     };

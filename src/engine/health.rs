@@ -37,7 +37,7 @@ use sketches_ddsketch::{Config as SketchConfig, DDSketch};
 
 use crate::engine::compare::{two_proportion_test, Tail};
 use crate::engine::detect::{
-    limit_level, p_level, Condition, DetectConfig, Level, Severity, State, Transition,
+    limit_level, p_level, Condition, ConditionLevel, DetectConfig, Severity, State, Transition,
 };
 
 /// The error-rate tests' settings (`ErrorRateHigh` and the deploy check).
@@ -787,7 +787,7 @@ fn error_level(
     n0: u64,
     x: u64,
     n: u64,
-) -> (Option<Level>, Option<f64>) {
+) -> (Option<ConditionLevel>, Option<f64>) {
     if n < rule.min_requests {
         return (None, None);
     }
@@ -809,14 +809,14 @@ fn error_level(
         0.0
     };
     let mut level = p_level(p, rule.alpha, ratio, rule.min_ratio, hysteresis);
-    if level == Level::Breach && x < rule.min_errors {
-        level = Level::Hold;
+    if level == ConditionLevel::Breach && x < rule.min_errors {
+        level = ConditionLevel::Hold;
     }
     // Either rule breaching breaches; both must clear to clear.
     let level = match (level, max) {
-        (Level::Breach, _) | (_, Some(Level::Breach)) => Level::Breach,
-        (Level::Clear, None | Some(Level::Clear)) => Level::Clear,
-        _ => Level::Hold,
+        (ConditionLevel::Breach, _) | (_, Some(ConditionLevel::Breach)) => ConditionLevel::Breach,
+        (ConditionLevel::Clear, None | Some(ConditionLevel::Clear)) => ConditionLevel::Clear,
+        _ => ConditionLevel::Hold,
     };
     (Some(level), p)
 }
@@ -886,6 +886,66 @@ fn pct(x: f64) -> String {
     format!("{:.2}%", x * 100.0)
 }
 
+/// The current window and the reference before it, as one evaluation sees
+/// them.
+struct WindowCounts {
+    /// Oldest and newest pane of the current window.
+    cur_lo: i64,
+    head: i64,
+    /// The current window's bounds in ms, for the transitions.
+    span: (i64, i64),
+    /// Requests and errors in the current window.
+    n: u64,
+    x: u64,
+    /// Requests and errors in the reference windows before it.
+    n0: u64,
+    x0: u64,
+    /// Per stage, in the current window: values compared with the previous
+    /// version's quantile since a deploy, and how many were slower.
+    slow: Vec<(u64, u64)>,
+}
+
+impl WindowCounts {
+    fn sum(cfg: &HealthConfig, m: &ModelHealth, now_ms: i64) -> WindowCounts {
+        let head = now_ms.div_euclid(cfg.pane_ms);
+        let cur_lo = head - cfg.panes as i64 + 1;
+        let hist_lo = head - m.panes.len() as i64 + 1;
+        let mut w = WindowCounts {
+            cur_lo,
+            head,
+            span: (cur_lo * cfg.pane_ms, (head + 1) * cfg.pane_ms),
+            n: 0,
+            x: 0,
+            n0: 0,
+            x0: 0,
+            slow: vec![(0, 0); m.stages.len()],
+        };
+        for p in &m.panes {
+            if p.id >= cur_lo && p.id <= head {
+                w.n += p.requests;
+                w.x += p.errors;
+                for (s, (a, b)) in p.slow.iter().enumerate() {
+                    w.slow[s].0 += a;
+                    w.slow[s].1 += b;
+                }
+            } else if p.id >= hist_lo && p.id < cur_lo {
+                w.n0 += p.requests;
+                w.x0 += p.errors;
+            }
+        }
+        w
+    }
+}
+
+/// One model's evaluation at `now_ms`: what its conditions are judged by,
+/// and where their transitions go.
+struct Judge<'a> {
+    cfg: &'a HealthConfig,
+    detect: &'a DetectConfig,
+    now_ms: i64,
+    out: &'a mut Vec<Transition>,
+}
+
 fn evaluate_model(
     cfg: &HealthConfig,
     sketch_cfg: SketchConfig,
@@ -894,34 +954,37 @@ fn evaluate_model(
     detect: &DetectConfig,
     out: &mut Vec<Transition>,
 ) -> HealthReport {
-    let head = now_ms.div_euclid(cfg.pane_ms);
-    let cur_lo = head - cfg.panes as i64 + 1;
-    let hist_lo = head - m.panes.len() as i64 + 1;
-    let span = (cur_lo * cfg.pane_ms, (head + 1) * cfg.pane_ms);
-    let (mut n, mut x, mut n0, mut x0) = (0, 0, 0, 0);
-    let mut slow: Vec<(u64, u64)> = vec![(0, 0); m.stages.len()];
-    for p in &m.panes {
-        if p.id >= cur_lo && p.id <= head {
-            n += p.requests;
-            x += p.errors;
-            for (s, (a, b)) in p.slow.iter().enumerate() {
-                slow[s].0 += a;
-                slow[s].1 += b;
-            }
-        } else if p.id >= hist_lo && p.id < cur_lo {
-            n0 += p.requests;
-            x0 += p.errors;
-        }
+    let w = WindowCounts::sum(cfg, m, now_ms);
+    let mut judge = Judge {
+        cfg,
+        detect,
+        now_ms,
+        out,
+    };
+    let p_value = judge.error_rate_high(m, &w);
+    judge.end_expired_deploy(m, &w);
+    let deploy = judge.deploy_error_spike(m, &w);
+    let mut latency = Vec::with_capacity(m.stages.len());
+    for s in 0..m.stages.len() {
+        latency.push(judge.stage_latency(m, s, sketch_cfg, &w));
     }
+    health_report(cfg, m, &w, p_value, latency, deploy)
+}
 
-    // ErrorRateHigh: against the model's own recent past.
-    let (mut breach, p_value) = error_level(&cfg.errors, detect.hysteresis, x0, n0, x, n);
-    if n == 0 {
-        // No traffic: nothing is failing. Without this a firing condition
-        // of a model that stopped (a rollback) would never resolve.
-        breach = Some(Level::Clear);
-    }
-    if let Some(step) = m.error_high.step(breach, detect) {
+impl Judge<'_> {
+    /// `ErrorRateHigh`: the window's error rate against the model's own
+    /// recent past. Returns the test's p-value.
+    fn error_rate_high(&mut self, m: &mut ModelHealth, w: &WindowCounts) -> Option<f64> {
+        let (cfg, n, x, n0, x0) = (self.cfg, w.n, w.x, w.n0, w.x0);
+        let (mut breach, p_value) = error_level(&cfg.errors, self.detect.hysteresis, x0, n0, x, n);
+        if n == 0 {
+            // No traffic: nothing is failing. Without this a firing condition
+            // of a model that stopped (a rollback) would never resolve.
+            breach = Some(ConditionLevel::Clear);
+        }
+        let Some(step) = m.error_high.step(breach, self.detect) else {
+            return p_value;
+        };
         let threshold = cfg
             .errors
             .max_rate
@@ -936,8 +999,8 @@ fn evaluate_model(
             rate(x, n).unwrap_or(0.0),
             threshold,
             n,
-            now_ms,
-            span,
+            self.now_ms,
+            w.span,
         );
         t.details.insert(
             "summary",
@@ -951,15 +1014,20 @@ fn evaluate_model(
         if let Some(p) = p_value {
             t.details.insert("p_value", format!("{p:.3e}"));
         }
-        out.push(t);
+        self.out.push(t);
+        p_value
     }
 
-    // ErrorSpikeAfterDeploy: against the previous version, for a while.
-    let mut deploy_report = None;
-    if m.deploy
-        .as_ref()
-        .is_some_and(|d| now_ms - d.at_ms > cfg.deploy_horizon_ms)
-    {
+    /// Ends a version's comparison with the one before it once
+    /// `deploy_horizon` has passed, resolving what it had fired.
+    fn end_expired_deploy(&mut self, m: &mut ModelHealth, w: &WindowCounts) {
+        let expired = m
+            .deploy
+            .as_ref()
+            .is_some_and(|d| self.now_ms - d.at_ms > self.cfg.deploy_horizon_ms);
+        if !expired {
+            return;
+        }
         for (name, feature, metric) in end_deploy(m) {
             let mut t = transition(
                 name,
@@ -970,9 +1038,9 @@ fn evaluate_model(
                 Severity::Critical,
                 0.0,
                 0.0,
-                n,
-                now_ms,
-                span,
+                w.n,
+                self.now_ms,
+                w.span,
             );
             t.details.insert(
                 "summary",
@@ -981,22 +1049,31 @@ fn evaluate_model(
                     m.name
                 ),
             );
-            out.push(t);
+            self.out.push(t);
         }
     }
-    if let Some(d) = m.deploy.clone() {
+
+    /// `ErrorSpikeAfterDeploy`, `signal="error_rate"`: a new version's error
+    /// rate against the previous version's, frozen at the deploy.
+    fn deploy_error_spike(
+        &mut self,
+        m: &mut ModelHealth,
+        w: &WindowCounts,
+    ) -> Option<DeployReport> {
+        let d = m.deploy.clone()?;
+        let (cfg, n, x) = (self.cfg, w.n, w.x);
         let (mut breach, p) = error_level(
             &cfg.deploy,
-            detect.hysteresis,
+            self.detect.hysteresis,
             d.previous_errors,
             d.previous_requests,
             x,
             n,
         );
         if n == 0 {
-            breach = Some(Level::Clear);
+            breach = Some(ConditionLevel::Clear);
         }
-        if let Some(step) = m.deploy_errors.step(breach, detect) {
+        if let Some(step) = m.deploy_errors.step(breach, self.detect) {
             let r0 = rate(d.previous_errors, d.previous_requests).unwrap_or(0.0);
             let mut t = transition(
                 "ErrorSpikeAfterDeploy",
@@ -1008,8 +1085,8 @@ fn evaluate_model(
                 rate(x, n).unwrap_or(0.0),
                 cfg.deploy.min_ratio * r0,
                 n,
-                now_ms,
-                span,
+                self.now_ms,
+                w.span,
             );
             t.labels.insert("previous_model", d.previous.to_string());
             t.labels.insert("signal", "error_rate".into());
@@ -1029,135 +1106,223 @@ fn evaluate_model(
             if let Some(p) = p {
                 t.details.insert("p_value", format!("{p:.3e}"));
             }
-            out.push(t);
+            self.out.push(t);
         }
-        deploy_report = Some(DeployReport {
+        Some(DeployReport {
             previous: d.previous.to_string(),
             at_ms: d.at_ms,
             previous_requests: d.previous_requests,
             previous_errors: d.previous_errors,
             previous_error_rate: rate(d.previous_errors, d.previous_requests),
             p_value: p,
-        });
+        })
     }
 
-    // Latency: window quantiles, the p99 rule, the deploy quantile test.
-    let q = cfg.deploy_latency_quantile;
-    let mut latency = Vec::new();
-    for s in 0..m.stages.len() {
-        let stage = m.stages[s].clone();
-        let sk = merged(&m.sketches[s], sketch_cfg, Some(cur_lo), Some(head));
+    /// A stage's window quantiles, judged against its p99 limit and, after a
+    /// deploy, against the previous version.
+    fn stage_latency(
+        &mut self,
+        m: &mut ModelHealth,
+        s: usize,
+        sketch_cfg: SketchConfig,
+        w: &WindowCounts,
+    ) -> StageReport {
+        let sk = merged(&m.sketches[s], sketch_cfg, Some(w.cur_lo), Some(w.head));
         let samples = sk.as_ref().map_or(0, |k| k.count() as u64);
         let qv = |p: f64| sk.as_ref().and_then(|k| k.quantile(p).ok().flatten());
-        let (p50, p90, p99) = (qv(0.5), qv(0.9), qv(0.99));
-        let limit = cfg.p99_limit_ms.get(stage.as_ref()).copied();
-        if let Some(limit) = limit {
-            let breach = if samples == 0 {
-                Some(Level::Clear)
-            } else {
-                (samples >= detect.min_samples.min(cfg.errors.min_requests))
-                    .then(|| limit_level(p99.unwrap_or(0.0), limit, detect.hysteresis))
-            };
-            if let Some(step) = m.p99_high[s].step(breach, detect) {
-                let mut t = transition(
-                    "LatencyP99High",
-                    m,
-                    &stage,
-                    "p99_ms",
-                    step,
-                    Severity::Warning,
-                    p99.unwrap_or(0.0),
-                    limit,
-                    samples,
-                    now_ms,
-                    span,
-                );
-                t.details.insert(
-                    "summary",
-                    format!(
-                        "{}: {stage} p99 is {:.1} ms over the window, above the {limit:.1} ms limit",
-                        m.name,
-                        p99.unwrap_or(0.0)
-                    ),
-                );
-                out.push(t);
-            }
-        }
-        let mut prev_q = None;
-        let mut slow_share = None;
-        let mut slow_p = None;
-        if let Some(d) = &m.deploy {
-            if let Some((_, pq, pn)) = d.previous_latency.iter().find(|(st, _, _)| **st == *stage) {
-                prev_q = Some(*pq);
-                let (vn, vslow) = slow.get(s).copied().unwrap_or((0, 0));
-                slow_share = rate(vslow, vn);
-                // The previous version had (1 - q) of its values above its
-                // own q-quantile, by definition.
-                let x_prev = ((1.0 - q) * *pn as f64).round() as u64;
-                let breach = if vn == 0 {
-                    Some(Level::Clear)
-                } else if vn < cfg.deploy.min_requests || *pn < cfg.deploy.min_requests {
-                    None
-                } else {
-                    let p =
-                        two_proportion_test(x_prev, *pn, vslow, vn, Tail::Greater).map(|(_, p)| p);
-                    slow_p = p;
-                    Some(p_level(
-                        p,
-                        cfg.deploy.alpha,
-                        slow_share.unwrap_or(0.0) / (1.0 - q),
-                        cfg.deploy_latency_min_ratio,
-                        detect.hysteresis,
-                    ))
-                };
-                if let Some(step) = m.deploy_latency[s].step(breach, detect) {
-                    let mut t = transition(
-                        "ErrorSpikeAfterDeploy",
-                        m,
-                        &stage,
-                        "slow_share",
-                        step,
-                        Severity::Critical,
-                        slow_share.unwrap_or(0.0),
-                        cfg.deploy_latency_min_ratio * (1.0 - q),
-                        vn,
-                        now_ms,
-                        span,
-                    );
-                    t.labels.insert("previous_model", d.previous.to_string());
-                    t.labels.insert("signal", "latency".into());
-                    t.details.insert(
-                        "summary",
-                        format!(
-                            "{}: {} of its {stage} values are slower than {:.1} ms, the p{} of the previous version {} (which had {})",
-                            m.name,
-                            pct(slow_share.unwrap_or(0.0)),
-                            pq,
-                            (q * 100.0).round(),
-                            d.previous,
-                            pct(1.0 - q)
-                        ),
-                    );
-                    if let Some(p) = slow_p {
-                        t.details.insert("p_value", format!("{p:.3e}"));
-                    }
-                    out.push(t);
-                }
-            }
-        }
-        latency.push(StageReport {
-            stage: stage.to_string(),
+        let mut report = StageReport {
+            stage: m.stages[s].to_string(),
             samples,
-            p50_ms: p50,
-            p90_ms: p90,
-            p99_ms: p99,
-            p99_limit_ms: limit,
-            previous_quantile_ms: prev_q,
-            slow_share,
-            slow_p_value: slow_p,
-        });
+            p50_ms: qv(0.5),
+            p90_ms: qv(0.9),
+            p99_ms: qv(0.99),
+            p99_limit_ms: self.cfg.p99_limit_ms.get(m.stages[s].as_ref()).copied(),
+            previous_quantile_ms: None,
+            slow_share: None,
+            slow_p_value: None,
+        };
+        if let Some(limit) = report.p99_limit_ms {
+            self.latency_p99_high(m, s, &report, limit, w);
+        }
+        self.deploy_latency(m, s, w, &mut report);
+        report
     }
 
+    /// `LatencyP99High`: the stage's window p99 against its limit.
+    fn latency_p99_high(
+        &mut self,
+        m: &mut ModelHealth,
+        s: usize,
+        r: &StageReport,
+        limit: f64,
+        w: &WindowCounts,
+    ) {
+        let (cfg, detect) = (self.cfg, self.detect);
+        let p99 = r.p99_ms.unwrap_or(0.0);
+        let breach = if r.samples == 0 {
+            Some(ConditionLevel::Clear)
+        } else {
+            (r.samples >= detect.min_samples.min(cfg.errors.min_requests))
+                .then(|| limit_level(p99, limit, detect.hysteresis))
+        };
+        let Some(step) = m.p99_high[s].step(breach, detect) else {
+            return;
+        };
+        let stage = &r.stage;
+        let mut t = transition(
+            "LatencyP99High",
+            m,
+            stage,
+            "p99_ms",
+            step,
+            Severity::Warning,
+            p99,
+            limit,
+            r.samples,
+            self.now_ms,
+            w.span,
+        );
+        t.details.insert(
+            "summary",
+            format!(
+                "{}: {stage} p99 is {p99:.1} ms over the window, above the {limit:.1} ms limit",
+                m.name,
+            ),
+        );
+        self.out.push(t);
+    }
+
+    /// `ErrorSpikeAfterDeploy`, `signal="latency"`: the share of a new
+    /// version's values slower than the previous version's quantile, against
+    /// the share above it the previous version had. Fills in the report's
+    /// deploy fields.
+    fn deploy_latency(
+        &mut self,
+        m: &mut ModelHealth,
+        s: usize,
+        w: &WindowCounts,
+        report: &mut StageReport,
+    ) {
+        let (cfg, detect) = (self.cfg, self.detect);
+        let q = cfg.deploy_latency_quantile;
+        let stage = m.stages[s].clone();
+        let Some(d) = &m.deploy else { return };
+        let Some((_, pq, pn)) = d.previous_latency.iter().find(|(st, _, _)| **st == *stage) else {
+            return;
+        };
+        report.previous_quantile_ms = Some(*pq);
+        let (vn, vslow) = w.slow.get(s).copied().unwrap_or((0, 0));
+        let slow_share = rate(vslow, vn);
+        report.slow_share = slow_share;
+        // The previous version had (1 - q) of its values above its own
+        // q-quantile, by definition.
+        let x_prev = ((1.0 - q) * *pn as f64).round() as u64;
+        let breach = if vn == 0 {
+            Some(ConditionLevel::Clear)
+        } else if vn < cfg.deploy.min_requests || *pn < cfg.deploy.min_requests {
+            None
+        } else {
+            let p = two_proportion_test(x_prev, *pn, vslow, vn, Tail::Greater).map(|(_, p)| p);
+            report.slow_p_value = p;
+            Some(p_level(
+                p,
+                cfg.deploy.alpha,
+                slow_share.unwrap_or(0.0) / (1.0 - q),
+                cfg.deploy_latency_min_ratio,
+                detect.hysteresis,
+            ))
+        };
+        let Some(step) = m.deploy_latency[s].step(breach, detect) else {
+            return;
+        };
+        let mut t = transition(
+            "ErrorSpikeAfterDeploy",
+            m,
+            &stage,
+            "slow_share",
+            step,
+            Severity::Critical,
+            slow_share.unwrap_or(0.0),
+            cfg.deploy_latency_min_ratio * (1.0 - q),
+            vn,
+            self.now_ms,
+            w.span,
+        );
+        t.labels.insert("previous_model", d.previous.to_string());
+        t.labels.insert("signal", "latency".into());
+        t.details.insert(
+            "summary",
+            format!(
+                "{}: {} of its {stage} values are slower than {:.1} ms, the p{} of the previous version {} (which had {})",
+                m.name,
+                pct(slow_share.unwrap_or(0.0)),
+                pq,
+                (q * 100.0).round(),
+                d.previous,
+                pct(1.0 - q)
+            ),
+        );
+        if let Some(p) = report.slow_p_value {
+            t.details.insert("p_value", format!("{p:.3e}"));
+        }
+        self.out.push(t);
+    }
+}
+
+/// The model's report: the window's counts, every condition's state, the
+/// errors by type and the latest batch statistics.
+fn health_report(
+    cfg: &HealthConfig,
+    m: &ModelHealth,
+    w: &WindowCounts,
+    error_rate_p_value: Option<f64>,
+    latency: Vec<StageReport>,
+    deploy: Option<DeployReport>,
+) -> HealthReport {
+    let mut errors_by_type: Vec<(String, u64)> = m
+        .error_types
+        .iter()
+        .map(|(t, c)| (t.to_string(), *c))
+        .collect();
+    if m.other_errors > 0 {
+        errors_by_type.push(("other".into(), m.other_errors));
+    }
+    HealthReport {
+        model: m.name.to_string(),
+        service: m.service.as_ref().map(|s| s.to_string()),
+        first_seen_ms: m.first_seen_ms,
+        requests: w.n,
+        errors: w.x,
+        error_rate: rate(w.x, w.n),
+        reference_requests: w.n0,
+        reference_errors: w.x0,
+        reference_error_rate: rate(w.x0, w.n0),
+        error_rate_p_value,
+        requests_total: m.requests_total,
+        errors_total: m.errors_total,
+        errors_by_type,
+        latency,
+        deploy,
+        batch: (m.batch.batches > 0).then(|| BatchReport {
+            batches: m.batch.batches,
+            last_at_ms: m.batch.last_at_ms,
+            avg_confidence: m.batch.avg_confidence,
+            stats: m
+                .batch
+                .stats
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
+            shifts: Vec::new(),
+        }),
+        conditions: condition_states(cfg, m),
+    }
+}
+
+/// (alertname, feature, state) of every condition that applies to the
+/// model now: the deploy ones only during a deploy comparison, the p99 one
+/// only for stages with a limit.
+fn condition_states(cfg: &HealthConfig, m: &ModelHealth) -> Vec<(&'static str, String, State)> {
     let mut conditions = Vec::new();
     let mut note = |name: &'static str, feature: &str, c: &Condition| {
         conditions.push((name, feature.to_owned(), c.state));
@@ -1177,44 +1342,7 @@ fn evaluate_model(
             note("LatencyP99High", stage, &m.p99_high[s]);
         }
     }
-    let mut errors_by_type: Vec<(String, u64)> = m
-        .error_types
-        .iter()
-        .map(|(t, c)| (t.to_string(), *c))
-        .collect();
-    if m.other_errors > 0 {
-        errors_by_type.push(("other".into(), m.other_errors));
-    }
-    HealthReport {
-        model: m.name.to_string(),
-        service: m.service.as_ref().map(|s| s.to_string()),
-        first_seen_ms: m.first_seen_ms,
-        requests: n,
-        errors: x,
-        error_rate: rate(x, n),
-        reference_requests: n0,
-        reference_errors: x0,
-        reference_error_rate: rate(x0, n0),
-        error_rate_p_value: p_value,
-        requests_total: m.requests_total,
-        errors_total: m.errors_total,
-        errors_by_type,
-        latency,
-        deploy: deploy_report,
-        batch: (m.batch.batches > 0).then(|| BatchReport {
-            batches: m.batch.batches,
-            last_at_ms: m.batch.last_at_ms,
-            avg_confidence: m.batch.avg_confidence,
-            stats: m
-                .batch
-                .stats
-                .iter()
-                .map(|(k, v)| (k.to_string(), *v))
-                .collect(),
-            shifts: Vec::new(),
-        }),
-        conditions,
-    }
+    conditions
 }
 
 #[cfg(test)]

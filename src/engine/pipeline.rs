@@ -388,7 +388,9 @@ impl Engine {
                     th,
                     Observation {
                         request: true,
-                        error: ev.level.is_some_and(crate::engine::decode::Level::is_error),
+                        error: ev
+                            .level
+                            .is_some_and(crate::engine::decode::LogLevel::is_error),
                         error_type: ev.error_type.as_deref(),
                         stages: &ev.stages,
                     },
