@@ -146,7 +146,7 @@ fn kill_and_restart(torn_tmp: bool) {
 
     let logs = second.output();
     assert!(logs.contains("restored checkpoint"), "{logs}");
-    assert!(!logs.contains("checkpoint not used"), "{logs}");
+    assert!(!logs.contains("discarded"), "{logs}");
     assert!(
         !state.join("driftd-checkpoint.json.corrupt").exists(),
         "the checkpoint was taken for corrupt"
@@ -156,7 +156,7 @@ fn kill_and_restart(torn_tmp: bool) {
         assert!(!state.join(".driftd-checkpoint.json.tmp").exists());
         let text = std::fs::read_to_string(state.join("driftd-checkpoint.json")).unwrap();
         let cp: serde_json::Value = serde_json::from_str(&text).unwrap();
-        let next: i64 = cp["offsets"]
+        let next: i64 = cp["partitions"]
             .as_array()
             .unwrap()
             .iter()

@@ -33,6 +33,7 @@
 //! checkpoints on one thread makes "a checkpoint holds exactly the events
 //! before its offsets" true by construction.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -49,9 +50,13 @@ use crate::daemon::admin::{self, AdminState, Control, HttpConfig};
 use crate::daemon::alert::{self, AlertConfig, AlertQueue, Alerting};
 use crate::daemon::baselines::BaselineDir;
 use crate::daemon::checkpoint::{
-    self, CheckpointConfig, CheckpointMetrics, CheckpointStats, CheckpointStore, CheckpointTopic,
+    self, CheckpointConfig, CheckpointError, CheckpointMetrics, CheckpointStats, CheckpointStore,
+    CheckpointTopic, PartitionOffset, RestoreSet,
 };
-use crate::daemon::ingest::{self, IngestError, KafkaConfig, KafkaMetrics, KafkaSource, Start};
+use crate::daemon::ingest::{
+    self, Anchor, Discard, IngestError, KafkaConfig, KafkaMetrics, KafkaSource, Offer, Placed,
+    Start,
+};
 use crate::daemon::logging::LogConfig;
 use crate::daemon::metrics::{self, Metrics, MetricsConfig};
 use crate::daemon::readiness::Readiness;
@@ -231,6 +236,9 @@ pub async fn start(mut cfg: Config, cancel: CancellationToken) -> anyhow::Result
         checkpoints: CheckpointStats::default(),
         reloads: (0, 0),
         settings: WorkerSettings::of(&cfg),
+        pending: HashMap::new(),
+        cluster_id: None,
+        pending_checks: 0,
     };
     let (checkpoint, worker_cancel) = (cfg.checkpoint.clone(), cancel.clone());
     let worker =
@@ -454,6 +462,13 @@ struct Worker {
     /// Baseline reloads: (took, failed).
     reloads: (u64, u64),
     settings: WorkerSettings,
+    /// Checkpointed sets waiting for the first assignment of their
+    /// partitions (see `checkpoint`).
+    pending: HashMap<u64, RestoreSet>,
+    /// The cluster's id, once the broker has said (checkpoints record it).
+    cluster_id: Option<String>,
+    /// Evaluations since partitions were assigned while sets were pending.
+    pending_checks: u32,
 }
 
 /// The edges the worker drives: Kafka in, checkpoints out.
@@ -476,21 +491,23 @@ impl Worker {
         let store = checkpoint
             .enabled
             .then(|| CheckpointStore::new(&checkpoint.dir));
-        let known = self.restore(store.as_ref(), &kafka.group_id);
+        let offers = self.load_checkpoint(store.as_ref(), &kafka.group_id);
         let topic = checkpoint.kafka_topic.as_ref().map(|t| {
             let client = ingest::side_client_config(kafka);
-            Arc::new(CheckpointTopic::new(
-                client,
-                t,
-                self.settings.spec,
-                &kafka.group_id,
-            ))
+            let topic = CheckpointTopic::new(client, t, self.settings.spec, &kafka.group_id);
+            topic.set_versions(&self.engine);
+            Arc::new(topic)
         });
-        let claim: Option<ingest::Claim> = topic
-            .clone()
-            .map(|t| Box::new(move |unknown: &[(String, i32)]| t.claim(unknown)) as ingest::Claim);
+        let claim: Option<ingest::Claim> = topic.clone().map(|t| {
+            Box::new(move |unknown: &[(String, i32)]| {
+                t.claim(unknown)
+                    .into_iter()
+                    .map(|(set, cluster_id, p)| offer(set, cluster_id, &p))
+                    .collect()
+            }) as ingest::Claim
+        });
         let start = Start {
-            known,
+            offers,
             rewind_ms: kafka.rewind_on_start.then_some(self.settings.window_ms),
             claim,
         };
@@ -513,7 +530,7 @@ impl Worker {
         let mut last_pane = now_ms().div_euclid(self.settings.checkpoint_ms);
         while !cancel.is_cancelled() {
             self.consume_batch(&mut io);
-            self.restore_claimed(&mut io);
+            self.apply_placements(&mut io);
             while let Ok(c) = self.control.try_recv() {
                 self.answer(c);
             }
@@ -539,36 +556,63 @@ impl Worker {
         Ok(())
     }
 
-    /// Restores the last checkpoint's windows; returns the positions they
-    /// cover, where their partitions resume.
-    fn restore(&mut self, store: Option<&CheckpointStore>, group: &str) -> Vec<ingest::Position> {
+    /// Reads the last checkpoint into sets that wait for their partitions'
+    /// assignment; returns their positions, offered to the consumer. A set
+    /// whose windows were counted against another baseline version is
+    /// discarded here, positions and all.
+    fn load_checkpoint(&mut self, store: Option<&CheckpointStore>, group: &str) -> Vec<Offer> {
         let Some(store) = store else {
             return Vec::new();
         };
-        match store.load(&self.settings.spec, group) {
-            Ok(Some(cp)) => {
-                let restored =
-                    checkpoint::restore_windows(&mut self.engine, &cp.windows, cp.written_at_ms);
-                tracing::info!(
-                    windows = restored,
-                    partitions = cp.offsets.len(),
-                    path = %store.path().display(),
-                    "restored checkpoint"
-                );
-                cp.offsets
-                    .into_iter()
-                    .map(|o| (o.topic, o.partition, o.offset))
-                    .collect()
-            }
+        let cp = match store.load(&self.settings.spec, group) {
+            Ok(Some(cp)) => cp,
             Ok(None) => {
                 tracing::info!(path = %store.path().display(), "no checkpoint; starting with empty windows");
-                Vec::new()
+                return Vec::new();
             }
             Err(e) => {
-                tracing::warn!(error = %e, "checkpoint not used; starting with empty windows");
-                Vec::new()
+                let reason = match e {
+                    CheckpointError::Corrupt { .. } => "corrupt",
+                    _ => "stale",
+                };
+                self.checkpoints.discard(reason, 1);
+                tracing::warn!(error = %e, reason, "checkpoint discarded; starting with empty windows");
+                return Vec::new();
             }
+        };
+        let mut offers = Vec::new();
+        let (windows, partitions) = (
+            cp.models.iter().map(|m| m.windows.len()).sum::<usize>(),
+            cp.partitions.len(),
+        );
+        for set in cp.into_sets(1) {
+            let changed = checkpoint::changed_baselines(&self.engine, &set);
+            if !changed.is_empty() {
+                self.checkpoints
+                    .discard("baseline_changed", set.partitions.len() as u64);
+                tracing::warn!(
+                    reason = "baseline_changed",
+                    models = ?changed,
+                    partitions = %describe(&set.partitions),
+                    "checkpoint part discarded: its windows were counted against another baseline version; its partitions start at the committed offset or the rewind"
+                );
+                continue;
+            }
+            offers.extend(
+                set.partitions
+                    .iter()
+                    .map(|p| offer(set.id, set.cluster_id.clone(), p)),
+            );
+            self.pending.insert(set.id, set);
         }
+        tracing::info!(
+            path = %store.path().display(),
+            windows,
+            partitions,
+            sets = self.pending.len(),
+            "checkpoint read; each part is restored once its partitions are assigned and the broker confirms them"
+        );
+        offers
     }
 
     /// One batch from Kafka into the engine; then its offsets may be
@@ -584,49 +628,160 @@ impl Worker {
         io.source.commit_batch();
     }
 
-    /// Restores the model states claimed from the checkpoint topic at the
-    /// last assignment, then resumes the partitions that waited for them.
-    fn restore_claimed(&mut self, io: &mut Edges) {
-        let Some(topic) = &io.topic else {
-            return;
-        };
-        let claimed = topic.take_claimed();
-        if claimed.is_empty() {
+    /// Acts on what the last assignments decided about saved positions:
+    /// restores the sets that were confirmed (then resumes their paused
+    /// partitions), and says loudly what was discarded and why.
+    fn apply_placements(&mut self, io: &mut Edges) {
+        if let Some(t) = &io.topic {
+            let stale = t.take_stale();
+            self.checkpoints.discard("baseline_changed", stale);
+        }
+        let placed = io.source.take_placed();
+        if placed.is_empty() {
             return;
         }
-        for rec in claimed {
-            if self.engine.model(&rec.model).is_some() {
-                // Tracked here already: its windows are ours, not to be doubled.
-                tracing::warn!(model = %rec.model, "model already tracked here; its checkpointed state is not taken over");
-                continue;
-            }
-            let restored =
-                checkpoint::restore_windows(&mut self.engine, &rec.windows, rec.written_at_ms);
-            let ids: Vec<u32> = rec
-                .sources
-                .iter()
-                .map(|s| io.source.source_id(&s.topic, s.partition))
-                .collect();
-            self.engine.add_sources(&rec.model, &ids);
-            if restored == rec.windows.len() {
-                tracing::info!(model = %rec.model, windows = restored, "model state taken over");
+        let mut resume = false;
+        for p in placed {
+            match p {
+                Placed::SetAccepted { set } => {
+                    if let Some(set) = self.take_set(io, set) {
+                        self.restore(io, &set);
+                    }
+                    resume = true;
+                }
+                Placed::SetDiscarded {
+                    set,
+                    reason,
+                    partitions,
+                } => {
+                    let models = self
+                        .take_set(io, set)
+                        .map(|s| s.model_names().join(","))
+                        .unwrap_or_default();
+                    for (_, _, why) in &partitions {
+                        self.checkpoints.discard(why.as_str(), 1);
+                    }
+                    let partitions: Vec<String> = partitions
+                        .iter()
+                        .map(|(t, p, _)| format!("{t}/{p}"))
+                        .collect();
+                    tracing::warn!(
+                        reason = reason.as_str(),
+                        partitions = %partitions.join(","),
+                        models = %models,
+                        "checkpoint part discarded: {}; its partitions start at the committed offset or the rewind",
+                        explain(reason)
+                    );
+                }
+                Placed::OwnDiscarded {
+                    topic,
+                    partition,
+                    reason,
+                } => {
+                    self.checkpoints.discard(reason.as_str(), 1);
+                    let id = io.source.source_id(&topic, partition);
+                    let why = format!(
+                        "partition {topic}/{partition} was reset ({})",
+                        reason.as_str()
+                    );
+                    let gone = self.engine.forget_source(id, now_ms(), &why);
+                    tracing::warn!(
+                        reason = reason.as_str(),
+                        %topic,
+                        partition,
+                        models = ?gone,
+                        "position discarded: {}; the models counted from it start again empty",
+                        explain(reason)
+                    );
+                }
             }
         }
-        io.source.resume_claimed();
+        if resume {
+            io.source.resume_paused();
+        }
+    }
+
+    /// Checkpointed sets none of whose partitions came here by the second
+    /// evaluation after an assignment went to other members: their windows
+    /// are not this replica's to keep.
+    fn drop_unassigned_sets(&mut self, io: &Edges) {
+        if self.pending.is_empty() || io.source.stats().assigned_partitions == 0 {
+            return;
+        }
+        self.pending_checks += 1;
+        if self.pending_checks < 2 {
+            return;
+        }
+        for (_, set) in self.pending.drain() {
+            self.checkpoints
+                .discard("set_incomplete", set.partitions.len() as u64);
+            tracing::info!(
+                reason = "set_incomplete",
+                partitions = %describe(&set.partitions),
+                models = %set.model_names().join(","),
+                "checkpoint part not restored: its partitions were assigned to other members"
+            );
+        }
+    }
+
+    fn take_set(&mut self, io: &Edges, set: u64) -> Option<RestoreSet> {
+        self.pending
+            .remove(&set)
+            .or_else(|| io.topic.as_ref().and_then(|t| t.take_claimed(set)))
+    }
+
+    /// Restores a confirmed set's windows, and the partitions they came from.
+    fn restore(&mut self, io: &mut Edges, set: &RestoreSet) {
+        let restored = checkpoint::restore_set(&mut self.engine, set);
+        for m in &set.models {
+            let ids: Vec<u32> = match &m.sources {
+                Some(s) => s
+                    .iter()
+                    .map(|p| io.source.source_id(&p.topic, p.partition))
+                    .collect(),
+                None => set
+                    .partitions
+                    .iter()
+                    .map(|p| io.source.source_id(&p.topic, p.partition))
+                    .collect(),
+            };
+            self.engine.add_sources(&m.model, &ids);
+        }
+        tracing::info!(
+            windows = restored,
+            models = set.models.len(),
+            partitions = %describe(&set.partitions),
+            "restored checkpoint"
+        );
     }
 
     /// Writes the checkpoint file and publishes the models' states.
     fn write_checkpoint(&mut self, io: &Edges, now: i64) {
-        let positions = io.source.positions();
+        if self.cluster_id.is_none() {
+            // Asked once the broker has answered; never long at a pane
+            // boundary (a checkpoint without it is checked without it).
+            self.cluster_id = io.source.cluster_id(Duration::from_millis(200));
+        }
+        let positions: Vec<PartitionOffset> = io.source.positions().iter().map(saved).collect();
+        let cluster = self.cluster_id.clone();
         if let Some(t) = &io.topic {
-            t.publish(&self.engine, &positions, |id| io.source.source(id), now);
+            let partition_of = |id| io.source.source(id);
+            t.publish(
+                &self.engine,
+                &positions,
+                partition_of,
+                cluster.as_deref(),
+                now,
+            );
         }
         let Some(store) = &io.store else {
             return;
         };
         let cp = checkpoint::checkpoint_of(
             &self.engine,
-            &positions,
+            positions,
+            |id| io.source.source(id),
+            cluster,
             &self.settings.spec,
             &io.group,
             now,
@@ -649,6 +804,10 @@ impl Worker {
         if self.settings.watch_baselines && self.baselines.changed() {
             self.answer(Control::Reload { reply: None });
         }
+        if let Some(t) = &io.topic {
+            t.set_versions(&self.engine);
+        }
+        self.drop_unassigned_sets(io);
         let started = Instant::now();
         for gone in self.engine.expire_idle(now, self.settings.model_idle_ms) {
             tracing::info!(model = %gone, "model idle; its windows and series are dropped");
@@ -763,4 +922,51 @@ fn log_transition(t: &Transition) {
         samples = t.samples,
         "drift verdict changed"
     );
+}
+
+/// A position as the checkpoint saves it.
+fn saved(p: &ingest::Position) -> PartitionOffset {
+    PartitionOffset {
+        topic: p.topic.clone(),
+        partition: p.partition,
+        offset: p.offset,
+        anchor_timestamp_ms: p.anchor.and_then(|a| a.timestamp_ms),
+        anchor_fingerprint: p.anchor.map(|a| a.fingerprint),
+    }
+}
+
+/// A saved position offered to the consumer, to be judged at assignment.
+fn offer(set: u64, cluster_id: Option<String>, p: &PartitionOffset) -> Offer {
+    Offer {
+        position: ingest::Position {
+            topic: p.topic.clone(),
+            partition: p.partition,
+            offset: p.offset,
+            anchor: p.anchor_fingerprint.map(|fingerprint| Anchor {
+                timestamp_ms: p.anchor_timestamp_ms,
+                fingerprint,
+            }),
+        },
+        cluster_id,
+        set,
+    }
+}
+
+fn describe(partitions: &[PartitionOffset]) -> String {
+    partitions
+        .iter()
+        .map(|p| format!("{}/{}@{}", p.topic, p.partition, p.offset))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// What a discard reason means, for the log line that reports it.
+fn explain(reason: Discard) -> &'static str {
+    match reason {
+        Discard::Cluster => "it was written against another Kafka cluster",
+        Discard::Topic => "the broker has another message before its position: the topic was recreated or its data replaced",
+        Discard::OutOfRange => "its offset is outside the partition's watermarks",
+        Discard::Unverifiable => "the broker could not confirm it",
+        Discard::SetIncomplete => "windows that cover it also cover a partition that failed its check or went to another member",
+    }
 }

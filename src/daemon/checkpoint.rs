@@ -1,27 +1,48 @@
-//! Checkpoints: window state and the partition offsets it covers, on disk
+//! Checkpoints: window state and the partition positions it covers, on disk
 //! and on a compacted Kafka topic.
 //!
 //! This module owns the checkpoint file and the checkpoint topic, and their
 //! series (`driftd_checkpoint*`). The worker writes a checkpoint at pane
 //! boundaries, taken at a single instant so that the windows hold exactly the
-//! events before the recorded offsets; after a restart (or a crash, even one
-//! in the middle of a write) the windows are restored and consumption resumes
-//! at those offsets, so no event is counted twice or lost.
+//! events before the recorded positions. After a restart (or a crash, even
+//! one in the middle of a write) the windows are restored and consumption
+//! resumes at those positions, so no event is counted twice or lost.
+//!
+//! A checkpoint is bound to what it describes, and checked before it is
+//! trusted:
+//! - the Kafka cluster (its id) it was written against;
+//! - each partition's position, with the message just before it (its Kafka
+//!   timestamp and a hash of its start): the broker must still have that
+//!   message there, and the position must lie within the partition's
+//!   watermarks. Another cluster, a topic deleted and recreated, or a
+//!   partition whose data was replaced all fail this;
+//! - the window settings, the consumer group and the baseline versions.
+//!
+//! Windows and the positions they cover are restored together or not at
+//! all: a [`RestoreSet`] is the smallest group of models and partitions that
+//! cover each other (a model's windows cover every partition its lines came
+//! from; a partition's position covers every model on it). A set is judged
+//! when the group first assigns one of its partitions; if any check fails,
+//! or a partition went to another member, the whole set is discarded,
+//! loudly (a warning naming the reason and `driftd_checkpoint_discarded_total
+//! {reason}`), and its partitions start at the committed offset or the
+//! rewind. Restart, takeover and rebalance all go through that one judgment
+//! (`ingest::judge`).
 //!
 //! Writes are atomic: a temporary file, fsync, rename, fsync of the
 //! directory. A reader sees the old checkpoint or the new one, never half of
-//! one. A checkpoint made with other window settings or against another
-//! baseline version is discarded (with a log line), not trusted.
+//! one.
 //!
 //! The topic (`checkpoint.kafka_topic`) holds each model's state keyed by
-//! model, with the offsets of the partitions its lines came from. When the
+//! model, with the positions of the partitions its lines came from. When the
 //! group hands a partition to another replica, that replica claims the
 //! states of the models that lived on it (see [`CheckpointTopic::claim`])
-//! and resumes the partition exactly where those states end.
+//! and, once they are judged, resumes the partition exactly where they end.
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -55,16 +76,39 @@ impl Default for CheckpointConfig {
     }
 }
 
-/// File format version.
-pub const CHECKPOINT_VERSION: u32 = 1;
+/// Format version of the file and of the topic's records. Version 1 had no
+/// cluster id, anchors or per-model sources: such a checkpoint is stale.
+pub const CHECKPOINT_VERSION: u32 = 2;
 const FILE_NAME: &str = "driftd-checkpoint.json";
 
-/// The next offset to consume on one partition.
+/// A partition.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PartitionRef {
+    pub topic: String,
+    pub partition: i32,
+}
+
+/// The next offset to consume on one partition, and the message before it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionOffset {
     pub topic: String,
     pub partition: i32,
     pub offset: i64,
+    /// The Kafka timestamp of the message at `offset - 1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anchor_timestamp_ms: Option<i64>,
+    /// A hash of that message (see `ingest::Anchor`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anchor_fingerprint: Option<u64>,
+}
+
+impl PartitionOffset {
+    fn key(&self) -> PartitionRef {
+        PartitionRef {
+            topic: self.topic.clone(),
+            partition: self.partition,
+        }
+    }
 }
 
 /// One window's saved panes.
@@ -77,16 +121,31 @@ pub struct SavedWindow {
     pub state: WindowState,
 }
 
+/// One model's windows and the partitions they came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SavedModel {
+    pub model: String,
+    pub baseline_version: String,
+    /// The partitions the model's lines came from; `None` when that is not
+    /// known (more partitions than the engine remembers, or none seen since
+    /// a restore): then every partition of the checkpoint.
+    pub sources: Option<Vec<PartitionRef>>,
+    pub windows: Vec<SavedWindow>,
+}
+
 /// A checkpoint file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Checkpoint {
     pub schema_version: u32,
+    /// The Kafka cluster the positions are on (`None` if the broker did not
+    /// say).
+    pub cluster_id: Option<String>,
     /// The window settings the panes were counted with.
     pub window: String,
     pub group_id: String,
     pub written_at_ms: i64,
-    pub offsets: Vec<PartitionOffset>,
-    pub windows: Vec<SavedWindow>,
+    pub partitions: Vec<PartitionOffset>,
+    pub models: Vec<SavedModel>,
 }
 
 /// One model's state as published to the compacted checkpoint topic (keyed
@@ -95,6 +154,7 @@ pub struct Checkpoint {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelCheckpoint {
     pub schema_version: u32,
+    pub cluster_id: Option<String>,
     pub window: String,
     pub group_id: String,
     pub written_at_ms: i64,
@@ -120,6 +180,94 @@ pub fn window_fingerprint(spec: &WindowSpec) -> String {
     match spec {
         WindowSpec::Time { length_ms, pane_ms } => format!("time:{length_ms}:{pane_ms}"),
         WindowSpec::Count { events, panes } => format!("count:{events}:{panes}"),
+    }
+}
+
+/// Models and partitions restored together or not at all (see the module
+/// documentation).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RestoreSet {
+    pub id: u64,
+    pub cluster_id: Option<String>,
+    pub written_at_ms: i64,
+    pub partitions: Vec<PartitionOffset>,
+    pub models: Vec<SavedModel>,
+}
+
+impl RestoreSet {
+    pub fn model_names(&self) -> Vec<&str> {
+        self.models.iter().map(|m| m.model.as_str()).collect()
+    }
+}
+
+impl Checkpoint {
+    /// Splits the checkpoint into the sets that must be restored together:
+    /// partitions joined by the models that came from more than one of
+    /// them. Set ids count from `first_id`.
+    pub fn into_sets(self, first_id: u64) -> Vec<RestoreSet> {
+        let n = self.partitions.len();
+        let index: HashMap<PartitionRef, usize> = self
+            .partitions
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.key(), i))
+            .collect();
+        let mut parent: Vec<usize> = (0..n).collect();
+        fn root(parent: &mut [usize], mut i: usize) -> usize {
+            while parent[i] != i {
+                parent[i] = parent[parent[i]];
+                i = parent[i];
+            }
+            i
+        }
+        // Each model joins the partitions it covers; a model whose sources
+        // are unknown, or not among the checkpoint's positions, covers all.
+        let covers: Vec<Vec<usize>> = self
+            .models
+            .iter()
+            .map(|m| {
+                let known: Option<Vec<usize>> = m.sources.as_ref().and_then(|s| {
+                    s.iter()
+                        .map(|p| index.get(p).copied())
+                        .collect::<Option<Vec<_>>>()
+                });
+                match known {
+                    Some(v) if !v.is_empty() => v,
+                    _ => (0..n).collect(),
+                }
+            })
+            .collect();
+        for c in &covers {
+            for w in c.windows(2) {
+                let (a, b) = (root(&mut parent, w[0]), root(&mut parent, w[1]));
+                parent[a] = b;
+            }
+        }
+        let mut sets: Vec<RestoreSet> = Vec::new();
+        let mut set_of_root: HashMap<usize, usize> = HashMap::new();
+        for (i, p) in self.partitions.iter().enumerate() {
+            let r = root(&mut parent, i);
+            let s = *set_of_root.entry(r).or_insert_with(|| {
+                sets.push(RestoreSet {
+                    id: first_id + sets.len() as u64,
+                    cluster_id: self.cluster_id.clone(),
+                    written_at_ms: self.written_at_ms,
+                    partitions: Vec::new(),
+                    models: Vec::new(),
+                });
+                sets.len() - 1
+            });
+            sets[s].partitions.push(p.clone());
+        }
+        for (m, c) in self.models.into_iter().zip(covers) {
+            // A checkpoint without positions cannot bind its windows to
+            // anything: they are not restored.
+            if let Some(&first) = c.first() {
+                let r = root(&mut parent, first);
+                sets[set_of_root[&r]].models.push(m);
+            }
+        }
+        sets
     }
 }
 
@@ -174,8 +322,28 @@ impl CheckpointStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(CheckpointError::Read { path, source }),
         };
-        let cp: Checkpoint = match serde_json::from_slice(&bytes) {
-            Ok(c) => c,
+        // The version first: an older format is stale, not corrupt.
+        #[derive(Deserialize)]
+        struct Header {
+            schema_version: u32,
+        }
+        let parsed = serde_json::from_slice::<Header>(&bytes).and_then(|h| {
+            if h.schema_version == CHECKPOINT_VERSION {
+                serde_json::from_slice::<Checkpoint>(&bytes).map(Ok)
+            } else {
+                Ok(Err(h.schema_version))
+            }
+        });
+        let cp = match parsed {
+            Ok(Ok(cp)) => cp,
+            Ok(Err(version)) => {
+                return Err(CheckpointError::Stale {
+                    path,
+                    why: format!(
+                        "schema_version {version} (this driftd writes {CHECKPOINT_VERSION})"
+                    ),
+                })
+            }
             Err(source) => {
                 // Keep it for a post-mortem, but out of the way of the next start.
                 let moved = path.with_extension("json.corrupt");
@@ -187,15 +355,6 @@ impl CheckpointStore {
                 });
             }
         };
-        if cp.schema_version != CHECKPOINT_VERSION {
-            return Err(CheckpointError::Stale {
-                path,
-                why: format!(
-                    "schema_version {} (this driftd writes {CHECKPOINT_VERSION})",
-                    cp.schema_version
-                ),
-            });
-        }
         let want = window_fingerprint(spec);
         if cp.window != want {
             return Err(CheckpointError::Stale {
@@ -242,64 +401,108 @@ impl CheckpointStore {
 }
 
 /// Builds the checkpoint of the engine's windows and the positions their
-/// lines end at, at one instant.
-pub fn checkpoint_of(
+/// lines end at, at one instant. `partition_of` names the engine's source
+/// ids (see `Engine::set_source`) as partitions.
+pub fn checkpoint_of<'a>(
     engine: &Engine,
-    positions: &[(String, i32, i64)],
+    positions: Vec<PartitionOffset>,
+    partition_of: impl Fn(u32) -> Option<(&'a str, i32)>,
+    cluster_id: Option<String>,
     spec: &WindowSpec,
     group: &str,
     now_ms: i64,
 ) -> Checkpoint {
     Checkpoint {
         schema_version: CHECKPOINT_VERSION,
+        cluster_id,
         window: window_fingerprint(spec),
         group_id: group.to_owned(),
         written_at_ms: now_ms,
-        offsets: positions
-            .iter()
-            .map(|(topic, partition, offset)| PartitionOffset {
-                topic: topic.clone(),
-                partition: *partition,
-                offset: *offset,
-            })
-            .collect(),
-        windows: saved_windows(engine),
+        partitions: positions,
+        models: saved_models(engine, partition_of),
     }
 }
 
-fn saved_windows(engine: &Engine) -> Vec<SavedWindow> {
-    engine
-        .window_states()
-        .into_iter()
-        .map(|(model, arm, baseline_version, state)| SavedWindow {
+/// Every model's windows, with the partitions they came from.
+fn saved_models<'a>(
+    engine: &Engine,
+    partition_of: impl Fn(u32) -> Option<(&'a str, i32)>,
+) -> Vec<SavedModel> {
+    let mut windows: HashMap<String, Vec<SavedWindow>> = HashMap::new();
+    for (model, arm, baseline_version, state) in engine.window_states() {
+        windows.entry(model.clone()).or_default().push(SavedWindow {
             model,
             arm,
             baseline_version,
             state,
+        });
+    }
+    let mut out: Vec<SavedModel> = engine
+        .models()
+        .map(|m| {
+            let sources: Option<Vec<PartitionRef>> = if m.sources_complete() {
+                m.sources
+                    .iter()
+                    .map(|s| {
+                        partition_of(*s).map(|(t, p)| PartitionRef {
+                            topic: t.to_owned(),
+                            partition: p,
+                        })
+                    })
+                    .collect()
+            } else {
+                None
+            };
+            SavedModel {
+                model: m.name.to_string(),
+                baseline_version: m.layout.baseline.version.clone(),
+                sources: sources.filter(|s| !s.is_empty()),
+                windows: windows.remove(m.name.as_ref()).unwrap_or_default(),
+            }
         })
-        .collect()
+        .collect();
+    out.sort_by(|a, b| a.model.cmp(&b.model));
+    out
 }
 
-/// Restores saved windows into the engine; returns how many took. A window
-/// the engine refuses (its baseline changed or went away) is logged and
-/// left out.
-pub fn restore_windows(engine: &mut Engine, windows: &[SavedWindow], written_at_ms: i64) -> usize {
+/// Restores a set's windows into the engine; returns the windows that took.
+/// A window the engine refuses (its baseline changed since) is logged and
+/// left out; a model already tracked here keeps its own windows (they hold
+/// lines counted since the start, which a restore would overwrite).
+pub fn restore_set(engine: &mut Engine, set: &RestoreSet) -> usize {
     let mut restored = 0;
-    for w in windows {
-        match engine.restore_window(
-            &w.model,
-            w.arm.as_deref(),
-            &w.baseline_version,
-            &w.state,
-            written_at_ms,
-        ) {
-            Ok(()) => restored += 1,
-            Err(why) => {
-                tracing::warn!(model = %w.model, %why, "checkpointed window discarded")
+    for m in &set.models {
+        if engine.model(&m.model).is_some() {
+            tracing::warn!(model = %m.model, "model already tracked here; its checkpointed windows are not restored");
+            continue;
+        }
+        for w in &m.windows {
+            match engine.restore_window(
+                &w.model,
+                w.arm.as_deref(),
+                &w.baseline_version,
+                &w.state,
+                set.written_at_ms,
+            ) {
+                Ok(()) => restored += 1,
+                Err(why) => {
+                    tracing::warn!(model = %w.model, %why, "checkpointed window discarded")
+                }
             }
         }
     }
     restored
+}
+
+/// The models of a set whose baseline is not the one their windows were
+/// counted against (or that have none any more): their windows cannot be
+/// restored, so neither can the set's positions.
+pub fn changed_baselines<'s>(engine: &Engine, set: &'s RestoreSet) -> Vec<&'s str> {
+    set.models
+        .iter()
+        .filter(|m| engine.baseline_version(&m.model) != Some(m.baseline_version.as_str()))
+        .map(|m| m.model.as_str())
+        .collect()
 }
 
 /// The compacted checkpoint topic: each model's state, keyed by model, so
@@ -310,14 +513,24 @@ pub struct CheckpointTopic {
     producer: Option<BaseProducer>,
     spec: WindowSpec,
     group: String,
-    /// Model states claimed at assignment, waiting for the worker to
-    /// restore them (see [`CheckpointTopic::claim`]).
-    claimed: Mutex<Vec<ModelCheckpoint>>,
+    /// Each model's baseline version here: a state counted against another
+    /// version is not claimed.
+    versions: Mutex<HashMap<String, String>>,
+    /// Sets claimed at an assignment, waiting for the judgment and the
+    /// worker's restore.
+    claimed: Mutex<HashMap<u64, RestoreSet>>,
+    next_set: AtomicU64,
+    /// Records not claimed because their baseline changed, for the worker
+    /// to count.
+    stale: AtomicU64,
 }
 
 /// Model states read from the checkpoint topic at most (the engine's own
 /// cap, `limits.max_models`, is at most this).
 const MAX_TAKEOVER_MODELS: usize = 100_000;
+
+/// Set ids of claims start here, far from those of a checkpoint file.
+const FIRST_CLAIM_SET: u64 = 1 << 40;
 
 impl CheckpointTopic {
     /// `client` reaches the cluster (brokers and security settings).
@@ -344,60 +557,56 @@ impl CheckpointTopic {
             producer,
             spec,
             group: group.to_owned(),
-            claimed: Mutex::new(Vec::new()),
+            versions: Mutex::new(HashMap::new()),
+            claimed: Mutex::new(HashMap::new()),
+            next_set: AtomicU64::new(FIRST_CLAIM_SET),
+            stale: AtomicU64::new(0),
         }
     }
 
-    /// Publishes every model's state. `partition_of` names a model's
-    /// sources (the engine's opaque ids) as partitions.
+    /// Publishes every model's state. `positions` are the partitions'
+    /// positions now; `partition_of` names the engine's source ids.
     pub fn publish<'a>(
         &self,
         engine: &Engine,
-        positions: &[(String, i32, i64)],
+        positions: &[PartitionOffset],
         partition_of: impl Fn(u32) -> Option<(&'a str, i32)>,
+        cluster_id: Option<&str>,
         now_ms: i64,
     ) {
         let Some(p) = &self.producer else {
             return;
         };
-        let mut windows: HashMap<String, Vec<SavedWindow>> = HashMap::new();
-        for w in saved_windows(engine) {
-            windows.entry(w.model.clone()).or_default().push(w);
-        }
-        for m in engine.models() {
-            let sources = m
-                .sources
-                .iter()
-                .filter_map(|s| partition_of(*s))
-                .filter_map(|(t, part)| {
-                    positions
-                        .iter()
-                        .find(|(pt, pp, _)| *pp == part && pt == t)
-                        .map(|(_, _, o)| PartitionOffset {
-                            topic: t.to_owned(),
-                            partition: part,
-                            offset: *o,
-                        })
-                })
-                .collect();
+        for m in saved_models(engine, partition_of) {
+            let sources = match &m.sources {
+                Some(s) => positions
+                    .iter()
+                    .filter(|p| s.contains(&p.key()))
+                    .cloned()
+                    .collect(),
+                // Spread over more partitions than are remembered: another
+                // replica could never take all of them over at once.
+                None => Vec::new(),
+            };
             let rec = ModelCheckpoint {
                 schema_version: CHECKPOINT_VERSION,
+                cluster_id: cluster_id.map(str::to_owned),
                 window: window_fingerprint(&self.spec),
                 group_id: self.group.clone(),
                 written_at_ms: now_ms,
-                model: m.name.to_string(),
-                baseline_version: m.layout.baseline.version.clone(),
+                model: m.model,
+                baseline_version: m.baseline_version,
                 sources,
-                windows: windows.remove(m.name.as_ref()).unwrap_or_default(),
+                windows: m.windows,
             };
             let Ok(body) = serde_json::to_vec(&rec) else {
                 continue;
             };
             let r = BaseRecord::to(&self.topic)
-                .key(m.name.as_ref())
+                .key(rec.model.as_str())
                 .payload(&body);
             if let Err((e, _)) = p.send(r) {
-                tracing::warn!(model = %m.name, error = %e, "model state not published to the checkpoint topic");
+                tracing::warn!(model = %rec.model, error = %e, "model state not published to the checkpoint topic");
             }
         }
     }
@@ -418,12 +627,21 @@ impl CheckpointTopic {
         }
     }
 
+    /// Remembers the baseline versions in force (after a load or reload).
+    pub fn set_versions(&self, engine: &Engine) {
+        let v = engine
+            .baselines()
+            .map(|b| (b.model.clone(), b.version.clone()))
+            .collect();
+        *self.versions.lock().expect("not poisoned") = v;
+    }
+
     /// For partitions this replica knows nothing of, finds the states of
-    /// the models that lived on them. A model is taken over only if every
-    /// partition it came from is among `unknown` and all agree on one
-    /// checkpoint; returns the offsets those partitions start at, and keeps
-    /// the states for [`CheckpointTopic::take_claimed`].
-    pub fn claim(&self, unknown: &[(String, i32)]) -> Vec<(String, i32, i64)> {
+    /// the models that lived on them: each becomes a set (a model taken
+    /// over only if every partition it came from is among `unknown`), kept
+    /// for [`CheckpointTopic::take_claimed`]. Returns each set's positions,
+    /// to be judged: `(set, cluster id, position)`.
+    pub fn claim(&self, unknown: &[(String, i32)]) -> Vec<(u64, Option<String>, PartitionOffset)> {
         let records = match read_model_checkpoints(
             &self.client,
             &self.topic,
@@ -435,36 +653,96 @@ impl CheckpointTopic {
                 return Vec::new();
             }
         };
-        let (offsets, taken) = claimable(records.into_values(), unknown, &self.spec, &self.group);
-        if !taken.is_empty() {
-            tracing::info!(
-                models = taken.len(),
-                partitions = offsets.len(),
-                "taking over model state from the checkpoint topic"
-            );
-            self.claimed.lock().expect("not poisoned").extend(taken);
+        let versions = self.versions.lock().expect("not poisoned").clone();
+        let (taken, stale) = claimable(
+            records.into_values(),
+            unknown,
+            &self.spec,
+            &self.group,
+            &versions,
+        );
+        self.stale.fetch_add(stale, Ordering::Relaxed);
+        if taken.is_empty() {
+            return Vec::new();
         }
-        offsets
+        tracing::info!(
+            models = taken.len(),
+            "model states found on the checkpoint topic for newly assigned partitions"
+        );
+        // Models that share a partition stand or fall together, as in a file.
+        let first = self
+            .next_set
+            .fetch_add(taken.len() as u64, Ordering::Relaxed);
+        let mut out = Vec::new();
+        let mut claimed = self.claimed.lock().expect("not poisoned");
+        for set in claimed_checkpoint(taken).into_sets(first) {
+            for p in &set.partitions {
+                out.push((set.id, set.cluster_id.clone(), p.clone()));
+            }
+            claimed.insert(set.id, set);
+        }
+        out
     }
 
-    /// The model states claimed since the last call.
-    pub fn take_claimed(&self) -> Vec<ModelCheckpoint> {
-        std::mem::take(&mut *self.claimed.lock().expect("not poisoned"))
+    /// A claimed set, once judged (accepted or not).
+    pub fn take_claimed(&self, set: u64) -> Option<RestoreSet> {
+        self.claimed.lock().expect("not poisoned").remove(&set)
+    }
+
+    /// Records not claimed because the baseline changed, since the last call.
+    pub fn take_stale(&self) -> u64 {
+        self.stale.swap(0, Ordering::Relaxed)
     }
 }
 
+/// Claimed model states as one checkpoint: their partitions (claimable
+/// already checked that they agree on the offsets) and their models.
+fn claimed_checkpoint(records: Vec<ModelCheckpoint>) -> Checkpoint {
+    let mut partitions: Vec<PartitionOffset> = Vec::new();
+    let mut models = Vec::new();
+    let first = &records[0];
+    let mut cp = Checkpoint {
+        schema_version: CHECKPOINT_VERSION,
+        cluster_id: first.cluster_id.clone(),
+        window: first.window.clone(),
+        group_id: first.group_id.clone(),
+        written_at_ms: records.iter().map(|r| r.written_at_ms).min().unwrap_or(0),
+        partitions: Vec::new(),
+        models: Vec::new(),
+    };
+    for rec in records {
+        for s in &rec.sources {
+            if !partitions.iter().any(|p| p.key() == s.key()) {
+                partitions.push(s.clone());
+            }
+        }
+        models.push(SavedModel {
+            model: rec.model,
+            baseline_version: rec.baseline_version,
+            sources: Some(rec.sources.iter().map(PartitionOffset::key).collect()),
+            windows: rec.windows,
+        });
+    }
+    cp.partitions = partitions;
+    cp.models = models;
+    cp
+}
+
 /// Which model states can be taken over when `unknown` partitions come to
-/// this replica: those that fit these settings and whose every source is
-/// among them, consistently (two models from one partition must agree on
-/// its offset). Returns the start offsets and the states.
+/// this replica: those that fit these settings and baselines and whose every
+/// source is among them, consistently (two models from one partition must
+/// agree on its offset). Returns them, and how many were passed over for a
+/// changed baseline.
 fn claimable(
     records: impl Iterator<Item = ModelCheckpoint>,
     unknown: &[(String, i32)],
     spec: &WindowSpec,
     group: &str,
-) -> (Vec<(String, i32, i64)>, Vec<ModelCheckpoint>) {
+    versions: &HashMap<String, String>,
+) -> (Vec<ModelCheckpoint>, u64) {
     let mut offsets: HashMap<(String, i32), i64> = HashMap::new();
     let mut taken = Vec::new();
+    let mut stale = 0;
     for rec in records {
         if !rec.fits(spec, group) || rec.sources.is_empty() {
             continue;
@@ -481,15 +759,17 @@ fn claimable(
         if !all_ours || !consistent {
             continue;
         }
+        if versions.get(&rec.model) != Some(&rec.baseline_version) {
+            stale += 1;
+            tracing::warn!(model = %rec.model, "checkpointed model state not taken over: it was counted against another baseline version");
+            continue;
+        }
         for s in &rec.sources {
             offsets.insert((s.topic.clone(), s.partition), s.offset);
         }
         taken.push(rec);
     }
-    let mut offsets: Vec<(String, i32, i64)> =
-        offsets.into_iter().map(|((t, p), o)| (t, p, o)).collect();
-    offsets.sort();
-    (offsets, taken)
+    (taken, stale)
 }
 
 /// Reads the latest state of every model from the checkpoint topic (a
@@ -549,17 +829,51 @@ fn read_model_checkpoints(
     Ok(out)
 }
 
-/// Checkpoint writes, for the metrics.
+/// Why a part of a checkpoint was not restored: the labels of
+/// `driftd_checkpoint_discarded_total{reason}`. The first five are the
+/// broker's judgment (`ingest::Discard`), then this module's own.
+pub const DISCARD_REASONS: [&str; 8] = [
+    "cluster",
+    "topic",
+    "offset_out_of_range",
+    "unverifiable",
+    "set_incomplete",
+    "baseline_changed",
+    "stale",
+    "corrupt",
+];
+
+/// Checkpoint writes and discards, for the metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CheckpointStats {
     pub ok: u64,
     pub failed: u64,
     pub last_ok_ms: Option<i64>,
+    /// Per [`DISCARD_REASONS`]: partitions (or whole files, for `stale` and
+    /// `corrupt`) not restored.
+    pub discarded: [u64; DISCARD_REASONS.len()],
+}
+
+impl CheckpointStats {
+    /// Counts `n` discarded parts for `reason` (one of [`DISCARD_REASONS`]).
+    pub fn discard(&mut self, reason: &str, n: u64) {
+        if let Some(i) = DISCARD_REASONS.iter().position(|r| *r == reason) {
+            self.discarded[i] += n;
+        }
+    }
+
+    pub fn discarded(&self, reason: &str) -> u64 {
+        DISCARD_REASONS
+            .iter()
+            .position(|r| *r == reason)
+            .map_or(0, |i| self.discarded[i])
+    }
 }
 
 /// The checkpoint series: `driftd_checkpoint*`, set once per evaluation.
 pub struct CheckpointMetrics {
     writes: IntCounterVec,
+    discarded: IntCounterVec,
     last_success: Gauge,
     prev: CheckpointStats,
 }
@@ -570,17 +884,29 @@ impl CheckpointMetrics {
             Opts::new("driftd_checkpoints_total", "Checkpoint writes, by outcome"),
             &["outcome"],
         )?;
+        let discarded = IntCounterVec::new(
+            Opts::new(
+                "driftd_checkpoint_discarded_total",
+                "Parts of a checkpoint not restored (partitions, or whole files for stale and corrupt), by reason",
+            ),
+            &["reason"],
+        )?;
         let last_success = Gauge::new(
             "driftd_checkpoint_last_success_timestamp_seconds",
             "Unix time of the last checkpoint written",
         )?;
         r.register(Box::new(writes.clone()))?;
+        r.register(Box::new(discarded.clone()))?;
         r.register(Box::new(last_success.clone()))?;
         for o in ["ok", "error"] {
             writes.with_label_values(&[o]);
         }
+        for reason in DISCARD_REASONS {
+            discarded.with_label_values(&[reason]);
+        }
         Ok(CheckpointMetrics {
             writes,
+            discarded,
             last_success,
             prev: CheckpointStats::default(),
         })
@@ -593,6 +919,11 @@ impl CheckpointMetrics {
         self.writes
             .with_label_values(&["error"])
             .inc_by(s.failed.saturating_sub(self.prev.failed));
+        for (i, reason) in DISCARD_REASONS.iter().enumerate() {
+            self.discarded
+                .with_label_values(&[reason])
+                .inc_by(s.discarded[i].saturating_sub(self.prev.discarded[i]));
+        }
         if let Some(t) = s.last_ok_ms {
             self.last_success.set(t as f64 / 1000.0);
         }
@@ -605,19 +936,30 @@ mod tests {
     use super::*;
     use crate::engine::window::WindowCounters;
 
-    fn cp() -> Checkpoint {
-        Checkpoint {
-            schema_version: CHECKPOINT_VERSION,
-            window: window_fingerprint(&WindowSpec::default()),
-            group_id: "g".into(),
-            written_at_ms: 1,
-            offsets: vec![PartitionOffset {
-                topic: "t".into(),
-                partition: 3,
-                offset: 42,
-            }],
+    fn at(topic: &str, partition: i32, offset: i64) -> PartitionOffset {
+        PartitionOffset {
+            topic: topic.into(),
+            partition,
+            offset,
+            anchor_timestamp_ms: Some(1),
+            anchor_fingerprint: Some(7),
+        }
+    }
+
+    fn model(name: &str, sources: Option<&[i32]>) -> SavedModel {
+        SavedModel {
+            model: name.into(),
+            baseline_version: "v".into(),
+            sources: sources.map(|s| {
+                s.iter()
+                    .map(|p| PartitionRef {
+                        topic: "t".into(),
+                        partition: *p,
+                    })
+                    .collect()
+            }),
             windows: vec![SavedWindow {
-                model: "m".into(),
+                model: name.into(),
                 arm: None,
                 baseline_version: "v".into(),
                 state: WindowState {
@@ -627,6 +969,18 @@ mod tests {
                     panes: vec![],
                 },
             }],
+        }
+    }
+
+    fn cp() -> Checkpoint {
+        Checkpoint {
+            schema_version: CHECKPOINT_VERSION,
+            cluster_id: Some("c1".into()),
+            window: window_fingerprint(&WindowSpec::default()),
+            group_id: "g".into(),
+            written_at_ms: 1,
+            partitions: vec![at("t", 3, 42)],
+            models: vec![model("m", Some(&[3]))],
         }
     }
 
@@ -649,6 +1003,20 @@ mod tests {
             store.load(&WindowSpec::default(), "h"),
             Err(CheckpointError::Stale { .. })
         ));
+    }
+
+    #[test]
+    fn a_version_1_checkpoint_is_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::new(dir.path());
+        let v1 = r#"{"schema_version":1,"window":"time:600000:30000","group_id":"g","written_at_ms":1,"offsets":[{"topic":"t","partition":0,"offset":3000}],"windows":[]}"#;
+        std::fs::write(store.path(), v1).unwrap();
+        match store.load(&WindowSpec::default(), "g") {
+            Err(CheckpointError::Stale { why, .. }) => {
+                assert!(why.contains("schema_version 1"), "{why}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -675,5 +1043,121 @@ mod tests {
             Err(CheckpointError::Corrupt { .. })
         ));
         assert!(store.load(&WindowSpec::default(), "g").unwrap().is_none());
+    }
+
+    fn partitions_of(s: &RestoreSet) -> Vec<i32> {
+        s.partitions.iter().map(|p| p.partition).collect()
+    }
+
+    #[test]
+    fn sets_join_partitions_through_the_models_that_span_them() {
+        let c = Checkpoint {
+            partitions: (0..5).map(|p| at("t", p, 10)).collect(),
+            models: vec![
+                model("a", Some(&[0])),
+                model("b", Some(&[1, 2])),
+                model("c", Some(&[2, 3])),
+                model("d", Some(&[0])),
+            ],
+            ..cp()
+        };
+        let sets = c.into_sets(1);
+        let shape: Vec<(Vec<i32>, Vec<&str>)> = sets
+            .iter()
+            .map(|s| (partitions_of(s), s.model_names()))
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                (vec![0], vec!["a", "d"]),
+                (vec![1, 2, 3], vec!["b", "c"]),
+                // A partition no model came from is a set of its own.
+                (vec![4], vec![]),
+            ]
+        );
+        assert_eq!(sets.iter().map(|s| s.id).collect::<Vec<_>>(), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn a_model_of_unknown_sources_joins_every_partition() {
+        let c = Checkpoint {
+            partitions: (0..3).map(|p| at("t", p, 10)).collect(),
+            models: vec![model("a", Some(&[0])), model("spread", None)],
+            ..cp()
+        };
+        let sets = c.into_sets(1);
+        assert_eq!(sets.len(), 1);
+        assert_eq!(partitions_of(&sets[0]), vec![0, 1, 2]);
+        // Sources naming a partition the checkpoint has no position for are
+        // as good as unknown.
+        let c = Checkpoint {
+            partitions: (0..2).map(|p| at("t", p, 10)).collect(),
+            models: vec![model("a", Some(&[0, 9]))],
+            ..cp()
+        };
+        assert_eq!(partitions_of(&c.into_sets(1)[0]), vec![0, 1]);
+    }
+
+    #[test]
+    fn windows_without_any_position_are_not_restored() {
+        let c = Checkpoint {
+            partitions: vec![],
+            models: vec![model("a", Some(&[0]))],
+            ..cp()
+        };
+        assert!(c.into_sets(1).is_empty());
+    }
+
+    fn record(model: &str, sources: &[(i32, i64)], version: &str) -> ModelCheckpoint {
+        ModelCheckpoint {
+            schema_version: CHECKPOINT_VERSION,
+            cluster_id: Some("c1".into()),
+            window: window_fingerprint(&WindowSpec::default()),
+            group_id: "g".into(),
+            written_at_ms: 1,
+            model: model.into(),
+            baseline_version: version.into(),
+            sources: sources.iter().map(|(p, o)| at("t", *p, *o)).collect(),
+            windows: vec![],
+        }
+    }
+
+    #[test]
+    fn claims_take_models_whose_every_partition_is_new_here_and_whose_baseline_holds() {
+        let versions: HashMap<String, String> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|m| (m.to_string(), "v".to_string()))
+            .collect();
+        let unknown = vec![("t".to_string(), 0), ("t".to_string(), 1)];
+        let records = vec![
+            record("a", &[(0, 5)], "v"),
+            // One of its partitions is not ours.
+            record("b", &[(1, 5), (2, 5)], "v"),
+            // Counted against another baseline.
+            record("c", &[(1, 7)], "old"),
+            // Disagrees with a about partition 0's offset.
+            record("d", &[(0, 6)], "v"),
+        ];
+        let (taken, stale) = claimable(
+            records.into_iter(),
+            &unknown,
+            &WindowSpec::default(),
+            "g",
+            &versions,
+        );
+        assert_eq!(
+            taken.iter().map(|r| r.model.as_str()).collect::<Vec<_>>(),
+            vec!["a"]
+        );
+        assert_eq!(stale, 1);
+    }
+
+    #[test]
+    fn discards_are_counted_by_a_bounded_reason() {
+        let mut s = CheckpointStats::default();
+        s.discard("cluster", 3);
+        s.discard("not a reason", 1);
+        assert_eq!(s.discarded("cluster"), 3);
+        assert_eq!(s.discarded.iter().sum::<u64>(), 3);
     }
 }

@@ -11,12 +11,15 @@
 //! offset is never committed before its line is counted.
 //!
 //! Where an assigned partition starts:
-//! - at a known position, when the caller's windows cover the partition up
-//!   to it (a restored checkpoint, or this member's own before a rebalance);
-//! - else where a claim puts it: another replica's state for the models of
-//!   that partition, read by the caller (the checkpoint topic); the
-//!   partition stays paused until the caller has restored that state and
-//!   calls [`KafkaSource::resume_claimed`];
+//! - at a saved position that still holds: this member's own from before a
+//!   rebalance, or one the caller offered (a restored checkpoint, or another
+//!   replica's state claimed from the checkpoint topic). Every saved
+//!   position goes through one judgment ([`judge`]): the same cluster, an
+//!   offset within the partition's watermarks, and the same message just
+//!   before it ([`Anchor`]). Offers come in sets that stand or fall
+//!   together; an accepted set's partitions stay paused until the caller
+//!   has restored its state and calls [`KafkaSource::resume_paused`], and
+//!   every decision is reported ([`Placed`]);
 //! - else, with `kafka.rewind_on_start`, at `now - window` by event time
 //!   (offsets-for-times), so the window fills at once; a broker that cannot
 //!   answer that lookup falls back to the committed offset;
@@ -147,23 +150,153 @@ pub enum IngestError {
     },
 }
 
-/// A partition's next offset: `(topic, partition, offset)`.
-pub type Position = (String, i32, i64);
+/// What identifies the message just before a position. Another cluster, or
+/// the same topic deleted and recreated, has other messages at the same
+/// offsets: a saved position whose anchor no longer matches describes
+/// something that is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Anchor {
+    /// The message's Kafka timestamp (producer or broker time).
+    pub timestamp_ms: Option<i64>,
+    /// A hash of the start of the message's payload and its length.
+    pub fingerprint: u64,
+}
 
-/// Hands partitions this member knows nothing of to the state another
-/// replica left for them: given those partitions, returns the offsets the
-/// ones it claims must start at. Called from the rebalance callback, so it
-/// may block briefly (it reads the checkpoint topic); the partitions it
-/// claims stay paused until [`KafkaSource::resume_claimed`].
-pub type Claim = Box<dyn Fn(&[(String, i32)]) -> Vec<Position> + Send + Sync>;
+impl Anchor {
+    fn of(timestamp_ms: Option<i64>, payload: &[u8]) -> Anchor {
+        // The start of a line holds its timestamp and model: enough to tell
+        // two messages apart, for a few nanoseconds a message.
+        let head = &payload[..payload.len().min(128)];
+        Anchor {
+            timestamp_ms,
+            fingerprint: xxhash_rust::xxh3::xxh3_64(head) ^ payload.len() as u64,
+        }
+    }
+}
+
+/// A partition's next offset, and the message just before it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub anchor: Option<Anchor>,
+}
+
+/// A saved position offered for a partition: resume there if it still
+/// describes this cluster and topic. Offers with the same `set` stand or
+/// fall together (their windows cover all of them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offer {
+    pub position: Position,
+    /// The cluster the position was saved on (`None`: unknown, not checked).
+    pub cluster_id: Option<String>,
+    pub set: u64,
+}
+
+/// Why a saved position was not trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Discard {
+    /// Saved on another Kafka cluster.
+    Cluster,
+    /// The message before the position is another one: the topic was
+    /// deleted and recreated (or the partition's data replaced).
+    Topic,
+    /// The offset is outside the partition's [low, high] watermarks.
+    OutOfRange,
+    /// The broker could not tell (watermarks or the anchor unreadable).
+    Unverifiable,
+    /// Another position of the same set failed, or is not assigned here.
+    SetIncomplete,
+}
+
+impl Discard {
+    pub const ALL: [Discard; 5] = [
+        Discard::Cluster,
+        Discard::Topic,
+        Discard::OutOfRange,
+        Discard::Unverifiable,
+        Discard::SetIncomplete,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Discard::Cluster => "cluster",
+            Discard::Topic => "topic",
+            Discard::OutOfRange => "offset_out_of_range",
+            Discard::Unverifiable => "unverifiable",
+            Discard::SetIncomplete => "set_incomplete",
+        }
+    }
+}
+
+/// Whether a saved position still holds, given what the broker says now:
+/// its cluster id, the partition's watermarks and the anchor it finds at
+/// `offset - 1`. A position is trusted only when everything that can be
+/// checked agrees.
+pub fn judge(
+    saved: &Position,
+    saved_cluster: Option<&str>,
+    cluster: Option<&str>,
+    watermarks: Option<(i64, i64)>,
+    found: Option<Anchor>,
+) -> Result<i64, Discard> {
+    if let (Some(a), Some(b)) = (saved_cluster, cluster) {
+        if a != b {
+            return Err(Discard::Cluster);
+        }
+    }
+    let Some((low, high)) = watermarks else {
+        return Err(Discard::Unverifiable);
+    };
+    if saved.offset < low || saved.offset > high {
+        return Err(Discard::OutOfRange);
+    }
+    // The message before the position still exists: it must be the same.
+    if let (Some(want), true) = (saved.anchor, saved.offset > low) {
+        match found {
+            Some(got) if got == want => {}
+            Some(_) => return Err(Discard::Topic),
+            None => return Err(Discard::Unverifiable),
+        }
+    }
+    Ok(saved.offset)
+}
+
+/// What an assignment did with the saved positions, for the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placed {
+    /// The set's positions all held: its partitions start there, paused
+    /// until the caller restores the set's state and calls
+    /// [`KafkaSource::resume_paused`].
+    SetAccepted { set: u64 },
+    /// The set's positions are not used; its assigned partitions start at
+    /// the committed offset (or the rewind).
+    SetDiscarded {
+        set: u64,
+        reason: Discard,
+        partitions: Vec<(String, i32, Discard)>,
+    },
+    /// This member's own position on a partition it had before no longer
+    /// holds: what it counted from that partition describes something gone.
+    OwnDiscarded {
+        topic: String,
+        partition: i32,
+        reason: Discard,
+    },
+}
+
+/// Offers positions for partitions this member knows nothing of: another
+/// replica's state for them (the checkpoint topic). Called from the
+/// rebalance callback with the unknown partitions, so it may block briefly.
+pub type Claim = Box<dyn Fn(&[(String, i32)]) -> Vec<Offer> + Send + Sync>;
 
 /// Where partitions start (see the module documentation).
 #[derive(Default)]
 pub struct Start {
-    /// Next offsets the caller's windows already cover.
-    pub known: Vec<Position>,
-    /// Without a known position or a claim, start `now - rewind_ms` by
-    /// event time.
+    /// Saved positions (a restored checkpoint), judged at assignment.
+    pub offers: Vec<Offer>,
+    /// Without a usable position, start `now - rewind_ms` by event time.
     pub rewind_ms: Option<i64>,
     pub claim: Option<Claim>,
 }
@@ -187,7 +320,7 @@ pub struct KafkaStats {
 /// Next offset to consume per partition, as far as the counted lines go.
 #[derive(Debug, Default)]
 struct Positions {
-    next: HashMap<(String, i32), i64>,
+    next: HashMap<(String, i32), (i64, Option<Anchor>)>,
     assigned: Vec<(String, i32)>,
 }
 
@@ -198,8 +331,15 @@ struct Ctx {
     readiness: Arc<Readiness>,
     rewind_ms: Option<i64>,
     claim: Option<Claim>,
-    /// Partitions claimed and paused until the caller resumes them.
+    /// Saved positions not yet judged: judged at the first assignment of
+    /// any partition of their set.
+    offers: Mutex<HashMap<(String, i32), Offer>>,
+    /// Partitions of accepted sets, paused until the caller resumes them.
     paused: Mutex<Vec<(String, i32)>>,
+    /// What assignments did with saved positions, for the caller.
+    placed: Mutex<Vec<Placed>>,
+    /// Reaches the cluster outside the group, to read anchors.
+    side: ClientConfig,
 }
 
 /// Where a partition starts after assignment.
@@ -241,6 +381,20 @@ pub fn start_offset(known: Option<i64>, lookup: TimeLookup, committed: Option<i6
     }
 }
 
+/// Messages between a partition's position and its end: the stored offset
+/// (lines counted), else the committed one, against the high watermark.
+/// Negative when the position is past the end: the topic was recreated or
+/// the broker lost data, and "0" would say all is well. librdkafka's own
+/// `consumer_lag_stored` reports -1 (unknown) then, which a gauge would
+/// drop; `None` only when nothing is known yet.
+fn honest_lag(hi: i64, stored: i64, committed: i64) -> Option<i64> {
+    if hi < 0 {
+        return None;
+    }
+    let position = if stored >= 0 { stored } else { committed };
+    (position >= 0).then_some(hi - position)
+}
+
 /// A broker not heard from for this long is not "up", whatever its
 /// connection state says. A broker host that died without closing its
 /// connections (or a silent middlebox) leaves the socket open and the state
@@ -261,12 +415,20 @@ fn any_broker_up<'a>(brokers: impl Iterator<Item = (&'a str, i64)>) -> bool {
 
 impl ClientContext for Ctx {
     fn stats(&self, s: Statistics) {
+        let assigned = self
+            .positions
+            .lock()
+            .map(|p| p.assigned.clone())
+            .unwrap_or_default();
         let mut lag = Vec::new();
         for (topic, t) in &s.topics {
             for (p, part) in &t.partitions {
-                // -1 is librdkafka's "internal" partition and unassigned ones.
-                if *p >= 0 && part.consumer_lag_stored >= 0 {
-                    lag.push((topic.clone(), *p, part.consumer_lag_stored));
+                if !assigned.iter().any(|(at, ap)| at == topic && ap == p) {
+                    continue;
+                }
+                let l = honest_lag(part.hi_offset, part.stored_offset, part.committed_offset);
+                if let Some(l) = l {
+                    lag.push((topic.clone(), *p, l));
                 }
             }
         }
@@ -337,11 +499,12 @@ impl Ctx {
         if let Err(e) = r {
             tracing::error!(error = %e, "assigning partitions failed");
         }
-        // Claimed partitions wait until the caller has restored their state.
+        // Partitions of accepted sets wait until the caller has restored
+        // the state that covers them.
         let paused = self.paused.lock().expect("not poisoned").clone();
         if !paused.is_empty() {
             if let Err(e) = c.pause(&partition_list(&paused)) {
-                tracing::warn!(error = %e, "pausing claimed partitions failed");
+                tracing::warn!(error = %e, "pausing partitions for their restore failed");
             }
         }
         let mut pos = self.positions.lock().expect("not poisoned");
@@ -390,71 +553,34 @@ impl Ctx {
         tracing::info!(partitions = %describe(tpl), "partitions revoked");
     }
 
-    /// Offers the partitions nobody here has a position for to the claim;
-    /// the claimed ones start where it says, paused.
-    fn claim(&self, known: Vec<(String, i32, Option<i64>)>) -> Vec<(String, i32, Option<i64>)> {
-        let Some(claim) = &self.claim else {
-            return known;
-        };
-        let unknown: Vec<(String, i32)> = known
-            .iter()
-            .filter(|k| k.2.is_none())
-            .map(|k| (k.0.clone(), k.1))
-            .collect();
-        if unknown.is_empty() {
-            return known;
-        }
-        let claimed: HashMap<(String, i32), i64> = claim(&unknown)
-            .into_iter()
-            .filter(|(t, p, _)| unknown.iter().any(|u| u.0 == *t && u.1 == *p))
-            .map(|(t, p, o)| ((t, p), o))
-            .collect();
-        if claimed.is_empty() {
-            return known;
-        }
-        self.paused
-            .lock()
-            .expect("not poisoned")
-            .extend(claimed.keys().cloned());
-        known
-            .into_iter()
-            .map(|(topic, p, k)| {
-                let o = k.or_else(|| claimed.get(&(topic.clone(), p)).copied());
-                (topic, p, o)
-            })
-            .collect()
-    }
-
-    /// Sets each assigned partition's start offset.
+    /// Sets each assigned partition's start offset: a saved position that
+    /// still holds (this member's own, or an offer), else the rewind, else
+    /// the committed offset.
     fn place(&self, c: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
-        let known: Vec<(String, i32, Option<i64>)> = {
-            let pos = self.positions.lock().expect("not poisoned");
-            tpl.elements()
-                .iter()
-                .map(|e| {
-                    let k = (e.topic().to_owned(), e.partition());
-                    let off = pos.next.get(&k).copied();
-                    (k.0, k.1, off)
-                })
-                .collect()
-        };
-        let known = self.claim(known);
-        let unknown: Vec<(String, i32)> = known
+        let assigned: Vec<(String, i32)> = tpl
+            .elements()
             .iter()
-            .filter(|k| k.2.is_none())
-            .map(|k| (k.0.clone(), k.1))
+            .map(|e| (e.topic().to_owned(), e.partition()))
+            .collect();
+        let candidates = self.candidates(&assigned);
+        let starts = self.judge_all(c, &candidates);
+        let unknown: Vec<(String, i32)> = assigned
+            .iter()
+            .filter(|k| !starts.contains_key(*k))
+            .cloned()
             .collect();
         let (lookups, committed) = match self.rewind_ms {
             Some(rewind_ms) if !unknown.is_empty() => rewind_lookup(c, &unknown, rewind_ms),
             _ => Default::default(),
         };
-        for (t, p, k) in &known {
+        for (t, p) in &assigned {
             let key = (t.clone(), *p);
+            let known = starts.get(&key).copied();
             let lookup = lookups.get(&key).copied().unwrap_or(TimeLookup::NotAsked);
-            match start_offset(*k, lookup, committed.get(&key).copied()) {
+            match start_offset(known, lookup, committed.get(&key).copied()) {
                 StartAt::Offset(o) => {
                     let _ = tpl.set_partition_offset(t, *p, Offset::Offset(o));
-                    tracing::debug!(topic = %t, partition = p, offset = o, known = k.is_some(), "partition start");
+                    tracing::debug!(topic = %t, partition = p, offset = o, known = known.is_some(), "partition start");
                 }
                 StartAt::Committed => {
                     let _ = tpl.set_partition_offset(t, *p, Offset::Stored);
@@ -462,6 +588,253 @@ impl Ctx {
             }
         }
     }
+
+    /// The saved positions that may apply to these partitions: this
+    /// member's own, the offers (whole sets, or the set is incomplete), and
+    /// what the claim finds for the rest.
+    fn candidates(&self, assigned: &[(String, i32)]) -> Candidates {
+        let mut out = Candidates::default();
+        {
+            let pos = self.positions.lock().expect("not poisoned");
+            for key in assigned {
+                if let Some((offset, anchor)) = pos.next.get(key) {
+                    out.own.push(Position {
+                        topic: key.0.clone(),
+                        partition: key.1,
+                        offset: *offset,
+                        anchor: *anchor,
+                    });
+                }
+            }
+        }
+        let mut offers = self.offers.lock().expect("not poisoned");
+        let mut unknown = Vec::new();
+        for key in assigned {
+            if out
+                .own
+                .iter()
+                .any(|p| p.topic == key.0 && p.partition == key.1)
+            {
+                continue;
+            }
+            match offers.remove(key) {
+                Some(o) => out.offers.push(o),
+                None => unknown.push(key.clone()),
+            }
+        }
+        // A set is judged once, at its first assignment: its partitions
+        // that went to other members make it incomplete.
+        let sets: Vec<u64> = out.offers.iter().map(|o| o.set).collect();
+        let stranded: Vec<Offer> = offers
+            .values()
+            .filter(|o| sets.contains(&o.set))
+            .cloned()
+            .collect();
+        for o in &stranded {
+            offers.remove(&(o.position.topic.clone(), o.position.partition));
+        }
+        out.incomplete = stranded.iter().map(|o| o.set).collect();
+        drop(offers);
+        if let (Some(claim), false) = (&self.claim, unknown.is_empty()) {
+            out.offers.extend(
+                claim(&unknown).into_iter().filter(|o| {
+                    unknown.contains(&(o.position.topic.clone(), o.position.partition))
+                }),
+            );
+        }
+        out
+    }
+
+    /// Judges every candidate against the broker; returns the offsets that
+    /// hold, pauses accepted sets and reports what was decided.
+    fn judge_all(
+        &self,
+        c: &BaseConsumer<Self>,
+        candidates: &Candidates,
+    ) -> HashMap<(String, i32), i64> {
+        let mut starts = HashMap::new();
+        if candidates.own.is_empty() && candidates.offers.is_empty() {
+            return starts;
+        }
+        let positions: Vec<&Position> = candidates
+            .own
+            .iter()
+            .chain(candidates.offers.iter().map(|o| &o.position))
+            .collect();
+        let facts = BrokerFacts::read(c, &self.side, &positions);
+        let mut placed = Vec::new();
+        for p in &candidates.own {
+            match facts.judge(p, None) {
+                Ok(o) => {
+                    starts.insert((p.topic.clone(), p.partition), o);
+                }
+                Err(reason) => {
+                    self.positions
+                        .lock()
+                        .expect("not poisoned")
+                        .next
+                        .remove(&(p.topic.clone(), p.partition));
+                    placed.push(Placed::OwnDiscarded {
+                        topic: p.topic.clone(),
+                        partition: p.partition,
+                        reason,
+                    });
+                }
+            }
+        }
+        let mut sets: Vec<u64> = candidates.offers.iter().map(|o| o.set).collect();
+        sets.sort_unstable();
+        sets.dedup();
+        for set in sets {
+            let members: Vec<&Offer> = candidates.offers.iter().filter(|o| o.set == set).collect();
+            let verdicts: Vec<(&Offer, Result<i64, Discard>)> = members
+                .iter()
+                .map(|o| (*o, facts.judge(&o.position, o.cluster_id.as_deref())))
+                .collect();
+            let failed = verdicts.iter().find_map(|(_, v)| v.err());
+            let reason = match (failed, candidates.incomplete.contains(&set)) {
+                (Some(r), _) => Some(r),
+                (None, true) => Some(Discard::SetIncomplete),
+                (None, false) => None,
+            };
+            match reason {
+                None => {
+                    let mut paused = self.paused.lock().expect("not poisoned");
+                    for (o, v) in &verdicts {
+                        let key = (o.position.topic.clone(), o.position.partition);
+                        starts.insert(key.clone(), v.unwrap_or(o.position.offset));
+                        paused.push(key);
+                    }
+                    placed.push(Placed::SetAccepted { set });
+                }
+                Some(reason) => placed.push(Placed::SetDiscarded {
+                    set,
+                    reason,
+                    partitions: verdicts
+                        .iter()
+                        .map(|(o, v)| {
+                            let why = v.err().unwrap_or(Discard::SetIncomplete);
+                            (o.position.topic.clone(), o.position.partition, why)
+                        })
+                        .collect(),
+                }),
+            }
+        }
+        self.placed.lock().expect("not poisoned").extend(placed);
+        starts
+    }
+}
+
+/// Saved positions that may apply to an assignment.
+#[derive(Default)]
+struct Candidates {
+    own: Vec<Position>,
+    offers: Vec<Offer>,
+    /// Sets with partitions that were not in this assignment.
+    incomplete: Vec<u64>,
+}
+
+/// What the broker says about the partitions of saved positions.
+struct BrokerFacts {
+    cluster: Option<String>,
+    watermarks: HashMap<(String, i32), (i64, i64)>,
+    anchors: HashMap<(String, i32), Anchor>,
+}
+
+/// How long each question to the broker may take at assignment.
+const ASK_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl BrokerFacts {
+    fn read(c: &BaseConsumer<Ctx>, side: &ClientConfig, positions: &[&Position]) -> BrokerFacts {
+        let cluster = c.client().fetch_cluster_id(ASK_TIMEOUT);
+        let mut watermarks = HashMap::new();
+        for p in positions {
+            match c.fetch_watermarks(&p.topic, p.partition, ASK_TIMEOUT) {
+                Ok(w) => {
+                    watermarks.insert((p.topic.clone(), p.partition), w);
+                }
+                Err(e) => {
+                    tracing::warn!(topic = %p.topic, partition = p.partition, error = %e, "watermarks not readable")
+                }
+            }
+        }
+        // The message before each position, where one should still exist.
+        let wanted: Vec<(String, i32, i64)> = positions
+            .iter()
+            .filter(|p| p.anchor.is_some())
+            .filter(|p| {
+                watermarks
+                    .get(&(p.topic.clone(), p.partition))
+                    .is_some_and(|(lo, hi)| p.offset > *lo && p.offset <= *hi)
+            })
+            .map(|p| (p.topic.clone(), p.partition, p.offset - 1))
+            .fold(Vec::new(), |mut v: Vec<(String, i32, i64)>, w| {
+                // Sets that share a partition offer it once each.
+                if !v.iter().any(|x| x.0 == w.0 && x.1 == w.1) {
+                    v.push(w);
+                }
+                v
+            });
+        let anchors = read_anchors(side, &wanted).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "anchors not readable");
+            HashMap::new()
+        });
+        BrokerFacts {
+            cluster,
+            watermarks,
+            anchors,
+        }
+    }
+
+    fn judge(&self, p: &Position, saved_cluster: Option<&str>) -> Result<i64, Discard> {
+        let key = (p.topic.clone(), p.partition);
+        judge(
+            p,
+            saved_cluster,
+            self.cluster.as_deref(),
+            self.watermarks.get(&key).copied(),
+            self.anchors.get(&key).copied(),
+        )
+    }
+}
+
+/// Reads the message at each `(topic, partition, offset)` with a consumer
+/// outside the group, and returns its anchor.
+fn read_anchors(
+    side: &ClientConfig,
+    wanted: &[(String, i32, i64)],
+) -> Result<HashMap<(String, i32), Anchor>, KafkaError> {
+    let mut out = HashMap::new();
+    if wanted.is_empty() {
+        return Ok(out);
+    }
+    let reader: BaseConsumer = side
+        .clone()
+        .set("group.id", "driftd-anchor-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for (t, p, o) in wanted {
+        tpl.add_partition_offset(t, *p, Offset::Offset(*o))?;
+    }
+    reader.assign(&tpl)?;
+    let deadline = std::time::Instant::now() + ASK_TIMEOUT;
+    while out.len() < wanted.len() && std::time::Instant::now() < deadline {
+        let Some(r) = reader.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let m = r?;
+        let key = (m.topic().to_owned(), m.partition());
+        let want = wanted
+            .iter()
+            .any(|(t, p, o)| *t == key.0 && *p == key.1 && *o == m.offset());
+        if want {
+            let a = Anchor::of(m.timestamp().to_millis(), m.payload().unwrap_or_default());
+            out.insert(key, a);
+        }
+    }
+    Ok(out)
 }
 
 /// Asks the broker for the first offset at or after `now - rewind_ms` of
@@ -533,7 +906,7 @@ pub struct KafkaSource {
     topics: Vec<String>,
     /// (topic, partition) of each source id, in order of first sight.
     sources: Vec<(String, i32)>,
-    /// Offsets touched by the current batch: (topic, partition, next).
+    /// Positions reached by the current batch.
     batch: Vec<Position>,
     messages: u64,
 }
@@ -545,17 +918,21 @@ impl KafkaSource {
         start: Start,
         readiness: Arc<Readiness>,
     ) -> Result<KafkaSource, IngestError> {
-        let mut positions = Positions::default();
-        for (t, p, o) in start.known {
-            positions.next.insert((t, p), o);
-        }
+        let offers = start
+            .offers
+            .into_iter()
+            .map(|o| ((o.position.topic.clone(), o.position.partition), o))
+            .collect();
         let ctx = Ctx {
-            positions: Mutex::new(positions),
+            positions: Mutex::new(Positions::default()),
             lag: Mutex::new(Vec::new()),
             readiness,
             rewind_ms: start.rewind_ms,
             claim: start.claim,
+            offers: Mutex::new(offers),
             paused: Mutex::new(Vec::new()),
+            placed: Mutex::new(Vec::new()),
+            side: side_client_config(cfg),
         };
         let consumer: BaseConsumer<Ctx> = client_config(cfg)
             .create_with_context(ctx)
@@ -596,9 +973,10 @@ impl KafkaSource {
             };
             taken += 1;
             let (topic, partition, next) = (msg.topic(), msg.partition(), msg.offset() + 1);
+            let payload = msg.payload().unwrap_or_default();
             let source = source_id(&mut self.sources, topic, partition);
             let mut any = false;
-            for l in msg.payload().unwrap_or_default().split(|b| *b == b'\n') {
+            for l in payload.split(|b| *b == b'\n') {
                 if !l.iter().all(u8::is_ascii_whitespace) {
                     line(source, l);
                     any = true;
@@ -607,13 +985,22 @@ impl KafkaSource {
             if !any {
                 line(source, b"");
             }
+            let anchor = Some(Anchor::of(msg.timestamp().to_millis(), payload));
             match self
                 .batch
                 .iter_mut()
-                .find(|(t, p, _)| *p == partition && t == topic)
+                .find(|b| b.partition == partition && b.topic == topic)
             {
-                Some(e) => e.2 = next,
-                None => self.batch.push((topic.to_owned(), partition, next)),
+                Some(b) => {
+                    b.offset = next;
+                    b.anchor = anchor;
+                }
+                None => self.batch.push(Position {
+                    topic: topic.to_owned(),
+                    partition,
+                    offset: next,
+                    anchor,
+                }),
             }
         }
         self.messages += taken as u64;
@@ -629,9 +1016,10 @@ impl KafkaSource {
         let mut tpl = TopicPartitionList::new();
         let ctx = self.consumer.context();
         let mut pos = ctx.positions.lock().expect("not poisoned");
-        for (t, p, next) in self.batch.drain(..) {
-            let _ = tpl.add_partition_offset(&t, p, Offset::Offset(next));
-            pos.next.insert((t, p), next);
+        for b in self.batch.drain(..) {
+            let _ = tpl.add_partition_offset(&b.topic, b.partition, Offset::Offset(b.offset));
+            pos.next
+                .insert((b.topic, b.partition), (b.offset, b.anchor));
         }
         drop(pos);
         if let Err(e) = self.consumer.store_offsets(&tpl) {
@@ -651,7 +1039,8 @@ impl KafkaSource {
         self.sources.get(id as usize).map(|(t, p)| (t.as_str(), *p))
     }
 
-    /// The next offset of every partition whose lines were counted.
+    /// The next offset of every partition whose lines were counted, with
+    /// the message before it.
     pub fn positions(&self) -> Vec<Position> {
         let pos = self
             .consumer
@@ -662,10 +1051,26 @@ impl KafkaSource {
         let mut v: Vec<Position> = pos
             .next
             .iter()
-            .map(|((t, p), o)| (t.clone(), *p, *o))
+            .map(|((t, p), (o, a))| Position {
+                topic: t.clone(),
+                partition: *p,
+                offset: *o,
+                anchor: *a,
+            })
             .collect();
-        v.sort();
+        v.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
         v
+    }
+
+    /// What assignments decided about saved positions since the last call.
+    pub fn take_placed(&self) -> Vec<Placed> {
+        std::mem::take(&mut *self.consumer.context().placed.lock().expect("not poisoned"))
+    }
+
+    /// The cluster's id, if the broker says within `timeout` (a
+    /// checkpoint records it).
+    pub fn cluster_id(&self, timeout: Duration) -> Option<String> {
+        self.consumer.client().fetch_cluster_id(timeout)
     }
 
     pub fn stats(&self) -> KafkaStats {
@@ -678,14 +1083,14 @@ impl KafkaSource {
     }
 
     /// Resumes the partitions a claim paused, once their state is restored.
-    pub fn resume_claimed(&self) {
+    pub fn resume_paused(&self) {
         let paused: Vec<(String, i32)> =
             std::mem::take(&mut *self.consumer.context().paused.lock().expect("not poisoned"));
         if paused.is_empty() {
             return;
         }
         if let Err(e) = self.consumer.resume(&partition_list(&paused)) {
-            tracing::error!(error = %e, "resuming claimed partitions failed");
+            tracing::error!(error = %e, "resuming restored partitions failed");
         }
     }
 
@@ -792,6 +1197,123 @@ mod tests {
             [("UP", 60_000_000), ("UP", 2_000)].into_iter()
         ));
         assert!(!any_broker_up(std::iter::empty()));
+    }
+
+    fn at(offset: i64, anchor: Option<Anchor>) -> Position {
+        Position {
+            topic: "t".into(),
+            partition: 0,
+            offset,
+            anchor,
+        }
+    }
+
+    const A: Anchor = Anchor {
+        timestamp_ms: Some(1_700_000_000_000),
+        fingerprint: 42,
+    };
+
+    #[test]
+    fn a_saved_position_holds_only_when_everything_checkable_agrees() {
+        let p = at(3000, Some(A));
+        assert_eq!(
+            judge(&p, Some("c"), Some("c"), Some((0, 3000)), Some(A)),
+            Ok(3000)
+        );
+        // Another cluster.
+        assert_eq!(
+            judge(&p, Some("old"), Some("new"), Some((0, 3000)), Some(A)),
+            Err(Discard::Cluster)
+        );
+        // The topic was recreated and refilled to the same length: the
+        // offset is in range, the message before it is another one.
+        let other = Anchor {
+            fingerprint: 43,
+            ..A
+        };
+        assert_eq!(
+            judge(&p, Some("c"), Some("c"), Some((0, 3000)), Some(other)),
+            Err(Discard::Topic)
+        );
+        let later = Anchor {
+            timestamp_ms: Some(1_800_000_000_000),
+            ..A
+        };
+        assert_eq!(
+            judge(&p, Some("c"), Some("c"), Some((0, 3000)), Some(later)),
+            Err(Discard::Topic)
+        );
+        // Past the end, or before the start after retention.
+        assert_eq!(
+            judge(&p, None, None, Some((0, 1200)), Some(A)),
+            Err(Discard::OutOfRange)
+        );
+        assert_eq!(
+            judge(&p, None, None, Some((3500, 9000)), None),
+            Err(Discard::OutOfRange)
+        );
+        // The broker could not tell.
+        assert_eq!(
+            judge(&p, None, None, None, Some(A)),
+            Err(Discard::Unverifiable)
+        );
+        assert_eq!(
+            judge(&p, None, None, Some((0, 3000)), None),
+            Err(Discard::Unverifiable)
+        );
+    }
+
+    #[test]
+    fn what_cannot_be_checked_is_not_held_against_a_position() {
+        // Retention removed the message before it: the range still holds.
+        assert_eq!(
+            judge(&at(3000, Some(A)), None, None, Some((3000, 3100)), None),
+            Ok(3000)
+        );
+        // No anchor saved (nothing counted before it), no cluster id known.
+        assert_eq!(
+            judge(&at(10, None), None, Some("c"), Some((0, 10)), None),
+            Ok(10)
+        );
+    }
+
+    #[test]
+    fn lag_past_the_end_is_negative_never_zero() {
+        assert_eq!(honest_lag(3000, 1000, 900), Some(2000));
+        assert_eq!(honest_lag(3000, 3000, -1001), Some(0));
+        // A position beyond the end: the topic was recreated under us.
+        assert_eq!(honest_lag(1200, 3000, 3000), Some(-1800));
+        // Nothing stored yet: the committed offset stands in.
+        assert_eq!(honest_lag(500, -1001, 200), Some(300));
+        assert_eq!(honest_lag(-1, 10, 10), None);
+        assert_eq!(honest_lag(10, -1001, -1001), None);
+    }
+
+    #[test]
+    fn anchors_tell_messages_apart_by_time_and_content() {
+        let a = Anchor::of(
+            Some(5),
+            b"{\"timestamp\": \"2025-12-14 10:00:00,123\", \"model_id\": \"a\"}",
+        );
+        let b = Anchor::of(
+            Some(5),
+            b"{\"timestamp\": \"2025-12-14 10:00:00,124\", \"model_id\": \"a\"}",
+        );
+        assert_ne!(a, b);
+        assert_ne!(
+            a,
+            Anchor::of(
+                Some(6),
+                b"{\"timestamp\": \"2025-12-14 10:00:00,123\", \"model_id\": \"a\"}"
+            )
+        );
+        assert_eq!(
+            a,
+            Anchor::of(
+                Some(5),
+                b"{\"timestamp\": \"2025-12-14 10:00:00,123\", \"model_id\": \"a\"}"
+            )
+        );
     }
 
     #[test]

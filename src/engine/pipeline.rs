@@ -175,6 +175,27 @@ pub struct ModelState {
     /// Kafka partitions in the daemon), so its state can follow a partition
     /// to another replica. Bounded: a model keyed to its partitions has one.
     pub sources: Vec<u32>,
+    /// A source was not remembered ([`MAX_SOURCES`] reached).
+    pub sources_overflow: bool,
+}
+
+impl ModelState {
+    /// Whether [`ModelState::sources`] names every source the model's
+    /// lines came from.
+    pub fn sources_complete(&self) -> bool {
+        !self.sources_overflow
+    }
+
+    fn note_source(&mut self, s: u32) {
+        if self.sources.last() == Some(&s) || self.sources.contains(&s) {
+            return;
+        }
+        if self.sources.len() < MAX_SOURCES {
+            self.sources.push(s);
+        } else {
+            self.sources_overflow = true;
+        }
+    }
 }
 
 /// Sources remembered per model.
@@ -318,6 +339,11 @@ impl Engine {
     pub fn remove_baseline(&mut self, model: &str) {
         self.layouts.remove(model);
         self.models.remove(model);
+    }
+
+    /// The version of the model's baseline in force, if it has one.
+    pub fn baseline_version(&self, model: &str) -> Option<&str> {
+        self.layouts.get(model).map(|l| l.baseline.version.as_str())
     }
 
     pub fn baselines(&self) -> impl Iterator<Item = &Baseline> {
@@ -474,6 +500,7 @@ impl Engine {
                     events: 0,
                     last_event_ms: t_ms,
                     sources: Vec::new(),
+                    sources_overflow: false,
                 },
             );
         }
@@ -487,9 +514,13 @@ impl Engine {
             b.add_stages(stages);
             return;
         }
+        let source = self.source;
         let Some(m) = self.state_of(model, t_ms) else {
             return;
         };
+        if let Some(s) = source {
+            m.note_source(s);
+        }
         if let Some(t) = &mut m.latency {
             let ev = Event {
                 model: std::borrow::Cow::Borrowed(""),
@@ -528,9 +559,13 @@ impl Engine {
         if counts.is_empty() {
             return;
         }
+        let source = self.source;
         let Some(m) = self.state_of(model, t_ms) else {
             return;
         };
+        if let Some(s) = source {
+            m.note_source(s);
+        }
         // A model that logs its inferences one by one has them counted
         // already; its batch lines summarise the same predictions.
         if m.events > 0 {
@@ -582,12 +617,7 @@ impl Engine {
         m.events += 1;
         m.last_event_ms = m.last_event_ms.max(t_ms);
         if let Some(s) = self.source {
-            if m.sources.last() != Some(&s)
-                && !m.sources.contains(&s)
-                && m.sources.len() < MAX_SOURCES
-            {
-                m.sources.push(s);
-            }
+            m.note_source(s);
         }
         if let (true, Some(arm)) = (cfg.per_arm, ev.arm.as_deref()) {
             let idx = match m.arms.iter().position(|(a, _)| **a == *arm) {
@@ -700,9 +730,7 @@ impl Engine {
     pub fn add_sources(&mut self, model: &str, sources: &[u32]) {
         if let Some(m) = self.models.get_mut(model) {
             for s in sources {
-                if !m.sources.contains(s) && m.sources.len() < MAX_SOURCES {
-                    m.sources.push(*s);
-                }
+                m.note_source(*s);
             }
         }
     }
@@ -732,55 +760,75 @@ impl Engine {
             .filter(|(_, m)| now_ms - m.last_event_ms > idle_ms)
             .map(|(k, _)| k.clone())
             .collect();
-        let mut names = Vec::new();
-        for k in gone {
-            if let Some(m) = self.models.remove(&k) {
-                // A firing verdict of a forgotten window resolves: nothing
-                // would ever resolve its alert otherwise.
-                let cfg = &self.cfg;
-                let windows = std::iter::once((None, &m.all))
-                    .chain(m.latency.iter().map(|t| (None, t)))
-                    .chain(m.arms.iter().map(|(a, t)| (Some(a), t)));
-                for (arm, t) in windows {
-                    let layout = t.window.layout();
-                    for (i, slot) in layout.slots.iter().enumerate() {
-                        for (r, rule) in cfg.detect.rules.iter().enumerate() {
-                            let v = t.verdicts[i][r];
-                            if v.state != State::Firing {
-                                continue;
-                            }
-                            let distribution = crate::engine::detect::Distribution::of(slot.role);
-                            self.pending.push(Transition {
-                                alertname: distribution.alertname(),
-                                model: m.name.to_string(),
-                                arm: arm.map(|a| a.to_string()),
-                                feature: slot.name.to_string(),
-                                distribution: Some(distribution),
-                                metric: rule.metric.name(),
-                                higher_is_worse: rule.metric.higher_is_worse(),
-                                from: State::Firing,
-                                to: State::Resolved,
-                                severity: None,
-                                value: f64::NAN,
-                                threshold: rule.warning,
-                                samples: 0,
-                                at_ms: now_ms,
-                                baseline_version: layout.baseline.version.clone(),
-                                window_start_ms: None,
-                                window_end_ms: None,
-                                labels: Default::default(),
-                                details: std::collections::BTreeMap::from([(
-                                    "summary",
-                                    format!("{} went quiet and was forgotten", m.name),
-                                )]),
-                            });
-                        }
+        let why = |m: &str| format!("{m} went quiet and was forgotten");
+        gone.into_iter()
+            .filter_map(|k| self.forget(&k, now_ms, why))
+            .collect()
+    }
+
+    /// Forgets the models whose lines came from `source` (its position
+    /// turned out to describe a partition that is gone: what they counted
+    /// from it can no longer be trusted), and those whose sources are not
+    /// all remembered. Their firing verdicts resolve.
+    pub fn forget_source(&mut self, source: u32, now_ms: i64, why: &str) -> Vec<Arc<str>> {
+        let gone: Vec<Box<str>> = self
+            .models
+            .iter()
+            .filter(|(_, m)| m.sources.contains(&source) || m.sources_overflow)
+            .map(|(k, _)| k.clone())
+            .collect();
+        gone.into_iter()
+            .filter_map(|k| self.forget(&k, now_ms, |m| format!("{m}: {why}")))
+            .collect()
+    }
+
+    /// Drops a model's windows; a firing verdict of a forgotten window
+    /// resolves (nothing would ever resolve its alert otherwise), saying
+    /// `why`.
+    fn forget(
+        &mut self,
+        name: &str,
+        now_ms: i64,
+        why: impl Fn(&str) -> String,
+    ) -> Option<Arc<str>> {
+        let m = self.models.remove(name)?;
+        let cfg = &self.cfg;
+        let windows = std::iter::once((None, &m.all))
+            .chain(m.latency.iter().map(|t| (None, t)))
+            .chain(m.arms.iter().map(|(a, t)| (Some(a), t)));
+        for (arm, t) in windows {
+            let layout = t.window.layout();
+            for (i, slot) in layout.slots.iter().enumerate() {
+                for (r, rule) in cfg.detect.rules.iter().enumerate() {
+                    if t.verdicts[i][r].state != State::Firing {
+                        continue;
                     }
+                    let distribution = crate::engine::detect::Distribution::of(slot.role);
+                    self.pending.push(Transition {
+                        alertname: distribution.alertname(),
+                        model: m.name.to_string(),
+                        arm: arm.map(|a| a.to_string()),
+                        feature: slot.name.to_string(),
+                        distribution: Some(distribution),
+                        metric: rule.metric.name(),
+                        higher_is_worse: rule.metric.higher_is_worse(),
+                        from: State::Firing,
+                        to: State::Resolved,
+                        severity: None,
+                        value: f64::NAN,
+                        threshold: rule.warning,
+                        samples: 0,
+                        at_ms: now_ms,
+                        baseline_version: layout.baseline.version.clone(),
+                        window_start_ms: None,
+                        window_end_ms: None,
+                        labels: Default::default(),
+                        details: std::collections::BTreeMap::from([("summary", why(&m.name))]),
+                    });
                 }
-                names.push(m.name);
             }
         }
-        names
+        Some(m.name)
     }
 
     /// Current state of every window with bins and counts, for replay
@@ -914,6 +962,7 @@ impl Engine {
                 events: 0,
                 last_event_ms,
                 sources: Vec::new(),
+                sources_overflow: false,
             });
         m.last_event_ms = m.last_event_ms.max(last_event_ms);
         let t = match arm {
