@@ -10,11 +10,9 @@
 //! lines are produced, then letting it go (SIGCONT): from then on the input
 //! is, for the daemon, infinitely faster than it is.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use driftd::lab::generate::GeneratorConfig;
 
 const PARTITIONS: i32 = 16;
