@@ -20,6 +20,7 @@ mod consumption_survives_broker_outage;
 mod daemon_exports_drift_gauges;
 mod demo_shows_drift_within_a_minute;
 mod end_to_end_prometheus_alertmanager;
+mod engine_on_generated_traffic;
 mod group_members_share_partitions;
 mod health_alerts_reach_alertmanager;
 mod no_raw_values_leak;
