@@ -13,6 +13,7 @@ mod common;
 mod admin_api_requires_a_token;
 mod alert_events_reach_kafka_and_webhook;
 mod alerts_survive_alertmanager_outage;
+mod architecture;
 mod bad_input_is_reported;
 mod baselines_reload_without_losing_windows;
 mod cardinality_stays_bounded;
