@@ -3,11 +3,9 @@
 //! configured, and a reload that meets a bad file changes nothing: 422, the
 //! baselines in force stay, the daemon stays ready.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use driftd::lab::generate::GeneratorConfig;
 use tokio_util::sync::CancellationToken;
 

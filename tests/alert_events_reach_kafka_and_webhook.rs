@@ -2,11 +2,9 @@
 //! on the Kafka alert topic (with delivery confirmation counted) and POSTed
 //! to the webhook; neither carries a raw feature value or request id.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use driftd::lab::generate::{standard_drifts, GeneratorConfig};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;

@@ -23,8 +23,6 @@
 //! Alertmanager for five minutes, three times, and checks the alert is
 //! delivered after each) and, at CI size, by `tests/short_soak_is_clean.rs`.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -32,7 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use driftd::lab::generate::{standard_drifts, GeneratorConfig};
 use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::ClientConfig;

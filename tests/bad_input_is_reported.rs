@@ -1,9 +1,7 @@
 //! Bad files and flags get an error naming the file, the place and the
 //! problem, with the documented exit codes: 2 for usage, 64 for config.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 #[test]
 fn a_corrupt_baseline_names_file_feature_and_problem() {

@@ -2,11 +2,9 @@
 //! the new version is in force, and windows on unchanged bins keep their
 //! counts; a bad file keeps the old baselines.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use driftd::lab::generate::GeneratorConfig;
 
 fn version(s: &[Sample], model: &str) -> Option<String> {

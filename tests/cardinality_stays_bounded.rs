@@ -7,22 +7,15 @@
 //! automatic baselines: 200 models against `max_models = 5` give at most 5
 //! `model` label values in /metrics, and the rest are counted as refused.
 
-mod common;
-
 use std::fmt::Write as _;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use driftd::daemon::metrics::Metrics;
 use driftd::daemon::snapshot::Snapshot;
 use driftd::engine::baseline::{Baseline, BaselineBuilder, Binning, OTHER};
 use driftd::engine::decode::{DecodeConfig, Decoded, Decoder, Issue};
 use driftd::engine::{AutoBaseline, Engine, EngineConfig, Outcome};
-
-/// The tests of this file run one at a time: the memory bound reads the
-/// whole process' RSS, which the daemon test would otherwise disturb.
-static SERIAL: Mutex<()> = Mutex::new(());
 
 /// Arrival time of every engine line (they carry no timestamp).
 const NOW: i64 = 1_800_000_000_000;
@@ -89,9 +82,17 @@ fn model_labels(samples: &[Sample]) -> std::collections::BTreeSet<String> {
         .collect()
 }
 
+/// The memory bound reads the whole process' RSS, which every other test of
+/// this binary (daemons, mock clusters) would disturb: the flood runs in a
+/// process of its own.
 #[test]
 fn floods_of_identifiers_stop_at_the_caps() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !in_a_process_of_its_own(&format!(
+        "{}::floods_of_identifiers_stop_at_the_caps",
+        test_module(module_path!())
+    )) {
+        return;
+    }
 
     // (a) A million model ids, automatic baselines on, max_models = 50.
     let cfg = EngineConfig {
@@ -285,7 +286,6 @@ fn floods_of_identifiers_stop_at_the_caps() {
 
 #[test]
 fn the_daemon_exports_at_most_max_models() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let kafka = Kafka::new(1, 2);
     let dir = tempfile::tempdir().unwrap();
     let toml = config_toml(&kafka.brokers(), dir.path(), "bounded", "127.0.0.1:0")

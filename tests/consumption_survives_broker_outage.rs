@@ -3,11 +3,9 @@
 //! was produced meanwhile: every message exactly once, every offset
 //! committed, ready again.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use driftd::lab::generate::GeneratorConfig;
 
 const BROKERS: i32 = 3;

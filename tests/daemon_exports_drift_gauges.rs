@@ -3,11 +3,9 @@
 //! promtool accepts), malformed messages are counted by reason and skipped,
 //! and injected drift turns the verdict to firing.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use driftd::lab::generate::{standard_drifts, GeneratorConfig};
 
 #[test]

@@ -5,13 +5,11 @@
 //! latency), its p99 raises LatencyP99High, and the arm with the lower
 //! click-through a significant ArmFeedbackDifference.
 
-mod common;
-
 use std::io::BufRead;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// Recognises one line the demo must print.
 type LinePredicate = dyn Fn(&str) -> bool;

@@ -13,14 +13,12 @@
 //!    gets the firing alert from driftd's re-sends, and
 //!    `driftd_alerts_firing` agrees with what Alertmanager holds.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::*;
+use crate::common::*;
 use driftd::lab::generate::{standard_drifts, GeneratorConfig};
 use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::ClientConfig;
@@ -29,9 +27,9 @@ use tokio_util::sync::CancellationToken;
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
-/// [`common::eventually`] with this test's deadline.
+/// [`crate::common::eventually`] with this test's deadline.
 fn eventually<T>(what: &str, f: impl FnMut() -> Result<T, String>) -> T {
-    common::eventually(DEADLINE, what, f)
+    crate::common::eventually(DEADLINE, what, f)
 }
 
 // ---------------------------------------------------------------------------

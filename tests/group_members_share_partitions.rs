@@ -2,11 +2,9 @@
 //! each gets some, together they hold all, and every message is consumed by
 //! exactly one of them.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use driftd::lab::generate::GeneratorConfig;
 use tokio_util::sync::CancellationToken;
 

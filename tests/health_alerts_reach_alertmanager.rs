@@ -27,12 +27,10 @@
 //! `recsys-v3` (never deployed) or `fraud-v1` (the old version), whose error
 //! rate stays low, and `LatencyP99High` for `fraud-v2` only.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use driftd::engine::decode::{Decoded, Decoder, RecordKind};
 use driftd::lab::generate::{DeploySpec, GeneratorConfig};
 use serde_json::Value;

@@ -15,12 +15,10 @@
 //! hashed (`email`) and denied (`user_id`) values and request ids appear
 //! nowhere at all, the drift API and the baseline file included.
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 const MODEL: &str = "shop-v1";
 /// The plan categories of the reference traffic (the baseline's bins).

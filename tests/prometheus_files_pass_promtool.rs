@@ -10,13 +10,11 @@
 //! A missing `promtool` or `amtool` fails the test with the Debian package
 //! to install (`prometheus`, `prometheus-alertmanager`).
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::require_binary;
+use crate::common::require_binary;
 
 /// Every series driftd exports (README "Metrics", and the alert metrics).
 const METRICS: &[&str] = &[

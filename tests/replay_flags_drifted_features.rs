@@ -1,9 +1,7 @@
 //! `driftd replay` on the shipped samples flags the drifted distributions and
 //! only those, and writes the documented JSON report.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 fn replay_json(input: &str) -> Value {

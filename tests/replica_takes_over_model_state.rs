@@ -3,11 +3,9 @@
 //! partitions (with no local checkpoint of its own) takes over its windows
 //! too, and resumes exactly where they end: nothing lost, nothing twice.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use driftd::lab::generate::GeneratorConfig;
 use tokio_util::sync::CancellationToken;
 

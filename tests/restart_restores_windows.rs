@@ -8,12 +8,10 @@
 //! committed before the kill: a restart that ignored the checkpoint's
 //! offsets would read every message again and count it twice.
 
-mod common;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use driftd::lab::generate::GeneratorConfig;
 
 /// Events per model, summed over batches.

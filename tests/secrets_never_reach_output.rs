@@ -5,12 +5,10 @@
 //!
 //! Each secret is a recognisable canary; every output is searched for it.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 const SASL: &str = "canary-sasl-password-5d1f";
 const SSL_KEY: &str = "canary-ssl-key-password-a07c";

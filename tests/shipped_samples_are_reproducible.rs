@@ -2,9 +2,7 @@
 //! `driftd generate` and `driftd baseline build` commands produce, so anyone
 //! can regenerate (or vary) it.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 fn generate(args: &[&str]) -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();

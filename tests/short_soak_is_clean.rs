@@ -22,11 +22,9 @@
 //! Alertmanager outages) is `driftd soak` with its defaults; see the
 //! README's "Soak" section.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 /// The soak takes about 2.5 minutes; it ends itself on every path (each of

@@ -5,11 +5,9 @@
 //! The periodic commit is set to an hour here, so what is committed at the
 //! end can only come from the shutdown.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use driftd::lab::generate::GeneratorConfig;
 
 #[test]

@@ -10,11 +10,9 @@
 //! lines are produced, then letting it go (SIGCONT): from then on the input
 //! is, for the daemon, infinitely faster than it is.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use driftd::lab::generate::GeneratorConfig;
 
 const PARTITIONS: i32 = 16;
@@ -39,9 +37,20 @@ fn backlog_stays_in_kafka_and_sigterm_under_load_commits_what_was_counted() {
     write_baselines(dir.path(), &baselines(20_000));
     let addr = format!("127.0.0.1:{}", free_port());
     let toml = config_toml(&kafka.brokers(), dir.path(), group, &addr);
+    // The first member commits only when it stops (a periodic commit could
+    // otherwise take everything stored just before SIGTERM, and leave the
+    // shutdown nothing to commit); the second commits every 500 ms.
+    let first_toml = toml.replace("commit_interval = \"500ms\"", "commit_interval = \"1h\"");
+    assert!(first_toml.contains("commit_interval = \"1h\""));
+    let first_config = dir.path().join("first.toml");
+    std::fs::write(&first_config, first_toml).unwrap();
     let config = dir.path().join("driftd.toml");
     std::fs::write(&config, toml).unwrap();
-    let mut daemon = Proc::spawn(&["run", "--config", path_str(&config)], dir.path(), "first");
+    let mut daemon = Proc::spawn(
+        &["run", "--config", path_str(&first_config)],
+        dir.path(),
+        "first",
+    );
     wait_ready(
         &mut daemon,
         &format!("http://{addr}/readyz"),

@@ -1,5 +1,4 @@
 //! Helpers shared by the integration tests.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -843,4 +842,43 @@ impl Proc {
             .status();
         let _ = self.child.wait();
     }
+}
+
+// ---------------------------------------------------------------------------
+// Tests that measure the whole process.
+
+/// Set in the child that [`in_a_process_of_its_own`] starts.
+const ALONE: &str = "DRIFTD_TEST_ALONE";
+
+/// A test's module path within this binary (`module_path!()` without the
+/// crate name), as the harness names it.
+pub fn test_module(module_path: &str) -> &str {
+    module_path
+        .split_once("::")
+        .map_or(module_path, |(_, rest)| rest)
+}
+
+/// For a test that measures the whole process (its RSS), which the other
+/// tests of this binary share: true when this process runs only `test` (its
+/// full path, `file::name`), so the caller goes on; otherwise runs this
+/// binary again with only `test`, passes its output on, asserts that it ran
+/// and passed, and returns false.
+pub fn in_a_process_of_its_own(test: &str) -> bool {
+    if std::env::var_os(ALONE).is_some() {
+        return true;
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let out = Command::new(exe)
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(ALONE, "1")
+        .output()
+        .expect("the test binary runs again");
+    let (stdout, stderr) = (stdout(&out), stderr(&out));
+    eprintln!("--- {test} in a process of its own:\n{stdout}{stderr}");
+    assert!(out.status.success(), "{test} failed in its own process");
+    assert!(
+        stdout.contains("test result: ok. 1 passed"),
+        "{test} did not run in its own process: is its name right?"
+    );
+    false
 }
