@@ -17,6 +17,7 @@ mod architecture;
 mod bad_input_is_reported;
 mod baselines_reload_without_losing_windows;
 mod cardinality_stays_bounded;
+mod checkpoints_are_bound_to_what_they_describe;
 mod consumption_survives_broker_outage;
 mod daemon_exports_drift_gauges;
 mod demo_shows_drift_within_a_minute;
