@@ -592,7 +592,7 @@ impl GeneratorConfig {
 /// Why a [`GeneratorConfig`] was rejected.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("invalid generator config: {0}")]
-pub struct ConfigError(pub String);
+pub struct GeneratorError(pub String);
 
 /// What [`Generator::next_line`] wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -1088,8 +1088,8 @@ impl Generator {
     /// Builds a generator, rejecting configs that would produce nonsense: shares outside
     /// `[0, 1]` or summing past 1, no models, duplicate names, bad class priors, drifts
     /// naming unknown models or features, or effects that do not fit the feature kind.
-    pub fn try_new(cfg: GeneratorConfig) -> Result<Self, ConfigError> {
-        let err = |s: String| Err(ConfigError(s));
+    pub fn try_new(cfg: GeneratorConfig) -> Result<Self, GeneratorError> {
+        let err = |s: String| Err(GeneratorError(s));
         let shares = [
             ("malformed_share", cfg.malformed_share),
             ("error_share", cfg.error_share),
@@ -1203,7 +1203,8 @@ impl Generator {
             if d.end_ms.is_some_and(|e| e <= d.start_ms) {
                 return err(format!("drift {di}: end_ms is not after start_ms"));
             }
-            check_effect_numbers(&d.effect).map_err(|e| ConfigError(format!("drift {di}: {e}")))?;
+            check_effect_numbers(&d.effect)
+                .map_err(|e| GeneratorError(format!("drift {di}: {e}")))?;
             let mut applied = 0;
             let mut last_err = String::new();
             for m in &mut models {
@@ -1943,10 +1944,10 @@ fn pick(cum: &[f64], u: f64) -> usize {
         .unwrap_or(cum.len().saturating_sub(1))
 }
 
-fn build_model(seed: u64, spec: &ModelSpec) -> Result<ModelState, ConfigError> {
-    let err = |s: String| Err(ConfigError(format!("model {:?}: {s}", spec.name)));
+fn build_model(seed: u64, spec: &ModelSpec) -> Result<ModelState, GeneratorError> {
+    let err = |s: String| Err(GeneratorError(format!("model {:?}: {s}", spec.name)));
     if spec.name.is_empty() {
-        return Err(ConfigError("empty model name".into()));
+        return Err(GeneratorError("empty model name".into()));
     }
     if spec.features == 0 {
         return err("needs at least one feature".into());
