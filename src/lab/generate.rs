@@ -58,12 +58,15 @@
 //! can refer to them stably); distribution parameters and vocabularies depend on the seed and
 //! the model name (so adding a model does not perturb the others).
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 use serde::{Deserialize, Serialize};
+
+use crate::engine::decode::{Event, EventTime, FeatureValue, Prediction};
 
 /// Features per model when a [`ModelSpec`] does not say otherwise.
 pub const DEFAULT_FEATURES: usize = 20;
@@ -689,6 +692,118 @@ impl FeatureInfo {
     }
 }
 
+/// One feature value of an [`InferenceDraw`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum DrawnValue {
+    /// A missing number (`null` in the line).
+    Missing,
+    /// A number at full precision (the line rounds it to 2 or 3 decimals).
+    Num(f64),
+    /// The `k`-th value of the feature's vocabulary.
+    Category(usize),
+    /// The `k`-th value that new-category drifts inject into the model.
+    Injected(usize),
+    Bool(bool),
+}
+
+/// An inference record as the generator draws it: what an inference line says, typed.
+/// [`Generator::next_line`] draws one and writes it as JSON; [`Generator::next_inference`]
+/// hands it over as it is, for callers that skip the text (the scenario suite). Reused from
+/// record to record, so drawing allocates nothing once its vector has grown.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct InferenceDraw {
+    /// The model's index (see [`Generator::model_names`]).
+    pub model: usize,
+    pub request_id: u64,
+    /// One value per feature of the model, in line order.
+    pub values: Vec<DrawnValue>,
+    /// Index into the model's classes.
+    pub class: usize,
+    /// Truncated to the 4 decimals the line prints, so it stays below 1.
+    pub confidence: f64,
+    arm: Arm,
+}
+
+impl InferenceDraw {
+    /// The experiment arm, `control` or `variant`; `None` with arms off.
+    pub fn arm(&self) -> Option<&'static str> {
+        match self.arm {
+            Arm::None => None,
+            Arm::Control => Some("control"),
+            Arm::Variant => Some("variant"),
+        }
+    }
+}
+
+/// The strings of one model's events, held apart from the generator so that the typed
+/// events [`EventVocabulary::fill`] makes can borrow them while the generator draws on.
+#[derive(Debug, Clone)]
+pub struct EventVocabulary {
+    model: String,
+    /// A deployed version's name, and the event time from which lines carry it.
+    deployed: Option<(i64, String)>,
+    features: Vec<String>,
+    /// Per feature, its vocabulary (empty for other kinds).
+    categories: Vec<Vec<String>>,
+    injected: Vec<String>,
+    classes: Vec<String>,
+}
+
+impl EventVocabulary {
+    /// An event of this model with no features yet, for [`EventVocabulary::fill`].
+    pub fn event(&self) -> Event<'_> {
+        Event {
+            model: Cow::Borrowed(&self.model),
+            arm: None,
+            time: EventTime::Missing,
+            features: Vec::with_capacity(self.features.len()),
+            prediction: None,
+            confidence: None,
+            level: None,
+            service: None,
+            error_type: None,
+            request_id: None,
+            stages: Vec::new(),
+            issues: 0,
+        }
+    }
+
+    /// Writes `draw` (a record of this vocabulary's model) at `t_ms` into `ev` as the decoder
+    /// reads the fields the drift analysis uses from its line: model, arm, time, features,
+    /// prediction and confidence; numbers unrounded. `ev`'s vectors are reused.
+    pub fn fill<'v>(&'v self, draw: &InferenceDraw, t_ms: i64, ev: &mut Event<'v>) {
+        ev.model = Cow::Borrowed(match &self.deployed {
+            Some((at_ms, name)) if t_ms >= *at_ms => name,
+            _ => &self.model,
+        });
+        ev.arm = draw.arm().map(Cow::Borrowed);
+        ev.time = EventTime::Parsed(t_ms);
+        ev.features.clear();
+        let named = self.features.iter().zip(&self.categories);
+        ev.features
+            .extend(named.zip(&draw.values).map(|((name, vocabulary), v)| {
+                let value = match *v {
+                    DrawnValue::Missing => FeatureValue::Missing,
+                    DrawnValue::Num(x) => FeatureValue::Num(x),
+                    DrawnValue::Category(k) => FeatureValue::Cat(Cow::Borrowed(&vocabulary[k])),
+                    DrawnValue::Injected(k) => FeatureValue::Cat(Cow::Borrowed(&self.injected[k])),
+                    DrawnValue::Bool(b) => FeatureValue::Cat(Cow::Borrowed(bool_word(b))),
+                };
+                (Cow::Borrowed(name.as_str()), value)
+            }));
+        ev.prediction = Some(Prediction::Label(Cow::Borrowed(&self.classes[draw.class])));
+        ev.confidence = Some(draw.confidence);
+    }
+}
+
+fn bool_word(b: bool) -> &'static str {
+    if b {
+        "true"
+    } else {
+        "false"
+    }
+}
+
 /// Formats `t_ms` (milliseconds since the Unix epoch) the way Python's `logging` formats
 /// `asctime` by default, in UTC: `2025-12-14 10:00:00,123`.
 pub fn python_log_timestamp(t_ms: i64) -> String {
@@ -998,11 +1113,13 @@ struct ModelState {
     gens: Vec<FeatureGen>,
     /// Quoted JSON strings.
     classes: Vec<String>,
+    class_labels: Vec<String>,
     base_priors: Vec<f64>,
     base_cum: Vec<f64>,
     latency_mu: f64,
     drifts: Vec<ResolvedDrift>,
-    /// Quoted JSON strings of drift-injected categories.
+    /// Drift-injected categories, and the same as quoted JSON strings.
+    injected: Vec<String>,
     new_values: Vec<String>,
     // Per-line drift state, reused so drifted lines allocate nothing either.
     shift: Vec<f64>,
@@ -1016,6 +1133,7 @@ struct ModelState {
 #[derive(Debug, Clone)]
 struct ModelDeploy {
     at_ms: i64,
+    name: String,
     /// `"model_id": "new_name"` (same key as the model's), pre-rendered.
     model_kv: String,
     extra_error_share: f64,
@@ -1038,8 +1156,9 @@ impl ModelState {
 }
 
 /// The experiment arm of a recorded request (`None` with arms off or for unknown requests).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 enum Arm {
+    #[default]
     None,
     Control,
     Variant,
@@ -1060,6 +1179,10 @@ pub struct Generator {
     missing_share: f64,
     /// Feature object of the current record; written first so `input_hash` can hash it.
     features_buf: String,
+    /// The record being written.
+    record: InferenceDraw,
+    /// Numeric values drawn as outliers so far.
+    outliers: u64,
     /// Recent inference request ids, models and arms, so timing and feedback lines refer
     /// to requests that exist, as in the real service.
     recent: [(u64, usize, Arm); RECENT],
@@ -1180,6 +1303,7 @@ impl Generator {
             write_json_string(&mut model_kv, &d.new_name);
             models[i].deploy = Some(ModelDeploy {
                 at_ms: d.at_ms,
+                name: d.new_name.clone(),
                 model_kv,
                 extra_error_share: d.extra_error_share,
                 latency_factor: d.latency_factor,
@@ -1245,6 +1369,8 @@ impl Generator {
             arms: cfg.arms,
             missing_share: cfg.missing_share,
             features_buf: String::with_capacity(1024),
+            record: InferenceDraw::default(),
+            outliers: 0,
             recent: [(0, 0, Arm::None); RECENT],
             recent_len: 0,
             recent_pos: 0,
@@ -1297,6 +1423,45 @@ impl Generator {
         self.last_model
     }
 
+    /// Draws the next inference record into `draw` without writing it: a model by traffic
+    /// weight, then what an inference line of that model holds, with the same distributions
+    /// and drifts, drawn in the same order. For callers that skip the text (the scenario
+    /// suite). It draws no line kind and no deploy failure, so a stream of these is not the
+    /// stream of [`Generator::next_line`].
+    pub fn next_inference(&mut self, t_ms: i64, draw: &mut InferenceDraw) {
+        let m = self.pick_model();
+        self.draw_inference(t_ms, m, draw);
+    }
+
+    /// The strings of model `model`'s events, drift-injected categories and a deployed
+    /// version's name included, to turn its [`InferenceDraw`]s into events.
+    ///
+    /// # Panics
+    /// If `model` is out of range.
+    pub fn vocabulary(&self, model: usize) -> EventVocabulary {
+        let m = &self.models[model];
+        EventVocabulary {
+            model: m.name.clone(),
+            deployed: m.deploy.as_ref().map(|d| (d.at_ms, d.name.clone())),
+            features: m.info.iter().map(|f| f.name.clone()).collect(),
+            categories: m
+                .info
+                .iter()
+                .map(|f| match &f.kind {
+                    FeatureKind::Categorical { values, .. } => values.clone(),
+                    _ => Vec::new(),
+                })
+                .collect(),
+            injected: m.injected.clone(),
+            classes: m.class_labels.clone(),
+        }
+    }
+
+    /// Numeric values drawn as outliers (by outlier-burst drifts) so far.
+    pub fn outliers_injected(&self) -> u64 {
+        self.outliers
+    }
+
     /// Writes one line (no trailing newline) for event time `t_ms` into `out`, which is
     /// cleared first, and says what kind of line it is.
     pub fn next_line(&mut self, t_ms: i64, out: &mut String) -> LineKind {
@@ -1346,28 +1511,73 @@ impl Generator {
         self.rng.random::<u64>() >> 16
     }
 
+    /// Writes an inference record of model `m` (or, without `with_model`, the malformed one
+    /// that names no model).
     fn write_inference(&mut self, t_ms: i64, m: usize, with_model: bool, out: &mut String) {
-        let req = self.new_request_id();
-        self.fill_features(t_ms, m);
-        let hash = hash64(self.features_buf.as_bytes()) as i64;
+        let mut draw = std::mem::take(&mut self.record);
+        self.draw_inference(t_ms, m, &mut draw);
+        self.write_inference_line(t_ms, &draw, with_model, out);
+        if with_model {
+            self.recent[self.recent_pos] = (draw.request_id, m, draw.arm);
+            self.recent_pos = (self.recent_pos + 1) % RECENT;
+            self.recent_len = (self.recent_len + 1).min(RECENT);
+            self.latest_untimed = true;
+        }
+        self.record = draw;
+    }
+
+    /// Draws a record of model `m` at `t_ms` in the order the lines have always drawn it:
+    /// request id, features, class, confidence, arm.
+    fn draw_inference(&mut self, t_ms: i64, m: usize, draw: &mut InferenceDraw) {
+        draw.model = m;
+        draw.request_id = self.new_request_id();
         let model = &mut self.models[m];
+        let rng = &mut self.rng;
+        let drifted = !model.drifts.is_empty() && apply_drifts(model, t_ms);
+        draw_features(
+            rng,
+            self.missing_share,
+            model,
+            drifted,
+            &mut self.outliers,
+            &mut draw.values,
+        );
         let cum: &[f64] = if model.drifts.is_empty() {
             &model.base_cum
         } else {
             class_cum_at(model, t_ms)
         };
-        let class = pick(cum, self.rng.random());
+        draw.class = pick(cum, rng.random());
         // sqrt skews confidence towards 1 like a trained classifier; truncating to 4
         // decimals keeps the printed value strictly below 1.
-        let conf = 0.5 + 0.5 * self.rng.random::<f64>().sqrt();
-        let conf = (conf * 1e4).floor() / 1e4;
+        let conf = 0.5 + 0.5 * rng.random::<f64>().sqrt();
+        draw.confidence = (conf * 1e4).floor() / 1e4;
+        draw.arm = if !self.arms {
+            Arm::None
+        } else if rng.random::<bool>() {
+            Arm::Variant
+        } else {
+            Arm::Control
+        };
+    }
 
+    /// The JSON line of `draw`.
+    fn write_inference_line(
+        &mut self,
+        t_ms: i64,
+        draw: &InferenceDraw,
+        with_model: bool,
+        out: &mut String,
+    ) {
+        let model = &self.models[draw.model];
+        write_features(&mut self.features_buf, model, &draw.values);
+        let hash = hash64(self.features_buf.as_bytes()) as i64;
         if self.compact {
             write_header(out, t_ms, "\"");
         } else {
             write_header(out, t_ms, INFERENCE_ENVELOPE);
         }
-        write_request_id(out, req);
+        write_request_id(out, draw.request_id);
         if with_model {
             out.push_str(", ");
             out.push_str(model.model_kv_at(t_ms));
@@ -1380,77 +1590,17 @@ impl Generator {
             push_u64(out, hash.unsigned_abs());
         }
         out.push_str(", \"prediction\": ");
-        out.push_str(&model.classes[class]);
+        out.push_str(&model.classes[draw.class]);
         out.push_str(", \"confidence\": ");
-        write_float(out, conf, 4);
-        let mut arm = Arm::None;
-        if self.arms {
-            arm = if self.rng.random::<bool>() {
-                Arm::Variant
-            } else {
-                Arm::Control
-            };
-            out.push_str(if arm == Arm::Variant {
-                ", \"experiment_assignment\": \"variant\""
-            } else {
-                ", \"experiment_assignment\": \"control\""
-            });
+        write_float(out, draw.confidence, 4);
+        if let Some(arm) = draw.arm() {
+            out.push_str(", \"experiment_assignment\": \"");
+            out.push_str(arm);
+            out.push('"');
         }
         out.push_str(", \"input_features\": ");
         out.push_str(&self.features_buf);
         out.push('}');
-
-        if with_model {
-            self.recent[self.recent_pos] = (req, m, arm);
-            self.recent_pos = (self.recent_pos + 1) % RECENT;
-            self.recent_len = (self.recent_len + 1).min(RECENT);
-            self.latest_untimed = true;
-        }
-    }
-
-    /// Writes the `input_features` object of one record for model `m` into `features_buf`.
-    fn fill_features(&mut self, t_ms: i64, m: usize) {
-        let model = &mut self.models[m];
-        let rng = &mut self.rng;
-        let buf = &mut self.features_buf;
-        let drifted = !model.drifts.is_empty() && apply_drifts(model, t_ms);
-        let model = &*model;
-        buf.clear();
-        buf.push('{');
-        for (i, g) in model.gens.iter().enumerate() {
-            if i > 0 {
-                buf.push_str(", ");
-            }
-            buf.push_str(&g.key);
-            match &g.kind {
-                GenKind::Numeric { decimals, .. } => {
-                    match draw_numeric(rng, self.missing_share, model, i, drifted) {
-                        Some(x) => write_float(buf, x, *decimals),
-                        None => buf.push_str("null"),
-                    }
-                }
-                GenKind::Categorical { values, cum } => {
-                    let (share, v) = if drifted {
-                        model.newcat[i]
-                    } else {
-                        (0.0, NO_NEWCAT)
-                    };
-                    if v != NO_NEWCAT && rng.random::<f64>() < share {
-                        buf.push_str(&model.new_values[v]);
-                    } else {
-                        buf.push_str(&values[pick(cum, rng.random())]);
-                    }
-                }
-                GenKind::Boolean { p_true } => {
-                    buf.push_str(if rng.random::<f64>() < *p_true {
-                        "true"
-                    } else {
-                        "false"
-                    });
-                }
-            }
-        }
-        buf.push('}');
     }
 
     /// An `ERROR` record of model `m`: an input validation failure, or with `runtime` a
@@ -1523,7 +1673,9 @@ impl Generator {
             }
             let (mut sum, mut n) = (0.0, 0u32);
             for _ in 0..BATCH_SIZE {
-                if let Some(x) = draw_numeric(rng, self.missing_share, model, i, drifted) {
+                let outliers = &mut self.outliers;
+                if let Some(x) = draw_numeric(rng, self.missing_share, model, i, drifted, outliers)
+                {
                     sum += x;
                     n += 1;
                 }
@@ -1687,6 +1839,66 @@ impl Generator {
     }
 }
 
+/// Draws the feature values of one record of `model`, with the drift scratch of
+/// [`apply_drifts`] applied when `drifted`.
+fn draw_features(
+    rng: &mut SmallRng,
+    missing_share: f64,
+    model: &ModelState,
+    drifted: bool,
+    outliers: &mut u64,
+    values: &mut Vec<DrawnValue>,
+) {
+    values.clear();
+    for (i, g) in model.gens.iter().enumerate() {
+        let v = match &g.kind {
+            GenKind::Numeric { .. } => {
+                draw_numeric(rng, missing_share, model, i, drifted, outliers)
+                    .map_or(DrawnValue::Missing, DrawnValue::Num)
+            }
+            GenKind::Categorical { cum, .. } => {
+                let (share, v) = if drifted {
+                    model.newcat[i]
+                } else {
+                    (0.0, NO_NEWCAT)
+                };
+                if v != NO_NEWCAT && rng.random::<f64>() < share {
+                    DrawnValue::Injected(v)
+                } else {
+                    DrawnValue::Category(pick(cum, rng.random()))
+                }
+            }
+            GenKind::Boolean { p_true } => DrawnValue::Bool(rng.random::<f64>() < *p_true),
+        };
+        values.push(v);
+    }
+}
+
+/// Writes the `input_features` object of a record of `model` into `buf`.
+fn write_features(buf: &mut String, model: &ModelState, values: &[DrawnValue]) {
+    buf.clear();
+    buf.push('{');
+    for (i, (g, v)) in model.gens.iter().zip(values).enumerate() {
+        if i > 0 {
+            buf.push_str(", ");
+        }
+        buf.push_str(&g.key);
+        match (*v, &g.kind) {
+            (DrawnValue::Num(x), GenKind::Numeric { decimals, .. }) => {
+                write_float(buf, x, *decimals)
+            }
+            (DrawnValue::Category(k), GenKind::Categorical { values, .. }) => {
+                buf.push_str(&values[k])
+            }
+            (DrawnValue::Injected(k), _) => buf.push_str(&model.new_values[k]),
+            (DrawnValue::Bool(b), _) => buf.push_str(bool_word(b)),
+            // Missing (a value of another kind cannot come from this model's draw).
+            _ => buf.push_str("null"),
+        }
+    }
+    buf.push('}');
+}
+
 /// Draws numeric feature `i` of `model` as a record does (`None`: a missing value), with the
 /// drift scratch of [`apply_drifts`] applied when `drifted`.
 #[inline]
@@ -1696,6 +1908,7 @@ fn draw_numeric(
     model: &ModelState,
     i: usize,
     drifted: bool,
+    outliers: &mut u64,
 ) -> Option<f64> {
     let GenKind::Numeric {
         normal,
@@ -1719,6 +1932,7 @@ fn draw_numeric(
             let sign = if rng.random::<bool>() { 1.0 } else { -1.0 };
             let jitter = 1.0 + 0.1 * rng.random::<f64>();
             x = mean + sign * o_sds * sd * jitter;
+            *outliers += 1;
         } else {
             x = mean + (x - mean) * model.sd_mult[i] + model.shift[i] * sd;
         }
@@ -1898,6 +2112,7 @@ fn resolve_effect(model: &mut ModelState, e: &DriftEffect) -> Result<ResolvedEff
             let mut quoted = String::new();
             write_json_string(&mut quoted, value);
             model.new_values.push(quoted);
+            model.injected.push(value.clone());
             ResolvedEffect::NewCategory {
                 feature: i,
                 value: model.new_values.len() - 1,
@@ -2083,10 +2298,12 @@ fn build_model(seed: u64, spec: &ModelSpec) -> Result<ModelState, GeneratorError
         info,
         gens,
         classes,
+        class_labels: spec.classes.clone(),
         base_cum: cumulative(&base_priors),
         base_priors,
         latency_mu: rng.random_range(1.5..4.0),
         drifts: Vec::new(),
+        injected: Vec::new(),
         new_values: Vec::new(),
         shift: vec![0.0; n],
         sd_mult: vec![1.0; n],
@@ -2261,6 +2478,7 @@ pub fn standard_drifts(start_ms: i64) -> Vec<DriftSpec> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::decode::{DecodeConfig, Decoded, Decoder};
     use serde_json::Value;
 
     const T0: i64 = 1_765_706_400_000; // 2025-12-14 10:00:00 UTC
@@ -2494,6 +2712,68 @@ mod tests {
             assert!(o.get("model_id").is_none());
             assert!(o.get("experiment_assignment").is_none());
         }
+    }
+
+    /// The typed record is the line: decoding an inference line gives what
+    /// `next_inference` and `EventVocabulary::fill` make of the same draws
+    /// (numbers as the line rounds them), drifts, arms and a deploy included.
+    #[test]
+    fn typed_records_are_what_the_lines_say() {
+        let cfg = GeneratorConfig::synthetic(5, 2, 30)
+            .inference_only()
+            .with_drift(DriftSpec::mean_shift("amount", 1.0, T0 + 500).for_model("fraud-v1"))
+            .with_drift(DriftSpec::new_category("country", "XK", 0.3, T0 + 500))
+            .with_drift(DriftSpec::class_priors(vec![0.5, 0.5], T0 + 500).for_model("fraud-v1"))
+            .with_drift(DriftSpec::outlier_burst(
+                "amount",
+                0.2,
+                8.0,
+                T0 + 500,
+                T0 + 1500,
+            ))
+            .with_deploy(DeploySpec::new("fraud-v1", "fraud-v2", T0 + 1000));
+        let mut lines = Generator::new(cfg);
+        let mut typed = lines.clone();
+        let vocabularies: Vec<EventVocabulary> = (0..2).map(|m| typed.vocabulary(m)).collect();
+        let decoder = Decoder::new(DecodeConfig::default());
+        let (mut draw, mut buf) = (InferenceDraw::default(), String::new());
+        let (mut deployed, mut injected) = (0, 0);
+        for i in 0..2_000 {
+            let t = T0 + i;
+            assert_eq!(lines.next_line(t, &mut buf), LineKind::Inference);
+            let Decoded::Event(want) = decoder.decode(buf.as_bytes()) else {
+                panic!("not an event: {buf}")
+            };
+            // A line's kind is the one draw it makes before its record.
+            let _: f64 = typed.rng.random();
+            typed.next_inference(t, &mut draw);
+            let vocabulary = &vocabularies[draw.model];
+            let mut got = vocabulary.event();
+            vocabulary.fill(&draw, t, &mut got);
+            assert_eq!(
+                (&got.model, &got.arm, got.time),
+                (&want.model, &want.arm, want.time)
+            );
+            assert_eq!(
+                (&got.prediction, got.confidence),
+                (&want.prediction, want.confidence)
+            );
+            assert_eq!(got.features.len(), want.features.len());
+            for ((name, value), (want_name, want_value)) in got.features.iter().zip(&want.features)
+            {
+                assert_eq!(name, want_name);
+                match (value, want_value) {
+                    (FeatureValue::Num(x), FeatureValue::Num(y)) => {
+                        assert!((x - y).abs() <= 0.005 + 1e-12 * x.abs(), "{name}: {x} {y}")
+                    }
+                    _ => assert_eq!(value, want_value, "{name}"),
+                }
+                injected += usize::from(matches!(value, FeatureValue::Cat(c) if c == "XK"));
+            }
+            deployed += usize::from(got.model == "fraud-v2");
+        }
+        assert!(deployed > 0 && injected > 0 && typed.outliers_injected() > 0);
+        assert_eq!(typed.outliers_injected(), lines.outliers_injected());
     }
 
     #[test]

@@ -34,26 +34,22 @@
 //! Scenarios run in parallel, one per thread; in the quick set the four
 //! drifts share one stream (each on its own distribution).
 
-use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
-use rand_distr::StandardNormal;
 use serde::Serialize;
 
 use crate::config::Config;
 use crate::engine::baseline::{Baseline, BaselineBuilder};
 use crate::engine::compare::Metric;
-use crate::engine::decode::{Decoded, Event, EventTime, FeatureValue, Prediction};
+use crate::engine::decode::Decoded;
 use crate::engine::detect::{AutoThresholds, State, Thresholds, Transition};
 use crate::engine::window::WindowSpec;
 use crate::engine::{Engine, EngineConfig};
-use crate::lab::generate::{DriftEffect, DriftSpec, FeatureInfo, FeatureKind, FeatureRef};
-use crate::lab::generate::{Generator, GeneratorConfig};
+use crate::lab::generate::{DriftSpec, EventVocabulary, FeatureInfo, FeatureKind, InferenceDraw};
+use crate::lab::generate::{Generator, GeneratorConfig, GeneratorError};
 
 /// Features of the suite's model.
 pub const FEATURES: usize = 50;
@@ -164,24 +160,39 @@ pub struct ModelDef {
     pub features: Vec<FeatureInfo>,
     pub classes: Vec<String>,
     pub priors: Vec<f64>,
-    /// Share of numeric values that are missing (`null`), as the generator's.
-    pub missing_share: f64,
+    /// The generator's config of the model (the suite's streams differ only
+    /// in their seed and drifts).
+    config: GeneratorConfig,
 }
 
 impl ModelDef {
     /// Model 0 of `GeneratorConfig::synthetic(seed, 1, 50)`: `fraud-v1`.
     pub fn new(seed: u64) -> ModelDef {
-        let cfg = GeneratorConfig::synthetic(seed, 1, FEATURES);
-        let spec = cfg.models[0].clone();
-        let g = Generator::new(cfg.clone());
+        let mut config = GeneratorConfig::synthetic(seed, 1, FEATURES).inference_only();
+        config.arms = false;
+        let spec = config.models[0].clone();
+        let g = Generator::new(config.clone());
         let sum: f64 = spec.class_priors.iter().sum();
         ModelDef {
             name: spec.name,
             features: g.features(0).to_vec(),
             classes: spec.classes,
             priors: spec.class_priors.iter().map(|p| p / sum).collect(),
-            missing_share: cfg.missing_share,
+            config,
         }
+    }
+
+    /// A generator of the model's events with `drifts`, seeded by `stream_seed`.
+    pub fn generator(
+        &self,
+        drifts: &[DriftSpec],
+        stream_seed: u64,
+    ) -> Result<Generator, GeneratorError> {
+        Generator::try_new(GeneratorConfig {
+            stream_seed: Some(stream_seed),
+            drifts: drifts.to_vec(),
+            ..self.config.clone()
+        })
     }
 
     /// The `k`-th normally distributed numeric feature.
@@ -201,15 +212,6 @@ impl ModelDef {
             .find(|f| f.is_categorical())
             .map(|f| f.name.as_str())
             .expect("the generator's 50-feature model has categorical features")
-    }
-
-    fn index_of(&self, r: &FeatureRef) -> Option<usize> {
-        match r {
-            FeatureRef::Index(i) => (*i < self.features.len()).then_some(*i),
-            FeatureRef::Name(n) => self.features.iter().position(|f| {
-                f.name == *n || f.name.split_once('_').is_some_and(|(_, rest)| rest == n)
-            }),
-        }
     }
 }
 
@@ -376,276 +378,48 @@ pub fn drift_streams(def: &ModelDef, onset_ms: i64, quick: bool) -> Vec<DriftStr
     ]
 }
 
-/// Numeric sampler state of one feature.
-#[derive(Debug, Clone, Copy)]
-enum Draw {
-    Normal { mean: f64, sd: f64 },
-    LogNormal { mu: f64, sigma: f64 },
-    Categorical,
-    Boolean { p_true: f64 },
+/// The suite's events: the generator's inference records, typed. Only the
+/// JSON text is skipped.
+pub struct Stream<'v> {
+    generator: Generator,
+    draw: InferenceDraw,
+    vocabulary: &'v EventVocabulary,
+    decoded: Decoded<'v>,
 }
 
-/// A resolved drift: the spec and the feature it acts on.
-#[derive(Debug)]
-struct Active<'m> {
-    spec: &'m DriftSpec,
-    features: Vec<usize>,
-}
-
-/// Draws the model's events straight into an [`Event`], drifts included,
-/// with the generator's distributions and drift semantics.
-pub struct Stream<'m> {
-    def: &'m ModelDef,
-    rng: SmallRng,
-    draws: Vec<Draw>,
-    /// Baseline mean and sd of numeric features (the frame of drifts).
-    frame: Vec<(f64, f64)>,
-    /// Per categorical feature: values and cumulative probabilities.
-    cats: Vec<(Vec<&'m str>, Vec<f64>)>,
-    class_cum: Vec<f64>,
-    drifts: Vec<Active<'m>>,
-    decoded: Decoded<'m>,
-    // Per-event drift state.
-    shift: Vec<f64>,
-    sd_mult: Vec<f64>,
-    outlier: Vec<(f64, f64)>,
-    newcat: Vec<(f64, Option<&'m str>)>,
-    /// Values replaced by outliers so far.
-    pub outliers: u64,
-}
-
-fn cumulative(p: &[f64]) -> Vec<f64> {
-    let mut acc = 0.0;
-    let mut v: Vec<f64> = p
-        .iter()
-        .map(|x| {
-            acc += x;
-            acc
-        })
-        .collect();
-    if let Some(last) = v.last_mut() {
-        *last = f64::INFINITY;
-    }
-    v
-}
-
-fn pick(cum: &[f64], u: f64) -> usize {
-    cum.iter().position(|c| u < *c).unwrap_or(cum.len() - 1)
-}
-
-impl<'m> Stream<'m> {
-    /// A stream of `def`'s events with `drifts`, seeded by `seed`.
-    pub fn new(def: &'m ModelDef, drifts: &'m [DriftSpec], seed: u64) -> Result<Self, String> {
-        let n = def.features.len();
-        let mut draws = Vec::with_capacity(n);
-        let mut frame = Vec::with_capacity(n);
-        let mut cats = Vec::with_capacity(n);
-        let mut features = Vec::with_capacity(n);
-        for f in &def.features {
-            let (d, c) = match &f.kind {
-                FeatureKind::Normal { mean, sd } => (
-                    Draw::Normal {
-                        mean: *mean,
-                        sd: *sd,
-                    },
-                    None,
-                ),
-                FeatureKind::LogNormal { mu, sigma } => (
-                    Draw::LogNormal {
-                        mu: *mu,
-                        sigma: *sigma,
-                    },
-                    None,
-                ),
-                FeatureKind::Categorical { values, probs } => (
-                    Draw::Categorical,
-                    Some((
-                        values.iter().map(String::as_str).collect(),
-                        cumulative(probs),
-                    )),
-                ),
-                FeatureKind::Boolean { p_true } => (Draw::Boolean { p_true: *p_true }, None),
-            };
-            draws.push(d);
-            frame.push((f.mean().unwrap_or(0.0), f.sd().unwrap_or(1.0)));
-            cats.push(c.unwrap_or_default());
-            features.push((Cow::Borrowed(f.name.as_str()), FeatureValue::Missing));
+impl<'v> Stream<'v> {
+    /// The records of `generator`'s model 0, whose strings are `vocabulary`
+    /// (see [`Generator::vocabulary`]).
+    pub fn new(generator: Generator, vocabulary: &'v EventVocabulary) -> Self {
+        Stream {
+            generator,
+            draw: InferenceDraw::default(),
+            vocabulary,
+            decoded: Decoded::Event(vocabulary.event()),
         }
-        let mut active = Vec::new();
-        for d in drifts {
-            let features = match &d.effect {
-                DriftEffect::MeanShift { features, .. }
-                | DriftEffect::VarianceScale { features, .. }
-                | DriftEffect::OutlierBurst { features, .. } => features.clone(),
-                DriftEffect::NewCategory { feature, .. } => vec![feature.clone()],
-                DriftEffect::ClassPriors { priors } => {
-                    if priors.len() != def.classes.len() {
-                        return Err(format!(
-                            "class priors {priors:?} do not match the classes {:?}",
-                            def.classes
-                        ));
-                    }
-                    Vec::new()
-                }
-            };
-            let features = features
-                .iter()
-                .map(|r| {
-                    def.index_of(r)
-                        .ok_or_else(|| format!("drift on unknown feature {r:?}"))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            active.push(Active { spec: d, features });
-        }
-        Ok(Stream {
-            def,
-            rng: SmallRng::seed_from_u64(seed),
-            draws,
-            frame,
-            cats,
-            class_cum: cumulative(&def.priors),
-            drifts: active,
-            decoded: Decoded::Event(Event {
-                model: Cow::Borrowed(def.name.as_str()),
-                arm: None,
-                time: EventTime::Missing,
-                features,
-                prediction: None,
-                confidence: None,
-                level: None,
-                service: None,
-                error_type: None,
-                request_id: None,
-                stages: Vec::new(),
-                issues: 0,
-            }),
-            shift: vec![0.0; n],
-            sd_mult: vec![1.0; n],
-            outlier: vec![(0.0, 0.0); n],
-            newcat: vec![(0.0, None); n],
-            outliers: 0,
-        })
-    }
-
-    /// Fills the drift state for `t_ms`; the class cumulative, if priors
-    /// drift. False if no drift is active.
-    fn apply_drifts(&mut self, t_ms: i64) -> (bool, Option<Vec<f64>>) {
-        let mut any = false;
-        let mut priors: Option<Vec<f64>> = None;
-        for a in &self.drifts {
-            let w = a.spec.intensity(t_ms);
-            if w <= 0.0 {
-                continue;
-            }
-            if !any {
-                any = true;
-                self.shift.fill(0.0);
-                self.sd_mult.fill(1.0);
-                self.outlier.fill((0.0, 0.0));
-                self.newcat.fill((0.0, None));
-            }
-            match &a.spec.effect {
-                DriftEffect::MeanShift { sds, .. } => {
-                    for &f in &a.features {
-                        self.shift[f] += sds * w;
-                    }
-                }
-                DriftEffect::VarianceScale { factor, .. } => {
-                    for &f in &a.features {
-                        self.sd_mult[f] *= (1.0 + (factor - 1.0) * w).sqrt();
-                    }
-                }
-                DriftEffect::NewCategory { value, share, .. } => {
-                    self.newcat[a.features[0]] = (share * w, Some(value.as_str()));
-                }
-                DriftEffect::OutlierBurst { share, sds, .. } => {
-                    for &f in &a.features {
-                        self.outlier[f] = (share * w, *sds);
-                    }
-                }
-                DriftEffect::ClassPriors { priors: to } => {
-                    let base = priors.get_or_insert_with(|| self.def.priors.clone());
-                    for (p, q) in base.iter_mut().zip(to) {
-                        *p = (1.0 - w) * *p + w * q;
-                    }
-                }
-            }
-        }
-        (any, priors.map(|p| cumulative(&p)))
     }
 
     /// The event at `t_ms`.
-    pub fn next(&mut self, t_ms: i64) -> &Decoded<'m> {
-        let (drifted, class_cum) = if self.drifts.is_empty() {
-            (false, None)
-        } else {
-            self.apply_drifts(t_ms)
-        };
+    pub fn next(&mut self, t_ms: i64) -> &Decoded<'v> {
+        self.generator.next_inference(t_ms, &mut self.draw);
         let Decoded::Event(ev) = &mut self.decoded else {
             unreachable!("the stream holds an event")
         };
-        ev.time = EventTime::Parsed(t_ms);
-        let rng = &mut self.rng;
-        for (i, slot) in ev.features.iter_mut().enumerate() {
-            slot.1 = match self.draws[i] {
-                Draw::Normal { .. } | Draw::LogNormal { .. } => {
-                    if rng.random::<f64>() < self.def.missing_share {
-                        FeatureValue::Missing
-                    } else {
-                        let z: f64 = rng.sample(StandardNormal);
-                        let mut x = match self.draws[i] {
-                            Draw::Normal { mean, sd } => mean + sd * z,
-                            Draw::LogNormal { mu, sigma } => (mu + sigma * z).exp(),
-                            _ => unreachable!(),
-                        };
-                        if drifted {
-                            let (mean, sd) = self.frame[i];
-                            let (o_share, o_sds) = self.outlier[i];
-                            if o_share > 0.0 && rng.random::<f64>() < o_share {
-                                let sign = if rng.random::<bool>() { 1.0 } else { -1.0 };
-                                x = mean + sign * o_sds * sd * (1.0 + 0.1 * rng.random::<f64>());
-                                self.outliers += 1;
-                            } else {
-                                x = mean + (x - mean) * self.sd_mult[i] + self.shift[i] * sd;
-                            }
-                        }
-                        FeatureValue::Num(x)
-                    }
-                }
-                Draw::Categorical => {
-                    let (share, new) = if drifted { self.newcat[i] } else { (0.0, None) };
-                    match new {
-                        Some(v) if rng.random::<f64>() < share => {
-                            FeatureValue::Cat(Cow::Borrowed(v))
-                        }
-                        _ => {
-                            let (values, cum) = &self.cats[i];
-                            FeatureValue::Cat(Cow::Borrowed(values[pick(cum, rng.random())]))
-                        }
-                    }
-                }
-                Draw::Boolean { p_true } => {
-                    FeatureValue::Cat(Cow::Borrowed(if rng.random::<f64>() < p_true {
-                        "true"
-                    } else {
-                        "false"
-                    }))
-                }
-            };
-        }
-        let cum = class_cum.as_deref().unwrap_or(&self.class_cum);
-        let class = pick(cum, rng.random());
-        ev.prediction = Some(Prediction::Label(Cow::Borrowed(
-            self.def.classes[class].as_str(),
-        )));
-        ev.confidence = Some(0.5 + 0.5 * rng.random::<f64>().sqrt());
+        self.vocabulary.fill(&self.draw, t_ms, ev);
         &self.decoded
+    }
+
+    /// Values replaced by outliers so far.
+    pub fn outliers(&self) -> u64 {
+        self.generator.outliers_injected()
     }
 }
 
 /// The baseline of `def` from `events` reference events of seed `seed`.
 pub fn build_baseline(def: &ModelDef, events: u64, seed: u64, cfg: &EngineConfig) -> Baseline {
-    let mut s = Stream::new(def, &[], seed).expect("no drifts");
+    let generator = def.generator(&[], seed).expect("no drifts");
+    let vocabulary = generator.vocabulary(0);
+    let mut s = Stream::new(generator, &vocabulary);
     let mut b = BaselineBuilder::new(&def.name);
     for i in 0..events {
         if let Decoded::Event(ev) = s.next(T0 - HOUR_MS + i as i64) {
@@ -919,12 +693,15 @@ fn run_stationary(ctx: &Ctx<'_>, spec: StationarySpec, modes: &[Mode]) -> Vec<St
     let window = window_ms(&cfg);
     let rate = spec.window_samples as f64 * 1000.0 / window as f64;
     let end = T0 + (spec.hours * HOUR_MS as f64) as i64;
-    let mut stream = Stream::new(
-        ctx.def,
-        &[],
-        seed_of(ctx.seed, &format!("stationary-{}", spec.window_samples)),
-    )
-    .expect("no drifts");
+    let generator = ctx
+        .def
+        .generator(
+            &[],
+            seed_of(ctx.seed, &format!("stationary-{}", spec.window_samples)),
+        )
+        .expect("no drifts");
+    let vocabulary = generator.vocabulary(0);
+    let mut stream = Stream::new(generator, &vocabulary);
     let mut acc: Vec<StationaryAcc> = modes.iter().map(|_| Default::default()).collect();
     let events = drive(
         &mut engines,
@@ -1007,8 +784,12 @@ fn run_drift(ctx: &Ctx<'_>, ds: &DriftStream, onset: i64, modes: &[Mode]) -> Vec
     let (mut engines, cfg, every) = ctx.engines(modes, None);
     let window = window_ms(&cfg);
     let drifts: Vec<DriftSpec> = ds.scenarios.iter().map(|s| s.drift.clone()).collect();
-    let mut stream =
-        Stream::new(ctx.def, &drifts, seed_of(ctx.seed, &ds.name())).expect("scenario drifts fit");
+    let generator = ctx
+        .def
+        .generator(&drifts, seed_of(ctx.seed, &ds.name()))
+        .expect("scenario drifts fit");
+    let vocabulary = generator.vocabulary(0);
+    let mut stream = Stream::new(generator, &vocabulary);
     let end = onset + ds.after_ms();
     // A no-page scenario is decided when its time is up.
     let watch_until = ds
@@ -1105,7 +886,7 @@ fn run_drift(ctx: &Ctx<'_>, ds: &DriftStream, onset: i64, modes: &[Mode]) -> Vec
                     .map(|o| o.name.to_owned())
                     .collect(),
                 other_pages: other[k].clone(),
-                outliers_injected: stream.outliers,
+                outliers_injected: stream.outliers(),
                 stopped_early: stopped[k],
                 wall_s,
             });
@@ -1524,13 +1305,13 @@ pub fn render_markdown(r: &SuiteReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::decode::{DecodeConfig, Decoder};
+    use crate::engine::decode::{DecodeConfig, Decoder, FeatureValue};
 
-    /// The sampler draws what the generator writes: a window of sampled
-    /// events scores as noise against a baseline built from the
-    /// generator's JSON lines through the decoder.
+    /// The typed events are what the generator writes: a window of them
+    /// scores as noise against a baseline built from the generator's JSON
+    /// lines through the decoder.
     #[test]
-    fn the_sampler_matches_the_generators_lines() {
+    fn typed_events_score_as_noise_against_the_generators_lines() {
         let def = ModelDef::new(DEFAULT_SEED);
         let mut gcfg = GeneratorConfig::synthetic(DEFAULT_SEED, 1, FEATURES).inference_only();
         gcfg.arms = false;
@@ -1548,7 +1329,9 @@ mod tests {
         let base = b.finish(&cfg.binning, "generator", T0).unwrap();
         assert_eq!(base.features.len(), FEATURES);
         let mut e = Engine::new(cfg, vec![base]);
-        let mut s = Stream::new(&def, &[], 1).unwrap();
+        let generator = def.generator(&[], 1).unwrap();
+        let vocabulary = generator.vocabulary(0);
+        let mut s = Stream::new(generator, &vocabulary);
         for i in 0..20_000 {
             let t = T0 + i * 20;
             e.accept(s.next(t), t, t);
@@ -1562,8 +1345,8 @@ mod tests {
         }
     }
 
-    /// Drifts act as the generator's do: a 1 sd mean shift moves the mean
-    /// by one baseline sd, a new category takes its share.
+    /// The suite's drifts reach its events: a 1 sd mean shift moves the
+    /// mean by one baseline sd, a new category takes its share.
     #[test]
     fn drifts_have_their_effect() {
         let def = ModelDef::new(DEFAULT_SEED);
@@ -1579,7 +1362,9 @@ mod tests {
             def.features[i].mean().unwrap(),
             def.features[i].sd().unwrap(),
         );
-        let mut s = Stream::new(&def, &drifts, 3).unwrap();
+        let generator = def.generator(&drifts, 3).unwrap();
+        let vocabulary = generator.vocabulary(0);
+        let mut s = Stream::new(generator, &vocabulary);
         let (mut sum, mut n, mut new) = (0.0f64, 0.0f64, 0.0f64);
         for k in 0..20_000 {
             let Decoded::Event(ev) = s.next(T0 + k) else {
