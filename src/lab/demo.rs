@@ -13,7 +13,6 @@
 
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,6 +34,7 @@ use crate::engine::time::rfc3339;
 use crate::engine::window::WindowSpec;
 use crate::engine::AutoBaseline;
 use crate::lab::generate::{standard_drifts, DeploySpec, Generator, GeneratorConfig};
+use crate::lab::harness::Scratch;
 use crate::replay::{build_baselines, Input};
 
 pub const TOPIC: &str = "inference-logs";
@@ -64,24 +64,6 @@ impl Default for DemoOptions {
             duration: None,
             live_table: std::io::stdout().is_terminal(),
         }
-    }
-}
-
-/// A scratch directory removed when dropped (the demo's, the bench's).
-pub(crate) struct Scratch(pub(crate) PathBuf);
-
-impl Scratch {
-    /// `<tmp>/driftd-<what>-<pid>`, created.
-    pub(crate) fn new(what: &str) -> std::io::Result<Scratch> {
-        let p = std::env::temp_dir().join(format!("driftd-{what}-{}", std::process::id()));
-        std::fs::create_dir_all(&p)?;
-        Ok(Scratch(p))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
