@@ -1212,159 +1212,19 @@ impl Generator {
     /// `[0, 1]` or summing past 1, no models, duplicate names, bad class priors, drifts
     /// naming unknown models or features, or effects that do not fit the feature kind.
     pub fn try_new(cfg: GeneratorConfig) -> Result<Self, GeneratorError> {
-        let err = |s: String| Err(GeneratorError(s));
-        let shares = [
-            ("malformed_share", cfg.malformed_share),
-            ("error_share", cfg.error_share),
-            ("timing_share", cfg.timing_share),
-            ("feedback_share", cfg.feedback_share),
-            ("missing_share", cfg.missing_share),
-        ];
-        for (name, s) in shares {
-            if !(0.0..=1.0).contains(&s) {
-                return err(format!("{name} {s} is outside [0, 1]"));
-            }
-        }
-        if !(0.0..=1.0).contains(&cfg.batch_share) {
-            return err(format!("batch_share {} is outside [0, 1]", cfg.batch_share));
-        }
-        let mut kind_cum = [0.0; 5];
-        let mut acc = 0.0;
-        for (c, (_, s)) in kind_cum.iter_mut().zip(&shares[..4]) {
-            acc += s;
-            *c = acc;
-        }
-        if acc + cfg.batch_share > 1.0 + 1e-9 {
-            return err(format!(
-                "line-kind shares sum to {} > 1",
-                acc + cfg.batch_share
-            ));
-        }
-        // Compact streams carry no batch lines; with a zero share the batch threshold equals
-        // the feedback one, so the kind choice (and the stream) is exactly as without it.
-        kind_cum[4] = if cfg.compact {
-            acc
-        } else {
-            acc + cfg.batch_share
-        };
-        if let Some(r) = &cfg.click_rates {
-            for (arm, rate) in [("control", r.control), ("variant", r.variant)] {
-                if !(0.0..=1.0).contains(&rate) {
-                    return err(format!("click rate of {arm} {rate} is outside [0, 1]"));
-                }
-            }
-        }
-        if cfg.models.is_empty() {
-            return err("no models".into());
-        }
-        let mut models = Vec::with_capacity(cfg.models.len());
-        for (i, spec) in cfg.models.iter().enumerate() {
-            if cfg.models[..i].iter().any(|m| m.name == spec.name) {
-                return err(format!("duplicate model name {:?}", spec.name));
-            }
-            let mut model = build_model(cfg.seed, spec)?;
-            if cfg.compact {
-                for (i, (gen, info)) in model.gens.iter_mut().zip(model.info.iter_mut()).enumerate()
-                {
-                    info.name = format!("f{i:02}");
-                    gen.key = format!("\"{}\": ", info.name);
-                }
-            }
-            models.push(model);
-        }
+        let kind_cum = line_kind_thresholds(&cfg)?;
+        check_click_rates(cfg.click_rates.as_ref())?;
+        let mut models = build_models(&cfg)?;
         if let Some(d) = &cfg.deploy {
-            let Some(i) = cfg.models.iter().position(|m| m.name == d.model) else {
-                return err(format!("deploy: unknown model {:?}", d.model));
-            };
-            if d.new_name.is_empty() {
-                return err("deploy: empty new_name".into());
-            }
-            if cfg.models.iter().any(|m| m.name == d.new_name) {
-                return err(format!(
-                    "deploy: new_name {:?} is already a model",
-                    d.new_name
-                ));
-            }
-            if !(0.0..1.0).contains(&d.extra_error_share) {
-                return err(format!(
-                    "deploy: extra_error_share {} is outside [0, 1)",
-                    d.extra_error_share
-                ));
-            }
-            if !(d.latency_factor.is_finite() && d.latency_factor > 0.0) {
-                return err(format!(
-                    "deploy: latency_factor {} is not positive",
-                    d.latency_factor
-                ));
-            }
-            let mut model_kv = String::new();
-            write_json_string(&mut model_kv, cfg.models[i].id_field.key());
-            model_kv.push_str(": ");
-            write_json_string(&mut model_kv, &d.new_name);
-            models[i].deploy = Some(ModelDeploy {
-                at_ms: d.at_ms,
-                name: d.new_name.clone(),
-                model_kv,
-                extra_error_share: d.extra_error_share,
-                latency_factor: d.latency_factor,
-            });
+            attach_deploy(&cfg.models, &mut models, d)?;
         }
-        let total_w: f64 = cfg.models.iter().map(|m| m.traffic_weight).sum();
-        let mut acc = 0.0;
-        let traffic_cum = cfg
-            .models
-            .iter()
-            .map(|m| {
-                acc += m.traffic_weight / total_w;
-                acc
-            })
-            .collect();
-
         for (di, d) in cfg.drifts.iter().enumerate() {
-            if d.ramp_ms < 0 {
-                return err(format!("drift {di}: negative ramp_ms"));
-            }
-            if d.end_ms.is_some_and(|e| e <= d.start_ms) {
-                return err(format!("drift {di}: end_ms is not after start_ms"));
-            }
-            check_effect_numbers(&d.effect)
-                .map_err(|e| GeneratorError(format!("drift {di}: {e}")))?;
-            let mut applied = 0;
-            let mut last_err = String::new();
-            for m in &mut models {
-                if d.model.as_ref().is_some_and(|n| *n != m.name) {
-                    continue;
-                }
-                match resolve_effect(m, &d.effect) {
-                    Ok(effect) => {
-                        m.drifts.push(ResolvedDrift {
-                            start: d.start_ms,
-                            end: d.end_ms,
-                            ramp: d.ramp_ms,
-                            effect,
-                        });
-                        applied += 1;
-                    }
-                    // A drift naming its model must fit it; an all-models drift applies
-                    // wherever it fits, so models of different shapes can share one spec.
-                    Err(e) if d.model.is_some() => {
-                        return err(format!("drift {di} on {}: {e}", m.name))
-                    }
-                    Err(e) => last_err = e,
-                }
-            }
-            if applied == 0 {
-                return match &d.model {
-                    Some(n) => err(format!("drift {di}: unknown model {n:?}")),
-                    None => err(format!("drift {di} fits no model: {last_err}")),
-                };
-            }
+            attach_drift(&mut models, di, d)?;
         }
-
         Ok(Generator {
             rng: SmallRng::seed_from_u64(cfg.stream_seed.unwrap_or(cfg.seed)),
             models,
-            traffic_cum,
+            traffic_cum: traffic_thresholds(&cfg.models),
             kind_cum,
             arms: cfg.arms,
             missing_share: cfg.missing_share,
@@ -2016,6 +1876,178 @@ fn class_cum_at(model: &mut ModelState, t_ms: i64) -> &[f64] {
     &model.cum_scratch
 }
 
+/// Cumulative thresholds of the line kinds (malformed, error, timing, feedback, batch
+/// statistics), after checking every share is in `[0, 1]` and they sum to at most 1.
+fn line_kind_thresholds(cfg: &GeneratorConfig) -> Result<[f64; 5], GeneratorError> {
+    let err = |s: String| Err(GeneratorError(s));
+    let shares = [
+        ("malformed_share", cfg.malformed_share),
+        ("error_share", cfg.error_share),
+        ("timing_share", cfg.timing_share),
+        ("feedback_share", cfg.feedback_share),
+        ("missing_share", cfg.missing_share),
+    ];
+    for (name, s) in shares {
+        if !(0.0..=1.0).contains(&s) {
+            return err(format!("{name} {s} is outside [0, 1]"));
+        }
+    }
+    if !(0.0..=1.0).contains(&cfg.batch_share) {
+        return err(format!("batch_share {} is outside [0, 1]", cfg.batch_share));
+    }
+    let mut kind_cum = [0.0; 5];
+    let mut acc = 0.0;
+    for (c, (_, s)) in kind_cum.iter_mut().zip(&shares[..4]) {
+        acc += s;
+        *c = acc;
+    }
+    if acc + cfg.batch_share > 1.0 + 1e-9 {
+        return err(format!(
+            "line-kind shares sum to {} > 1",
+            acc + cfg.batch_share
+        ));
+    }
+    // Compact streams carry no batch lines; with a zero share the batch threshold equals
+    // the feedback one, so the kind choice (and the stream) is exactly as without it.
+    kind_cum[4] = if cfg.compact {
+        acc
+    } else {
+        acc + cfg.batch_share
+    };
+    Ok(kind_cum)
+}
+
+fn check_click_rates(rates: Option<&ArmClickRates>) -> Result<(), GeneratorError> {
+    if let Some(r) = rates {
+        for (arm, rate) in [("control", r.control), ("variant", r.variant)] {
+            if !(0.0..=1.0).contains(&rate) {
+                return Err(GeneratorError(format!(
+                    "click rate of {arm} {rate} is outside [0, 1]"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The models of `cfg`, uniquely named (features renamed `fNN` in compact streams).
+fn build_models(cfg: &GeneratorConfig) -> Result<Vec<ModelState>, GeneratorError> {
+    if cfg.models.is_empty() {
+        return Err(GeneratorError("no models".into()));
+    }
+    let mut models = Vec::with_capacity(cfg.models.len());
+    for (i, spec) in cfg.models.iter().enumerate() {
+        if cfg.models[..i].iter().any(|m| m.name == spec.name) {
+            return Err(GeneratorError(format!(
+                "duplicate model name {:?}",
+                spec.name
+            )));
+        }
+        let mut model = build_model(cfg.seed, spec)?;
+        if cfg.compact {
+            for (i, (gen, info)) in model.gens.iter_mut().zip(model.info.iter_mut()).enumerate() {
+                info.name = format!("f{i:02}");
+                gen.key = format!("\"{}\": ", info.name);
+            }
+        }
+        models.push(model);
+    }
+    Ok(models)
+}
+
+/// Gives the model `d` replaces its worse version, after checking the deploy.
+fn attach_deploy(
+    specs: &[ModelSpec],
+    models: &mut [ModelState],
+    d: &DeploySpec,
+) -> Result<(), GeneratorError> {
+    let err = |s: String| Err(GeneratorError(format!("deploy: {s}")));
+    let Some(i) = specs.iter().position(|m| m.name == d.model) else {
+        return err(format!("unknown model {:?}", d.model));
+    };
+    if d.new_name.is_empty() {
+        return err("empty new_name".into());
+    }
+    if specs.iter().any(|m| m.name == d.new_name) {
+        return err(format!("new_name {:?} is already a model", d.new_name));
+    }
+    if !(0.0..1.0).contains(&d.extra_error_share) {
+        return err(format!(
+            "extra_error_share {} is outside [0, 1)",
+            d.extra_error_share
+        ));
+    }
+    if !(d.latency_factor.is_finite() && d.latency_factor > 0.0) {
+        return err(format!(
+            "latency_factor {} is not positive",
+            d.latency_factor
+        ));
+    }
+    let mut model_kv = quoted(specs[i].id_field.key());
+    model_kv.push_str(": ");
+    write_json_string(&mut model_kv, &d.new_name);
+    models[i].deploy = Some(ModelDeploy {
+        at_ms: d.at_ms,
+        name: d.new_name.clone(),
+        model_kv,
+        extra_error_share: d.extra_error_share,
+        latency_factor: d.latency_factor,
+    });
+    Ok(())
+}
+
+/// Cumulative traffic shares of the models.
+fn traffic_thresholds(specs: &[ModelSpec]) -> Vec<f64> {
+    let total_w: f64 = specs.iter().map(|m| m.traffic_weight).sum();
+    let mut acc = 0.0;
+    specs
+        .iter()
+        .map(|m| {
+            acc += m.traffic_weight / total_w;
+            acc
+        })
+        .collect()
+}
+
+/// Resolves drift number `di` on the models it names (or every model it fits).
+fn attach_drift(models: &mut [ModelState], di: usize, d: &DriftSpec) -> Result<(), GeneratorError> {
+    let err = |s: String| Err(GeneratorError(s));
+    if d.ramp_ms < 0 {
+        return err(format!("drift {di}: negative ramp_ms"));
+    }
+    if d.end_ms.is_some_and(|e| e <= d.start_ms) {
+        return err(format!("drift {di}: end_ms is not after start_ms"));
+    }
+    check_effect_numbers(&d.effect).map_err(|e| GeneratorError(format!("drift {di}: {e}")))?;
+    let mut applied = 0usize;
+    let mut last_err = String::new();
+    for m in models {
+        if d.model.as_ref().is_some_and(|n| *n != m.name) {
+            continue;
+        }
+        match resolve_effect(m, &d.effect) {
+            Ok(effect) => {
+                m.drifts.push(ResolvedDrift {
+                    start: d.start_ms,
+                    end: d.end_ms,
+                    ramp: d.ramp_ms,
+                    effect,
+                });
+                applied += 1;
+            }
+            // A drift naming its model must fit it; an all-models drift applies
+            // wherever it fits, so models of different shapes can share one spec.
+            Err(e) if d.model.is_some() => return err(format!("drift {di} on {}: {e}", m.name)),
+            Err(e) => last_err = e,
+        }
+    }
+    match (&d.model, applied) {
+        (_, 1..) => Ok(()),
+        (Some(n), 0) => err(format!("drift {di}: unknown model {n:?}")),
+        (None, 0) => err(format!("drift {di} fits no model: {last_err}")),
+    }
+}
+
 fn check_effect_numbers(e: &DriftEffect) -> Result<(), String> {
     let finite = |name: &str, v: f64| {
         if v.is_finite() {
@@ -2109,9 +2141,7 @@ fn resolve_effect(model: &mut ModelState, e: &DriftEffect) -> Result<ResolvedEff
             if values.contains(value) {
                 return Err(format!("{value:?} is already in the vocabulary"));
             }
-            let mut quoted = String::new();
-            write_json_string(&mut quoted, value);
-            model.new_values.push(quoted);
+            model.new_values.push(quoted(value));
             model.injected.push(value.clone());
             ResolvedEffect::NewCategory {
                 feature: i,
@@ -2159,7 +2189,8 @@ fn pick(cum: &[f64], u: f64) -> usize {
         .unwrap_or(cum.len().saturating_sub(1))
 }
 
-fn build_model(seed: u64, spec: &ModelSpec) -> Result<ModelState, GeneratorError> {
+/// The class priors of `spec`, normalised, after checking the spec.
+fn check_model_spec(spec: &ModelSpec) -> Result<Vec<f64>, GeneratorError> {
     let err = |s: String| Err(GeneratorError(format!("model {:?}: {s}", spec.name)));
     if spec.name.is_empty() {
         return Err(GeneratorError("empty model name".into()));
@@ -2182,10 +2213,14 @@ fn build_model(seed: u64, spec: &ModelSpec) -> Result<ModelState, GeneratorError
     if spec.classes.is_empty() || spec.classes.len() != spec.class_priors.len() {
         return err("classes and class_priors must be non-empty and of equal length".into());
     }
-    let Some(base_priors) = normalise(&spec.class_priors) else {
-        return err("class priors must be non-negative with a positive sum".into());
-    };
+    match normalise(&spec.class_priors) {
+        Some(p) => Ok(p),
+        None => err("class priors must be non-negative with a positive sum".into()),
+    }
+}
 
+fn build_model(seed: u64, spec: &ModelSpec) -> Result<ModelState, GeneratorError> {
+    let base_priors = check_model_spec(spec)?;
     // Per-model stream so a model's distributions depend on the seed and its own name only.
     let mut rng = SmallRng::seed_from_u64(seed ^ hash64(spec.name.as_bytes()).rotate_left(17));
     let mut info = Vec::with_capacity(spec.features);
@@ -2195,100 +2230,22 @@ fn build_model(seed: u64, spec: &ModelSpec) -> Result<ModelState, GeneratorError
         .enumerate()
     {
         let (kind, gen) = match layout {
-            LayoutKind::Numeric(_) => {
-                if rng.random::<bool>() {
-                    let scale = 10f64.powf(rng.random_range(0.0..3.0));
-                    let mean = scale * rng.random_range(1.0..3.0);
-                    let sd = scale * rng.random_range(0.2..0.6);
-                    let decimals = if scale >= 100.0 { 2 } else { 3 };
-                    (
-                        FeatureKind::Normal { mean, sd },
-                        GenKind::Numeric {
-                            normal: true,
-                            a: mean,
-                            b: sd,
-                            mean,
-                            sd,
-                            decimals,
-                        },
-                    )
-                } else {
-                    let mu: f64 = rng.random_range(0.0..6.0);
-                    let sigma = rng.random_range(0.25..0.9);
-                    let kind = FeatureKind::LogNormal { mu, sigma };
-                    let probe = FeatureInfo {
-                        index,
-                        name: String::new(),
-                        kind: kind.clone(),
-                    };
-                    let (mean, sd) = (probe.mean().unwrap_or(0.0), probe.sd().unwrap_or(1.0));
-                    let decimals = if mu.exp() >= 100.0 { 2 } else { 3 };
-                    (
-                        kind,
-                        GenKind::Numeric {
-                            normal: false,
-                            a: mu,
-                            b: sigma,
-                            mean,
-                            sd,
-                            decimals,
-                        },
-                    )
-                }
-            }
-            LayoutKind::Categorical(j) => {
-                let pool = CATEGORICAL_POOLS[j % CATEGORICAL_POOLS.len()].1;
-                let size = rng.random_range(5..=pool.len().min(30));
-                let s: f64 = rng.random_range(0.8..1.4);
-                let probs = normalise(
-                    &(0..size)
-                        .map(|r| 1.0 / ((r + 1) as f64).powf(s))
-                        .collect::<Vec<_>>(),
-                )
-                .expect("Zipf weights are positive");
-                let values: Vec<String> = pool[..size].iter().map(|v| (*v).to_string()).collect();
-                let quoted = values
-                    .iter()
-                    .map(|v| {
-                        let mut q = String::new();
-                        write_json_string(&mut q, v);
-                        q
-                    })
-                    .collect();
-                let cum = cumulative(&probs);
-                (
-                    FeatureKind::Categorical { values, probs },
-                    GenKind::Categorical {
-                        values: quoted,
-                        cum,
-                    },
-                )
-            }
+            LayoutKind::Numeric(_) => numeric_feature(&mut rng),
+            LayoutKind::Categorical(j) => categorical_feature(&mut rng, j),
             LayoutKind::Boolean => {
                 let p_true = rng.random_range(0.2..0.8);
                 (FeatureKind::Boolean { p_true }, GenKind::Boolean { p_true })
             }
         };
-        let mut key = String::new();
-        write_json_string(&mut key, &name);
+        let mut key = quoted(&name);
         key.push_str(": ");
         gens.push(FeatureGen { key, kind: gen });
         info.push(FeatureInfo { index, name, kind });
     }
 
-    let mut model_kv = String::new();
-    write_json_string(&mut model_kv, spec.id_field.key());
+    let mut model_kv = quoted(spec.id_field.key());
     model_kv.push_str(": ");
     write_json_string(&mut model_kv, &spec.name);
-    let classes = spec
-        .classes
-        .iter()
-        .map(|c| {
-            let mut q = String::new();
-            write_json_string(&mut q, c);
-            q
-        })
-        .collect();
     let n = spec.features;
     let k = base_priors.len();
     Ok(ModelState {
@@ -2297,7 +2254,7 @@ fn build_model(seed: u64, spec: &ModelSpec) -> Result<ModelState, GeneratorError
         deploy: None,
         info,
         gens,
-        classes,
+        classes: spec.classes.iter().map(|c| quoted(c)).collect(),
         class_labels: spec.classes.clone(),
         base_cum: cumulative(&base_priors),
         base_priors,
@@ -2312,6 +2269,70 @@ fn build_model(seed: u64, spec: &ModelSpec) -> Result<ModelState, GeneratorError
         cum_scratch: vec![0.0; k],
         prior_scratch: vec![0.0; k],
     })
+}
+
+/// A numeric feature's distribution: normal or log-normal, at a scale from 1 to 1,000.
+fn numeric_feature(rng: &mut SmallRng) -> (FeatureKind, GenKind) {
+    if rng.random::<bool>() {
+        let scale = 10f64.powf(rng.random_range(0.0..3.0));
+        let mean = scale * rng.random_range(1.0..3.0);
+        let sd = scale * rng.random_range(0.2..0.6);
+        let decimals = if scale >= 100.0 { 2 } else { 3 };
+        let gen = GenKind::Numeric {
+            normal: true,
+            a: mean,
+            b: sd,
+            mean,
+            sd,
+            decimals,
+        };
+        return (FeatureKind::Normal { mean, sd }, gen);
+    }
+    let mu: f64 = rng.random_range(0.0..6.0);
+    let sigma = rng.random_range(0.25..0.9);
+    let kind = FeatureKind::LogNormal { mu, sigma };
+    let probe = FeatureInfo {
+        index: 0,
+        name: String::new(),
+        kind: kind.clone(),
+    };
+    let (mean, sd) = (probe.mean().unwrap_or(0.0), probe.sd().unwrap_or(1.0));
+    let decimals = if mu.exp() >= 100.0 { 2 } else { 3 };
+    let gen = GenKind::Numeric {
+        normal: false,
+        a: mu,
+        b: sigma,
+        mean,
+        sd,
+        decimals,
+    };
+    (kind, gen)
+}
+
+/// The `j`-th categorical feature's distribution: 5 to 30 values of its pool, Zipf-like.
+fn categorical_feature(rng: &mut SmallRng, j: usize) -> (FeatureKind, GenKind) {
+    let pool = CATEGORICAL_POOLS[j % CATEGORICAL_POOLS.len()].1;
+    let size = rng.random_range(5..=pool.len().min(30));
+    let s: f64 = rng.random_range(0.8..1.4);
+    let probs = normalise(
+        &(0..size)
+            .map(|r| 1.0 / ((r + 1) as f64).powf(s))
+            .collect::<Vec<_>>(),
+    )
+    .expect("Zipf weights are positive");
+    let values: Vec<String> = pool[..size].iter().map(|v| (*v).to_string()).collect();
+    let gen = GenKind::Categorical {
+        values: values.iter().map(|v| quoted(v)).collect(),
+        cum: cumulative(&probs),
+    };
+    (FeatureKind::Categorical { values, probs }, gen)
+}
+
+/// `s` as a JSON string.
+fn quoted(s: &str) -> String {
+    let mut q = String::new();
+    write_json_string(&mut q, s);
+    q
 }
 
 /// The constant part of a line after the timestamp, built at compile time so the hot path
