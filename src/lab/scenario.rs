@@ -900,11 +900,168 @@ enum Job<'a> {
     Drift(&'a DriftStream),
 }
 
+/// What a job measured.
+enum Done {
+    Stationary(Vec<StationaryResult>),
+    Drift(Vec<DriftResult>),
+}
+
+impl Job<'_> {
+    fn run(&self, ctx: &Ctx<'_>, mode: Mode, onset: i64) -> Done {
+        match self {
+            Job::Stationary(spec) => Done::Stationary(run_stationary(ctx, *spec, &[mode])),
+            Job::Drift(ds) => Done::Drift(run_drift(ctx, ds, onset, &[mode])),
+        }
+    }
+}
+
+impl Done {
+    /// A progress line per result.
+    fn progress_lines(&self) -> Vec<String> {
+        match self {
+            Done::Stationary(rs) => rs
+                .iter()
+                .map(|r| {
+                    format!(
+                        "stationary n={} {}: {} false alarms in {} h ({:.1} s){}",
+                        size_label(r),
+                        r.mode.as_str(),
+                        r.false_alarms,
+                        r.hours,
+                        r.wall_s,
+                        if r.pages.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {}", r.pages.join(", "))
+                        }
+                    )
+                })
+                .collect(),
+            Done::Drift(rs) => rs
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{} {}: {} ({:.1} s)",
+                        r.scenario,
+                        r.mode.as_str(),
+                        outcome(r),
+                        r.wall_s
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The runs of the suite, longest first (so the last job to finish is a
+/// short one), with their cost in events.
+fn plan_jobs<'a>(
+    opts: &SuiteOptions,
+    window: i64,
+    onset: i64,
+    streams: &'a [DriftStream],
+) -> Vec<(f64, Job<'a>, Mode)> {
+    // A job per mode: the longest stream sets the wall time, and two
+    // engines on one stream would run it on one core (sharing saves only
+    // the sampling, ~40% of an engine).
+    let mut jobs: Vec<(f64, Job<'_>, Mode)> = Vec::new();
+    for &mode in &opts.modes {
+        for spec in stationary_specs(opts.quick) {
+            jobs.push((
+                spec.window_samples as f64 * 1000.0 / window as f64 * spec.hours * 3600.0,
+                Job::Stationary(spec),
+                mode,
+            ));
+        }
+        for ds in streams {
+            let ms = (onset - T0 + ds.after_ms()) as f64;
+            jobs.push((DRIFT_RATE * ms / 1000.0, Job::Drift(ds), mode));
+        }
+    }
+    jobs.sort_by(|a, b| b.0.total_cmp(&a.0));
+    jobs
+}
+
+/// Runs `jobs` on `threads` workers, reporting each result to `progress`.
+fn run_jobs(
+    ctx: &Ctx<'_>,
+    jobs: &[(f64, Job<'_>, Mode)],
+    onset: i64,
+    threads: usize,
+    progress: Option<fn(&str)>,
+) -> (Vec<StationaryResult>, Vec<DriftResult>) {
+    let next = AtomicUsize::new(0);
+    let finished = AtomicUsize::new(0);
+    let stationary: Mutex<Vec<StationaryResult>> = Mutex::new(Vec::new());
+    let drift: Mutex<Vec<DriftResult>> = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some((_, job, mode)) = jobs.get(i) else {
+                    return;
+                };
+                let done = job.run(ctx, *mode, onset);
+                let lines = done.progress_lines();
+                match done {
+                    Done::Stationary(rs) => stationary.lock().expect("not poisoned").extend(rs),
+                    Done::Drift(rs) => drift.lock().expect("not poisoned").extend(rs),
+                }
+                let k = finished.fetch_add(1, Ordering::Relaxed) + 1;
+                if let Some(p) = progress {
+                    for l in lines {
+                        p(&format!("[{k}/{}] {l}", jobs.len()));
+                    }
+                }
+            });
+        }
+    });
+    (
+        stationary.into_inner().expect("workers done"),
+        drift.into_inner().expect("workers done"),
+    )
+}
+
+/// How the suite was set up, for the report.
+fn setup(opts: &SuiteOptions, def: &ModelDef, threads: usize) -> Setup {
+    let (cfg, every) = engine_config(Mode::Static);
+    let (length_ms, pane_ms) = match cfg.window {
+        WindowSpec::Time { length_ms, pane_ms } => (length_ms, pane_ms),
+        WindowSpec::Count { .. } => (window_ms(&cfg), 0),
+    };
+    Setup {
+        model: def.name.clone(),
+        features: def.features.len(),
+        numeric_features: def.features.iter().filter(|f| f.is_numeric()).count(),
+        categorical_features: def.features.iter().filter(|f| f.is_categorical()).count(),
+        baseline_events: BASELINE_EVENTS,
+        window_ms: length_ms,
+        pane_ms,
+        every_ms: every,
+        min_samples: opts
+            .modes
+            .iter()
+            .map(|m| (*m, engine_config(*m).0.detect.min_samples))
+            .collect(),
+        for_evaluations: cfg.detect.for_evaluations,
+        rules: cfg
+            .detect
+            .rules
+            .iter()
+            .map(|r| format!("{} {} / {}", r.metric.name(), r.warning, r.critical))
+            .collect(),
+        drift_rate_per_s: DRIFT_RATE,
+        seed: opts.seed,
+        quick: opts.quick,
+        threads,
+    }
+}
+
 /// Runs the suite.
 pub fn run(opts: &SuiteOptions) -> SuiteReport {
     let began = Instant::now();
     let def = ModelDef::new(opts.seed);
-    let (cfg, every) = engine_config(Mode::Static);
+    let (cfg, _) = engine_config(Mode::Static);
     let window = window_ms(&cfg);
     let baseline = build_baseline(&def, BASELINE_EVENTS, seed_of(opts.seed, "reference"), &cfg);
     // The window is full after one length; the drift comes after a little
@@ -915,96 +1072,16 @@ pub fn run(opts: &SuiteOptions) -> SuiteReport {
         T0 + window + window / 2
     };
     let streams = drift_streams(&def, onset, opts.quick);
-    // (cost in events, job, mode). A job per mode: the longest stream
-    // sets the wall time, and two engines on one stream would run it on
-    // one core (sharing saves only the sampling, ~40% of an engine).
-    let mut jobs: Vec<(f64, Job<'_>, Mode)> = Vec::new();
-    for &mode in &opts.modes {
-        for spec in stationary_specs(opts.quick) {
-            jobs.push((
-                spec.window_samples as f64 * 1000.0 / window as f64 * spec.hours * 3600.0,
-                Job::Stationary(spec),
-                mode,
-            ));
-        }
-        for ds in &streams {
-            let ms = (onset - T0 + ds.after_ms()) as f64;
-            jobs.push((DRIFT_RATE * ms / 1000.0, Job::Drift(ds), mode));
-        }
-    }
-    // Longest first, so the last job to finish is a short one.
-    jobs.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let jobs = plan_jobs(opts, window, onset, &streams);
     let ctx = Ctx {
         def: &def,
         baseline: &baseline,
         seed: opts.seed,
         stop_early: opts.quick,
     };
-    let next = AtomicUsize::new(0);
-    let finished = AtomicUsize::new(0);
-    let stationary: Mutex<Vec<StationaryResult>> = Mutex::new(Vec::new());
-    let drift: Mutex<Vec<DriftResult>> = Mutex::new(Vec::new());
     let threads = opts.threads.clamp(1, jobs.len().max(1));
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some((_, job, mode)) = jobs.get(i) else {
-                    return;
-                };
-                let lines: Vec<String> = match job {
-                    Job::Stationary(spec) => {
-                        let rs = run_stationary(&ctx, *spec, &[*mode]);
-                        let lines = rs
-                            .iter()
-                            .map(|r| {
-                                format!(
-                                    "stationary n={} {}: {} false alarms in {} h ({:.1} s){}",
-                                    size_label(r),
-                                    r.mode.as_str(),
-                                    r.false_alarms,
-                                    r.hours,
-                                    r.wall_s,
-                                    if r.pages.is_empty() {
-                                        String::new()
-                                    } else {
-                                        format!(": {}", r.pages.join(", "))
-                                    }
-                                )
-                            })
-                            .collect();
-                        stationary.lock().expect("not poisoned").extend(rs);
-                        lines
-                    }
-                    Job::Drift(ds) => {
-                        let rs = run_drift(&ctx, ds, onset, &[*mode]);
-                        let lines = rs
-                            .iter()
-                            .map(|r| {
-                                format!(
-                                    "{} {}: {} ({:.1} s)",
-                                    r.scenario,
-                                    r.mode.as_str(),
-                                    outcome(r),
-                                    r.wall_s
-                                )
-                            })
-                            .collect();
-                        drift.lock().expect("not poisoned").extend(rs);
-                        lines
-                    }
-                };
-                let k = finished.fetch_add(1, Ordering::Relaxed) + 1;
-                if let Some(p) = opts.progress {
-                    for l in lines {
-                        p(&format!("[{k}/{}] {l}", jobs.len()));
-                    }
-                }
-            });
-        }
-    });
-    let mut stationary = stationary.into_inner().expect("workers done");
-    let mut drift = drift.into_inner().expect("workers done");
+    let (mut stationary, mut drift) = run_jobs(&ctx, &jobs, onset, threads, opts.progress);
+    // In table order: by size, scenario, then mode as asked.
     let mode_rank = |m: Mode| opts.modes.iter().position(|x| *x == m);
     stationary.sort_by_key(|r| (r.window_samples, r.min_samples_override, mode_rank(r.mode)));
     let order: Vec<&str> = streams
@@ -1017,39 +1094,8 @@ pub fn run(opts: &SuiteOptions) -> SuiteReport {
             mode_rank(r.mode),
         )
     });
-    let numeric = def.features.iter().filter(|f| f.is_numeric()).count();
-    let categorical = def.features.iter().filter(|f| f.is_categorical()).count();
-    let (length_ms, pane_ms) = match cfg.window {
-        WindowSpec::Time { length_ms, pane_ms } => (length_ms, pane_ms),
-        WindowSpec::Count { .. } => (window, 0),
-    };
     SuiteReport {
-        setup: Setup {
-            model: def.name.clone(),
-            features: def.features.len(),
-            numeric_features: numeric,
-            categorical_features: categorical,
-            baseline_events: BASELINE_EVENTS,
-            window_ms: length_ms,
-            pane_ms,
-            every_ms: every,
-            min_samples: opts
-                .modes
-                .iter()
-                .map(|m| (*m, engine_config(*m).0.detect.min_samples))
-                .collect(),
-            for_evaluations: cfg.detect.for_evaluations,
-            rules: cfg
-                .detect
-                .rules
-                .iter()
-                .map(|r| format!("{} {} / {}", r.metric.name(), r.warning, r.critical))
-                .collect(),
-            drift_rate_per_s: DRIFT_RATE,
-            seed: opts.seed,
-            quick: opts.quick,
-            threads,
-        },
+        setup: setup(opts, &def, threads),
         stationary,
         drift,
         wall_s: began.elapsed().as_secs_f64(),
@@ -1151,7 +1197,6 @@ fn drift_cell(x: &DriftResult) -> String {
 /// The report as markdown tables (what goes in the README): one column
 /// per threshold mode.
 pub fn render_markdown(r: &SuiteReport) -> String {
-    let s = &r.setup;
     let mut modes: Vec<Mode> = Vec::new();
     for m in r
         .stationary
@@ -1164,6 +1209,27 @@ pub fn render_markdown(r: &SuiteReport) -> String {
         }
     }
     let mut out = String::new();
+    write_setup(&mut out, &r.setup);
+    write_stationary_table(&mut out, r, &modes);
+    write_drift_table(&mut out, r, &modes);
+    if let Some(x) = r.drift.iter().find(|x| !x.run_with.is_empty()) {
+        let _ = writeln!(
+            out,
+            "\n(Quick set: {} and {} ran in one stream, each on its own distribution.)",
+            x.scenario,
+            x.run_with.join(", ")
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nWall time: {:.0} s on {} threads.",
+        r.wall_s, r.setup.threads
+    );
+    out
+}
+
+/// The paragraph saying how the suite was set up.
+fn write_setup(out: &mut String, s: &Setup) {
     let _ = writeln!(
         out,
         "Model `{}`: {} features ({} numeric, {} categorical, 1 boolean) plus prediction and \
@@ -1188,23 +1254,55 @@ pub fn render_markdown(r: &SuiteReport) -> String {
         s.seed,
         if s.quick { " (quick set)" } else { "" },
     );
+}
+
+/// A table's head: the fixed columns (with their alignment row), then a
+/// column per mode named `{mode}{suffix}`.
+fn write_head(out: &mut String, fixed: &str, fixed_align: &str, modes: &[Mode], suffix: &str) {
+    out.push_str(fixed);
+    for m in modes {
+        let _ = write!(out, " {}{suffix} |", m.as_str());
+    }
+    out.push('\n');
+    out.push_str(fixed_align);
+    for _ in modes {
+        out.push_str("---|");
+    }
+    out.push('\n');
+}
+
+/// Each mode's cell of a row: `cell` of the mode's result, or `-`.
+fn write_mode_cells<T>(
+    out: &mut String,
+    xs: &[&T],
+    modes: &[Mode],
+    mode_of: fn(&T) -> Mode,
+    cell: fn(&T) -> String,
+) {
+    for m in modes {
+        let c = xs
+            .iter()
+            .find(|y| mode_of(y) == *m)
+            .map_or_else(|| "-".to_string(), |y| cell(y));
+        let _ = write!(out, " {c} |");
+    }
+    out.push('\n');
+}
+
+/// The stationary table: a row per window size (and `min_samples`).
+fn write_stationary_table(out: &mut String, r: &SuiteReport, modes: &[Mode]) {
     let _ = writeln!(
         out,
         "No drift. False alarms = verdicts turning firing, per model (target: at most {} per 24 h).\n",
         TARGET_FA_PER_24H
     );
-    let _ = write!(
+    write_head(
         out,
-        "| window n | events/s | stream h | mean samples | judged / evaluations | max PSI | max unseen |"
+        "| window n | events/s | stream h | mean samples | judged / evaluations | max PSI | max unseen |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+        modes,
+        " false alarms",
     );
-    for m in &modes {
-        let _ = write!(out, " {} false alarms |", m.as_str());
-    }
-    let _ = write!(out, "\n|---:|---:|---:|---:|---:|---:|---:|");
-    for _ in &modes {
-        let _ = write!(out, "---|");
-    }
-    out.push('\n');
     let mut rows: Vec<(u64, bool)> = Vec::new();
     for x in &r.stationary {
         if !rows.contains(&(x.window_samples, x.min_samples_override)) {
@@ -1218,17 +1316,6 @@ pub fn render_markdown(r: &SuiteReport) -> String {
             .filter(|x| (x.window_samples, x.min_samples_override) == key)
             .collect();
         let x = xs[0];
-        let mut judged: Vec<u64> = xs.iter().map(|y| y.judged_evaluations).collect();
-        judged.dedup();
-        let judged = if judged.len() == 1 {
-            format!("{} / {}", thousands(judged[0]), thousands(x.evaluations))
-        } else {
-            let per_mode: Vec<String> = xs
-                .iter()
-                .map(|y| format!("{} {}", thousands(y.judged_evaluations), y.mode.as_str()))
-                .collect();
-            format!("{} / {}", per_mode.join(", "), thousands(x.evaluations))
-        };
         let _ = write!(
             out,
             "| {} | {} | {} | {} | {} | {:.4} | {:.4} |",
@@ -1236,19 +1323,32 @@ pub fn render_markdown(r: &SuiteReport) -> String {
             rate_str(x.rate_per_s),
             x.hours,
             thousands(x.mean_samples.round() as u64),
-            judged,
+            judged_cell(&xs),
             xs.iter().map(|y| y.max_psi).fold(0.0, f64::max),
             xs.iter().map(|y| y.max_unseen_share).fold(0.0, f64::max),
         );
-        for m in &modes {
-            let cell = xs
-                .iter()
-                .find(|y| y.mode == *m)
-                .map_or_else(|| "-".to_string(), |y| fa_cell(y));
-            let _ = write!(out, " {cell} |");
-        }
-        out.push('\n');
+        write_mode_cells(out, &xs, modes, |y| y.mode, fa_cell);
     }
+}
+
+/// Judged evaluations of a stationary row, per mode where they differ.
+fn judged_cell(xs: &[&StationaryResult]) -> String {
+    let evaluations = thousands(xs[0].evaluations);
+    let mut judged: Vec<u64> = xs.iter().map(|y| y.judged_evaluations).collect();
+    judged.dedup();
+    if judged.len() == 1 {
+        return format!("{} / {evaluations}", thousands(judged[0]));
+    }
+    let per_mode: Vec<String> = xs
+        .iter()
+        .map(|y| format!("{} {}", thousands(y.judged_evaluations), y.mode.as_str()))
+        .collect();
+    format!("{} / {evaluations}", per_mode.join(", "))
+}
+
+/// The drift table: a row per scenario.
+fn write_drift_table(out: &mut String, r: &SuiteReport, modes: &[Mode]) {
+    let s = &r.setup;
     let _ = writeln!(
         out,
         "\nInjected drift at {} events/s (windows of ~{} samples), onset after {} min of \
@@ -1259,15 +1359,7 @@ pub fn render_markdown(r: &SuiteReport) -> String {
         r.drift.first().map_or(0.0, |d| d.onset_s / 60.0),
         s.window_ms / MINUTE_MS
     );
-    let _ = write!(out, "| scenario |");
-    for m in &modes {
-        let _ = write!(out, " {} |", m.as_str());
-    }
-    let _ = write!(out, "\n|---|");
-    for _ in &modes {
-        let _ = write!(out, "---|");
-    }
-    out.push('\n');
+    write_head(out, "| scenario |", "|---|", modes, "");
     let mut names: Vec<&str> = Vec::new();
     for x in &r.drift {
         if !names.contains(&x.scenario.as_str()) {
@@ -1277,29 +1369,8 @@ pub fn render_markdown(r: &SuiteReport) -> String {
     for name in names {
         let xs: Vec<&DriftResult> = r.drift.iter().filter(|x| x.scenario == name).collect();
         let _ = write!(out, "| `{}`: {} |", name, xs[0].description);
-        for m in &modes {
-            let cell = xs
-                .iter()
-                .find(|y| y.mode == *m)
-                .map_or_else(|| "-".to_string(), |y| drift_cell(y));
-            let _ = write!(out, " {cell} |");
-        }
-        out.push('\n');
+        write_mode_cells(out, &xs, modes, |y| y.mode, drift_cell);
     }
-    if let Some(x) = r.drift.iter().find(|x| !x.run_with.is_empty()) {
-        let _ = writeln!(
-            out,
-            "\n(Quick set: {} and {} ran in one stream, each on its own distribution.)",
-            x.scenario,
-            x.run_with.join(", ")
-        );
-    }
-    let _ = writeln!(
-        out,
-        "\nWall time: {:.0} s on {} threads.",
-        r.wall_s, s.threads
-    );
-    out
 }
 
 #[cfg(test)]
