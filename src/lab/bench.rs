@@ -454,13 +454,7 @@ pub fn run(o: &BenchOptions) -> anyhow::Result<BenchReport> {
     cluster.create_topic(TOPIC, partitions, 1)?;
     let brokers = cluster.bootstrap_servers();
     eprintln!("producing {} lines to {partitions} partitions ...", o.lines);
-    {
-        let p = producer(&brokers)?;
-        for (i, (l, k)) in lines.iter().enumerate() {
-            send(&p, TOPIC, k, l, Some(i as i32 % partitions));
-        }
-        p.flush(Duration::from_secs(600))?;
-    }
+    produce_all(&brokers, &lines, partitions)?;
     let n = o.lines as u64;
     drop(lines);
 
@@ -471,8 +465,7 @@ pub fn run(o: &BenchOptions) -> anyhow::Result<BenchReport> {
         b.save(&dir.join("baselines"))?;
     }
     // Drain: the lines wait in the topic; the daemon (evaluating every
-    // 100 ms, so its counters are fresh) drains them. Timed from its first
-    // counted message to its last, CPU over the same span.
+    // 100 ms, so its counters are fresh) drains them.
     let mut d = spawn_daemon(
         dir,
         "drain",
@@ -482,30 +475,7 @@ pub fn run(o: &BenchOptions) -> anyhow::Result<BenchReport> {
         &o.kafka_properties,
     )?;
     eprintln!("daemon: draining ...");
-    let t_start = Instant::now();
-    let mut first = None;
-    let last = loop {
-        let s = d.status()?;
-        let m = s["messages"].as_u64().unwrap_or(0);
-        let at = (Instant::now(), m, d.cpu());
-        if m > 0 && first.is_none() {
-            first = Some(at);
-        }
-        if m >= n {
-            break at;
-        }
-        if t_start.elapsed() > Duration::from_secs(3600) {
-            bail!("the daemon did not drain within an hour");
-        }
-        d.alive().with_context(|| d.log())?;
-        std::thread::sleep(Duration::from_millis(2));
-    };
-    let ((t0, m0, c0), (t1, _, c1)) = (first.unwrap_or(last), last);
-    let secs = t1.duration_since(t0).as_secs_f64();
-    if secs < 0.5 {
-        bail!("the drain took {secs:.3} s: too short to time; use more --lines");
-    }
-    report.daemon = Some(throughput(n - m0, secs, c1 - c0, floor_per_event));
+    report.daemon = Some(time_drain(&mut d, n, floor_per_event)?);
     let (rss, peak) = proc_mem(d.pid());
     report.daemon_peak_rss_mib = Some(peak);
     report.daemon_rss_after_drain_mib = Some(rss);
@@ -537,6 +507,45 @@ pub fn run(o: &BenchOptions) -> anyhow::Result<BenchReport> {
     drop(cluster);
     drop(scratch);
     Ok(report)
+}
+
+/// Puts every line in the topic, spread round-robin over its partitions.
+fn produce_all(brokers: &str, lines: &Lines, partitions: i32) -> anyhow::Result<()> {
+    let p = producer(brokers)?;
+    for (i, (l, k)) in lines.iter().enumerate() {
+        send(&p, TOPIC, k, l, Some(i as i32 % partitions));
+    }
+    p.flush(Duration::from_secs(600))?;
+    Ok(())
+}
+
+/// The daemon's throughput draining the `n` messages waiting in the topic:
+/// timed from its first counted message to its last, CPU over the same span.
+fn time_drain(d: &mut ChildDaemon, n: u64, floor_per_event: f64) -> anyhow::Result<Throughput> {
+    let t_start = Instant::now();
+    let mut first = None;
+    let last = loop {
+        let s = d.status()?;
+        let m = s["messages"].as_u64().unwrap_or(0);
+        let at = (Instant::now(), m, d.cpu());
+        if m > 0 && first.is_none() {
+            first = Some(at);
+        }
+        if m >= n {
+            break at;
+        }
+        if t_start.elapsed() > Duration::from_secs(3600) {
+            bail!("the daemon did not drain within an hour");
+        }
+        d.alive().with_context(|| d.log())?;
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let ((t0, m0, c0), (t1, _, c1)) = (first.unwrap_or(last), last);
+    let secs = t1.duration_since(t0).as_secs_f64();
+    if secs < 0.5 {
+        bail!("the drain took {secs:.3} s: too short to time; use more --lines");
+    }
+    Ok(throughput(n - m0, secs, c1 - c0, floor_per_event))
 }
 
 fn scrape(d: &ChildDaemon, n: usize) -> anyhow::Result<Scrape> {

@@ -1800,6 +1800,49 @@ pub fn run(o: &SoakOptions) -> anyhow::Result<SoakReport> {
     })
 }
 
+/// The faults, a row each.
+fn write_fault_table(out: &mut String, faults: &[FaultRecord]) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        out,
+        "\n| # | at | fault | for | consumed meanwhile | max lag | /readyz | alerts |\n|---|---|---|---|---|---|---|---|"
+    );
+    for (i, f) in faults.iter().enumerate() {
+        let ready = match f.kind {
+            FaultKind::AlertmanagerOutage => "-".to_owned(),
+            _ => format!(
+                "{}; {}",
+                f.ready_down_after_s
+                    .map_or("stayed 200".to_owned(), |s| format!("503 after {s:.1} s")),
+                f.ready_recovered_after_s
+                    .map_or("not back".to_owned(), |s| format!("200 {s:.1} s after")),
+            ),
+        };
+        let alerts = match (f.kind, f.exercised) {
+            (FaultKind::AlertmanagerOutage, false) => "not exercised".to_owned(),
+            (FaultKind::AlertmanagerOutage, true) => format!(
+                "{} failed posts; {}",
+                f.failed_sends.unwrap_or(0),
+                f.alert_back_after_s
+                    .map_or("alert NOT back".to_owned(), |s| format!(
+                        "alert back {s:.1} s after restart"
+                    ))
+            ),
+            _ => "-".to_owned(),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {ready} | {alerts} |",
+            i + 1,
+            clock(f.at_s),
+            f.kind.describe(),
+            clock(f.seconds),
+            f.consumed_during,
+            f.max_lag
+        );
+    }
+}
+
 /// The report as tables.
 pub fn render(r: &SoakReport) -> String {
     use std::fmt::Write as _;
@@ -1859,44 +1902,7 @@ pub fn render(r: &SoakReport) -> String {
         .map(|(k, n)| format!("{n} {k}"))
         .collect();
     let _ = writeln!(out, "faults exercised: {}", counts.join(", "));
-    let _ = writeln!(
-        out,
-        "\n| # | at | fault | for | consumed meanwhile | max lag | /readyz | alerts |\n|---|---|---|---|---|---|---|---|"
-    );
-    for (i, f) in r.faults.iter().enumerate() {
-        let ready = match f.kind {
-            FaultKind::AlertmanagerOutage => "-".to_owned(),
-            _ => format!(
-                "{}; {}",
-                f.ready_down_after_s
-                    .map_or("stayed 200".to_owned(), |s| format!("503 after {s:.1} s")),
-                f.ready_recovered_after_s
-                    .map_or("not back".to_owned(), |s| format!("200 {s:.1} s after")),
-            ),
-        };
-        let alerts = match (f.kind, f.exercised) {
-            (FaultKind::AlertmanagerOutage, false) => "not exercised".to_owned(),
-            (FaultKind::AlertmanagerOutage, true) => format!(
-                "{} failed posts; {}",
-                f.failed_sends.unwrap_or(0),
-                f.alert_back_after_s
-                    .map_or("alert NOT back".to_owned(), |s| format!(
-                        "alert back {s:.1} s after restart"
-                    ))
-            ),
-            _ => "-".to_owned(),
-        };
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} | {} | {} | {} | {ready} | {alerts} |",
-            i + 1,
-            clock(f.at_s),
-            f.kind.describe(),
-            clock(f.seconds),
-            f.consumed_during,
-            f.max_lag
-        );
-    }
+    write_fault_table(&mut out, &r.faults);
     let curve: Vec<String> = r
         .curve
         .iter()
