@@ -54,6 +54,12 @@
 //! shift (mean shift, variance change, unseen categories, class-prior change, outlier bursts)
 //! from a chosen event time on, abruptly or ramped in.
 //!
+//! An inference record is drawn in one place (request id, feature values, class, confidence,
+//! arm) and then written: as a JSON line by [`Generator::next_line`], or, for callers that
+//! skip JSON (the scenario suite), straight into the engine's [`Event`] by
+//! [`Generator::next_event`], borrowing the model's strings from an [`EventVocabulary`]. So
+//! the typed events are exactly what the lines say.
+//!
 //! Feature *names* depend only on the feature count and categorical share (so scenario files
 //! can refer to them stably); distribution parameters and vocabularies depend on the seed and
 //! the model name (so adding a model does not perturb the others).
@@ -692,9 +698,9 @@ impl FeatureInfo {
     }
 }
 
-/// One feature value of an [`InferenceDraw`].
+/// One feature value of a record as drawn.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum DrawnValue {
+enum DrawnValue {
     /// A missing number (`null` in the line).
     Missing,
     /// A number at full precision (the line rounds it to 2 or 3 decimals).
@@ -706,28 +712,20 @@ pub enum DrawnValue {
     Bool(bool),
 }
 
-/// An inference record as the generator draws it: what an inference line says, typed.
-/// [`Generator::next_line`] draws one and writes it as JSON; [`Generator::next_inference`]
-/// hands it over as it is, for callers that skip the text (the scenario suite). Reused from
-/// record to record, so drawing allocates nothing once its vector has grown.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct InferenceDraw {
-    /// The model's index (see [`Generator::model_names`]).
-    pub model: usize,
-    pub request_id: u64,
-    /// One value per feature of the model, in line order.
-    pub values: Vec<DrawnValue>,
+/// What an inference record holds besides its feature values.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct RecordHead {
+    request_id: u64,
     /// Index into the model's classes.
-    pub class: usize,
+    class: usize,
     /// Truncated to the 4 decimals the line prints, so it stays below 1.
-    pub confidence: f64,
+    confidence: f64,
     arm: Arm,
 }
 
-impl InferenceDraw {
-    /// The experiment arm, `control` or `variant`; `None` with arms off.
-    pub fn arm(&self) -> Option<&'static str> {
-        match self.arm {
+impl Arm {
+    fn as_str(self) -> Option<&'static str> {
+        match self {
             Arm::None => None,
             Arm::Control => Some("control"),
             Arm::Variant => Some("variant"),
@@ -735,10 +733,21 @@ impl InferenceDraw {
     }
 }
 
-/// The strings of one model's events, held apart from the generator so that the typed
-/// events [`EventVocabulary::fill`] makes can borrow them while the generator draws on.
+/// A record drawn for a line, before it is written.
+#[derive(Debug, Clone, Default)]
+struct InferenceDraw {
+    model: usize,
+    head: RecordHead,
+    /// One value per feature of the model, in line order.
+    values: Vec<DrawnValue>,
+}
+
+/// The strings of one model's events, held apart from the generator so that the events
+/// [`Generator::next_event`] draws into can borrow them while the generator draws on.
 #[derive(Debug, Clone)]
 pub struct EventVocabulary {
+    /// The model's index in the generator.
+    index: usize,
     model: String,
     /// A deployed version's name, and the event time from which lines carry it.
     deployed: Option<(i64, String)>,
@@ -750,13 +759,17 @@ pub struct EventVocabulary {
 }
 
 impl EventVocabulary {
-    /// An event of this model with no features yet, for [`EventVocabulary::fill`].
+    /// An event of this model, its features named and missing, for [`Generator::next_event`].
     pub fn event(&self) -> Event<'_> {
         Event {
             model: Cow::Borrowed(&self.model),
             arm: None,
             time: EventTime::Missing,
-            features: Vec::with_capacity(self.features.len()),
+            features: self
+                .features
+                .iter()
+                .map(|name| (Cow::Borrowed(name.as_str()), FeatureValue::Missing))
+                .collect(),
             prediction: None,
             confidence: None,
             level: None,
@@ -768,31 +781,28 @@ impl EventVocabulary {
         }
     }
 
-    /// Writes `draw` (a record of this vocabulary's model) at `t_ms` into `ev` as the decoder
-    /// reads the fields the drift analysis uses from its line: model, arm, time, features,
-    /// prediction and confidence; numbers unrounded. `ev`'s vectors are reused.
-    pub fn fill<'v>(&'v self, draw: &InferenceDraw, t_ms: i64, ev: &mut Event<'v>) {
+    /// Feature `i`'s drawn value as the decoder reads it from the line (numbers unrounded).
+    fn value(&self, i: usize, v: DrawnValue) -> FeatureValue<'_> {
+        match v {
+            DrawnValue::Missing => FeatureValue::Missing,
+            DrawnValue::Num(x) => FeatureValue::Num(x),
+            DrawnValue::Category(k) => FeatureValue::Cat(Cow::Borrowed(&self.categories[i][k])),
+            DrawnValue::Injected(k) => FeatureValue::Cat(Cow::Borrowed(&self.injected[k])),
+            DrawnValue::Bool(b) => FeatureValue::Cat(Cow::Borrowed(bool_word(b))),
+        }
+    }
+
+    /// The rest of what the decoder reads from the line at `t_ms`: model (a deployed
+    /// version's name once it is live), arm, time, prediction and confidence.
+    fn fill_head<'v>(&'v self, head: &RecordHead, t_ms: i64, ev: &mut Event<'v>) {
         ev.model = Cow::Borrowed(match &self.deployed {
             Some((at_ms, name)) if t_ms >= *at_ms => name,
             _ => &self.model,
         });
-        ev.arm = draw.arm().map(Cow::Borrowed);
+        ev.arm = head.arm.as_str().map(Cow::Borrowed);
         ev.time = EventTime::Parsed(t_ms);
-        ev.features.clear();
-        let named = self.features.iter().zip(&self.categories);
-        ev.features
-            .extend(named.zip(&draw.values).map(|((name, vocabulary), v)| {
-                let value = match *v {
-                    DrawnValue::Missing => FeatureValue::Missing,
-                    DrawnValue::Num(x) => FeatureValue::Num(x),
-                    DrawnValue::Category(k) => FeatureValue::Cat(Cow::Borrowed(&vocabulary[k])),
-                    DrawnValue::Injected(k) => FeatureValue::Cat(Cow::Borrowed(&self.injected[k])),
-                    DrawnValue::Bool(b) => FeatureValue::Cat(Cow::Borrowed(bool_word(b))),
-                };
-                (Cow::Borrowed(name.as_str()), value)
-            }));
-        ev.prediction = Some(Prediction::Label(Cow::Borrowed(&self.classes[draw.class])));
-        ev.confidence = Some(draw.confidence);
+        ev.prediction = Some(Prediction::Label(Cow::Borrowed(&self.classes[head.class])));
+        ev.confidence = Some(head.confidence);
     }
 }
 
@@ -1283,24 +1293,39 @@ impl Generator {
         self.last_model
     }
 
-    /// Draws the next inference record into `draw` without writing it: a model by traffic
-    /// weight, then what an inference line of that model holds, with the same distributions
-    /// and drifts, drawn in the same order. For callers that skip the text (the scenario
-    /// suite). It draws no line kind and no deploy failure, so a stream of these is not the
-    /// stream of [`Generator::next_line`].
-    pub fn next_inference(&mut self, t_ms: i64, draw: &mut InferenceDraw) {
-        let m = self.pick_model();
-        self.draw_inference(t_ms, m, draw);
+    /// Draws the next inference record of `vocabulary`'s model at `t_ms` straight into `ev`
+    /// (made by [`EventVocabulary::event`]) without writing a line: what an inference line of
+    /// that model holds, as the decoder would read it, with the same distributions and drifts
+    /// drawn in the same order. For callers that skip the text (the scenario suite). It draws
+    /// no line kind, model or deploy failure, so a stream of these is not the stream of
+    /// [`Generator::next_line`].
+    pub fn next_event<'v>(
+        &mut self,
+        t_ms: i64,
+        vocabulary: &'v EventVocabulary,
+        ev: &mut Event<'v>,
+    ) {
+        debug_assert_eq!(
+            ev.features.len(),
+            vocabulary.features.len(),
+            "not its event"
+        );
+        let slots = &mut ev.features;
+        let head = self.draw_record(t_ms, vocabulary.index, |i, v| {
+            slots[i].1 = vocabulary.value(i, v);
+        });
+        vocabulary.fill_head(&head, t_ms, ev);
     }
 
     /// The strings of model `model`'s events, drift-injected categories and a deployed
-    /// version's name included, to turn its [`InferenceDraw`]s into events.
+    /// version's name included, for the events [`Generator::next_event`] draws.
     ///
     /// # Panics
     /// If `model` is out of range.
     pub fn vocabulary(&self, model: usize) -> EventVocabulary {
         let m = &self.models[model];
         EventVocabulary {
+            index: model,
             model: m.name.clone(),
             deployed: m.deploy.as_ref().map(|d| (d.at_ms, d.name.clone())),
             features: m.info.iter().map(|f| f.name.clone()).collect(),
@@ -1375,10 +1400,13 @@ impl Generator {
     /// that names no model).
     fn write_inference(&mut self, t_ms: i64, m: usize, with_model: bool, out: &mut String) {
         let mut draw = std::mem::take(&mut self.record);
-        self.draw_inference(t_ms, m, &mut draw);
+        draw.model = m;
+        draw.values.clear();
+        let values = &mut draw.values;
+        draw.head = self.draw_record(t_ms, m, |_, v| values.push(v));
         self.write_inference_line(t_ms, &draw, with_model, out);
         if with_model {
-            self.recent[self.recent_pos] = (draw.request_id, m, draw.arm);
+            self.recent[self.recent_pos] = (draw.head.request_id, m, draw.head.arm);
             self.recent_pos = (self.recent_pos + 1) % RECENT;
             self.recent_len = (self.recent_len + 1).min(RECENT);
             self.latest_untimed = true;
@@ -1387,38 +1415,42 @@ impl Generator {
     }
 
     /// Draws a record of model `m` at `t_ms` in the order the lines have always drawn it:
-    /// request id, features, class, confidence, arm.
-    fn draw_inference(&mut self, t_ms: i64, m: usize, draw: &mut InferenceDraw) {
-        draw.model = m;
-        draw.request_id = self.new_request_id();
+    /// request id, feature values (each handed to `put` with its index), class, confidence,
+    /// arm. The one place a record is drawn, for the lines and the typed events alike.
+    fn draw_record(
+        &mut self,
+        t_ms: i64,
+        m: usize,
+        put: impl FnMut(usize, DrawnValue),
+    ) -> RecordHead {
+        let request_id = self.new_request_id();
         let model = &mut self.models[m];
         let rng = &mut self.rng;
         let drifted = !model.drifts.is_empty() && apply_drifts(model, t_ms);
-        draw_features(
-            rng,
-            self.missing_share,
-            model,
-            drifted,
-            &mut self.outliers,
-            &mut draw.values,
-        );
+        let outliers = &mut self.outliers;
+        draw_features(rng, self.missing_share, model, drifted, outliers, put);
         let cum: &[f64] = if model.drifts.is_empty() {
             &model.base_cum
         } else {
             class_cum_at(model, t_ms)
         };
-        draw.class = pick(cum, rng.random());
+        let class = pick(cum, rng.random());
         // sqrt skews confidence towards 1 like a trained classifier; truncating to 4
         // decimals keeps the printed value strictly below 1.
         let conf = 0.5 + 0.5 * rng.random::<f64>().sqrt();
-        draw.confidence = (conf * 1e4).floor() / 1e4;
-        draw.arm = if !self.arms {
+        let arm = if !self.arms {
             Arm::None
         } else if rng.random::<bool>() {
             Arm::Variant
         } else {
             Arm::Control
         };
+        RecordHead {
+            request_id,
+            class,
+            confidence: (conf * 1e4).floor() / 1e4,
+            arm,
+        }
     }
 
     /// The JSON line of `draw`.
@@ -1437,7 +1469,7 @@ impl Generator {
         } else {
             write_header(out, t_ms, INFERENCE_ENVELOPE);
         }
-        write_request_id(out, draw.request_id);
+        write_request_id(out, draw.head.request_id);
         if with_model {
             out.push_str(", ");
             out.push_str(model.model_kv_at(t_ms));
@@ -1450,10 +1482,10 @@ impl Generator {
             push_u64(out, hash.unsigned_abs());
         }
         out.push_str(", \"prediction\": ");
-        out.push_str(&model.classes[draw.class]);
+        out.push_str(&model.classes[draw.head.class]);
         out.push_str(", \"confidence\": ");
-        write_float(out, draw.confidence, 4);
-        if let Some(arm) = draw.arm() {
+        write_float(out, draw.head.confidence, 4);
+        if let Some(arm) = draw.head.arm.as_str() {
             out.push_str(", \"experiment_assignment\": \"");
             out.push_str(arm);
             out.push('"');
@@ -1700,16 +1732,15 @@ impl Generator {
 }
 
 /// Draws the feature values of one record of `model`, with the drift scratch of
-/// [`apply_drifts`] applied when `drifted`.
+/// [`apply_drifts`] applied when `drifted`, and hands each to `put` with its index.
 fn draw_features(
     rng: &mut SmallRng,
     missing_share: f64,
     model: &ModelState,
     drifted: bool,
     outliers: &mut u64,
-    values: &mut Vec<DrawnValue>,
+    mut put: impl FnMut(usize, DrawnValue),
 ) {
-    values.clear();
     for (i, g) in model.gens.iter().enumerate() {
         let v = match &g.kind {
             GenKind::Numeric { .. } => {
@@ -1730,7 +1761,7 @@ fn draw_features(
             }
             GenKind::Boolean { p_true } => DrawnValue::Bool(rng.random::<f64>() < *p_true),
         };
-        values.push(v);
+        put(i, v);
     }
 }
 
@@ -1785,7 +1816,10 @@ fn draw_numeric(
         return None;
     }
     let z: f64 = rng.sample(StandardNormal);
-    let mut x = if normal { a + b * z } else { (a + b * z).exp() };
+    let mut x = a + b * z;
+    if !normal {
+        x = exp_of(x);
+    }
     if drifted {
         let (o_share, o_sds) = model.outlier[i];
         if o_share > 0.0 && rng.random::<f64>() < o_share {
@@ -1798,6 +1832,13 @@ fn draw_numeric(
         }
     }
     Some(x)
+}
+
+/// `x.exp()`, out of line: inlined, the compiler computes it for normal features too and
+/// throws it away (a select instead of a branch), which was a fifth of drawing a record.
+#[inline(never)]
+fn exp_of(x: f64) -> f64 {
+    x.exp()
 }
 
 /// Fills the model's per-line drift scratch for `t_ms`; false if nothing is active.
@@ -2735,9 +2776,9 @@ mod tests {
         }
     }
 
-    /// The typed record is the line: decoding an inference line gives what
-    /// `next_inference` and `EventVocabulary::fill` make of the same draws
-    /// (numbers as the line rounds them), drifts, arms and a deploy included.
+    /// The typed event is the line: decoding an inference line gives what
+    /// `next_event` makes of the same draws (numbers as the line rounds
+    /// them), drifts, arms and a deploy included.
     #[test]
     fn typed_records_are_what_the_lines_say() {
         let cfg = GeneratorConfig::synthetic(5, 2, 30)
@@ -2756,8 +2797,9 @@ mod tests {
         let mut lines = Generator::new(cfg);
         let mut typed = lines.clone();
         let vocabularies: Vec<EventVocabulary> = (0..2).map(|m| typed.vocabulary(m)).collect();
+        let mut events: Vec<Event> = vocabularies.iter().map(|v| v.event()).collect();
         let decoder = Decoder::new(DecodeConfig::default());
-        let (mut draw, mut buf) = (InferenceDraw::default(), String::new());
+        let mut buf = String::new();
         let (mut deployed, mut injected) = (0, 0);
         for i in 0..2_000 {
             let t = T0 + i;
@@ -2765,12 +2807,11 @@ mod tests {
             let Decoded::Event(want) = decoder.decode(buf.as_bytes()) else {
                 panic!("not an event: {buf}")
             };
-            // A line's kind is the one draw it makes before its record.
+            // A line's kind and model are the draws it makes before its record.
             let _: f64 = typed.rng.random();
-            typed.next_inference(t, &mut draw);
-            let vocabulary = &vocabularies[draw.model];
-            let mut got = vocabulary.event();
-            vocabulary.fill(&draw, t, &mut got);
+            let m = typed.pick_model();
+            typed.next_event(t, &vocabularies[m], &mut events[m]);
+            let got = &events[m];
             assert_eq!(
                 (&got.model, &got.arm, got.time),
                 (&want.model, &want.arm, want.time)

@@ -21,14 +21,16 @@
 //! `GeneratorConfig::synthetic(seed, 1, 50)`: 34 numeric features, normal or
 //! log-normal at scales from 1 to 3,000, 15 categorical ones, a boolean, two
 //! classes and a confidence); the drifts are the generator's
-//! [`DriftSpec`]s with its semantics. Events are drawn straight into
-//! [`Event`]s and handed to [`Engine::accept`], skipping only the JSON text:
-//! writing and parsing 50-feature lines runs at ~170k events/s, which would
-//! make the 24 h of a million-sample window (144M events) take a quarter of
-//! an hour per mode. Everything after decoding is the daemon's code path.
+//! [`DriftSpec`]s, and the events are the generator's own inference records
+//! ([`Generator::next_event`]: the draws its JSON lines are written from,
+//! straight into engine events) handed to [`Engine::accept`], skipping only
+//! the JSON text: writing and parsing
+//! 50-feature lines runs at ~170k events/s, which would make the 24 h of a
+//! million-sample window (144M events) take a quarter of an hour per mode.
+//! Everything after decoding is the daemon's code path.
 //!
 //! The baseline is built, with [`BaselineBuilder`], from 100,000 reference
-//! events of the same sampler under another stream seed. Each mode runs
+//! events of the same model under another stream seed. Each mode runs
 //! with the config a file saying only `thresholds = "static"` (or `"auto"`)
 //! gives, and static and auto runs of one scenario see the same events.
 //! Scenarios run in parallel, one per thread; in the quick set the four
@@ -48,7 +50,7 @@ use crate::engine::decode::Decoded;
 use crate::engine::detect::{AutoThresholds, State, Thresholds, Transition};
 use crate::engine::window::WindowSpec;
 use crate::engine::{Engine, EngineConfig};
-use crate::lab::generate::{DriftSpec, EventVocabulary, FeatureInfo, FeatureKind, InferenceDraw};
+use crate::lab::generate::{DriftSpec, EventVocabulary, FeatureInfo, FeatureKind};
 use crate::lab::generate::{Generator, GeneratorConfig, GeneratorError};
 
 /// Features of the suite's model.
@@ -382,7 +384,6 @@ pub fn drift_streams(def: &ModelDef, onset_ms: i64, quick: bool) -> Vec<DriftStr
 /// JSON text is skipped.
 pub struct Stream<'v> {
     generator: Generator,
-    draw: InferenceDraw,
     vocabulary: &'v EventVocabulary,
     decoded: Decoded<'v>,
 }
@@ -393,7 +394,6 @@ impl<'v> Stream<'v> {
     pub fn new(generator: Generator, vocabulary: &'v EventVocabulary) -> Self {
         Stream {
             generator,
-            draw: InferenceDraw::default(),
             vocabulary,
             decoded: Decoded::Event(vocabulary.event()),
         }
@@ -401,11 +401,10 @@ impl<'v> Stream<'v> {
 
     /// The event at `t_ms`.
     pub fn next(&mut self, t_ms: i64) -> &Decoded<'v> {
-        self.generator.next_inference(t_ms, &mut self.draw);
         let Decoded::Event(ev) = &mut self.decoded else {
             unreachable!("the stream holds an event")
         };
-        self.vocabulary.fill(&self.draw, t_ms, ev);
+        self.generator.next_event(t_ms, self.vocabulary, ev);
         &self.decoded
     }
 
