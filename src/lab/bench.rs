@@ -22,9 +22,8 @@
 //! the same run. The daemon is measured from outside (its HTTP API and
 //! /proc), so nothing here is special-cased inside it.
 
-use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,13 +37,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::baseline::{Baseline, BaselineBuilder, Binning};
 use crate::engine::decode::{Decoded, Decoder, Str};
-
 use crate::engine::window::WindowSpec;
 use crate::engine::{Engine, EngineConfig};
 use crate::lab::generate::{Generator, GeneratorConfig};
+use crate::lab::harness::{
+    self, free_port, machine, proc_mem, ChildDaemon, DaemonConfig, Scratch, Traffic,
+};
 
 const TOPIC: &str = "bench";
-pub(crate) const PROBE_MODEL: &str = "latency-probe";
+const PROBE_MODEL: &str = "latency-probe";
 
 /// What to measure (flags of `driftd bench`).
 #[derive(Debug, Clone)]
@@ -143,47 +144,9 @@ pub struct BenchReport {
     pub scrape: Option<Scrape>,
 }
 
-/// The machine, as `/proc/cpuinfo` names it.
-pub(crate) fn machine() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_owned())
-        })
-        .unwrap_or_else(|| std::env::consts::ARCH.to_owned())
-}
-
-/// (user + system CPU seconds, RSS MiB, peak RSS MiB) of a process or the
-/// calling thread, from /proc (Linux; zeros elsewhere).
-fn proc_stat(path: &str) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("{path}/stat")) else {
-        return 0.0;
-    };
-    // Fields after the command name (which may hold spaces) in parentheses;
-    // utime and stime are the 14th and 15th of the whole line.
-    let rest = stat.rsplit_once(')').map_or("", |r| r.1);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-pub(crate) fn proc_mem(pid: u32) -> (f64, f64) {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kb = |key: &str| {
-        text.lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (kb("VmRSS:") / 1024.0, kb("VmHWM:") / 1024.0)
-}
-
+/// CPU seconds of the calling thread.
 fn thread_cpu() -> f64 {
-    proc_stat("/proc/thread-self")
+    harness::cpu_seconds("/proc/thread-self")
 }
 
 /// The parse floor's target: every field the engine reads, typed and
@@ -301,17 +264,19 @@ impl Lines {
     }
 }
 
-pub(crate) fn generator_config(o: &BenchOptions) -> GeneratorConfig {
-    let mut g = GeneratorConfig::synthetic(42, o.models, o.features)
-        .with_categorical_share(o.categorical_share)
-        .inference_only();
-    g.compact = o.compact;
-    g.arms = o.arms;
-    g
+/// The traffic `o` asks for.
+fn traffic(o: &BenchOptions) -> Traffic {
+    Traffic {
+        models: o.models,
+        features: o.features,
+        categorical_share: o.categorical_share,
+        compact: o.compact,
+        arms: o.arms,
+    }
 }
 
 fn generate(o: &BenchOptions, start_ms: i64, span_ms: i64) -> Lines {
-    let mut g = Generator::new(generator_config(o));
+    let mut g = Generator::new(traffic(o).generator_config());
     let names = g.model_names();
     let mut text = Vec::with_capacity(o.lines * 600);
     let mut ends = Vec::with_capacity(o.lines);
@@ -334,23 +299,9 @@ fn generate(o: &BenchOptions, start_ms: i64, span_ms: i64) -> Lines {
 
 /// Baselines of the generated models from a separate reference stream, and
 /// of the latency probe.
-pub(crate) fn baselines(o: &BenchOptions, now: i64) -> anyhow::Result<Vec<Baseline>> {
-    let mut cfg = generator_config(o);
-    cfg.stream_seed = Some(7);
-    let mut g = Generator::new(cfg);
+fn baselines(o: &BenchOptions, now: i64) -> anyhow::Result<Vec<Baseline>> {
+    let mut bases = traffic(o).baselines(now)?;
     let d = Decoder::new(Default::default());
-    let mut builders: BTreeMap<String, BaselineBuilder> = BTreeMap::new();
-    let mut buf = String::new();
-    let n = (o.models * 2_000).max(20_000);
-    for i in 0..n {
-        g.next_line(now - 3_600_000 + i as i64, &mut buf);
-        if let Decoded::Event(e) = d.decode(buf.as_bytes()) {
-            builders
-                .entry(e.model.to_string())
-                .or_insert_with(|| BaselineBuilder::new(&e.model))
-                .add(&e);
-        }
-    }
     let mut probe = BaselineBuilder::new(PROBE_MODEL);
     for i in 0..1000 {
         let l = probe_line(i, now);
@@ -358,14 +309,8 @@ pub(crate) fn baselines(o: &BenchOptions, now: i64) -> anyhow::Result<Vec<Baseli
             probe.add(&e);
         }
     }
-    builders.insert(PROBE_MODEL.into(), probe);
-    builders
-        .into_values()
-        .map(|b| {
-            b.finish(&Binning::default(), "bench", now)
-                .map_err(Into::into)
-        })
-        .collect()
+    bases.push(probe.finish(&Binning::default(), "bench", now)?);
+    Ok(bases)
 }
 
 fn probe_line(i: u64, t_ms: i64) -> String {
@@ -419,120 +364,6 @@ fn throughput(events: u64, secs: f64, cpu: f64, floor_per_event: f64) -> Through
         cpu_seconds_per_million: cpu / events.max(1) as f64 * 1e6,
         ratio_to_floor: per_event / floor_per_event.max(1e-15),
     }
-}
-
-/// The daemon under test: `driftd run` in a child process, killed on drop.
-pub(crate) struct ChildDaemon {
-    pub(crate) child: Child,
-    base: String,
-    log_path: std::path::PathBuf,
-    client: reqwest::Client,
-    rt: tokio::runtime::Runtime,
-}
-
-impl Drop for ChildDaemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl ChildDaemon {
-    pub(crate) fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
-        let url = format!("{}{path}", self.base);
-        self.rt.block_on(async {
-            let r = self.client.get(&url).send().await?;
-            let status = r.status().as_u16();
-            Ok((status, r.text().await?))
-        })
-    }
-
-    pub(crate) fn status(&self) -> anyhow::Result<serde_json::Value> {
-        let (code, body) = self.get("/api/v1/status")?;
-        if code != 200 {
-            bail!("/api/v1/status answered {code}: {body}");
-        }
-        Ok(serde_json::from_str(&body)?)
-    }
-
-    pub(crate) fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
-
-    pub(crate) fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn cpu(&self) -> f64 {
-        proc_stat(&format!("/proc/{}", self.pid()))
-    }
-
-    pub(crate) fn alive(&mut self) -> anyhow::Result<()> {
-        if let Some(status) = self.child.try_wait()? {
-            bail!("the daemon exited ({status}); see its log above");
-        }
-        Ok(())
-    }
-}
-
-pub(crate) fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-fn write_config(
-    dir: &Path,
-    name: &str,
-    brokers: &str,
-    topic: &str,
-    port: u16,
-    every: Duration,
-    props: &[(String, String)],
-) -> anyhow::Result<std::path::PathBuf> {
-    let path = dir.join(format!("{name}.toml"));
-    let text = format!(
-        r#"[kafka]
-brokers = "{brokers}"
-topics = ["{topic}"]
-group_id = "driftd-bench-{name}"
-rewind_on_start = false
-
-[window]
-length = "10m"
-pane = "30s"
-max_future = "1h"
-
-[evaluation]
-every = "{every}"
-
-[baselines]
-dir = "{baselines}"
-watch = false
-
-[checkpoint]
-dir = "{state}"
-
-[http]
-listen = "127.0.0.1:{port}"
-
-[log]
-format = "text"
-level = "warn"
-"#,
-        every = humantime::format_duration(every),
-        baselines = dir.join("baselines").display(),
-        state = dir.join(format!("state-{name}")).display(),
-    );
-    let mut text = text;
-    if !props.is_empty() {
-        text.push_str("\n[kafka.properties]\n");
-        for (k, v) in props {
-            text.push_str(&format!("{k:?} = {v:?}\n"));
-        }
-    }
-    std::fs::write(&path, text)?;
-    Ok(path)
 }
 
 fn producer(brokers: &str) -> anyhow::Result<BaseProducer> {
@@ -623,26 +454,18 @@ pub fn run(o: &BenchOptions) -> anyhow::Result<BenchReport> {
     cluster.create_topic(TOPIC, partitions, 1)?;
     let brokers = cluster.bootstrap_servers();
     eprintln!("producing {} lines to {partitions} partitions ...", o.lines);
-    {
-        let p = producer(&brokers)?;
-        for (i, (l, k)) in lines.iter().enumerate() {
-            send(&p, TOPIC, k, l, Some(i as i32 % partitions));
-        }
-        p.flush(Duration::from_secs(600))?;
-    }
+    produce_all(&brokers, &lines, partitions)?;
     let n = o.lines as u64;
     drop(lines);
 
-    let scratch =
-        crate::lab::demo::Scratch::new("bench").context("creating a scratch directory")?;
+    let scratch = Scratch::new("bench").context("creating a scratch directory")?;
     let dir = scratch.0.as_path();
     std::fs::create_dir_all(dir.join("baselines"))?;
     for b in &bases {
         b.save(&dir.join("baselines"))?;
     }
     // Drain: the lines wait in the topic; the daemon (evaluating every
-    // 100 ms, so its counters are fresh) drains them. Timed from its first
-    // counted message to its last, CPU over the same span.
+    // 100 ms, so its counters are fresh) drains them.
     let mut d = spawn_daemon(
         dir,
         "drain",
@@ -652,30 +475,7 @@ pub fn run(o: &BenchOptions) -> anyhow::Result<BenchReport> {
         &o.kafka_properties,
     )?;
     eprintln!("daemon: draining ...");
-    let t_start = Instant::now();
-    let mut first = None;
-    let last = loop {
-        let s = d.status()?;
-        let m = s["messages"].as_u64().unwrap_or(0);
-        let at = (Instant::now(), m, d.cpu());
-        if m > 0 && first.is_none() {
-            first = Some(at);
-        }
-        if m >= n {
-            break at;
-        }
-        if t_start.elapsed() > Duration::from_secs(3600) {
-            bail!("the daemon did not drain within an hour");
-        }
-        d.alive().with_context(|| d.log())?;
-        std::thread::sleep(Duration::from_millis(2));
-    };
-    let ((t0, m0, c0), (t1, _, c1)) = (first.unwrap_or(last), last);
-    let secs = t1.duration_since(t0).as_secs_f64();
-    if secs < 0.5 {
-        bail!("the drain took {secs:.3} s: too short to time; use more --lines");
-    }
-    report.daemon = Some(throughput(n - m0, secs, c1 - c0, floor_per_event));
+    report.daemon = Some(time_drain(&mut d, n, floor_per_event)?);
     let (rss, peak) = proc_mem(d.pid());
     report.daemon_peak_rss_mib = Some(peak);
     report.daemon_rss_after_drain_mib = Some(rss);
@@ -709,6 +509,45 @@ pub fn run(o: &BenchOptions) -> anyhow::Result<BenchReport> {
     Ok(report)
 }
 
+/// Puts every line in the topic, spread round-robin over its partitions.
+fn produce_all(brokers: &str, lines: &Lines, partitions: i32) -> anyhow::Result<()> {
+    let p = producer(brokers)?;
+    for (i, (l, k)) in lines.iter().enumerate() {
+        send(&p, TOPIC, k, l, Some(i as i32 % partitions));
+    }
+    p.flush(Duration::from_secs(600))?;
+    Ok(())
+}
+
+/// The daemon's throughput draining the `n` messages waiting in the topic:
+/// timed from its first counted message to its last, CPU over the same span.
+fn time_drain(d: &mut ChildDaemon, n: u64, floor_per_event: f64) -> anyhow::Result<Throughput> {
+    let t_start = Instant::now();
+    let mut first = None;
+    let last = loop {
+        let s = d.status()?;
+        let m = s["messages"].as_u64().unwrap_or(0);
+        let at = (Instant::now(), m, d.cpu());
+        if m > 0 && first.is_none() {
+            first = Some(at);
+        }
+        if m >= n {
+            break at;
+        }
+        if t_start.elapsed() > Duration::from_secs(3600) {
+            bail!("the daemon did not drain within an hour");
+        }
+        d.alive().with_context(|| d.log())?;
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let ((t0, m0, c0), (t1, _, c1)) = (first.unwrap_or(last), last);
+    let secs = t1.duration_since(t0).as_secs_f64();
+    if secs < 0.5 {
+        bail!("the drain took {secs:.3} s: too short to time; use more --lines");
+    }
+    Ok(throughput(n - m0, secs, c1 - c0, floor_per_event))
+}
+
 fn scrape(d: &ChildDaemon, n: usize) -> anyhow::Result<Scrape> {
     let mut times = Vec::new();
     let mut body = String::new();
@@ -737,58 +576,32 @@ fn spawn_daemon(
     props: &[(String, String)],
 ) -> anyhow::Result<ChildDaemon> {
     let port = free_port()?;
-    let config = write_config(dir, name, brokers, topic, port, every, props)?;
-    let log_path = dir.join(format!("{name}.log"));
-    let mut d = start_child(&config, port, log_path, Stdio::null())?;
-    wait_joined(&mut d)?;
-    Ok(d)
-}
-
-/// Starts `driftd run --config <config>` (this executable) whose HTTP API
-/// listens on `port`; its stderr goes to `log_path`.
-pub(crate) fn start_child(
-    config: &Path,
-    port: u16,
-    log_path: std::path::PathBuf,
-    stdout: Stdio,
-) -> anyhow::Result<ChildDaemon> {
-    let exe = std::env::current_exe().context("locating the driftd binary")?;
-    let log = std::fs::File::create(&log_path)?;
-    let child = Command::new(exe)
-        .args(["run", "--config"])
-        .arg(config)
-        .stdout(stdout)
-        .stderr(log)
-        .spawn()
-        .context("starting `driftd run`")?;
-    Ok(ChildDaemon {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-        log_path,
-        client: reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()?,
-        rt: tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?,
-    })
-}
-
-/// Waits (up to 2 minutes) until the daemon owns partitions.
-pub(crate) fn wait_joined(d: &mut ChildDaemon) -> anyhow::Result<()> {
-    let joined = Instant::now();
-    loop {
-        d.alive().with_context(|| d.log())?;
-        if let Ok(s) = d.status() {
-            if s["assigned_partitions"].as_i64().unwrap_or(0) > 0 {
-                return Ok(());
-            }
+    let mut extra = String::new();
+    if !props.is_empty() {
+        extra.push_str("\n[kafka.properties]\n");
+        for (k, v) in props {
+            extra.push_str(&format!("{k:?} = {v:?}\n"));
         }
-        if joined.elapsed() > Duration::from_secs(120) {
-            bail!("the daemon did not join within 2 minutes:\n{}", d.log());
-        }
-        std::thread::sleep(Duration::from_millis(10));
     }
+    let config = dir.join(format!("{name}.toml"));
+    DaemonConfig {
+        brokers,
+        topic,
+        group_id: &format!("driftd-bench-{name}"),
+        commit_interval: None,
+        window: Duration::from_secs(600),
+        pane: Duration::from_secs(30),
+        every,
+        baselines_dir: &dir.join("baselines"),
+        state_dir: &dir.join(format!("state-{name}")),
+        port,
+        extra: &extra,
+    }
+    .write(&config)?;
+    let log_path = dir.join(format!("{name}.log"));
+    let mut d = ChildDaemon::start(&config, port, log_path, Stdio::null())?;
+    d.wait_joined()?;
+    Ok(d)
 }
 
 /// The steady phase: lines at `o.rate` per second and a probe event every
@@ -810,7 +623,7 @@ fn steady(
         let brokers = brokers.to_owned();
         let mut g = Generator::new(GeneratorConfig {
             stream_seed: Some(11),
-            ..generator_config(o)
+            ..traffic(o).generator_config()
         });
         let names = g.model_names();
         let rate = o.rate.max(1);

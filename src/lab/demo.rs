@@ -13,7 +13,7 @@
 
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,6 +35,7 @@ use crate::engine::time::rfc3339;
 use crate::engine::window::WindowSpec;
 use crate::engine::AutoBaseline;
 use crate::lab::generate::{standard_drifts, DeploySpec, Generator, GeneratorConfig};
+use crate::lab::harness::Scratch;
 use crate::replay::{build_baselines, Input};
 
 pub const TOPIC: &str = "inference-logs";
@@ -67,24 +68,6 @@ impl Default for DemoOptions {
     }
 }
 
-/// A scratch directory removed when dropped (the demo's, the bench's).
-pub(crate) struct Scratch(pub(crate) PathBuf);
-
-impl Scratch {
-    /// `<tmp>/driftd-<what>-<pid>`, created.
-    pub(crate) fn new(what: &str) -> std::io::Result<Scratch> {
-        let p = std::env::temp_dir().join(format!("driftd-{what}-{}", std::process::id()));
-        std::fs::create_dir_all(&p)?;
-        Ok(Scratch(p))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Runs the demo until `cancel` or the duration ends.
 pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result<()> {
     let scratch = Scratch::new("demo").context("creating the demo's scratch directory")?;
@@ -99,80 +82,17 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
     let brokers = cluster.bootstrap_servers();
     println!("embedded Kafka (librdkafka mock cluster) at {brokers}, topic {TOPIC}");
 
-    // Reference phase: an hour of normal traffic, made up front.
     let gen_cfg = GeneratorConfig::default()
         .with_batch_share(0.01)
         .with_click_rates(0.30, 0.22);
-    let mut reference = Generator::new(gen_cfg.clone());
-    let start = now_ms();
-    let mut text = Vec::with_capacity(20_000 * 600);
-    let mut buf = String::new();
-    for i in 0..20_000i64 {
-        reference.next_line(start - 3_600_000 + i * 180, &mut buf);
-        text.extend_from_slice(buf.as_bytes());
-        text.push(b'\n');
-    }
-    let decoder = Decoder::new(Default::default());
-    let built = build_baselines(
-        &decoder,
-        &Input::Stdin,
-        &mut text.as_slice(),
-        None,
-        &Default::default(),
-        start,
-        |_| {},
-    )?;
-    for b in &built.baselines {
-        b.save(&baselines_dir)?;
-    }
-    println!(
-        "built baselines for {} from 20000 reference lines",
-        built
-            .baselines
-            .iter()
-            .map(|b| b.model.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
+    let reference = Reference::build(&gen_cfg, &baselines_dir)?;
+    let cfg = daemon_config(
+        &opts,
+        &brokers,
+        &scratch,
+        baselines_dir,
+        reference.p99_limit,
     );
-
-    // The daemon, configured as in production but with short windows so the
-    // demo shows drift within a minute.
-    let mut cfg = Config {
-        source: "demo".into(),
-        ..Config::default()
-    };
-    cfg.kafka = Some(KafkaConfig {
-        brokers: brokers.clone(),
-        topics: vec![TOPIC.into()],
-        group_id: "driftd-demo".into(),
-        commit_interval: Duration::from_secs(1),
-        rewind_on_start: false,
-        properties: Default::default(),
-    });
-    cfg.engine.window = WindowSpec::Time {
-        length_ms: 120_000,
-        pane_ms: 5_000,
-    };
-    // The deployed version has no baseline file: capture one from its
-    // first events, as a production daemon can.
-    cfg.engine.auto_baseline = Some(AutoBaseline {
-        after_events: 5_000,
-    });
-    // p99 limit on inference: 1.5x the slowest model's reference p99.
-    let p99 = reference_p99(&decoder, &text, "inference_ms");
-    let slowest = p99.iter().map(|(_, v)| *v).fold(0.0, f64::max);
-    let limit = (1.5 * slowest).max(1.0);
-    cfg.engine
-        .health
-        .p99_limit_ms
-        .insert("inference_ms".into(), limit);
-    cfg.engine.align();
-    cfg.every = Duration::from_secs(2);
-    cfg.engine.detect.min_samples = 300;
-    cfg.baselines_dir = baselines_dir;
-    cfg.watch_baselines = false;
-    cfg.checkpoint.dir = scratch.0.join("state");
-    cfg.http.listen = opts.listen;
     let daemon = crate::daemon::app::start(cfg, cancel.clone()).await?;
     println!(
         "serving http://{}/metrics (also /readyz, /api/v1/drift)",
@@ -180,13 +100,7 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
     );
     let drift_at = now_ms() + opts.drift_after.as_millis() as i64;
     let deploy_at = now_ms() + opts.deploy_after.as_millis() as i64;
-    // Slow enough that fraud-v2's p99 clears the limit whatever the seed's
-    // latencies: 2.5x the limit's base at least, 3x its own at least.
-    let fraud_p99 = p99
-        .iter()
-        .find(|(m, _)| m == "fraud-v1")
-        .map_or(slowest, |(_, v)| *v);
-    let factor = (2.5 * slowest / fraud_p99.max(0.001)).max(3.0);
+    let factor = reference.deploy_latency_factor();
     println!(
         "generating {} lines/s for fraud-v1 and recsys-v3; drift starts at {} (in {}s): fraud-v1 f00_amount +1 sd, fraud-v1 fraud rate 4% -> 15%, recsys-v3 f01_country new category on 20%",
         opts.rate,
@@ -194,9 +108,10 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
         opts.drift_after.as_secs()
     );
     println!(
-        "fraud-v2 replaces fraud-v1 at {} (in {}s) with 8% more errors and {factor:.1}x the inference latency (p99 limit {limit:.1} ms); arm variant clicks 22% of feedback, control 30%",
+        "fraud-v2 replaces fraud-v1 at {} (in {}s) with 8% more errors and {factor:.1}x the inference latency (p99 limit {:.1} ms); arm variant clicks 22% of feedback, control 30%",
         rfc3339(deploy_at),
-        opts.deploy_after.as_secs()
+        opts.deploy_after.as_secs(),
+        reference.p99_limit
     );
 
     // The producer runs on its own thread, paced to the rate.
@@ -217,6 +132,135 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
     };
 
     let started = Instant::now();
+    show(&opts, &daemon, &cancel, &produced, started, drift_at).await;
+    producer_stop.cancel();
+    let _ = producer.join();
+    let r = daemon.wait().await;
+    drop(cluster);
+    println!("demo stopped after {}s", started.elapsed().as_secs());
+    r
+}
+
+/// The reference phase: an hour of normal traffic, made up front, and what
+/// it gives the daemon.
+struct Reference {
+    /// The p99 of `inference_ms` of the slowest model, and of fraud-v1.
+    slowest_p99: f64,
+    fraud_p99: f64,
+    /// The daemon's p99 limit on inference: 1.5x the slowest model's.
+    p99_limit: f64,
+}
+
+impl Reference {
+    /// Makes the reference lines and saves the baselines built from them in
+    /// `dir`.
+    fn build(gen_cfg: &GeneratorConfig, dir: &Path) -> anyhow::Result<Reference> {
+        let mut reference = Generator::new(gen_cfg.clone());
+        let start = now_ms();
+        let mut text = Vec::with_capacity(20_000 * 600);
+        let mut buf = String::new();
+        for i in 0..20_000i64 {
+            reference.next_line(start - 3_600_000 + i * 180, &mut buf);
+            text.extend_from_slice(buf.as_bytes());
+            text.push(b'\n');
+        }
+        let decoder = Decoder::new(Default::default());
+        let built = build_baselines(
+            &decoder,
+            &Input::Stdin,
+            &mut text.as_slice(),
+            None,
+            &Default::default(),
+            start,
+            |_| {},
+        )?;
+        for b in &built.baselines {
+            b.save(dir)?;
+        }
+        println!(
+            "built baselines for {} from 20000 reference lines",
+            built
+                .baselines
+                .iter()
+                .map(|b| b.model.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let p99 = reference_p99(&decoder, &text, "inference_ms");
+        let slowest = p99.iter().map(|(_, v)| *v).fold(0.0, f64::max);
+        let fraud_p99 = p99
+            .iter()
+            .find(|(m, _)| m == "fraud-v1")
+            .map_or(slowest, |(_, v)| *v);
+        Ok(Reference {
+            slowest_p99: slowest,
+            fraud_p99,
+            p99_limit: (1.5 * slowest).max(1.0),
+        })
+    }
+
+    /// How much slower fraud-v2 is: enough that its p99 clears the limit
+    /// whatever the seed's latencies, 2.5x the limit's base at least, 3x
+    /// its own at least.
+    fn deploy_latency_factor(&self) -> f64 {
+        (2.5 * self.slowest_p99 / self.fraud_p99.max(0.001)).max(3.0)
+    }
+}
+
+/// The daemon, configured as in production but with short windows so the
+/// demo shows drift within a minute.
+fn daemon_config(
+    opts: &DemoOptions,
+    brokers: &str,
+    scratch: &Scratch,
+    baselines_dir: PathBuf,
+    p99_limit: f64,
+) -> Config {
+    let mut cfg = Config {
+        source: "demo".into(),
+        ..Config::default()
+    };
+    cfg.kafka = Some(KafkaConfig {
+        brokers: brokers.to_owned(),
+        topics: vec![TOPIC.into()],
+        group_id: "driftd-demo".into(),
+        commit_interval: Duration::from_secs(1),
+        rewind_on_start: false,
+        properties: Default::default(),
+    });
+    cfg.engine.window = WindowSpec::Time {
+        length_ms: 120_000,
+        pane_ms: 5_000,
+    };
+    // The deployed version has no baseline file: capture one from its
+    // first events, as a production daemon can.
+    cfg.engine.auto_baseline = Some(AutoBaseline {
+        after_events: 5_000,
+    });
+    cfg.engine
+        .health
+        .p99_limit_ms
+        .insert("inference_ms".into(), p99_limit);
+    cfg.engine.align();
+    cfg.every = Duration::from_secs(2);
+    cfg.engine.detect.min_samples = 300;
+    cfg.baselines_dir = baselines_dir;
+    cfg.watch_baselines = false;
+    cfg.checkpoint.dir = scratch.0.join("state");
+    cfg.http.listen = opts.listen;
+    cfg
+}
+
+/// The live view: a table redrawn (or changes printed) at every snapshot,
+/// until `cancel` or the duration ends.
+async fn show(
+    opts: &DemoOptions,
+    daemon: &crate::daemon::app::Daemon,
+    cancel: &CancellationToken,
+    produced: &AtomicU64,
+    started: Instant,
+    drift_at: i64,
+) {
     let mut snapshots = daemon.snapshot.clone();
     let mut last_states: std::collections::HashMap<(String, String), State> = Default::default();
     let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
@@ -239,12 +283,6 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
             }
         }
     }
-    producer_stop.cancel();
-    let _ = producer.join();
-    let r = daemon.wait().await;
-    drop(cluster);
-    println!("demo stopped after {}s", started.elapsed().as_secs());
-    r
 }
 
 fn produce(

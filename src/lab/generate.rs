@@ -54,16 +54,25 @@
 //! shift (mean shift, variance change, unseen categories, class-prior change, outlier bursts)
 //! from a chosen event time on, abruptly or ramped in.
 //!
+//! An inference record is drawn in one place (request id, feature values, class, confidence,
+//! arm) and then written: as a JSON line by [`Generator::next_line`], or, for callers that
+//! skip JSON (the scenario suite), straight into the engine's [`Event`] by
+//! [`Generator::next_event`], borrowing the model's strings from an [`EventVocabulary`]. So
+//! the typed events are exactly what the lines say.
+//!
 //! Feature *names* depend only on the feature count and categorical share (so scenario files
 //! can refer to them stably); distribution parameters and vocabularies depend on the seed and
 //! the model name (so adding a model does not perturb the others).
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 use serde::{Deserialize, Serialize};
+
+use crate::engine::decode::{Event, EventTime, FeatureValue, Prediction};
 
 /// Features per model when a [`ModelSpec`] does not say otherwise.
 pub const DEFAULT_FEATURES: usize = 20;
@@ -592,7 +601,7 @@ impl GeneratorConfig {
 /// Why a [`GeneratorConfig`] was rejected.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("invalid generator config: {0}")]
-pub struct ConfigError(pub String);
+pub struct GeneratorError(pub String);
 
 /// What [`Generator::next_line`] wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -686,6 +695,122 @@ impl FeatureInfo {
             }
             _ => None,
         }
+    }
+}
+
+/// One feature value of a record as drawn.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum DrawnValue {
+    /// A missing number (`null` in the line).
+    Missing,
+    /// A number at full precision (the line rounds it to 2 or 3 decimals).
+    Num(f64),
+    /// The `k`-th value of the feature's vocabulary.
+    Category(usize),
+    /// The `k`-th value that new-category drifts inject into the model.
+    Injected(usize),
+    Bool(bool),
+}
+
+/// What an inference record holds besides its feature values.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct RecordHead {
+    request_id: u64,
+    /// Index into the model's classes.
+    class: usize,
+    /// Truncated to the 4 decimals the line prints, so it stays below 1.
+    confidence: f64,
+    arm: Arm,
+}
+
+impl Arm {
+    fn as_str(self) -> Option<&'static str> {
+        match self {
+            Arm::None => None,
+            Arm::Control => Some("control"),
+            Arm::Variant => Some("variant"),
+        }
+    }
+}
+
+/// A record drawn for a line, before it is written.
+#[derive(Debug, Clone, Default)]
+struct InferenceDraw {
+    model: usize,
+    head: RecordHead,
+    /// One value per feature of the model, in line order.
+    values: Vec<DrawnValue>,
+}
+
+/// The strings of one model's events, held apart from the generator so that the events
+/// [`Generator::next_event`] draws into can borrow them while the generator draws on.
+#[derive(Debug, Clone)]
+pub struct EventVocabulary {
+    /// The model's index in the generator.
+    index: usize,
+    model: String,
+    /// A deployed version's name, and the event time from which lines carry it.
+    deployed: Option<(i64, String)>,
+    features: Vec<String>,
+    /// Per feature, its vocabulary (empty for other kinds).
+    categories: Vec<Vec<String>>,
+    injected: Vec<String>,
+    classes: Vec<String>,
+}
+
+impl EventVocabulary {
+    /// An event of this model, its features named and missing, for [`Generator::next_event`].
+    pub fn event(&self) -> Event<'_> {
+        Event {
+            model: Cow::Borrowed(&self.model),
+            arm: None,
+            time: EventTime::Missing,
+            features: self
+                .features
+                .iter()
+                .map(|name| (Cow::Borrowed(name.as_str()), FeatureValue::Missing))
+                .collect(),
+            prediction: None,
+            confidence: None,
+            level: None,
+            service: None,
+            error_type: None,
+            request_id: None,
+            stages: Vec::new(),
+            issues: 0,
+        }
+    }
+
+    /// Feature `i`'s drawn value as the decoder reads it from the line (numbers unrounded).
+    fn value(&self, i: usize, v: DrawnValue) -> FeatureValue<'_> {
+        match v {
+            DrawnValue::Missing => FeatureValue::Missing,
+            DrawnValue::Num(x) => FeatureValue::Num(x),
+            DrawnValue::Category(k) => FeatureValue::Cat(Cow::Borrowed(&self.categories[i][k])),
+            DrawnValue::Injected(k) => FeatureValue::Cat(Cow::Borrowed(&self.injected[k])),
+            DrawnValue::Bool(b) => FeatureValue::Cat(Cow::Borrowed(bool_word(b))),
+        }
+    }
+
+    /// The rest of what the decoder reads from the line at `t_ms`: model (a deployed
+    /// version's name once it is live), arm, time, prediction and confidence.
+    fn fill_head<'v>(&'v self, head: &RecordHead, t_ms: i64, ev: &mut Event<'v>) {
+        ev.model = Cow::Borrowed(match &self.deployed {
+            Some((at_ms, name)) if t_ms >= *at_ms => name,
+            _ => &self.model,
+        });
+        ev.arm = head.arm.as_str().map(Cow::Borrowed);
+        ev.time = EventTime::Parsed(t_ms);
+        ev.prediction = Some(Prediction::Label(Cow::Borrowed(&self.classes[head.class])));
+        ev.confidence = Some(head.confidence);
+    }
+}
+
+fn bool_word(b: bool) -> &'static str {
+    if b {
+        "true"
+    } else {
+        "false"
     }
 }
 
@@ -998,11 +1123,13 @@ struct ModelState {
     gens: Vec<FeatureGen>,
     /// Quoted JSON strings.
     classes: Vec<String>,
+    class_labels: Vec<String>,
     base_priors: Vec<f64>,
     base_cum: Vec<f64>,
     latency_mu: f64,
     drifts: Vec<ResolvedDrift>,
-    /// Quoted JSON strings of drift-injected categories.
+    /// Drift-injected categories, and the same as quoted JSON strings.
+    injected: Vec<String>,
     new_values: Vec<String>,
     // Per-line drift state, reused so drifted lines allocate nothing either.
     shift: Vec<f64>,
@@ -1016,6 +1143,7 @@ struct ModelState {
 #[derive(Debug, Clone)]
 struct ModelDeploy {
     at_ms: i64,
+    name: String,
     /// `"model_id": "new_name"` (same key as the model's), pre-rendered.
     model_kv: String,
     extra_error_share: f64,
@@ -1038,8 +1166,9 @@ impl ModelState {
 }
 
 /// The experiment arm of a recorded request (`None` with arms off or for unknown requests).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 enum Arm {
+    #[default]
     None,
     Control,
     Variant,
@@ -1060,6 +1189,10 @@ pub struct Generator {
     missing_share: f64,
     /// Feature object of the current record; written first so `input_hash` can hash it.
     features_buf: String,
+    /// The record being written.
+    record: InferenceDraw,
+    /// Numeric values drawn as outliers so far.
+    outliers: u64,
     /// Recent inference request ids, models and arms, so timing and feedback lines refer
     /// to requests that exist, as in the real service.
     recent: [(u64, usize, Arm); RECENT],
@@ -1088,162 +1221,26 @@ impl Generator {
     /// Builds a generator, rejecting configs that would produce nonsense: shares outside
     /// `[0, 1]` or summing past 1, no models, duplicate names, bad class priors, drifts
     /// naming unknown models or features, or effects that do not fit the feature kind.
-    pub fn try_new(cfg: GeneratorConfig) -> Result<Self, ConfigError> {
-        let err = |s: String| Err(ConfigError(s));
-        let shares = [
-            ("malformed_share", cfg.malformed_share),
-            ("error_share", cfg.error_share),
-            ("timing_share", cfg.timing_share),
-            ("feedback_share", cfg.feedback_share),
-            ("missing_share", cfg.missing_share),
-        ];
-        for (name, s) in shares {
-            if !(0.0..=1.0).contains(&s) {
-                return err(format!("{name} {s} is outside [0, 1]"));
-            }
-        }
-        if !(0.0..=1.0).contains(&cfg.batch_share) {
-            return err(format!("batch_share {} is outside [0, 1]", cfg.batch_share));
-        }
-        let mut kind_cum = [0.0; 5];
-        let mut acc = 0.0;
-        for (c, (_, s)) in kind_cum.iter_mut().zip(&shares[..4]) {
-            acc += s;
-            *c = acc;
-        }
-        if acc + cfg.batch_share > 1.0 + 1e-9 {
-            return err(format!(
-                "line-kind shares sum to {} > 1",
-                acc + cfg.batch_share
-            ));
-        }
-        // Compact streams carry no batch lines; with a zero share the batch threshold equals
-        // the feedback one, so the kind choice (and the stream) is exactly as without it.
-        kind_cum[4] = if cfg.compact {
-            acc
-        } else {
-            acc + cfg.batch_share
-        };
-        if let Some(r) = &cfg.click_rates {
-            for (arm, rate) in [("control", r.control), ("variant", r.variant)] {
-                if !(0.0..=1.0).contains(&rate) {
-                    return err(format!("click rate of {arm} {rate} is outside [0, 1]"));
-                }
-            }
-        }
-        if cfg.models.is_empty() {
-            return err("no models".into());
-        }
-        let mut models = Vec::with_capacity(cfg.models.len());
-        for (i, spec) in cfg.models.iter().enumerate() {
-            if cfg.models[..i].iter().any(|m| m.name == spec.name) {
-                return err(format!("duplicate model name {:?}", spec.name));
-            }
-            let mut model = build_model(cfg.seed, spec)?;
-            if cfg.compact {
-                for (i, (gen, info)) in model.gens.iter_mut().zip(model.info.iter_mut()).enumerate()
-                {
-                    info.name = format!("f{i:02}");
-                    gen.key = format!("\"{}\": ", info.name);
-                }
-            }
-            models.push(model);
-        }
+    pub fn try_new(cfg: GeneratorConfig) -> Result<Self, GeneratorError> {
+        let kind_cum = line_kind_thresholds(&cfg)?;
+        check_click_rates(cfg.click_rates.as_ref())?;
+        let mut models = build_models(&cfg)?;
         if let Some(d) = &cfg.deploy {
-            let Some(i) = cfg.models.iter().position(|m| m.name == d.model) else {
-                return err(format!("deploy: unknown model {:?}", d.model));
-            };
-            if d.new_name.is_empty() {
-                return err("deploy: empty new_name".into());
-            }
-            if cfg.models.iter().any(|m| m.name == d.new_name) {
-                return err(format!(
-                    "deploy: new_name {:?} is already a model",
-                    d.new_name
-                ));
-            }
-            if !(0.0..1.0).contains(&d.extra_error_share) {
-                return err(format!(
-                    "deploy: extra_error_share {} is outside [0, 1)",
-                    d.extra_error_share
-                ));
-            }
-            if !(d.latency_factor.is_finite() && d.latency_factor > 0.0) {
-                return err(format!(
-                    "deploy: latency_factor {} is not positive",
-                    d.latency_factor
-                ));
-            }
-            let mut model_kv = String::new();
-            write_json_string(&mut model_kv, cfg.models[i].id_field.key());
-            model_kv.push_str(": ");
-            write_json_string(&mut model_kv, &d.new_name);
-            models[i].deploy = Some(ModelDeploy {
-                at_ms: d.at_ms,
-                model_kv,
-                extra_error_share: d.extra_error_share,
-                latency_factor: d.latency_factor,
-            });
+            attach_deploy(&cfg.models, &mut models, d)?;
         }
-        let total_w: f64 = cfg.models.iter().map(|m| m.traffic_weight).sum();
-        let mut acc = 0.0;
-        let traffic_cum = cfg
-            .models
-            .iter()
-            .map(|m| {
-                acc += m.traffic_weight / total_w;
-                acc
-            })
-            .collect();
-
         for (di, d) in cfg.drifts.iter().enumerate() {
-            if d.ramp_ms < 0 {
-                return err(format!("drift {di}: negative ramp_ms"));
-            }
-            if d.end_ms.is_some_and(|e| e <= d.start_ms) {
-                return err(format!("drift {di}: end_ms is not after start_ms"));
-            }
-            check_effect_numbers(&d.effect).map_err(|e| ConfigError(format!("drift {di}: {e}")))?;
-            let mut applied = 0;
-            let mut last_err = String::new();
-            for m in &mut models {
-                if d.model.as_ref().is_some_and(|n| *n != m.name) {
-                    continue;
-                }
-                match resolve_effect(m, &d.effect) {
-                    Ok(effect) => {
-                        m.drifts.push(ResolvedDrift {
-                            start: d.start_ms,
-                            end: d.end_ms,
-                            ramp: d.ramp_ms,
-                            effect,
-                        });
-                        applied += 1;
-                    }
-                    // A drift naming its model must fit it; an all-models drift applies
-                    // wherever it fits, so models of different shapes can share one spec.
-                    Err(e) if d.model.is_some() => {
-                        return err(format!("drift {di} on {}: {e}", m.name))
-                    }
-                    Err(e) => last_err = e,
-                }
-            }
-            if applied == 0 {
-                return match &d.model {
-                    Some(n) => err(format!("drift {di}: unknown model {n:?}")),
-                    None => err(format!("drift {di} fits no model: {last_err}")),
-                };
-            }
+            attach_drift(&mut models, di, d)?;
         }
-
         Ok(Generator {
             rng: SmallRng::seed_from_u64(cfg.stream_seed.unwrap_or(cfg.seed)),
             models,
-            traffic_cum,
+            traffic_cum: traffic_thresholds(&cfg.models),
             kind_cum,
             arms: cfg.arms,
             missing_share: cfg.missing_share,
             features_buf: String::with_capacity(1024),
+            record: InferenceDraw::default(),
+            outliers: 0,
             recent: [(0, 0, Arm::None); RECENT],
             recent_len: 0,
             recent_pos: 0,
@@ -1296,6 +1293,60 @@ impl Generator {
         self.last_model
     }
 
+    /// Draws the next inference record of `vocabulary`'s model at `t_ms` straight into `ev`
+    /// (made by [`EventVocabulary::event`]) without writing a line: what an inference line of
+    /// that model holds, as the decoder would read it, with the same distributions and drifts
+    /// drawn in the same order. For callers that skip the text (the scenario suite). It draws
+    /// no line kind, model or deploy failure, so a stream of these is not the stream of
+    /// [`Generator::next_line`].
+    pub fn next_event<'v>(
+        &mut self,
+        t_ms: i64,
+        vocabulary: &'v EventVocabulary,
+        ev: &mut Event<'v>,
+    ) {
+        debug_assert_eq!(
+            ev.features.len(),
+            vocabulary.features.len(),
+            "not its event"
+        );
+        let slots = &mut ev.features;
+        let head = self.draw_record(t_ms, vocabulary.index, |i, v| {
+            slots[i].1 = vocabulary.value(i, v);
+        });
+        vocabulary.fill_head(&head, t_ms, ev);
+    }
+
+    /// The strings of model `model`'s events, drift-injected categories and a deployed
+    /// version's name included, for the events [`Generator::next_event`] draws.
+    ///
+    /// # Panics
+    /// If `model` is out of range.
+    pub fn vocabulary(&self, model: usize) -> EventVocabulary {
+        let m = &self.models[model];
+        EventVocabulary {
+            index: model,
+            model: m.name.clone(),
+            deployed: m.deploy.as_ref().map(|d| (d.at_ms, d.name.clone())),
+            features: m.info.iter().map(|f| f.name.clone()).collect(),
+            categories: m
+                .info
+                .iter()
+                .map(|f| match &f.kind {
+                    FeatureKind::Categorical { values, .. } => values.clone(),
+                    _ => Vec::new(),
+                })
+                .collect(),
+            injected: m.injected.clone(),
+            classes: m.class_labels.clone(),
+        }
+    }
+
+    /// Numeric values drawn as outliers (by outlier-burst drifts) so far.
+    pub fn outliers_injected(&self) -> u64 {
+        self.outliers
+    }
+
     /// Writes one line (no trailing newline) for event time `t_ms` into `out`, which is
     /// cleared first, and says what kind of line it is.
     pub fn next_line(&mut self, t_ms: i64, out: &mut String) -> LineKind {
@@ -1345,28 +1396,80 @@ impl Generator {
         self.rng.random::<u64>() >> 16
     }
 
+    /// Writes an inference record of model `m` (or, without `with_model`, the malformed one
+    /// that names no model).
     fn write_inference(&mut self, t_ms: i64, m: usize, with_model: bool, out: &mut String) {
-        let req = self.new_request_id();
-        self.fill_features(t_ms, m);
-        let hash = hash64(self.features_buf.as_bytes()) as i64;
+        let mut draw = std::mem::take(&mut self.record);
+        draw.model = m;
+        draw.values.clear();
+        let values = &mut draw.values;
+        draw.head = self.draw_record(t_ms, m, |_, v| values.push(v));
+        self.write_inference_line(t_ms, &draw, with_model, out);
+        if with_model {
+            self.recent[self.recent_pos] = (draw.head.request_id, m, draw.head.arm);
+            self.recent_pos = (self.recent_pos + 1) % RECENT;
+            self.recent_len = (self.recent_len + 1).min(RECENT);
+            self.latest_untimed = true;
+        }
+        self.record = draw;
+    }
+
+    /// Draws a record of model `m` at `t_ms` in the order the lines have always drawn it:
+    /// request id, feature values (each handed to `put` with its index), class, confidence,
+    /// arm. The one place a record is drawn, for the lines and the typed events alike.
+    fn draw_record(
+        &mut self,
+        t_ms: i64,
+        m: usize,
+        put: impl FnMut(usize, DrawnValue),
+    ) -> RecordHead {
+        let request_id = self.new_request_id();
         let model = &mut self.models[m];
+        let rng = &mut self.rng;
+        let drifted = !model.drifts.is_empty() && apply_drifts(model, t_ms);
+        let outliers = &mut self.outliers;
+        draw_features(rng, self.missing_share, model, drifted, outliers, put);
         let cum: &[f64] = if model.drifts.is_empty() {
             &model.base_cum
         } else {
             class_cum_at(model, t_ms)
         };
-        let class = pick(cum, self.rng.random());
+        let class = pick(cum, rng.random());
         // sqrt skews confidence towards 1 like a trained classifier; truncating to 4
         // decimals keeps the printed value strictly below 1.
-        let conf = 0.5 + 0.5 * self.rng.random::<f64>().sqrt();
-        let conf = (conf * 1e4).floor() / 1e4;
+        let conf = 0.5 + 0.5 * rng.random::<f64>().sqrt();
+        let arm = if !self.arms {
+            Arm::None
+        } else if rng.random::<bool>() {
+            Arm::Variant
+        } else {
+            Arm::Control
+        };
+        RecordHead {
+            request_id,
+            class,
+            confidence: (conf * 1e4).floor() / 1e4,
+            arm,
+        }
+    }
 
+    /// The JSON line of `draw`.
+    fn write_inference_line(
+        &mut self,
+        t_ms: i64,
+        draw: &InferenceDraw,
+        with_model: bool,
+        out: &mut String,
+    ) {
+        let model = &self.models[draw.model];
+        write_features(&mut self.features_buf, model, &draw.values);
+        let hash = hash64(self.features_buf.as_bytes()) as i64;
         if self.compact {
             write_header(out, t_ms, "\"");
         } else {
             write_header(out, t_ms, INFERENCE_ENVELOPE);
         }
-        write_request_id(out, req);
+        write_request_id(out, draw.head.request_id);
         if with_model {
             out.push_str(", ");
             out.push_str(model.model_kv_at(t_ms));
@@ -1379,77 +1482,17 @@ impl Generator {
             push_u64(out, hash.unsigned_abs());
         }
         out.push_str(", \"prediction\": ");
-        out.push_str(&model.classes[class]);
+        out.push_str(&model.classes[draw.head.class]);
         out.push_str(", \"confidence\": ");
-        write_float(out, conf, 4);
-        let mut arm = Arm::None;
-        if self.arms {
-            arm = if self.rng.random::<bool>() {
-                Arm::Variant
-            } else {
-                Arm::Control
-            };
-            out.push_str(if arm == Arm::Variant {
-                ", \"experiment_assignment\": \"variant\""
-            } else {
-                ", \"experiment_assignment\": \"control\""
-            });
+        write_float(out, draw.head.confidence, 4);
+        if let Some(arm) = draw.head.arm.as_str() {
+            out.push_str(", \"experiment_assignment\": \"");
+            out.push_str(arm);
+            out.push('"');
         }
         out.push_str(", \"input_features\": ");
         out.push_str(&self.features_buf);
         out.push('}');
-
-        if with_model {
-            self.recent[self.recent_pos] = (req, m, arm);
-            self.recent_pos = (self.recent_pos + 1) % RECENT;
-            self.recent_len = (self.recent_len + 1).min(RECENT);
-            self.latest_untimed = true;
-        }
-    }
-
-    /// Writes the `input_features` object of one record for model `m` into `features_buf`.
-    fn fill_features(&mut self, t_ms: i64, m: usize) {
-        let model = &mut self.models[m];
-        let rng = &mut self.rng;
-        let buf = &mut self.features_buf;
-        let drifted = !model.drifts.is_empty() && apply_drifts(model, t_ms);
-        let model = &*model;
-        buf.clear();
-        buf.push('{');
-        for (i, g) in model.gens.iter().enumerate() {
-            if i > 0 {
-                buf.push_str(", ");
-            }
-            buf.push_str(&g.key);
-            match &g.kind {
-                GenKind::Numeric { decimals, .. } => {
-                    match draw_numeric(rng, self.missing_share, model, i, drifted) {
-                        Some(x) => write_float(buf, x, *decimals),
-                        None => buf.push_str("null"),
-                    }
-                }
-                GenKind::Categorical { values, cum } => {
-                    let (share, v) = if drifted {
-                        model.newcat[i]
-                    } else {
-                        (0.0, NO_NEWCAT)
-                    };
-                    if v != NO_NEWCAT && rng.random::<f64>() < share {
-                        buf.push_str(&model.new_values[v]);
-                    } else {
-                        buf.push_str(&values[pick(cum, rng.random())]);
-                    }
-                }
-                GenKind::Boolean { p_true } => {
-                    buf.push_str(if rng.random::<f64>() < *p_true {
-                        "true"
-                    } else {
-                        "false"
-                    });
-                }
-            }
-        }
-        buf.push('}');
     }
 
     /// An `ERROR` record of model `m`: an input validation failure, or with `runtime` a
@@ -1522,7 +1565,9 @@ impl Generator {
             }
             let (mut sum, mut n) = (0.0, 0u32);
             for _ in 0..BATCH_SIZE {
-                if let Some(x) = draw_numeric(rng, self.missing_share, model, i, drifted) {
+                let outliers = &mut self.outliers;
+                if let Some(x) = draw_numeric(rng, self.missing_share, model, i, drifted, outliers)
+                {
                     sum += x;
                     n += 1;
                 }
@@ -1686,6 +1731,65 @@ impl Generator {
     }
 }
 
+/// Draws the feature values of one record of `model`, with the drift scratch of
+/// [`apply_drifts`] applied when `drifted`, and hands each to `put` with its index.
+fn draw_features(
+    rng: &mut SmallRng,
+    missing_share: f64,
+    model: &ModelState,
+    drifted: bool,
+    outliers: &mut u64,
+    mut put: impl FnMut(usize, DrawnValue),
+) {
+    for (i, g) in model.gens.iter().enumerate() {
+        let v = match &g.kind {
+            GenKind::Numeric { .. } => {
+                draw_numeric(rng, missing_share, model, i, drifted, outliers)
+                    .map_or(DrawnValue::Missing, DrawnValue::Num)
+            }
+            GenKind::Categorical { cum, .. } => {
+                let (share, v) = if drifted {
+                    model.newcat[i]
+                } else {
+                    (0.0, NO_NEWCAT)
+                };
+                if v != NO_NEWCAT && rng.random::<f64>() < share {
+                    DrawnValue::Injected(v)
+                } else {
+                    DrawnValue::Category(pick(cum, rng.random()))
+                }
+            }
+            GenKind::Boolean { p_true } => DrawnValue::Bool(rng.random::<f64>() < *p_true),
+        };
+        put(i, v);
+    }
+}
+
+/// Writes the `input_features` object of a record of `model` into `buf`.
+fn write_features(buf: &mut String, model: &ModelState, values: &[DrawnValue]) {
+    buf.clear();
+    buf.push('{');
+    for (i, (g, v)) in model.gens.iter().zip(values).enumerate() {
+        if i > 0 {
+            buf.push_str(", ");
+        }
+        buf.push_str(&g.key);
+        match (*v, &g.kind) {
+            (DrawnValue::Num(x), GenKind::Numeric { decimals, .. }) => {
+                write_float(buf, x, *decimals)
+            }
+            (DrawnValue::Category(k), GenKind::Categorical { values, .. }) => {
+                buf.push_str(&values[k])
+            }
+            (DrawnValue::Injected(k), _) => buf.push_str(&model.new_values[k]),
+            (DrawnValue::Bool(b), _) => buf.push_str(bool_word(b)),
+            // Missing (a value of another kind cannot come from this model's draw).
+            _ => buf.push_str("null"),
+        }
+    }
+    buf.push('}');
+}
+
 /// Draws numeric feature `i` of `model` as a record does (`None`: a missing value), with the
 /// drift scratch of [`apply_drifts`] applied when `drifted`.
 #[inline]
@@ -1695,6 +1799,7 @@ fn draw_numeric(
     model: &ModelState,
     i: usize,
     drifted: bool,
+    outliers: &mut u64,
 ) -> Option<f64> {
     let GenKind::Numeric {
         normal,
@@ -1711,18 +1816,29 @@ fn draw_numeric(
         return None;
     }
     let z: f64 = rng.sample(StandardNormal);
-    let mut x = if normal { a + b * z } else { (a + b * z).exp() };
+    let mut x = a + b * z;
+    if !normal {
+        x = exp_of(x);
+    }
     if drifted {
         let (o_share, o_sds) = model.outlier[i];
         if o_share > 0.0 && rng.random::<f64>() < o_share {
             let sign = if rng.random::<bool>() { 1.0 } else { -1.0 };
             let jitter = 1.0 + 0.1 * rng.random::<f64>();
             x = mean + sign * o_sds * sd * jitter;
+            *outliers += 1;
         } else {
             x = mean + (x - mean) * model.sd_mult[i] + model.shift[i] * sd;
         }
     }
     Some(x)
+}
+
+/// `x.exp()`, out of line: inlined, the compiler computes it for normal features too and
+/// throws it away (a select instead of a branch), which was a fifth of drawing a record.
+#[inline(never)]
+fn exp_of(x: f64) -> f64 {
+    x.exp()
 }
 
 /// Fills the model's per-line drift scratch for `t_ms`; false if nothing is active.
@@ -1799,6 +1915,178 @@ fn class_cum_at(model: &mut ModelState, t_ms: i64) -> &[f64] {
         *c = acc;
     }
     &model.cum_scratch
+}
+
+/// Cumulative thresholds of the line kinds (malformed, error, timing, feedback, batch
+/// statistics), after checking every share is in `[0, 1]` and they sum to at most 1.
+fn line_kind_thresholds(cfg: &GeneratorConfig) -> Result<[f64; 5], GeneratorError> {
+    let err = |s: String| Err(GeneratorError(s));
+    let shares = [
+        ("malformed_share", cfg.malformed_share),
+        ("error_share", cfg.error_share),
+        ("timing_share", cfg.timing_share),
+        ("feedback_share", cfg.feedback_share),
+        ("missing_share", cfg.missing_share),
+    ];
+    for (name, s) in shares {
+        if !(0.0..=1.0).contains(&s) {
+            return err(format!("{name} {s} is outside [0, 1]"));
+        }
+    }
+    if !(0.0..=1.0).contains(&cfg.batch_share) {
+        return err(format!("batch_share {} is outside [0, 1]", cfg.batch_share));
+    }
+    let mut kind_cum = [0.0; 5];
+    let mut acc = 0.0;
+    for (c, (_, s)) in kind_cum.iter_mut().zip(&shares[..4]) {
+        acc += s;
+        *c = acc;
+    }
+    if acc + cfg.batch_share > 1.0 + 1e-9 {
+        return err(format!(
+            "line-kind shares sum to {} > 1",
+            acc + cfg.batch_share
+        ));
+    }
+    // Compact streams carry no batch lines; with a zero share the batch threshold equals
+    // the feedback one, so the kind choice (and the stream) is exactly as without it.
+    kind_cum[4] = if cfg.compact {
+        acc
+    } else {
+        acc + cfg.batch_share
+    };
+    Ok(kind_cum)
+}
+
+fn check_click_rates(rates: Option<&ArmClickRates>) -> Result<(), GeneratorError> {
+    if let Some(r) = rates {
+        for (arm, rate) in [("control", r.control), ("variant", r.variant)] {
+            if !(0.0..=1.0).contains(&rate) {
+                return Err(GeneratorError(format!(
+                    "click rate of {arm} {rate} is outside [0, 1]"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The models of `cfg`, uniquely named (features renamed `fNN` in compact streams).
+fn build_models(cfg: &GeneratorConfig) -> Result<Vec<ModelState>, GeneratorError> {
+    if cfg.models.is_empty() {
+        return Err(GeneratorError("no models".into()));
+    }
+    let mut models = Vec::with_capacity(cfg.models.len());
+    for (i, spec) in cfg.models.iter().enumerate() {
+        if cfg.models[..i].iter().any(|m| m.name == spec.name) {
+            return Err(GeneratorError(format!(
+                "duplicate model name {:?}",
+                spec.name
+            )));
+        }
+        let mut model = build_model(cfg.seed, spec)?;
+        if cfg.compact {
+            for (i, (gen, info)) in model.gens.iter_mut().zip(model.info.iter_mut()).enumerate() {
+                info.name = format!("f{i:02}");
+                gen.key = format!("\"{}\": ", info.name);
+            }
+        }
+        models.push(model);
+    }
+    Ok(models)
+}
+
+/// Gives the model `d` replaces its worse version, after checking the deploy.
+fn attach_deploy(
+    specs: &[ModelSpec],
+    models: &mut [ModelState],
+    d: &DeploySpec,
+) -> Result<(), GeneratorError> {
+    let err = |s: String| Err(GeneratorError(format!("deploy: {s}")));
+    let Some(i) = specs.iter().position(|m| m.name == d.model) else {
+        return err(format!("unknown model {:?}", d.model));
+    };
+    if d.new_name.is_empty() {
+        return err("empty new_name".into());
+    }
+    if specs.iter().any(|m| m.name == d.new_name) {
+        return err(format!("new_name {:?} is already a model", d.new_name));
+    }
+    if !(0.0..1.0).contains(&d.extra_error_share) {
+        return err(format!(
+            "extra_error_share {} is outside [0, 1)",
+            d.extra_error_share
+        ));
+    }
+    if !(d.latency_factor.is_finite() && d.latency_factor > 0.0) {
+        return err(format!(
+            "latency_factor {} is not positive",
+            d.latency_factor
+        ));
+    }
+    let mut model_kv = quoted(specs[i].id_field.key());
+    model_kv.push_str(": ");
+    write_json_string(&mut model_kv, &d.new_name);
+    models[i].deploy = Some(ModelDeploy {
+        at_ms: d.at_ms,
+        name: d.new_name.clone(),
+        model_kv,
+        extra_error_share: d.extra_error_share,
+        latency_factor: d.latency_factor,
+    });
+    Ok(())
+}
+
+/// Cumulative traffic shares of the models.
+fn traffic_thresholds(specs: &[ModelSpec]) -> Vec<f64> {
+    let total_w: f64 = specs.iter().map(|m| m.traffic_weight).sum();
+    let mut acc = 0.0;
+    specs
+        .iter()
+        .map(|m| {
+            acc += m.traffic_weight / total_w;
+            acc
+        })
+        .collect()
+}
+
+/// Resolves drift number `di` on the models it names (or every model it fits).
+fn attach_drift(models: &mut [ModelState], di: usize, d: &DriftSpec) -> Result<(), GeneratorError> {
+    let err = |s: String| Err(GeneratorError(s));
+    if d.ramp_ms < 0 {
+        return err(format!("drift {di}: negative ramp_ms"));
+    }
+    if d.end_ms.is_some_and(|e| e <= d.start_ms) {
+        return err(format!("drift {di}: end_ms is not after start_ms"));
+    }
+    check_effect_numbers(&d.effect).map_err(|e| GeneratorError(format!("drift {di}: {e}")))?;
+    let mut applied = 0usize;
+    let mut last_err = String::new();
+    for m in models {
+        if d.model.as_ref().is_some_and(|n| *n != m.name) {
+            continue;
+        }
+        match resolve_effect(m, &d.effect) {
+            Ok(effect) => {
+                m.drifts.push(ResolvedDrift {
+                    start: d.start_ms,
+                    end: d.end_ms,
+                    ramp: d.ramp_ms,
+                    effect,
+                });
+                applied += 1;
+            }
+            // A drift naming its model must fit it; an all-models drift applies
+            // wherever it fits, so models of different shapes can share one spec.
+            Err(e) if d.model.is_some() => return err(format!("drift {di} on {}: {e}", m.name)),
+            Err(e) => last_err = e,
+        }
+    }
+    match (&d.model, applied) {
+        (_, 1..) => Ok(()),
+        (Some(n), 0) => err(format!("drift {di}: unknown model {n:?}")),
+        (None, 0) => err(format!("drift {di} fits no model: {last_err}")),
+    }
 }
 
 fn check_effect_numbers(e: &DriftEffect) -> Result<(), String> {
@@ -1894,9 +2182,8 @@ fn resolve_effect(model: &mut ModelState, e: &DriftEffect) -> Result<ResolvedEff
             if values.contains(value) {
                 return Err(format!("{value:?} is already in the vocabulary"));
             }
-            let mut quoted = String::new();
-            write_json_string(&mut quoted, value);
-            model.new_values.push(quoted);
+            model.new_values.push(quoted(value));
+            model.injected.push(value.clone());
             ResolvedEffect::NewCategory {
                 feature: i,
                 value: model.new_values.len() - 1,
@@ -1943,10 +2230,11 @@ fn pick(cum: &[f64], u: f64) -> usize {
         .unwrap_or(cum.len().saturating_sub(1))
 }
 
-fn build_model(seed: u64, spec: &ModelSpec) -> Result<ModelState, ConfigError> {
-    let err = |s: String| Err(ConfigError(format!("model {:?}: {s}", spec.name)));
+/// The class priors of `spec`, normalised, after checking the spec.
+fn check_model_spec(spec: &ModelSpec) -> Result<Vec<f64>, GeneratorError> {
+    let err = |s: String| Err(GeneratorError(format!("model {:?}: {s}", spec.name)));
     if spec.name.is_empty() {
-        return Err(ConfigError("empty model name".into()));
+        return Err(GeneratorError("empty model name".into()));
     }
     if spec.features == 0 {
         return err("needs at least one feature".into());
@@ -1966,10 +2254,14 @@ fn build_model(seed: u64, spec: &ModelSpec) -> Result<ModelState, ConfigError> {
     if spec.classes.is_empty() || spec.classes.len() != spec.class_priors.len() {
         return err("classes and class_priors must be non-empty and of equal length".into());
     }
-    let Some(base_priors) = normalise(&spec.class_priors) else {
-        return err("class priors must be non-negative with a positive sum".into());
-    };
+    match normalise(&spec.class_priors) {
+        Some(p) => Ok(p),
+        None => err("class priors must be non-negative with a positive sum".into()),
+    }
+}
 
+fn build_model(seed: u64, spec: &ModelSpec) -> Result<ModelState, GeneratorError> {
+    let base_priors = check_model_spec(spec)?;
     // Per-model stream so a model's distributions depend on the seed and its own name only.
     let mut rng = SmallRng::seed_from_u64(seed ^ hash64(spec.name.as_bytes()).rotate_left(17));
     let mut info = Vec::with_capacity(spec.features);
@@ -1979,100 +2271,22 @@ fn build_model(seed: u64, spec: &ModelSpec) -> Result<ModelState, ConfigError> {
         .enumerate()
     {
         let (kind, gen) = match layout {
-            LayoutKind::Numeric(_) => {
-                if rng.random::<bool>() {
-                    let scale = 10f64.powf(rng.random_range(0.0..3.0));
-                    let mean = scale * rng.random_range(1.0..3.0);
-                    let sd = scale * rng.random_range(0.2..0.6);
-                    let decimals = if scale >= 100.0 { 2 } else { 3 };
-                    (
-                        FeatureKind::Normal { mean, sd },
-                        GenKind::Numeric {
-                            normal: true,
-                            a: mean,
-                            b: sd,
-                            mean,
-                            sd,
-                            decimals,
-                        },
-                    )
-                } else {
-                    let mu: f64 = rng.random_range(0.0..6.0);
-                    let sigma = rng.random_range(0.25..0.9);
-                    let kind = FeatureKind::LogNormal { mu, sigma };
-                    let probe = FeatureInfo {
-                        index,
-                        name: String::new(),
-                        kind: kind.clone(),
-                    };
-                    let (mean, sd) = (probe.mean().unwrap_or(0.0), probe.sd().unwrap_or(1.0));
-                    let decimals = if mu.exp() >= 100.0 { 2 } else { 3 };
-                    (
-                        kind,
-                        GenKind::Numeric {
-                            normal: false,
-                            a: mu,
-                            b: sigma,
-                            mean,
-                            sd,
-                            decimals,
-                        },
-                    )
-                }
-            }
-            LayoutKind::Categorical(j) => {
-                let pool = CATEGORICAL_POOLS[j % CATEGORICAL_POOLS.len()].1;
-                let size = rng.random_range(5..=pool.len().min(30));
-                let s: f64 = rng.random_range(0.8..1.4);
-                let probs = normalise(
-                    &(0..size)
-                        .map(|r| 1.0 / ((r + 1) as f64).powf(s))
-                        .collect::<Vec<_>>(),
-                )
-                .expect("Zipf weights are positive");
-                let values: Vec<String> = pool[..size].iter().map(|v| (*v).to_string()).collect();
-                let quoted = values
-                    .iter()
-                    .map(|v| {
-                        let mut q = String::new();
-                        write_json_string(&mut q, v);
-                        q
-                    })
-                    .collect();
-                let cum = cumulative(&probs);
-                (
-                    FeatureKind::Categorical { values, probs },
-                    GenKind::Categorical {
-                        values: quoted,
-                        cum,
-                    },
-                )
-            }
+            LayoutKind::Numeric(_) => numeric_feature(&mut rng),
+            LayoutKind::Categorical(j) => categorical_feature(&mut rng, j),
             LayoutKind::Boolean => {
                 let p_true = rng.random_range(0.2..0.8);
                 (FeatureKind::Boolean { p_true }, GenKind::Boolean { p_true })
             }
         };
-        let mut key = String::new();
-        write_json_string(&mut key, &name);
+        let mut key = quoted(&name);
         key.push_str(": ");
         gens.push(FeatureGen { key, kind: gen });
         info.push(FeatureInfo { index, name, kind });
     }
 
-    let mut model_kv = String::new();
-    write_json_string(&mut model_kv, spec.id_field.key());
+    let mut model_kv = quoted(spec.id_field.key());
     model_kv.push_str(": ");
     write_json_string(&mut model_kv, &spec.name);
-    let classes = spec
-        .classes
-        .iter()
-        .map(|c| {
-            let mut q = String::new();
-            write_json_string(&mut q, c);
-            q
-        })
-        .collect();
     let n = spec.features;
     let k = base_priors.len();
     Ok(ModelState {
@@ -2081,11 +2295,13 @@ fn build_model(seed: u64, spec: &ModelSpec) -> Result<ModelState, ConfigError> {
         deploy: None,
         info,
         gens,
-        classes,
+        classes: spec.classes.iter().map(|c| quoted(c)).collect(),
+        class_labels: spec.classes.clone(),
         base_cum: cumulative(&base_priors),
         base_priors,
         latency_mu: rng.random_range(1.5..4.0),
         drifts: Vec::new(),
+        injected: Vec::new(),
         new_values: Vec::new(),
         shift: vec![0.0; n],
         sd_mult: vec![1.0; n],
@@ -2094,6 +2310,70 @@ fn build_model(seed: u64, spec: &ModelSpec) -> Result<ModelState, ConfigError> {
         cum_scratch: vec![0.0; k],
         prior_scratch: vec![0.0; k],
     })
+}
+
+/// A numeric feature's distribution: normal or log-normal, at a scale from 1 to 1,000.
+fn numeric_feature(rng: &mut SmallRng) -> (FeatureKind, GenKind) {
+    if rng.random::<bool>() {
+        let scale = 10f64.powf(rng.random_range(0.0..3.0));
+        let mean = scale * rng.random_range(1.0..3.0);
+        let sd = scale * rng.random_range(0.2..0.6);
+        let decimals = if scale >= 100.0 { 2 } else { 3 };
+        let gen = GenKind::Numeric {
+            normal: true,
+            a: mean,
+            b: sd,
+            mean,
+            sd,
+            decimals,
+        };
+        return (FeatureKind::Normal { mean, sd }, gen);
+    }
+    let mu: f64 = rng.random_range(0.0..6.0);
+    let sigma = rng.random_range(0.25..0.9);
+    let kind = FeatureKind::LogNormal { mu, sigma };
+    let probe = FeatureInfo {
+        index: 0,
+        name: String::new(),
+        kind: kind.clone(),
+    };
+    let (mean, sd) = (probe.mean().unwrap_or(0.0), probe.sd().unwrap_or(1.0));
+    let decimals = if mu.exp() >= 100.0 { 2 } else { 3 };
+    let gen = GenKind::Numeric {
+        normal: false,
+        a: mu,
+        b: sigma,
+        mean,
+        sd,
+        decimals,
+    };
+    (kind, gen)
+}
+
+/// The `j`-th categorical feature's distribution: 5 to 30 values of its pool, Zipf-like.
+fn categorical_feature(rng: &mut SmallRng, j: usize) -> (FeatureKind, GenKind) {
+    let pool = CATEGORICAL_POOLS[j % CATEGORICAL_POOLS.len()].1;
+    let size = rng.random_range(5..=pool.len().min(30));
+    let s: f64 = rng.random_range(0.8..1.4);
+    let probs = normalise(
+        &(0..size)
+            .map(|r| 1.0 / ((r + 1) as f64).powf(s))
+            .collect::<Vec<_>>(),
+    )
+    .expect("Zipf weights are positive");
+    let values: Vec<String> = pool[..size].iter().map(|v| (*v).to_string()).collect();
+    let gen = GenKind::Categorical {
+        values: values.iter().map(|v| quoted(v)).collect(),
+        cum: cumulative(&probs),
+    };
+    (FeatureKind::Categorical { values, probs }, gen)
+}
+
+/// `s` as a JSON string.
+fn quoted(s: &str) -> String {
+    let mut q = String::new();
+    write_json_string(&mut q, s);
+    q
 }
 
 /// The constant part of a line after the timestamp, built at compile time so the hot path
@@ -2260,6 +2540,7 @@ pub fn standard_drifts(start_ms: i64) -> Vec<DriftSpec> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::decode::{DecodeConfig, Decoded, Decoder};
     use serde_json::Value;
 
     const T0: i64 = 1_765_706_400_000; // 2025-12-14 10:00:00 UTC
@@ -2493,6 +2774,68 @@ mod tests {
             assert!(o.get("model_id").is_none());
             assert!(o.get("experiment_assignment").is_none());
         }
+    }
+
+    /// The typed event is the line: decoding an inference line gives what
+    /// `next_event` makes of the same draws (numbers as the line rounds
+    /// them), drifts, arms and a deploy included.
+    #[test]
+    fn typed_records_are_what_the_lines_say() {
+        let cfg = GeneratorConfig::synthetic(5, 2, 30)
+            .inference_only()
+            .with_drift(DriftSpec::mean_shift("amount", 1.0, T0 + 500).for_model("fraud-v1"))
+            .with_drift(DriftSpec::new_category("country", "XK", 0.3, T0 + 500))
+            .with_drift(DriftSpec::class_priors(vec![0.5, 0.5], T0 + 500).for_model("fraud-v1"))
+            .with_drift(DriftSpec::outlier_burst(
+                "amount",
+                0.2,
+                8.0,
+                T0 + 500,
+                T0 + 1500,
+            ))
+            .with_deploy(DeploySpec::new("fraud-v1", "fraud-v2", T0 + 1000));
+        let mut lines = Generator::new(cfg);
+        let mut typed = lines.clone();
+        let vocabularies: Vec<EventVocabulary> = (0..2).map(|m| typed.vocabulary(m)).collect();
+        let mut events: Vec<Event> = vocabularies.iter().map(|v| v.event()).collect();
+        let decoder = Decoder::new(DecodeConfig::default());
+        let mut buf = String::new();
+        let (mut deployed, mut injected) = (0, 0);
+        for i in 0..2_000 {
+            let t = T0 + i;
+            assert_eq!(lines.next_line(t, &mut buf), LineKind::Inference);
+            let Decoded::Event(want) = decoder.decode(buf.as_bytes()) else {
+                panic!("not an event: {buf}")
+            };
+            // A line's kind and model are the draws it makes before its record.
+            let _: f64 = typed.rng.random();
+            let m = typed.pick_model();
+            typed.next_event(t, &vocabularies[m], &mut events[m]);
+            let got = &events[m];
+            assert_eq!(
+                (&got.model, &got.arm, got.time),
+                (&want.model, &want.arm, want.time)
+            );
+            assert_eq!(
+                (&got.prediction, got.confidence),
+                (&want.prediction, want.confidence)
+            );
+            assert_eq!(got.features.len(), want.features.len());
+            for ((name, value), (want_name, want_value)) in got.features.iter().zip(&want.features)
+            {
+                assert_eq!(name, want_name);
+                match (value, want_value) {
+                    (FeatureValue::Num(x), FeatureValue::Num(y)) => {
+                        assert!((x - y).abs() <= 0.005 + 1e-12 * x.abs(), "{name}: {x} {y}")
+                    }
+                    _ => assert_eq!(value, want_value, "{name}"),
+                }
+                injected += usize::from(matches!(value, FeatureValue::Cat(c) if c == "XK"));
+            }
+            deployed += usize::from(got.model == "fraud-v2");
+        }
+        assert!(deployed > 0 && injected > 0 && typed.outliers_injected() > 0);
+        assert_eq!(typed.outliers_injected(), lines.outliers_injected());
     }
 
     #[test]

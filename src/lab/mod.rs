@@ -3,5 +3,6 @@
 pub mod bench;
 pub mod demo;
 pub mod generate;
+pub mod harness;
 pub mod scenario;
 pub mod soak;

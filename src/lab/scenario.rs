@@ -21,39 +21,37 @@
 //! `GeneratorConfig::synthetic(seed, 1, 50)`: 34 numeric features, normal or
 //! log-normal at scales from 1 to 3,000, 15 categorical ones, a boolean, two
 //! classes and a confidence); the drifts are the generator's
-//! [`DriftSpec`]s with its semantics. Events are drawn straight into
-//! [`Event`]s and handed to [`Engine::accept`], skipping only the JSON text:
-//! writing and parsing 50-feature lines runs at ~170k events/s, which would
-//! make the 24 h of a million-sample window (144M events) take a quarter of
-//! an hour per mode. Everything after decoding is the daemon's code path.
+//! [`DriftSpec`]s, and the events are the generator's own inference records
+//! ([`Generator::next_event`]: the draws its JSON lines are written from,
+//! straight into engine events) handed to [`Engine::accept`], skipping only
+//! the JSON text: writing and parsing
+//! 50-feature lines runs at ~170k events/s, which would make the 24 h of a
+//! million-sample window (144M events) take a quarter of an hour per mode.
+//! Everything after decoding is the daemon's code path.
 //!
 //! The baseline is built, with [`BaselineBuilder`], from 100,000 reference
-//! events of the same sampler under another stream seed. Each mode runs
+//! events of the same model under another stream seed. Each mode runs
 //! with the config a file saying only `thresholds = "static"` (or `"auto"`)
 //! gives, and static and auto runs of one scenario see the same events.
 //! Scenarios run in parallel, one per thread; in the quick set the four
 //! drifts share one stream (each on its own distribution).
 
-use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
-use rand_distr::StandardNormal;
 use serde::Serialize;
 
 use crate::config::Config;
 use crate::engine::baseline::{Baseline, BaselineBuilder};
 use crate::engine::compare::Metric;
-use crate::engine::decode::{Decoded, Event, EventTime, FeatureValue, Prediction};
+use crate::engine::decode::Decoded;
 use crate::engine::detect::{AutoThresholds, State, Thresholds, Transition};
 use crate::engine::window::WindowSpec;
 use crate::engine::{Engine, EngineConfig};
-use crate::lab::generate::{DriftEffect, DriftSpec, FeatureInfo, FeatureKind, FeatureRef};
-use crate::lab::generate::{Generator, GeneratorConfig};
+use crate::lab::generate::{DriftSpec, EventVocabulary, FeatureInfo, FeatureKind};
+use crate::lab::generate::{Generator, GeneratorConfig, GeneratorError};
 
 /// Features of the suite's model.
 pub const FEATURES: usize = 50;
@@ -164,24 +162,39 @@ pub struct ModelDef {
     pub features: Vec<FeatureInfo>,
     pub classes: Vec<String>,
     pub priors: Vec<f64>,
-    /// Share of numeric values that are missing (`null`), as the generator's.
-    pub missing_share: f64,
+    /// The generator's config of the model (the suite's streams differ only
+    /// in their seed and drifts).
+    config: GeneratorConfig,
 }
 
 impl ModelDef {
     /// Model 0 of `GeneratorConfig::synthetic(seed, 1, 50)`: `fraud-v1`.
     pub fn new(seed: u64) -> ModelDef {
-        let cfg = GeneratorConfig::synthetic(seed, 1, FEATURES);
-        let spec = cfg.models[0].clone();
-        let g = Generator::new(cfg.clone());
+        let mut config = GeneratorConfig::synthetic(seed, 1, FEATURES).inference_only();
+        config.arms = false;
+        let spec = config.models[0].clone();
+        let g = Generator::new(config.clone());
         let sum: f64 = spec.class_priors.iter().sum();
         ModelDef {
             name: spec.name,
             features: g.features(0).to_vec(),
             classes: spec.classes,
             priors: spec.class_priors.iter().map(|p| p / sum).collect(),
-            missing_share: cfg.missing_share,
+            config,
         }
+    }
+
+    /// A generator of the model's events with `drifts`, seeded by `stream_seed`.
+    pub fn generator(
+        &self,
+        drifts: &[DriftSpec],
+        stream_seed: u64,
+    ) -> Result<Generator, GeneratorError> {
+        Generator::try_new(GeneratorConfig {
+            stream_seed: Some(stream_seed),
+            drifts: drifts.to_vec(),
+            ..self.config.clone()
+        })
     }
 
     /// The `k`-th normally distributed numeric feature.
@@ -201,15 +214,6 @@ impl ModelDef {
             .find(|f| f.is_categorical())
             .map(|f| f.name.as_str())
             .expect("the generator's 50-feature model has categorical features")
-    }
-
-    fn index_of(&self, r: &FeatureRef) -> Option<usize> {
-        match r {
-            FeatureRef::Index(i) => (*i < self.features.len()).then_some(*i),
-            FeatureRef::Name(n) => self.features.iter().position(|f| {
-                f.name == *n || f.name.split_once('_').is_some_and(|(_, rest)| rest == n)
-            }),
-        }
     }
 }
 
@@ -376,276 +380,45 @@ pub fn drift_streams(def: &ModelDef, onset_ms: i64, quick: bool) -> Vec<DriftStr
     ]
 }
 
-/// Numeric sampler state of one feature.
-#[derive(Debug, Clone, Copy)]
-enum Draw {
-    Normal { mean: f64, sd: f64 },
-    LogNormal { mu: f64, sigma: f64 },
-    Categorical,
-    Boolean { p_true: f64 },
+/// The suite's events: the generator's inference records, typed. Only the
+/// JSON text is skipped.
+pub struct Stream<'v> {
+    generator: Generator,
+    vocabulary: &'v EventVocabulary,
+    decoded: Decoded<'v>,
 }
 
-/// A resolved drift: the spec and the feature it acts on.
-#[derive(Debug)]
-struct Active<'m> {
-    spec: &'m DriftSpec,
-    features: Vec<usize>,
-}
-
-/// Draws the model's events straight into an [`Event`], drifts included,
-/// with the generator's distributions and drift semantics.
-pub struct Stream<'m> {
-    def: &'m ModelDef,
-    rng: SmallRng,
-    draws: Vec<Draw>,
-    /// Baseline mean and sd of numeric features (the frame of drifts).
-    frame: Vec<(f64, f64)>,
-    /// Per categorical feature: values and cumulative probabilities.
-    cats: Vec<(Vec<&'m str>, Vec<f64>)>,
-    class_cum: Vec<f64>,
-    drifts: Vec<Active<'m>>,
-    decoded: Decoded<'m>,
-    // Per-event drift state.
-    shift: Vec<f64>,
-    sd_mult: Vec<f64>,
-    outlier: Vec<(f64, f64)>,
-    newcat: Vec<(f64, Option<&'m str>)>,
-    /// Values replaced by outliers so far.
-    pub outliers: u64,
-}
-
-fn cumulative(p: &[f64]) -> Vec<f64> {
-    let mut acc = 0.0;
-    let mut v: Vec<f64> = p
-        .iter()
-        .map(|x| {
-            acc += x;
-            acc
-        })
-        .collect();
-    if let Some(last) = v.last_mut() {
-        *last = f64::INFINITY;
-    }
-    v
-}
-
-fn pick(cum: &[f64], u: f64) -> usize {
-    cum.iter().position(|c| u < *c).unwrap_or(cum.len() - 1)
-}
-
-impl<'m> Stream<'m> {
-    /// A stream of `def`'s events with `drifts`, seeded by `seed`.
-    pub fn new(def: &'m ModelDef, drifts: &'m [DriftSpec], seed: u64) -> Result<Self, String> {
-        let n = def.features.len();
-        let mut draws = Vec::with_capacity(n);
-        let mut frame = Vec::with_capacity(n);
-        let mut cats = Vec::with_capacity(n);
-        let mut features = Vec::with_capacity(n);
-        for f in &def.features {
-            let (d, c) = match &f.kind {
-                FeatureKind::Normal { mean, sd } => (
-                    Draw::Normal {
-                        mean: *mean,
-                        sd: *sd,
-                    },
-                    None,
-                ),
-                FeatureKind::LogNormal { mu, sigma } => (
-                    Draw::LogNormal {
-                        mu: *mu,
-                        sigma: *sigma,
-                    },
-                    None,
-                ),
-                FeatureKind::Categorical { values, probs } => (
-                    Draw::Categorical,
-                    Some((
-                        values.iter().map(String::as_str).collect(),
-                        cumulative(probs),
-                    )),
-                ),
-                FeatureKind::Boolean { p_true } => (Draw::Boolean { p_true: *p_true }, None),
-            };
-            draws.push(d);
-            frame.push((f.mean().unwrap_or(0.0), f.sd().unwrap_or(1.0)));
-            cats.push(c.unwrap_or_default());
-            features.push((Cow::Borrowed(f.name.as_str()), FeatureValue::Missing));
+impl<'v> Stream<'v> {
+    /// The records of `generator`'s model 0, whose strings are `vocabulary`
+    /// (see [`Generator::vocabulary`]).
+    pub fn new(generator: Generator, vocabulary: &'v EventVocabulary) -> Self {
+        Stream {
+            generator,
+            vocabulary,
+            decoded: Decoded::Event(vocabulary.event()),
         }
-        let mut active = Vec::new();
-        for d in drifts {
-            let features = match &d.effect {
-                DriftEffect::MeanShift { features, .. }
-                | DriftEffect::VarianceScale { features, .. }
-                | DriftEffect::OutlierBurst { features, .. } => features.clone(),
-                DriftEffect::NewCategory { feature, .. } => vec![feature.clone()],
-                DriftEffect::ClassPriors { priors } => {
-                    if priors.len() != def.classes.len() {
-                        return Err(format!(
-                            "class priors {priors:?} do not match the classes {:?}",
-                            def.classes
-                        ));
-                    }
-                    Vec::new()
-                }
-            };
-            let features = features
-                .iter()
-                .map(|r| {
-                    def.index_of(r)
-                        .ok_or_else(|| format!("drift on unknown feature {r:?}"))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            active.push(Active { spec: d, features });
-        }
-        Ok(Stream {
-            def,
-            rng: SmallRng::seed_from_u64(seed),
-            draws,
-            frame,
-            cats,
-            class_cum: cumulative(&def.priors),
-            drifts: active,
-            decoded: Decoded::Event(Event {
-                model: Cow::Borrowed(def.name.as_str()),
-                arm: None,
-                time: EventTime::Missing,
-                features,
-                prediction: None,
-                confidence: None,
-                level: None,
-                service: None,
-                error_type: None,
-                request_id: None,
-                stages: Vec::new(),
-                issues: 0,
-            }),
-            shift: vec![0.0; n],
-            sd_mult: vec![1.0; n],
-            outlier: vec![(0.0, 0.0); n],
-            newcat: vec![(0.0, None); n],
-            outliers: 0,
-        })
-    }
-
-    /// Fills the drift state for `t_ms`; the class cumulative, if priors
-    /// drift. False if no drift is active.
-    fn apply_drifts(&mut self, t_ms: i64) -> (bool, Option<Vec<f64>>) {
-        let mut any = false;
-        let mut priors: Option<Vec<f64>> = None;
-        for a in &self.drifts {
-            let w = a.spec.intensity(t_ms);
-            if w <= 0.0 {
-                continue;
-            }
-            if !any {
-                any = true;
-                self.shift.fill(0.0);
-                self.sd_mult.fill(1.0);
-                self.outlier.fill((0.0, 0.0));
-                self.newcat.fill((0.0, None));
-            }
-            match &a.spec.effect {
-                DriftEffect::MeanShift { sds, .. } => {
-                    for &f in &a.features {
-                        self.shift[f] += sds * w;
-                    }
-                }
-                DriftEffect::VarianceScale { factor, .. } => {
-                    for &f in &a.features {
-                        self.sd_mult[f] *= (1.0 + (factor - 1.0) * w).sqrt();
-                    }
-                }
-                DriftEffect::NewCategory { value, share, .. } => {
-                    self.newcat[a.features[0]] = (share * w, Some(value.as_str()));
-                }
-                DriftEffect::OutlierBurst { share, sds, .. } => {
-                    for &f in &a.features {
-                        self.outlier[f] = (share * w, *sds);
-                    }
-                }
-                DriftEffect::ClassPriors { priors: to } => {
-                    let base = priors.get_or_insert_with(|| self.def.priors.clone());
-                    for (p, q) in base.iter_mut().zip(to) {
-                        *p = (1.0 - w) * *p + w * q;
-                    }
-                }
-            }
-        }
-        (any, priors.map(|p| cumulative(&p)))
     }
 
     /// The event at `t_ms`.
-    pub fn next(&mut self, t_ms: i64) -> &Decoded<'m> {
-        let (drifted, class_cum) = if self.drifts.is_empty() {
-            (false, None)
-        } else {
-            self.apply_drifts(t_ms)
-        };
+    pub fn next(&mut self, t_ms: i64) -> &Decoded<'v> {
         let Decoded::Event(ev) = &mut self.decoded else {
             unreachable!("the stream holds an event")
         };
-        ev.time = EventTime::Parsed(t_ms);
-        let rng = &mut self.rng;
-        for (i, slot) in ev.features.iter_mut().enumerate() {
-            slot.1 = match self.draws[i] {
-                Draw::Normal { .. } | Draw::LogNormal { .. } => {
-                    if rng.random::<f64>() < self.def.missing_share {
-                        FeatureValue::Missing
-                    } else {
-                        let z: f64 = rng.sample(StandardNormal);
-                        let mut x = match self.draws[i] {
-                            Draw::Normal { mean, sd } => mean + sd * z,
-                            Draw::LogNormal { mu, sigma } => (mu + sigma * z).exp(),
-                            _ => unreachable!(),
-                        };
-                        if drifted {
-                            let (mean, sd) = self.frame[i];
-                            let (o_share, o_sds) = self.outlier[i];
-                            if o_share > 0.0 && rng.random::<f64>() < o_share {
-                                let sign = if rng.random::<bool>() { 1.0 } else { -1.0 };
-                                x = mean + sign * o_sds * sd * (1.0 + 0.1 * rng.random::<f64>());
-                                self.outliers += 1;
-                            } else {
-                                x = mean + (x - mean) * self.sd_mult[i] + self.shift[i] * sd;
-                            }
-                        }
-                        FeatureValue::Num(x)
-                    }
-                }
-                Draw::Categorical => {
-                    let (share, new) = if drifted { self.newcat[i] } else { (0.0, None) };
-                    match new {
-                        Some(v) if rng.random::<f64>() < share => {
-                            FeatureValue::Cat(Cow::Borrowed(v))
-                        }
-                        _ => {
-                            let (values, cum) = &self.cats[i];
-                            FeatureValue::Cat(Cow::Borrowed(values[pick(cum, rng.random())]))
-                        }
-                    }
-                }
-                Draw::Boolean { p_true } => {
-                    FeatureValue::Cat(Cow::Borrowed(if rng.random::<f64>() < p_true {
-                        "true"
-                    } else {
-                        "false"
-                    }))
-                }
-            };
-        }
-        let cum = class_cum.as_deref().unwrap_or(&self.class_cum);
-        let class = pick(cum, rng.random());
-        ev.prediction = Some(Prediction::Label(Cow::Borrowed(
-            self.def.classes[class].as_str(),
-        )));
-        ev.confidence = Some(0.5 + 0.5 * rng.random::<f64>().sqrt());
+        self.generator.next_event(t_ms, self.vocabulary, ev);
         &self.decoded
+    }
+
+    /// Values replaced by outliers so far.
+    pub fn outliers(&self) -> u64 {
+        self.generator.outliers_injected()
     }
 }
 
 /// The baseline of `def` from `events` reference events of seed `seed`.
 pub fn build_baseline(def: &ModelDef, events: u64, seed: u64, cfg: &EngineConfig) -> Baseline {
-    let mut s = Stream::new(def, &[], seed).expect("no drifts");
+    let generator = def.generator(&[], seed).expect("no drifts");
+    let vocabulary = generator.vocabulary(0);
+    let mut s = Stream::new(generator, &vocabulary);
     let mut b = BaselineBuilder::new(&def.name);
     for i in 0..events {
         if let Decoded::Event(ev) = s.next(T0 - HOUR_MS + i as i64) {
@@ -919,12 +692,15 @@ fn run_stationary(ctx: &Ctx<'_>, spec: StationarySpec, modes: &[Mode]) -> Vec<St
     let window = window_ms(&cfg);
     let rate = spec.window_samples as f64 * 1000.0 / window as f64;
     let end = T0 + (spec.hours * HOUR_MS as f64) as i64;
-    let mut stream = Stream::new(
-        ctx.def,
-        &[],
-        seed_of(ctx.seed, &format!("stationary-{}", spec.window_samples)),
-    )
-    .expect("no drifts");
+    let generator = ctx
+        .def
+        .generator(
+            &[],
+            seed_of(ctx.seed, &format!("stationary-{}", spec.window_samples)),
+        )
+        .expect("no drifts");
+    let vocabulary = generator.vocabulary(0);
+    let mut stream = Stream::new(generator, &vocabulary);
     let mut acc: Vec<StationaryAcc> = modes.iter().map(|_| Default::default()).collect();
     let events = drive(
         &mut engines,
@@ -1007,8 +783,12 @@ fn run_drift(ctx: &Ctx<'_>, ds: &DriftStream, onset: i64, modes: &[Mode]) -> Vec
     let (mut engines, cfg, every) = ctx.engines(modes, None);
     let window = window_ms(&cfg);
     let drifts: Vec<DriftSpec> = ds.scenarios.iter().map(|s| s.drift.clone()).collect();
-    let mut stream =
-        Stream::new(ctx.def, &drifts, seed_of(ctx.seed, &ds.name())).expect("scenario drifts fit");
+    let generator = ctx
+        .def
+        .generator(&drifts, seed_of(ctx.seed, &ds.name()))
+        .expect("scenario drifts fit");
+    let vocabulary = generator.vocabulary(0);
+    let mut stream = Stream::new(generator, &vocabulary);
     let end = onset + ds.after_ms();
     // A no-page scenario is decided when its time is up.
     let watch_until = ds
@@ -1105,7 +885,7 @@ fn run_drift(ctx: &Ctx<'_>, ds: &DriftStream, onset: i64, modes: &[Mode]) -> Vec
                     .map(|o| o.name.to_owned())
                     .collect(),
                 other_pages: other[k].clone(),
-                outliers_injected: stream.outliers,
+                outliers_injected: stream.outliers(),
                 stopped_early: stopped[k],
                 wall_s,
             });
@@ -1119,11 +899,168 @@ enum Job<'a> {
     Drift(&'a DriftStream),
 }
 
+/// What a job measured.
+enum Done {
+    Stationary(Vec<StationaryResult>),
+    Drift(Vec<DriftResult>),
+}
+
+impl Job<'_> {
+    fn run(&self, ctx: &Ctx<'_>, mode: Mode, onset: i64) -> Done {
+        match self {
+            Job::Stationary(spec) => Done::Stationary(run_stationary(ctx, *spec, &[mode])),
+            Job::Drift(ds) => Done::Drift(run_drift(ctx, ds, onset, &[mode])),
+        }
+    }
+}
+
+impl Done {
+    /// A progress line per result.
+    fn progress_lines(&self) -> Vec<String> {
+        match self {
+            Done::Stationary(rs) => rs
+                .iter()
+                .map(|r| {
+                    format!(
+                        "stationary n={} {}: {} false alarms in {} h ({:.1} s){}",
+                        size_label(r),
+                        r.mode.as_str(),
+                        r.false_alarms,
+                        r.hours,
+                        r.wall_s,
+                        if r.pages.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {}", r.pages.join(", "))
+                        }
+                    )
+                })
+                .collect(),
+            Done::Drift(rs) => rs
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{} {}: {} ({:.1} s)",
+                        r.scenario,
+                        r.mode.as_str(),
+                        outcome(r),
+                        r.wall_s
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The runs of the suite, longest first (so the last job to finish is a
+/// short one), with their cost in events.
+fn plan_jobs<'a>(
+    opts: &SuiteOptions,
+    window: i64,
+    onset: i64,
+    streams: &'a [DriftStream],
+) -> Vec<(f64, Job<'a>, Mode)> {
+    // A job per mode: the longest stream sets the wall time, and two
+    // engines on one stream would run it on one core (sharing saves only
+    // the sampling, ~40% of an engine).
+    let mut jobs: Vec<(f64, Job<'_>, Mode)> = Vec::new();
+    for &mode in &opts.modes {
+        for spec in stationary_specs(opts.quick) {
+            jobs.push((
+                spec.window_samples as f64 * 1000.0 / window as f64 * spec.hours * 3600.0,
+                Job::Stationary(spec),
+                mode,
+            ));
+        }
+        for ds in streams {
+            let ms = (onset - T0 + ds.after_ms()) as f64;
+            jobs.push((DRIFT_RATE * ms / 1000.0, Job::Drift(ds), mode));
+        }
+    }
+    jobs.sort_by(|a, b| b.0.total_cmp(&a.0));
+    jobs
+}
+
+/// Runs `jobs` on `threads` workers, reporting each result to `progress`.
+fn run_jobs(
+    ctx: &Ctx<'_>,
+    jobs: &[(f64, Job<'_>, Mode)],
+    onset: i64,
+    threads: usize,
+    progress: Option<fn(&str)>,
+) -> (Vec<StationaryResult>, Vec<DriftResult>) {
+    let next = AtomicUsize::new(0);
+    let finished = AtomicUsize::new(0);
+    let stationary: Mutex<Vec<StationaryResult>> = Mutex::new(Vec::new());
+    let drift: Mutex<Vec<DriftResult>> = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some((_, job, mode)) = jobs.get(i) else {
+                    return;
+                };
+                let done = job.run(ctx, *mode, onset);
+                let lines = done.progress_lines();
+                match done {
+                    Done::Stationary(rs) => stationary.lock().expect("not poisoned").extend(rs),
+                    Done::Drift(rs) => drift.lock().expect("not poisoned").extend(rs),
+                }
+                let k = finished.fetch_add(1, Ordering::Relaxed) + 1;
+                if let Some(p) = progress {
+                    for l in lines {
+                        p(&format!("[{k}/{}] {l}", jobs.len()));
+                    }
+                }
+            });
+        }
+    });
+    (
+        stationary.into_inner().expect("workers done"),
+        drift.into_inner().expect("workers done"),
+    )
+}
+
+/// How the suite was set up, for the report.
+fn setup(opts: &SuiteOptions, def: &ModelDef, threads: usize) -> Setup {
+    let (cfg, every) = engine_config(Mode::Static);
+    let (length_ms, pane_ms) = match cfg.window {
+        WindowSpec::Time { length_ms, pane_ms } => (length_ms, pane_ms),
+        WindowSpec::Count { .. } => (window_ms(&cfg), 0),
+    };
+    Setup {
+        model: def.name.clone(),
+        features: def.features.len(),
+        numeric_features: def.features.iter().filter(|f| f.is_numeric()).count(),
+        categorical_features: def.features.iter().filter(|f| f.is_categorical()).count(),
+        baseline_events: BASELINE_EVENTS,
+        window_ms: length_ms,
+        pane_ms,
+        every_ms: every,
+        min_samples: opts
+            .modes
+            .iter()
+            .map(|m| (*m, engine_config(*m).0.detect.min_samples))
+            .collect(),
+        for_evaluations: cfg.detect.for_evaluations,
+        rules: cfg
+            .detect
+            .rules
+            .iter()
+            .map(|r| format!("{} {} / {}", r.metric.name(), r.warning, r.critical))
+            .collect(),
+        drift_rate_per_s: DRIFT_RATE,
+        seed: opts.seed,
+        quick: opts.quick,
+        threads,
+    }
+}
+
 /// Runs the suite.
 pub fn run(opts: &SuiteOptions) -> SuiteReport {
     let began = Instant::now();
     let def = ModelDef::new(opts.seed);
-    let (cfg, every) = engine_config(Mode::Static);
+    let (cfg, _) = engine_config(Mode::Static);
     let window = window_ms(&cfg);
     let baseline = build_baseline(&def, BASELINE_EVENTS, seed_of(opts.seed, "reference"), &cfg);
     // The window is full after one length; the drift comes after a little
@@ -1134,96 +1071,16 @@ pub fn run(opts: &SuiteOptions) -> SuiteReport {
         T0 + window + window / 2
     };
     let streams = drift_streams(&def, onset, opts.quick);
-    // (cost in events, job, mode). A job per mode: the longest stream
-    // sets the wall time, and two engines on one stream would run it on
-    // one core (sharing saves only the sampling, ~40% of an engine).
-    let mut jobs: Vec<(f64, Job<'_>, Mode)> = Vec::new();
-    for &mode in &opts.modes {
-        for spec in stationary_specs(opts.quick) {
-            jobs.push((
-                spec.window_samples as f64 * 1000.0 / window as f64 * spec.hours * 3600.0,
-                Job::Stationary(spec),
-                mode,
-            ));
-        }
-        for ds in &streams {
-            let ms = (onset - T0 + ds.after_ms()) as f64;
-            jobs.push((DRIFT_RATE * ms / 1000.0, Job::Drift(ds), mode));
-        }
-    }
-    // Longest first, so the last job to finish is a short one.
-    jobs.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let jobs = plan_jobs(opts, window, onset, &streams);
     let ctx = Ctx {
         def: &def,
         baseline: &baseline,
         seed: opts.seed,
         stop_early: opts.quick,
     };
-    let next = AtomicUsize::new(0);
-    let finished = AtomicUsize::new(0);
-    let stationary: Mutex<Vec<StationaryResult>> = Mutex::new(Vec::new());
-    let drift: Mutex<Vec<DriftResult>> = Mutex::new(Vec::new());
     let threads = opts.threads.clamp(1, jobs.len().max(1));
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some((_, job, mode)) = jobs.get(i) else {
-                    return;
-                };
-                let lines: Vec<String> = match job {
-                    Job::Stationary(spec) => {
-                        let rs = run_stationary(&ctx, *spec, &[*mode]);
-                        let lines = rs
-                            .iter()
-                            .map(|r| {
-                                format!(
-                                    "stationary n={} {}: {} false alarms in {} h ({:.1} s){}",
-                                    size_label(r),
-                                    r.mode.as_str(),
-                                    r.false_alarms,
-                                    r.hours,
-                                    r.wall_s,
-                                    if r.pages.is_empty() {
-                                        String::new()
-                                    } else {
-                                        format!(": {}", r.pages.join(", "))
-                                    }
-                                )
-                            })
-                            .collect();
-                        stationary.lock().expect("not poisoned").extend(rs);
-                        lines
-                    }
-                    Job::Drift(ds) => {
-                        let rs = run_drift(&ctx, ds, onset, &[*mode]);
-                        let lines = rs
-                            .iter()
-                            .map(|r| {
-                                format!(
-                                    "{} {}: {} ({:.1} s)",
-                                    r.scenario,
-                                    r.mode.as_str(),
-                                    outcome(r),
-                                    r.wall_s
-                                )
-                            })
-                            .collect();
-                        drift.lock().expect("not poisoned").extend(rs);
-                        lines
-                    }
-                };
-                let k = finished.fetch_add(1, Ordering::Relaxed) + 1;
-                if let Some(p) = opts.progress {
-                    for l in lines {
-                        p(&format!("[{k}/{}] {l}", jobs.len()));
-                    }
-                }
-            });
-        }
-    });
-    let mut stationary = stationary.into_inner().expect("workers done");
-    let mut drift = drift.into_inner().expect("workers done");
+    let (mut stationary, mut drift) = run_jobs(&ctx, &jobs, onset, threads, opts.progress);
+    // In table order: by size, scenario, then mode as asked.
     let mode_rank = |m: Mode| opts.modes.iter().position(|x| *x == m);
     stationary.sort_by_key(|r| (r.window_samples, r.min_samples_override, mode_rank(r.mode)));
     let order: Vec<&str> = streams
@@ -1236,39 +1093,8 @@ pub fn run(opts: &SuiteOptions) -> SuiteReport {
             mode_rank(r.mode),
         )
     });
-    let numeric = def.features.iter().filter(|f| f.is_numeric()).count();
-    let categorical = def.features.iter().filter(|f| f.is_categorical()).count();
-    let (length_ms, pane_ms) = match cfg.window {
-        WindowSpec::Time { length_ms, pane_ms } => (length_ms, pane_ms),
-        WindowSpec::Count { .. } => (window, 0),
-    };
     SuiteReport {
-        setup: Setup {
-            model: def.name.clone(),
-            features: def.features.len(),
-            numeric_features: numeric,
-            categorical_features: categorical,
-            baseline_events: BASELINE_EVENTS,
-            window_ms: length_ms,
-            pane_ms,
-            every_ms: every,
-            min_samples: opts
-                .modes
-                .iter()
-                .map(|m| (*m, engine_config(*m).0.detect.min_samples))
-                .collect(),
-            for_evaluations: cfg.detect.for_evaluations,
-            rules: cfg
-                .detect
-                .rules
-                .iter()
-                .map(|r| format!("{} {} / {}", r.metric.name(), r.warning, r.critical))
-                .collect(),
-            drift_rate_per_s: DRIFT_RATE,
-            seed: opts.seed,
-            quick: opts.quick,
-            threads,
-        },
+        setup: setup(opts, &def, threads),
         stationary,
         drift,
         wall_s: began.elapsed().as_secs_f64(),
@@ -1370,7 +1196,6 @@ fn drift_cell(x: &DriftResult) -> String {
 /// The report as markdown tables (what goes in the README): one column
 /// per threshold mode.
 pub fn render_markdown(r: &SuiteReport) -> String {
-    let s = &r.setup;
     let mut modes: Vec<Mode> = Vec::new();
     for m in r
         .stationary
@@ -1383,6 +1208,27 @@ pub fn render_markdown(r: &SuiteReport) -> String {
         }
     }
     let mut out = String::new();
+    write_setup(&mut out, &r.setup);
+    write_stationary_table(&mut out, r, &modes);
+    write_drift_table(&mut out, r, &modes);
+    if let Some(x) = r.drift.iter().find(|x| !x.run_with.is_empty()) {
+        let _ = writeln!(
+            out,
+            "\n(Quick set: {} and {} ran in one stream, each on its own distribution.)",
+            x.scenario,
+            x.run_with.join(", ")
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nWall time: {:.0} s on {} threads.",
+        r.wall_s, r.setup.threads
+    );
+    out
+}
+
+/// The paragraph saying how the suite was set up.
+fn write_setup(out: &mut String, s: &Setup) {
     let _ = writeln!(
         out,
         "Model `{}`: {} features ({} numeric, {} categorical, 1 boolean) plus prediction and \
@@ -1407,23 +1253,55 @@ pub fn render_markdown(r: &SuiteReport) -> String {
         s.seed,
         if s.quick { " (quick set)" } else { "" },
     );
+}
+
+/// A table's head: the fixed columns (with their alignment row), then a
+/// column per mode named `{mode}{suffix}`.
+fn write_head(out: &mut String, fixed: &str, fixed_align: &str, modes: &[Mode], suffix: &str) {
+    out.push_str(fixed);
+    for m in modes {
+        let _ = write!(out, " {}{suffix} |", m.as_str());
+    }
+    out.push('\n');
+    out.push_str(fixed_align);
+    for _ in modes {
+        out.push_str("---|");
+    }
+    out.push('\n');
+}
+
+/// Each mode's cell of a row: `cell` of the mode's result, or `-`.
+fn write_mode_cells<T>(
+    out: &mut String,
+    xs: &[&T],
+    modes: &[Mode],
+    mode_of: fn(&T) -> Mode,
+    cell: fn(&T) -> String,
+) {
+    for m in modes {
+        let c = xs
+            .iter()
+            .find(|y| mode_of(y) == *m)
+            .map_or_else(|| "-".to_string(), |y| cell(y));
+        let _ = write!(out, " {c} |");
+    }
+    out.push('\n');
+}
+
+/// The stationary table: a row per window size (and `min_samples`).
+fn write_stationary_table(out: &mut String, r: &SuiteReport, modes: &[Mode]) {
     let _ = writeln!(
         out,
         "No drift. False alarms = verdicts turning firing, per model (target: at most {} per 24 h).\n",
         TARGET_FA_PER_24H
     );
-    let _ = write!(
+    write_head(
         out,
-        "| window n | events/s | stream h | mean samples | judged / evaluations | max PSI | max unseen |"
+        "| window n | events/s | stream h | mean samples | judged / evaluations | max PSI | max unseen |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+        modes,
+        " false alarms",
     );
-    for m in &modes {
-        let _ = write!(out, " {} false alarms |", m.as_str());
-    }
-    let _ = write!(out, "\n|---:|---:|---:|---:|---:|---:|---:|");
-    for _ in &modes {
-        let _ = write!(out, "---|");
-    }
-    out.push('\n');
     let mut rows: Vec<(u64, bool)> = Vec::new();
     for x in &r.stationary {
         if !rows.contains(&(x.window_samples, x.min_samples_override)) {
@@ -1437,17 +1315,6 @@ pub fn render_markdown(r: &SuiteReport) -> String {
             .filter(|x| (x.window_samples, x.min_samples_override) == key)
             .collect();
         let x = xs[0];
-        let mut judged: Vec<u64> = xs.iter().map(|y| y.judged_evaluations).collect();
-        judged.dedup();
-        let judged = if judged.len() == 1 {
-            format!("{} / {}", thousands(judged[0]), thousands(x.evaluations))
-        } else {
-            let per_mode: Vec<String> = xs
-                .iter()
-                .map(|y| format!("{} {}", thousands(y.judged_evaluations), y.mode.as_str()))
-                .collect();
-            format!("{} / {}", per_mode.join(", "), thousands(x.evaluations))
-        };
         let _ = write!(
             out,
             "| {} | {} | {} | {} | {} | {:.4} | {:.4} |",
@@ -1455,19 +1322,32 @@ pub fn render_markdown(r: &SuiteReport) -> String {
             rate_str(x.rate_per_s),
             x.hours,
             thousands(x.mean_samples.round() as u64),
-            judged,
+            judged_cell(&xs),
             xs.iter().map(|y| y.max_psi).fold(0.0, f64::max),
             xs.iter().map(|y| y.max_unseen_share).fold(0.0, f64::max),
         );
-        for m in &modes {
-            let cell = xs
-                .iter()
-                .find(|y| y.mode == *m)
-                .map_or_else(|| "-".to_string(), |y| fa_cell(y));
-            let _ = write!(out, " {cell} |");
-        }
-        out.push('\n');
+        write_mode_cells(out, &xs, modes, |y| y.mode, fa_cell);
     }
+}
+
+/// Judged evaluations of a stationary row, per mode where they differ.
+fn judged_cell(xs: &[&StationaryResult]) -> String {
+    let evaluations = thousands(xs[0].evaluations);
+    let mut judged: Vec<u64> = xs.iter().map(|y| y.judged_evaluations).collect();
+    judged.dedup();
+    if judged.len() == 1 {
+        return format!("{} / {evaluations}", thousands(judged[0]));
+    }
+    let per_mode: Vec<String> = xs
+        .iter()
+        .map(|y| format!("{} {}", thousands(y.judged_evaluations), y.mode.as_str()))
+        .collect();
+    format!("{} / {evaluations}", per_mode.join(", "))
+}
+
+/// The drift table: a row per scenario.
+fn write_drift_table(out: &mut String, r: &SuiteReport, modes: &[Mode]) {
+    let s = &r.setup;
     let _ = writeln!(
         out,
         "\nInjected drift at {} events/s (windows of ~{} samples), onset after {} min of \
@@ -1478,15 +1358,7 @@ pub fn render_markdown(r: &SuiteReport) -> String {
         r.drift.first().map_or(0.0, |d| d.onset_s / 60.0),
         s.window_ms / MINUTE_MS
     );
-    let _ = write!(out, "| scenario |");
-    for m in &modes {
-        let _ = write!(out, " {} |", m.as_str());
-    }
-    let _ = write!(out, "\n|---|");
-    for _ in &modes {
-        let _ = write!(out, "---|");
-    }
-    out.push('\n');
+    write_head(out, "| scenario |", "|---|", modes, "");
     let mut names: Vec<&str> = Vec::new();
     for x in &r.drift {
         if !names.contains(&x.scenario.as_str()) {
@@ -1496,41 +1368,20 @@ pub fn render_markdown(r: &SuiteReport) -> String {
     for name in names {
         let xs: Vec<&DriftResult> = r.drift.iter().filter(|x| x.scenario == name).collect();
         let _ = write!(out, "| `{}`: {} |", name, xs[0].description);
-        for m in &modes {
-            let cell = xs
-                .iter()
-                .find(|y| y.mode == *m)
-                .map_or_else(|| "-".to_string(), |y| drift_cell(y));
-            let _ = write!(out, " {cell} |");
-        }
-        out.push('\n');
+        write_mode_cells(out, &xs, modes, |y| y.mode, drift_cell);
     }
-    if let Some(x) = r.drift.iter().find(|x| !x.run_with.is_empty()) {
-        let _ = writeln!(
-            out,
-            "\n(Quick set: {} and {} ran in one stream, each on its own distribution.)",
-            x.scenario,
-            x.run_with.join(", ")
-        );
-    }
-    let _ = writeln!(
-        out,
-        "\nWall time: {:.0} s on {} threads.",
-        r.wall_s, s.threads
-    );
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::decode::{DecodeConfig, Decoder};
+    use crate::engine::decode::{DecodeConfig, Decoder, FeatureValue};
 
-    /// The sampler draws what the generator writes: a window of sampled
-    /// events scores as noise against a baseline built from the
-    /// generator's JSON lines through the decoder.
+    /// The typed events are what the generator writes: a window of them
+    /// scores as noise against a baseline built from the generator's JSON
+    /// lines through the decoder.
     #[test]
-    fn the_sampler_matches_the_generators_lines() {
+    fn typed_events_score_as_noise_against_the_generators_lines() {
         let def = ModelDef::new(DEFAULT_SEED);
         let mut gcfg = GeneratorConfig::synthetic(DEFAULT_SEED, 1, FEATURES).inference_only();
         gcfg.arms = false;
@@ -1548,7 +1399,9 @@ mod tests {
         let base = b.finish(&cfg.binning, "generator", T0).unwrap();
         assert_eq!(base.features.len(), FEATURES);
         let mut e = Engine::new(cfg, vec![base]);
-        let mut s = Stream::new(&def, &[], 1).unwrap();
+        let generator = def.generator(&[], 1).unwrap();
+        let vocabulary = generator.vocabulary(0);
+        let mut s = Stream::new(generator, &vocabulary);
         for i in 0..20_000 {
             let t = T0 + i * 20;
             e.accept(s.next(t), t, t);
@@ -1562,8 +1415,8 @@ mod tests {
         }
     }
 
-    /// Drifts act as the generator's do: a 1 sd mean shift moves the mean
-    /// by one baseline sd, a new category takes its share.
+    /// The suite's drifts reach its events: a 1 sd mean shift moves the
+    /// mean by one baseline sd, a new category takes its share.
     #[test]
     fn drifts_have_their_effect() {
         let def = ModelDef::new(DEFAULT_SEED);
@@ -1579,7 +1432,9 @@ mod tests {
             def.features[i].mean().unwrap(),
             def.features[i].sd().unwrap(),
         );
-        let mut s = Stream::new(&def, &drifts, 3).unwrap();
+        let generator = def.generator(&drifts, 3).unwrap();
+        let vocabulary = generator.vocabulary(0);
+        let mut s = Stream::new(generator, &vocabulary);
         let (mut sum, mut n, mut new) = (0.0f64, 0.0f64, 0.0f64);
         for k in 0..20_000 {
             let Decoded::Event(ev) = s.next(T0 + k) else {

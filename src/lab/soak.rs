@@ -36,7 +36,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,13 +46,18 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::DeliveryResult;
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
+use rdkafka::producer::{
+    BaseProducer, BaseRecord, DefaultProducerContext, Producer, ProducerContext,
+};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use serde::Serialize;
 
-use crate::lab::bench::{self, BenchOptions, ChildDaemon};
-use crate::lab::generate::{DriftSpec, Generator, GeneratorConfig};
+use crate::lab::generate::{DriftSpec, Generator, GeneratorConfig, DEFAULT_CATEGORICAL_SHARE};
+use crate::lab::harness::{
+    free_port, machine, open_fds, proc_mem, BlockingHttp, ChildDaemon, DaemonConfig, Scratch,
+    Traffic,
+};
 
 const TOPIC: &str = "soak";
 const GROUP: &str = "driftd-soak";
@@ -297,10 +302,6 @@ fn median_u(v: &[usize]) -> usize {
     v.get(v.len() / 2).copied().unwrap_or(0)
 }
 
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
-}
-
 /// The identities (name and labels) of every sample in an exposition.
 fn series_set(text: &str) -> BTreeSet<String> {
     text.lines()
@@ -347,34 +348,6 @@ pub fn find_alertmanager(explicit: Option<&Path>) -> anyhow::Result<Option<PathB
     Ok(None)
 }
 
-/// A blocking HTTP client for Alertmanager.
-struct Http {
-    rt: tokio::runtime::Runtime,
-    client: reqwest::Client,
-}
-
-impl Http {
-    fn new() -> anyhow::Result<Http> {
-        Ok(Http {
-            rt: tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?,
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
-                .build()?,
-        })
-    }
-
-    /// (status, body), or None when nothing answers.
-    fn get(&self, url: &str) -> Option<(u16, String)> {
-        self.rt.block_on(async {
-            let r = self.client.get(url).send().await.ok()?;
-            let status = r.status().as_u16();
-            Some((status, r.text().await.unwrap_or_default()))
-        })
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Alertmanager on loopback.
 
@@ -397,7 +370,7 @@ impl Alertmanager {
         Ok(Alertmanager {
             bin,
             dir: dir.to_owned(),
-            port: bench::free_port()?,
+            port: free_port()?,
             child: None,
             starts: 0,
         })
@@ -409,7 +382,7 @@ impl Alertmanager {
 
     /// Starts it (on the same port and storage every time) and waits until
     /// it is ready.
-    fn start(&mut self, http: &Http) -> anyhow::Result<()> {
+    fn start(&mut self, http: &BlockingHttp) -> anyhow::Result<()> {
         self.starts += 1;
         let log = self.dir.join(format!("alertmanager-{}.log", self.starts));
         let mut cmd = Command::new(&self.bin);
@@ -435,7 +408,7 @@ impl Alertmanager {
         self.child = Some(child);
         let started = Instant::now();
         loop {
-            if let Some((200, _)) = http.get(&format!("http://{}/-/ready", self.addr())) {
+            if let Ok((200, _)) = http.get(&format!("http://{}/-/ready", self.addr())) {
                 return Ok(());
             }
             if let Some(c) = &mut self.child {
@@ -463,9 +436,10 @@ impl Alertmanager {
 
     /// Whether the firing drift alert of `model` from the soak's daemon is
     /// in Alertmanager (None: Alertmanager does not answer).
-    fn has_drift_alert(&self, http: &Http, model: &str) -> Option<bool> {
-        let (status, body) =
-            http.get(&format!("http://{}/api/v2/alerts?active=true", self.addr()))?;
+    fn has_drift_alert(&self, http: &BlockingHttp, model: &str) -> Option<bool> {
+        let (status, body) = http
+            .get(&format!("http://{}/api/v2/alerts?active=true", self.addr()))
+            .ok()?;
         if status != 200 {
             return None;
         }
@@ -658,6 +632,8 @@ fn partitions_of(o: &SoakOptions, bytes_per_line: f64) -> i32 {
     ((backlog / (5u64 << 20) as f64).ceil() as i32).clamp(8, 64)
 }
 
+/// The daemon's config file: the lab's daemon under test, with the soak's
+/// shutdown grace and, with an Alertmanager, alerts to it.
 fn write_config(
     dir: &Path,
     brokers: &str,
@@ -666,48 +642,12 @@ fn write_config(
     am: Option<&str>,
 ) -> anyhow::Result<PathBuf> {
     let path = dir.join("soak.toml");
-    let pane = window / 10;
-    let mut text = format!(
-        r#"[kafka]
-brokers = "{brokers}"
-topics = ["{TOPIC}"]
-group_id = "{GROUP}"
-commit_interval = "1s"
-rewind_on_start = false
-
-[window]
-length = "{window}"
-pane = "{pane}"
-max_future = "1h"
-
-[evaluation]
-every = "1s"
-
-[baselines]
-dir = "{baselines}"
-watch = false
-
-[checkpoint]
-dir = "{state}"
-
-[http]
-listen = "127.0.0.1:{port}"
-
-[log]
-format = "text"
-level = "warn"
-
-[shutdown]
-grace = "{grace}"
-"#,
-        window = humantime::format_duration(window),
-        pane = humantime::format_duration(pane),
-        baselines = dir.join("baselines").display(),
-        state = dir.join("state").display(),
-        grace = humantime::format_duration(GRACE),
+    let mut extra = format!(
+        "\n[shutdown]\ngrace = \"{}\"\n",
+        humantime::format_duration(GRACE)
     );
     if let Some(am) = am {
-        text.push_str(&format!(
+        extra.push_str(&format!(
             r#"
 [alerts]
 resend_interval = "{resend}"
@@ -722,7 +662,20 @@ timeout = "2s"
             resend = humantime::format_duration(RESEND),
         ));
     }
-    std::fs::write(&path, text)?;
+    DaemonConfig {
+        brokers,
+        topic: TOPIC,
+        group_id: GROUP,
+        commit_interval: Some(Duration::from_secs(1)),
+        window,
+        pane: window / 10,
+        every: Duration::from_secs(1),
+        baselines_dir: &dir.join("baselines"),
+        state_dir: &dir.join("state"),
+        port,
+        extra: &extra,
+    }
+    .write(&path)?;
     Ok(path)
 }
 
@@ -798,8 +751,913 @@ struct Live {
     am_ready: Option<Instant>,
 }
 
-/// Runs the soak, printing progress to stderr.
-pub fn run(o: &SoakOptions) -> anyhow::Result<SoakReport> {
+/// The soak's traffic: the bench's (compact lines, arms), fresh lines, and
+/// the first model's first numeric feature shifted by two standard
+/// deviations from the start, so its drift alert fires and stays firing.
+struct SoakTraffic {
+    shape: Traffic,
+    config: GeneratorConfig,
+    drifted_model: String,
+    feature: String,
+    bytes_per_line: f64,
+}
+
+impl SoakTraffic {
+    fn new(o: &SoakOptions, now: i64) -> anyhow::Result<SoakTraffic> {
+        let shape = Traffic {
+            models: o.models,
+            features: o.features,
+            categorical_share: DEFAULT_CATEGORICAL_SHARE,
+            compact: true,
+            arms: true,
+        };
+        let mut config = GeneratorConfig {
+            stream_seed: Some(11),
+            ..shape.generator_config()
+        };
+        let probe = Generator::new(config.clone());
+        let drifted_model = probe.model_names()[0].clone();
+        let feature = probe
+            .features(0)
+            .iter()
+            .find(|f| f.is_numeric())
+            .map(|f| f.name.clone())
+            .context("the first model has no numeric feature to drift; use more --features")?;
+        config.drifts =
+            vec![DriftSpec::mean_shift(feature.as_str(), 2.0, 0).for_model(&drifted_model)];
+        let bytes_per_line = {
+            let mut g = Generator::new(config.clone());
+            let mut buf = String::new();
+            let n = 200;
+            (0..n)
+                .map(|_| {
+                    g.next_line(now, &mut buf);
+                    buf.len()
+                })
+                .sum::<usize>() as f64
+                / n as f64
+        };
+        Ok(SoakTraffic {
+            shape,
+            config,
+            drifted_model,
+            feature,
+            bytes_per_line,
+        })
+    }
+}
+
+/// What a soak runs, in a scratch directory: the mock brokers, Alertmanager
+/// and the daemon. (Fields drop in this order: the daemon before the
+/// brokers, the scratch directory last.)
+struct Rig {
+    d: ChildDaemon,
+    am: Option<Alertmanager>,
+    cluster: MockCluster<'static, DefaultProducerContext>,
+    http: BlockingHttp,
+    brokers: String,
+    partitions: i32,
+    stdout_path: PathBuf,
+    daemon_started: Instant,
+    scratch: Scratch,
+}
+
+/// One look at the daemon, once a second while faults come and go.
+struct Tick {
+    /// Since the fault phase began.
+    t: Duration,
+    messages: u64,
+    lag: i64,
+    ready: u16,
+    rss: f64,
+    fds: usize,
+}
+
+/// What the fault phase saw.
+struct FaultPhase {
+    faults: Vec<FaultRecord>,
+    curve: Vec<(f64, f64, usize)>,
+    /// RSS and descriptors sampled over the phase's last `sampling`.
+    end_rss: Vec<f64>,
+    end_fds: Vec<usize>,
+}
+
+/// How the daemon ended.
+struct LastWords {
+    final_ready: u16,
+    alerts_dropped: f64,
+    /// Its exit status and how long it took after SIGTERM.
+    exit: Option<(ExitStatus, Duration)>,
+    panic_lines: Vec<String>,
+}
+
+/// What the drain found.
+struct Drained {
+    /// Messages in the topic.
+    produced: u64,
+    consumed: u64,
+    partitions_committed: usize,
+    lost: u64,
+    duplicates: u64,
+}
+
+/// How long the start and the end are sampled: a 24th of the run, 5 to 10 s.
+fn sampling_of(o: &SoakOptions) -> Duration {
+    (o.duration / 24).clamp(Duration::from_secs(5), Duration::from_secs(10))
+}
+
+/// Failed posts to Alertmanager the daemon counted.
+fn alert_errors(d: &ChildDaemon) -> f64 {
+    d.get("/metrics").map_or(0.0, |(_, t)| {
+        sample_sum(
+            &t,
+            "driftd_alerts_sent_total",
+            &[("sink", "alertmanager"), ("outcome", "error")],
+        )
+    })
+}
+
+impl Rig {
+    /// Baselines, brokers, Alertmanager (with `am_bin`) and the daemon,
+    /// joined to its group.
+    fn start(
+        o: &SoakOptions,
+        traffic: &SoakTraffic,
+        window: Duration,
+        am_bin: Option<&Path>,
+        now: i64,
+    ) -> anyhow::Result<Rig> {
+        let http = BlockingHttp::new(Duration::from_secs(5))?;
+        let partitions = partitions_of(o, traffic.bytes_per_line);
+        let scratch = Scratch::new("soak").context("creating a scratch directory")?;
+        let dir = scratch.0.clone();
+        std::fs::create_dir_all(dir.join("baselines"))?;
+        for b in traffic.shape.baselines(now)? {
+            b.save(&dir.join("baselines"))?;
+        }
+
+        let cluster = MockCluster::new(BROKERS).context("starting librdkafka's mock cluster")?;
+        cluster.create_topic(TOPIC, partitions, 1)?;
+        let brokers = cluster.bootstrap_servers();
+
+        let am = match am_bin {
+            Some(bin) => {
+                let mut a = Alertmanager::new(bin.to_owned(), &dir)?;
+                a.start(&http)?;
+                Some(a)
+            }
+            None => {
+                eprintln!(
+                    "soak: no Alertmanager binary (prometheus-alertmanager or alertmanager on PATH, or --alertmanager): the Alertmanager outage fault is NOT exercised (apt-get install prometheus-alertmanager)"
+                );
+                None
+            }
+        };
+        let port = free_port()?;
+        let config = write_config(
+            &dir,
+            &brokers,
+            port,
+            window,
+            am.as_ref().map(|a| a.addr()).as_deref(),
+        )?;
+        let stdout_path = dir.join("daemon.stdout");
+        let mut d = ChildDaemon::start(
+            &config,
+            port,
+            dir.join("daemon.log"),
+            Stdio::from(std::fs::File::create(&stdout_path)?),
+        )?;
+        d.wait_joined()?;
+        Ok(Rig {
+            d,
+            am,
+            cluster,
+            http,
+            brokers,
+            partitions,
+            stdout_path,
+            daemon_started: Instant::now(),
+            scratch,
+        })
+    }
+
+    /// What runs where.
+    fn announce(&self, o: &SoakOptions, traffic: &SoakTraffic, window: Duration) {
+        eprintln!(
+            "soak: driftd run (pid {}) on {} partitions of {BROKERS} mock brokers; {} lines/s, {} models x {} features ({:.0} B/line), {}/{} drifted; window {}; logs in {}",
+            self.d.pid(),
+            self.partitions,
+            o.rate,
+            o.models,
+            o.features,
+            traffic.bytes_per_line,
+            traffic.drifted_model,
+            traffic.feature,
+            humantime::format_duration(window),
+            self.scratch.0.display()
+        );
+    }
+
+    /// RSS (MiB) and open descriptors of the daemon now.
+    fn sample(&self) -> (f64, usize) {
+        (proc_mem(self.d.pid()).0, open_fds(self.d.pid()))
+    }
+
+    /// Whether the firing drift alert of `model` is in Alertmanager.
+    fn alert_in_alertmanager(&self, model: &str) -> bool {
+        self.am
+            .as_ref()
+            .and_then(|a| a.has_drift_alert(&self.http, model))
+            == Some(true)
+    }
+
+    /// Waits until the window has filled once (`warmup`), the drift alert
+    /// is in Alertmanager (if there is one) and the daemon has caught up,
+    /// at most two minutes longer. When the alert arrived, in seconds since
+    /// the daemon started.
+    fn warm_up(
+        &mut self,
+        o: &SoakOptions,
+        warmup: Duration,
+        model: &str,
+        p: &ProduceStats,
+    ) -> anyhow::Result<Option<f64>> {
+        let mut first_alert: Option<f64> = None;
+        let deadline = warmup + Duration::from_secs(120);
+        loop {
+            self.d.alive().with_context(|| self.d.log())?;
+            if first_alert.is_none() && self.alert_in_alertmanager(model) {
+                let s = secs(self.daemon_started.elapsed());
+                first_alert = Some(s);
+                eprintln!(
+                    "soak: the {model} drift alert reached Alertmanager {s:.1} s after the daemon started"
+                );
+            }
+            let waited = self.daemon_started.elapsed();
+            let current = caught_up(&self.d, p, o.rate);
+            if waited >= warmup && (self.am.is_none() || first_alert.is_some()) && current {
+                return Ok(first_alert);
+            }
+            if waited >= deadline {
+                if !current {
+                    eprintln!(
+                        "soak: the daemon has not caught up with the producer after the warm-up"
+                    );
+                }
+                if self.am.is_some() && first_alert.is_none() {
+                    eprintln!(
+                        "soak: the drift alert did not reach Alertmanager during the warm-up"
+                    );
+                }
+                return Ok(first_alert);
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// The start: a sample a second for [`sampling_of`], and the series
+    /// once settled.
+    fn measure_start(
+        &mut self,
+        o: &SoakOptions,
+        p: &ProduceStats,
+    ) -> anyhow::Result<(Measure, BTreeSet<String>)> {
+        let (mut rss_s, mut fds_s) = (Vec::new(), Vec::new());
+        for _ in 0..sampling_of(o).as_secs() {
+            self.d.alive().with_context(|| self.d.log())?;
+            let (r, f) = self.sample();
+            rss_s.push(r);
+            fds_s.push(f);
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        let series = settled_series(&self.d, p, o.rate, None)?;
+        let start = Measure {
+            rss_mib: median_f(&rss_s),
+            fds: median_u(&fds_s),
+            series: series.len(),
+        };
+        Ok((start, series))
+    }
+
+    /// Counters, readiness and resources of the daemon now (`messages`
+    /// holds the last count when the status does not answer).
+    fn look(&mut self, t: Duration, messages: u64) -> anyhow::Result<Tick> {
+        self.d.alive().with_context(|| self.d.log())?;
+        let status = self.d.status().ok();
+        let (rss, fds) = self.sample();
+        Ok(Tick {
+            t,
+            messages: status
+                .as_ref()
+                .and_then(|s| s["messages"].as_u64())
+                .unwrap_or(messages),
+            lag: status.as_ref().and_then(|s| s["lag"].as_i64()).unwrap_or(0),
+            ready: self.d.get("/readyz").map_or(0, |r| r.0),
+            rss,
+            fds,
+        })
+    }
+
+    /// One fault every `fault_every` (see [`plan`]), each followed until the
+    /// daemon recovered, while sampling RSS and descriptors.
+    fn run_faults(
+        &mut self,
+        o: &SoakOptions,
+        model: &str,
+        p: &ProduceStats,
+    ) -> anyhow::Result<FaultPhase> {
+        let schedule = plan(o);
+        let mut faults: Vec<FaultRecord> = schedule
+            .iter()
+            .map(|(kind, at, len)| FaultRecord {
+                kind: *kind,
+                exercised: *kind != FaultKind::AlertmanagerOutage || self.am.is_some(),
+                at_s: secs(*at),
+                seconds: secs(*len),
+                ready_down_after_s: None,
+                ready_recovered_after_s: None,
+                consumed_during: 0,
+                max_lag: 0,
+                failed_sends: None,
+                alert_back_after_s: None,
+            })
+            .collect();
+        let sampling = sampling_of(o);
+        let phase = Instant::now();
+        let progress_every = o.fault_every.min(Duration::from_secs(60));
+        let curve_every = (o.duration / 30).clamp(Duration::from_secs(5), Duration::from_secs(60));
+        let mut next_progress = progress_every;
+        let mut next_curve = Duration::ZERO;
+        let (mut curve, mut end_rss, mut end_fds) = (Vec::new(), Vec::new(), Vec::new());
+        let mut live: Vec<Live> = Vec::new();
+        let mut next_fault = 0;
+        let mut tick = Instant::now();
+        let mut messages = 0u64;
+        loop {
+            let t = phase.elapsed();
+            let now = self.look(t, messages)?;
+            messages = now.messages;
+            if t >= next_curve {
+                curve.push((secs(t), now.rss, now.fds));
+                next_curve += curve_every;
+            }
+            if t + sampling >= o.duration && t <= o.duration {
+                end_rss.push(now.rss);
+                end_fds.push(now.fds);
+            }
+            while next_fault < schedule.len() && schedule[next_fault].1 <= t {
+                let (i, of) = (next_fault, schedule.len());
+                if let Some(l) = self.begin_fault(i, of, schedule[i], &faults[i], t, messages)? {
+                    live.push(l);
+                }
+                next_fault += 1;
+            }
+            self.follow_faults(&mut live, &mut faults, &now, phase, model)?;
+            if t >= next_progress {
+                next_progress += progress_every;
+                print_progress(o, &now, p, &live, &faults);
+            }
+            // Past the end, recoveries are still waited for (each up to RECOVERY).
+            if t >= o.duration && (live.is_empty() || t >= o.duration + RECOVERY) {
+                break;
+            }
+            tick += Duration::from_secs(1);
+            std::thread::sleep(tick.saturating_duration_since(Instant::now()));
+        }
+        Ok(FaultPhase {
+            faults,
+            curve,
+            end_rss,
+            end_fds,
+        })
+    }
+
+    /// Starts fault `i` of `of` (planned as `(kind, at, len)`) at `t` into
+    /// the phase; None if it cannot be exercised.
+    fn begin_fault(
+        &mut self,
+        i: usize,
+        of: usize,
+        (kind, at, len): (FaultKind, Duration, Duration),
+        f: &FaultRecord,
+        t: Duration,
+        messages: u64,
+    ) -> anyhow::Result<Option<Live>> {
+        eprintln!(
+            "soak {} ({}): fault {} of {of}: {} for {}{}",
+            clock(secs(t)),
+            wall(),
+            i + 1,
+            kind.describe(),
+            clock(secs(len)),
+            if f.exercised {
+                ""
+            } else {
+                " (NOT exercised: no Alertmanager)"
+            }
+        );
+        if !f.exercised {
+            return Ok(None);
+        }
+        self.inject(kind, len)?;
+        Ok(Some(Live {
+            index: i,
+            ends_at: at + len,
+            ended: None,
+            started: Instant::now(),
+            consumed_at_start: messages,
+            errors_at_start: if kind == FaultKind::AlertmanagerOutage {
+                alert_errors(&self.d)
+            } else {
+                0.0
+            },
+            am_ready: None,
+        }))
+    }
+
+    /// Makes the fault happen.
+    fn inject(&mut self, kind: FaultKind, len: Duration) -> anyhow::Result<()> {
+        match kind {
+            FaultKind::BrokerOutage => {
+                for id in 1..=BROKERS {
+                    self.cluster.broker_down(id)?;
+                }
+            }
+            FaultKind::RequestErrors => {
+                let n = (len.as_secs() as usize + 1) * 50;
+                let fetch: Vec<RDKafkaRespErr> = [
+                    RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
+                    RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+                    RDKafkaRespErr::RD_KAFKA_RESP_ERR__TRANSPORT,
+                ]
+                .into_iter()
+                .cycle()
+                .take(n)
+                .collect();
+                let commit: Vec<RDKafkaRespErr> = [
+                    RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_COORDINATOR,
+                    RDKafkaRespErr::RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE,
+                    RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+                ]
+                .into_iter()
+                .cycle()
+                .take(n / 10)
+                .collect();
+                self.cluster.request_errors(RDKafkaApiKey::Fetch, &fetch);
+                self.cluster
+                    .request_errors(RDKafkaApiKey::OffsetCommit, &commit);
+            }
+            FaultKind::AlertmanagerOutage => {
+                if let Some(a) = &mut self.am {
+                    a.kill();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the fault: brokers up, request errors cleared, or Alertmanager
+    /// restarted (counting the posts that failed meanwhile).
+    fn lift(&mut self, f: &mut FaultRecord, l: &mut Live) -> anyhow::Result<()> {
+        match f.kind {
+            FaultKind::BrokerOutage => {
+                for id in 1..=BROKERS {
+                    self.cluster.broker_up(id)?;
+                }
+            }
+            FaultKind::RequestErrors => {
+                self.cluster.clear_request_errors(RDKafkaApiKey::Fetch);
+                self.cluster
+                    .clear_request_errors(RDKafkaApiKey::OffsetCommit);
+            }
+            FaultKind::AlertmanagerOutage => {
+                f.failed_sends = Some((alert_errors(&self.d) - l.errors_at_start).max(0.0) as u64);
+                if let Some(a) = &mut self.am {
+                    a.start(&self.http)?;
+                }
+                l.am_ready = Some(Instant::now());
+            }
+        }
+        l.ended = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Records what the daemon does during each live fault, ends the faults
+    /// that are due, and drops those the daemon has recovered from.
+    fn follow_faults(
+        &mut self,
+        live: &mut Vec<Live>,
+        faults: &mut [FaultRecord],
+        now: &Tick,
+        phase: Instant,
+        model: &str,
+    ) -> anyhow::Result<()> {
+        let mut done = Vec::new();
+        for (i, l) in live.iter_mut().enumerate() {
+            let f = &mut faults[l.index];
+            f.max_lag = f.max_lag.max(now.lag);
+            if l.ended.is_some() {
+                if self.recovered(f, l, now.ready, phase, model) {
+                    done.push(i);
+                }
+                continue;
+            }
+            f.consumed_during = now.messages.saturating_sub(l.consumed_at_start);
+            if now.ready != 200 && f.ready_down_after_s.is_none() {
+                f.ready_down_after_s = Some(secs(l.started.elapsed()));
+            }
+            if now.t >= l.ends_at {
+                self.lift(f, l)?;
+                eprintln!(
+                    "soak {} ({}): fault {} over ({}): {} messages counted meanwhile{}",
+                    clock(secs(phase.elapsed())),
+                    wall(),
+                    l.index + 1,
+                    f.kind.describe(),
+                    f.consumed_during,
+                    match (f.kind, f.ready_down_after_s, f.failed_sends) {
+                        (FaultKind::AlertmanagerOutage, _, Some(n)) =>
+                            format!(", {n} alert posts failed"),
+                        (_, Some(s), _) => format!(", /readyz 503 after {s:.1} s"),
+                        _ => ", /readyz stayed 200".to_owned(),
+                    }
+                );
+            }
+        }
+        for i in done.into_iter().rev() {
+            live.remove(i);
+        }
+        Ok(())
+    }
+
+    /// Whether the daemon has recovered from the ended fault (or given up
+    /// on after [`RECOVERY`]): ready again, or the alert back in the
+    /// restarted Alertmanager.
+    fn recovered(
+        &self,
+        f: &mut FaultRecord,
+        l: &Live,
+        ready: u16,
+        phase: Instant,
+        model: &str,
+    ) -> bool {
+        let since = l.ended.map_or(Duration::ZERO, |e| e.elapsed());
+        match f.kind {
+            FaultKind::BrokerOutage | FaultKind::RequestErrors => {
+                if ready == 200 && f.ready_recovered_after_s.is_none() {
+                    f.ready_recovered_after_s = Some(secs(since));
+                }
+                f.ready_recovered_after_s.is_some() || since > RECOVERY
+            }
+            FaultKind::AlertmanagerOutage => {
+                if f.alert_back_after_s.is_none() && self.alert_in_alertmanager(model) {
+                    let s = secs(l.am_ready.map_or(since, |r| r.elapsed()));
+                    f.alert_back_after_s = Some(s);
+                    eprintln!(
+                        "soak {}: the firing alert is back in the restarted Alertmanager after {s:.1} s",
+                        clock(secs(phase.elapsed()))
+                    );
+                }
+                f.alert_back_after_s.is_some() || since > RECOVERY
+            }
+        }
+    }
+
+    /// Waits (up to 3 minutes) until the daemon has consumed and committed
+    /// everything in the topic.
+    fn drain(&mut self) -> anyhow::Result<Drained> {
+        let watcher: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", GROUP)
+            .set("enable.auto.commit", "false")
+            .create()?;
+        let started = Instant::now();
+        let (mut offs, mut consumed) = (Vec::new(), 0u64);
+        loop {
+            self.d.alive().with_context(|| self.d.log())?;
+            if let Ok(got) = offsets(&watcher, self.partitions) {
+                offs = got;
+            }
+            if let Ok(s) = self.d.status() {
+                consumed = s["messages"].as_u64().unwrap_or(consumed);
+            }
+            let produced: i64 = offs.iter().map(|o| o.1).sum();
+            let all_committed = !offs.is_empty() && offs.iter().all(|(c, h)| c == h);
+            if all_committed && consumed >= produced as u64 {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(180) {
+                eprintln!("soak: not drained after 3 minutes");
+                break;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        let produced = offs.iter().map(|o| o.1.max(0) as u64).sum::<u64>();
+        let uncommitted: u64 = offs.iter().map(|(c, h)| (h - c).max(0) as u64).sum();
+        Ok(Drained {
+            produced,
+            consumed,
+            partitions_committed: offs.iter().filter(|(c, h)| c == h).count(),
+            lost: produced.saturating_sub(consumed).max(uncommitted),
+            duplicates: consumed.saturating_sub(produced),
+        })
+    }
+
+    /// The daemon's last readiness and dropped alerts, then SIGTERM and how
+    /// it went; Alertmanager stopped too.
+    fn stop(&mut self) -> anyhow::Result<LastWords> {
+        let final_ready = self.d.get("/readyz").map_or(0, |r| r.0);
+        let alerts_dropped = sample_sum(
+            &self.d.get("/metrics")?.1,
+            "driftd_alerts_dropped_total",
+            &[],
+        );
+        let exit = self.terminate()?;
+        let panic_lines = self.panic_lines();
+        if let Some(a) = &mut self.am {
+            a.kill();
+        }
+        Ok(LastWords {
+            final_ready,
+            alerts_dropped,
+            exit,
+            panic_lines,
+        })
+    }
+
+    /// Stops the daemon and the brokers; keeps the scratch directory (the
+    /// logs) when `keep`, and says where.
+    fn finish(self, keep: bool) -> Option<String> {
+        let Rig {
+            d,
+            cluster,
+            scratch,
+            ..
+        } = self;
+        let logs = keep.then(|| {
+            let p = scratch.0.display().to_string();
+            std::mem::forget(scratch);
+            p
+        });
+        drop(d);
+        drop(cluster);
+        logs
+    }
+
+    /// SIGTERM, then the exit (status and how long it took) if it came
+    /// within the grace period and 5 s more.
+    fn terminate(&mut self) -> anyhow::Result<Option<(ExitStatus, Duration)>> {
+        let stopping = Instant::now();
+        // SAFETY: kill(2) on our own child's pid, which we have not reaped.
+        unsafe {
+            libc::kill(self.d.pid() as libc::pid_t, libc::SIGTERM);
+        }
+        while stopping.elapsed() < GRACE + Duration::from_secs(5) {
+            if let Some(st) = self.d.child.try_wait()? {
+                return Ok(Some((st, stopping.elapsed())));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(None)
+    }
+
+    /// The lines of the daemon's output (stdout and log) that say it panicked.
+    fn panic_lines(&self) -> Vec<String> {
+        let output = format!(
+            "{}{}",
+            std::fs::read_to_string(&self.stdout_path).unwrap_or_default(),
+            self.d.log()
+        );
+        output
+            .lines()
+            .filter(|l| l.contains("panicked"))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// The progress line of the fault phase.
+fn print_progress(
+    o: &SoakOptions,
+    now: &Tick,
+    p: &ProduceStats,
+    live: &[Live],
+    faults: &[FaultRecord],
+) {
+    let now_faults: Vec<String> = live
+        .iter()
+        .filter(|l| l.ended.is_none())
+        .map(|l| faults[l.index].kind.describe().to_owned())
+        .collect();
+    eprintln!(
+        "soak {}/{}: produced {} ({} acknowledged), consumed {} (lag {}), RSS {:.1} MiB, {} fds, /readyz {}{}",
+        clock(secs(now.t)),
+        clock(secs(o.duration)),
+        p.queued.load(Ordering::Relaxed),
+        p.acked.load(Ordering::Relaxed),
+        now.messages,
+        now.lag,
+        now.rss,
+        now.fds,
+        now.ready,
+        if now_faults.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", now_faults.join(", "))
+        }
+    );
+}
+
+/// The checks of a run, in the order they are listed.
+#[derive(Default)]
+struct Checks(Vec<Check>);
+
+impl Checks {
+    fn add(&mut self, name: &str, ok: bool, detail: String) {
+        self.0.push(Check {
+            name: name.to_owned(),
+            ok,
+            detail,
+        });
+    }
+
+    /// The drift alert reached Alertmanager during the warm-up.
+    fn alert_delivered(&mut self, first_alert: Option<f64>, model: &str, deadline: Duration) {
+        self.add(
+            "drift alert delivered",
+            first_alert.is_some(),
+            match first_alert {
+                Some(s) => {
+                    format!("{model}'s FeatureDrift alert in Alertmanager {s:.1} s after start")
+                }
+                None => format!(
+                    "no FeatureDrift alert of {model} in Alertmanager within {}",
+                    clock(secs(deadline))
+                ),
+            },
+        );
+    }
+
+    /// RSS, descriptors and series as flat as the limits allow; the RSS and
+    /// descriptor limits.
+    fn flatness(
+        &mut self,
+        start: &Measure,
+        end: &Measure,
+        added: &[String],
+        removed: &[String],
+    ) -> (f64, usize) {
+        let rss_limit = start.rss_mib * RSS_FACTOR + RSS_SLACK_MIB;
+        self.add(
+            "RSS flat",
+            end.rss_mib <= rss_limit,
+            format!(
+                "start {:.1} MiB, end {:.1} MiB, limit {rss_limit:.1} (start x {RSS_FACTOR} + {RSS_SLACK_MIB} MiB)",
+                start.rss_mib, end.rss_mib
+            ),
+        );
+        let fds_limit = start.fds + FD_SLACK;
+        self.add(
+            "open fds flat",
+            end.fds <= fds_limit,
+            format!("start {}, end {}, limit {fds_limit}", start.fds, end.fds),
+        );
+        self.add(
+            "series stable",
+            added.is_empty() && removed.is_empty(),
+            format!(
+                "start {}, end {}; {} added {:?}, {} removed {:?}",
+                start.series,
+                end.series,
+                added.len(),
+                &added[..added.len().min(5)],
+                removed.len(),
+                &removed[..removed.len().min(5)]
+            ),
+        );
+        (rss_limit, fds_limit)
+    }
+
+    /// Nothing lost between the producer and the daemon's commits.
+    fn delivery(&mut self, dr: &Drained, acked: u64, producer_failed: u64, partitions: i32) {
+        self.add(
+            "no lost messages",
+            dr.lost == 0,
+            format!(
+                "{} in the topic, {} consumed ({} duplicates), committed = high watermark on {}/{partitions} partitions",
+                dr.produced, dr.consumed, dr.duplicates, dr.partitions_committed
+            ),
+        );
+        self.add(
+            "producer delivered everything",
+            producer_failed == 0 && acked > 0,
+            format!("{acked} acknowledged, {producer_failed} failed (the harness's producer, not the daemon)"),
+        );
+    }
+
+    /// No panic, a clean exit on SIGTERM, and ready until then.
+    fn shutdown(
+        &mut self,
+        panic_lines: &[String],
+        exit: Option<&(ExitStatus, Duration)>,
+        final_ready: u16,
+    ) {
+        self.add(
+            "no panics",
+            panic_lines.is_empty(),
+            if panic_lines.is_empty() {
+                "no \"panicked\" in the daemon's output".to_owned()
+            } else {
+                panic_lines[..panic_lines.len().min(3)].join(" | ")
+            },
+        );
+        self.add(
+            "clean exit on SIGTERM",
+            exit.is_some_and(|(st, t)| st.success() && *t <= GRACE + Duration::from_secs(1)),
+            match exit {
+                Some((st, t)) => format!(
+                    "{st} after {:.2} s (grace {})",
+                    secs(*t),
+                    humantime::format_duration(GRACE)
+                ),
+                None => format!(
+                    "not stopped {} after SIGTERM",
+                    humantime::format_duration(GRACE + Duration::from_secs(5))
+                ),
+            },
+        );
+        self.add(
+            "ready at the end",
+            final_ready == 200,
+            format!("/readyz {final_ready}"),
+        );
+    }
+
+    /// Readiness followed the brokers, and the alert came back after every
+    /// Alertmanager outage (`with_am`) with no transition dropped.
+    fn fault_recovery(&mut self, faults: &[FaultRecord], with_am: bool, alerts_dropped: f64) {
+        let of = |kind| faults.iter().filter(move |f: &&FaultRecord| f.kind == kind);
+        let describe = |kind, say: fn(&FaultRecord) -> String| {
+            of(kind).map(say).collect::<Vec<_>>().join(", ")
+        };
+        self.add(
+            "not ready while the brokers are down",
+            of(FaultKind::BrokerOutage).all(|f| f.ready_down_after_s.is_some()),
+            describe(FaultKind::BrokerOutage, |f| match f.ready_down_after_s {
+                Some(s) => format!("503 after {s:.1} s"),
+                None => format!("stayed 200 for {}", clock(f.seconds)),
+            }),
+        );
+        self.add(
+            "ready again after the brokers are back",
+            of(FaultKind::BrokerOutage).all(|f| f.ready_recovered_after_s.is_some()),
+            describe(FaultKind::BrokerOutage, |f| {
+                match f.ready_recovered_after_s {
+                    Some(s) => format!("200 after {s:.1} s"),
+                    None => format!("not within {}", clock(secs(RECOVERY))),
+                }
+            }),
+        );
+        if !with_am {
+            return;
+        }
+        self.add(
+            "alert delivered after every Alertmanager outage",
+            of(FaultKind::AlertmanagerOutage).all(|f| f.alert_back_after_s.is_some()),
+            describe(FaultKind::AlertmanagerOutage, |f| {
+                match f.alert_back_after_s {
+                    Some(s) => format!(
+                        "back after {s:.1} s ({} failed posts during the outage)",
+                        f.failed_sends.unwrap_or(0)
+                    ),
+                    None => format!("not back within {}", clock(secs(RECOVERY))),
+                }
+            }),
+        );
+        self.add(
+            "no alert transitions dropped",
+            alerts_dropped == 0.0,
+            format!("driftd_alerts_dropped_total {alerts_dropped}"),
+        );
+    }
+}
+
+/// Faults exercised, by kind.
+fn fault_counts(faults: &[FaultRecord]) -> BTreeMap<String, usize> {
+    FaultKind::ALL
+        .iter()
+        .map(|k| {
+            let n = faults
+                .iter()
+                .filter(|f| f.kind == *k && f.exercised)
+                .count();
+            (k.as_str().to_owned(), n)
+        })
+        .collect()
+}
+
+fn check_options(o: &SoakOptions) -> anyhow::Result<()> {
     anyhow::ensure!(o.rate > 0, "--rate must be at least 1");
     anyhow::ensure!(
         o.models > 0 && o.features > 0,
@@ -813,190 +1671,45 @@ pub fn run(o: &SoakOptions) -> anyhow::Result<SoakReport> {
         o.duration >= o.fault_every,
         "--duration must be at least --fault-every"
     );
+    Ok(())
+}
+
+/// Runs the soak, printing progress to stderr.
+pub fn run(o: &SoakOptions) -> anyhow::Result<SoakReport> {
+    check_options(o)?;
     let am_bin = find_alertmanager(o.alertmanager.as_deref())?;
     let began = Instant::now();
-    let http = Http::new()?;
     let now = crate::clock::now_ms();
-
-    // Traffic: the bench's generator (compact lines, arms), fresh lines, and
-    // the first model's first numeric feature shifted by two standard
-    // deviations from the start, so its drift alert fires and stays firing.
-    let bo = BenchOptions {
-        models: o.models,
-        features: o.features,
-        ..BenchOptions::default()
-    };
-    let mut gcfg = GeneratorConfig {
-        stream_seed: Some(11),
-        ..bench::generator_config(&bo)
-    };
-    let probe = Generator::new(gcfg.clone());
-    let drifted_model = probe.model_names()[0].clone();
-    let feature = probe
-        .features(0)
-        .iter()
-        .find(|f| f.is_numeric())
-        .map(|f| f.name.clone())
-        .context("the first model has no numeric feature to drift; use more --features")?;
-    gcfg.drifts = vec![DriftSpec::mean_shift(feature.as_str(), 2.0, 0).for_model(&drifted_model)];
-    let bytes_per_line = {
-        let mut g = Generator::new(gcfg.clone());
-        let mut buf = String::new();
-        let n = 200;
-        (0..n)
-            .map(|_| {
-                g.next_line(now, &mut buf);
-                buf.len()
-            })
-            .sum::<usize>() as f64
-            / n as f64
-    };
-    let partitions = partitions_of(o, bytes_per_line);
+    let traffic = SoakTraffic::new(o, now)?;
+    let model = traffic.drifted_model.as_str();
     let window = window_of(o);
     let warmup = window + Duration::from_secs(5);
-
-    let scratch = crate::lab::demo::Scratch::new("soak").context("creating a scratch directory")?;
-    let dir = scratch.0.clone();
-    std::fs::create_dir_all(dir.join("baselines"))?;
-    for b in bench::baselines(&bo, now)?
-        .iter()
-        .filter(|b| b.model != bench::PROBE_MODEL)
-    {
-        b.save(&dir.join("baselines"))?;
-    }
-
-    let cluster = MockCluster::new(BROKERS).context("starting librdkafka's mock cluster")?;
-    cluster.create_topic(TOPIC, partitions, 1)?;
-    let brokers = cluster.bootstrap_servers();
-
-    let mut am = match &am_bin {
-        Some(bin) => {
-            let mut a = Alertmanager::new(bin.clone(), &dir)?;
-            a.start(&http)?;
-            Some(a)
-        }
-        None => {
-            eprintln!(
-                "soak: no Alertmanager binary (prometheus-alertmanager or alertmanager on PATH, or --alertmanager): the Alertmanager outage fault is NOT exercised (apt-get install prometheus-alertmanager)"
-            );
-            None
-        }
-    };
-    let port = bench::free_port()?;
-    let config = write_config(
-        &dir,
-        &brokers,
-        port,
-        window,
-        am.as_ref().map(|a| a.addr()).as_deref(),
-    )?;
-    let stdout_path = dir.join("daemon.stdout");
-    let mut d = bench::start_child(
-        &config,
-        port,
-        dir.join("daemon.log"),
-        Stdio::from(std::fs::File::create(&stdout_path)?),
-    )?;
-    bench::wait_joined(&mut d)?;
-    let daemon_started = Instant::now();
-    eprintln!(
-        "soak: driftd run (pid {}) on {partitions} partitions of {BROKERS} mock brokers; {} lines/s, {} models x {} features ({bytes_per_line:.0} B/line), {drifted_model}/{feature} drifted; window {}; logs in {}",
-        d.pid(),
-        o.rate,
-        o.models,
-        o.features,
-        humantime::format_duration(window),
-        dir.display()
-    );
-
+    let mut rig = Rig::start(o, &traffic, window, am_bin.as_deref(), now)?;
+    rig.announce(o, &traffic, window);
     let stop = Arc::new(AtomicBool::new(false));
     let pstats = Arc::new(ProduceStats::default());
     let producer = start_producer(
-        brokers.clone(),
-        partitions,
+        rig.brokers.clone(),
+        rig.partitions,
         o.rate,
-        gcfg,
+        traffic.config.clone(),
         stop.clone(),
         pstats.clone(),
     );
-    let mut checks: Vec<Check> = Vec::new();
-    let mut check = |name: &str, ok: bool, detail: String| {
-        checks.push(Check {
-            name: name.to_owned(),
-            ok,
-            detail,
-        })
-    };
+    let mut checks = Checks::default();
 
     // ---- Warm-up: the window filled once, and the alert delivered.
     eprintln!(
         "soak: warming up for {} ...",
         humantime::format_duration(warmup)
     );
-    let mut first_alert: Option<f64> = None;
-    let warm_deadline = warmup + Duration::from_secs(120);
-    loop {
-        d.alive().with_context(|| d.log())?;
-        if first_alert.is_none() {
-            if let Some(a) = &am {
-                if a.has_drift_alert(&http, &drifted_model) == Some(true) {
-                    first_alert = Some(secs(daemon_started.elapsed()));
-                    eprintln!(
-                        "soak: the {drifted_model} drift alert reached Alertmanager {:.1} s after the daemon started",
-                        first_alert.unwrap_or_default()
-                    );
-                }
-            }
-        }
-        let waited = daemon_started.elapsed();
-        let current = caught_up(&d, &pstats, o.rate);
-        if waited >= warmup && (am.is_none() || first_alert.is_some()) && current {
-            break;
-        }
-        if waited >= warm_deadline {
-            if !current {
-                eprintln!("soak: the daemon has not caught up with the producer after the warm-up");
-            }
-            if am.is_some() && first_alert.is_none() {
-                eprintln!("soak: the drift alert did not reach Alertmanager during the warm-up");
-            }
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    if am.is_some() {
-        check(
-            "drift alert delivered",
-            first_alert.is_some(),
-            match first_alert {
-                Some(s) => format!(
-                    "{drifted_model}'s FeatureDrift alert in Alertmanager {s:.1} s after start"
-                ),
-                None => format!(
-                    "no FeatureDrift alert of {drifted_model} in Alertmanager within {}",
-                    clock(secs(warm_deadline))
-                ),
-            },
-        );
+    let first_alert = rig.warm_up(o, warmup, model, &pstats)?;
+    if rig.am.is_some() {
+        checks.alert_delivered(first_alert, model, warmup + Duration::from_secs(120));
     }
 
     // ---- Start: a sample a second for 5 to 10 s (the same at the end).
-    let sample = |d: &ChildDaemon| (bench::proc_mem(d.pid()).0, open_fds(d.pid()));
-    let sampling = (o.duration / 24).clamp(Duration::from_secs(5), Duration::from_secs(10));
-    let (mut rss_s, mut fds_s) = (Vec::new(), Vec::new());
-    for _ in 0..sampling.as_secs() {
-        d.alive().with_context(|| d.log())?;
-        let (r, f) = sample(&d);
-        rss_s.push(r);
-        fds_s.push(f);
-        std::thread::sleep(Duration::from_secs(1));
-    }
-    let start_series = settled_series(&d, &pstats, o.rate, None)?;
-    let start = Measure {
-        rss_mib: median_f(&rss_s),
-        fds: median_u(&fds_s),
-        series: start_series.len(),
-    };
+    let (start, start_series) = rig.measure_start(o, &pstats)?;
     eprintln!(
         "soak: start: RSS {:.1} MiB, {} open fds, {} series; {} of faults every {} ...",
         start.rss_mib,
@@ -1006,247 +1719,13 @@ pub fn run(o: &SoakOptions) -> anyhow::Result<SoakReport> {
         humantime::format_duration(o.fault_every)
     );
 
-    // ---- Faults.
-    let schedule = plan(o);
-    let mut faults: Vec<FaultRecord> = schedule
-        .iter()
-        .map(|(kind, at, len)| FaultRecord {
-            kind: *kind,
-            exercised: *kind != FaultKind::AlertmanagerOutage || am.is_some(),
-            at_s: secs(*at),
-            seconds: secs(*len),
-            ready_down_after_s: None,
-            ready_recovered_after_s: None,
-            consumed_during: 0,
-            max_lag: 0,
-            failed_sends: None,
-            alert_back_after_s: None,
-        })
-        .collect();
-    let alert_errors = |d: &ChildDaemon| -> f64 {
-        d.get("/metrics").map_or(0.0, |(_, t)| {
-            sample_sum(
-                &t,
-                "driftd_alerts_sent_total",
-                &[("sink", "alertmanager"), ("outcome", "error")],
-            )
-        })
-    };
-    let phase = Instant::now();
-    let progress_every = o.fault_every.min(Duration::from_secs(60));
-    let curve_every = (o.duration / 30).clamp(Duration::from_secs(5), Duration::from_secs(60));
-    let mut next_progress = progress_every;
-    let mut next_curve = Duration::ZERO;
-    let mut curve = Vec::new();
-    let mut end_rss = Vec::new();
-    let mut end_fds = Vec::new();
-    let mut live: Vec<Live> = Vec::new();
-    let mut next_fault = 0;
-    let mut tick = Instant::now();
-    let mut messages = 0u64;
-    loop {
-        let t = phase.elapsed();
-        d.alive().with_context(|| d.log())?;
-        let status = d.status().ok();
-        if let Some(s) = &status {
-            messages = s["messages"].as_u64().unwrap_or(messages);
-        }
-        let lag = status.as_ref().and_then(|s| s["lag"].as_i64()).unwrap_or(0);
-        let ready = d.get("/readyz").map_or(0, |r| r.0);
-        let (rss, fds) = sample(&d);
-        if t >= next_curve {
-            curve.push((secs(t), rss, fds));
-            next_curve += curve_every;
-        }
-        if t + sampling >= o.duration && t <= o.duration {
-            end_rss.push(rss);
-            end_fds.push(fds);
-        }
-
-        // Start what is due.
-        while next_fault < schedule.len() && schedule[next_fault].1 <= t {
-            let (kind, _, len) = schedule[next_fault];
-            let f = &faults[next_fault];
-            eprintln!(
-                "soak {} ({}): fault {} of {}: {} for {}{}",
-                clock(secs(t)),
-                wall(),
-                next_fault + 1,
-                schedule.len(),
-                kind.describe(),
-                clock(secs(len)),
-                if f.exercised {
-                    ""
-                } else {
-                    " (NOT exercised: no Alertmanager)"
-                }
-            );
-            if f.exercised {
-                match kind {
-                    FaultKind::BrokerOutage => {
-                        for id in 1..=BROKERS {
-                            cluster.broker_down(id)?;
-                        }
-                    }
-                    FaultKind::RequestErrors => {
-                        let n = (len.as_secs() as usize + 1) * 50;
-                        let fetch: Vec<RDKafkaRespErr> = [
-                            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
-                            RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
-                            RDKafkaRespErr::RD_KAFKA_RESP_ERR__TRANSPORT,
-                        ]
-                        .into_iter()
-                        .cycle()
-                        .take(n)
-                        .collect();
-                        let commit: Vec<RDKafkaRespErr> = [
-                            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_COORDINATOR,
-                            RDKafkaRespErr::RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE,
-                            RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
-                        ]
-                        .into_iter()
-                        .cycle()
-                        .take(n / 10)
-                        .collect();
-                        cluster.request_errors(RDKafkaApiKey::Fetch, &fetch);
-                        cluster.request_errors(RDKafkaApiKey::OffsetCommit, &commit);
-                    }
-                    FaultKind::AlertmanagerOutage => {
-                        if let Some(a) = &mut am {
-                            a.kill();
-                        }
-                    }
-                }
-                live.push(Live {
-                    index: next_fault,
-                    ends_at: schedule[next_fault].1 + len,
-                    ended: None,
-                    started: Instant::now(),
-                    consumed_at_start: messages,
-                    errors_at_start: if kind == FaultKind::AlertmanagerOutage {
-                        alert_errors(&d)
-                    } else {
-                        0.0
-                    },
-                    am_ready: None,
-                });
-            }
-            next_fault += 1;
-        }
-
-        // Observe, end and verify what is live.
-        let mut done = Vec::new();
-        for (i, l) in live.iter_mut().enumerate() {
-            let f = &mut faults[l.index];
-            f.max_lag = f.max_lag.max(lag);
-            if l.ended.is_none() {
-                f.consumed_during = messages.saturating_sub(l.consumed_at_start);
-                if ready != 200 && f.ready_down_after_s.is_none() {
-                    f.ready_down_after_s = Some(secs(l.started.elapsed()));
-                }
-                if t >= l.ends_at {
-                    match f.kind {
-                        FaultKind::BrokerOutage => {
-                            for id in 1..=BROKERS {
-                                cluster.broker_up(id)?;
-                            }
-                        }
-                        FaultKind::RequestErrors => {
-                            cluster.clear_request_errors(RDKafkaApiKey::Fetch);
-                            cluster.clear_request_errors(RDKafkaApiKey::OffsetCommit);
-                        }
-                        FaultKind::AlertmanagerOutage => {
-                            f.failed_sends =
-                                Some((alert_errors(&d) - l.errors_at_start).max(0.0) as u64);
-                            if let Some(a) = &mut am {
-                                a.start(&http)?;
-                            }
-                            l.am_ready = Some(Instant::now());
-                        }
-                    }
-                    l.ended = Some(Instant::now());
-                    eprintln!(
-                        "soak {} ({}): fault {} over ({}): {} messages counted meanwhile{}",
-                        clock(secs(phase.elapsed())),
-                        wall(),
-                        l.index + 1,
-                        f.kind.describe(),
-                        f.consumed_during,
-                        match (f.kind, f.ready_down_after_s, f.failed_sends) {
-                            (FaultKind::AlertmanagerOutage, _, Some(n)) =>
-                                format!(", {n} alert posts failed"),
-                            (_, Some(s), _) => format!(", /readyz 503 after {s:.1} s"),
-                            _ => ", /readyz stayed 200".to_owned(),
-                        }
-                    );
-                }
-                continue;
-            }
-            let since = l.ended.map_or(Duration::ZERO, |e| e.elapsed());
-            let finished = match f.kind {
-                FaultKind::BrokerOutage | FaultKind::RequestErrors => {
-                    if ready == 200 && f.ready_recovered_after_s.is_none() {
-                        f.ready_recovered_after_s = Some(secs(since));
-                    }
-                    f.ready_recovered_after_s.is_some() || since > RECOVERY
-                }
-                FaultKind::AlertmanagerOutage => {
-                    let back = am
-                        .as_ref()
-                        .and_then(|a| a.has_drift_alert(&http, &drifted_model))
-                        == Some(true);
-                    if back && f.alert_back_after_s.is_none() {
-                        let s = secs(l.am_ready.map_or(since, |r| r.elapsed()));
-                        f.alert_back_after_s = Some(s);
-                        eprintln!(
-                            "soak {}: the firing alert is back in the restarted Alertmanager after {s:.1} s",
-                            clock(secs(phase.elapsed()))
-                        );
-                    }
-                    f.alert_back_after_s.is_some() || since > RECOVERY
-                }
-            };
-            if finished {
-                done.push(i);
-            }
-        }
-        for i in done.into_iter().rev() {
-            live.remove(i);
-        }
-
-        if t >= next_progress {
-            next_progress += progress_every;
-            let now_faults: Vec<String> = live
-                .iter()
-                .filter(|l| l.ended.is_none())
-                .map(|l| faults[l.index].kind.describe().to_owned())
-                .collect();
-            eprintln!(
-                "soak {}/{}: produced {} ({} acknowledged), consumed {messages} (lag {lag}), RSS {rss:.1} MiB, {fds} fds, /readyz {ready}{}",
-                clock(secs(t)),
-                clock(secs(o.duration)),
-                pstats.queued.load(Ordering::Relaxed),
-                pstats.acked.load(Ordering::Relaxed),
-                if now_faults.is_empty() {
-                    String::new()
-                } else {
-                    format!(" [{}]", now_faults.join(", "))
-                }
-            );
-        }
-        // Past the end, recoveries are still waited for (each up to RECOVERY).
-        if t >= o.duration && (live.is_empty() || t >= o.duration + RECOVERY) {
-            break;
-        }
-        tick += Duration::from_secs(1);
-        std::thread::sleep(tick.saturating_duration_since(Instant::now()));
-    }
+    let phase = rig.run_faults(o, model, &pstats)?;
 
     // ---- End: measured under load, after every fault is over.
-    let end_series = settled_series(&d, &pstats, o.rate, Some(&start_series))?;
+    let end_series = settled_series(&rig.d, &pstats, o.rate, Some(&start_series))?;
     let end = Measure {
-        rss_mib: median_f(&end_rss),
-        fds: median_u(&end_fds),
+        rss_mib: median_f(&phase.end_rss),
+        fds: median_u(&phase.end_fds),
         series: end_series.len(),
     };
     eprintln!(
@@ -1261,215 +1740,24 @@ pub fn run(o: &SoakOptions) -> anyhow::Result<SoakReport> {
         .map_err(|_| anyhow::anyhow!("the producer thread panicked"))??;
     let acked = pstats.acked.load(Ordering::Relaxed);
     let producer_failed = pstats.failed.load(Ordering::Relaxed);
-    let watcher: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", GROUP)
-        .set("enable.auto.commit", "false")
-        .create()?;
-    let drain_started = Instant::now();
-    let (mut offs, mut consumed) = (Vec::new(), 0u64);
-    loop {
-        d.alive().with_context(|| d.log())?;
-        if let Ok(got) = offsets(&watcher, partitions) {
-            offs = got;
-        }
-        if let Ok(s) = d.status() {
-            consumed = s["messages"].as_u64().unwrap_or(consumed);
-        }
-        let produced: i64 = offs.iter().map(|o| o.1).sum();
-        let all_committed = !offs.is_empty() && offs.iter().all(|(c, h)| c == h);
-        if all_committed && consumed >= produced as u64 {
-            break;
-        }
-        if drain_started.elapsed() > Duration::from_secs(180) {
-            eprintln!("soak: not drained after 3 minutes");
-            break;
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    }
-    let produced = offs.iter().map(|o| o.1.max(0) as u64).sum::<u64>();
-    let partitions_committed = offs.iter().filter(|(c, h)| c == h).count();
-    let uncommitted: u64 = offs.iter().map(|(c, h)| (h - c).max(0) as u64).sum();
-    let lost = produced.saturating_sub(consumed).max(uncommitted);
-    let duplicates = consumed.saturating_sub(produced);
-    let final_ready = d.get("/readyz").map_or(0, |r| r.0);
-    let alerts_dropped = sample_sum(&d.get("/metrics")?.1, "driftd_alerts_dropped_total", &[]);
-
-    // ---- SIGTERM: a clean exit within the grace period.
-    let stopping = Instant::now();
-    // SAFETY: kill(2) on our own child's pid, which we have not reaped.
-    unsafe {
-        libc::kill(d.pid() as libc::pid_t, libc::SIGTERM);
-    }
-    let mut exit = None;
-    while stopping.elapsed() < GRACE + Duration::from_secs(5) {
-        if let Some(st) = d.child.try_wait()? {
-            exit = Some((st, stopping.elapsed()));
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let output = format!(
-        "{}{}",
-        std::fs::read_to_string(&stdout_path).unwrap_or_default(),
-        d.log()
-    );
-    let panic_lines: Vec<&str> = output.lines().filter(|l| l.contains("panicked")).collect();
-    if let Some(a) = &mut am {
-        a.kill();
-    }
+    let drained = rig.drain()?;
+    let last = rig.stop()?;
 
     // ---- Checks.
-    let rss_limit = start.rss_mib * RSS_FACTOR + RSS_SLACK_MIB;
-    check(
-        "RSS flat",
-        end.rss_mib <= rss_limit,
-        format!(
-            "start {:.1} MiB, end {:.1} MiB, limit {rss_limit:.1} (start x {RSS_FACTOR} + {RSS_SLACK_MIB} MiB)",
-            start.rss_mib, end.rss_mib
-        ),
-    );
-    let fds_limit = start.fds + FD_SLACK;
-    check(
-        "open fds flat",
-        end.fds <= fds_limit,
-        format!("start {}, end {}, limit {fds_limit}", start.fds, end.fds),
-    );
     let added: Vec<String> = end_series.difference(&start_series).cloned().collect();
     let removed: Vec<String> = start_series.difference(&end_series).cloned().collect();
-    check(
-        "series stable",
-        added.is_empty() && removed.is_empty(),
-        format!(
-            "start {}, end {}; {} added {:?}, {} removed {:?}",
-            start.series,
-            end.series,
-            added.len(),
-            &added[..added.len().min(5)],
-            removed.len(),
-            &removed[..removed.len().min(5)]
-        ),
-    );
-    check(
-        "no lost messages",
-        lost == 0,
-        format!(
-            "{produced} in the topic, {consumed} consumed ({duplicates} duplicates), committed = high watermark on {partitions_committed}/{partitions} partitions"
-        ),
-    );
-    check(
-        "producer delivered everything",
-        producer_failed == 0 && acked > 0,
-        format!("{acked} acknowledged, {producer_failed} failed (the harness's producer, not the daemon)"),
-    );
-    check(
-        "no panics",
-        panic_lines.is_empty(),
-        if panic_lines.is_empty() {
-            "no \"panicked\" in the daemon's output".to_owned()
-        } else {
-            panic_lines[..panic_lines.len().min(3)].join(" | ")
-        },
-    );
-    let exit_status = match &exit {
-        Some((st, _)) => st.to_string(),
-        None => "still running".to_owned(),
-    };
-    check(
-        "clean exit on SIGTERM",
-        exit.as_ref()
-            .is_some_and(|(st, t)| st.success() && *t <= GRACE + Duration::from_secs(1)),
-        match &exit {
-            Some((st, t)) => format!(
-                "{st} after {:.2} s (grace {})",
-                secs(*t),
-                humantime::format_duration(GRACE)
-            ),
-            None => format!(
-                "not stopped {} after SIGTERM",
-                humantime::format_duration(GRACE + Duration::from_secs(5))
-            ),
-        },
-    );
-    check(
-        "ready at the end",
-        final_ready == 200,
-        format!("/readyz {final_ready}"),
-    );
-    let broker: Vec<&FaultRecord> = faults
-        .iter()
-        .filter(|f| f.kind == FaultKind::BrokerOutage)
-        .collect();
-    check(
-        "not ready while the brokers are down",
-        broker.iter().all(|f| f.ready_down_after_s.is_some()),
-        broker
-            .iter()
-            .map(|f| match f.ready_down_after_s {
-                Some(s) => format!("503 after {s:.1} s"),
-                None => format!("stayed 200 for {}", clock(f.seconds)),
-            })
-            .collect::<Vec<_>>()
-            .join(", "),
-    );
-    check(
-        "ready again after the brokers are back",
-        broker.iter().all(|f| f.ready_recovered_after_s.is_some()),
-        broker
-            .iter()
-            .map(|f| match f.ready_recovered_after_s {
-                Some(s) => format!("200 after {s:.1} s"),
-                None => format!("not within {}", clock(secs(RECOVERY))),
-            })
-            .collect::<Vec<_>>()
-            .join(", "),
-    );
-    if am.is_some() {
-        let outages: Vec<&FaultRecord> = faults
-            .iter()
-            .filter(|f| f.kind == FaultKind::AlertmanagerOutage)
-            .collect();
-        check(
-            "alert delivered after every Alertmanager outage",
-            outages.iter().all(|f| f.alert_back_after_s.is_some()),
-            outages
-                .iter()
-                .map(|f| match f.alert_back_after_s {
-                    Some(s) => format!(
-                        "back after {s:.1} s ({} failed posts during the outage)",
-                        f.failed_sends.unwrap_or(0)
-                    ),
-                    None => format!("not back within {}", clock(secs(RECOVERY))),
-                })
-                .collect::<Vec<_>>()
-                .join(", "),
-        );
-        check(
-            "no alert transitions dropped",
-            alerts_dropped == 0.0,
-            format!("driftd_alerts_dropped_total {alerts_dropped}"),
-        );
-    }
+    let (rss_limit, fds_limit) = checks.flatness(&start, &end, &added, &removed);
+    checks.delivery(&drained, acked, producer_failed, rig.partitions);
+    checks.shutdown(&last.panic_lines, last.exit.as_ref(), last.final_ready);
+    checks.fault_recovery(&phase.faults, rig.am.is_some(), last.alerts_dropped);
 
-    let mut fault_counts = BTreeMap::new();
-    for k in FaultKind::ALL {
-        let n = faults.iter().filter(|f| f.kind == k && f.exercised).count();
-        fault_counts.insert(k.as_str().to_owned(), n);
-    }
-    let passed = checks.iter().all(|c| c.ok);
-    let logs = if passed && !o.keep_logs {
-        None
-    } else {
-        // Keep the logs of a failed run (or when asked to).
-        let p = scratch.0.display().to_string();
-        std::mem::forget(scratch);
-        Some(p)
-    };
-    drop(d);
-    drop(cluster);
+    let passed = checks.0.iter().all(|c| c.ok);
+    let partitions = rig.partitions;
+    // Keep the logs of a failed run (or when asked to).
+    let logs = rig.finish(!passed || o.keep_logs);
     eprintln!("soak: done in {}", clock(secs(began.elapsed())));
     Ok(SoakReport {
-        machine: bench::machine(),
+        machine: machine(),
         cores: std::thread::available_parallelism().map_or(1, |c| c.get()),
         duration_s: secs(o.duration),
         rate: o.rate,
@@ -1480,7 +1768,7 @@ pub fn run(o: &SoakOptions) -> anyhow::Result<SoakReport> {
         partitions,
         window: humantime::format_duration(window).to_string(),
         warmup_s: secs(warmup),
-        drifted_model,
+        drifted_model: traffic.drifted_model,
         alertmanager: am_bin.map(|p| p.display().to_string()),
         start,
         end,
@@ -1488,25 +1776,71 @@ pub fn run(o: &SoakOptions) -> anyhow::Result<SoakReport> {
         fds_limit,
         series_added: added,
         series_removed: removed,
-        curve,
-        produced,
+        curve: phase.curve,
+        produced: drained.produced,
         acked,
         producer_failed,
-        consumed,
-        duplicates,
-        lost,
-        partitions_committed,
+        consumed: drained.consumed,
+        duplicates: drained.duplicates,
+        lost: drained.lost,
+        partitions_committed: drained.partitions_committed,
         first_alert_s: first_alert,
-        alerts_dropped,
-        faults,
-        fault_counts,
-        panics: panic_lines.len(),
-        exit_status,
-        shutdown_s: exit.map(|(_, t)| secs(t)),
-        checks,
+        alerts_dropped: last.alerts_dropped,
+        fault_counts: fault_counts(&phase.faults),
+        faults: phase.faults,
+        panics: last.panic_lines.len(),
+        exit_status: match &last.exit {
+            Some((st, _)) => st.to_string(),
+            None => "still running".to_owned(),
+        },
+        shutdown_s: last.exit.map(|(_, t)| secs(t)),
+        checks: checks.0,
         passed,
         logs,
     })
+}
+
+/// The faults, a row each.
+fn write_fault_table(out: &mut String, faults: &[FaultRecord]) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        out,
+        "\n| # | at | fault | for | consumed meanwhile | max lag | /readyz | alerts |\n|---|---|---|---|---|---|---|---|"
+    );
+    for (i, f) in faults.iter().enumerate() {
+        let ready = match f.kind {
+            FaultKind::AlertmanagerOutage => "-".to_owned(),
+            _ => format!(
+                "{}; {}",
+                f.ready_down_after_s
+                    .map_or("stayed 200".to_owned(), |s| format!("503 after {s:.1} s")),
+                f.ready_recovered_after_s
+                    .map_or("not back".to_owned(), |s| format!("200 {s:.1} s after")),
+            ),
+        };
+        let alerts = match (f.kind, f.exercised) {
+            (FaultKind::AlertmanagerOutage, false) => "not exercised".to_owned(),
+            (FaultKind::AlertmanagerOutage, true) => format!(
+                "{} failed posts; {}",
+                f.failed_sends.unwrap_or(0),
+                f.alert_back_after_s
+                    .map_or("alert NOT back".to_owned(), |s| format!(
+                        "alert back {s:.1} s after restart"
+                    ))
+            ),
+            _ => "-".to_owned(),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {ready} | {alerts} |",
+            i + 1,
+            clock(f.at_s),
+            f.kind.describe(),
+            clock(f.seconds),
+            f.consumed_during,
+            f.max_lag
+        );
+    }
 }
 
 /// The report as tables.
@@ -1568,44 +1902,7 @@ pub fn render(r: &SoakReport) -> String {
         .map(|(k, n)| format!("{n} {k}"))
         .collect();
     let _ = writeln!(out, "faults exercised: {}", counts.join(", "));
-    let _ = writeln!(
-        out,
-        "\n| # | at | fault | for | consumed meanwhile | max lag | /readyz | alerts |\n|---|---|---|---|---|---|---|---|"
-    );
-    for (i, f) in r.faults.iter().enumerate() {
-        let ready = match f.kind {
-            FaultKind::AlertmanagerOutage => "-".to_owned(),
-            _ => format!(
-                "{}; {}",
-                f.ready_down_after_s
-                    .map_or("stayed 200".to_owned(), |s| format!("503 after {s:.1} s")),
-                f.ready_recovered_after_s
-                    .map_or("not back".to_owned(), |s| format!("200 {s:.1} s after")),
-            ),
-        };
-        let alerts = match (f.kind, f.exercised) {
-            (FaultKind::AlertmanagerOutage, false) => "not exercised".to_owned(),
-            (FaultKind::AlertmanagerOutage, true) => format!(
-                "{} failed posts; {}",
-                f.failed_sends.unwrap_or(0),
-                f.alert_back_after_s
-                    .map_or("alert NOT back".to_owned(), |s| format!(
-                        "alert back {s:.1} s after restart"
-                    ))
-            ),
-            _ => "-".to_owned(),
-        };
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} | {} | {} | {} | {ready} | {alerts} |",
-            i + 1,
-            clock(f.at_s),
-            f.kind.describe(),
-            clock(f.seconds),
-            f.consumed_during,
-            f.max_lag
-        );
-    }
+    write_fault_table(&mut out, &r.faults);
     let curve: Vec<String> = r
         .curve
         .iter()
