@@ -413,8 +413,12 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Probe { url, timeout } => probe(&url, timeout),
         Command::CheckConfig(a) => {
             let cfg = Config::load(a.config.as_deref())?;
-            preflight(&cfg)?;
+            let found = preflight(&cfg)?;
             println!("{}: ok", cfg.source);
+            for note in &cfg.notes {
+                println!("{note}");
+            }
+            print!("{}", found.memory);
             Ok(())
         }
     }
@@ -618,13 +622,18 @@ fn generate(a: GenerateArgs) -> anyhow::Result<()> {
 
 /// The problems only the daemon can find (librdkafka's view of the
 /// properties, the baseline files), as config problems: exit 64.
-fn preflight(cfg: &Config) -> Result<(), Failure> {
-    let problems: Vec<crate::config::Problem> = crate::daemon::app::preflight(cfg)
-        .into_iter()
-        .map(|(key, message)| crate::config::Problem { key, message })
+fn preflight(cfg: &Config) -> Result<crate::daemon::app::Preflight, Failure> {
+    let found = crate::daemon::app::preflight(cfg);
+    let problems: Vec<crate::config::Problem> = found
+        .problems
+        .iter()
+        .map(|(key, message)| crate::config::Problem {
+            key: key.clone(),
+            message: message.clone(),
+        })
         .collect();
     if problems.is_empty() {
-        return Ok(());
+        return Ok(found);
     }
     Err(Failure::Config(ConfigError::Invalid {
         source_name: cfg.source.clone(),

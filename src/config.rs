@@ -20,11 +20,11 @@ use serde::Deserialize;
 
 use crate::daemon::admin::HttpConfig;
 use crate::daemon::alert::AlertConfig;
-pub use crate::daemon::app::Config;
 use crate::daemon::checkpoint::CheckpointConfig;
 use crate::daemon::ingest::KafkaConfig;
 use crate::daemon::logging::{LogConfig, LogFormat};
 use crate::daemon::metrics::MetricsConfig;
+pub use crate::daemon::settings::Config;
 use crate::engine::baseline::Binning;
 use crate::engine::compare::{CompareOptions, Metric};
 use crate::engine::decode::{DecodeConfig, FeatureFilter, FieldMapping, Pointer};
@@ -122,6 +122,7 @@ struct RawWindow {
     panes: Option<u64>,
     max_future: Option<String>,
     per_arm: Option<bool>,
+    max_panes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -204,6 +205,7 @@ struct RawLimits {
     max_models: Option<u64>,
     max_arms_per_model: Option<u64>,
     model_idle: Option<String>,
+    max_memory: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -444,6 +446,7 @@ impl Config {
         evaluation_settings(raw.evaluation, raw.rules, &mut cfg, &mut p);
         baseline_settings(raw.baselines, &mut cfg, &mut p);
         limit_settings(raw.limits, &mut cfg, &mut p);
+        cfg.notes.extend(window_note(&cfg.engine));
         // Health and experiments: their windows and caps follow the engine's.
         cfg.engine.align();
         health_config(raw.health, &mut cfg.engine.health, &mut p);
@@ -621,6 +624,9 @@ fn window_settings(window: RawWindow, engine: &mut EngineConfig, p: &mut Problem
     );
     engine.max_future_ms = Some(max_future.as_millis() as i64);
     engine.per_arm = window.per_arm.unwrap_or(true);
+    if let Some(v) = window.max_panes {
+        engine.max_panes = p.range("window.max_panes", v, 1, 1440) as usize;
+    }
 }
 
 /// `kind = "time"`: a length cut into panes.
@@ -644,11 +650,6 @@ fn time_window(window: &RawWindow, p: &mut Problems) -> WindowSpec {
                 humantime::format_duration(length)
             ),
         );
-    } else if !pane.is_zero() && length.as_millis() / pane.as_millis().max(1) > 1440 {
-        p.push(
-            "window.pane",
-            "more than 1440 panes per window; use a longer pane (memory is panes x bins)".into(),
-        );
     }
     if pane < Duration::from_millis(100) {
         p.push("window.pane", "must be at least 100ms".into());
@@ -656,6 +657,30 @@ fn time_window(window: &RawWindow, p: &mut Problems) -> WindowSpec {
     WindowSpec::Time {
         length_ms: length.as_millis() as i64,
         pane_ms: pane.as_millis().max(1) as i64,
+    }
+}
+
+/// Says so when `window.max_panes` made the panes longer.
+fn window_note(engine: &EngineConfig) -> Option<String> {
+    let before = engine.window;
+    let (after, changed) = before.capped(engine.max_panes);
+    match (changed, before, after) {
+        (true, WindowSpec::Time { pane_ms: was, .. }, WindowSpec::Time { length_ms, pane_ms }) => {
+            Some(format!(
+                "window: {} in {} panes of {} (window.pane {} would make {} panes; window.max_panes is {})",
+                humantime::format_duration(Duration::from_millis(length_ms as u64)),
+                after.panes(),
+                humantime::format_duration(Duration::from_millis(pane_ms as u64)),
+                humantime::format_duration(Duration::from_millis(was as u64)),
+                before.panes(),
+                engine.max_panes
+            ))
+        }
+        (true, _, _) => Some(format!(
+            "window: {} panes (window.max_panes)",
+            after.panes()
+        )),
+        _ => None,
     }
 }
 
@@ -854,6 +879,43 @@ fn limit_settings(limits: RawLimits, cfg: &mut Config, p: &mut Problems) {
         limits.model_idle.as_deref(),
         cfg.model_idle,
     );
+    if let Some(v) = limits.max_memory {
+        match parse_bytes(&v) {
+            Some(b) if (16 << 20..=1 << 40).contains(&b) => cfg.max_memory = b,
+            Some(_) => p.push(
+                "limits.max_memory",
+                format!("{v:?} is outside 16MiB to 1TiB"),
+            ),
+            None => p.push(
+                "limits.max_memory",
+                format!("{v:?} is not a size; write it as \"96MiB\", \"512MB\" or \"1GiB\""),
+            ),
+        }
+    }
+    cfg.engine.max_memory = Some(cfg.max_memory);
+}
+
+/// A size: a number with an optional unit (B, KB, MB, GB, KiB, MiB, GiB; k,
+/// M, G are powers of 1024 too).
+fn parse_bytes(s: &str) -> Option<usize> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let mult: f64 = match unit.trim() {
+        "" | "B" => 1.0,
+        "KB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "k" | "K" | "KiB" => 1024.0,
+        "M" | "MiB" => 1024.0 * 1024.0,
+        "G" | "GiB" => 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    let b = n * mult;
+    (b.is_finite() && b >= 0.0).then_some(b as usize)
 }
 
 /// `[health]`: the error-rate, deploy and latency conditions.

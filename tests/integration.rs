@@ -25,6 +25,7 @@ mod end_to_end_prometheus_alertmanager;
 mod engine_on_generated_traffic;
 mod group_members_share_partitions;
 mod health_alerts_reach_alertmanager;
+mod memory_is_known_before_start;
 mod no_raw_values_leak;
 mod prometheus_files_pass_promtool;
 mod replay_flags_drifted_features;

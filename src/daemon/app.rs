@@ -35,7 +35,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,7 +46,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ms;
 use crate::daemon::admin::{self, AdminState, Control, HttpConfig};
-use crate::daemon::alert::{self, AlertConfig, AlertQueue, Alerting};
+use crate::daemon::alert::{self, AlertQueue, Alerting};
 use crate::daemon::baselines::BaselineDir;
 use crate::daemon::checkpoint::{
     self, CheckpointConfig, CheckpointError, CheckpointMetrics, CheckpointStats, CheckpointStore,
@@ -57,60 +56,16 @@ use crate::daemon::ingest::{
     self, Anchor, Discard, IngestError, KafkaConfig, KafkaMetrics, KafkaSource, Offer, Placed,
     Start,
 };
-use crate::daemon::logging::LogConfig;
-use crate::daemon::metrics::{self, Metrics, MetricsConfig};
+use crate::daemon::metrics::{self, Metrics};
+use crate::daemon::plan;
 use crate::daemon::readiness::Readiness;
 use crate::daemon::snapshot::Snapshot;
-use crate::engine::detect::{AutoThresholds, Thresholds, Transition};
+use crate::engine::detect::Transition;
+use crate::engine::memory::human;
 use crate::engine::window::WindowSpec;
-use crate::engine::{Engine, EngineConfig};
+use crate::engine::Engine;
 
-/// Everything `driftd run` needs, validated: the engine's settings and each
-/// edge's, side by side. `crate::config` makes one from a file and the
-/// environment; the daemon never reads the file itself.
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub engine: EngineConfig,
-    pub every: Duration,
-    pub baselines_dir: PathBuf,
-    pub watch_baselines: bool,
-    pub model_idle: Duration,
-    pub kafka: Option<KafkaConfig>,
-    pub checkpoint: CheckpointConfig,
-    pub http: HttpConfig,
-    pub log: LogConfig,
-    pub grace: Duration,
-    pub alerts: AlertConfig,
-    pub metrics: MetricsConfig,
-    /// Where it came from, for messages.
-    pub source: String,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        // The daemon judges with automatic thresholds unless told otherwise
-        // (the engine's own default stays static: fixed numbers for tests
-        // and benchmarks that set their thresholds by hand).
-        let mut engine = EngineConfig::default();
-        engine.detect.thresholds = Thresholds::Auto(AutoThresholds::default());
-        engine.detect.min_samples = 100;
-        Config {
-            engine,
-            every: Duration::from_secs(30),
-            baselines_dir: PathBuf::from("baselines"),
-            watch_baselines: true,
-            model_idle: Duration::from_secs(3600),
-            kafka: None,
-            checkpoint: CheckpointConfig::default(),
-            http: HttpConfig::default(),
-            log: LogConfig::default(),
-            grace: Duration::from_secs(5),
-            alerts: AlertConfig::default(),
-            metrics: MetricsConfig::default(),
-            source: "defaults".into(),
-        }
-    }
-}
+pub use crate::daemon::settings::Config;
 
 /// Makes glibc's malloc hand every allocation over 128 KiB back to the
 /// system when freed. Each evaluation builds and drops megabytes at once
@@ -133,22 +88,36 @@ pub fn tune_allocator() {
 /// and a baseline file that does not load. `(key, problem)` pairs, found
 /// without binding a port or connecting; `check-config` and `run` report
 /// them like any other config problem.
-pub fn preflight(cfg: &Config) -> Vec<(String, String)> {
+pub fn preflight(cfg: &Config) -> Preflight {
     let mut problems = Vec::new();
     if let Some(k) = &cfg.kafka {
         if let Err(e) = ingest::validate_properties(k) {
             problems.push(("kafka.properties".to_owned(), e));
         }
     }
+    let mut baselines = Vec::new();
     if cfg.baselines_dir.exists() {
-        if let Err(errs) = crate::engine::baseline::load_dir(&cfg.baselines_dir) {
-            problems.extend(
+        match crate::engine::baseline::load_dir(&cfg.baselines_dir) {
+            Ok(b) => baselines = b.into_iter().map(|(_, b)| b).collect(),
+            Err(errs) => problems.extend(
                 errs.iter()
                     .map(|e| ("baselines.dir".to_owned(), e.to_string())),
-            );
+            ),
         }
     }
-    problems
+    let (memory, too_big) = plan::report(cfg, &baselines);
+    if let Some(p) = too_big {
+        problems.push(("limits.max_memory".to_owned(), p));
+    }
+    Preflight { problems, memory }
+}
+
+/// What [`preflight`] found.
+pub struct Preflight {
+    /// `(key, problem)`: the configuration cannot run.
+    pub problems: Vec<(String, String)>,
+    /// The memory plan, term by term (`daemon::plan`).
+    pub memory: String,
 }
 
 /// A running daemon.
@@ -191,6 +160,19 @@ pub async fn start(mut cfg: Config, cancel: CancellationToken) -> anyhow::Result
     for b in &baselines {
         tracing::info!(model = %b.model, version = %b.version, features = b.features.len(), "baseline loaded");
     }
+    for note in &cfg.notes {
+        tracing::info!("{note}");
+    }
+    // The engine gets what the daemon's own buffers leave of the limit.
+    cfg.engine.max_memory = Some(plan::engine_limit(&cfg));
+    let memory = plan::plan(&cfg, &baselines);
+    tracing::info!(
+        limit = %human(cfg.max_memory),
+        at_most = %human(memory.total()),
+        engine = %human(plan::engine_limit(&cfg)),
+        terms = %memory.terms.iter().map(|t| format!("{} {}", t.what, human(t.bytes))).collect::<Vec<_>>().join(", "),
+        "memory plan"
+    );
 
     // 2. One registry, each part registers its own series.
     let registry = Registry::new();

@@ -9,5 +9,7 @@ pub mod checkpoint;
 pub mod ingest;
 pub mod logging;
 pub mod metrics;
+pub mod plan;
 pub mod readiness;
+pub mod settings;
 pub mod snapshot;

@@ -24,6 +24,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
@@ -705,6 +707,16 @@ impl Layout {
     /// own (timing lines are not inference records: counting them in the
     /// model's window would fill every feature's missing bin). Slots are
     /// named `latency.<stage>`; events look their stages up by bare name.
+    /// (bins, distributions) of the latency window [`Layout::for_latency`]
+    /// would make, without making it.
+    pub fn latency_shape(b: &Baseline) -> Option<(usize, usize)> {
+        if b.latency.is_empty() {
+            return None;
+        }
+        let bins = b.latency.iter().map(|f| Binner::new(&f.bins).len()).sum();
+        Some((bins, b.latency.len()))
+    }
+
     pub fn for_latency(b: &Baseline) -> Option<Layout> {
         if b.latency.is_empty() {
             return None;
@@ -736,7 +748,11 @@ impl Layout {
 /// Per-feature accumulation while reading reference data.
 #[derive(Debug, Default)]
 struct FeatureAcc {
+    /// Numeric values: all of them, or (in a bounded builder) a uniform
+    /// sample of [`BuildLimits::values`] of `num_seen`.
     values: Vec<f64>,
+    num_seen: u64,
+    hashed_seen: u64,
     cats: HashMap<String, u64>,
     /// Categorical values beyond the distinct-value cap; they land in `__other__`.
     cats_overflow: u64,
@@ -752,26 +768,42 @@ const MAX_DISTINCT_WHILE_BUILDING: usize = 100_000;
 /// Features tracked per model while building.
 pub const MAX_BUILD_FEATURES: usize = 1024;
 
+/// Keeps `x` in a uniform sample of at most `cap` of the `seen` values so
+/// far (Vitter's algorithm R); `cap` of `usize::MAX` keeps everything.
+fn sample<T>(v: &mut Vec<T>, x: T, seen: &mut u64, cap: usize, rng: &mut SmallRng) {
+    *seen += 1;
+    if v.len() < cap {
+        v.push(x);
+    } else {
+        let j = rng.random_range(0..*seen);
+        if (j as usize) < cap {
+            v[j as usize] = x;
+        }
+    }
+}
+
 impl FeatureAcc {
-    fn add(&mut self, v: &FeatureValue<'_>) {
+    fn add(&mut self, v: &FeatureValue<'_>, l: &BuildLimits, rng: &mut SmallRng) {
         self.seen_events += 1;
         match v {
-            FeatureValue::Num(x) => self.values.push(*x),
-            FeatureValue::Cat(s) => self.add_cat(s),
-            FeatureValue::Hashed(h) => self.hashed.push(*h),
+            FeatureValue::Num(x) => sample(&mut self.values, *x, &mut self.num_seen, l.values, rng),
+            FeatureValue::Cat(s) => self.add_cat(s, l),
+            FeatureValue::Hashed(h) => {
+                sample(&mut self.hashed, *h, &mut self.hashed_seen, l.values, rng)
+            }
             FeatureValue::Missing => self.missing += 1,
             FeatureValue::NonFinite => self.invalid += 1,
         }
     }
 
-    fn add_cat(&mut self, s: &str) {
-        self.add_cat_n(s, 1);
+    fn add_cat(&mut self, s: &str, l: &BuildLimits) {
+        self.add_cat_n(s, 1, l);
     }
 
-    fn add_cat_n(&mut self, s: &str, n: u64) {
+    fn add_cat_n(&mut self, s: &str, n: u64, l: &BuildLimits) {
         if let Some(c) = self.cats.get_mut(s) {
             *c += n;
-        } else if self.cats.len() < MAX_DISTINCT_WHILE_BUILDING {
+        } else if self.cats.len() < l.distinct {
             self.cats.insert(s.to_owned(), n);
         } else {
             self.cats_overflow += n;
@@ -804,10 +836,22 @@ impl FeatureAcc {
         let mut counts = vec![0u64; binner.len()];
         let miss = binner.missing() as usize;
         counts[miss] += missing;
+        let mut sampled = vec![0u64; counts.len()];
         for x in &self.values {
             if let BinOf::Bin(b) = binner.bin_num(*x) {
-                counts[b as usize] += 1;
+                sampled[b as usize] += 1;
             }
+        }
+        for h in &self.hashed {
+            if let BinOf::Bin(b) = binner.bin(&FeatureValue::Hashed(*h)) {
+                sampled[b as usize] += 1;
+            }
+        }
+        // A sample stands for every value seen: scale it back up, keeping
+        // the exact total.
+        let seen = self.num_seen + self.hashed_seen;
+        for (c, s) in counts.iter_mut().zip(scale(&sampled, seen)) {
+            *c += s;
         }
         for (c, n) in &self.cats {
             if let BinOf::Bin(b) = binner.bin_str(c) {
@@ -817,17 +861,37 @@ impl FeatureAcc {
         if let Binner::Categorical { k, .. } = &binner {
             counts[*k as usize] += self.cats_overflow;
         }
-        for h in &self.hashed {
-            if let BinOf::Bin(b) = binner.bin(&FeatureValue::Hashed(*h)) {
-                counts[b as usize] += 1;
-            }
-        }
         FeatureBaseline {
             name: name.to_owned(),
             bins,
             counts,
         }
     }
+}
+
+/// `counts` scaled to sum to `total` (largest remainders first), or as they
+/// are when they already do (nothing was sampled).
+fn scale(counts: &[u64], total: u64) -> Vec<u64> {
+    let sum: u64 = counts.iter().sum();
+    if sum == 0 || sum == total {
+        return counts.to_vec();
+    }
+    let f = total as f64 / sum as f64;
+    let mut out: Vec<u64> = counts
+        .iter()
+        .map(|c| (*c as f64 * f).floor() as u64)
+        .collect();
+    let mut rest: Vec<(f64, usize)> = counts
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (*c as f64 * f - out[i] as f64, i))
+        .collect();
+    rest.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    let missing = total.saturating_sub(out.iter().sum());
+    for (_, i) in rest.into_iter().take(missing as usize) {
+        out[i] += 1;
+    }
+    out
 }
 
 /// Equal-frequency edges at the reference quantiles, duplicates merged.
@@ -876,13 +940,69 @@ pub struct BaselineBuilder {
     batch_prediction: FeatureAcc,
     batch_events: u64,
     latency: Vec<(String, FeatureAcc)>,
-    /// Features beyond [`MAX_BUILD_FEATURES`], ignored.
+    /// Features beyond [`BuildLimits::features`], ignored.
     pub dropped_features: u64,
+    limits: BuildLimits,
+    rng: SmallRng,
 }
 
+/// What a builder keeps. A build from files (`driftd baseline build`) keeps
+/// everything; one inside the daemon (an automatic baseline) keeps a sample,
+/// so its memory is known before start.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BuildLimits {
+    /// Numeric (and hashed) values kept per feature: a uniform sample.
+    pub values: usize,
+    /// Distinct categories per feature; the rest count as `__other__`.
+    pub distinct: usize,
+    /// Features per model; more are ignored (counted).
+    pub features: usize,
+}
+
+impl BuildLimits {
+    /// Everything, within what hostile input may not exceed.
+    pub const UNBOUNDED: BuildLimits = BuildLimits {
+        values: usize::MAX,
+        distinct: MAX_DISTINCT_WHILE_BUILDING,
+        features: MAX_BUILD_FEATURES,
+    };
+
+    /// An automatic baseline's: 4,096 values per feature put 10 to 64
+    /// equal-frequency edges within about 1% of the quantiles they stand
+    /// for; four times `top_k` categories find the top k.
+    pub fn sampled(max_features: usize, binning: &Binning) -> BuildLimits {
+        BuildLimits {
+            values: 4096,
+            distinct: (4 * binning.top_k).max(16),
+            features: max_features.min(MAX_BUILD_FEATURES),
+        }
+    }
+
+    /// The most one accumulator (a feature, the prediction, the
+    /// confidence, the batch classes or a latency stage) takes on the heap
+    /// under these limits: a numeric and a hashed sample and the categories,
+    /// with names of up to 256 bytes.
+    pub fn accumulator_bytes(&self) -> usize {
+        let per_cat = 2 * (std::mem::size_of::<(String, u64)>() + 1) + 256;
+        2 * self.values.min(1 << 20) * 8 + self.distinct * per_cat + 256 + 512
+    }
+}
+
+/// Latency stages kept per model while building.
+const MAX_STAGES_WHILE_BUILDING: usize = 32;
+
 impl BaselineBuilder {
+    /// A builder that keeps everything (reference files).
     pub fn new(model: &str) -> BaselineBuilder {
+        BaselineBuilder::with_limits(model, BuildLimits::UNBOUNDED)
+    }
+
+    /// A builder that keeps within `limits`; its samples are drawn with a
+    /// seed of the model name, so the same stream builds the same baseline.
+    pub fn with_limits(model: &str, limits: BuildLimits) -> BaselineBuilder {
         BaselineBuilder {
+            limits,
+            rng: SmallRng::seed_from_u64(xxhash_rust::xxh3::xxh3_64(model.as_bytes())),
             model: model.to_owned(),
             events: 0,
             features: Vec::new(),
@@ -909,7 +1029,7 @@ impl BaselineBuilder {
             // Bounded like the window: a batch stands for at most 2^32 events.
             let n = (*n).min(u64::from(u32::MAX));
             self.batch_prediction.seen_events += n;
-            self.batch_prediction.add_cat_n(label, n);
+            self.batch_prediction.add_cat_n(label, n, &self.limits);
             self.batch_events = self.batch_events.saturating_add(n);
         }
     }
@@ -926,13 +1046,15 @@ impl BaselineBuilder {
                 Some(i) => i,
                 // Stages per line are capped by the decoder; this caps the
                 // union over a hostile file.
-                None if self.latency.len() < 32 => {
+                None if self.latency.len() < MAX_STAGES_WHILE_BUILDING => {
                     self.latency.push((name.to_string(), FeatureAcc::default()));
                     self.latency.len() - 1
                 }
                 None => continue,
             };
-            self.latency[i].1.add(&FeatureValue::Num(*ms));
+            self.latency[i]
+                .1
+                .add(&FeatureValue::Num(*ms), &self.limits, &mut self.rng);
         }
     }
 
@@ -940,12 +1062,19 @@ impl BaselineBuilder {
         self.events
     }
 
+    /// Accumulators held: one per feature and latency stage, and the
+    /// prediction, confidence and batch classes. A bounded builder's memory
+    /// is at most this many [`BuildLimits::accumulator_bytes`].
+    pub fn accumulators(&self) -> usize {
+        self.features.len() + self.latency.len() + 3
+    }
+
     pub fn add(&mut self, ev: &Event<'_>) {
         self.events += 1;
         for (name, v) in &ev.features {
             let i = match self.index.get(name.as_ref()) {
                 Some(i) => *i,
-                None if self.features.len() < MAX_BUILD_FEATURES => {
+                None if self.features.len() < self.limits.features => {
                     self.features
                         .push((name.to_string(), FeatureAcc::default()));
                     self.index.insert(name.to_string(), self.features.len() - 1);
@@ -956,18 +1085,22 @@ impl BaselineBuilder {
                     continue;
                 }
             };
-            self.features[i].1.add(v);
+            self.features[i].1.add(v, &self.limits, &mut self.rng);
         }
         match &ev.prediction {
             Some(Prediction::Label(l)) => {
                 self.prediction.seen_events += 1;
-                self.prediction.add_cat(l);
+                self.prediction.add_cat(l, &self.limits);
             }
-            Some(Prediction::Value(x)) => self.prediction.add(&FeatureValue::Num(*x)),
+            Some(Prediction::Value(x)) => {
+                self.prediction
+                    .add(&FeatureValue::Num(*x), &self.limits, &mut self.rng)
+            }
             None => {}
         }
         if let Some(c) = ev.confidence {
-            self.confidence.add(&FeatureValue::Num(c));
+            self.confidence
+                .add(&FeatureValue::Num(c), &self.limits, &mut self.rng);
         }
         self.add_stages(&ev.stages);
     }

@@ -77,6 +77,27 @@ impl Default for ExperimentConfig {
     }
 }
 
+impl ExperimentConfig {
+    /// The most one (model, arm)'s counts take on the heap: its panes, each
+    /// with a count per action (`max_actions`, at most 14, plus `other`).
+    pub fn arm_bytes(&self) -> usize {
+        let actions = self.max_actions.min(14) + 1;
+        let pane = std::mem::size_of::<Pane>() + actions * 8;
+        std::mem::size_of::<ArmStats>() + self.panes * pane + 64
+    }
+
+    /// The most the feedback join takes at its caps: `max_pending`
+    /// predictions and `max_early` feedback lines, each a hash-map entry
+    /// (allowing for the map's spare capacity, up to twice its length) and
+    /// an eviction-order entry.
+    pub fn join_bytes(&self) -> usize {
+        let map = |entry: usize| 2 * (entry + 1);
+        let order = 2 * std::mem::size_of::<(u64, u64)>();
+        self.max_pending * (map(std::mem::size_of::<(u64, Pending)>()) + order)
+            + self.max_early * (map(std::mem::size_of::<(u64, Early)>()) + order)
+    }
+}
+
 /// What the join did, counted; exported per evaluation.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct JoinStats {
@@ -255,13 +276,20 @@ impl Experiments {
         (self.pending.len(), self.early.len())
     }
 
-    fn arm_id(&mut self, model: &str, arm: &str, t_ms: i64) -> Option<u32> {
+    fn arm_id(
+        &mut self,
+        model: &str,
+        arm: &str,
+        t_ms: i64,
+        admit: &mut dyn FnMut() -> bool,
+    ) -> Option<u32> {
         if let Some(id) = self.arm_ids.get(&(model.into(), arm.into())) {
             return Some(*id);
         }
         let arms_of_model = self.arms_per_model.get(model).copied().unwrap_or(0);
         if (arms_of_model == 0 && self.arms_per_model.len() >= self.cfg.max_models)
             || arms_of_model >= self.cfg.max_arms_per_model
+            || !admit()
         {
             return None;
         }
@@ -340,14 +368,23 @@ impl Experiments {
         }
     }
 
-    /// A prediction of `model` (and `arm`) with a request id, at event time `t_ms`.
-    pub fn prediction(&mut self, model: &str, arm: Option<&str>, request: u64, t_ms: i64) {
+    /// A prediction of `model` (and `arm`) with a request id, at event time
+    /// `t_ms`. A (model, arm) without counts yet gets them only if `admit`
+    /// agrees (the engine's memory budget); else it is refused (counted).
+    pub fn prediction(
+        &mut self,
+        model: &str,
+        arm: Option<&str>,
+        request: u64,
+        t_ms: i64,
+        admit: &mut dyn FnMut() -> bool,
+    ) {
         if !self.cfg.enabled {
             return;
         }
         self.watermark = self.watermark.max(t_ms);
         self.expire();
-        let Some(id) = self.arm_id(model, arm.unwrap_or(""), t_ms) else {
+        let Some(id) = self.arm_id(model, arm.unwrap_or(""), t_ms, admit) else {
             self.stats.refused += 1;
             return;
         };
@@ -587,6 +624,11 @@ impl Experiments {
     }
 
     /// Whether `model` has any arm tracked.
+    /// (model, arm) pairs with counts.
+    pub fn arm_count(&self) -> usize {
+        self.arms.len()
+    }
+
     pub fn has_model(&self, model: &str) -> bool {
         self.arms.values().any(|a| *a.model == *model)
     }
@@ -761,7 +803,7 @@ mod tests {
         for i in 0..4000u64 {
             let t = T0 + i as i64 * 100;
             let arm = if i % 2 == 0 { "control" } else { "variant" };
-            x.prediction("recsys-v3", Some(arm), req(i), t);
+            x.prediction("recsys-v3", Some(arm), req(i), t, &mut || true);
             let clicks = if arm == "control" {
                 i % 20 < 6
             } else {
@@ -813,9 +855,9 @@ mod tests {
         let mut x = Experiments::new(ExperimentConfig::default());
         x.feedback(req(1), "clicked_on_item", T0);
         x.feedback(req(1), "clicked_on_item", T0 + 1);
-        x.prediction("m", Some("control"), req(1), T0 + 2);
+        x.prediction("m", Some("control"), req(1), T0 + 2, &mut || true);
         x.feedback(req(1), "clicked_on_item", T0 + 3);
-        x.prediction("m", Some("control"), req(1), T0 + 4);
+        x.prediction("m", Some("control"), req(1), T0 + 4, &mut || true);
         assert_eq!(x.stats.joined_early, 1);
         assert_eq!(x.stats.duplicate_predictions, 1);
         assert_eq!(x.stats.duplicate_feedback, 2);
@@ -833,7 +875,7 @@ mod tests {
         };
         let mut x = Experiments::new(cfg);
         for i in 0..1000 {
-            x.prediction("m", None, req(i), T0);
+            x.prediction("m", None, req(i), T0, &mut || true);
         }
         assert_eq!(x.waiting().0, 100);
         assert_eq!(x.stats.pending_evicted, 900);
@@ -843,7 +885,7 @@ mod tests {
         assert_eq!(x.waiting().1, 10);
         assert_eq!(x.stats.early_evicted, 90);
         // Two hours later everything waiting has expired.
-        x.prediction("m", None, req(99_999), T0 + 7_200_000);
+        x.prediction("m", None, req(99_999), T0 + 7_200_000, &mut || true);
         assert_eq!(x.waiting(), (1, 0));
         assert_eq!(x.stats.early_expired, 10);
         // A feedback for an expired prediction waits as early feedback.
@@ -860,7 +902,7 @@ mod tests {
         };
         let mut x = Experiments::new(cfg);
         for i in 0..10 {
-            x.prediction("m", Some(&format!("arm{i}")), req(i), T0);
+            x.prediction("m", Some(&format!("arm{i}")), req(i), T0, &mut || true);
             x.feedback(req(i), &format!("action{i}"), T0);
         }
         assert_eq!(x.stats.refused, 8);

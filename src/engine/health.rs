@@ -126,6 +126,20 @@ impl Default for HealthConfig {
     }
 }
 
+impl HealthConfig {
+    /// The most one model's health state takes on the heap (a first bound,
+    /// superseded by the histogram rework): the pane ring, and a latency
+    /// sketch of up to 512 bins per stage and pane.
+    pub fn model_bytes(&self) -> usize {
+        let history = self.panes * (1 + self.reference_windows);
+        history * (64 + self.max_stages * 16)
+            + self.max_stages * self.panes * (512 * 8 + 128)
+            + self.max_error_types * 64
+            + self.max_batch_stats * 64
+            + 4096
+    }
+}
+
 /// Counters of what the caps refused; exported per evaluation.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct HealthStats {

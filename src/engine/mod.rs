@@ -13,6 +13,7 @@ pub mod decode;
 pub mod detect;
 pub mod experiment;
 pub mod health;
+pub mod memory;
 mod pipeline;
 pub mod threshold;
 pub mod time;
@@ -20,6 +21,6 @@ pub mod window;
 
 pub use pipeline::{
     ArmDivergence, AutoBaseline, Engine, EngineConfig, EngineStats, FeatureReport, ModelReport,
-    ModelState, Outcome, Report, ScoreMap, Tracked, VerdictReport, WindowReport,
+    ModelState, Outcome, Report, ScoreMap, Tracked, VerdictReport, WindowReport, DEFAULT_MAX_PANES,
     SIMULATIONS_PER_EVALUATION,
 };

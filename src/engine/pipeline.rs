@@ -15,7 +15,7 @@ use rustc_hash::FxHashMap;
 
 use serde::Serialize;
 
-use crate::engine::baseline::{Baseline, BaselineBuilder, Binning, Layout, SlotRole};
+use crate::engine::baseline::{Baseline, BaselineBuilder, Binning, BuildLimits, Layout, SlotRole};
 use crate::engine::compare::{self, CompareOptions, Metric, Scores};
 use crate::engine::decode::{
     DecodeConfig, DecodeStats, Decoded, Decoder, Event, EventTime, FeatureValue, Prediction,
@@ -25,7 +25,9 @@ use crate::engine::detect::{
     AutoThresholds, DetectConfig, Rule, State, Thresholds, Transition, Verdict,
 };
 use crate::engine::experiment::{ExperimentConfig, ExperimentReport, Experiments};
+use crate::engine::health::version_base;
 use crate::engine::health::{Health, HealthConfig, HealthReport, Observation};
+use crate::engine::memory::{self, human, Budget, Plan};
 use crate::engine::threshold::{self, NullCache, Quantiles};
 use crate::engine::window::{Inserted, Window, WindowSpec, WindowState};
 
@@ -56,6 +58,12 @@ pub struct EngineConfig {
     pub health: HealthConfig,
     /// The feedback join and arm comparison.
     pub experiments: ExperimentConfig,
+    /// Panes per window at most: a longer window gets longer panes
+    /// ([`WindowSpec::capped`]), so memory does not grow with its length.
+    pub max_panes: usize,
+    /// Bytes the engine's state may take (see [`crate::engine::memory`]);
+    /// `None`: no limit.
+    pub max_memory: Option<usize>,
 }
 
 impl Default for EngineConfig {
@@ -73,15 +81,134 @@ impl Default for EngineConfig {
             auto_baseline: None,
             health: HealthConfig::default(),
             experiments: ExperimentConfig::default(),
+            max_panes: DEFAULT_MAX_PANES,
+            max_memory: None,
         }
     }
 }
+
+impl EngineConfig {
+    /// The bound of one drift window on `bins` bins in `slots`
+    /// distributions, with its verdicts, scores and cached thresholds.
+    fn tracked_bytes(&self, bins: usize, slots: usize) -> usize {
+        memory::tracked_bytes(
+            bins,
+            slots,
+            self.window.panes(),
+            self.decode.max_features,
+            self.detect.rules.len(),
+        )
+    }
+
+    /// A model's drift state without its arms: its window, its latency
+    /// window (when the baseline has stages) and its bookkeeping.
+    pub fn model_bytes(&self, layout: &Layout) -> usize {
+        let latency = Layout::latency_shape(&layout.baseline)
+            .map_or(0, |(bins, slots)| self.tracked_bytes(bins, slots));
+        self.tracked_bytes(layout.total_bins, layout.slots.len()) + latency + 512
+    }
+
+    /// One arm's window of a model.
+    pub fn arm_bytes(&self, layout: &Layout) -> usize {
+        self.tracked_bytes(layout.total_bins, layout.slots.len())
+    }
+
+    /// One model's health state.
+    pub fn health_bytes(&self) -> usize {
+        self.health.model_bytes()
+    }
+
+    /// One (model, arm)'s feedback counts.
+    pub fn arm_stats_bytes(&self) -> usize {
+        self.experiments.arm_bytes()
+    }
+
+    /// One feature (or stage) of an automatic baseline being collected; a
+    /// collection reserves this per feature as its features appear.
+    pub fn collecting_bytes(&self) -> usize {
+        BuildLimits::sampled(self.decode.max_features, &self.binning).accumulator_bytes()
+    }
+
+    /// What the engine may hold with these baselines loaded: every baselined
+    /// model at the worst case (all panes full, every arm up to the cap), their
+    /// health and feedback counts, the feedback join at its caps, and the
+    /// automatic baselines being collected. Models beyond (new versions,
+    /// automatic baselines) are admitted at run time while the budget allows.
+    pub fn memory_plan(&self, layouts: &[&Layout]) -> Plan {
+        let cfg = self;
+        let mut p = Plan::default();
+        let panes = cfg.window.panes();
+        let n = layouts.len();
+        let windows: usize = layouts.iter().map(|l| cfg.model_bytes(l)).sum();
+        let bins: usize = layouts.iter().map(|l| l.total_bins).sum();
+        p.push(
+            "drift windows",
+            format!(
+                "{n} baselines, {bins} bins in all, × {panes} panes × 4 B, with latency windows"
+            ),
+            windows,
+        );
+        if cfg.per_arm && cfg.max_arms_per_model > 0 {
+            let arms: usize = layouts.iter().map(|l| cfg.arm_bytes(l)).sum();
+            p.push(
+                "arm windows",
+                format!(
+                    "{} arms per model at most × the model's window",
+                    cfg.max_arms_per_model
+                ),
+                arms * cfg.max_arms_per_model,
+            );
+        }
+        if cfg.health.enabled {
+            p.push(
+                "health",
+                format!(
+                    "{n} models × {} B (panes, latency histograms)",
+                    cfg.health_bytes()
+                ),
+                n * cfg.health_bytes(),
+            );
+        }
+        if cfg.experiments.enabled {
+            let arms = n * cfg.max_arms_per_model.max(1);
+            p.push(
+                "feedback counts",
+                format!("{arms} (model, arm) pairs × {} B", cfg.arm_stats_bytes()),
+                arms * cfg.arm_stats_bytes(),
+            );
+            p.push(
+                "feedback join",
+                format!(
+                    "{} predictions and {} feedback lines waiting at most",
+                    cfg.experiments.max_pending, cfg.experiments.max_early
+                ),
+                cfg.experiments.join_bytes(),
+            );
+        }
+        if cfg.auto_baseline.is_some() {
+            p.push(
+                "automatic baselines being collected",
+                format!(
+                    "within the budget, {} per feature of each (a sample of its values)",
+                    human(cfg.collecting_bytes())
+                ),
+                0,
+            );
+        }
+        p
+    }
+}
+
+/// Panes per window unless configured (`window.max_panes`): a 10-minute
+/// window of 30 s panes has 20; a day window gets 24-minute panes.
+pub const DEFAULT_MAX_PANES: usize = 60;
 
 impl EngineConfig {
     /// Aligns the health and experiment windows with the drift window (same
     /// length and panes when it is a time window) and their caps with the
     /// engine's. Call after changing `window` or the caps.
     pub fn align(&mut self) {
+        self.window = self.window.capped(self.max_panes).0;
         if let WindowSpec::Time { length_ms, pane_ms } = self.window {
             for (p, n) in [
                 (&mut self.health.pane_ms, &mut self.health.panes),
@@ -116,6 +243,9 @@ pub struct EngineStats {
     pub auto_baselines: u64,
     /// Batch-statistics class counts added to prediction distributions.
     pub batch_class_counts: u64,
+    /// Lines whose model, arm, health state or automatic baseline would
+    /// have passed the memory budget (`limits.max_memory`): not tracked.
+    pub memory_refused: u64,
 }
 
 /// What happened to one line.
@@ -177,6 +307,8 @@ pub struct ModelState {
     pub sources: Vec<u32>,
     /// A source was not remembered ([`MAX_SOURCES`] reached).
     pub sources_overflow: bool,
+    /// Bytes reserved for this model's windows, its arms' included.
+    reserved: usize,
 }
 
 impl ModelState {
@@ -208,8 +340,9 @@ pub struct Engine {
     decoder: Decoder,
     layouts: FxHashMap<Box<str>, Arc<Layout>>,
     models: FxHashMap<Box<str>, ModelState>,
-    /// Models collecting an automatic baseline, with when they were last seen.
-    collecting: FxHashMap<Box<str>, (BaselineBuilder, i64)>,
+    /// Models collecting an automatic baseline, with when they were last
+    /// seen and the bytes reserved for them.
+    collecting: FxHashMap<Box<str>, (BaselineBuilder, i64, usize)>,
     pub stats: EngineStats,
     /// Reused per event: the flat bins of the event being inserted.
     scratch: Vec<u32>,
@@ -223,11 +356,18 @@ pub struct Engine {
     /// Transitions made outside an evaluation (resolves of forgotten
     /// models), handed out by the next one.
     pending: Vec<Transition>,
+    /// What the state may take, and what it takes (reserved bounds).
+    budget: Budget,
+    /// Models with a baseline per lineage (see `health::version_base`): a
+    /// new version of a model with a baseline is tracked for its health,
+    /// so its deploy is judged, before it has a baseline of its own.
+    lineages: FxHashMap<Box<str>, u32>,
 }
 
 impl Engine {
     pub fn new(mut cfg: EngineConfig, baselines: Vec<Baseline>) -> Engine {
         cfg.align();
+        let cfg_max_memory = cfg.max_memory;
         let decoder = Decoder::new(cfg.decode.clone());
         let mut e = Engine {
             health: Health::new(cfg.health.clone()),
@@ -243,6 +383,8 @@ impl Engine {
             stats: EngineStats::default(),
             scratch: Vec::new(),
             source: None,
+            budget: Budget::new(cfg_max_memory),
+            lineages: FxHashMap::default(),
         };
         for b in baselines {
             e.set_baseline(b);
@@ -260,6 +402,14 @@ impl Engine {
     pub fn set_baseline(&mut self, b: Baseline) {
         let name: Box<str> = b.model.as_str().into();
         let layout = Arc::new(Layout::new(b));
+        if !self.refit(&name, &layout) {
+            // Its windows on the new bins would pass the budget: they start
+            // again when the model is next seen, if they fit then.
+            self.stats.memory_refused += 1;
+            self.forget(&name, 0, |m| {
+                format!("{m}: its new baseline does not fit the memory budget")
+            });
+        }
         if let Some(m) = self.models.get_mut(&name) {
             let same_bins = m.layout.slots.len() == layout.slots.len()
                 && m.layout
@@ -304,8 +454,29 @@ impl Engine {
             m.latency = latency;
             m.layout = layout.clone();
         }
-        self.collecting.remove(&name);
+        if let Some((_, _, reserved)) = self.collecting.remove(&name) {
+            self.budget.release(reserved);
+        }
+        if !self.layouts.contains_key(&name) {
+            *self.lineages.entry(version_base(&name).into()).or_default() += 1;
+        }
         self.layouts.insert(name, layout);
+    }
+
+    /// Moves a tracked model's reservation to its windows on `layout`;
+    /// false when they do not fit (the old reservation is released).
+    fn refit(&mut self, name: &str, layout: &Layout) -> bool {
+        let Some(m) = self.models.get_mut(name) else {
+            return true;
+        };
+        let bytes = self.cfg.model_bytes(layout) + m.arms.len() * self.cfg.arm_bytes(layout);
+        self.budget.release(m.reserved);
+        m.reserved = 0;
+        if !self.budget.try_reserve(bytes) {
+            return false;
+        }
+        m.reserved = bytes;
+        true
     }
 
     /// Makes `loaded` the baselines in force (a reload of the baselines
@@ -337,8 +508,67 @@ impl Engine {
 
     /// Drops a model's baseline and its windows.
     pub fn remove_baseline(&mut self, model: &str) {
-        self.layouts.remove(model);
-        self.models.remove(model);
+        if self.layouts.remove(model).is_some() {
+            let base = version_base(model);
+            if let Some(n) = self.lineages.get_mut(base) {
+                *n -= 1;
+                if *n == 0 {
+                    self.lineages.remove(base);
+                }
+            }
+        }
+        if let Some(m) = self.models.remove(model) {
+            self.budget.release(m.reserved);
+        }
+    }
+
+    /// Whether a model's health and feedback are tracked: it has a baseline
+    /// (or is collecting one), or it is a new version of a model that has
+    /// one (so its deploy is judged). Any other model costs counters only:
+    /// a stream of junk model ids cannot fill memory.
+    fn tracks(&self, model: &str) -> bool {
+        self.layouts.contains_key(model)
+            || self.collecting.contains_key(model)
+            || self.lineages.contains_key(version_base(model))
+    }
+
+    /// Admits a model to the health analysis, within the budget.
+    fn admit_health(&mut self, model: &str) -> bool {
+        if self.health.model(model).is_some() {
+            return true;
+        }
+        if !self.cfg.health.enabled || !self.tracks(model) {
+            return false;
+        }
+        if self.budget.try_reserve(self.cfg.health_bytes()) {
+            return true;
+        }
+        self.stats.memory_refused += 1;
+        false
+    }
+
+    /// Counts a line in the model's health, if it is tracked.
+    fn observe_health(
+        &mut self,
+        model: &str,
+        service: Option<&str>,
+        t_ms: i64,
+        o: Observation<'_, '_>,
+    ) {
+        if !self.admit_health(model) {
+            return;
+        }
+        let had = self.health.model(model).is_some();
+        self.health.observe(model, service, t_ms, o);
+        if !had && self.health.model(model).is_none() {
+            // The health caps refused it after all.
+            self.budget.release(self.cfg.health_bytes());
+        }
+    }
+
+    /// Bytes reserved for the engine's state, and the limit.
+    pub fn memory(&self) -> (usize, Option<usize>) {
+        (self.budget.used(), self.budget.limit())
     }
 
     /// The version of the model's baseline in force, if it has one.
@@ -408,7 +638,7 @@ impl Engine {
                 // Health and the join file by event time too, but never in
                 // a pane ahead of now: that would overwrite live panes.
                 let th = t_ms.min(now_ms);
-                self.health.observe(
+                self.observe_health(
                     &ev.model,
                     ev.service.as_deref(),
                     th,
@@ -422,8 +652,7 @@ impl Engine {
                     },
                 );
                 if let Some(r) = ev.request_id {
-                    self.experiments
-                        .prediction(&ev.model, ev.arm.as_deref(), r, th);
+                    self.predicted(&ev.model, ev.arm.as_deref(), r, th);
                 }
                 let out = self.insert(ev, t_ms, now_ms);
                 // A collected event's stages went into its automatic
@@ -437,6 +666,24 @@ impl Engine {
             Decoded::Skipped(_) => Outcome::Skipped,
             Decoded::Rejected(_) => Outcome::Rejected,
         }
+    }
+
+    /// A prediction with a request id, for the feedback join: counted for
+    /// tracked models, a new (model, arm) only within the budget.
+    fn predicted(&mut self, model: &str, arm: Option<&str>, request: u64, t_ms: i64) {
+        let tracked = self.tracks(model);
+        let bytes = self.cfg.arm_stats_bytes();
+        let (budget, stats) = (&mut self.budget, &mut self.stats);
+        let mut admit = || {
+            if !tracked {
+                return false;
+            }
+            let ok = budget.try_reserve(bytes);
+            stats.memory_refused += u64::from(!ok);
+            ok
+        };
+        self.experiments
+            .prediction(model, arm, request, t_ms, &mut admit);
     }
 
     fn record(&mut self, r: &Record<'_>, t_ms: i64, now_ms: i64) -> Outcome {
@@ -453,7 +700,7 @@ impl Engine {
                     stages: &r.stages,
                     ..Observation::default()
                 };
-                self.health.observe(m, r.service.as_deref(), th, o);
+                self.observe_health(m, r.service.as_deref(), th, o);
                 self.add_latency(m, &r.stages, t_ms);
             }
             (RecordKind::Error, Some(m)) => {
@@ -463,16 +710,18 @@ impl Engine {
                     error_type: r.error_type.as_deref(),
                     stages: &r.stages,
                 };
-                self.health.observe(m, r.service.as_deref(), th, o);
+                self.observe_health(m, r.service.as_deref(), th, o);
             }
             (RecordKind::BatchStats, Some(m)) => {
-                self.health.observe_batch(
-                    m,
-                    r.service.as_deref(),
-                    th,
-                    &r.input_stats,
-                    r.avg_confidence,
-                );
+                if self.admit_health(m) {
+                    self.health.observe_batch(
+                        m,
+                        r.service.as_deref(),
+                        th,
+                        &r.input_stats,
+                        r.avg_confidence,
+                    );
+                }
                 self.add_class_counts(m, &r.class_counts, t_ms);
             }
             (_, None) => {}
@@ -488,6 +737,11 @@ impl Engine {
                 self.stats.models_refused += 1;
                 return None;
             }
+            let reserved = self.cfg.model_bytes(&layout);
+            if !self.budget.try_reserve(reserved) {
+                self.stats.memory_refused += 1;
+                return None;
+            }
             let rules = self.cfg.detect.rules.len();
             self.models.insert(
                 model.into(),
@@ -501,6 +755,7 @@ impl Engine {
                     last_event_ms: t_ms,
                     sources: Vec::new(),
                     sources_overflow: false,
+                    reserved,
                 },
             );
         }
@@ -510,8 +765,9 @@ impl Engine {
     /// Counts stage latencies in the model's latency window (and in an
     /// automatic baseline being collected).
     fn add_latency(&mut self, model: &str, stages: &[(std::borrow::Cow<'_, str>, f64)], t_ms: i64) {
-        if let Some((b, _)) = self.collecting.get_mut(model) {
+        if let Some((b, _, _)) = self.collecting.get_mut(model) {
             b.add_stages(stages);
+            self.reserve_collection(model);
             return;
         }
         let source = self.source;
@@ -623,11 +879,18 @@ impl Engine {
             let idx = match m.arms.iter().position(|(a, _)| **a == *arm) {
                 Some(i) => Some(i),
                 None if m.arms.len() < cfg.max_arms_per_model => {
-                    m.arms.push((
-                        arm.into(),
-                        Tracked::new(m.layout.clone(), cfg.window, cfg.detect.rules.len()),
-                    ));
-                    Some(m.arms.len() - 1)
+                    let bytes = cfg.arm_bytes(&m.layout);
+                    if self.budget.try_reserve(bytes) {
+                        m.reserved += bytes;
+                        m.arms.push((
+                            arm.into(),
+                            Tracked::new(m.layout.clone(), cfg.window, cfg.detect.rules.len()),
+                        ));
+                        Some(m.arms.len() - 1)
+                    } else {
+                        self.stats.memory_refused += 1;
+                        None
+                    }
                 }
                 None => {
                     self.stats.arms_refused += 1;
@@ -647,26 +910,61 @@ impl Engine {
             self.stats.no_baseline += 1;
             return Outcome::NoBaseline;
         };
+        let after = auto.after_events;
         let model = ev.model.as_ref();
         if !self.collecting.contains_key(model) {
             if self.collecting.len() + self.layouts.len() >= self.cfg.max_models {
                 self.stats.models_refused += 1;
                 return Outcome::Refused;
             }
-            self.collecting
-                .insert(model.into(), (BaselineBuilder::new(model), now_ms));
+            let limits = self.build_limits();
+            self.collecting.insert(
+                model.into(),
+                (BaselineBuilder::with_limits(model, limits), now_ms, 0),
+            );
         }
-        let (b, seen) = self.collecting.get_mut(model).expect("inserted above");
+        let (b, seen, _) = self.collecting.get_mut(model).expect("inserted above");
         b.add(ev);
         *seen = now_ms;
-        if b.events() >= auto.after_events {
-            let (b, _) = self.collecting.remove(model).expect("present");
+        if !self.reserve_collection(model) {
+            return Outcome::Refused;
+        }
+        let (b, _, _) = self.collecting.get_mut(model).expect("kept");
+        if b.events() >= after {
+            let (b, _, reserved) = self.collecting.remove(model).expect("present");
+            self.budget.release(reserved);
             if let Ok(baseline) = b.finish(&self.cfg.binning, "auto", now_ms) {
                 self.stats.auto_baselines += 1;
                 self.set_baseline(baseline);
             }
         }
         Outcome::Collected
+    }
+
+    fn build_limits(&self) -> BuildLimits {
+        BuildLimits::sampled(self.cfg.decode.max_features, &self.cfg.binning)
+    }
+
+    /// Keeps a collection's reservation up with its accumulators (each new
+    /// feature or stage reserves its bound); a collection that no longer
+    /// fits the budget is dropped, and false returned.
+    fn reserve_collection(&mut self, model: &str) -> bool {
+        let per = self.build_limits().accumulator_bytes();
+        let Some((b, _, reserved)) = self.collecting.get_mut(model) else {
+            return false;
+        };
+        let need = b.accumulators() * per;
+        if need <= *reserved {
+            return true;
+        }
+        if self.budget.try_reserve(need - *reserved) {
+            *reserved = need;
+            return true;
+        }
+        let (_, _, reserved) = self.collecting.remove(model).expect("present");
+        self.budget.release(reserved);
+        self.stats.memory_refused += 1;
+        false
     }
 
     /// Baselines captured automatically and not yet handed out (the daemon
@@ -739,10 +1037,24 @@ impl Engine {
     /// and unfinished automatic baselines of models gone quiet, so a burst of
     /// junk model ids cannot hold the `max_models` slots forever.
     pub fn expire_idle(&mut self, now_ms: i64, idle_ms: i64) -> Vec<Arc<str>> {
-        self.collecting
-            .retain(|_, (_, seen)| now_ms - *seen <= idle_ms);
+        let mut freed = 0;
+        self.collecting.retain(|_, (_, seen, reserved)| {
+            let keep = now_ms - *seen <= idle_ms;
+            if !keep {
+                freed += *reserved;
+            }
+            keep
+        });
+        let (models, arm_stats) = (self.health.models().count(), self.experiments.arm_count());
         let health = self.health.expire_idle(now_ms, idle_ms);
         let arms = self.experiments.expire_idle(now_ms, idle_ms);
+        // What went away gives its reservation back.
+        let cfg = &self.cfg;
+        self.budget.release(
+            freed
+                + (models - self.health.models().count()) * cfg.health_bytes()
+                + (arm_stats - self.experiments.arm_count()) * cfg.arm_stats_bytes(),
+        );
         self.pending.extend(health);
         self.pending.extend(arms);
         // What the last evaluation reported about them goes too.
@@ -792,6 +1104,7 @@ impl Engine {
         why: impl Fn(&str) -> String,
     ) -> Option<Arc<str>> {
         let m = self.models.remove(name)?;
+        self.budget.release(m.reserved);
         let cfg = &self.cfg;
         let windows = std::iter::once((None, &m.all))
             .chain(m.latency.iter().map(|t| (None, t)))
@@ -950,20 +1263,33 @@ impl Engine {
             (WindowSpec::Time { pane_ms, .. }, Some(h)) => (h + 1) * pane_ms - 1,
             _ => saved_at_ms,
         };
-        let m = self
-            .models
-            .entry(model.into())
-            .or_insert_with(|| ModelState {
-                name: model.into(),
-                all: Tracked::new(layout.clone(), spec, rules),
-                latency: latency_tracked(&layout, spec, rules),
-                layout: layout.clone(),
-                arms: Vec::new(),
-                events: 0,
-                last_event_ms,
-                sources: Vec::new(),
-                sources_overflow: false,
-            });
+        if !self.models.contains_key(model) {
+            if self.models.len() >= self.cfg.max_models {
+                return Err("limits.max_models reached".into());
+            }
+            let reserved = self.cfg.model_bytes(&layout);
+            if !self.budget.try_reserve(reserved) {
+                self.stats.memory_refused += 1;
+                return Err("the memory budget (limits.max_memory) is full".into());
+            }
+            self.models.insert(
+                model.into(),
+                ModelState {
+                    name: model.into(),
+                    all: Tracked::new(layout.clone(), spec, rules),
+                    latency: latency_tracked(&layout, spec, rules),
+                    layout: layout.clone(),
+                    arms: Vec::new(),
+                    events: 0,
+                    last_event_ms,
+                    sources: Vec::new(),
+                    sources_overflow: false,
+                    reserved,
+                },
+            );
+        }
+        let arm_bytes = self.cfg.arm_bytes(&layout);
+        let m = self.models.get_mut(model).expect("inserted above");
         m.last_event_ms = m.last_event_ms.max(last_event_ms);
         let t = match arm {
             None => &mut m.all,
@@ -973,6 +1299,13 @@ impl Engine {
                     if m.arms.len() >= self.cfg.max_arms_per_model {
                         return Err(format!("arm cap reached, arm {a:?} not restored"));
                     }
+                    if !self.budget.try_reserve(arm_bytes) {
+                        self.stats.memory_refused += 1;
+                        return Err(format!(
+                            "the memory budget (limits.max_memory) is full, arm {a:?} not restored"
+                        ));
+                    }
+                    m.reserved += arm_bytes;
                     m.arms.push((a.into(), Tracked::new(layout, spec, rules)));
                     &mut m.arms.last_mut().expect("pushed").1
                 }

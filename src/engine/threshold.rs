@@ -332,28 +332,56 @@ fn total(counts: &[u64]) -> u64 {
     counts.iter().fold(0u64, |a, &c| a.saturating_add(c))
 }
 
-/// The cache of simulated quantiles of one model's distributions.
+/// The cache of simulated quantiles of one window's distributions: per
+/// distribution, the few sample-size buckets seen last. A window's size
+/// moves slowly, so a handful covers it, and a bounded cache keeps a
+/// window's memory known before start (a replay that grows a window from 100
+/// to a million samples visits 40 buckets); an evicted bucket seen again is
+/// simulated again, with the same seeded draws, so the same quantiles.
 #[derive(Debug, Default)]
 pub struct NullCache {
-    entries: FxHashMap<(u32, u16), Quantiles>,
+    entries: FxHashMap<u32, Vec<(u16, Quantiles)>>,
 }
+
+/// Buckets cached per distribution.
+pub const NULL_BUCKETS_PER_SLOT: usize = 4;
 
 impl NullCache {
     pub fn get(&self, slot: usize, bucket: u16) -> Option<&Quantiles> {
-        self.entries.get(&(slot as u32, bucket))
+        self.entries
+            .get(&(slot as u32))?
+            .iter()
+            .find(|(b, _)| *b == bucket)
+            .map(|(_, q)| q)
     }
 
+    /// Caches `q`; when the distribution has [`NULL_BUCKETS_PER_SLOT`]
+    /// already, the one farthest from `bucket` goes.
     pub fn insert(&mut self, slot: usize, bucket: u16, q: Quantiles) {
-        self.entries.insert((slot as u32, bucket), q);
+        let v = self.entries.entry(slot as u32).or_default();
+        if let Some(e) = v.iter_mut().find(|(b, _)| *b == bucket) {
+            e.1 = q;
+            return;
+        }
+        if v.len() >= NULL_BUCKETS_PER_SLOT {
+            if let Some(far) = (0..v.len()).max_by_key(|&i| v[i].0.abs_diff(bucket)) {
+                v.swap_remove(far);
+            }
+        }
+        v.push((bucket, q));
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.values().map(Vec::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
+
+    /// The most one distribution's entries take on the heap.
+    pub const BYTES_PER_SLOT: usize =
+        NULL_BUCKETS_PER_SLOT * std::mem::size_of::<(u16, Quantiles)>() + 48;
 
     /// Drops everything: the baseline changed.
     pub fn clear(&mut self) {

@@ -5,15 +5,19 @@
 //! baseline's flat bin layout ([`Layout`]), and the window keeps running
 //! totals. An event costs one increment per distribution (O(1) per feature);
 //! when time moves past a pane, its row is subtracted from the totals and
-//! reused. Memory is `panes x bins x 4 bytes` per window whatever the event
-//! rate, and nothing here reads a clock: time comes in as a parameter.
+//! freed. A row is allocated at its pane's first count, so memory is at most
+//! `panes x bins x 4 bytes` per window whatever the event rate, and an empty
+//! pane costs nothing ([`Window::bytes_bound`] states the whole bound).
+//! Evaluation reads the running totals: its cost does not depend on the
+//! number of panes. Nothing here reads a clock: time comes in as a
+//! parameter.
 //!
 //! A count-based window (the last N events) uses the same ring with panes of
 //! `N / panes` events, so it holds the last N events to within one pane.
 
 use std::sync::Arc;
 
-use ndarray::{Array1, Array2};
+use ndarray::Array1;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::baseline::{BinOf, Layout};
@@ -29,6 +33,27 @@ pub enum WindowSpec {
 }
 
 impl WindowSpec {
+    /// The window with at most `max_panes` panes: a time window's pane grows
+    /// to `length / max_panes` (rounded up to a whole second), a count
+    /// window gets fewer, larger panes. Memory is panes x bins, so a day
+    /// window in 30 s panes (2,880 of them) would hold a day of rows per
+    /// model; in 60 panes of 24 minutes it slides in 1.7% steps instead.
+    /// Returns the window and whether it changed.
+    pub fn capped(self, max_panes: usize) -> (WindowSpec, bool) {
+        let max = max_panes.max(1);
+        match self {
+            WindowSpec::Time { length_ms, .. } if self.panes() > max => {
+                let wanted = (length_ms.max(1) as u64).div_ceil(max as u64);
+                let pane_ms = (wanted.div_ceil(1000) * 1000) as i64;
+                (WindowSpec::Time { length_ms, pane_ms }, true)
+            }
+            WindowSpec::Count { events, panes } if panes > max => {
+                (WindowSpec::Count { events, panes: max }, true)
+            }
+            other => (other, false),
+        }
+    }
+
     pub fn panes(&self) -> usize {
         match *self {
             WindowSpec::Time { length_ms, pane_ms } => {
@@ -80,8 +105,13 @@ pub struct Window {
     layout: Arc<Layout>,
     spec: WindowSpec,
     n: usize,
-    /// `n` rows, one per pane, each on the flat bin layout.
-    panes: Array2<u32>,
+    /// `n` rows, one per pane, each on the flat bin layout; a row is
+    /// allocated when its pane gets its first count and freed when the pane
+    /// expires, so empty panes cost nothing.
+    rows: Vec<Vec<u32>>,
+    /// The last freed row, zeroed and reused by the next pane, so a steady
+    /// stream does not allocate a row per pane.
+    spare: Vec<u32>,
     /// Events per pane (each event counts once however many features it has).
     pane_samples: Vec<u64>,
     /// The pane id held by each row; `i64::MIN` for a row not yet used.
@@ -106,7 +136,8 @@ impl Window {
         let bins = layout.total_bins;
         let slots = layout.slots.len();
         Window {
-            panes: Array2::zeros((n, bins)),
+            rows: vec![Vec::new(); n],
+            spare: Vec::new(),
             pane_samples: vec![0; n],
             pane_ids: vec![i64::MIN; n],
             totals: Array1::zeros(bins),
@@ -126,6 +157,32 @@ impl Window {
 
     pub fn layout(&self) -> &Arc<Layout> {
         &self.layout
+    }
+
+    /// The most a window on `bins` bins in `panes` panes can hold on the heap,
+    /// with events of up to `max_features` features: every pane's row, the
+    /// spare row, the totals, the per-pane bookkeeping and the scratch.
+    pub fn bytes_bound(bins: usize, slots: usize, panes: usize, max_features: usize) -> usize {
+        let row = bins * 4;
+        panes * (row + std::mem::size_of::<Vec<u32>>() + 16)
+            + row
+            + bins * 8
+            + slots * 4
+            + max_features * 4
+            + row
+    }
+
+    /// What the window holds on the heap now (at most [`Window::bytes_bound`]).
+    pub fn heap_bytes(&self) -> usize {
+        let rows: usize = self.rows.iter().map(|r| r.capacity() * 4).sum();
+        rows + self.rows.capacity() * std::mem::size_of::<Vec<u32>>()
+            + self.spare.capacity() * 4
+            + self.totals.len() * 8
+            + self.pane_samples.capacity() * 8
+            + self.pane_ids.capacity() * 8
+            + self.stamp.capacity() * 4
+            + self.hint.capacity() * 4
+            + self.scratch.capacity() * 4
     }
 
     pub fn spec(&self) -> WindowSpec {
@@ -177,7 +234,11 @@ impl Window {
         }
         if pane - head >= self.n as i64 {
             // Everything expired at once: cheaper to clear than to walk.
-            self.panes.fill(0);
+            for r in &mut self.rows {
+                if !r.is_empty() {
+                    self.spare = std::mem::take(r);
+                }
+            }
             self.totals.fill(0);
             self.pane_samples.fill(0);
             self.pane_ids.fill(i64::MIN);
@@ -203,11 +264,13 @@ impl Window {
         if self.pane_ids[row] == i64::MIN && self.pane_samples[row] == 0 {
             return;
         }
-        let mut r = self.panes.row_mut(row);
-        for (t, c) in self.totals.iter_mut().zip(r.iter()) {
-            *t -= u64::from(*c);
+        let r = std::mem::take(&mut self.rows[row]);
+        if !r.is_empty() {
+            for (t, c) in self.totals.iter_mut().zip(r.iter()) {
+                *t -= u64::from(*c);
+            }
+            self.spare = r;
         }
-        r.fill(0);
         self.samples -= self.pane_samples[row];
         self.pane_samples[row] = 0;
         self.pane_ids[row] = i64::MIN;
@@ -325,6 +388,19 @@ impl Window {
         Some(row)
     }
 
+    /// A pane's row and the totals, the row allocated (or the spare
+    /// reused) at its pane's first count.
+    fn row_mut(&mut self, row: usize) -> (&mut [u32], &mut [u64]) {
+        let r = &mut self.rows[row];
+        if r.is_empty() {
+            let mut fresh = std::mem::take(&mut self.spare);
+            fresh.clear();
+            fresh.resize(self.layout.total_bins, 0);
+            *r = fresh;
+        }
+        (r, self.totals.as_slice_mut().expect("contiguous"))
+    }
+
     /// Counts one event, given its bins from [`Window::bins_of`] on a window
     /// of the same layout.
     pub fn add(&mut self, t_ms: i64, bins: &[u32]) -> Inserted {
@@ -335,9 +411,7 @@ impl Window {
         self.counters.events += 1;
         self.pane_samples[row] += 1;
         self.samples += 1;
-        let mut pane_row = self.panes.row_mut(row);
-        let pane_row = pane_row.as_slice_mut().expect("rows are contiguous");
-        let totals = self.totals.as_slice_mut().expect("contiguous");
+        let (pane_row, totals) = self.row_mut(row);
         for &i in bins {
             // Indices come from bins_of on this layout: always in range.
             if let (Some(p), Some(t)) = (pane_row.get_mut(i as usize), totals.get_mut(i as usize)) {
@@ -357,9 +431,7 @@ impl Window {
             return Inserted::Late;
         };
         let mut added = 0u64;
-        let mut pane_row = self.panes.row_mut(row);
-        let pane_row = pane_row.as_slice_mut().expect("rows are contiguous");
-        let totals = self.totals.as_slice_mut().expect("contiguous");
+        let (pane_row, totals) = self.row_mut(row);
         for &(i, c) in counts {
             if let (Some(p), Some(t)) = (pane_row.get_mut(i as usize), totals.get_mut(i as usize)) {
                 let c = c.min(u64::from(u32::MAX - *p));
@@ -380,10 +452,10 @@ impl Window {
     pub fn state(&self) -> WindowState {
         let mut panes = Vec::new();
         for row in 0..self.n {
-            if self.pane_ids[row] == i64::MIN || self.pane_samples[row] == 0 {
+            let r = &self.rows[row];
+            if self.pane_ids[row] == i64::MIN || self.pane_samples[row] == 0 || r.is_empty() {
                 continue;
             }
-            let r = self.panes.row(row);
             // Sparse: most bins of a pane are zero-free but many panes are
             // small; store (index, count) pairs only for non-zero bins.
             let counts = r
@@ -427,9 +499,13 @@ impl Window {
             self.pane_ids[row] = p.id;
             self.pane_samples[row] = p.samples;
             self.samples += p.samples;
+            if p.counts.is_empty() {
+                continue;
+            }
+            let (r, totals) = self.row_mut(row);
             for &(i, c) in &p.counts {
-                self.panes[[row, i as usize]] += c;
-                self.totals[i as usize] += u64::from(c);
+                r[i as usize] += c;
+                totals[i as usize] += u64::from(c);
             }
         }
         Ok(())
@@ -512,6 +588,94 @@ mod tests {
         WindowSpec::Time {
             length_ms: 10 * MIN,
             pane_ms: MIN,
+        }
+    }
+
+    #[test]
+    fn long_windows_get_larger_panes_not_more_of_them() {
+        const DAY: i64 = 24 * 60 * MIN;
+        let day = WindowSpec::Time {
+            length_ms: DAY,
+            pane_ms: 30_000,
+        };
+        assert_eq!(day.panes(), 2880);
+        let (capped, changed) = day.capped(60);
+        assert!(changed);
+        assert_eq!(
+            capped,
+            WindowSpec::Time {
+                length_ms: DAY,
+                pane_ms: 24 * MIN
+            }
+        );
+        assert_eq!(capped.panes(), 60);
+        // A length that does not divide: whole seconds, still at most 60.
+        let (odd, _) = WindowSpec::Time {
+            length_ms: 7 * DAY + 1,
+            pane_ms: 30_000,
+        }
+        .capped(60);
+        assert!(odd.panes() <= 60, "{odd:?}");
+        let WindowSpec::Time { pane_ms, .. } = odd else {
+            unreachable!()
+        };
+        assert_eq!(pane_ms % 1000, 0);
+        // Windows within the cap are untouched.
+        assert_eq!(spec().capped(60), (spec(), false));
+        assert_eq!(
+            WindowSpec::Count {
+                events: 1000,
+                panes: 200
+            }
+            .capped(60),
+            (
+                WindowSpec::Count {
+                    events: 1000,
+                    panes: 60
+                },
+                true
+            )
+        );
+    }
+
+    fn bound(w: &Window) -> usize {
+        let l = w.layout();
+        Window::bytes_bound(l.total_bins, l.slots.len(), w.spec().panes(), 16)
+    }
+
+    #[test]
+    fn empty_panes_cost_nothing_and_expired_ones_are_freed() {
+        let mut w = Window::new(layout(), spec());
+        let row = w.layout().total_bins * 4;
+        let e = ev(r#"{"model_id":"m","prediction":"yes","input_features":{"c":"a","x":0.5}}"#);
+        w.insert(&e, 0);
+        // One pane, one row (and the scratch of a first event).
+        let empty = w.heap_bytes() - row;
+        assert!(empty < Window::new(layout(), spec()).heap_bytes() + row);
+        for p in 1..10 {
+            w.insert(&e, p * MIN);
+        }
+        assert_eq!(w.heap_bytes(), empty + 10 * row);
+        assert!(w.heap_bytes() <= bound(&w));
+        // A day later every pane has expired: one spare row is kept.
+        w.advance_to(24 * 60 * MIN);
+        assert_eq!(w.samples(), 0);
+        assert_eq!(w.heap_bytes(), empty + row);
+        // The next pane reuses it.
+        w.insert(&e, 24 * 60 * MIN);
+        assert_eq!(w.heap_bytes(), empty + row);
+        assert_eq!(w.samples(), 1);
+    }
+
+    proptest! {
+        #[test]
+        fn memory_stays_within_the_bound(times in proptest::collection::vec(0i64..40 * MIN, 1..300)) {
+            let mut w = Window::new(layout(), spec());
+            let e = ev(r#"{"model_id":"m","prediction":"yes","input_features":{"c":"b","x":1.5}}"#);
+            for t in times {
+                w.insert(&e, t);
+                prop_assert!(w.heap_bytes() <= bound(&w), "{} > {}", w.heap_bytes(), bound(&w));
+            }
         }
     }
 
