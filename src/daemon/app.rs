@@ -813,6 +813,7 @@ impl Worker {
             eval_seconds,
             transitions,
             reloads: self.reloads,
+            memory: self.engine.memory(),
         };
         self.series.engine.update(&snap);
         self.series.kafka.update(&snap.kafka);

@@ -386,9 +386,14 @@ impl CheckpointStore {
         };
         std::fs::create_dir_all(&self.dir).map_err(werr)?;
         let tmp = self.dir.join(format!(".{FILE_NAME}.tmp"));
-        let body = serde_json::to_vec(cp).map_err(|e| werr(std::io::Error::other(e)))?;
-        let mut f = std::fs::File::create(&tmp).map_err(werr)?;
-        f.write_all(&body).map_err(werr)?;
+        // Streamed to the file: a checkpoint as big as the windows is never
+        // held a second time as text.
+        let f = std::fs::File::create(&tmp).map_err(werr)?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 16, f);
+        serde_json::to_writer(&mut w, cp).map_err(|e| werr(std::io::Error::other(e)))?;
+        w.flush().map_err(werr)?;
+        let f = w.into_inner().map_err(|e| werr(e.into_error()))?;
+        let written = f.metadata().map(|m| m.len()).unwrap_or(0);
         f.sync_all().map_err(werr)?;
         drop(f);
         std::fs::rename(&tmp, &path).map_err(werr)?;
@@ -396,7 +401,7 @@ impl CheckpointStore {
         if let Ok(d) = std::fs::File::open(&self.dir) {
             let _ = d.sync_all();
         }
-        Ok(body.len() as u64)
+        Ok(written)
     }
 }
 

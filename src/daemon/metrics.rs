@@ -31,7 +31,7 @@ use std::fmt::Write as _;
 use std::sync::{Arc, RwLock};
 
 use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 use crate::daemon::snapshot::Snapshot;
@@ -89,6 +89,9 @@ pub struct Metrics {
     no_baseline: IntCounter,
     models_refused: IntCounter,
     arms_refused: IntCounter,
+    memory_refused: IntCounter,
+    memory_reserved: IntGauge,
+    memory_limit: IntGauge,
     eval_duration: Histogram,
     transitions: IntCounterVec,
     reloads: IntCounterVec,
@@ -168,6 +171,12 @@ fn counter_vec(
     Ok(c)
 }
 
+fn int_gauge(r: &Registry, name: &str, help: &str) -> Result<IntGauge, prometheus::Error> {
+    let g = IntGauge::new(name, help)?;
+    r.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
 fn counter(r: &Registry, name: &str, help: &str) -> Result<IntCounter, prometheus::Error> {
     let c = IntCounter::new(name, help)?;
     r.register(Box::new(c.clone()))?;
@@ -200,6 +209,9 @@ impl Metrics {
             no_baseline: counter(r, "driftd_events_without_baseline_total", "Events of models that have no baseline")?,
             models_refused: counter(r, "driftd_models_refused_total", "Events of new models refused because limits.max_models was reached")?,
             arms_refused: counter(r, "driftd_arms_refused_total", "Events of new arms not tracked because limits.max_arms_per_model was reached")?,
+            memory_refused: counter(r, "driftd_memory_refused_total", "Lines whose new model, arm, health state, feedback counts or automatic baseline would have passed the memory budget (limits.max_memory): not tracked")?,
+            memory_reserved: int_gauge(r, "driftd_memory_reserved_bytes", "Bytes reserved for the engine's state: the bound of every window, health state and join held")?,
+            memory_limit: int_gauge(r, "driftd_memory_limit_bytes", "The engine's memory budget: limits.max_memory less the daemon's own buffers")?,
             eval_duration: {
                 let h = Histogram::with_opts(
                     HistogramOpts::new(
@@ -306,6 +318,8 @@ impl Metrics {
         if s.eval_seconds > 0.0 {
             self.eval_duration.observe(s.eval_seconds);
         }
+        self.memory_reserved.set(s.memory.0 as i64);
+        self.memory_limit.set(s.memory.1.map_or(-1, |l| l as i64));
         self.update_join(&s.report);
         self.update_health_refused(&s.report.health_stats);
         self.remove_gone(seen);
@@ -374,6 +388,8 @@ impl Metrics {
             .inc_by(st.models_refused.saturating_sub(p.models_refused));
         self.arms_refused
             .inc_by(st.arms_refused.saturating_sub(p.arms_refused));
+        self.memory_refused
+            .inc_by(st.memory_refused.saturating_sub(p.memory_refused));
         self.prev_stats = st.clone();
     }
 

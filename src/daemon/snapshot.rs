@@ -24,4 +24,6 @@ pub struct Snapshot {
     pub transitions: Vec<Transition>,
     /// Baseline reloads: (took, failed and kept the old ones).
     pub reloads: (u64, u64),
+    /// The engine's memory: (reserved, budget).
+    pub memory: (usize, Option<usize>),
 }
