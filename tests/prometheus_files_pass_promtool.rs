@@ -61,6 +61,10 @@ const METRICS: &[&str] = &[
     "driftd_batch_avg_confidence",
     "driftd_batches_total",
     "driftd_health_refused_total",
+    "driftd_memory_refused_total",
+    "driftd_memory_reserved_bytes",
+    "driftd_memory_limit_bytes",
+    "driftd_checkpoint_discarded_total",
 ];
 
 /// Histograms: their series carry these suffixes.
@@ -78,6 +82,9 @@ const REQUIRED_ALERTS: &[&str] = &[
     "DriftdAlertsDropped",
     "DriftdHealthCondition",
     "DriftdErrorSpikeAfterDeploy",
+    "DriftdMemoryBudgetFull",
+    "DriftdCheckpointDiscarded",
+    "DriftdPositionPastEnd",
 ];
 
 fn config_path(rel: &str) -> PathBuf {
