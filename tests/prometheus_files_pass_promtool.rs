@@ -457,6 +457,10 @@ fn grafana_dashboard_queries_only_exported_metrics() {
         "driftd_alerts_sent_total",
         "driftd_alerts_dropped_total",
         "driftd_evaluation_duration_seconds_bucket",
+        "driftd_memory_reserved_bytes",
+        "driftd_memory_limit_bytes",
+        "driftd_memory_refused_total",
+        "driftd_checkpoint_discarded_total",
     ] {
         assert!(used.contains(m), "no panel queries {m}");
     }
