@@ -502,6 +502,9 @@ fn replay_cmd(a: ReplayArgs) -> Result<(), Failure> {
     if every <= 0 {
         return Err(Failure::Usage(anyhow::anyhow!("--every must be positive")));
     }
+    if let Some(note) = crate::config::window_note(&cfg.engine) {
+        eprintln!("{note}");
+    }
     // Replay trusts event time: nothing is "in the future" of a file.
     cfg.engine.max_future_ms = None;
     let baselines = replay::load_baselines(&a.baselines).map_err(|errs| {

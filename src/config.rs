@@ -661,7 +661,7 @@ fn time_window(window: &RawWindow, p: &mut Problems) -> WindowSpec {
 }
 
 /// Says so when `window.max_panes` made the panes longer.
-fn window_note(engine: &EngineConfig) -> Option<String> {
+pub fn window_note(engine: &EngineConfig) -> Option<String> {
     let before = engine.window;
     let (after, changed) = before.capped(engine.max_panes);
     match (changed, before, after) {

@@ -99,6 +99,94 @@ pub struct WindowCounters {
     pub unknown_features: u64,
 }
 
+/// One pane's counts on the flat bin layout.
+#[derive(Debug, Default)]
+enum Row {
+    /// No count yet: costs nothing.
+    #[default]
+    Empty,
+    /// Being counted into: the newest pane, or an older one a late line
+    /// reached (packed again when the head next moves).
+    Dense(Vec<u32>),
+    /// A pane the head has moved past, packed: for each non-zero bin, the
+    /// gap from the previous one and the count, both LEB128 varints. Most
+    /// panes of a long window are small (a day in 24-minute panes of a
+    /// quiet model); packed, a bin costs about two bytes instead of four,
+    /// and zero bins nothing. Kept dense when packing would not be smaller.
+    Packed(Box<[u8]>),
+}
+
+impl Row {
+    /// Packs `dense` when that takes less room.
+    fn pack(dense: &[u32]) -> Option<Box<[u8]>> {
+        let mut out = Vec::with_capacity(dense.len());
+        let mut last = 0usize;
+        for (i, c) in dense.iter().enumerate() {
+            if *c == 0 {
+                continue;
+            }
+            put_varint(&mut out, (i - last) as u64);
+            put_varint(&mut out, u64::from(*c));
+            last = i;
+            if out.len() >= dense.len() * 4 {
+                return None;
+            }
+        }
+        Some(out.into_boxed_slice())
+    }
+
+    /// Calls `f(bin, count)` for every non-zero count.
+    fn for_each(&self, mut f: impl FnMut(usize, u32)) {
+        match self {
+            Row::Empty => {}
+            Row::Dense(v) => {
+                for (i, c) in v.iter().enumerate() {
+                    if *c != 0 {
+                        f(i, *c);
+                    }
+                }
+            }
+            Row::Packed(bytes) => {
+                let (mut pos, mut bin) = (0, 0usize);
+                while pos < bytes.len() {
+                    bin += get_varint(bytes, &mut pos) as usize;
+                    let c = get_varint(bytes, &mut pos) as u32;
+                    f(bin, c);
+                }
+            }
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        match self {
+            Row::Empty => 0,
+            Row::Dense(v) => v.capacity() * 4,
+            Row::Packed(b) => b.len(),
+        }
+    }
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn get_varint(bytes: &[u8], pos: &mut usize) -> u64 {
+    let (mut v, mut shift) = (0u64, 0);
+    while let Some(b) = bytes.get(*pos) {
+        *pos += 1;
+        v |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            break;
+        }
+        shift += 7;
+    }
+    v
+}
+
 /// One model's (or model and arm's) sliding window.
 #[derive(Debug)]
 pub struct Window {
@@ -106,9 +194,12 @@ pub struct Window {
     spec: WindowSpec,
     n: usize,
     /// `n` rows, one per pane, each on the flat bin layout; a row is
-    /// allocated when its pane gets its first count and freed when the pane
-    /// expires, so empty panes cost nothing.
-    rows: Vec<Vec<u32>>,
+    /// allocated when its pane gets its first count, packed when the head
+    /// moves past it, and freed when the pane expires, so empty panes cost
+    /// nothing and old ones little.
+    rows: Vec<Row>,
+    /// Rows other than the head's made dense again by a late line.
+    unpacked: Vec<usize>,
     /// The last freed row, zeroed and reused by the next pane, so a steady
     /// stream does not allocate a row per pane.
     spare: Vec<u32>,
@@ -136,7 +227,8 @@ impl Window {
         let bins = layout.total_bins;
         let slots = layout.slots.len();
         Window {
-            rows: vec![Vec::new(); n],
+            rows: (0..n).map(|_| Row::Empty).collect(),
+            unpacked: Vec::new(),
             spare: Vec::new(),
             pane_samples: vec![0; n],
             pane_ids: vec![i64::MIN; n],
@@ -164,7 +256,7 @@ impl Window {
     /// spare row, the totals, the per-pane bookkeeping and the scratch.
     pub fn bytes_bound(bins: usize, slots: usize, panes: usize, max_features: usize) -> usize {
         let row = bins * 4;
-        panes * (row + std::mem::size_of::<Vec<u32>>() + 16)
+        panes * (row + std::mem::size_of::<Row>() + 16 + 8)
             + row
             + bins * 8
             + slots * 4
@@ -174,8 +266,9 @@ impl Window {
 
     /// What the window holds on the heap now (at most [`Window::bytes_bound`]).
     pub fn heap_bytes(&self) -> usize {
-        let rows: usize = self.rows.iter().map(|r| r.capacity() * 4).sum();
-        rows + self.rows.capacity() * std::mem::size_of::<Vec<u32>>()
+        let rows: usize = self.rows.iter().map(Row::heap_bytes).sum();
+        rows + self.rows.capacity() * std::mem::size_of::<Row>()
+            + self.unpacked.capacity() * 8
             + self.spare.capacity() * 4
             + self.totals.len() * 8
             + self.pane_samples.capacity() * 8
@@ -235,10 +328,11 @@ impl Window {
         if pane - head >= self.n as i64 {
             // Everything expired at once: cheaper to clear than to walk.
             for r in &mut self.rows {
-                if !r.is_empty() {
-                    self.spare = std::mem::take(r);
+                if let Row::Dense(v) = std::mem::take(r) {
+                    self.spare = v;
                 }
             }
+            self.unpacked.clear();
             self.totals.fill(0);
             self.pane_samples.fill(0);
             self.pane_ids.fill(i64::MIN);
@@ -247,9 +341,25 @@ impl Window {
             for id in head + 1..=pane {
                 self.expire_row(id.rem_euclid(self.n as i64) as usize);
             }
+            // The old head, and rows a late line unpacked, are done with.
+            self.pack_row(head.rem_euclid(self.n as i64) as usize);
+            for row in std::mem::take(&mut self.unpacked) {
+                self.pack_row(row);
+            }
         }
         self.head = Some(pane);
         self.claim(pane);
+    }
+
+    /// Packs a row the head has moved past (see [`Row::Packed`]).
+    fn pack_row(&mut self, row: usize) {
+        if let Row::Dense(v) = &self.rows[row] {
+            if let Some(p) = Row::pack(v) {
+                if let Row::Dense(v) = std::mem::replace(&mut self.rows[row], Row::Packed(p)) {
+                    self.spare = v;
+                }
+            }
+        }
     }
 
     fn claim(&mut self, pane: i64) {
@@ -265,11 +375,10 @@ impl Window {
             return;
         }
         let r = std::mem::take(&mut self.rows[row]);
-        if !r.is_empty() {
-            for (t, c) in self.totals.iter_mut().zip(r.iter()) {
-                *t -= u64::from(*c);
-            }
-            self.spare = r;
+        let totals = self.totals.as_slice_mut().expect("contiguous");
+        r.for_each(|i, c| totals[i] -= u64::from(c));
+        if let Row::Dense(v) = r {
+            self.spare = v;
         }
         self.samples -= self.pane_samples[row];
         self.pane_samples[row] = 0;
@@ -388,16 +497,24 @@ impl Window {
         Some(row)
     }
 
-    /// A pane's row and the totals, the row allocated (or the spare
-    /// reused) at its pane's first count.
+    /// A pane's row as counts and the totals: allocated (or the spare
+    /// reused) at its pane's first count, unpacked when a late line reaches
+    /// a packed one.
     fn row_mut(&mut self, row: usize) -> (&mut [u32], &mut [u64]) {
-        let r = &mut self.rows[row];
-        if r.is_empty() {
+        if !matches!(self.rows[row], Row::Dense(_)) {
             let mut fresh = std::mem::take(&mut self.spare);
             fresh.clear();
             fresh.resize(self.layout.total_bins, 0);
-            *r = fresh;
+            let old = std::mem::replace(&mut self.rows[row], Row::Empty);
+            if matches!(old, Row::Packed(_)) {
+                self.unpacked.push(row);
+            }
+            old.for_each(|i, c| fresh[i] = c);
+            self.rows[row] = Row::Dense(fresh);
         }
+        let Row::Dense(r) = &mut self.rows[row] else {
+            unreachable!("made dense above")
+        };
         (r, self.totals.as_slice_mut().expect("contiguous"))
     }
 
@@ -453,17 +570,12 @@ impl Window {
         let mut panes = Vec::new();
         for row in 0..self.n {
             let r = &self.rows[row];
-            if self.pane_ids[row] == i64::MIN || self.pane_samples[row] == 0 || r.is_empty() {
+            if self.pane_ids[row] == i64::MIN || self.pane_samples[row] == 0 {
                 continue;
             }
-            // Sparse: most bins of a pane are zero-free but many panes are
-            // small; store (index, count) pairs only for non-zero bins.
-            let counts = r
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| **c != 0)
-                .map(|(i, c)| (i as u32, *c))
-                .collect();
+            // Sparse: (index, count) pairs for the non-zero bins only.
+            let mut counts = Vec::new();
+            r.for_each(|i, c| counts.push((i as u32, c)));
             panes.push(PaneState {
                 id: self.pane_ids[row],
                 samples: self.pane_samples[row],
@@ -506,6 +618,12 @@ impl Window {
             for &(i, c) in &p.counts {
                 r[i as usize] += c;
                 totals[i as usize] += u64::from(c);
+            }
+        }
+        self.unpacked.clear();
+        for row in 0..self.n {
+            if self.pane_ids[row] != head {
+                self.pack_row(row);
             }
         }
         Ok(())
@@ -655,8 +773,18 @@ mod tests {
         for p in 1..10 {
             w.insert(&e, p * MIN);
         }
-        assert_eq!(w.heap_bytes(), empty + 10 * row);
+        // The head's row is dense; the nine before it are packed: one
+        // event's three non-zero bins (c, x, prediction) take six bytes,
+        // not a row.
+        assert_eq!(w.heap_bytes(), empty + row + 9 * 6, "nine packed panes");
         assert!(w.heap_bytes() <= bound(&w));
+        // A late line unpacks its pane; the next pane packs it again.
+        w.insert(&e, 5 * MIN);
+        let list = w.unpacked.capacity() * 8;
+        assert_eq!(w.heap_bytes(), empty + row + 8 * 6 + row + list);
+        w.insert(&e, 10 * MIN);
+        assert_eq!(w.samples(), 11, "pane 0 expired, the late line counted");
+        assert_eq!(w.heap_bytes(), empty + row + 9 * 6);
         // A day later every pane has expired: one spare row is kept.
         w.advance_to(24 * 60 * MIN);
         assert_eq!(w.samples(), 0);
@@ -668,6 +796,49 @@ mod tests {
     }
 
     proptest! {
+        /// Packed panes, late lines into them and expiry keep the totals
+        /// equal to a plain recount of the events still in the window.
+        #[test]
+        fn packed_panes_keep_the_counts(
+            events in proptest::collection::vec((0i64..30 * MIN, 0usize..4), 1..400),
+        ) {
+            let lines = [
+                r#"{"model_id":"m","prediction":"yes","input_features":{"c":"a","x":0.5}}"#,
+                r#"{"model_id":"m","prediction":"yes","input_features":{"c":"b","x":1.5}}"#,
+                r#"{"model_id":"m","input_features":{"x":9.0}}"#,
+                r#"{"model_id":"m","prediction":"no","input_features":{"c":"z"}}"#,
+            ];
+            let evs: Vec<Event<'static>> = lines.iter().map(|l| ev(l)).collect();
+            let mut w = Window::new(layout(), spec());
+            let mut kept: Vec<(i64, usize)> = Vec::new();
+            for (t, k) in events {
+                if w.insert(&evs[k], t) == Inserted::Counted {
+                    kept.push((t, k));
+                }
+                // What a plain recount of the live panes gives.
+                let (start, _) = w.span_ms().unwrap();
+                let mut want = vec![0u64; w.layout().total_bins];
+                let mut probe = Window::new(layout(), spec());
+                let mut bins = Vec::new();
+                let mut n = 0;
+                for (t2, k2) in &kept {
+                    if *t2 >= start {
+                        probe.bins_of(&evs[*k2], &mut bins);
+                        for b in &bins {
+                            want[*b as usize] += 1;
+                        }
+                        n += 1;
+                    }
+                }
+                prop_assert_eq!(w.totals(), &want[..]);
+                prop_assert_eq!(w.samples(), n);
+            }
+            // And a checkpoint of packed panes restores the same counts.
+            let mut back = Window::new(layout(), spec());
+            back.restore(&w.state()).unwrap();
+            prop_assert_eq!(back.totals(), w.totals());
+        }
+
         #[test]
         fn memory_stays_within_the_bound(times in proptest::collection::vec(0i64..40 * MIN, 1..300)) {
             let mut w = Window::new(layout(), spec());
