@@ -18,7 +18,8 @@
 //!
 //! Before it runs, the bench prints the heap the models hold per model, as
 //! a counting allocator sees it (live bytes after the fill minus before,
-//! divided by the models).
+//! divided by the models), beside what `Health::heap_bytes` counts and the
+//! worst case `HealthConfig::model_bytes` states for one model.
 //!
 //! Why: the engine evaluates health at every pane boundary for every model;
 //! its cost must not grow with the number of panes (issue 14), and its
@@ -131,9 +132,12 @@ fn bench_evaluate(c: &mut Criterion) {
         let (mut h, now) = filled(panes);
         let bytes = LIVE.load(Ordering::Relaxed).saturating_sub(before);
         eprintln!(
-            "health, {panes} panes: {} bytes of heap per model ({MODELS} models, {} stages)",
+            "health, {panes} panes: {} bytes of heap per model ({MODELS} models, {} stages); \
+             Health::heap_bytes says {} per model, HealthConfig::model_bytes bounds one at {}",
             bytes / MODELS,
-            STAGES.len()
+            STAGES.len(),
+            h.heap_bytes() / MODELS,
+            h.config().model_bytes(),
         );
         let (reports, _) = h.evaluate(now, &detect);
         assert_eq!(reports.len(), MODELS);
