@@ -2,13 +2,29 @@
 //! quantiles and batch statistics, per model.
 //!
 //! This module owns what the seed's error, latency and batch-statistics
-//! analyses need beside drift. Per model: a ring of time panes with request
-//! and error counts, one mergeable latency sketch per stage and pane
-//! (DDSketch: bounded memory, 1% relative error by default), error counts by
-//! `error_type` (top K, the rest as `other`) and the latest batch
-//! statistics. Per lineage (a service and a model name without its version
-//! suffix), the versions in the order they were first seen. Like the engine
-//! it is pure: time comes in as a parameter, transitions go out.
+//! analyses need beside drift. Per model: the request and error counts of
+//! each pane of its history (the window and the `reference_windows` windows
+//! before it), per latency stage a log-bucketed histogram of each pane of
+//! the window, error counts by `error_type` (top K, the rest as `other`) and
+//! the latest batch statistics. Per lineage (a service and a model name
+//! without its version suffix), the versions in the order they were first
+//! seen. Like the engine it is pure: time comes in as a parameter,
+//! transitions go out.
+//!
+//! Cost is bounded by design (issue 14). Only panes holding something are
+//! stored. Running sums of the window and of the reference, and per stage a
+//! running total per bucket, are kept as panes are filled and subtracted as
+//! they leave, so an evaluation reads O(stages x buckets) whatever the
+//! number of panes, and a line costs O(1) plus a binary search in its
+//! pane's buckets. [`HealthConfig::model_bytes`] states the most one model
+//! can hold; [`ModelHealth::heap_bytes`] what it holds.
+//!
+//! The histograms map values as DDSketch does (bucket k = ceil(log_g x),
+//! g = (1 + a) / (1 - a), reported as 2 g^k / (g + 1): within the relative
+//! error a of every value in the bucket), but they are not a sketch crate's:
+//! a sliding window has to *subtract* a pane when it leaves, and the crates'
+//! sketches can only merge, so every evaluation re-merged every pane of
+//! every stage (2,880 panes of 1,000 models took 117 s and 1.1 GB).
 //!
 //! Three conditions, each debounced like a drift verdict ([`Condition`]):
 //!
@@ -27,15 +43,15 @@
 //!   because each value is compared when it arrives.
 //! - `LatencyP99High`: a stage's window p99 above its configured limit.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
 use serde::Serialize;
-use sketches_ddsketch::{Config as SketchConfig, DDSketch};
 
 use crate::engine::compare::{two_proportion_test, Tail};
+use crate::engine::decode::MAX_NAME_LEN;
 use crate::engine::detect::{
     limit_level, p_level, Condition, ConditionLevel, DetectConfig, Severity, State, Transition,
 };
@@ -72,7 +88,8 @@ pub struct HealthConfig {
     pub max_lineages: usize,
     /// Versions remembered per lineage.
     pub max_versions: usize,
-    /// Relative accuracy of the latency sketches.
+    /// Relative accuracy of the latency quantiles: it sets the buckets of
+    /// the latency histograms (see [`HealthConfig::model_bytes`]).
     pub sketch_error: f64,
     pub errors: ErrorRule,
     /// The deploy check's error test (`min_ratio` against the previous version).
@@ -126,20 +143,6 @@ impl Default for HealthConfig {
     }
 }
 
-impl HealthConfig {
-    /// The most one model's health state takes on the heap (a first bound,
-    /// superseded by the histogram rework): the pane ring, and a latency
-    /// sketch of up to 512 bins per stage and pane.
-    pub fn model_bytes(&self) -> usize {
-        let history = self.panes * (1 + self.reference_windows);
-        history * (64 + self.max_stages * 16)
-            + self.max_stages * self.panes * (512 * 8 + 128)
-            + self.max_error_types * 64
-            + self.max_batch_stats * 64
-            + 4096
-    }
-}
-
 /// Counters of what the caps refused; exported per evaluation.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct HealthStats {
@@ -149,21 +152,483 @@ pub struct HealthStats {
     pub stages_refused: u64,
     /// Batch statistics beyond `max_batch_stats`.
     pub batch_stats_refused: u64,
-    /// Lines older than the model's history ring.
+    /// Lines older than the model's history: the window and the reference
+    /// windows before it, up to its newest line or the last evaluation.
     pub late: u64,
     /// New lineages refused because `max_lineages` was reached.
     pub lineages_refused: u64,
 }
 
-/// Request and error counts of one pane, and (after a deploy) how many
-/// requests per stage were slower than the previous version's quantile.
-#[derive(Debug, Clone, Default)]
-struct Pane {
+/// Latency values at or below this (ms: 1 us), zero and negative ones
+/// included, share the lowest bucket and are reported as 0: below a
+/// microsecond a relative error means nothing.
+const LATENCY_FLOOR_MS: f64 = 1e-3;
+/// Values above this (ms: 1 h) share the highest bucket, reported as about
+/// an hour. With the floor it bounds a stage's buckets to
+/// log_g(ceiling / floor) + 2, 1,102 at the default 1% (4 us to 1 h: 11,000
+/// at 0.1%, 110,000 at the least error allowed, 0.01%).
+const LATENCY_CEILING_MS: f64 = 3_600_000.0;
+
+/// The mapping of latency values to buckets: DDSketch's logarithmic one,
+/// bounded by [`LATENCY_FLOOR_MS`] and [`LATENCY_CEILING_MS`]. Bucket 0
+/// holds what is at or below the floor; bucket i >= 1 holds the values x
+/// with ceil(log_g x) = first_key + i - 1.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Buckets {
+    gamma_ln: f64,
+    /// The key of bucket 1, the first above the floor.
+    first_key: i32,
+    /// Buckets, bucket 0 included.
+    len: u32,
+    /// A bucket of key k is reported as g^k * 2 / (g + 1): within the
+    /// relative error of both its ends, g^(k-1) and g^k.
+    scale: f64,
+}
+
+impl Buckets {
+    fn new(relative_error: f64) -> Buckets {
+        // The config allows 0.0001 to 0.1; anything else is kept sane.
+        let a = relative_error.clamp(1e-4, 0.5);
+        let gamma = (1.0 + a) / (1.0 - a);
+        let gamma_ln = gamma.ln();
+        let key = |x: f64| (x.ln() / gamma_ln).ceil() as i32;
+        let first_key = key(LATENCY_FLOOR_MS);
+        Buckets {
+            gamma_ln,
+            first_key,
+            len: (key(LATENCY_CEILING_MS) - first_key + 2) as u32,
+            scale: 2.0 / (gamma + 1.0),
+        }
+    }
+
+    fn index(&self, ms: f64) -> u32 {
+        // NaN goes to the floor bucket too.
+        if ms.is_nan() || ms <= LATENCY_FLOOR_MS {
+            return 0;
+        }
+        let i = (ms.ln() / self.gamma_ln).ceil() - f64::from(self.first_key) + 1.0;
+        i.clamp(1.0, f64::from(self.len - 1)) as u32
+    }
+
+    fn value(&self, i: u32) -> f64 {
+        if i == 0 {
+            return 0.0;
+        }
+        let key = self.first_key + i as i32 - 1;
+        (f64::from(key) * self.gamma_ln).exp() * self.scale
+    }
+}
+
+/// Room for one more element in a full vector or deque: doubling, so
+/// growth stays amortized O(1), but never past `max`, so a capacity is
+/// bounded by the config as [`HealthConfig::model_bytes`] says.
+fn room(capacity: usize, max: usize) -> usize {
+    capacity.max(4).min(max.saturating_sub(capacity)).max(1)
+}
+
+fn push_bounded<T>(v: &mut Vec<T>, x: T, max: usize) {
+    if v.len() == v.capacity() {
+        v.reserve_exact(room(v.capacity(), max));
+    }
+    v.push(x);
+}
+
+/// One pane's histogram of one stage: its non-empty buckets, (bucket,
+/// values), sorted by bucket. A bucket whose count would pass `u32::MAX`
+/// gets a second entry; only then can a pane hold more than `len` entries.
+type PaneHistogram = Vec<(u32, u32)>;
+
+fn histogram_add(h: &mut PaneHistogram, bucket: u32, buckets: &Buckets) {
+    let at = h.partition_point(|e| e.0 <= bucket);
+    match at.checked_sub(1).map(|i| &mut h[i]) {
+        Some(e) if e.0 == bucket && e.1 < u32::MAX => e.1 += 1,
+        _ => {
+            if h.len() == h.capacity() {
+                h.reserve_exact(room(h.capacity(), buckets.len as usize));
+            }
+            h.insert(at, (bucket, 1));
+        }
+    }
+}
+
+/// A stage's running total per bucket over the panes of the window: dense
+/// over the buckets from the lowest to the highest it ever held since it
+/// was last empty (latencies cluster, so that is few), freed when empty.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Totals {
+    /// The bucket of `counts[0]`.
+    lo: u32,
+    counts: Vec<u64>,
+    /// Values in the window.
+    n: u64,
+}
+
+impl Totals {
+    fn add(&mut self, bucket: u32, count: u64, buckets: &Buckets) {
+        self.cover(bucket, buckets.len);
+        self.counts[(bucket - self.lo) as usize] += count;
+        self.n += count;
+    }
+
+    fn sub(&mut self, bucket: u32, count: u64) {
+        self.counts[(bucket - self.lo) as usize] -= count;
+        self.n -= count;
+        if self.n == 0 {
+            *self = Totals::default();
+        }
+    }
+
+    /// Widens `counts` to hold `bucket`: at least doubling the span (growth
+    /// amortized O(1)), never past the `len` buckets there are.
+    fn cover(&mut self, bucket: u32, len: u32) {
+        let span = self.counts.len() as u32;
+        if span == 0 {
+            self.lo = bucket;
+            self.counts = vec![0; 1];
+            return;
+        }
+        let hi = self.lo + span;
+        let (lo, hi) = if bucket < self.lo {
+            (bucket.min(self.lo.saturating_sub(span)), hi)
+        } else if bucket >= hi {
+            (self.lo, (bucket + 1).max(hi + span).min(len))
+        } else {
+            return;
+        };
+        let mut counts = Vec::with_capacity((hi - lo) as usize);
+        counts.resize((self.lo - lo) as usize, 0);
+        counts.extend_from_slice(&self.counts);
+        counts.resize((hi - lo) as usize, 0);
+        self.counts = counts;
+        self.lo = lo;
+    }
+
+    /// The values at quantiles `qs` (ascending), in one walk; DDSketch's
+    /// rank, floor(q (n - 1)), so the reported values are those it gave.
+    fn quantiles<const N: usize>(&self, qs: [f64; N], buckets: &Buckets) -> [Option<f64>; N] {
+        debug_assert!(qs.windows(2).all(|w| w[0] <= w[1]), "{qs:?}");
+        if self.n == 0 {
+            return [None; N];
+        }
+        let ranks = qs.map(|q| (q * (self.n - 1) as f64) as u64);
+        let mut found = [self.lo + self.counts.len() as u32 - 1; N];
+        let (mut seen, mut next) = (0u64, 0);
+        for (i, c) in self.counts.iter().enumerate() {
+            seen += c;
+            while next < N && seen > ranks[next] {
+                found[next] = self.lo + i as u32;
+                next += 1;
+            }
+            if next == N {
+                break;
+            }
+        }
+        // Valued after the walk: `exp` in it would be hoisted out of the
+        // branch and computed for every bucket.
+        found.map(|b| Some(buckets.value(b)))
+    }
+}
+
+/// Requests and errors of one pane of a model's history.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct PaneCounts {
     id: i64,
     requests: u64,
     errors: u64,
-    /// Per stage: (values, values above the previous version's quantile).
+}
+
+/// One pane of the window's latency: per stage, its histogram and (after a
+/// deploy) its values compared with the previous version's quantile and
+/// how many were slower.
+#[derive(Debug, Clone, Default)]
+struct PaneLatency {
+    id: i64,
+    histograms: Vec<PaneHistogram>,
     slow: Vec<(u64, u64)>,
+}
+
+/// The pane `id` of a deque sorted by id, inserted by `new` if missing. At
+/// most `max` panes are held (the caller has expired the others), so the
+/// capacity stays within it.
+fn pane_mut<T>(
+    q: &mut VecDeque<T>,
+    id: i64,
+    id_of: fn(&T) -> i64,
+    new: impl FnOnce() -> T,
+    max: usize,
+) -> &mut T {
+    // Lines mostly come in time order: the newest pane first.
+    let at = match q.back().map(id_of) {
+        Some(b) if b == id => q.len() - 1,
+        Some(b) if b < id => q.len(),
+        None => 0,
+        Some(_) => q.partition_point(|p| id_of(p) < id),
+    };
+    if q.get(at).is_none_or(|p| id_of(p) != id) {
+        if q.len() == q.capacity() {
+            q.reserve_exact(room(q.capacity(), max));
+        }
+        q.insert(at, new());
+    }
+    &mut q[at]
+}
+
+/// A model's panes and the running sums an evaluation reads.
+///
+/// `counts` holds the panes of the history (the `history` panes up to
+/// `head`) that received a request or an error, `latency` those of the
+/// window (the last `panes`) that received a stage value, both oldest
+/// first; empty panes are not stored. The sums always equal what these
+/// panes hold (the property tests recount them): a pane's requests move
+/// from the window's sums to the reference's when it leaves the window, and
+/// out when it leaves the history; its latency leaves with it.
+#[derive(Debug, Clone)]
+struct Panes {
+    /// The newest pane: the latest of the lines' and the evaluations'.
+    head: i64,
+    /// The newest pane a line was counted in.
+    newest: i64,
+    /// Once evaluations moved past `newest`: what a new version would be
+    /// compared with, kept as of `newest` (see [`Panes::as_previous`]).
+    quiet: Option<AsPrevious>,
+    counts: VecDeque<PaneCounts>,
+    latency: VecDeque<PaneLatency>,
+    /// Requests and errors of the window (`n`, `x`) and of the reference
+    /// windows before it (`n0`, `x0`).
+    n: u64,
+    x: u64,
+    n0: u64,
+    x0: u64,
+    /// Per stage, over the window: the histogram's totals, and the deploy
+    /// check's (values compared, slower ones).
+    totals: Vec<Totals>,
+    slow: Vec<(u64, u64)>,
+}
+
+impl Panes {
+    fn new(head: i64) -> Panes {
+        Panes {
+            head,
+            newest: head,
+            quiet: None,
+            counts: VecDeque::new(),
+            latency: VecDeque::new(),
+            n: 0,
+            x: 0,
+            n0: 0,
+            x0: 0,
+            totals: Vec::new(),
+            slow: Vec::new(),
+        }
+    }
+
+    /// The oldest pane of the window.
+    fn window_lo(&self, l: &Limits) -> i64 {
+        self.head.saturating_sub(l.panes as i64 - 1)
+    }
+
+    /// The oldest pane of the history.
+    fn history_lo(&self, l: &Limits) -> i64 {
+        self.head.saturating_sub(l.history as i64 - 1)
+    }
+
+    /// Moves the head to pane `to` (if later): what leaves the window moves
+    /// to the reference sums, what leaves the history goes. Each pane is
+    /// moved once and dropped once, so this is amortized O(1) per pane.
+    fn advance(&mut self, to: i64, l: &Limits) {
+        if to <= self.head {
+            return;
+        }
+        let was_window = self.window_lo(l);
+        self.head = to;
+        let (window_lo, history_lo) = (self.window_lo(l), self.history_lo(l));
+        while let Some(p) = self.counts.front().copied().filter(|p| p.id < history_lo) {
+            self.counts.pop_front();
+            if p.id >= was_window {
+                self.n -= p.requests;
+                self.x -= p.errors;
+            } else {
+                self.n0 -= p.requests;
+                self.x0 -= p.errors;
+            }
+        }
+        let from = self.counts.partition_point(|p| p.id < was_window);
+        let until = self.counts.partition_point(|p| p.id < window_lo);
+        for p in self.counts.range(from..until) {
+            self.n -= p.requests;
+            self.x -= p.errors;
+            self.n0 += p.requests;
+            self.x0 += p.errors;
+        }
+        while self.latency.front().is_some_and(|p| p.id < window_lo) {
+            let p = self.latency.pop_front().expect("a front pane");
+            for (s, h) in p.histograms.iter().enumerate() {
+                for &(bucket, c) in h {
+                    self.totals[s].sub(bucket, u64::from(c));
+                }
+            }
+            for (s, (v, slower)) in p.slow.iter().enumerate() {
+                self.slow[s].0 -= v;
+                self.slow[s].1 -= slower;
+            }
+        }
+        // A model quiet for a whole history holds nothing.
+        if self.counts.is_empty() {
+            self.counts = VecDeque::new();
+        }
+        if self.latency.is_empty() {
+            self.latency = VecDeque::new();
+        }
+    }
+
+    /// Moves the head to pane `to` for an evaluation. When that leaves the
+    /// pane of the newest line behind, first keeps what a new version would
+    /// be compared with as of that line: the window is about to lose panes
+    /// that the comparison, like the last window of traffic, includes.
+    fn advance_to_evaluate(&mut self, to: i64, l: &Limits) {
+        if to > self.head && self.newest == self.head {
+            let mut latency = Vec::with_capacity(self.totals.len());
+            latency.extend((0..self.totals.len()).map(|s| self.latency_as_previous(s, l)));
+            let (requests, errors) = self.counts_as_previous();
+            self.quiet = Some(AsPrevious {
+                requests,
+                errors,
+                latency,
+            });
+        }
+        self.advance(to, l);
+    }
+
+    /// Notes a line counted in pane `id`: a line newer than all others
+    /// makes the model live again.
+    fn note_line(&mut self, id: i64) {
+        if id > self.newest {
+            self.newest = id;
+            self.quiet = None;
+        }
+    }
+
+    /// Requests and errors over the history, as of the newest line: what a
+    /// new version of the model is compared with.
+    fn counts_as_previous(&self) -> (u64, u64) {
+        match &self.quiet {
+            Some(q) => (q.requests, q.errors),
+            None => (self.n + self.n0, self.x + self.x0),
+        }
+    }
+
+    /// Stage `s`'s `deploy_latency_quantile` over the window and its
+    /// values, as of the newest line (`None` without values).
+    fn latency_as_previous(&self, s: usize, l: &Limits) -> Option<(f64, u64)> {
+        match &self.quiet {
+            Some(q) => q.latency.get(s).copied().flatten(),
+            None => {
+                let t = &self.totals[s];
+                let [v] = t.quantiles([l.deploy_quantile], &l.buckets);
+                Some((v?, t.n))
+            }
+        }
+    }
+
+    /// Counts a request and/or an error in pane `id` (within the history).
+    fn count(&mut self, id: i64, request: bool, error: bool, l: &Limits) {
+        let (r, e) = (u64::from(request), u64::from(error));
+        let new = || PaneCounts {
+            id,
+            requests: 0,
+            errors: 0,
+        };
+        let p = pane_mut(&mut self.counts, id, |p| p.id, new, l.history);
+        p.requests += r;
+        p.errors += e;
+        if id >= self.window_lo(l) {
+            self.n += r;
+            self.x += e;
+        } else {
+            self.n0 += r;
+            self.x0 += e;
+        }
+    }
+
+    /// Adds a value of stage `s` (of `stages`) to pane `id` of the window;
+    /// `slower`: whether it is slower than the previous version's quantile,
+    /// during a deploy comparison.
+    fn add_latency(
+        &mut self,
+        id: i64,
+        (s, stages): (usize, usize),
+        bucket: u32,
+        slower: Option<bool>,
+        l: &Limits,
+    ) {
+        let new = || PaneLatency {
+            id,
+            ..PaneLatency::default()
+        };
+        let p = pane_mut(&mut self.latency, id, |p| p.id, new, l.panes);
+        if p.histograms.len() <= s {
+            p.histograms.reserve_exact(stages - p.histograms.len());
+            p.histograms.resize_with(s + 1, Vec::new);
+        }
+        histogram_add(&mut p.histograms[s], bucket, &l.buckets);
+        self.totals[s].add(bucket, 1, &l.buckets);
+        if let Some(slower) = slower {
+            if p.slow.len() <= s {
+                p.slow.reserve_exact(stages - p.slow.len());
+                p.slow.resize(s + 1, (0, 0));
+            }
+            p.slow[s].0 += 1;
+            p.slow[s].1 += u64::from(slower);
+            self.slow[s].0 += 1;
+            self.slow[s].1 += u64::from(slower);
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        let quiet = self.quiet.as_ref().map_or(0, |q| vec_bytes(&q.latency));
+        let latency: usize = self
+            .latency
+            .iter()
+            .map(|p| {
+                vec_bytes(&p.histograms)
+                    + vec_bytes(&p.slow)
+                    + p.histograms.iter().map(vec_bytes).sum::<usize>()
+            })
+            .sum();
+        self.counts.capacity() * size_of::<PaneCounts>()
+            + self.latency.capacity() * size_of::<PaneLatency>()
+            + latency
+            + vec_bytes(&self.totals)
+            + self
+                .totals
+                .iter()
+                .map(|t| vec_bytes(&t.counts))
+                .sum::<usize>()
+            + vec_bytes(&self.slow)
+            + quiet
+    }
+}
+
+/// A model as the previous version of a new one: its requests and errors
+/// over its history, and per stage its `deploy_latency_quantile` and values
+/// over its window, as of its newest line. (A line that comes late after
+/// the model went quiet is not in it.)
+#[derive(Debug, Clone, PartialEq)]
+struct AsPrevious {
+    requests: u64,
+    errors: u64,
+    latency: Vec<Option<(f64, u64)>>,
+}
+
+/// Heap bytes of a vector's buffer (not of what its elements own).
+fn vec_bytes<T>(v: &Vec<T>) -> usize {
+    v.capacity() * size_of::<T>()
+}
+
+/// Heap bytes of an `Arc<str>` of `len` bytes: two counters and the bytes,
+/// rounded up to the counters' alignment.
+fn arc_str_bytes(len: usize) -> usize {
+    (2 * size_of::<usize>() + len).next_multiple_of(align_of::<usize>())
 }
 
 /// What a new version is compared with: its predecessor, frozen when the new
@@ -193,7 +658,7 @@ pub struct ModelHealth {
     pub service: Option<Arc<str>>,
     pub first_seen_ms: i64,
     pub last_seen_ms: i64,
-    panes: Vec<Pane>,
+    panes: Panes,
     pub requests_total: u64,
     pub errors_total: u64,
     /// Error types with their own label, and their counts; `other_errors`
@@ -201,8 +666,6 @@ pub struct ModelHealth {
     pub error_types: Vec<(Arc<str>, u64)>,
     pub other_errors: u64,
     pub stages: Vec<Arc<str>>,
-    /// `[stage][pane % panes]`: (pane id, sketch).
-    sketches: Vec<Vec<Option<(i64, Sketch)>>>,
     pub deploy: Option<DeployRef>,
     pub batch: BatchState,
     error_high: Condition,
@@ -237,15 +700,32 @@ impl ModelHealth {
         }
         v
     }
-}
 
-/// A DDSketch that prints as its count (the crate's type has no `Debug`).
-#[derive(Clone)]
-struct Sketch(DDSketch);
-
-impl std::fmt::Debug for Sketch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "DDSketch({} values)", self.0.count())
+    /// The heap this model holds: its state and every buffer it owns, by
+    /// capacity. At most [`HealthConfig::model_bytes`].
+    pub fn heap_bytes(&self) -> usize {
+        let arc = |s: &Arc<str>| arc_str_bytes(s.len());
+        let deploy = self.deploy.as_ref().map_or(0, |d| {
+            arc(&d.previous)
+                + vec_bytes(&d.previous_latency)
+                + d.previous_latency
+                    .iter()
+                    .map(|(s, ..)| arc(s))
+                    .sum::<usize>()
+        });
+        size_of::<ModelHealth>()
+            + arc(&self.name)
+            + self.service.as_ref().map_or(0, arc)
+            + self.panes.heap_bytes()
+            + vec_bytes(&self.error_types)
+            + self.error_types.iter().map(|(t, _)| arc(t)).sum::<usize>()
+            + vec_bytes(&self.stages)
+            + self.stages.iter().map(arc).sum::<usize>()
+            + deploy
+            + vec_bytes(&self.batch.stats)
+            + self.batch.stats.iter().map(|(s, _)| arc(s)).sum::<usize>()
+            + vec_bytes(&self.deploy_latency)
+            + vec_bytes(&self.p99_high)
     }
 }
 
@@ -259,7 +739,7 @@ struct Lineage {
 #[derive(Debug)]
 pub struct Health {
     cfg: HealthConfig,
-    sketch_cfg: SketchConfig,
+    limits: Limits,
     models: FxHashMap<Box<str>, ModelHealth>,
     /// By model name without its version (see [`version_base`]).
     lineages: FxHashMap<Box<str>, Lineage>,
@@ -303,12 +783,9 @@ pub struct Observation<'l, 'a> {
 
 impl Health {
     pub fn new(cfg: HealthConfig) -> Health {
-        // 512 bins cover 1 us to over an hour at 1% (the lowest bins
-        // collapse beyond): about 4 KiB at most per stage and pane.
-        let sketch_cfg = SketchConfig::new(cfg.sketch_error, 512, 1e-6);
         Health {
+            limits: cfg.limits(),
             cfg,
-            sketch_cfg,
             models: FxHashMap::default(),
             lineages: FxHashMap::default(),
             stats: HealthStats::default(),
@@ -327,8 +804,31 @@ impl Health {
         self.models.values()
     }
 
-    fn history(&self) -> usize {
-        self.cfg.panes * (1 + self.cfg.reference_windows)
+    /// The heap held by every model's health and the lineages: each
+    /// model's [`ModelHealth::heap_bytes`] and key, and the tables' slots
+    /// (an estimate of hashbrown's: one control byte per slot).
+    pub fn heap_bytes(&self) -> usize {
+        let models: usize = self
+            .models
+            .iter()
+            .map(|(k, m)| k.len() + m.heap_bytes() - size_of::<ModelHealth>())
+            .sum();
+        let lineages: usize = self
+            .lineages
+            .iter()
+            .map(|(k, l)| {
+                k.len()
+                    + vec_bytes(&l.versions)
+                    + l.versions
+                        .iter()
+                        .map(|(v, _)| arc_str_bytes(v.len()))
+                        .sum::<usize>()
+            })
+            .sum();
+        self.models.capacity() * (size_of::<(Box<str>, ModelHealth)>() + 1)
+            + models
+            + self.lineages.capacity() * (size_of::<(Box<str>, Lineage)>() + 1)
+            + lineages
     }
 
     /// The model's state, created (and its deploy detected) on first sight.
@@ -339,7 +839,6 @@ impl Health {
                 return None;
             }
             let deploy = self.note_version(model, t_ms);
-            let history = self.history();
             self.models.insert(
                 model.into(),
                 ModelHealth {
@@ -347,19 +846,12 @@ impl Health {
                     service: service.map(Into::into),
                     first_seen_ms: t_ms,
                     last_seen_ms: t_ms,
-                    panes: vec![
-                        Pane {
-                            id: i64::MIN,
-                            ..Pane::default()
-                        };
-                        history
-                    ],
+                    panes: Panes::new(t_ms.div_euclid(self.cfg.pane_ms)),
                     requests_total: 0,
                     errors_total: 0,
                     error_types: Vec::new(),
                     other_errors: 0,
                     stages: Vec::new(),
-                    sketches: Vec::new(),
                     deploy,
                     batch: BatchState::default(),
                     error_high: Condition::default(),
@@ -393,17 +885,15 @@ impl Health {
             // Seen before (and expired since): not a new deploy.
             return None;
         }
+        // As of its newest line: a version that stopped a while ago is
+        // still what the new one replaces.
         let live: Vec<(&ModelHealth, u64, u64)> = lineage
             .versions
             .iter()
             .rev()
             .filter_map(|(v, _)| self.models.get(v.as_ref()))
             .map(|p| {
-                let (r, e) = p
-                    .panes
-                    .iter()
-                    .filter(|x| x.id != i64::MIN)
-                    .fold((0, 0), |(r, e), x| (r + x.requests, e + x.errors));
+                let (r, e) = p.panes.counts_as_previous();
                 (p, r, e)
             })
             .collect();
@@ -412,17 +902,19 @@ impl Health {
             .find(|(_, r, _)| *r >= self.cfg.deploy.min_requests)
             .or(live.first())
             .map(|(p, r, e)| {
-                let q = self.cfg.deploy_latency_quantile;
-                let latency = (0..p.stages.len())
-                    .filter_map(|s| {
-                        let sk = merged(&p.sketches[s], self.sketch_cfg, None, None)?;
-                        let v = sk.quantile(q).ok().flatten()?;
-                        Some((p.stages[s].clone(), v, sk.count() as u64))
-                    })
-                    .collect();
+                // Allocated to its size: it counts in `model_bytes`.
+                let mut latency = Vec::with_capacity(p.stages.len());
+                latency.extend((0..p.stages.len()).filter_map(|s| {
+                    let (v, n) = p.panes.latency_as_previous(s, &self.limits)?;
+                    Some((p.stages[s].clone(), v, n))
+                }));
                 (p.name.clone(), *r, *e, latency)
             });
-        lineage.versions.push((model.into(), t_ms));
+        push_bounded(
+            &mut lineage.versions,
+            (model.into(), t_ms),
+            max_versions + 1,
+        );
         if lineage.versions.len() > max_versions {
             lineage.versions.remove(0);
         }
@@ -447,12 +939,11 @@ impl Health {
         if !self.cfg.enabled {
             return;
         }
-        let cfg = self.cfg.clone_limits();
-        let sketch_cfg = self.sketch_cfg;
+        let limits = self.limits;
         let Some(m) = self.entry(model, service, t_ms) else {
             return;
         };
-        let (late, refused) = observe_model(m, &cfg, sketch_cfg, t_ms, o);
+        let (late, refused) = observe_model(m, &limits, t_ms, o);
         self.stats.late += u64::from(late);
         self.stats.stages_refused += refused;
     }
@@ -489,7 +980,9 @@ impl Health {
         for (name, v) in stats {
             match b.stats.iter().position(|(n, _)| **n == **name) {
                 Some(i) => b.stats[i].1 = *v,
-                None if b.stats.len() < max => b.stats.push((name.as_ref().into(), *v)),
+                None if b.stats.len() < max => {
+                    push_bounded(&mut b.stats, (name.as_ref().into(), *v), max);
+                }
                 None => refused += 1,
             }
         }
@@ -569,8 +1062,7 @@ impl Health {
         for name in names {
             let m = self.models.get_mut(&name).expect("listed");
             reports.push(evaluate_model(
-                &self.cfg,
-                self.sketch_cfg,
+                (&self.cfg, &self.limits),
                 m,
                 now_ms,
                 detect,
@@ -598,124 +1090,155 @@ impl Health {
     }
 }
 
-/// The caps [`observe_model`] needs, copied out of the config so the
-/// model's state can be borrowed at the same time.
+/// What [`observe_model`] and an evaluation need of the config, copied out
+/// of it so the model's state can be borrowed at the same time.
 #[derive(Debug, Clone, Copy)]
 struct Limits {
     pane_ms: i64,
+    /// Panes of the window, and of the whole history (the window and the
+    /// reference windows before it).
     panes: usize,
+    history: usize,
     max_types: usize,
     max_stages: usize,
+    buckets: Buckets,
+    deploy_quantile: f64,
 }
 
 impl HealthConfig {
-    fn clone_limits(&self) -> Limits {
+    fn limits(&self) -> Limits {
         Limits {
             pane_ms: self.pane_ms,
-            panes: self.panes,
+            panes: self.panes.max(1),
+            history: self.panes.max(1) * (1 + self.reference_windows),
             max_types: self.max_error_types,
             max_stages: self.max_stages,
+            buckets: Buckets::new(self.sketch_error),
+            deploy_quantile: self.deploy_latency_quantile,
         }
+    }
+
+    /// The most heap one model's health state can hold, in bytes: what
+    /// [`ModelHealth::heap_bytes`] can reach under any input, given names
+    /// of at most [`MAX_NAME_LEN`] bytes (the decoder drops longer ones).
+    /// With P panes per window, H = P (1 + `reference_windows`) panes of
+    /// history, S = `max_stages`, K buckets per stage (set by
+    /// `sketch_relative_error`, see [`LATENCY_CEILING_MS`]) and N the heap
+    /// of a name, the terms are:
+    ///
+    /// - the state itself, its name and its service: 2 N;
+    /// - requests and errors: one pane record per pane of the history, H;
+    /// - latency per pane of the window: a record, and per stage a
+    ///   histogram header, a deploy count and at most K (bucket, count)
+    ///   entries: P (1 + S (2 + K)) (a bucket's count passing 2^32 values
+    ///   in one pane would take a second entry: not reachable);
+    /// - per stage: its name, the window's running total per bucket (at
+    ///   most K), its deploy counts, its quantile as a previous version and
+    ///   its two conditions: S (N + K);
+    /// - the previous version's name and per stage its quantile (deploy
+    ///   reference): N + S N;
+    /// - error types and batch statistics, each a name and a count:
+    ///   (`max_error_types` + `max_batch_stats`) N.
+    ///
+    /// Every buffer grows by doubling but never past its cap, so capacities
+    /// stay within the counts above. Hash-table slots of the model maps are
+    /// counted by [`Health::heap_bytes`], not here.
+    pub fn model_bytes(&self) -> usize {
+        let l = self.limits();
+        let (p, h, s) = (l.panes, l.history, self.max_stages);
+        let k = l.buckets.len as usize;
+        let name = arc_str_bytes(MAX_NAME_LEN);
+        let named = |entry: usize| entry + name;
+        let per_pane = size_of::<PaneLatency>()
+            + s * (size_of::<PaneHistogram>()
+                + size_of::<(u64, u64)>()
+                + k * size_of::<(u32, u32)>());
+        let per_stage = named(size_of::<Arc<str>>())
+            + size_of::<Totals>()
+            + k * size_of::<u64>()
+            + size_of::<(u64, u64)>()
+            + size_of::<Option<(f64, u64)>>()
+            + 2 * size_of::<Condition>();
+        size_of::<ModelHealth>()
+            + 2 * name
+            + h * size_of::<PaneCounts>()
+            + p * per_pane
+            + s * per_stage
+            + name
+            + s * named(size_of::<(Arc<str>, f64, u64)>())
+            + self.max_error_types * named(size_of::<(Arc<str>, u64)>())
+            + self.max_batch_stats * named(size_of::<(Arc<str>, f64)>())
     }
 }
 
 /// Counts one line into a model's state; returns (late, stages refused).
+/// A line older than the history is late; a stage value outside the
+/// window is not kept (no evaluation will read it again).
 fn observe_model(
     m: &mut ModelHealth,
     l: &Limits,
-    sketch_cfg: SketchConfig,
     t_ms: i64,
     o: Observation<'_, '_>,
 ) -> (bool, u64) {
-    let (pane_ms, panes, max_types, max_stages) = (l.pane_ms, l.panes, l.max_types, l.max_stages);
-    let mut stages_refused = 0;
-    let id = t_ms.div_euclid(pane_ms);
-    let n = m.panes.len();
-    let row = &mut m.panes[id.rem_euclid(n as i64) as usize];
-    if row.id > id {
+    let id = t_ms.div_euclid(l.pane_ms);
+    m.panes.advance(id, l);
+    if id < m.panes.history_lo(l) {
         return (true, 0);
     }
-    if row.id != id {
-        *row = Pane {
-            id,
-            ..Pane::default()
-        };
+    m.panes.note_line(id);
+    if o.request || o.error {
+        m.panes.count(id, o.request, o.error, l);
     }
     if o.request {
-        row.requests += 1;
         m.requests_total += 1;
     }
     if o.error {
-        row.errors += 1;
         m.errors_total += 1;
         let ty = o.error_type.unwrap_or("unknown");
         match m.error_types.iter().position(|(t, _)| **t == *ty) {
             Some(i) => m.error_types[i].1 += 1,
-            None if m.error_types.len() < max_types => m.error_types.push((ty.into(), 1)),
+            None if m.error_types.len() < l.max_types => {
+                push_bounded(&mut m.error_types, (ty.into(), 1), l.max_types);
+            }
             None => m.other_errors += 1,
         }
     }
+    let current = id >= m.panes.window_lo(l);
+    let mut stages_refused = 0;
     for (name, ms) in o.stages {
-        let s = match m.stages.iter().position(|x| **x == **name) {
-            Some(s) => s,
-            None if m.stages.len() < max_stages => {
-                m.stages.push(name.as_ref().into());
-                m.sketches.push(vec![None; panes]);
-                m.deploy_latency.push(Condition::default());
-                m.p99_high.push(Condition::default());
-                m.stages.len() - 1
-            }
-            None => {
-                stages_refused += 1;
-                continue;
-            }
+        let Some(s) = stage_index(m, name, l) else {
+            stages_refused += 1;
+            continue;
         };
-        let cell = &mut m.sketches[s][id.rem_euclid(panes as i64) as usize];
-        match cell {
-            Some((cid, sk)) if *cid == id => sk.0.add(*ms),
-            Some((cid, _)) if *cid > id => {}
-            _ => {
-                let mut sk = DDSketch::new(sketch_cfg);
-                sk.add(*ms);
-                *cell = Some((id, Sketch(sk)));
-            }
+        if !current {
+            continue;
         }
-        if let Some(d) = &m.deploy {
-            if let Some((_, q, _)) = d.previous_latency.iter().find(|(st, _, _)| **st == **name) {
-                if row.slow.len() <= s {
-                    row.slow.resize(s + 1, (0, 0));
-                }
-                row.slow[s].0 += 1;
-                row.slow[s].1 += u64::from(*ms > *q);
-            }
-        }
+        let slower = m.deploy.as_ref().and_then(|d| {
+            let (_, q, _) = d.previous_latency.iter().find(|(st, ..)| **st == **name)?;
+            Some(*ms > *q)
+        });
+        let stages = (s, m.stages.len());
+        m.panes
+            .add_latency(id, stages, l.buckets.index(*ms), slower, l);
     }
     (false, stages_refused)
 }
 
-/// The merge of a stage's live pane sketches (`lo`: the oldest pane id to
-/// include).
-fn merged(
-    cells: &[Option<(i64, Sketch)>],
-    cfg: SketchConfig,
-    lo: Option<i64>,
-    hi: Option<i64>,
-) -> Option<DDSketch> {
-    let mut out: Option<DDSketch> = None;
-    for (id, sk) in cells.iter().flatten() {
-        if lo.is_some_and(|lo| *id < lo) || hi.is_some_and(|hi| *id > hi) {
-            continue;
-        }
-        match &mut out {
-            None => {
-                let mut s = DDSketch::new(cfg);
-                s.merge(&sk.0).ok()?;
-                out = Some(s);
-            }
-            Some(s) => s.merge(&sk.0).ok()?,
-        }
+/// The index of stage `name`, added if there is room for it.
+fn stage_index(m: &mut ModelHealth, name: &str, l: &Limits) -> Option<usize> {
+    if let Some(s) = m.stages.iter().position(|x| **x == *name) {
+        return Some(s);
     }
-    out.filter(|s| s.count() > 0)
+    if m.stages.len() >= l.max_stages {
+        return None;
+    }
+    let max = l.max_stages;
+    push_bounded(&mut m.stages, name.into(), max);
+    push_bounded(&mut m.panes.totals, Totals::default(), max);
+    push_bounded(&mut m.panes.slow, (0, 0), max);
+    push_bounded(&mut m.deploy_latency, Condition::default(), max);
+    push_bounded(&mut m.p99_high, Condition::default(), max);
+    Some(m.stages.len() - 1)
 }
 
 /// One stage's window quantiles.
@@ -903,9 +1426,6 @@ fn pct(x: f64) -> String {
 /// The current window and the reference before it, as one evaluation sees
 /// them.
 struct WindowCounts {
-    /// Oldest and newest pane of the current window.
-    cur_lo: i64,
-    head: i64,
     /// The current window's bounds in ms, for the transitions.
     span: (i64, i64),
     /// Requests and errors in the current window.
@@ -920,34 +1440,20 @@ struct WindowCounts {
 }
 
 impl WindowCounts {
-    fn sum(cfg: &HealthConfig, m: &ModelHealth, now_ms: i64) -> WindowCounts {
-        let head = now_ms.div_euclid(cfg.pane_ms);
-        let cur_lo = head - cfg.panes as i64 + 1;
-        let hist_lo = head - m.panes.len() as i64 + 1;
-        let mut w = WindowCounts {
-            cur_lo,
-            head,
-            span: (cur_lo * cfg.pane_ms, (head + 1) * cfg.pane_ms),
-            n: 0,
-            x: 0,
-            n0: 0,
-            x0: 0,
-            slow: vec![(0, 0); m.stages.len()],
-        };
-        for p in &m.panes {
-            if p.id >= cur_lo && p.id <= head {
-                w.n += p.requests;
-                w.x += p.errors;
-                for (s, (a, b)) in p.slow.iter().enumerate() {
-                    w.slow[s].0 += a;
-                    w.slow[s].1 += b;
-                }
-            } else if p.id >= hist_lo && p.id < cur_lo {
-                w.n0 += p.requests;
-                w.x0 += p.errors;
-            }
+    /// The model's window at `now_ms`: its running sums, once its panes
+    /// are moved up to now. A clock that stepped back sees the window
+    /// ending at the model's newest pane.
+    fn at(l: &Limits, m: &mut ModelHealth, now_ms: i64) -> WindowCounts {
+        m.panes.advance_to_evaluate(now_ms.div_euclid(l.pane_ms), l);
+        let p = &m.panes;
+        WindowCounts {
+            span: (p.window_lo(l) * l.pane_ms, (p.head + 1) * l.pane_ms),
+            n: p.n,
+            x: p.x,
+            n0: p.n0,
+            x0: p.x0,
+            slow: p.slow.clone(),
         }
-        w
     }
 }
 
@@ -961,14 +1467,13 @@ struct Judge<'a> {
 }
 
 fn evaluate_model(
-    cfg: &HealthConfig,
-    sketch_cfg: SketchConfig,
+    (cfg, l): (&HealthConfig, &Limits),
     m: &mut ModelHealth,
     now_ms: i64,
     detect: &DetectConfig,
     out: &mut Vec<Transition>,
 ) -> HealthReport {
-    let w = WindowCounts::sum(cfg, m, now_ms);
+    let w = WindowCounts::at(l, m, now_ms);
     let mut judge = Judge {
         cfg,
         detect,
@@ -980,7 +1485,7 @@ fn evaluate_model(
     let deploy = judge.deploy_error_spike(m, &w);
     let mut latency = Vec::with_capacity(m.stages.len());
     for s in 0..m.stages.len() {
-        latency.push(judge.stage_latency(m, s, sketch_cfg, &w));
+        latency.push(judge.stage_latency(m, s, &l.buckets, &w));
     }
     health_report(cfg, m, &w, p_value, latency, deploy)
 }
@@ -1138,18 +1643,17 @@ impl Judge<'_> {
         &mut self,
         m: &mut ModelHealth,
         s: usize,
-        sketch_cfg: SketchConfig,
+        buckets: &Buckets,
         w: &WindowCounts,
     ) -> StageReport {
-        let sk = merged(&m.sketches[s], sketch_cfg, Some(w.cur_lo), Some(w.head));
-        let samples = sk.as_ref().map_or(0, |k| k.count() as u64);
-        let qv = |p: f64| sk.as_ref().and_then(|k| k.quantile(p).ok().flatten());
+        let totals = &m.panes.totals[s];
+        let [p50, p90, p99] = totals.quantiles([0.5, 0.9, 0.99], buckets);
         let mut report = StageReport {
             stage: m.stages[s].to_string(),
-            samples,
-            p50_ms: qv(0.5),
-            p90_ms: qv(0.9),
-            p99_ms: qv(0.99),
+            samples: totals.n,
+            p50_ms: p50,
+            p90_ms: p90,
+            p99_ms: p99,
             p99_limit_ms: self.cfg.p99_limit_ms.get(m.stages[s].as_ref()).copied(),
             previous_quantile_ms: None,
             slow_share: None,
@@ -1538,7 +2042,7 @@ mod tests {
     }
 
     /// Quantiles of a known distribution (1..=1000 ms, uniform) are within
-    /// the sketch's relative error, a p99 over its limit fires, and a new
+    /// the histogram's relative error, a p99 over its limit fires, and a new
     /// version three times slower raises the deploy alert on latency.
     #[test]
     fn latency_quantiles_p99_limit_and_slower_deploy() {
@@ -1633,5 +2137,389 @@ mod tests {
         assert_eq!(b.batches, 3);
         assert_eq!(b.stats, vec![("amount_mean".into(), 12.0)]);
         assert_eq!(b.avg_confidence, Some(0.9));
+    }
+
+    /// A new version is compared with the previous one as of its last line,
+    /// whether it follows at once, a window later, or after evaluations
+    /// moved the previous one's window past some of its panes: its
+    /// requests over its history, its p90 over its last window of traffic.
+    #[test]
+    fn a_new_version_is_compared_with_the_previous_as_of_its_last_line() {
+        let pane_ms = HealthConfig::default().pane_ms;
+        // 10 ms in the first pane, then 1..=100 ms: the p90 of the last
+        // window (20 panes) is 90 ms; the first pane would make it 89.
+        for gap_panes in [0, 1, 5, 25] {
+            let mut h = Health::new(HealthConfig::default());
+            for pane in 0..21 {
+                for i in 0..100 {
+                    let ms = if pane == 0 { 10.0 } else { f64::from(i + 1) };
+                    timing(&mut h, "api-v1", T0 + pane * pane_ms + i64::from(i), ms);
+                    request(&mut h, "api-v1", T0 + pane * pane_ms + i64::from(i), false);
+                }
+                h.evaluate(T0 + (pane + 1) * pane_ms, &detect());
+            }
+            let t1 = T0 + (21 + gap_panes) * pane_ms;
+            h.evaluate(t1, &detect());
+            timing(&mut h, "api-v2", t1 + 10, 500.0);
+            let d = h.model("api-v2").unwrap().deploy.clone().unwrap();
+            assert_eq!(d.previous_requests, 2_100, "gap {gap_panes}");
+            let (_, p90, n) = &d.previous_latency[0];
+            assert_eq!(*n, 2_000);
+            assert!((p90 - 90.0).abs() <= 0.9, "gap {gap_panes}: {p90}");
+        }
+    }
+
+    /// The end buckets: nothing is lost, and a stage's buckets are bounded.
+    #[test]
+    fn values_beyond_the_floor_and_ceiling_share_the_end_buckets() {
+        let b = Buckets::new(0.01);
+        assert_eq!(b.len, 1102);
+        for x in [
+            0.0,
+            -5.0,
+            f64::NAN,
+            f64::NEG_INFINITY,
+            1e-9,
+            LATENCY_FLOOR_MS,
+        ] {
+            assert_eq!(b.index(x), 0, "{x}");
+        }
+        assert_eq!(b.value(0), 0.0);
+        for x in [LATENCY_CEILING_MS, 1e12, f64::INFINITY] {
+            assert_eq!(b.index(x), b.len - 1, "{x}");
+        }
+        let top = b.value(b.len - 1);
+        assert!((top - LATENCY_CEILING_MS).abs() <= 0.01 * LATENCY_CEILING_MS);
+        assert_eq!(b.index(LATENCY_FLOOR_MS * 1.000_001), 1);
+        // Every bucket's value maps back to it; but bucket 1 holds only
+        // what is above the floor, and its value may be below it.
+        assert!((2..b.len).all(|i| b.index(b.value(i)) == i));
+    }
+
+    fn limits_of(h: &Health) -> Limits {
+        h.limits
+    }
+
+    /// What a model's panes hold, recounted from them: (n, x, n0, x0), per
+    /// stage the window's buckets, and the deploy counts. Also checks the
+    /// panes are sorted and within the window and history.
+    type Recount = (
+        (u64, u64, u64, u64),
+        Vec<BTreeMap<u32, u64>>,
+        Vec<(u64, u64)>,
+    );
+
+    fn recount(p: &Panes, l: &Limits, stages: usize) -> Recount {
+        let (window_lo, history_lo) = (p.window_lo(l), p.history_lo(l));
+        let ids: Vec<i64> = p.counts.iter().map(|c| c.id).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+        assert!(ids.iter().all(|id| (history_lo..=p.head).contains(id)));
+        let mut sums = (0, 0, 0, 0);
+        for c in &p.counts {
+            if c.id >= window_lo {
+                sums.0 += c.requests;
+                sums.1 += c.errors;
+            } else {
+                sums.2 += c.requests;
+                sums.3 += c.errors;
+            }
+        }
+        let ids: Vec<i64> = p.latency.iter().map(|c| c.id).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+        assert!(ids.iter().all(|id| (window_lo..=p.head).contains(id)));
+        let mut buckets = vec![BTreeMap::new(); stages];
+        let mut slow = vec![(0, 0); stages];
+        for pane in &p.latency {
+            for (s, h) in pane.histograms.iter().enumerate() {
+                assert!(h.windows(2).all(|w| w[0].0 <= w[1].0), "sorted: {h:?}");
+                for &(b, c) in h {
+                    *buckets[s].entry(b).or_insert(0) += u64::from(c);
+                }
+            }
+            for (s, (v, x)) in pane.slow.iter().enumerate() {
+                slow[s].0 += v;
+                slow[s].1 += x;
+            }
+        }
+        (sums, buckets, slow)
+    }
+
+    /// The running sums as the evaluation reads them, in [`Recount`]'s form.
+    fn running(p: &Panes) -> Recount {
+        let buckets = p
+            .totals
+            .iter()
+            .map(|t| {
+                assert_eq!(t.n, t.counts.iter().sum::<u64>());
+                (t.lo..)
+                    .zip(&t.counts)
+                    .filter(|(_, c)| **c > 0)
+                    .map(|(b, c)| (b, *c))
+                    .collect()
+            })
+            .collect();
+        ((p.n, p.x, p.n0, p.x0), buckets, p.slow.clone())
+    }
+
+    use proptest::collection::vec as pvec;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// The window's p50, p90 and p99 are within the relative error of
+        /// the exact quantiles of the values in the window (floor(q (n - 1))
+        /// of the sorted values), whatever the values, the panes they land
+        /// in (late ones too) and how far time jumps between evaluations.
+        /// Values at or below the floor read as 0; above the ceiling, as
+        /// the ceiling.
+        #[test]
+        fn window_quantiles_are_within_the_relative_error(
+            alpha in prop::sample::select(vec![0.01, 0.001, 0.05]),
+            panes in 1usize..6,
+            steps in pvec((-4i64..8, pvec(-9.0f64..17.0, 1..30)), 1..40),
+        ) {
+            let cfg = HealthConfig {
+                panes,
+                pane_ms: 1_000,
+                reference_windows: 1,
+                sketch_error: alpha,
+                ..HealthConfig::default()
+            };
+            let mut h = Health::new(cfg);
+            let (mut head, mut seen) = (0i64, Vec::new());
+            for (step, logs) in steps {
+                // Ahead: time moves on; behind: the lines are late.
+                let id = if step > 0 { head += step; head } else { head + step };
+                for ln in logs {
+                    timing(&mut h, "m", T0 + id * 1_000 + 1, ln.exp());
+                    seen.push((id, ln.exp()));
+                }
+                let (r, _) = h.evaluate(T0 + head * 1_000 + 999, &detect());
+                let lo = head - panes as i64 + 1;
+                let mut window: Vec<f64> = seen
+                    .iter()
+                    .filter(|(id, _)| (lo..=head).contains(id))
+                    .map(|(_, v)| *v)
+                    .collect();
+                window.sort_by(f64::total_cmp);
+                let st = &r[0].latency[0];
+                prop_assert_eq!(st.samples, window.len() as u64);
+                for (q, got) in [(0.5, st.p50_ms), (0.9, st.p90_ms), (0.99, st.p99_ms)] {
+                    if window.is_empty() {
+                        prop_assert!(got.is_none());
+                        continue;
+                    }
+                    let exact = window[(q * (window.len() - 1) as f64) as usize];
+                    let got = got.unwrap();
+                    if exact <= LATENCY_FLOOR_MS {
+                        prop_assert_eq!(got, 0.0);
+                    } else {
+                        let x = exact.min(LATENCY_CEILING_MS);
+                        prop_assert!(
+                            (got - x).abs() <= (alpha + 1e-9) * x,
+                            "q {} got {} exact {}", q, got, exact
+                        );
+                    }
+                }
+            }
+        }
+
+        /// After any sequence of lines (on time, late, or too late),
+        /// evaluations and time jumps, the running sums equal a recount of
+        /// the panes kept, and a brute-force count of every line accepted:
+        /// requests and errors of the window and of the reference, each
+        /// stage's buckets, and the deploy check's slow counts.
+        #[test]
+        fn running_sums_equal_a_recount_of_the_panes(
+            panes in 1usize..5,
+            reference_windows in 1usize..3,
+            ops in pvec((0u8..5, -6i64..7, 0usize..2, -2.0f64..4.0), 1..150),
+        ) {
+            let cfg = HealthConfig {
+                panes,
+                pane_ms: 1_000,
+                reference_windows,
+                ..HealthConfig::default()
+            };
+            let history = (panes * (1 + reference_windows)) as i64;
+            let mut h = Health::new(cfg);
+            let stage_names = [Cow::Borrowed("a_ms"), Cow::Borrowed("b_ms")];
+            // The previous version, so that the one tested compares its
+            // values with its p90s.
+            for (i, v) in [1.0, 10.0, 100.0].iter().enumerate() {
+                let stages = [(stage_names[0].clone(), *v), (stage_names[1].clone(), *v * 2.0)];
+                h.observe("x-v1", None, T0 + i as i64, Observation {
+                    request: true, stages: &stages, ..Observation::default()
+                });
+            }
+            let l = limits_of(&h);
+            // The model's newest pane, once it exists.
+            let (mut head, mut late) = (None::<i64>, 0u64);
+            // Accepted lines: (pane, request, error, stage values as
+            // (stage, bucket, slower than the previous version)).
+            type Line = (i64, bool, bool, Vec<(usize, u32, Option<bool>)>);
+            let mut log: Vec<Line> = Vec::new();
+            for (kind, delta, stage, lv) in ops {
+                let id = head.unwrap_or(0) + delta;
+                if kind == 4 {
+                    head = head.map(|h| h.max(id));
+                    h.evaluate(T0 + id * 1_000, &detect());
+                } else {
+                    let ms = 10f64.powf(lv);
+                    let stages = [(stage_names[stage].clone(), ms)];
+                    let o = Observation {
+                        request: kind != 3,
+                        error: kind == 1,
+                        error_type: Some("E"),
+                        stages: if kind == 0 { &[] } else { &stages },
+                    };
+                    h.observe("x-v2", None, T0 + id * 1_000 + 5, o);
+                    let newest = head.map_or(id, |h| h.max(id));
+                    head = Some(newest);
+                    if id < newest - history + 1 {
+                        late += 1;
+                        continue;
+                    }
+                    let m = h.model("x-v2").unwrap();
+                    let s = m.stages.iter().position(|x| **x == *stage_names[stage]);
+                    let values = match (kind, s) {
+                        (0, _) | (_, None) => vec![],
+                        (_, Some(s)) => {
+                            let q = m.deploy.as_ref().and_then(|d| {
+                                let name = &*stage_names[stage];
+                                d.previous_latency.iter().find(|(st, ..)| **st == *name)
+                            });
+                            vec![(s, l.buckets.index(ms), q.map(|(_, q, _)| ms > *q))]
+                        }
+                    };
+                    log.push((id, kind != 3, kind == 1, values));
+                }
+                let (Some(head), Some(m)) = (head, h.model("x-v2")) else {
+                    continue;
+                };
+                prop_assert!(m.deploy.is_some());
+                prop_assert_eq!(m.panes.head - T0 / 1_000, head);
+                prop_assert_eq!(h.stats.late, late);
+                let stages = m.stages.len();
+                let kept = recount(&m.panes, &l, stages);
+                prop_assert_eq!(&running(&m.panes), &kept);
+                // Brute force, from every line accepted.
+                let (window_lo, history_lo) = (head - panes as i64 + 1, head - history + 1);
+                let mut want: Recount =
+                    ((0, 0, 0, 0), vec![BTreeMap::new(); stages], vec![(0, 0); stages]);
+                for (id, r, e, values) in &log {
+                    if *id >= window_lo {
+                        want.0.0 += u64::from(*r);
+                        want.0.1 += u64::from(*e);
+                        for (s, b, slower) in values {
+                            *want.1[*s].entry(*b).or_insert(0) += 1;
+                            if let Some(slower) = slower {
+                                want.2[*s].0 += 1;
+                                want.2[*s].1 += u64::from(*slower);
+                            }
+                        }
+                    } else if *id >= history_lo {
+                        want.0.2 += u64::from(*r);
+                        want.0.3 += u64::from(*e);
+                    }
+                }
+                prop_assert_eq!(&kept, &want);
+            }
+        }
+    }
+
+    /// A model fed the worst: every stage up to `max_stages` (and more),
+    /// every bucket in every pane of the window, values beyond both ends,
+    /// lines out of order, error types and batch statistics past their
+    /// caps, names of the longest length, a deploy reference, and time
+    /// running through many histories. Its heap never passes
+    /// `model_bytes`, and comes close to it: the bound is not loose.
+    fn heap_stays_within_model_bytes(cfg: HealthConfig, histories: usize) {
+        let bound = cfg.model_bytes();
+        let l = cfg.limits();
+        let mut h = Health::new(cfg.clone());
+        let name = |i: usize| format!("{i:0>width$}", width = MAX_NAME_LEN);
+        let base = "x".repeat(MAX_NAME_LEN - 3);
+        let (v1, v2) = (format!("{base}-v1"), format!("{base}-v2"));
+        let mut values: Vec<f64> = (0..l.buckets.len).map(|i| l.buckets.value(i)).collect();
+        values.extend([0.0, -1.0, f64::NAN, 1e-9, 1e12, f64::INFINITY]);
+        values.push(LATENCY_FLOOR_MS * 1.000_001);
+        let stage_names: Vec<Cow<str>> = (0..cfg.max_stages + 2).map(|i| name(i).into()).collect();
+        let types: Vec<String> = (0..cfg.max_error_types + 3)
+            .map(|i| name(100 + i))
+            .collect();
+        let stats: Vec<(Cow<str>, f64)> = (0..cfg.max_batch_stats + 3)
+            .map(|i| (name(200 + i).into(), 1.0))
+            .collect();
+        let pane_ms = cfg.pane_ms;
+        let mut peak = 0;
+        let check = |h: &Health, peak: &mut usize| {
+            let m = h.model(&v2).unwrap();
+            let used = m.heap_bytes();
+            assert!(used <= bound, "{used} > {bound}");
+            assert!(h.heap_bytes() >= used);
+            *peak = (*peak).max(used);
+        };
+        let line = |h: &mut Health, model: &str, t: i64, v: f64, i: usize| {
+            let stages: Vec<(Cow<str>, f64)> = stage_names.iter().map(|s| (s.clone(), v)).collect();
+            h.observe(
+                model,
+                Some(&name(300)),
+                t,
+                Observation {
+                    request: true,
+                    error: i % 2 == 0,
+                    error_type: Some(&types[i % types.len()]),
+                    stages: &stages,
+                },
+            );
+            h.observe_batch(model, Some(&name(300)), t, &stats, Some(0.5));
+        };
+        for (i, v) in values.iter().enumerate() {
+            line(&mut h, &v1, T0, *v, i);
+        }
+        let panes = (l.history * histories) as i64;
+        for pane in 1..=panes {
+            for (i, v) in values.iter().enumerate() {
+                // One line in 7 lands in an older pane of the window.
+                let back = if i % 7 == 0 {
+                    (i as i64 / 7) % l.panes as i64
+                } else {
+                    0
+                };
+                line(&mut h, &v2, T0 + (pane - back) * pane_ms, *v, i);
+                check(&h, &mut peak);
+            }
+            // In the next pane: the model goes quiet, and keeps its
+            // comparison as a previous version.
+            h.evaluate(T0 + (pane + 1) * pane_ms, &detect());
+            assert!(h.model(&v2).unwrap().panes.quiet.is_some());
+            check(&h, &mut peak);
+        }
+        let m = h.model(&v2).unwrap();
+        assert!(m.deploy.as_ref().unwrap().previous_latency.len() == cfg.max_stages);
+        assert!(peak * 10 >= bound * 9, "peak {peak} of {bound}");
+    }
+
+    #[test]
+    fn heap_stays_within_model_bytes_through_many_windows() {
+        let cfg = HealthConfig {
+            panes: 3,
+            reference_windows: 2,
+            max_stages: 3,
+            max_error_types: 2,
+            max_batch_stats: 2,
+            sketch_error: 0.05,
+            ..HealthConfig::default()
+        };
+        heap_stays_within_model_bytes(cfg, 4);
+    }
+
+    #[test]
+    fn heap_stays_within_model_bytes_under_the_defaults() {
+        let cfg = HealthConfig::default();
+        // 140 panes, a history and a bit: every pane of the window full.
+        heap_stays_within_model_bytes(cfg, 1);
     }
 }
