@@ -305,6 +305,14 @@ pub struct SoakArgs {
     /// Input features per model.
     #[arg(long, default_value_t = 20)]
     pub features: usize,
+    /// The daemon's window length (default: a twelfth of --duration, 20 s
+    /// to 5 min); its panes follow from window.max_panes. A window of
+    /// event time (at most 2M lines) is backfilled before the warm-up.
+    #[arg(long, value_parser = parse_duration)]
+    pub window: Option<Duration>,
+    /// The daemon's limits.max_memory, e.g. 512MiB (default: the daemon's).
+    #[arg(long)]
+    pub max_memory: Option<String>,
     /// Partitions of the topic (default: enough for two minutes of backlog).
     #[arg(long, value_parser = clap::value_parser!(i32).range(1..=256))]
     pub partitions: Option<i32>,
@@ -749,6 +757,8 @@ fn soak(a: SoakArgs) -> Result<(), Failure> {
         fault_every: a.fault_every,
         models: a.models,
         features: a.features,
+        window: a.window,
+        max_memory: a.max_memory,
         partitions: a.partitions,
         alertmanager: a.alertmanager,
         faults: a.faults,

@@ -64,8 +64,21 @@ impl Traffic {
     }
 
     /// Baselines of the models from a reference stream of their own (stream
-    /// seed 7) in the hour before `now`, sorted by model name.
+    /// seed 7) in the hour before `now`, sorted by model name: 2,000 lines
+    /// a model, at least 20,000 in all.
     pub(crate) fn baselines(&self, now: i64) -> anyhow::Result<Vec<Baseline>> {
+        self.baselines_from(now, self.reference_lines(usize::MAX))
+    }
+
+    /// Lines of the reference stream: 2,000 a model, at least 20,000, and
+    /// at most `cap` (a thousand models' reference would otherwise be 2M
+    /// lines, and their builders hold every value until they finish).
+    pub(crate) fn reference_lines(&self, cap: usize) -> usize {
+        (self.models * 2_000).max(20_000).min(cap)
+    }
+
+    /// Baselines from the first `lines` lines of the reference stream.
+    pub(crate) fn baselines_from(&self, now: i64, lines: usize) -> anyhow::Result<Vec<Baseline>> {
         let mut g = Generator::new(GeneratorConfig {
             stream_seed: Some(7),
             ..self.generator_config()
@@ -73,8 +86,7 @@ impl Traffic {
         let d = Decoder::new(Default::default());
         let mut builders: BTreeMap<String, BaselineBuilder> = BTreeMap::new();
         let mut buf = String::new();
-        let n = (self.models * 2_000).max(20_000);
-        for i in 0..n {
+        for i in 0..lines {
             g.next_line(now - 3_600_000 + i as i64, &mut buf);
             if let Decoded::Event(e) = d.decode(buf.as_bytes()) {
                 builders

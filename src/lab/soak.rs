@@ -9,8 +9,22 @@
 //! one model's traffic is drifted against its baseline, so a `FeatureDrift`
 //! alert fires and stays firing: there is always something to deliver.
 //!
-//! After a warm-up (the window filled once, the alert delivered), the start
-//! is measured; then one fault begins every `--fault-every`, in turn:
+//! The daemon's window is `--window` (default: a twelfth of the run, 20 s
+//! to 5 minutes), in the daemon's 30 s panes or a tenth of the window if
+//! shorter, as many as `window.max_panes` allows (a day: 60 panes of 24
+//! minutes); its memory budget is `--max-memory` (`limits.max_memory`).
+//! Before the steady traffic begins, one window of event time is
+//! **backfilled**: lines stamped from a window ago to now, at `--rate` in
+//! event time (at most [`BACKFILL_MAX_LINES`], spread over the window),
+//! produced as fast as the daemon drains them (never more ahead of it than
+//! the mock broker keeps), so a day window holds all its panes when the
+//! steady phase starts. (Its first lines land in panes that leave the
+//! window while the backfill runs: they are counted late, and reported.)
+//!
+//! Then lines with current timestamps go in at `--rate`; after a warm-up
+//! (a twelfth of the run, 20 s to 5 minutes, or the window if shorter, and
+//! 5 s; the alert delivered; the daemon caught up) the start is measured;
+//! then one fault begins every `--fault-every`, in turn:
 //!
 //! 1. **broker outage**: every mock broker down (1/3 of the period, at most
 //!    60 s); /readyz must turn 503 and come back to 200 after the brokers do;
@@ -33,6 +47,17 @@
 //! "panicked" may appear in its output, and SIGTERM must stop it cleanly
 //! within its grace period. Every failed check is listed and `driftd soak`
 //! exits 1.
+//!
+//! **Flat RSS**, the rule: the growth over the steady phase (the
+//! `--duration` after the warm-up) may be at most 25% of the start's RSS
+//! plus 16 MiB, read two ways, both of which must fit: the end's median
+//! against the start's, and the trend (the least-squares slope of the
+//! one-a-second samples, times the phase's length). The first is robust to
+//! a spike at either end, the second to a lucky or unlucky end sample. The
+//! report also gives the maximum, the slope in MiB per minute, the peak
+//! (VmHWM, backfill included) and the engine's memory budget from
+//! /metrics (`driftd_memory_reserved_bytes`, `driftd_memory_limit_bytes`,
+//! `driftd_memory_refused_total`) at both ends.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -53,6 +78,7 @@ use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use serde::Serialize;
 
+use crate::engine::window::WindowSpec;
 use crate::lab::generate::{DriftSpec, Generator, GeneratorConfig, DEFAULT_CATEGORICAL_SHARE};
 use crate::lab::harness::{
     free_port, machine, open_fds, proc_mem, BlockingHttp, ChildDaemon, DaemonConfig, Scratch,
@@ -60,6 +86,7 @@ use crate::lab::harness::{
 };
 
 const TOPIC: &str = "soak";
+const MIB: f64 = (1u64 << 20) as f64;
 const GROUP: &str = "driftd-soak";
 const BROKERS: i32 = 3;
 /// The `cluster` label of the soak's alerts.
@@ -82,6 +109,19 @@ pub const RSS_SLACK_MIB: f64 = 16.0;
 pub const FD_SLACK: usize = 16;
 /// Brokers down or Alertmanager back: how long recovery may take.
 const RECOVERY: Duration = Duration::from_secs(90);
+/// The backfill is one window of event time at `--rate`, at most this many
+/// lines (a day at 2000 lines/s would be 173M; 2M fill a day's 60 panes
+/// with ~30 lines per model per pane at 1000 models).
+pub const BACKFILL_MAX_LINES: u64 = 2_000_000;
+/// The baselines' reference stream holds at most this many lines (the
+/// bench's 2,000 a model would be 2M lines at 1000 models, their values
+/// all held until the baselines are built): 500 a model at 1000 models.
+const REFERENCE_MAX_LINES: usize = 500_000;
+/// The daemon's `limits.model_idle` default; a model whose last event is
+/// older is forgotten, so a long window's backfill needs more.
+const MODEL_IDLE: Duration = Duration::from_secs(3600);
+/// The daemon's `limits.max_models` default.
+const MAX_MODELS: usize = 1000;
 
 /// Flags of `driftd soak`.
 #[derive(Debug, Clone)]
@@ -94,6 +134,11 @@ pub struct SoakOptions {
     pub fault_every: Duration,
     pub models: usize,
     pub features: usize,
+    /// The daemon's window length (default: [`window_of`]).
+    pub window: Option<Duration>,
+    /// The daemon's `limits.max_memory`, as written in its config (default:
+    /// the daemon's).
+    pub max_memory: Option<String>,
     /// Partitions of the topic (default: enough that a minute of backlog
     /// fits in the mock broker's 5 MB per partition).
     pub partitions: Option<i32>,
@@ -114,6 +159,8 @@ impl Default for SoakOptions {
             fault_every: Duration::from_secs(3 * 60),
             models: 4,
             features: 20,
+            window: None,
+            max_memory: None,
             partitions: None,
             alertmanager: None,
             faults: FaultKind::ALL.to_vec(),
@@ -198,6 +245,50 @@ pub struct Measure {
     /// Median of the same samples.
     pub fds: usize,
     pub series: usize,
+    /// The engine's memory budget as /metrics says.
+    pub memory: Budget,
+}
+
+/// The engine's memory budget, from /metrics.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Budget {
+    /// `driftd_memory_reserved_bytes`: the bound of every window, health
+    /// state and join held (reserved at its worst, not what is touched).
+    pub reserved_bytes: f64,
+    /// `driftd_memory_limit_bytes`: `limits.max_memory` less the daemon's
+    /// own buffers.
+    pub limit_bytes: f64,
+    /// `driftd_memory_refused_total`: lines whose new model, arm or state
+    /// would have passed the budget.
+    pub refused: f64,
+}
+
+impl Budget {
+    fn of(metrics: &str) -> Budget {
+        Budget {
+            reserved_bytes: sample_sum(metrics, "driftd_memory_reserved_bytes", &[]),
+            limit_bytes: sample_sum(metrics, "driftd_memory_limit_bytes", &[]),
+            refused: sample_sum(metrics, "driftd_memory_refused_total", &[]),
+        }
+    }
+}
+
+/// What the backfill did.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackfillRecord {
+    /// Lines produced (and counted by the daemon before the warm-up).
+    pub lines: u64,
+    /// Event time they span: the window, ending when the backfill began.
+    pub span_s: f64,
+    /// Lines per second of event time: `--rate`, or less when capped.
+    pub event_rate: f64,
+    /// From the first line produced to the daemon having counted the last.
+    pub seconds: f64,
+    /// Lines the daemon dropped as older than the window
+    /// (`driftd_late_events_total` when it had counted them all).
+    pub late: u64,
+    /// The daemon's RSS then.
+    pub rss_after_mib: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -220,6 +311,16 @@ pub struct SoakReport {
     pub brokers: i32,
     pub partitions: i32,
     pub window: String,
+    /// The window's panes and their length, as the daemon caps them
+    /// (`window.max_panes`).
+    pub panes: usize,
+    pub pane: String,
+    /// `--max-memory` as written in the daemon's config (None: its default).
+    pub max_memory: Option<String>,
+    /// The first line of the daemon's memory plan (`driftd check-config`).
+    pub memory_plan: String,
+    pub backfill: BackfillRecord,
+    /// Steady traffic before the start was measured.
     pub warmup_s: f64,
     pub drifted_model: String,
     /// The Alertmanager binary, or None (its fault not exercised).
@@ -227,6 +328,12 @@ pub struct SoakReport {
     pub start: Measure,
     pub end: Measure,
     pub rss_limit_mib: f64,
+    /// The largest one-a-second RSS sample of the steady phase.
+    pub rss_max_mib: f64,
+    /// The least-squares slope of those samples, MiB per minute.
+    pub rss_slope_mib_per_min: f64,
+    /// The daemon's peak RSS (VmHWM) at the end, backfill included.
+    pub rss_peak_mib: f64,
     pub fds_limit: usize,
     pub series_added: Vec<String>,
     pub series_removed: Vec<String>,
@@ -294,6 +401,23 @@ fn median_f(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// The least-squares slope of `(x, y)` points, in y per x (0 when the x
+/// do not vary).
+fn slope(points: &[(f64, f64)]) -> f64 {
+    let n = points.len() as f64;
+    let (mx, my) = points
+        .iter()
+        .fold((0.0, 0.0), |(a, b), (x, y)| (a + x / n, b + y / n));
+    let (sxy, sxx) = points.iter().fold((0.0, 0.0), |(a, b), (x, y)| {
+        (a + (x - mx) * (y - my), b + (x - mx) * (x - mx))
+    });
+    if sxx > 0.0 {
+        sxy / sxx
+    } else {
+        0.0
+    }
 }
 
 fn median_u(v: &[usize]) -> usize {
@@ -505,6 +629,70 @@ impl ProducerContext for Counting {
     }
 }
 
+/// A producer to the soak's topic counting its acknowledgements in `stats`.
+fn soak_producer(
+    brokers: &str,
+    stats: &Arc<ProduceStats>,
+) -> anyhow::Result<BaseProducer<Counting>> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        // Few, large message sets: the mock broker finds a fetch's offset
+        // by walking every set a partition holds, from the oldest. At 20 ms
+        // (one or two lines a set) that walk took 80% of a core at 2000
+        // lines/s and drained a backlog at only ~7k lines/s; at 250 ms, a
+        // set holds ~20 lines.
+        .set("linger.ms", "250")
+        // Messages wait out any outage the soak makes.
+        .set("message.timeout.ms", "900000")
+        .set("queue.buffering.max.messages", "2000000")
+        .set("queue.buffering.max.kbytes", "2097151")
+        .create_with_context(Counting(stats.clone()))
+        .context("creating the soak's producer")
+}
+
+/// Queues the generator's last line, keyed by its model, for line number
+/// `n`'s partition (round-robin: every partition takes its share of a
+/// backlog), waiting while the producer's queue is full.
+fn send_line(
+    p: &BaseProducer<Counting>,
+    g: &Generator,
+    names: &[String],
+    line: &str,
+    n: u64,
+    partitions: i32,
+) {
+    let key = g.last_model().map_or("", |m| names[m].as_str());
+    let mut rec = BaseRecord::to(TOPIC)
+        .key(key)
+        .payload(line)
+        .partition((n % partitions as u64) as i32);
+    loop {
+        match p.send(rec) {
+            Ok(()) => return,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                rec = r;
+                p.poll(Duration::from_millis(5));
+            }
+            Err(_) => {
+                p.context().0.failed.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+    }
+}
+
+/// Waits until everything queued is delivered (or has failed, and is
+/// counted so).
+fn flush(p: &BaseProducer<Counting>) {
+    if p.flush(Duration::from_secs(300)).is_err() {
+        p.context()
+            .0
+            .failed
+            .fetch_add(p.in_flight_count().max(0) as u64, Ordering::Relaxed);
+    }
+}
+
+/// The steady traffic: lines stamped now at `rate` a second until `stop`.
 fn start_producer(
     brokers: String,
     partitions: i32,
@@ -514,61 +702,27 @@ fn start_producer(
     stats: Arc<ProduceStats>,
 ) -> std::thread::JoinHandle<anyhow::Result<()>> {
     std::thread::spawn(move || -> anyhow::Result<()> {
-        let p: BaseProducer<Counting> = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            // Few, large message sets: the mock broker finds a fetch's
-            // offset by walking every set a partition holds, from the
-            // oldest. At 20 ms (one or two lines a set) that walk took 80%
-            // of a core at 2000 lines/s and drained a backlog at only
-            // ~7k lines/s; at 250 ms, a set holds ~20 lines.
-            .set("linger.ms", "250")
-            // Messages wait out any outage the soak makes.
-            .set("message.timeout.ms", "900000")
-            .set("queue.buffering.max.messages", "2000000")
-            .set("queue.buffering.max.kbytes", "2097151")
-            .create_with_context(Counting(stats.clone()))
-            .context("creating the soak's producer")?;
+        let p = soak_producer(&brokers, &stats)?;
         let mut g = Generator::new(gcfg);
         let names = g.model_names();
         let start = Instant::now();
+        // The backfill's lines were queued before.
+        let before = stats.queued.load(Ordering::Relaxed);
         let mut sent = 0u64;
         let mut buf = String::new();
         while !stop.load(Ordering::Relaxed) {
             let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
             while sent < due {
                 g.next_line(crate::clock::now_ms(), &mut buf);
-                let key = g.last_model().map_or("", |m| names[m].as_str());
-                // Round-robin: every partition takes its share of a backlog.
-                let mut rec = BaseRecord::to(TOPIC)
-                    .key(key)
-                    .payload(buf.as_str())
-                    .partition((sent % partitions as u64) as i32);
-                loop {
-                    match p.send(rec) {
-                        Ok(()) => break,
-                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                            rec = r;
-                            p.poll(Duration::from_millis(5));
-                        }
-                        Err(_) => {
-                            stats.failed.fetch_add(1, Ordering::Relaxed);
-                            break;
-                        }
-                    }
-                }
+                send_line(&p, &g, &names, &buf, sent, partitions);
                 sent += 1;
             }
-            stats.queued.store(sent, Ordering::Relaxed);
+            stats.queued.store(before + sent, Ordering::Relaxed);
             p.poll(Duration::ZERO);
             std::thread::sleep(Duration::from_millis(2));
         }
-        stats.queued.store(sent, Ordering::Relaxed);
-        // Everything queued is delivered (or fails) before it is counted.
-        if p.flush(Duration::from_secs(300)).is_err() {
-            stats
-                .failed
-                .fetch_add(p.in_flight_count().max(0) as u64, Ordering::Relaxed);
-        }
+        stats.queued.store(before + sent, Ordering::Relaxed);
+        flush(&p);
         Ok(())
     })
 }
@@ -614,12 +768,33 @@ pub fn plan(o: &SoakOptions) -> Vec<(FaultKind, Duration, Duration)> {
     out
 }
 
-/// The window: a twelfth of the run, in whole 10 s, 20 s to 5 minutes; ten
-/// panes. (A daemon more than a window behind counts its events late: the
+/// The default window: a twelfth of the run, in whole 10 s, 20 s to 5
+/// minutes. (A daemon more than a window behind counts its events late: the
 /// windows must outlast a hiccup of a busy machine.)
-fn window_of(o: &SoakOptions) -> Duration {
+pub fn window_of(o: &SoakOptions) -> Duration {
     let w = (o.duration.as_secs() / 12 / 10 * 10).clamp(20, 300);
     Duration::from_secs(w)
+}
+
+/// The pane written in the daemon's config: its default (30 s), or a tenth
+/// of a window shorter than 5 minutes (the default windows are ten panes);
+/// the daemon caps the panes at `window.max_panes` by making them longer.
+fn pane_of(window: Duration) -> Duration {
+    (window / 10).min(Duration::from_secs(30))
+}
+
+/// How long the steady traffic runs before the start is measured: the
+/// default window (a twelfth of the run) or the window if shorter, and 5 s.
+/// (With the default window that is the window filled once by current
+/// lines, as before the backfill existed.)
+fn warmup_of(o: &SoakOptions, window: Duration) -> Duration {
+    window_of(o).min(window) + Duration::from_secs(5)
+}
+
+/// Lines of the backfill: a window at `--rate`, at most
+/// [`BACKFILL_MAX_LINES`].
+fn backfill_lines(o: &SoakOptions, window: Duration) -> u64 {
+    ((window.as_secs_f64() * o.rate as f64) as u64).clamp(1, BACKFILL_MAX_LINES)
 }
 
 fn partitions_of(o: &SoakOptions, bytes_per_line: f64) -> i32 {
@@ -632,9 +807,37 @@ fn partitions_of(o: &SoakOptions, bytes_per_line: f64) -> i32 {
     ((backlog / (5u64 << 20) as f64).ceil() as i32).clamp(8, 64)
 }
 
+/// The `[limits]` the soak sets: `--max-memory`; `max_models` when there
+/// are more models than its default; and `model_idle` a window longer than
+/// the window (the backfill's first lines are a window old, and a model
+/// whose last event is older than `model_idle` is forgotten, its panes
+/// with it).
+fn limits_section(o: &SoakOptions, window: Duration) -> String {
+    let mut limits = String::new();
+    if let Some(m) = &o.max_memory {
+        limits.push_str(&format!("max_memory = {m:?}\n"));
+    }
+    if o.models > MAX_MODELS {
+        limits.push_str(&format!("max_models = {}\n", o.models));
+    }
+    if window + Duration::from_secs(15 * 60) > MODEL_IDLE {
+        limits.push_str(&format!(
+            "model_idle = \"{}\"\n",
+            humantime::format_duration(window + MODEL_IDLE)
+        ));
+    }
+    if limits.is_empty() {
+        limits
+    } else {
+        format!("\n[limits]\n{limits}")
+    }
+}
+
 /// The daemon's config file: the lab's daemon under test, with the soak's
-/// shutdown grace and, with an Alertmanager, alerts to it.
+/// window, limits and shutdown grace and, with an Alertmanager, alerts to
+/// it.
 fn write_config(
+    o: &SoakOptions,
     dir: &Path,
     brokers: &str,
     port: u16,
@@ -646,6 +849,7 @@ fn write_config(
         "\n[shutdown]\ngrace = \"{}\"\n",
         humantime::format_duration(GRACE)
     );
+    extra.push_str(&limits_section(o, window));
     if let Some(am) = am {
         extra.push_str(&format!(
             r#"
@@ -668,7 +872,7 @@ timeout = "2s"
         group_id: GROUP,
         commit_interval: Some(Duration::from_secs(1)),
         window,
-        pane: window / 10,
+        pane: pane_of(window),
         every: Duration::from_secs(1),
         baselines_dir: &dir.join("baselines"),
         state_dir: &dir.join("state"),
@@ -682,25 +886,58 @@ timeout = "2s"
 // ---------------------------------------------------------------------------
 // The run.
 
-/// Per-partition (committed, high watermark) of the daemon's group.
-fn offsets(c: &BaseConsumer, partitions: i32) -> anyhow::Result<Vec<(i64, i64)>> {
+/// A client reading the offsets the daemon's group committed (it does not
+/// join the group).
+fn group_watcher(brokers: &str) -> anyhow::Result<BaseConsumer> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", GROUP)
+        .set("enable.auto.commit", "false")
+        .create()?)
+}
+
+/// Per-partition committed offset of the daemon's group (0 before its
+/// first commit).
+fn committed(c: &BaseConsumer, partitions: i32) -> anyhow::Result<Vec<i64>> {
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition(TOPIC, p);
     }
     let committed = c.committed_offsets(tpl, Duration::from_secs(10))?;
+    Ok((0..partitions)
+        .map(|p| {
+            committed
+                .find_partition(TOPIC, p)
+                .map_or(0, |e| match e.offset() {
+                    Offset::Offset(o) => o,
+                    _ => 0,
+                })
+        })
+        .collect())
+}
+
+/// Per-partition (committed, high watermark) of the daemon's group.
+fn offsets(c: &BaseConsumer, partitions: i32) -> anyhow::Result<Vec<(i64, i64)>> {
+    let done = committed(c, partitions)?;
     let mut out = Vec::with_capacity(partitions as usize);
-    for p in 0..partitions {
+    for (p, done) in (0..partitions).zip(done) {
         let (_, high) = c.fetch_watermarks(TOPIC, p, Duration::from_secs(10))?;
-        let done = committed
-            .find_partition(TOPIC, p)
-            .map_or(0, |e| match e.offset() {
-                Offset::Offset(o) => o,
-                _ => 0,
-            });
         out.push((done, high));
     }
     Ok(out)
+}
+
+/// How far the most behind partition's committed offset is from the lines
+/// queued to it (`sent` lines round-robin over `committed.len()`
+/// partitions).
+fn most_behind(sent: u64, committed: &[i64]) -> i64 {
+    let n = committed.len().max(1) as u64;
+    committed
+        .iter()
+        .enumerate()
+        .map(|(p, c)| (sent / n + u64::from((p as u64) < sent % n)) as i64 - c)
+        .max()
+        .unwrap_or(0)
 }
 
 /// Whether the daemon has counted all but the last 2 s of what was produced
@@ -819,6 +1056,10 @@ struct Rig {
     partitions: i32,
     stdout_path: PathBuf,
     daemon_started: Instant,
+    /// The window's panes and their length, as the daemon caps them.
+    panes: (usize, Duration),
+    /// The first line of the daemon's memory plan.
+    memory_plan: String,
     scratch: Scratch,
 }
 
@@ -837,6 +1078,9 @@ struct Tick {
 struct FaultPhase {
     faults: Vec<FaultRecord>,
     curve: Vec<(f64, f64, usize)>,
+    /// (seconds since the phase began, RSS MiB) once a second until
+    /// `--duration`.
+    rss: Vec<(f64, f64)>,
     /// RSS and descriptors sampled over the phase's last `sampling`.
     end_rss: Vec<f64>,
     end_fds: Vec<usize>,
@@ -866,6 +1110,58 @@ fn sampling_of(o: &SoakOptions) -> Duration {
     (o.duration / 24).clamp(Duration::from_secs(5), Duration::from_secs(10))
 }
 
+/// What the daemon will make of its config, before it starts: the window's
+/// panes and their length, and the first line of its memory plan; an error
+/// naming every problem it would refuse to start with (a `--max-memory`
+/// too small for the models, say).
+fn preflight(config: &Path) -> anyhow::Result<((usize, Duration), String)> {
+    let cfg = crate::config::Config::load(Some(config)).map_err(|e| {
+        anyhow::anyhow!("the daemon's config (--window, --max-memory) is not valid: {e}")
+    })?;
+    let found = crate::daemon::app::preflight(&cfg);
+    if !found.problems.is_empty() {
+        let problems: Vec<String> = found
+            .problems
+            .iter()
+            .map(|(k, m)| format!("  {k}: {m}"))
+            .collect();
+        bail!(
+            "the daemon would not start with the soak's config (see --max-memory, --models, --features, --window):\n{}",
+            problems.join("\n")
+        );
+    }
+    let panes = match cfg.engine.window.capped(cfg.engine.max_panes).0 {
+        spec @ WindowSpec::Time { pane_ms, .. } => {
+            (spec.panes(), Duration::from_millis(pane_ms as u64))
+        }
+        spec @ WindowSpec::Count { .. } => (spec.panes(), Duration::ZERO),
+    };
+    let plan = found.memory.lines().next().unwrap_or_default();
+    Ok((panes, plan.trim_end_matches(':').to_owned()))
+}
+
+/// A line printed at most once per period.
+struct Progress {
+    every: Duration,
+    last: Instant,
+}
+
+impl Progress {
+    fn every(every: Duration) -> Progress {
+        Progress {
+            every,
+            last: Instant::now(),
+        }
+    }
+
+    fn say(&mut self, line: impl FnOnce() -> String) {
+        if self.last.elapsed() >= self.every {
+            self.last = Instant::now();
+            eprintln!("{}", line());
+        }
+    }
+}
+
 /// Failed posts to Alertmanager the daemon counted.
 fn alert_errors(d: &ChildDaemon) -> f64 {
     d.get("/metrics").map_or(0.0, |(_, t)| {
@@ -892,9 +1188,16 @@ impl Rig {
         let scratch = Scratch::new("soak").context("creating a scratch directory")?;
         let dir = scratch.0.clone();
         std::fs::create_dir_all(dir.join("baselines"))?;
-        for b in traffic.shape.baselines(now)? {
+        let reference = traffic.shape.reference_lines(REFERENCE_MAX_LINES);
+        let building = Instant::now();
+        for b in traffic.shape.baselines_from(now, reference)? {
             b.save(&dir.join("baselines"))?;
         }
+        eprintln!(
+            "soak: {} baselines built from {reference} reference lines in {:.1} s",
+            o.models,
+            secs(building.elapsed())
+        );
 
         let cluster = MockCluster::new(BROKERS).context("starting librdkafka's mock cluster")?;
         cluster.create_topic(TOPIC, partitions, 1)?;
@@ -915,12 +1218,14 @@ impl Rig {
         };
         let port = free_port()?;
         let config = write_config(
+            o,
             &dir,
             &brokers,
             port,
             window,
             am.as_ref().map(|a| a.addr()).as_deref(),
         )?;
+        let (panes, memory_plan) = preflight(&config)?;
         let stdout_path = dir.join("daemon.stdout");
         let mut d = ChildDaemon::start(
             &config,
@@ -938,6 +1243,8 @@ impl Rig {
             partitions,
             stdout_path,
             daemon_started: Instant::now(),
+            panes,
+            memory_plan,
             scratch,
         })
     }
@@ -945,7 +1252,7 @@ impl Rig {
     /// What runs where.
     fn announce(&self, o: &SoakOptions, traffic: &SoakTraffic, window: Duration) {
         eprintln!(
-            "soak: driftd run (pid {}) on {} partitions of {BROKERS} mock brokers; {} lines/s, {} models x {} features ({:.0} B/line), {}/{} drifted; window {}; logs in {}",
+            "soak: driftd run (pid {}) on {} partitions of {BROKERS} mock brokers; {} lines/s, {} models x {} features ({:.0} B/line), {}/{} drifted; window {} in {} panes of {}; {}; logs in {}",
             self.d.pid(),
             self.partitions,
             o.rate,
@@ -955,8 +1262,138 @@ impl Rig {
             traffic.drifted_model,
             traffic.feature,
             humantime::format_duration(window),
+            self.panes.0,
+            humantime::format_duration(self.panes.1),
+            self.memory_plan,
             self.scratch.0.display()
         );
+    }
+
+    /// The daemon's message counter (None when its API does not answer).
+    fn counted(&self) -> Option<u64> {
+        self.d.status().ok().and_then(|s| s["messages"].as_u64())
+    }
+
+    /// The engine's memory budget, from /metrics.
+    fn budget(&self) -> anyhow::Result<Budget> {
+        Ok(Budget::of(&self.d.get("/metrics")?.1))
+    }
+
+    /// Produces one window of event time (see [`backfill_lines`]) as fast
+    /// as the daemon drains it, and waits until the daemon has counted all
+    /// of it.
+    fn backfill(
+        &mut self,
+        o: &SoakOptions,
+        traffic: &SoakTraffic,
+        window: Duration,
+        stats: &Arc<ProduceStats>,
+    ) -> anyhow::Result<BackfillRecord> {
+        let lines = backfill_lines(o, window);
+        // Lines queued to a partition past its committed offset: half of
+        // what the mock broker keeps of one (5 MB; it drops the oldest
+        // message sets beyond), so none is dropped before the daemon reads
+        // it. Per partition: the daemon reads some faster than others.
+        let room = ((5u64 << 20) as f64 / traffic.bytes_per_line.max(1.0) / 2.0) as i64;
+        let began = Instant::now();
+        let end_ms = crate::clock::now_ms();
+        let step_ms = window.as_millis() as f64 / lines as f64;
+        eprintln!(
+            "soak: backfilling {lines} lines over the last {} of event time ({:.0} lines/s of event time), at most {room} a partition past the daemon's commits ...",
+            humantime::format_duration(window),
+            1000.0 / step_ms
+        );
+        let p = soak_producer(&self.brokers, stats)?;
+        let watcher = group_watcher(&self.brokers)?;
+        // A stream of its own: the steady phase's lines are not these again.
+        let mut g = Generator::new(GeneratorConfig {
+            stream_seed: Some(13),
+            ..traffic.config.clone()
+        });
+        let names = g.model_names();
+        let (mut sent, mut checked_at) = (0u64, 0u64);
+        let mut done = vec![0i64; self.partitions as usize];
+        let mut buf = String::new();
+        let mut progress = Progress::every(Duration::from_secs(10));
+        let mut looked = Instant::now();
+        while sent < lines {
+            // Look again every 200 ms, and before a quarter of the room is
+            // queued since the last look.
+            let due = (sent - checked_at) as i64 * 4 >= room * i64::from(self.partitions);
+            if due || looked.elapsed() >= Duration::from_millis(200) {
+                self.d.alive().with_context(|| self.d.log())?;
+                done = committed(&watcher, self.partitions).unwrap_or(done);
+                (looked, checked_at) = (Instant::now(), sent);
+                progress.say(|| self.backfill_progress(sent, lines, began));
+                if most_behind(sent, &done) >= room {
+                    p.poll(Duration::from_millis(100));
+                    continue;
+                }
+            }
+            let t = end_ms - window.as_millis() as i64 + (sent as f64 * step_ms) as i64;
+            g.next_line(t, &mut buf);
+            send_line(&p, &g, &names, &buf, sent, self.partitions);
+            sent += 1;
+            if sent % 1024 == 0 {
+                p.poll(Duration::ZERO);
+            }
+        }
+        stats.queued.store(sent, Ordering::Relaxed);
+        flush(&p);
+        drop(p);
+        self.await_backfill(stats, lines, began, &mut progress)?;
+        let metrics = self.d.get("/metrics")?.1;
+        Ok(BackfillRecord {
+            lines,
+            span_s: secs(window),
+            event_rate: 1000.0 / step_ms,
+            seconds: secs(began.elapsed()),
+            late: sample_sum(&metrics, "driftd_late_events_total", &[]) as u64,
+            rss_after_mib: self.sample().0,
+        })
+    }
+
+    /// Waits until the daemon has counted every acknowledged line, at most
+    /// 10 minutes and a minute per 100k lines.
+    fn await_backfill(
+        &mut self,
+        stats: &ProduceStats,
+        lines: u64,
+        began: Instant,
+        progress: &mut Progress,
+    ) -> anyhow::Result<()> {
+        let deadline = Duration::from_secs(600 + lines / 100_000 * 60);
+        loop {
+            self.d.alive().with_context(|| self.d.log())?;
+            let counted = self.counted().unwrap_or(0);
+            let acked = stats.acked.load(Ordering::Relaxed);
+            progress.say(|| self.backfill_progress(lines, lines, began));
+            if counted >= acked {
+                eprintln!(
+                    "soak: backfill of {lines} lines counted in {}; RSS {:.1} MiB",
+                    clock(secs(began.elapsed())),
+                    self.sample().0
+                );
+                return Ok(());
+            }
+            if began.elapsed() > deadline {
+                bail!(
+                    "the daemon had counted {counted} of the backfill's {acked} lines after {}: too slow for this load (fewer --models, or a shorter --window)",
+                    clock(secs(began.elapsed()))
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    fn backfill_progress(&self, sent: u64, lines: u64, began: Instant) -> String {
+        let counted = self.counted().unwrap_or(0);
+        format!(
+            "soak: backfill {}: produced {sent} of {lines}, counted {counted} ({:.0} lines/s), RSS {:.1} MiB",
+            clock(secs(began.elapsed())),
+            counted as f64 / secs(began.elapsed()).max(0.001),
+            self.sample().0
+        )
     }
 
     /// RSS (MiB) and open descriptors of the daemon now.
@@ -972,13 +1409,14 @@ impl Rig {
             == Some(true)
     }
 
-    /// Waits until the window has filled once (`warmup`), the drift alert
-    /// is in Alertmanager (if there is one) and the daemon has caught up,
-    /// at most two minutes longer. When the alert arrived, in seconds since
-    /// the daemon started.
+    /// Waits until the steady traffic has run for `warmup` since `steady`,
+    /// the drift alert is in Alertmanager (if there is one) and the daemon
+    /// has caught up, at most two minutes longer. When the alert arrived, in
+    /// seconds since the daemon started.
     fn warm_up(
         &mut self,
         o: &SoakOptions,
+        steady: Instant,
         warmup: Duration,
         model: &str,
         p: &ProduceStats,
@@ -994,7 +1432,7 @@ impl Rig {
                     "soak: the {model} drift alert reached Alertmanager {s:.1} s after the daemon started"
                 );
             }
-            let waited = self.daemon_started.elapsed();
+            let waited = steady.elapsed();
             let current = caught_up(&self.d, p, o.rate);
             if waited >= warmup && (self.am.is_none() || first_alert.is_some()) && current {
                 return Ok(first_alert);
@@ -1036,6 +1474,7 @@ impl Rig {
             rss_mib: median_f(&rss_s),
             fds: median_u(&fds_s),
             series: series.len(),
+            memory: self.budget()?,
         };
         Ok((start, series))
     }
@@ -1090,6 +1529,7 @@ impl Rig {
         let mut next_progress = progress_every;
         let mut next_curve = Duration::ZERO;
         let (mut curve, mut end_rss, mut end_fds) = (Vec::new(), Vec::new(), Vec::new());
+        let mut rss = Vec::new();
         let mut live: Vec<Live> = Vec::new();
         let mut next_fault = 0;
         let mut tick = Instant::now();
@@ -1101,6 +1541,9 @@ impl Rig {
             if t >= next_curve {
                 curve.push((secs(t), now.rss, now.fds));
                 next_curve += curve_every;
+            }
+            if t <= o.duration {
+                rss.push((secs(t), now.rss));
             }
             if t + sampling >= o.duration && t <= o.duration {
                 end_rss.push(now.rss);
@@ -1128,6 +1571,7 @@ impl Rig {
         Ok(FaultPhase {
             faults,
             curve,
+            rss,
             end_rss,
             end_fds,
         })
@@ -1327,11 +1771,7 @@ impl Rig {
     /// Waits (up to 3 minutes) until the daemon has consumed and committed
     /// everything in the topic.
     fn drain(&mut self) -> anyhow::Result<Drained> {
-        let watcher: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
-            .set("group.id", GROUP)
-            .set("enable.auto.commit", "false")
-            .create()?;
+        let watcher = group_watcher(&self.brokers)?;
         let started = Instant::now();
         let (mut offs, mut consumed) = (Vec::new(), 0u64);
         loop {
@@ -1500,21 +1940,25 @@ impl Checks {
     }
 
     /// RSS, descriptors and series as flat as the limits allow; the RSS and
-    /// descriptor limits.
+    /// descriptor limits. RSS: the end, and the start plus the trend's
+    /// growth over the phase, both within the limit (the module's doc says
+    /// why both).
     fn flatness(
         &mut self,
         start: &Measure,
         end: &Measure,
+        trend: &RssTrend,
         added: &[String],
         removed: &[String],
     ) -> (f64, usize) {
         let rss_limit = start.rss_mib * RSS_FACTOR + RSS_SLACK_MIB;
+        let by_trend = start.rss_mib + trend.growth_mib;
         self.add(
             "RSS flat",
-            end.rss_mib <= rss_limit,
+            end.rss_mib <= rss_limit && by_trend <= rss_limit,
             format!(
-                "start {:.1} MiB, end {:.1} MiB, limit {rss_limit:.1} (start x {RSS_FACTOR} + {RSS_SLACK_MIB} MiB)",
-                start.rss_mib, end.rss_mib
+                "start {:.1} MiB, end {:.1} MiB, trend {:+.2} MiB/min ({:+.1} MiB over the phase), max {:.1} MiB; limit {rss_limit:.1} (start x {RSS_FACTOR} + {RSS_SLACK_MIB} MiB) for the end and for start + trend",
+                start.rss_mib, end.rss_mib, trend.slope_mib_per_min, trend.growth_mib, trend.max_mib
             ),
         );
         let fds_limit = start.fds + FD_SLACK;
@@ -1671,6 +2115,10 @@ fn check_options(o: &SoakOptions) -> anyhow::Result<()> {
         o.duration >= o.fault_every,
         "--duration must be at least --fault-every"
     );
+    anyhow::ensure!(
+        o.window.is_none_or(|w| w >= Duration::from_secs(10)),
+        "--window must be at least 10s"
+    );
     Ok(())
 }
 
@@ -1681,13 +2129,16 @@ pub fn run(o: &SoakOptions) -> anyhow::Result<SoakReport> {
     let began = Instant::now();
     let now = crate::clock::now_ms();
     let traffic = SoakTraffic::new(o, now)?;
-    let model = traffic.drifted_model.as_str();
-    let window = window_of(o);
-    let warmup = window + Duration::from_secs(5);
+    let window = o.window.unwrap_or_else(|| window_of(o));
     let mut rig = Rig::start(o, &traffic, window, am_bin.as_deref(), now)?;
     rig.announce(o, &traffic, window);
-    let stop = Arc::new(AtomicBool::new(false));
     let pstats = Arc::new(ProduceStats::default());
+
+    // ---- Backfill: a window of event time, all counted before the rest.
+    let backfill = rig.backfill(o, &traffic, window, &pstats)?;
+
+    // ---- Steady traffic: warm-up, start, faults, end.
+    let stop = Arc::new(AtomicBool::new(false));
     let producer = start_producer(
         rig.brokers.clone(),
         rig.partitions,
@@ -1697,40 +2148,10 @@ pub fn run(o: &SoakOptions) -> anyhow::Result<SoakReport> {
         pstats.clone(),
     );
     let mut checks = Checks::default();
-
-    // ---- Warm-up: the window filled once, and the alert delivered.
-    eprintln!(
-        "soak: warming up for {} ...",
-        humantime::format_duration(warmup)
-    );
-    let first_alert = rig.warm_up(o, warmup, model, &pstats)?;
-    if rig.am.is_some() {
-        checks.alert_delivered(first_alert, model, warmup + Duration::from_secs(120));
-    }
-
-    // ---- Start: a sample a second for 5 to 10 s (the same at the end).
-    let (start, start_series) = rig.measure_start(o, &pstats)?;
-    eprintln!(
-        "soak: start: RSS {:.1} MiB, {} open fds, {} series; {} of faults every {} ...",
-        start.rss_mib,
-        start.fds,
-        start.series,
-        humantime::format_duration(o.duration),
-        humantime::format_duration(o.fault_every)
-    );
-
-    let phase = rig.run_faults(o, model, &pstats)?;
-
-    // ---- End: measured under load, after every fault is over.
-    let end_series = settled_series(&rig.d, &pstats, o.rate, Some(&start_series))?;
-    let end = Measure {
-        rss_mib: median_f(&phase.end_rss),
-        fds: median_u(&phase.end_fds),
-        series: end_series.len(),
-    };
+    let steady = steady_phase(o, &mut rig, &traffic, window, &pstats, &mut checks)?;
     eprintln!(
         "soak: end: RSS {:.1} MiB, {} open fds, {} series; stopping the producer and draining ...",
-        end.rss_mib, end.fds, end.series
+        steady.end.rss_mib, steady.end.fds, steady.end.series
     );
 
     // ---- Drain: everything in the topic consumed and committed.
@@ -1741,18 +2162,29 @@ pub fn run(o: &SoakOptions) -> anyhow::Result<SoakReport> {
     let acked = pstats.acked.load(Ordering::Relaxed);
     let producer_failed = pstats.failed.load(Ordering::Relaxed);
     let drained = rig.drain()?;
+    let peak = proc_mem(rig.d.pid()).1;
     let last = rig.stop()?;
 
     // ---- Checks.
-    let added: Vec<String> = end_series.difference(&start_series).cloned().collect();
-    let removed: Vec<String> = start_series.difference(&end_series).cloned().collect();
-    let (rss_limit, fds_limit) = checks.flatness(&start, &end, &added, &removed);
+    let added: Vec<String> = steady
+        .end_series
+        .difference(&steady.start_series)
+        .cloned()
+        .collect();
+    let removed: Vec<String> = steady
+        .start_series
+        .difference(&steady.end_series)
+        .cloned()
+        .collect();
+    let trend = RssTrend::of(&steady.phase.rss, o.duration);
+    let (rss_limit, fds_limit) =
+        checks.flatness(&steady.start, &steady.end, &trend, &added, &removed);
     checks.delivery(&drained, acked, producer_failed, rig.partitions);
     checks.shutdown(&last.panic_lines, last.exit.as_ref(), last.final_ready);
-    checks.fault_recovery(&phase.faults, rig.am.is_some(), last.alerts_dropped);
+    checks.fault_recovery(&steady.phase.faults, rig.am.is_some(), last.alerts_dropped);
 
     let passed = checks.0.iter().all(|c| c.ok);
-    let partitions = rig.partitions;
+    let (partitions, panes, memory_plan) = (rig.partitions, rig.panes, rig.memory_plan.clone());
     // Keep the logs of a failed run (or when asked to).
     let logs = rig.finish(!passed || o.keep_logs);
     eprintln!("soak: done in {}", clock(secs(began.elapsed())));
@@ -1767,16 +2199,24 @@ pub fn run(o: &SoakOptions) -> anyhow::Result<SoakReport> {
         brokers: BROKERS,
         partitions,
         window: humantime::format_duration(window).to_string(),
-        warmup_s: secs(warmup),
+        panes: panes.0,
+        pane: humantime::format_duration(panes.1).to_string(),
+        max_memory: o.max_memory.clone(),
+        memory_plan,
+        backfill,
+        warmup_s: secs(steady.warmup),
         drifted_model: traffic.drifted_model,
         alertmanager: am_bin.map(|p| p.display().to_string()),
-        start,
-        end,
+        start: steady.start,
+        end: steady.end,
         rss_limit_mib: rss_limit,
+        rss_max_mib: trend.max_mib,
+        rss_slope_mib_per_min: trend.slope_mib_per_min,
+        rss_peak_mib: peak,
         fds_limit,
         series_added: added,
         series_removed: removed,
-        curve: phase.curve,
+        curve: steady.phase.curve,
         produced: drained.produced,
         acked,
         producer_failed,
@@ -1784,10 +2224,10 @@ pub fn run(o: &SoakOptions) -> anyhow::Result<SoakReport> {
         duplicates: drained.duplicates,
         lost: drained.lost,
         partitions_committed: drained.partitions_committed,
-        first_alert_s: first_alert,
+        first_alert_s: steady.first_alert,
         alerts_dropped: last.alerts_dropped,
-        fault_counts: fault_counts(&phase.faults),
-        faults: phase.faults,
+        fault_counts: fault_counts(&steady.phase.faults),
+        faults: steady.phase.faults,
         panics: last.panic_lines.len(),
         exit_status: match &last.exit {
             Some((st, _)) => st.to_string(),
@@ -1798,6 +2238,93 @@ pub fn run(o: &SoakOptions) -> anyhow::Result<SoakReport> {
         passed,
         logs,
     })
+}
+
+/// What the steady traffic showed, from the warm-up to the end.
+struct Steady {
+    warmup: Duration,
+    first_alert: Option<f64>,
+    start: Measure,
+    start_series: BTreeSet<String>,
+    phase: FaultPhase,
+    end: Measure,
+    end_series: BTreeSet<String>,
+}
+
+/// The warm-up (the alert delivered: a check), the start measured, the
+/// faults, and the end measured under load after every fault is over.
+fn steady_phase(
+    o: &SoakOptions,
+    rig: &mut Rig,
+    traffic: &SoakTraffic,
+    window: Duration,
+    pstats: &ProduceStats,
+    checks: &mut Checks,
+) -> anyhow::Result<Steady> {
+    let model = traffic.drifted_model.as_str();
+    let steady = Instant::now();
+    let warmup = warmup_of(o, window);
+    eprintln!(
+        "soak: warming up for {} ...",
+        humantime::format_duration(warmup)
+    );
+    let first_alert = rig.warm_up(o, steady, warmup, model, pstats)?;
+    if rig.am.is_some() {
+        checks.alert_delivered(first_alert, model, rig.daemon_started.elapsed());
+    }
+
+    // ---- Start: a sample a second for 5 to 10 s (the same at the end).
+    let (start, start_series) = rig.measure_start(o, pstats)?;
+    eprintln!(
+        "soak: start: RSS {:.1} MiB, {} open fds, {} series, engine memory reserved {:.1} of {:.1} MiB; {} of faults every {} ...",
+        start.rss_mib,
+        start.fds,
+        start.series,
+        start.memory.reserved_bytes / MIB,
+        start.memory.limit_bytes / MIB,
+        humantime::format_duration(o.duration),
+        humantime::format_duration(o.fault_every)
+    );
+
+    let phase = rig.run_faults(o, model, pstats)?;
+
+    // ---- End: measured under load, after every fault is over.
+    let end_series = settled_series(&rig.d, pstats, o.rate, Some(&start_series))?;
+    let end = Measure {
+        rss_mib: median_f(&phase.end_rss),
+        fds: median_u(&phase.end_fds),
+        series: end_series.len(),
+        memory: rig.budget()?,
+    };
+    Ok(Steady {
+        warmup,
+        first_alert,
+        start,
+        start_series,
+        phase,
+        end,
+        end_series,
+    })
+}
+
+/// RSS over the steady phase: its largest sample and its trend.
+struct RssTrend {
+    max_mib: f64,
+    slope_mib_per_min: f64,
+    /// The trend over the phase: the slope times its length.
+    growth_mib: f64,
+}
+
+impl RssTrend {
+    /// From `(seconds, MiB)` samples over a phase of `length`.
+    fn of(samples: &[(f64, f64)], length: Duration) -> RssTrend {
+        let per_s = slope(samples);
+        RssTrend {
+            max_mib: samples.iter().map(|s| s.1).fold(f64::NAN, f64::max),
+            slope_mib_per_min: per_s * 60.0,
+            growth_mib: per_s * secs(length),
+        }
+    }
 }
 
 /// The faults, a row each.
@@ -1849,7 +2376,7 @@ pub fn render(r: &SoakReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "driftd soak: {} at {} lines/s, a fault every {}; {} models x {} features, {} partitions on {} mock brokers, window {}; {} ({} cores)",
+        "driftd soak: {} at {} lines/s, a fault every {}; {} models x {} features, {} partitions on {} mock brokers, window {} in {} panes of {}; {} ({} cores)",
         clock(r.duration_s),
         r.rate,
         clock(r.fault_every_s),
@@ -1858,8 +2385,29 @@ pub fn render(r: &SoakReport) -> String {
         r.partitions,
         r.brokers,
         r.window,
+        r.panes,
+        r.pane,
         r.machine,
         r.cores
+    );
+    let _ = writeln!(
+        out,
+        "limits.max_memory: {}; {}",
+        r.max_memory.as_deref().unwrap_or("the daemon's default"),
+        r.memory_plan
+    );
+    let b = &r.backfill;
+    let _ = writeln!(
+        out,
+        "backfill: {} lines over {} of event time ({:.0} lines/s of event time), counted in {} ({:.0} lines/s), {} late; RSS then {:.1} MiB; warm-up {} of steady traffic",
+        b.lines,
+        clock(b.span_s),
+        b.event_rate,
+        clock(b.seconds),
+        b.lines as f64 / b.seconds.max(0.001),
+        b.late,
+        b.rss_after_mib,
+        clock(r.warmup_s)
     );
     match &r.alertmanager {
         Some(p) => {
@@ -1880,6 +2428,35 @@ pub fn render(r: &SoakReport) -> String {
         out,
         "| RSS (MiB, median of 5-10 s) | {:.1} | {:.1} | {:.1} |",
         r.start.rss_mib, r.end.rss_mib, r.rss_limit_mib
+    );
+    let _ = writeln!(
+        out,
+        "| RSS max over the steady phase (MiB, 1 s samples) | | {:.1} | |",
+        r.rss_max_mib
+    );
+    let _ = writeln!(
+        out,
+        "| RSS trend (MiB/min, least squares of 1 s samples) | | {:+.2} | {:+.2} ((limit - start) / minutes) |",
+        r.rss_slope_mib_per_min,
+        (r.rss_limit_mib - r.start.rss_mib) / (r.duration_s / 60.0)
+    );
+    let _ = writeln!(
+        out,
+        "| RSS peak (MiB, VmHWM, backfill included) | | {:.1} | |",
+        r.rss_peak_mib
+    );
+    let mib = |b: f64| b / MIB;
+    let _ = writeln!(
+        out,
+        "| engine memory reserved (MiB, driftd_memory_reserved_bytes) | {:.1} | {:.1} | {:.1} (driftd_memory_limit_bytes) |",
+        mib(r.start.memory.reserved_bytes),
+        mib(r.end.memory.reserved_bytes),
+        mib(r.end.memory.limit_bytes)
+    );
+    let _ = writeln!(
+        out,
+        "| refused by the memory budget (driftd_memory_refused_total) | {} | {} | |",
+        r.start.memory.refused, r.end.memory.refused
     );
     let _ = writeln!(
         out,
