@@ -95,7 +95,7 @@ pub enum Control {
 
 /// What the handlers share.
 #[derive(Clone)]
-pub struct AdminState {
+pub(crate) struct AdminState {
     pub exposition: Exposition,
     pub readiness: Arc<Readiness>,
     pub snapshot: watch::Receiver<Arc<Snapshot>>,
@@ -103,7 +103,7 @@ pub struct AdminState {
     pub admin_token: Option<Arc<str>>,
 }
 
-pub fn router(state: AdminState) -> Router {
+pub(crate) fn router(state: AdminState) -> Router {
     probes()
         .route("/api/v1/drift", get(drift))
         .route("/api/v1/status", get(status))
@@ -114,7 +114,7 @@ pub fn router(state: AdminState) -> Router {
 
 /// What Prometheus and the kubelet need, and nothing else: the router of
 /// `http.metrics_listen`, an address that can be opened wider than the API.
-pub fn probes_router(state: AdminState) -> Router {
+pub(crate) fn probes_router(state: AdminState) -> Router {
     probes().with_state(state)
 }
 
@@ -126,7 +126,7 @@ fn probes() -> Router<AdminState> {
 }
 
 /// Serves `app` until `cancel`, then finishes in-flight requests.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
     cancel: CancellationToken,
@@ -137,7 +137,7 @@ pub async fn serve(
 }
 
 /// Binds the listener; a bind failure names the address and a likely fix.
-pub async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<tokio::net::TcpListener> {
+pub(crate) async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         anyhow::anyhow!(
             "cannot listen on {addr}: {e} (is another process using the port? set {key})"

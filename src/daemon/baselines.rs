@@ -16,7 +16,7 @@ use crate::engine::Engine;
 
 /// Why the baselines could not be loaded at start.
 #[derive(Debug, thiserror::Error)]
-pub enum BaselinesError {
+pub(crate) enum BaselinesError {
     #[error("cannot load the baselines in {dir}:\n{}", problems.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n"))]
     Load {
         dir: PathBuf,
@@ -34,7 +34,7 @@ pub enum BaselinesError {
 type Stamp = Vec<(String, u64, Option<SystemTime>)>;
 
 /// The baselines directory.
-pub struct BaselineDir {
+pub(crate) struct BaselineDir {
     dir: PathBuf,
     stamp: Stamp,
     /// Versions of automatic baselines already written.
@@ -45,7 +45,7 @@ impl BaselineDir {
     /// Loads every baseline in `dir`. A missing directory is fine when
     /// baselines are captured automatically (it is created); otherwise, and
     /// for any bad file, the start stops with every problem named.
-    pub fn open(
+    pub(crate) fn open(
         dir: &Path,
         auto_baseline: bool,
     ) -> Result<(BaselineDir, Vec<Baseline>), BaselinesError> {
@@ -73,12 +73,8 @@ impl BaselineDir {
         Ok((d, baselines))
     }
 
-    pub fn path(&self) -> &Path {
-        &self.dir
-    }
-
     /// Whether a file was added, removed or changed since the last call.
-    pub fn changed(&mut self) -> bool {
+    pub(crate) fn changed(&mut self) -> bool {
         let now = stamp(&self.dir);
         if now == self.stamp {
             return false;
@@ -89,7 +85,7 @@ impl BaselineDir {
 
     /// Every baseline in the directory, or every problem (then nothing
     /// should change: the baselines in force stay).
-    pub fn load(&self) -> Result<Vec<Baseline>, String> {
+    pub(crate) fn load(&self) -> Result<Vec<Baseline>, String> {
         let loaded = load_dir(&self.dir).map_err(|errs| {
             errs.iter()
                 .map(ToString::to_string)
@@ -100,12 +96,12 @@ impl BaselineDir {
     }
 
     /// Writes a baseline (captured from a window) to the directory.
-    pub fn save(&self, b: &Baseline) -> Result<PathBuf, String> {
+    pub(crate) fn save(&self, b: &Baseline) -> Result<PathBuf, String> {
         b.save(&self.dir).map_err(|e| e.to_string())
     }
 
     /// Writes the automatic baselines the engine made since the last call.
-    pub fn save_automatic(&mut self, engine: &Engine) {
+    pub(crate) fn save_automatic(&mut self, engine: &Engine) {
         let new: Vec<&Baseline> = engine
             .auto_captured()
             .filter(|b| !self.saved_auto.contains(&b.version))

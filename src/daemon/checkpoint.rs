@@ -78,19 +78,19 @@ impl Default for CheckpointConfig {
 
 /// Format version of the file and of the topic's records. Version 1 had no
 /// cluster id, anchors or per-model sources: such a checkpoint is stale.
-pub const CHECKPOINT_VERSION: u32 = 2;
+pub(crate) const CHECKPOINT_VERSION: u32 = 2;
 const FILE_NAME: &str = "driftd-checkpoint.json";
 
 /// A partition.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct PartitionRef {
+pub(crate) struct PartitionRef {
     pub topic: String,
     pub partition: i32,
 }
 
 /// The next offset to consume on one partition, and the message before it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PartitionOffset {
+pub(crate) struct PartitionOffset {
     pub topic: String,
     pub partition: i32,
     pub offset: i64,
@@ -113,7 +113,7 @@ impl PartitionOffset {
 
 /// One window's saved panes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SavedWindow {
+pub(crate) struct SavedWindow {
     pub model: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arm: Option<String>,
@@ -123,7 +123,7 @@ pub struct SavedWindow {
 
 /// One model's windows and the partitions they came from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SavedModel {
+pub(crate) struct SavedModel {
     pub model: String,
     pub baseline_version: String,
     /// The partitions the model's lines came from; `None` when that is not
@@ -135,7 +135,7 @@ pub struct SavedModel {
 
 /// A checkpoint file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Checkpoint {
+pub(crate) struct Checkpoint {
     pub schema_version: u32,
     /// The Kafka cluster the positions are on (`None` if the broker did not
     /// say).
@@ -152,7 +152,7 @@ pub struct Checkpoint {
 /// by model), so a replica that takes over the model's partitions takes
 /// over its windows: they hold exactly the events before `sources`' offsets.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ModelCheckpoint {
+pub(crate) struct ModelCheckpoint {
     pub schema_version: u32,
     pub cluster_id: Option<String>,
     pub window: String,
@@ -168,7 +168,7 @@ pub struct ModelCheckpoint {
 
 impl ModelCheckpoint {
     /// Usable by a consumer of `group_id` with these window settings.
-    pub fn fits(&self, spec: &WindowSpec, group_id: &str) -> bool {
+    pub(crate) fn fits(&self, spec: &WindowSpec, group_id: &str) -> bool {
         self.schema_version == CHECKPOINT_VERSION
             && self.window == window_fingerprint(spec)
             && self.group_id == group_id
@@ -176,7 +176,7 @@ impl ModelCheckpoint {
 }
 
 /// Describes window settings; a checkpoint with another description is stale.
-pub fn window_fingerprint(spec: &WindowSpec) -> String {
+pub(crate) fn window_fingerprint(spec: &WindowSpec) -> String {
     match spec {
         WindowSpec::Time { length_ms, pane_ms } => format!("time:{length_ms}:{pane_ms}"),
         WindowSpec::Count { events, panes } => format!("count:{events}:{panes}"),
@@ -186,7 +186,7 @@ pub fn window_fingerprint(spec: &WindowSpec) -> String {
 /// Models and partitions restored together or not at all (see the module
 /// documentation).
 #[derive(Debug, Clone, PartialEq)]
-pub struct RestoreSet {
+pub(crate) struct RestoreSet {
     pub id: u64,
     pub cluster_id: Option<String>,
     pub written_at_ms: i64,
@@ -195,7 +195,7 @@ pub struct RestoreSet {
 }
 
 impl RestoreSet {
-    pub fn model_names(&self) -> Vec<&str> {
+    pub(crate) fn model_names(&self) -> Vec<&str> {
         self.models.iter().map(|m| m.model.as_str()).collect()
     }
 }
@@ -204,7 +204,7 @@ impl Checkpoint {
     /// Splits the checkpoint into the sets that must be restored together:
     /// partitions joined by the models that came from more than one of
     /// them. Set ids count from `first_id`.
-    pub fn into_sets(self, first_id: u64) -> Vec<RestoreSet> {
+    pub(crate) fn into_sets(self, first_id: u64) -> Vec<RestoreSet> {
         let n = self.partitions.len();
         let index: HashMap<PartitionRef, usize> = self
             .partitions
@@ -272,7 +272,7 @@ impl Checkpoint {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum CheckpointError {
+pub(crate) enum CheckpointError {
     #[error("cannot write checkpoint {path}: {source} (check that the checkpoint directory is writable, e.g. a mounted volume)")]
     Write {
         path: PathBuf,
@@ -295,23 +295,23 @@ pub enum CheckpointError {
 
 /// A directory holding the checkpoint.
 #[derive(Debug, Clone)]
-pub struct CheckpointStore {
+pub(crate) struct CheckpointStore {
     dir: PathBuf,
 }
 
 impl CheckpointStore {
-    pub fn new(dir: &Path) -> CheckpointStore {
+    pub(crate) fn new(dir: &Path) -> CheckpointStore {
         CheckpointStore {
             dir: dir.to_owned(),
         }
     }
 
-    pub fn path(&self) -> PathBuf {
+    pub(crate) fn path(&self) -> PathBuf {
         self.dir.join(FILE_NAME)
     }
 
     /// Reads the checkpoint, if there is one usable for these settings.
-    pub fn load(
+    pub(crate) fn load(
         &self,
         spec: &WindowSpec,
         group_id: &str,
@@ -378,7 +378,7 @@ impl CheckpointStore {
     }
 
     /// Writes the checkpoint atomically.
-    pub fn save(&self, cp: &Checkpoint) -> Result<u64, CheckpointError> {
+    pub(crate) fn save(&self, cp: &Checkpoint) -> Result<u64, CheckpointError> {
         let path = self.path();
         let werr = |source| CheckpointError::Write {
             path: path.clone(),
@@ -408,7 +408,7 @@ impl CheckpointStore {
 /// Builds the checkpoint of the engine's windows and the positions their
 /// lines end at, at one instant. `partition_of` names the engine's source
 /// ids (see `Engine::set_source`) as partitions.
-pub fn checkpoint_of<'a>(
+pub(crate) fn checkpoint_of<'a>(
     engine: &Engine,
     positions: Vec<PartitionOffset>,
     partition_of: impl Fn(u32) -> Option<(&'a str, i32)>,
@@ -474,7 +474,7 @@ fn saved_models<'a>(
 /// A window the engine refuses (its baseline changed since) is logged and
 /// left out; a model already tracked here keeps its own windows (they hold
 /// lines counted since the start, which a restore would overwrite).
-pub fn restore_set(engine: &mut Engine, set: &RestoreSet) -> usize {
+pub(crate) fn restore_set(engine: &mut Engine, set: &RestoreSet) -> usize {
     let mut restored = 0;
     for m in &set.models {
         if engine.model(&m.model).is_some() {
@@ -502,7 +502,7 @@ pub fn restore_set(engine: &mut Engine, set: &RestoreSet) -> usize {
 /// The models of a set whose baseline is not the one their windows were
 /// counted against (or that have none any more): their windows cannot be
 /// restored, so neither can the set's positions.
-pub fn changed_baselines<'s>(engine: &Engine, set: &'s RestoreSet) -> Vec<&'s str> {
+pub(crate) fn changed_baselines<'s>(engine: &Engine, set: &'s RestoreSet) -> Vec<&'s str> {
     set.models
         .iter()
         .filter(|m| engine.baseline_version(&m.model) != Some(m.baseline_version.as_str()))
@@ -512,7 +512,7 @@ pub fn changed_baselines<'s>(engine: &Engine, set: &'s RestoreSet) -> Vec<&'s st
 
 /// The compacted checkpoint topic: each model's state, keyed by model, so
 /// a replica that is assigned a model's partitions takes its windows over.
-pub struct CheckpointTopic {
+pub(crate) struct CheckpointTopic {
     client: ClientConfig,
     topic: String,
     producer: Option<BaseProducer>,
@@ -539,7 +539,7 @@ const FIRST_CLAIM_SET: u64 = 1 << 40;
 
 impl CheckpointTopic {
     /// `client` reaches the cluster (brokers and security settings).
-    pub fn new(
+    pub(crate) fn new(
         client: ClientConfig,
         topic: &str,
         spec: WindowSpec,
@@ -571,7 +571,7 @@ impl CheckpointTopic {
 
     /// Publishes every model's state. `positions` are the partitions'
     /// positions now; `partition_of` names the engine's source ids.
-    pub fn publish<'a>(
+    pub(crate) fn publish<'a>(
         &self,
         engine: &Engine,
         positions: &[PartitionOffset],
@@ -617,14 +617,14 @@ impl CheckpointTopic {
     }
 
     /// Serves the producer's delivery callbacks; call often.
-    pub fn poll(&self) {
+    pub(crate) fn poll(&self) {
         if let Some(p) = &self.producer {
             p.poll(Duration::ZERO);
         }
     }
 
     /// Waits for what was published to be delivered (at shutdown).
-    pub fn flush(&self, timeout: Duration) {
+    pub(crate) fn flush(&self, timeout: Duration) {
         if let Some(p) = &self.producer {
             if let Err(e) = p.flush(timeout) {
                 tracing::warn!(error = %e, "model states not all published to the checkpoint topic");
@@ -633,7 +633,7 @@ impl CheckpointTopic {
     }
 
     /// Remembers the baseline versions in force (after a load or reload).
-    pub fn set_versions(&self, engine: &Engine) {
+    pub(crate) fn set_versions(&self, engine: &Engine) {
         let v = engine
             .baselines()
             .map(|b| (b.model.clone(), b.version.clone()))
@@ -646,7 +646,10 @@ impl CheckpointTopic {
     /// over only if every partition it came from is among `unknown`), kept
     /// for [`CheckpointTopic::take_claimed`]. Returns each set's positions,
     /// to be judged: `(set, cluster id, position)`.
-    pub fn claim(&self, unknown: &[(String, i32)]) -> Vec<(u64, Option<String>, PartitionOffset)> {
+    pub(crate) fn claim(
+        &self,
+        unknown: &[(String, i32)],
+    ) -> Vec<(u64, Option<String>, PartitionOffset)> {
         let records = match read_model_checkpoints(
             &self.client,
             &self.topic,
@@ -690,12 +693,12 @@ impl CheckpointTopic {
     }
 
     /// A claimed set, once judged (accepted or not).
-    pub fn take_claimed(&self, set: u64) -> Option<RestoreSet> {
+    pub(crate) fn take_claimed(&self, set: u64) -> Option<RestoreSet> {
         self.claimed.lock().expect("not poisoned").remove(&set)
     }
 
     /// Records not claimed because the baseline changed, since the last call.
-    pub fn take_stale(&self) -> u64 {
+    pub(crate) fn take_stale(&self) -> u64 {
         self.stale.swap(0, Ordering::Relaxed)
     }
 }
@@ -837,7 +840,7 @@ fn read_model_checkpoints(
 /// Why a part of a checkpoint was not restored: the labels of
 /// `driftd_checkpoint_discarded_total{reason}`. The first five are the
 /// broker's judgment (`ingest::Discard`), then this module's own.
-pub const DISCARD_REASONS: [&str; 8] = [
+pub(crate) const DISCARD_REASONS: [&str; 8] = [
     "cluster",
     "topic",
     "offset_out_of_range",
@@ -876,7 +879,7 @@ impl CheckpointStats {
 }
 
 /// The checkpoint series: `driftd_checkpoint*`, set once per evaluation.
-pub struct CheckpointMetrics {
+pub(crate) struct CheckpointMetrics {
     writes: IntCounterVec,
     discarded: IntCounterVec,
     last_success: Gauge,
@@ -884,7 +887,7 @@ pub struct CheckpointMetrics {
 }
 
 impl CheckpointMetrics {
-    pub fn new(r: &Registry) -> Result<CheckpointMetrics, prometheus::Error> {
+    pub(crate) fn new(r: &Registry) -> Result<CheckpointMetrics, prometheus::Error> {
         let writes = IntCounterVec::new(
             Opts::new("driftd_checkpoints_total", "Checkpoint writes, by outcome"),
             &["outcome"],
@@ -917,7 +920,7 @@ impl CheckpointMetrics {
         })
     }
 
-    pub fn update(&mut self, s: &CheckpointStats) {
+    pub(crate) fn update(&mut self, s: &CheckpointStats) {
         self.writes
             .with_label_values(&["ok"])
             .inc_by(s.ok.saturating_sub(self.prev.ok));

@@ -32,7 +32,7 @@ impl Default for LogConfig {
 
 /// Logs go to stderr: JSON lines (what this project consumes) unless the
 /// format is `text`, or `auto` on a terminal.
-pub fn init(cfg: &LogConfig) {
+pub(crate) fn init(cfg: &LogConfig) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cfg.level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

@@ -1,15 +1,15 @@
 //! The daemon's edges: Kafka in, checkpoints, metrics, HTTP and alerts out,
 //! wired to the engine in [`app`].
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod alert;
 pub mod app;
-pub mod baselines;
-pub mod checkpoint;
+pub(crate) mod baselines;
+pub(crate) mod checkpoint;
 pub mod ingest;
-pub mod logging;
+pub(crate) mod logging;
 pub mod metrics;
-pub mod plan;
-pub mod readiness;
-pub mod settings;
+pub(crate) mod plan;
+pub(crate) mod readiness;
+pub(crate) mod settings;
 pub mod snapshot;

@@ -19,13 +19,13 @@ use crate::engine::memory::{human, Plan};
 /// The process before any model: binary, async runtime, threads, HTTP
 /// server, librdkafka's own structures. Measured as the idle daemon's RSS
 /// (`driftd bench`, no traffic): 17 MiB; rounded up.
-pub const PROCESS_BYTES: usize = 20 << 20;
+pub(crate) const PROCESS_BYTES: usize = 20 << 20;
 
 /// An alert transition waiting in the queue, with its labels and text.
 const TRANSITION_BYTES: usize = 1024;
 
 /// The daemon's own terms: what the engine's budget does not cover.
-pub fn daemon_terms(cfg: &Config) -> Plan {
+pub(crate) fn daemon_terms(cfg: &Config) -> Plan {
     let mut p = Plan::default();
     p.push(
         "process",
@@ -71,13 +71,13 @@ pub fn daemon_terms(cfg: &Config) -> Plan {
 }
 
 /// What the engine may take: the limit less the daemon's own terms.
-pub fn engine_limit(cfg: &Config) -> usize {
+pub(crate) fn engine_limit(cfg: &Config) -> usize {
     cfg.max_memory.saturating_sub(daemon_terms(cfg).total())
 }
 
 /// The whole plan: the daemon's terms, then the engine's with these
 /// baselines at their worst.
-pub fn plan(cfg: &Config, baselines: &[Baseline]) -> Plan {
+pub(crate) fn plan(cfg: &Config, baselines: &[Baseline]) -> Plan {
     let layouts: Vec<Layout> = baselines.iter().cloned().map(Layout::new).collect();
     let refs: Vec<&Layout> = layouts.iter().collect();
     let mut engine = cfg.engine.clone();
@@ -89,7 +89,7 @@ pub fn plan(cfg: &Config, baselines: &[Baseline]) -> Plan {
 
 /// The plan as `check-config` prints it, and the problem when it does not
 /// fit (`None` when it does).
-pub fn report(cfg: &Config, baselines: &[Baseline]) -> (String, Option<String>) {
+pub(crate) fn report(cfg: &Config, baselines: &[Baseline]) -> (String, Option<String>) {
     let p = plan(cfg, baselines);
     let total = p.total();
     let mut out = format!(

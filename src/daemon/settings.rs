@@ -20,7 +20,7 @@ use crate::engine::EngineConfig;
 /// The default of `limits.max_memory`. The Kubernetes examples limit the
 /// sidecar to 128 MiB; this leaves a quarter of that for what no budget
 /// sees (allocator slack, stacks, pages the kernel counts).
-pub const DEFAULT_MAX_MEMORY: usize = 96 << 20;
+pub(crate) const DEFAULT_MAX_MEMORY: usize = 96 << 20;
 
 /// Everything `driftd run` needs, validated: the engine's settings and each
 /// edge's, side by side. `crate::config` makes one from a file and the

@@ -26,19 +26,19 @@ use crate::engine::window::Window;
 
 /// Bytes reserved against a limit.
 #[derive(Debug, Clone, Default)]
-pub struct Budget {
+pub(crate) struct Budget {
     limit: Option<usize>,
     used: usize,
 }
 
 impl Budget {
     /// `None`: no limit (counted all the same).
-    pub fn new(limit: Option<usize>) -> Budget {
+    pub(crate) fn new(limit: Option<usize>) -> Budget {
         Budget { limit, used: 0 }
     }
 
     /// Reserves `bytes` if they fit.
-    pub fn try_reserve(&mut self, bytes: usize) -> bool {
+    pub(crate) fn try_reserve(&mut self, bytes: usize) -> bool {
         match self.limit {
             Some(l) if self.used.saturating_add(bytes) > l => false,
             _ => {
@@ -48,15 +48,15 @@ impl Budget {
         }
     }
 
-    pub fn release(&mut self, bytes: usize) {
+    pub(crate) fn release(&mut self, bytes: usize) {
         self.used = self.used.saturating_sub(bytes);
     }
 
-    pub fn used(&self) -> usize {
+    pub(crate) fn used(&self) -> usize {
         self.used
     }
 
-    pub fn limit(&self) -> Option<usize> {
+    pub(crate) fn limit(&self) -> Option<usize> {
         self.limit
     }
 }
@@ -64,7 +64,7 @@ impl Budget {
 /// The bound of one drift window with its verdicts, scores and cached
 /// thresholds: `bins` bins in `slots` distributions, `panes` panes, events
 /// of up to `max_features` features, `rules` rules.
-pub fn tracked_bytes(
+pub(crate) fn tracked_bytes(
     bins: usize,
     slots: usize,
     panes: usize,
@@ -116,7 +116,7 @@ impl Plan {
 }
 
 /// `1234567` as `1.2 MiB`.
-pub fn human(bytes: usize) -> String {
+pub(crate) fn human(bytes: usize) -> String {
     const K: f64 = 1024.0;
     let b = bytes as f64;
     if b < K {

@@ -11,12 +11,12 @@ pub mod baseline;
 pub mod compare;
 pub mod decode;
 pub mod detect;
-pub mod experiment;
+pub(crate) mod experiment;
 pub mod health;
-pub mod memory;
+pub(crate) mod memory;
 mod pipeline;
 pub mod threshold;
-pub mod time;
+pub(crate) mod time;
 pub mod window;
 
 pub use pipeline::{

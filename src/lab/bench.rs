@@ -49,7 +49,7 @@ const PROBE_MODEL: &str = "latency-probe";
 
 /// What to measure (flags of `driftd bench`).
 #[derive(Debug, Clone)]
-pub struct BenchOptions {
+pub(crate) struct BenchOptions {
     pub models: usize,
     pub features: usize,
     pub categorical_share: f64,
@@ -94,7 +94,7 @@ impl Default for BenchOptions {
 
 /// One throughput measurement.
 #[derive(Debug, Clone, Serialize)]
-pub struct Throughput {
+pub(crate) struct Throughput {
     pub events: u64,
     pub seconds: f64,
     pub events_per_second: f64,
@@ -104,7 +104,7 @@ pub struct Throughput {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Steady {
+pub(crate) struct Steady {
     pub seconds: f64,
     pub target_rate: u64,
     pub consumed_per_second: f64,
@@ -119,7 +119,7 @@ pub struct Steady {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Scrape {
+pub(crate) struct Scrape {
     pub series: usize,
     pub bytes: usize,
     pub median_ms: f64,
@@ -128,7 +128,7 @@ pub struct Scrape {
 
 /// Everything one run measured.
 #[derive(Debug, Clone, Serialize)]
-pub struct BenchReport {
+pub(crate) struct BenchReport {
     pub machine: String,
     pub cores: usize,
     pub models: usize,
@@ -400,7 +400,7 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 }
 
 /// Runs every measurement `o` asks for, printing progress to stderr.
-pub fn run(o: &BenchOptions) -> anyhow::Result<BenchReport> {
+pub(crate) fn run(o: &BenchOptions) -> anyhow::Result<BenchReport> {
     let now = crate::clock::now_ms();
     eprintln!(
         "generating {} lines: {} models x {} features ({}% categorical), {} shape",
@@ -710,7 +710,7 @@ fn steady(
 }
 
 /// The report as the README's table.
-pub fn render(r: &BenchReport, o: &BenchOptions) -> String {
+pub(crate) fn render(r: &BenchReport, o: &BenchOptions) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -780,7 +780,7 @@ pub fn render(r: &BenchReport, o: &BenchOptions) -> String {
 use std::fmt::Write as _;
 
 /// Writes the JSON report.
-pub fn write_json(r: &BenchReport, w: &mut dyn std::io::Write) -> anyhow::Result<()> {
+pub(crate) fn write_json(r: &BenchReport, w: &mut dyn std::io::Write) -> anyhow::Result<()> {
     serde_json::to_writer_pretty(&mut *w, r)?;
     w.write_all(b"\n")?;
     Ok(())

@@ -38,11 +38,11 @@ use crate::lab::generate::{standard_drifts, DeploySpec, Generator, GeneratorConf
 use crate::lab::harness::Scratch;
 use crate::replay::{build_baselines, Input};
 
-pub const TOPIC: &str = "inference-logs";
+pub(crate) const TOPIC: &str = "inference-logs";
 
 /// Demo settings (flags of `driftd demo`).
 #[derive(Debug, Clone)]
-pub struct DemoOptions {
+pub(crate) struct DemoOptions {
     pub listen: SocketAddr,
     /// Inference-log lines per second.
     pub rate: u32,
@@ -69,7 +69,7 @@ impl Default for DemoOptions {
 }
 
 /// Runs the demo until `cancel` or the duration ends.
-pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result<()> {
+pub(crate) async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result<()> {
     let scratch = Scratch::new("demo").context("creating the demo's scratch directory")?;
     let baselines_dir = scratch.0.join("baselines");
     std::fs::create_dir_all(&baselines_dir)?;

@@ -1,8 +1,8 @@
 //! The lab: synthetic traffic and the tools that measure driftd with it.
 
-pub mod bench;
-pub mod demo;
+pub(crate) mod bench;
+pub(crate) mod demo;
 pub mod generate;
-pub mod harness;
+pub(crate) mod harness;
 pub mod scenario;
-pub mod soak;
+pub(crate) mod soak;

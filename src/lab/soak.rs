@@ -101,18 +101,18 @@ const RESEND: Duration = Duration::from_secs(5);
 /// (README, Performance), so a single sample is noise; medians of 5-10 s of
 /// samples are compared, and a leak of even 1 MiB a minute fails a 30-minute
 /// run of a ~30 MiB daemon.
-pub const RSS_FACTOR: f64 = 1.25;
-pub const RSS_SLACK_MIB: f64 = 16.0;
+pub(crate) const RSS_FACTOR: f64 = 1.25;
+pub(crate) const RSS_SLACK_MIB: f64 = 16.0;
 /// End open file descriptors may be at most start + this (broker and
 /// Alertmanager connections come and go; a leak per fault or per retry
 /// does not fit).
-pub const FD_SLACK: usize = 16;
+pub(crate) const FD_SLACK: usize = 16;
 /// Brokers down or Alertmanager back: how long recovery may take.
 const RECOVERY: Duration = Duration::from_secs(90);
 /// The backfill is one window of event time at `--rate`, at most this many
 /// lines (a day at 2000 lines/s would be 173M; 2M fill a day's 60 panes
 /// with ~30 lines per model per pane at 1000 models).
-pub const BACKFILL_MAX_LINES: u64 = 2_000_000;
+pub(crate) const BACKFILL_MAX_LINES: u64 = 2_000_000;
 /// The baselines' reference stream holds at most this many lines (the
 /// bench's 2,000 a model would be 2M lines at 1000 models, their values
 /// all held until the baselines are built): 500 a model at 1000 models.
@@ -125,7 +125,7 @@ const MAX_MODELS: usize = 1000;
 
 /// Flags of `driftd soak`.
 #[derive(Debug, Clone)]
-pub struct SoakOptions {
+pub(crate) struct SoakOptions {
     /// How long faults are injected (after the warm-up).
     pub duration: Duration,
     /// Lines per second.
@@ -215,7 +215,7 @@ impl FaultKind {
 
 /// One fault and what the daemon did about it.
 #[derive(Debug, Clone, Serialize)]
-pub struct FaultRecord {
+pub(crate) struct FaultRecord {
     pub kind: FaultKind,
     /// False for an Alertmanager outage without an Alertmanager.
     pub exercised: bool,
@@ -239,7 +239,7 @@ pub struct FaultRecord {
 
 /// RSS, descriptors and series at one end of the run.
 #[derive(Debug, Clone, Serialize)]
-pub struct Measure {
+pub(crate) struct Measure {
     /// Median of one sample a second over 5 to 10 s (a 24th of the run).
     pub rss_mib: f64,
     /// Median of the same samples.
@@ -251,7 +251,7 @@ pub struct Measure {
 
 /// The engine's memory budget, from /metrics.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct Budget {
+pub(crate) struct Budget {
     /// `driftd_memory_reserved_bytes`: the bound of every window, health
     /// state and join held (reserved at its worst, not what is touched).
     pub reserved_bytes: f64,
@@ -275,7 +275,7 @@ impl Budget {
 
 /// What the backfill did.
 #[derive(Debug, Clone, Serialize)]
-pub struct BackfillRecord {
+pub(crate) struct BackfillRecord {
     /// Lines produced (and counted by the daemon before the warm-up).
     pub lines: u64,
     /// Event time they span: the window, ending when the backfill began.
@@ -292,7 +292,7 @@ pub struct BackfillRecord {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Check {
+pub(crate) struct Check {
     pub name: String,
     pub ok: bool,
     pub detail: String,
@@ -300,7 +300,7 @@ pub struct Check {
 
 /// Everything one soak measured.
 #[derive(Debug, Clone, Serialize)]
-pub struct SoakReport {
+pub(crate) struct SoakReport {
     pub machine: String,
     pub cores: usize,
     pub duration_s: f64,
@@ -370,7 +370,7 @@ pub struct SoakReport {
 }
 
 impl SoakReport {
-    pub fn failed(&self) -> Vec<&Check> {
+    pub(crate) fn failed(&self) -> Vec<&Check> {
         self.checks.iter().filter(|c| !c.ok).collect()
     }
 }
@@ -452,7 +452,7 @@ fn sample_sum(text: &str, name: &str, want: &[(&str, &str)]) -> f64 {
 
 /// The Alertmanager binary: `--alertmanager`, else `prometheus-alertmanager`
 /// or `alertmanager` on PATH (or in /usr/bin, /usr/local/bin).
-pub fn find_alertmanager(explicit: Option<&Path>) -> anyhow::Result<Option<PathBuf>> {
+pub(crate) fn find_alertmanager(explicit: Option<&Path>) -> anyhow::Result<Option<PathBuf>> {
     if let Some(p) = explicit {
         anyhow::ensure!(p.is_file(), "--alertmanager {}: no such file", p.display());
         return Ok(Some(p.to_owned()));
@@ -731,7 +731,7 @@ fn start_producer(
 // The plan.
 
 /// (kind, start since the fault phase began, length).
-pub fn plan(o: &SoakOptions) -> Vec<(FaultKind, Duration, Duration)> {
+pub(crate) fn plan(o: &SoakOptions) -> Vec<(FaultKind, Duration, Duration)> {
     let period = o.fault_every;
     let third = period / 3;
     // Every fault is over this long before the end: the end is measured
@@ -771,7 +771,7 @@ pub fn plan(o: &SoakOptions) -> Vec<(FaultKind, Duration, Duration)> {
 /// The default window: a twelfth of the run, in whole 10 s, 20 s to 5
 /// minutes. (A daemon more than a window behind counts its events late: the
 /// windows must outlast a hiccup of a busy machine.)
-pub fn window_of(o: &SoakOptions) -> Duration {
+pub(crate) fn window_of(o: &SoakOptions) -> Duration {
     let w = (o.duration.as_secs() / 12 / 10 * 10).clamp(20, 300);
     Duration::from_secs(w)
 }
@@ -2123,7 +2123,7 @@ fn check_options(o: &SoakOptions) -> anyhow::Result<()> {
 }
 
 /// Runs the soak, printing progress to stderr.
-pub fn run(o: &SoakOptions) -> anyhow::Result<SoakReport> {
+pub(crate) fn run(o: &SoakOptions) -> anyhow::Result<SoakReport> {
     check_options(o)?;
     let am_bin = find_alertmanager(o.alertmanager.as_deref())?;
     let began = Instant::now();
@@ -2371,7 +2371,7 @@ fn write_fault_table(out: &mut String, faults: &[FaultRecord]) {
 }
 
 /// The report as tables.
-pub fn render(r: &SoakReport) -> String {
+pub(crate) fn render(r: &SoakReport) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let _ = writeln!(
