@@ -178,6 +178,7 @@ struct RawHealth {
     max_error_types: Option<u64>,
     max_stages: Option<u64>,
     sketch_relative_error: Option<f64>,
+    latency_panes: Option<u64>,
     errors: Option<RawErrorRule>,
     deploy: Option<RawErrorRule>,
     deploy_latency_quantile: Option<f64>,
@@ -934,6 +935,9 @@ fn health_config(health: RawHealth, h: &mut HealthConfig, p: &mut Problems) {
     }
     if let Some(v) = health.sketch_relative_error {
         h.sketch_error = p.fraction("health.sketch_relative_error", v, 0.0001, 0.1);
+    }
+    if let Some(v) = health.latency_panes {
+        h.latency_panes = p.range("health.latency_panes", v, 1, 120) as usize;
     }
     if let Some(r) = health.errors {
         error_rule("health.errors", r, &mut h.errors, p);
