@@ -543,10 +543,8 @@ fn replay_cmd(a: ReplayArgs) -> Result<(), Failure> {
     pb.finish_and_clear();
     let mut out = std::io::stdout().lock();
     let written = match a.format {
-        Format::Table => out.write_all(replay::render_table(&result).as_bytes()),
-        Format::Json => serde_json::to_writer_pretty(&mut out, &replay::render_json(&result))
-            .map_err(std::io::Error::other)
-            .and_then(|_| out.write_all(b"\n")),
+        Format::Table => replay::write_table(&result, engine.model_reports(), &mut out),
+        Format::Json => replay::write_json(&result, engine.model_reports(), &mut out),
     };
     // A closed pipe (`| head`) is not an error worth a message.
     if let Err(e) = written {

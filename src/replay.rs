@@ -6,7 +6,7 @@
 //! that operators and scripts read. The same code builds baselines
 //! (`driftd baseline build`), since both are "read a log, count by model".
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::io::{self, BufRead};
 use std::path::{Path, PathBuf};
@@ -15,7 +15,8 @@ use crate::engine::baseline::{Baseline, BaselineBuilder, BaselineError, Binning}
 use crate::engine::decode::{Decoded, Decoder, EventTime, RecordKind, Reject};
 use crate::engine::detect::{State, Transition};
 use crate::engine::time::rfc3339;
-use crate::engine::{Engine, EngineStats, Report};
+use crate::engine::{Engine, EngineStats, ModelReport, Report};
+use serde::Serialize;
 
 /// Where lines come from, for messages.
 #[derive(Debug, Clone)]
@@ -140,6 +141,8 @@ pub fn for_each_line(
 /// The outcome of a replay.
 #[derive(Debug)]
 pub struct ReplayResult {
+    /// Health, experiments, the join and versions; the models' windows are
+    /// written from [`Engine::model_reports`], one at a time.
     pub report: Report,
     pub transitions: Vec<Transition>,
     pub lines: u64,
@@ -207,7 +210,7 @@ pub fn replay(
         transitions.extend(engine.evaluate(w));
     }
     Ok(ReplayResult {
-        report: engine.report(),
+        report: engine.report_without_models(),
         transitions,
         lines,
         stats: engine.stats.clone(),
@@ -339,36 +342,63 @@ pub fn load_baselines(dir: &Path) -> Result<Vec<Baseline>, Vec<BaselineError>> {
     crate::engine::baseline::load_dir(dir).map(|v| v.into_iter().map(|(_, b)| b).collect())
 }
 
-/// The replay report as the documented JSON document.
-pub fn render_json(r: &ReplayResult) -> serde_json::Value {
-    let mut doc = serde_json::to_value(&r.report).unwrap_or_default();
-    if let Some(models) = doc.get_mut("models").and_then(|m| m.as_array_mut()) {
-        for m in models {
-            let name = m
-                .get("model")
-                .and_then(|v| v.as_str())
-                .unwrap_or_default()
-                .to_owned();
-            let ts: Vec<serde_json::Value> = r
-                .transitions
-                .iter()
-                .filter(|t| t.model == name)
-                .map(|t| {
-                    let mut v = serde_json::to_value(t).unwrap_or_default();
-                    if let Some(o) = v.as_object_mut() {
-                        o.insert("at".into(), serde_json::Value::String(rfc3339(t.at_ms)));
-                        if !t.value.is_finite() {
-                            o.insert("value".into(), serde_json::Value::Null);
-                        }
-                    }
-                    v
-                })
-                .collect();
-            if let Some(o) = m.as_object_mut() {
-                o.insert("transitions".into(), serde_json::Value::Array(ts));
-            }
+/// The transitions of each model, in time order.
+fn transitions_by_model(ts: &[Transition]) -> HashMap<&str, Vec<&Transition>> {
+    let mut by: HashMap<&str, Vec<&Transition>> = HashMap::new();
+    for t in ts {
+        by.entry(t.model.as_str()).or_default().push(t);
+    }
+    by
+}
+
+/// A transition as the JSON document shows it: `at` as RFC 3339, a value
+/// that is not finite as null.
+fn transition_json(t: &Transition) -> serde_json::Value {
+    let mut v = serde_json::to_value(t).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("at".into(), serde_json::Value::String(rfc3339(t.at_ms)));
+        if !t.value.is_finite() {
+            o.insert("value".into(), serde_json::Value::Null);
         }
     }
+    v
+}
+
+/// One model of the JSON document: its report and its transitions.
+#[derive(Serialize)]
+struct ModelJson {
+    #[serde(flatten)]
+    report: ModelReport,
+    transitions: Vec<serde_json::Value>,
+}
+
+/// The models of the JSON document, built and written one at a time.
+struct ModelsJson<'a, I> {
+    models: std::cell::RefCell<Option<I>>,
+    transitions: &'a HashMap<&'a str, Vec<&'a Transition>>,
+}
+
+impl<I: Iterator<Item = ModelReport>> Serialize for ModelsJson<'_, I> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(None)?;
+        for report in self.models.borrow_mut().take().into_iter().flatten() {
+            let transitions = self
+                .transitions
+                .get(report.model.as_str())
+                .map(|ts| ts.iter().map(|t| transition_json(t)).collect())
+                .unwrap_or_default();
+            seq.serialize_element(&ModelJson {
+                report,
+                transitions,
+            })?;
+        }
+        seq.end()
+    }
+}
+
+/// What the input held, for the JSON document.
+fn input_json(r: &ReplayResult) -> serde_json::Value {
     let s = &r.stats;
     let mut rejected = serde_json::Map::new();
     for reason in Reject::ALL {
@@ -381,22 +411,58 @@ pub fn render_json(r: &ReplayResult) -> serde_json::Value {
     for k in crate::engine::decode::Skip::ALL {
         skipped.insert(k.as_str().into(), s.decode.skipped[k as usize].into());
     }
-    if let Some(o) = doc.as_object_mut() {
-        o.insert(
-            "input".into(),
-            serde_json::json!({
-                "lines": r.lines,
-                "events": s.decode.events,
-                "rejected": rejected,
-                "skipped": skipped,
-                "late": s.late,
-                "no_baseline": s.no_baseline,
-                "first_event": r.first_event_ms.map(rfc3339),
-                "last_event": r.last_event_ms.map(rfc3339),
-            }),
-        );
+    serde_json::json!({
+        "lines": r.lines,
+        "events": s.decode.events,
+        "rejected": rejected,
+        "skipped": skipped,
+        "late": s.late,
+        "no_baseline": s.no_baseline,
+        "first_event": r.first_event_ms.map(rfc3339),
+        "last_event": r.last_event_ms.map(rfc3339),
+    })
+}
+
+/// Writes the replay report as the documented JSON document, the models
+/// (from [`Engine::model_reports`]) one at a time, so a replay of many
+/// models never holds every model's bins at once.
+pub fn write_json(
+    r: &ReplayResult,
+    models: impl Iterator<Item = ModelReport>,
+    out: &mut dyn io::Write,
+) -> std::io::Result<()> {
+    use serde::ser::SerializeMap;
+    struct Doc<'a, I> {
+        r: &'a ReplayResult,
+        models: ModelsJson<'a, I>,
     }
-    doc
+    impl<I: Iterator<Item = ModelReport>> Serialize for Doc<'_, I> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let rep = &self.r.report;
+            let mut m = s.serialize_map(None)?;
+            m.serialize_entry("experiments", &rep.experiments)?;
+            m.serialize_entry("health", &rep.health)?;
+            m.serialize_entry("health_stats", &rep.health_stats)?;
+            m.serialize_entry("input", &input_json(self.r))?;
+            m.serialize_entry("join_stats", &rep.join_stats)?;
+            m.serialize_entry("join_waiting", &rep.join_waiting)?;
+            m.serialize_entry("models", &self.models)?;
+            m.serialize_entry("versions", &rep.versions)?;
+            m.end()
+        }
+    }
+    let by = transitions_by_model(&r.transitions);
+    let doc = Doc {
+        r,
+        models: ModelsJson {
+            models: std::cell::RefCell::new(Some(models)),
+            transitions: &by,
+        },
+    };
+    let mut w = std::io::BufWriter::new(out);
+    serde_json::to_writer_pretty(&mut w, &doc).map_err(std::io::Error::other)?;
+    io::Write::write_all(&mut w, b"\n")?;
+    io::Write::flush(&mut w)
 }
 
 fn fmt_metric(v: Option<f64>) -> String {
@@ -408,96 +474,23 @@ fn fmt_metric(v: Option<f64>) -> String {
 }
 
 /// The replay as a human table: per model and feature the scores and the
-/// verdict, then the transitions with their times.
-pub fn render_table(r: &ReplayResult) -> String {
-    let mut out = String::new();
-    let cols = [
-        "psi",
-        "js_distance",
-        "hellinger",
-        "chi2_p",
-        "wasserstein",
-        "ks",
-        "unseen_share",
-    ];
-    for m in &r.report.models {
-        let span = match (m.all.window_start_ms, m.all.window_end_ms) {
-            (Some(a), Some(b)) => format!("{} .. {}", rfc3339(a), rfc3339(b)),
-            _ => "count window".into(),
-        };
-        let _ = writeln!(
-            out,
-            "model {}  (baseline {}, window {}, {} events in window)",
-            m.model, m.baseline_version, span, m.all.samples
-        );
-        let _ = write!(out, "  {:<22} {:<12}", "distribution", "kind");
-        for c in cols {
-            let _ = write!(out, " {c:>12}");
-        }
-        let _ = writeln!(out, "  verdict");
-        let rows = m
-            .all
-            .distributions()
-            .chain(m.latency.iter().flat_map(|l| l.features.iter()));
-        for f in rows {
-            let _ = write!(out, "  {:<22} {:<12}", truncate(&f.name, 22), f.kind);
-            for c in cols {
-                let _ = write!(out, " {:>12}", fmt_metric(f.metrics.get(c)));
-            }
-            let verdict =
-                if f.verdicts.iter().all(|v| v.insufficient_data) && !f.verdicts.is_empty() {
-                    "insufficient_data".to_owned()
-                } else {
-                    let firing: Vec<String> = f
-                        .verdicts
-                        .iter()
-                        .filter(|v| v.state != State::Ok)
-                        .map(|v| {
-                            format!(
-                                "{} {}{}",
-                                v.metric,
-                                v.state,
-                                v.severity.map(|s| format!(" ({s})")).unwrap_or_default()
-                            )
-                        })
-                        .collect();
-                    if firing.is_empty() {
-                        "ok".into()
-                    } else {
-                        firing.join(", ")
-                    }
-                };
-            let _ = writeln!(out, "  {verdict}");
-        }
-        let ts: Vec<&Transition> = r
-            .transitions
-            .iter()
-            .filter(|t| *t.model == *m.model && t.distribution.is_some())
-            .collect();
-        if !ts.is_empty() {
-            let _ = writeln!(out, "  transitions:");
-            for t in ts {
-                let _ = writeln!(
-                    out,
-                    "    {}  {}{}  {}: {} -> {}{}  value {:.4} threshold {} samples {}",
-                    rfc3339(t.at_ms),
-                    t.feature,
-                    t.arm
-                        .as_ref()
-                        .map(|a| format!(" [arm {a}]"))
-                        .unwrap_or_default(),
-                    t.metric,
-                    t.from,
-                    t.to,
-                    t.severity.map(|s| format!(" ({s})")).unwrap_or_default(),
-                    t.value,
-                    t.threshold,
-                    t.samples
-                );
-            }
-        }
-        let _ = writeln!(out);
+/// verdict, then the transitions with their times; the models (from
+/// [`Engine::model_reports`]) are written one at a time.
+pub fn write_table(
+    r: &ReplayResult,
+    models: impl Iterator<Item = ModelReport>,
+    out: &mut dyn io::Write,
+) -> io::Result<()> {
+    use io::Write as _;
+    let by = transitions_by_model(&r.transitions);
+    let mut w = io::BufWriter::new(out);
+    for m in models {
+        let mut block = String::new();
+        let ts = by.get(m.model.as_str()).map_or(&[][..], |v| &v[..]);
+        model_table(&m, ts, &mut block);
+        w.write_all(block.as_bytes())?;
     }
+    let mut out = String::new();
     render_health(r, &mut out);
     let s = &r.stats;
     let _ = writeln!(
@@ -511,7 +504,96 @@ pub fn render_table(r: &ReplayResult) -> String {
         s.late,
         s.no_baseline
     );
-    out
+    w.write_all(out.as_bytes())?;
+    w.flush()
+}
+
+/// One model's block of the table.
+fn model_table(m: &ModelReport, transitions: &[&Transition], out: &mut String) {
+    let cols = [
+        "psi",
+        "js_distance",
+        "hellinger",
+        "chi2_p",
+        "wasserstein",
+        "ks",
+        "unseen_share",
+    ];
+    let span = match (m.all.window_start_ms, m.all.window_end_ms) {
+        (Some(a), Some(b)) => format!("{} .. {}", rfc3339(a), rfc3339(b)),
+        _ => "count window".into(),
+    };
+    let _ = writeln!(
+        out,
+        "model {}  (baseline {}, window {}, {} events in window)",
+        m.model, m.baseline_version, span, m.all.samples
+    );
+    let _ = write!(out, "  {:<22} {:<12}", "distribution", "kind");
+    for c in cols {
+        let _ = write!(out, " {c:>12}");
+    }
+    let _ = writeln!(out, "  verdict");
+    let rows = m
+        .all
+        .distributions()
+        .chain(m.latency.iter().flat_map(|l| l.features.iter()));
+    for f in rows {
+        let _ = write!(out, "  {:<22} {:<12}", truncate(&f.name, 22), f.kind);
+        for c in cols {
+            let _ = write!(out, " {:>12}", fmt_metric(f.metrics.get(c)));
+        }
+        let verdict = if f.verdicts.iter().all(|v| v.insufficient_data) && !f.verdicts.is_empty() {
+            "insufficient_data".to_owned()
+        } else {
+            let firing: Vec<String> = f
+                .verdicts
+                .iter()
+                .filter(|v| v.state != State::Ok)
+                .map(|v| {
+                    format!(
+                        "{} {}{}",
+                        v.metric,
+                        v.state,
+                        v.severity.map(|s| format!(" ({s})")).unwrap_or_default()
+                    )
+                })
+                .collect();
+            if firing.is_empty() {
+                "ok".into()
+            } else {
+                firing.join(", ")
+            }
+        };
+        let _ = writeln!(out, "  {verdict}");
+    }
+    let ts: Vec<&Transition> = transitions
+        .iter()
+        .copied()
+        .filter(|t| t.distribution.is_some())
+        .collect();
+    if !ts.is_empty() {
+        let _ = writeln!(out, "  transitions:");
+        for t in ts {
+            let _ = writeln!(
+                out,
+                "    {}  {}{}  {}: {} -> {}{}  value {:.4} threshold {} samples {}",
+                rfc3339(t.at_ms),
+                t.feature,
+                t.arm
+                    .as_ref()
+                    .map(|a| format!(" [arm {a}]"))
+                    .unwrap_or_default(),
+                t.metric,
+                t.from,
+                t.to,
+                t.severity.map(|s| format!(" ({s})")).unwrap_or_default(),
+                t.value,
+                t.threshold,
+                t.samples
+            );
+        }
+    }
+    let _ = writeln!(out);
 }
 
 /// Errors, latency, deploys and arms, as of the last evaluation, and the

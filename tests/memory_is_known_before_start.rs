@@ -77,10 +77,9 @@ fn a_day_window_gets_longer_panes_and_check_config_says_so() {
 fn a_configuration_over_its_memory_limit_is_refused_naming_the_largest_terms() {
     let dir = tempfile::tempdir().unwrap();
     let path = shipped_config(dir.path(), |t| {
-        t.replace(
-            "max_models = 1000",
-            "max_models = 1000\nmax_memory = \"32MiB\"",
-        )
+        let t2 = t.replace("max_memory = \"96MiB\"", "max_memory = \"32MiB\"");
+        assert_ne!(t, t2, "the shipped config states limits.max_memory");
+        t2
     });
     let o = driftd(&["check-config", "--config", path_str(&path)]);
     let err = stderr(&o);

@@ -469,7 +469,11 @@ impl Panes {
         // A pane of latency leaves when the last pane of the window it
         // covers has left.
         let group = l.latency_group;
-        while self.latency.front().is_some_and(|p| (p.id + 1) * group <= window_lo) {
+        while self
+            .latency
+            .front()
+            .is_some_and(|p| (p.id + 1) * group <= window_lo)
+        {
             let p = self.latency.pop_front().expect("a front pane");
             for (s, h) in p.histograms.iter().enumerate() {
                 for &(bucket, c) in h {
@@ -2212,7 +2216,10 @@ mod tests {
             assert_eq!(d.previous_requests, 2_100, "gap {gap_panes}");
             let (_, p90, n) = &d.previous_latency[0];
             assert_eq!(*n, 2_000);
-            assert!((p90 - 90.0).abs() <= 90.0 * cfg.sketch_error, "gap {gap_panes}: {p90}");
+            assert!(
+                (p90 - 90.0).abs() <= 90.0 * cfg.sketch_error,
+                "gap {gap_panes}: {p90}"
+            );
         }
     }
 
@@ -2222,7 +2229,11 @@ mod tests {
         let b = Buckets::new(0.01);
         let g: f64 = 1.01 / 0.99;
         let span = (LATENCY_CEILING_MS / LATENCY_FLOOR_MS).ln() / g.ln();
-        assert!((span..=span + 2.0).contains(&f64::from(b.len)), "{} buckets", b.len);
+        assert!(
+            (span..=span + 2.0).contains(&f64::from(b.len)),
+            "{} buckets",
+            b.len
+        );
         for x in [
             0.0,
             -5.0,

@@ -1163,36 +1163,33 @@ impl Engine {
     }
 
     fn report_of(&self, detail: bool, only: Option<&str>, arm_features: bool) -> Report {
-        let control = self.cfg.experiments.control_arm.as_str();
-        let mut models: Vec<ModelReport> = self
+        let mut models: Vec<&ModelState> = self
             .models
             .values()
             .filter(|m| only.is_none_or(|o| *o == *m.name))
-            .map(|m| ModelReport {
-                model: m.name.to_string(),
-                baseline_version: m.layout.baseline.version.clone(),
-                events: m.events,
-                all: window_report(&self.cfg, &m.layout, &m.all, detail),
-                arms: m
-                    .arms
-                    .iter()
-                    .map(|(a, t)| {
-                        let w = if arm_features {
-                            window_report(&self.cfg, &m.layout, t, detail)
-                        } else {
-                            size_report(t)
-                        };
-                        (a.to_string(), w)
-                    })
-                    .collect(),
-                latency: m
-                    .latency
-                    .as_ref()
-                    .map(|t| window_report(&self.cfg, t.window.layout(), t, detail)),
-                arm_divergence: arm_divergence(&self.cfg, m, control),
-            })
             .collect();
-        models.sort_by(|a, b| a.model.cmp(&b.model));
+        models.sort_by(|a, b| a.name.cmp(&b.name));
+        Report {
+            models: models
+                .into_iter()
+                .map(|m| self.model_report(m, detail, arm_features))
+                .collect(),
+            ..self.report_without_models()
+        }
+    }
+
+    /// Every model's report with bins and counts, in name order, built one
+    /// at a time: a replay of a thousand models writes each and drops it
+    /// rather than holding them all (tens of MiB of bin labels and counts).
+    pub fn model_reports(&self) -> impl Iterator<Item = ModelReport> + '_ {
+        let mut models: Vec<&ModelState> = self.models.values().collect();
+        models.sort_by(|a, b| a.name.cmp(&b.name));
+        models.into_iter().map(|m| self.model_report(m, true, true))
+    }
+
+    /// The report's parts that are not per-model windows: health,
+    /// experiments, the join and versions; `models` is empty.
+    pub fn report_without_models(&self) -> Report {
         let mut health = self.last_health.clone();
         for h in &mut health {
             if let (Some(b), Some(l)) = (&mut h.batch, self.layouts.get(h.model.as_str())) {
@@ -1200,13 +1197,40 @@ impl Engine {
             }
         }
         Report {
-            models,
+            models: Vec::new(),
             health,
             experiments: self.last_experiments.clone(),
             health_stats: self.health.stats.clone(),
             join_stats: self.experiments.stats.clone(),
             join_waiting: self.experiments.waiting(),
             versions: self.health.versions(),
+        }
+    }
+
+    fn model_report(&self, m: &ModelState, detail: bool, arm_features: bool) -> ModelReport {
+        let control = self.cfg.experiments.control_arm.as_str();
+        ModelReport {
+            model: m.name.to_string(),
+            baseline_version: m.layout.baseline.version.clone(),
+            events: m.events,
+            all: window_report(&self.cfg, &m.layout, &m.all, detail),
+            arms: m
+                .arms
+                .iter()
+                .map(|(a, t)| {
+                    let w = if arm_features {
+                        window_report(&self.cfg, &m.layout, t, detail)
+                    } else {
+                        size_report(t)
+                    };
+                    (a.to_string(), w)
+                })
+                .collect(),
+            latency: m
+                .latency
+                .as_ref()
+                .map(|t| window_report(&self.cfg, t.window.layout(), t, detail)),
+            arm_divergence: arm_divergence(&self.cfg, m, control),
         }
     }
 
@@ -1970,7 +1994,9 @@ mod tests {
             .find(|s| s.stage == "inference_ms")
             .unwrap();
         assert_eq!(inf.samples, 1);
-        assert!((inf.p50_ms.unwrap() - 250.0).abs() <= 250.0 * HealthConfig::default().sketch_error);
+        assert!(
+            (inf.p50_ms.unwrap() - 250.0).abs() <= 250.0 * HealthConfig::default().sketch_error
+        );
         let m = r.models.iter().find(|m| m.model == "m").unwrap();
         assert_eq!(m.latency.as_ref().unwrap().samples, 1);
         // m logs its inferences: its batch lines summarise predictions

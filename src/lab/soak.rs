@@ -873,7 +873,9 @@ timeout = "2s"
         commit_interval: Some(Duration::from_secs(1)),
         window,
         pane: pane_of(window),
-        every: Duration::from_secs(1),
+        // Each evaluation scores every model and renders their series: at
+        // a thousand models, once a second would leave no time to consume.
+        every: Duration::from_secs((o.models as u64 / 20).clamp(1, 30)),
         baselines_dir: &dir.join("baselines"),
         state_dir: &dir.join("state"),
         port,
@@ -2370,6 +2372,59 @@ fn write_fault_table(out: &mut String, faults: &[FaultRecord]) {
     }
 }
 
+/// The table of what was measured at the start and the end.
+fn write_measures(out: &mut String, r: &SoakReport) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        out,
+        "\n| measure | start | end | limit |\n|---|---|---|---|"
+    );
+    let _ = writeln!(
+        out,
+        "| RSS (MiB, median of 5-10 s) | {:.1} | {:.1} | {:.1} |",
+        r.start.rss_mib, r.end.rss_mib, r.rss_limit_mib
+    );
+    let _ = writeln!(
+        out,
+        "| RSS max over the steady phase (MiB, 1 s samples) | | {:.1} | |",
+        r.rss_max_mib
+    );
+    let _ = writeln!(
+        out,
+        "| RSS trend (MiB/min, least squares of 1 s samples) | | {:+.2} | {:+.2} ((limit - start) / minutes) |",
+        r.rss_slope_mib_per_min,
+        (r.rss_limit_mib - r.start.rss_mib) / (r.duration_s / 60.0)
+    );
+    let _ = writeln!(
+        out,
+        "| RSS peak (MiB, VmHWM, backfill included) | | {:.1} | |",
+        r.rss_peak_mib
+    );
+    let mib = |b: f64| b / MIB;
+    let _ = writeln!(
+        out,
+        "| engine memory reserved (MiB, driftd_memory_reserved_bytes) | {:.1} | {:.1} | {:.1} (driftd_memory_limit_bytes) |",
+        mib(r.start.memory.reserved_bytes),
+        mib(r.end.memory.reserved_bytes),
+        mib(r.end.memory.limit_bytes)
+    );
+    let _ = writeln!(
+        out,
+        "| refused by the memory budget (driftd_memory_refused_total) | {} | {} | |",
+        r.start.memory.refused, r.end.memory.refused
+    );
+    let _ = writeln!(
+        out,
+        "| open file descriptors | {} | {} | {} |",
+        r.start.fds, r.end.fds, r.fds_limit
+    );
+    let _ = writeln!(
+        out,
+        "| /metrics series | {} | {} | the same series |",
+        r.start.series, r.end.series
+    );
+}
+
 /// The report as tables.
 pub(crate) fn render(r: &SoakReport) -> String {
     use std::fmt::Write as _;
@@ -2420,54 +2475,7 @@ pub(crate) fn render(r: &SoakReport) -> String {
             );
         }
     }
-    let _ = writeln!(
-        out,
-        "\n| measure | start | end | limit |\n|---|---|---|---|"
-    );
-    let _ = writeln!(
-        out,
-        "| RSS (MiB, median of 5-10 s) | {:.1} | {:.1} | {:.1} |",
-        r.start.rss_mib, r.end.rss_mib, r.rss_limit_mib
-    );
-    let _ = writeln!(
-        out,
-        "| RSS max over the steady phase (MiB, 1 s samples) | | {:.1} | |",
-        r.rss_max_mib
-    );
-    let _ = writeln!(
-        out,
-        "| RSS trend (MiB/min, least squares of 1 s samples) | | {:+.2} | {:+.2} ((limit - start) / minutes) |",
-        r.rss_slope_mib_per_min,
-        (r.rss_limit_mib - r.start.rss_mib) / (r.duration_s / 60.0)
-    );
-    let _ = writeln!(
-        out,
-        "| RSS peak (MiB, VmHWM, backfill included) | | {:.1} | |",
-        r.rss_peak_mib
-    );
-    let mib = |b: f64| b / MIB;
-    let _ = writeln!(
-        out,
-        "| engine memory reserved (MiB, driftd_memory_reserved_bytes) | {:.1} | {:.1} | {:.1} (driftd_memory_limit_bytes) |",
-        mib(r.start.memory.reserved_bytes),
-        mib(r.end.memory.reserved_bytes),
-        mib(r.end.memory.limit_bytes)
-    );
-    let _ = writeln!(
-        out,
-        "| refused by the memory budget (driftd_memory_refused_total) | {} | {} | |",
-        r.start.memory.refused, r.end.memory.refused
-    );
-    let _ = writeln!(
-        out,
-        "| open file descriptors | {} | {} | {} |",
-        r.start.fds, r.end.fds, r.fds_limit
-    );
-    let _ = writeln!(
-        out,
-        "| /metrics series | {} | {} | the same series |",
-        r.start.series, r.end.series
-    );
+    write_measures(&mut out, r);
     let _ = writeln!(
         out,
         "\nmessages: {} in the topic ({} acknowledged to the producer, {} failed), {} consumed, {} duplicates, {} lost; committed offset = high watermark on {}/{} partitions",
