@@ -163,8 +163,9 @@ pub async fn start(mut cfg: Config, cancel: CancellationToken) -> anyhow::Result
     for note in &cfg.notes {
         tracing::info!("{note}");
     }
-    // The engine gets what the daemon's own buffers leave of the limit.
-    cfg.engine.max_memory = Some(plan::engine_limit(&cfg));
+    // The engine gets what the daemon's own buffers leave of the limit, and
+    // reserves with each model what publishing it costs.
+    cfg.engine = plan::engine_config(&cfg);
     let memory = plan::plan(&cfg, &baselines);
     tracing::info!(
         limit = %human(cfg.max_memory),

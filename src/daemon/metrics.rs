@@ -38,6 +38,7 @@ use crate::daemon::snapshot::Snapshot;
 use crate::engine::compare::Metric;
 use crate::engine::decode::{Issue, RecordKind, Reject, Skip};
 use crate::engine::health::HealthReport;
+use crate::engine::Published;
 use crate::engine::{EngineStats, Report, WindowReport};
 
 /// Scores exported per feature by default: six, to keep the series count of
@@ -59,6 +60,36 @@ pub struct MetricsConfig {
     pub scores: Vec<Metric>,
     /// Export per-arm feature scores and states too (`per_arm_scores`).
     pub per_arm_scores: bool,
+}
+
+impl MetricsConfig {
+    /// What publishing a model costs outside the engine with this
+    /// configuration and `rules` drift rules: per distribution of the
+    /// model's window the scores, the unseen share, a state and two
+    /// thresholds per rule (and its window size); per arm the divergence
+    /// from the control in each score, and with `per_arm_scores` the arm's
+    /// own scores and states. Each line is held three times at an
+    /// evaluation's peak: in its family while the text is built, in the new
+    /// text, and in the text being served until the swap. The snapshot's
+    /// report entry (name, scores, verdicts) is held by the old and the new
+    /// snapshot; three copies cover it too.
+    pub fn published(&self, rules: usize) -> Published {
+        let scores = self.scores.len();
+        let arm_own = if self.per_arm_scores {
+            scores + 1 + rules
+        } else {
+            0
+        };
+        Published {
+            lines_per_distribution: scores + 1 + 3 * rules + 1,
+            lines_per_arm_distribution: scores + arm_own,
+            // `driftd_feature_drift{arm="",feature="",metric="",model=""}`,
+            // the longest metric name, a value of 24 characters: names aside.
+            line_bytes: 120,
+            report_bytes_per_distribution: 320 + 48 * rules,
+            copies: 3,
+        }
+    }
 }
 
 impl Default for MetricsConfig {
@@ -953,5 +984,67 @@ mod tests {
         assert!(!text.contains(r#"model="m""#), "{text}");
         assert!(!text.contains("driftd_feature_drift{"), "{text}");
         assert!(!text.contains("driftd_window_samples{"), "{text}");
+    }
+
+    /// What the daemon reserves for publishing a model covers what the
+    /// exposition really holds for it: the sample baselines over the
+    /// drifted sample, with arms, every score and per-arm scores exported.
+    #[test]
+    fn published_cost_covers_each_models_series() {
+        use crate::engine::baseline::{load_dir, Layout};
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/samples");
+        let baselines: Vec<_> = load_dir(&root.join("baselines"))
+            .unwrap()
+            .into_iter()
+            .map(|(_, b)| b)
+            .collect();
+        for per_arm_scores in [false, true] {
+            let mc = MetricsConfig {
+                scores: Metric::ALL.to_vec(),
+                per_arm_scores,
+            };
+            let cfg = EngineConfig::default();
+            let published = mc.published(cfg.detect.rules.len());
+            let mut engine = Engine::new(cfg.clone(), baselines.clone());
+            let text = std::fs::read_to_string(root.join("drifted.jsonl")).unwrap();
+            let lines: Vec<String> = text.lines().take(20_000).map(str::to_owned).collect();
+            for l in &lines {
+                engine.ingest(l.as_bytes(), i64::MAX / 4);
+            }
+            let report = engine.summary(per_arm_scores);
+            let body = gauges_text(&report, &mc.scores, per_arm_scores);
+            for b in &baselines {
+                let m = report.models.iter().find(|m| m.model == b.model).unwrap();
+                let label = format!("model=\"{}\"", b.model);
+                let held: usize = body
+                    .lines()
+                    .filter(|l| l.contains(&label))
+                    .map(|l| l.len() + 1)
+                    .sum();
+                assert!(
+                    held > 0 && !m.arms.is_empty(),
+                    "{}: a model with arms and series",
+                    b.model
+                );
+                let layout = Layout::new(b.clone());
+                // The lines alone, without the report entries.
+                let with = EngineConfig {
+                    published: Published {
+                        report_bytes_per_distribution: 0,
+                        ..published
+                    },
+                    ..cfg.clone()
+                };
+                let reserved = (with.model_bytes(&layout) - cfg.model_bytes(&layout))
+                    + m.arms.len() * (with.arm_bytes(&layout) - cfg.arm_bytes(&layout));
+                assert!(
+                    held * published.copies <= reserved,
+                    "{}: {held} B of series ({} arms), reserved {reserved} for {} copies",
+                    b.model,
+                    m.arms.len(),
+                    published.copies
+                );
+            }
+        }
     }
 }

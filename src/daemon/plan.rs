@@ -15,6 +15,7 @@ use crate::daemon::ingest::{FETCH_MAX_BYTES, QUEUED_KBYTES};
 use crate::daemon::settings::Config;
 use crate::engine::baseline::{Baseline, Layout};
 use crate::engine::memory::{human, Plan};
+use crate::engine::EngineConfig;
 
 /// The process before any model: binary, async runtime, threads, HTTP
 /// server, librdkafka's own structures. Measured as the idle daemon's RSS
@@ -75,13 +76,23 @@ pub(crate) fn engine_limit(cfg: &Config) -> usize {
     cfg.max_memory.saturating_sub(daemon_terms(cfg).total())
 }
 
+/// The engine's configuration as the daemon runs it: windows aligned, the
+/// cost of publishing each model (series, snapshots) reserved with it, and
+/// the budget the daemon's own terms leave.
+pub(crate) fn engine_config(cfg: &Config) -> EngineConfig {
+    let mut engine = cfg.engine.clone();
+    engine.align();
+    engine.published = cfg.metrics.published(engine.detect.rules.len());
+    engine.max_memory = Some(engine_limit(cfg));
+    engine
+}
+
 /// The whole plan: the daemon's terms, then the engine's with these
 /// baselines at their worst.
 pub(crate) fn plan(cfg: &Config, baselines: &[Baseline]) -> Plan {
     let layouts: Vec<Layout> = baselines.iter().cloned().map(Layout::new).collect();
     let refs: Vec<&Layout> = layouts.iter().collect();
-    let mut engine = cfg.engine.clone();
-    engine.align();
+    let engine = engine_config(cfg);
     let mut p = daemon_terms(cfg);
     p.terms.extend(engine.memory_plan(&refs).terms);
     p
@@ -105,8 +116,7 @@ pub(crate) fn report(cfg: &Config, baselines: &[Baseline]) -> (String, Option<St
             t.formula
         ));
     }
-    let mut engine = cfg.engine.clone();
-    engine.align();
+    let engine = engine_config(cfg);
     let room = cfg.max_memory.saturating_sub(total);
     let largest = baselines
         .iter()

@@ -64,6 +64,46 @@ pub struct EngineConfig {
     /// Bytes the engine's state may take (see [`crate::engine::memory`]);
     /// `None`: no limit.
     pub max_memory: Option<usize>,
+    /// What a model costs outside the engine once published (the daemon's
+    /// series text and snapshot); reserved with the model. Zero in replay.
+    pub published: Published,
+}
+
+/// What publishing a model's evaluation costs outside the engine, set by
+/// the daemon from its metrics configuration: exposition lines per
+/// distribution (of the model's window, and of each arm's), each of
+/// `line_bytes` plus the model's and the distribution's names, and a
+/// report entry per distribution, all held `copies` times at once (the
+/// text served while the next is built, and the families it is built
+/// from). The engine reserves it with the model, so the budget covers it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Published {
+    pub lines_per_distribution: usize,
+    pub lines_per_arm_distribution: usize,
+    pub line_bytes: usize,
+    pub report_bytes_per_distribution: usize,
+    pub copies: usize,
+}
+
+impl Published {
+    /// Bytes for a model's (`arm` false) or one arm's distributions.
+    fn bytes(&self, layout: &Layout, arm: bool) -> usize {
+        let lines = if arm {
+            self.lines_per_arm_distribution
+        } else {
+            self.lines_per_distribution
+        };
+        let model = layout.baseline.model.len();
+        let per_slot: usize = layout
+            .slots
+            .iter()
+            .map(|s| {
+                lines * (self.line_bytes + model + s.name.len())
+                    + self.report_bytes_per_distribution
+            })
+            .sum();
+        per_slot * self.copies
+    }
 }
 
 impl Default for EngineConfig {
@@ -83,6 +123,7 @@ impl Default for EngineConfig {
             experiments: ExperimentConfig::default(),
             max_panes: DEFAULT_MAX_PANES,
             max_memory: None,
+            published: Published::default(),
         }
     }
 }
@@ -105,12 +146,21 @@ impl EngineConfig {
     pub fn model_bytes(&self, layout: &Layout) -> usize {
         let latency = Layout::latency_shape(&layout.baseline)
             .map_or(0, |(bins, slots)| self.tracked_bytes(bins, slots));
-        self.tracked_bytes(layout.total_bins, layout.slots.len()) + latency + 512
+        self.tracked_bytes(layout.total_bins, layout.slots.len())
+            + latency
+            + 512
+            + self.published.bytes(layout, false)
     }
 
     /// One arm's window of a model.
     pub fn arm_bytes(&self, layout: &Layout) -> usize {
         self.tracked_bytes(layout.total_bins, layout.slots.len())
+            + self.published.bytes(layout, true)
+    }
+
+    /// What publishing a model and `arms` arms costs outside the engine.
+    fn published_bytes(&self, layout: &Layout, arms: usize) -> usize {
+        self.published.bytes(layout, false) + arms * self.published.bytes(layout, true)
     }
 
     /// One model's health state.
@@ -139,7 +189,19 @@ impl EngineConfig {
         let mut p = Plan::default();
         let panes = cfg.window.panes();
         let n = layouts.len();
-        let windows: usize = layouts.iter().map(|l| cfg.model_bytes(l)).sum();
+        let arms_each = if cfg.per_arm {
+            cfg.max_arms_per_model
+        } else {
+            0
+        };
+        let published: usize = layouts
+            .iter()
+            .map(|l| cfg.published_bytes(l, arms_each))
+            .sum();
+        let windows: usize = layouts
+            .iter()
+            .map(|l| cfg.model_bytes(l) - cfg.published.bytes(l, false))
+            .sum();
         let bins: usize = layouts.iter().map(|l| l.total_bins).sum();
         p.push(
             "drift windows",
@@ -149,7 +211,10 @@ impl EngineConfig {
             windows,
         );
         if cfg.per_arm && cfg.max_arms_per_model > 0 {
-            let arms: usize = layouts.iter().map(|l| cfg.arm_bytes(l)).sum();
+            let arms: usize = layouts
+                .iter()
+                .map(|l| cfg.arm_bytes(l) - cfg.published.bytes(l, true))
+                .sum();
             p.push(
                 "arm windows",
                 format!(
@@ -157,6 +222,17 @@ impl EngineConfig {
                     cfg.max_arms_per_model
                 ),
                 arms * cfg.max_arms_per_model,
+            );
+        }
+        if published > 0 {
+            let c = cfg.published;
+            p.push(
+                "published series and reports",
+                format!(
+                    "{} + {} per arm exposition lines per distribution, held {}×",
+                    c.lines_per_distribution, c.lines_per_arm_distribution, c.copies
+                ),
+                published,
             );
         }
         if cfg.health.enabled {
