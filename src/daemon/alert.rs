@@ -390,8 +390,19 @@ fn annotations(t: &Transition, severity: Severity) -> BTreeMap<String, String> {
         m.insert(
             "description".into(),
             format!(
-                "The window of model {}{arm} ({} events, {window}) compared with baseline {} gives {} = {:.6} for {} (the {} threshold is {}). See generatorURL for every score.",
-                t.model, t.samples, t.baseline_version, t.metric, t.value, t.feature, severity, t.threshold
+                "The window of model {}{arm} ({} events, {window}) compared with baseline {} gives {} = {:.6} for {} (the {} threshold is {}).{} See generatorURL for every score.",
+                t.model,
+                t.samples,
+                t.baseline_version,
+                t.metric,
+                t.value,
+                t.feature,
+                severity,
+                t.threshold,
+                t.details
+                    .get("moved")
+                    .map(|m| format!(" Moved most: {m}."))
+                    .unwrap_or_default()
             ),
         );
         m.insert("baseline_version".into(), t.baseline_version.clone());

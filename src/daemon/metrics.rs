@@ -86,7 +86,8 @@ impl MetricsConfig {
             // `driftd_feature_drift{arm="",feature="",metric="",model=""}`,
             // the longest metric name, a value of 24 characters: names aside.
             line_bytes: 120,
-            report_bytes_per_distribution: 320 + 48 * rules,
+            // Name, scores, verdicts, and up to three moved bins while drifting.
+            report_bytes_per_distribution: 560 + 48 * rules,
             copies: 3,
         }
     }

@@ -108,31 +108,45 @@ impl Bins {
 
     /// Human labels of the bins, in bin order (for reports).
     pub fn labels(&self) -> Vec<serde_json::Value> {
-        use serde_json::json;
+        (0..self.len()).map(|i| self.label(i).into()).collect()
+    }
+
+    /// The label of bin `i`: a numeric bin by its edges (`<lo`, `[a,b)`,
+    /// the last `[a,b]`, `>hi`), a category by its name (or `__other__`),
+    /// a hashed bucket by its number only (`#3`), never a raw value; the
+    /// last bin of each is `__missing__`.
+    pub fn label(&self, i: usize) -> String {
         match self {
             Bins::Numeric { edges, .. } => {
                 let k = edges.len() - 1;
-                let mut v = Vec::with_capacity(edges.len() + 2);
-                v.push(json!(format!("<{}", edges[0])));
-                for i in 0..k {
-                    let close = if i + 1 == k { ']' } else { ')' };
-                    v.push(json!(format!("[{},{}{close}", edges[i], edges[i + 1])));
+                match i {
+                    0 => format!("<{}", edges[0]),
+                    i if i <= k => {
+                        let close = if i == k { ']' } else { ')' };
+                        format!("[{},{}{close}", edges[i - 1], edges[i])
+                    }
+                    i if i == k + 1 => format!(">{}", edges[k]),
+                    _ => MISSING.to_owned(),
                 }
-                v.push(json!(format!(">{}", edges[k])));
-                v.push(json!(MISSING));
-                v
             }
-            Bins::Categorical { categories } => {
-                let mut v: Vec<_> = categories.iter().map(|c| json!(c)).collect();
-                v.push(json!(OTHER));
-                v.push(json!(MISSING));
-                v
-            }
-            Bins::Hashed { buckets } => {
-                let mut v: Vec<_> = (0..*buckets).map(|b| json!(format!("#{b}"))).collect();
-                v.push(json!(MISSING));
-                v
-            }
+            Bins::Categorical { categories } => match categories.get(i) {
+                Some(c) => c.clone(),
+                None if i == categories.len() => OTHER.to_owned(),
+                None => MISSING.to_owned(),
+            },
+            Bins::Hashed { buckets } if i < *buckets => format!("#{i}"),
+            Bins::Hashed { .. } => MISSING.to_owned(),
+        }
+    }
+
+    /// The label of bin `i` for text that travels further than the API
+    /// (alerts, logs, the alert topic): as [`Bins::label`], but a baseline
+    /// category by its position (`category #2`), since a category is a
+    /// value of the feature.
+    pub fn public_label(&self, i: usize) -> String {
+        match self {
+            Bins::Categorical { categories } if i < categories.len() => format!("category #{i}"),
+            _ => self.label(i),
         }
     }
 }

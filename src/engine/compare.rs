@@ -648,6 +648,75 @@ fn kl_psi(p: &[u64], q: &[u64], smoothing: f64) -> (f64, f64) {
     (kl.max(0.0), psi.max(0.0))
 }
 
+/// One bin's part in a distribution's drift: its raw shares of the
+/// baseline and of the window, and its term of PSI on the smoothed
+/// proportions (the terms sum to [`psi_smoothed`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BinShift {
+    pub bin: usize,
+    pub baseline_share: f64,
+    pub window_share: f64,
+    pub psi_term: f64,
+}
+
+/// The `k` bins that contribute most to PSI(window `p` ‖ baseline `q`),
+/// largest term first: what to look at when a distribution drifts. Ties go
+/// to the larger change of raw share, then to the lower bin. A bin whose
+/// share did not move (a term of 0, empty on both sides included) is never
+/// listed; nor is anything when either side is empty.
+pub fn top_shifts(p: &[u64], q: &[u64], smoothing: f64, k: usize) -> Vec<BinShift> {
+    let (np, nq) = totals(p, q);
+    if np == 0 || nq == 0 || k == 0 {
+        return Vec::new();
+    }
+    let s = if smoothing.is_finite() && smoothing > 0.0 {
+        smoothing
+    } else {
+        0.0
+    };
+    let bins = p.len().min(q.len()) as f64;
+    let inv_dp = 1.0 / (np as f64 + s * bins);
+    let inv_dq = 1.0 / (nq as f64 + s * bins);
+    let mut all: Vec<BinShift> = p
+        .iter()
+        .zip(q)
+        .enumerate()
+        .filter(|(_, (&a, &b))| a > 0 || b > 0)
+        .map(|(bin, (&a, &b))| {
+            let pi = (a as f64 + s) * inv_dp;
+            let qi = (b as f64 + s) * inv_dq;
+            let psi_term = if pi == qi || pi == 0.0 || qi == 0.0 {
+                // Equal, or infinite without smoothing: ranked by share.
+                if pi == qi {
+                    0.0
+                } else {
+                    f64::INFINITY
+                }
+            } else {
+                (pi - qi) * (pi / qi).ln()
+            };
+            BinShift {
+                bin,
+                baseline_share: share(u128::from(b), nq),
+                window_share: share(u128::from(a), np),
+                psi_term,
+            }
+        })
+        .collect();
+    let change = |b: &BinShift| (b.window_share - b.baseline_share).abs();
+    // Terms equal but for rounding (mirrored bins) are a tie.
+    let key = |t: f64| if t.is_finite() { (t * 1e12).round() } else { t };
+    all.sort_by(|x, y| {
+        key(y.psi_term)
+            .total_cmp(&key(x.psi_term))
+            .then(change(y).total_cmp(&change(x)))
+            .then(x.bin.cmp(&y.bin))
+    });
+    all.retain(|b| b.psi_term > 0.0);
+    all.truncate(k);
+    all
+}
+
 /// Totals over the common prefix, in u128 so that no count vector can
 /// overflow.
 fn totals(p: &[u64], q: &[u64]) -> (u128, u128) {
@@ -1370,5 +1439,50 @@ mod tests {
             let range = edges.last().copied().unwrap_or(0.0) - edges.first().copied().unwrap_or(0.0);
             prop_assert!((0.0..=range + 1e-12).contains(&w));
         }
+    }
+
+    /// PSI terms by hand: p = (10, 30, 60), q = (30, 30, 40) with no
+    /// smoothing: (0.1-0.3) ln(1/3) = 0.219722, 0, (0.6-0.4) ln(1.5) =
+    /// 0.081093.
+    #[test]
+    fn top_shifts_rank_bins_by_their_psi_terms() {
+        let v = top_shifts(&[10, 30, 60], &[30, 30, 40], 0.0, 3);
+        let got: Vec<(usize, f64)> = v.iter().map(|b| (b.bin, b.psi_term)).collect();
+        // Bin 1 did not move: not listed.
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!((got[0].0, got[1].0), (0, 2));
+        assert!((got[0].1 - 0.2 * 3f64.ln()).abs() < 1e-12, "{got:?}");
+        assert!((got[1].1 - 0.2 * 1.5f64.ln()).abs() < 1e-12, "{got:?}");
+        assert!((v[0].window_share - 0.1).abs() < 1e-12);
+        assert!((v[0].baseline_share - 0.3).abs() < 1e-12);
+        // The terms are PSI's.
+        let sum: f64 = v.iter().map(|b| b.psi_term).sum();
+        assert!((sum - psi_smoothed(&[10, 30, 60], &[30, 30, 40], 0.0)).abs() < 1e-12);
+        // Only k of them.
+        assert_eq!(top_shifts(&[10, 30, 60], &[30, 30, 40], 0.0, 1).len(), 1);
+    }
+
+    /// Smoothed terms sum to the smoothed PSI; a bin empty on both sides or
+    /// unmoved is never listed, a bin empty on one side is, and equal terms
+    /// go to the larger change of share, then to the lower bin.
+    #[test]
+    fn top_shifts_with_ties_and_empty_bins() {
+        let (p, q) = ([0u64, 50, 0, 50], [0u64, 50, 50, 0]);
+        let v = top_shifts(&p, &q, 0.5, 10);
+        let bins: Vec<usize> = v.iter().map(|b| b.bin).collect();
+        assert!(!bins.contains(&0), "{bins:?}");
+        // Bins 2 and 3 mirror each other: the same term, the lower first;
+        // bin 1 did not move.
+        assert_eq!(bins, vec![2, 3]);
+        assert!((v[0].psi_term - v[1].psi_term).abs() < 1e-12);
+        let sum: f64 = v.iter().map(|b| b.psi_term).sum();
+        assert!((sum - psi_smoothed(&p, &q, 0.5)).abs() < 1e-12);
+        // Without smoothing a bin empty on one side is infinite, and first.
+        let v = top_shifts(&[0, 10, 10], &[10, 10, 0], 0.0, 3);
+        assert_eq!(v[0].psi_term, f64::INFINITY);
+        assert_eq!((v[0].bin, v[1].bin), (0, 2));
+        // Nothing to say about an empty side.
+        assert!(top_shifts(&[0, 0], &[1, 2], 0.5, 3).is_empty());
+        assert!(top_shifts(&[1, 2], &[0, 0], 0.5, 3).is_empty());
     }
 }

@@ -21,6 +21,6 @@ pub mod window;
 
 pub use pipeline::{
     ArmDivergence, AutoBaseline, Engine, EngineConfig, EngineStats, FeatureReport, ModelReport,
-    ModelState, Outcome, Published, Report, ScoreMap, Tracked, VerdictReport, WindowReport,
-    DEFAULT_MAX_PANES, SIMULATIONS_PER_EVALUATION,
+    ModelState, MovedBin, Outcome, Published, Report, ScoreMap, Tracked, VerdictReport,
+    WindowReport, DEFAULT_MAX_PANES, SIMULATIONS_PER_EVALUATION,
 };
