@@ -157,6 +157,11 @@ pub struct ReplayArgs {
     pub every: Option<Duration>,
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
+    /// Also write the drift report as one self-contained HTML file (no
+    /// network needed to open it): every model's distributions, baseline
+    /// and window side by side, and the verdict transitions.
+    #[arg(long)]
+    pub html: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -551,6 +556,19 @@ fn replay_cmd(a: ReplayArgs) -> Result<(), Failure> {
         if e.kind() != std::io::ErrorKind::BrokenPipe {
             return Err(Failure::Runtime(e.into()));
         }
+    }
+    if let Some(path) = &a.html {
+        let write = || -> std::io::Result<()> {
+            let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+            replay::write_html(&result, &engine, &input.name(), &mut f)?;
+            std::io::Write::flush(&mut f)
+        };
+        write().map_err(|e| {
+            Failure::Runtime(anyhow::anyhow!(
+                "cannot write the HTML report to {}: {e}",
+                path.display()
+            ))
+        })?;
     }
     for line in result
         .first_bad

@@ -473,6 +473,86 @@ fn fmt_metric(v: Option<f64>) -> String {
     }
 }
 
+/// Writes the replay as one self-contained HTML document: what fired, the
+/// verdict transitions over the replayed time, an index of the models (the
+/// drifted first) and each model's distributions, baseline and window side
+/// by side (see [`crate::view`]). Models are drawn one at a time.
+pub fn write_html(
+    r: &ReplayResult,
+    engine: &Engine,
+    input: &str,
+    out: &mut dyn io::Write,
+) -> io::Result<()> {
+    use crate::view;
+    let summary = engine.summary(true);
+    let mut head = String::new();
+    let span = match (r.first_event_ms, r.last_event_ms) {
+        (Some(a), Some(b)) => format!("{} to {}", rfc3339(a), rfc3339(b)),
+        _ => "no events".into(),
+    };
+    let _ = write!(
+        head,
+        "<h1>driftd replay: {}</h1><p>{} lines, {} events, {span}</p>",
+        view::esc(input),
+        r.lines,
+        r.stats.decode.events
+    );
+    view::index(&summary.models, None, 0, &view::Links::Anchors, &mut head);
+    transitions_table(&r.transitions, &mut head);
+    let doc = view::document("driftd replay report", None, "\u{0}");
+    let (before, after) = doc.split_once('\u{0}').expect("the marker");
+    out.write_all(before.as_bytes())?;
+    out.write_all(head.as_bytes())?;
+    // In the index's order: the drifted first.
+    let order: Vec<String> = view::ordered(&summary.models, None)
+        .into_iter()
+        .map(|m| m.model.clone())
+        .collect();
+    drop(summary);
+    for name in order {
+        let mut block = String::new();
+        for m in engine.report_with(true, Some(&name)).models {
+            let h = r.report.health.iter().find(|h| h.model == m.model);
+            view::model(&m, h, &mut block);
+        }
+        out.write_all(block.as_bytes())?;
+    }
+    out.write_all(after.as_bytes())
+}
+
+/// The drift transitions of the replay, in time order.
+fn transitions_table(ts: &[Transition], out: &mut String) {
+    use crate::view::esc;
+    let drift: Vec<&Transition> = ts.iter().filter(|t| t.distribution.is_some()).collect();
+    let _ = write!(
+        out,
+        "<details><summary>{} drift verdict changes over the replay</summary>",
+        drift.len()
+    );
+    if drift.is_empty() {
+        out.push_str("</details>");
+        return;
+    }
+    out.push_str("<table id=\"transitions\"><tr><th>at</th><th>model</th><th>distribution</th><th>metric</th><th>from</th><th>to</th><th>value</th><th>threshold</th><th>moved most</th></tr>");
+    for t in drift {
+        let _ = write!(
+            out,
+            "<tr class=\"{to}\"><td>{}</td><td>{}{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"{to}\">{to}</td><td>{:.4}</td><td>{:.4}</td><td><small>{}</small></td></tr>",
+            rfc3339(t.at_ms),
+            esc(&t.model),
+            t.arm.as_ref().map(|a| format!(" [arm {}]", esc(a))).unwrap_or_default(),
+            esc(&t.feature),
+            t.metric,
+            t.from,
+            t.value,
+            t.threshold,
+            esc(t.details.get("moved").map_or("", String::as_str)),
+            to = t.to,
+        );
+    }
+    out.push_str("</table></details>");
+}
+
 /// The replay as a human table: per model and feature the scores and the
 /// verdict, then the transitions with their times; the models (from
 /// [`Engine::model_reports`]) are written one at a time.

@@ -469,13 +469,23 @@ scrape_configs:
         description.contains("fraud-v1") && description.contains("baseline"),
         "{description}"
     );
+    // generatorURL opens the model's page, which shows the feature firing
+    // and the bins that moved, as the annotation names them.
     let generator = alert["generatorURL"].as_str().unwrap();
-    assert_eq!(
-        generator,
-        format!("http://{addr}/api/v1/drift?model=fraud-v1")
-    );
+    assert_eq!(generator, format!("http://{addr}/model/fraud-v1"));
     let (status, body) = http_get(generator);
     assert_eq!(status, 200, "the generatorURL answers: {body}");
+    assert!(body.contains("<h2>fraud-v1</h2>"), "{body}");
+    let feature = alert["labels"]["feature"].as_str().unwrap();
+    assert!(
+        body.contains(&format!("data-feature=\"{feature}\" data-state=\"firing\"")),
+        "{feature} firing on the page: {body}"
+    );
+    let moved = alert["annotations"]["moved"].as_str().unwrap();
+    assert!(moved.starts_with(feature), "{moved}");
+    assert!(body.contains("moved most: "), "{body}");
+    let (status, body) = http_get(&format!("http://{addr}/api/v1/drift?model=fraud-v1"));
+    assert_eq!(status, 200, "{body}");
     let doc: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(doc["models"][0]["model"], "fraud-v1");
     // driftd agrees: the verdict is firing and counted under its severity.
@@ -609,7 +619,7 @@ scrape_configs:
     );
     assert_eq!(
         alert["generatorURL"],
-        format!("http://{addr}/api/v1/drift?model=recsys-v3")
+        format!("http://{addr}/model/recsys-v3")
     );
     // driftd_alerts_firing is what Alertmanager holds from driftd, by
     // severity (per-arm and other alerts included).

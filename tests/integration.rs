@@ -29,6 +29,7 @@ mod memory_is_known_before_start;
 mod no_raw_values_leak;
 mod prometheus_files_pass_promtool;
 mod replay_flags_drifted_features;
+mod replay_report_opens_in_a_browser;
 mod replica_takes_over_model_state;
 mod restart_restores_windows;
 mod scenario_suite_meets_targets;

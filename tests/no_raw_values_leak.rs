@@ -356,6 +356,85 @@ url = "http://{hook_addr}/hook"
             .all(|f| f["name"] != "user_id"),
         "user_id is denied: {body}"
     );
+    // The drift page, in a real browser: the model's page puts what fires
+    // first, draws the shares the API gives, shows a hashed feature's
+    // buckets only, and names no raw value; the index lists the model as
+    // firing.
+    let (status, page) = http_get(&format!("http://{listen}/model/{MODEL}"));
+    assert_eq!(status, 200, "{page}");
+    let r = chromium(
+        &format!("http://{listen}/model/{MODEL}"),
+        "daemon-model-page",
+    );
+    for bad in ["Uncaught", "Failed to load resource", "net::ERR_"] {
+        assert!(!r.log.contains(bad), "{bad} on the page:\n{}", r.log);
+    }
+    assert_no_secrets("the model's page", &r.dom, &[NEW_PLAN]);
+    let sections = elements(&r.dom, "section");
+    let states: Vec<&str> = sections.iter().map(|s| s["data-state"].as_str()).collect();
+    assert_eq!(states[0], "firing", "{states:?}");
+    let order = |s: &str| u8::from(s != "firing") + u8::from(s == "ok");
+    let main = &states[..states.len().min(5)];
+    assert!(
+        main.windows(2).all(|w| order(w[0]) <= order(w[1])),
+        "{states:?}"
+    );
+    let rects = elements(&r.dom, "rect");
+    let email: Vec<_> = rects
+        .iter()
+        .filter(|a| a["data-feature"] == "email" && a["data-window"].is_empty())
+        .collect();
+    assert!(!email.is_empty(), "email's buckets are drawn");
+    assert!(
+        email
+            .iter()
+            .all(|a| a["data-bin"].starts_with('#') || a["data-bin"] == "__missing__"),
+        "a hashed feature shows buckets only"
+    );
+    let plan = doc["models"][0]["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "plan")
+        .unwrap();
+    let counts: Vec<f64> = plan["window_counts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let total: f64 = counts.iter().sum();
+    let drawn: Vec<f64> = rects
+        .iter()
+        .filter(|a| a["data-feature"] == "plan" && a["data-window"].is_empty())
+        .filter(|a| a["class"].starts_with("window"))
+        .take(counts.len())
+        .map(|a| a["data-share"].parse().unwrap())
+        .collect();
+    assert_eq!(drawn.len(), counts.len());
+    for (d, c) in drawn.iter().zip(&counts) {
+        // The page is drawn a moment after the API answered: a few more
+        // lines may have been counted, not a different distribution.
+        assert!(
+            (d - c / total).abs() < 0.02,
+            "plan share {d} vs {}",
+            c / total
+        );
+    }
+    let index = chromium(&format!("http://{listen}/?q=shop"), "daemon-index");
+    let rows: Vec<_> = elements(&index.dom, "tr")
+        .into_iter()
+        .filter(|a| a.get("data-model").is_some())
+        .collect();
+    assert_eq!(rows.len(), 1, "{}", index.dom);
+    assert_eq!(rows[0]["data-model"], MODEL);
+    assert!(
+        index.dom.contains("class=\"firing\">firing<"),
+        "{}",
+        index.dom
+    );
+    assert_no_secrets("the index page", &index.dom, &every_plan);
+
     let (status, body) = http_get(&format!("http://{listen}/api/v1/baselines"));
     assert_eq!(status, 200);
     assert_no_secrets("GET /api/v1/baselines", &body, &every_plan);

@@ -11,6 +11,8 @@
 //! | `GET /livez` | 200 while the process serves HTTP; never depends on Kafka |
 //! | `GET /readyz` | 200 when baselines are loaded, partitions assigned and a broker reachable; 503 with the reasons otherwise |
 //! | `GET /api/v1/drift[?model=M]` | current scores, states and sample counts per model and feature (with `model`, also every bin's baseline and window counts); error rates, deploys, latency percentiles and batch statistics (`health`); feedback per arm and arm comparisons (`experiments`) (JSON) |
+//! | `GET /[?q=NAME&page=N]` | the drift page: every model, what fires first, 50 a page, filtered by name; refreshes itself (HTML) |
+//! | `GET /model/<name>` | one model's page: health, then each distribution's scores, thresholds, the bins that moved, and its baseline and window shares side by side (HTML and SVG) |
 //! | `GET /api/v1/status` | consumption counters: messages, events per model, partitions, lag (small JSON; what `driftd bench` polls) |
 //! | `GET /api/v1/baselines` | the loaded baselines: model, version, creation time, samples |
 //! | `POST /api/v1/baselines` `{"model": M}` | capture M's current window as its new baseline (bearer token) |
@@ -23,7 +25,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -37,6 +39,7 @@ use crate::daemon::metrics::Exposition;
 use crate::daemon::readiness::Readiness;
 use crate::daemon::snapshot::Snapshot;
 use crate::engine::Report;
+use crate::view;
 
 /// Where the HTTP server listens and who may use the admin API (`[http]`).
 #[derive(Clone)]
@@ -105,6 +108,8 @@ pub(crate) struct AdminState {
 
 pub(crate) fn router(state: AdminState) -> Router {
     probes()
+        .route("/", get(page_index))
+        .route("/model/{name}", get(page_model))
         .route("/api/v1/drift", get(drift))
         .route("/api/v1/status", get(status))
         .route("/api/v1/baselines", get(baselines).post(capture))
@@ -173,25 +178,92 @@ struct DriftQuery {
     model: Option<String>,
 }
 
+/// One model's report with its bins and counts, asked of the consumer loop
+/// (the per-evaluation snapshot leaves them out): one model's report is
+/// built between two batches, in microseconds.
+async fn detail(s: &AdminState, model: &str) -> Option<Report> {
+    let (tx, rx) = oneshot::channel();
+    let asked = s
+        .control
+        .send(Control::Detail {
+            model: model.to_owned(),
+            reply: tx,
+        })
+        .await;
+    match asked {
+        Ok(()) => rx.await.ok(),
+        Err(_) => None,
+    }
+}
+
+/// The page refreshes itself this often: about an evaluation or two.
+const PAGE_REFRESH_S: u32 = 30;
+
+#[derive(Deserialize)]
+struct PageQuery {
+    q: Option<String>,
+    page: Option<usize>,
+}
+
+fn html(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+async fn page_index(State(s): State<AdminState>, Query(q): Query<PageQuery>) -> Response {
+    let snap = s.snapshot.borrow().clone();
+    let mut body = format!(
+        "<h1>driftd</h1><p>evaluated at {}</p>",
+        crate::engine::time::rfc3339(snap.at_ms)
+    );
+    let filter = q.q.as_deref().filter(|f| !f.is_empty());
+    view::index(
+        &snap.report.models,
+        filter,
+        q.page.unwrap_or(0),
+        &view::Links::Pages,
+        &mut body,
+    );
+    html(
+        StatusCode::OK,
+        view::document("driftd", Some(PAGE_REFRESH_S), &body),
+    )
+}
+
+async fn page_model(State(s): State<AdminState>, Path(name): Path<String>) -> Response {
+    let snap = s.snapshot.borrow().clone();
+    let report = detail(&s, &name).await;
+    let Some(m) = report
+        .as_ref()
+        .and_then(|r| r.models.iter().find(|m| m.model == name))
+    else {
+        let body = format!(
+            "<p>no model {} is being tracked. <a href=\"/\">every model</a></p>",
+            view::esc(&name)
+        );
+        return html(StatusCode::NOT_FOUND, view::document("driftd", None, &body));
+    };
+    let health = snap.report.health.iter().find(|h| h.model == name);
+    let mut body = format!(
+        "<p><a href=\"/\">every model</a> · evaluated at {}</p>",
+        crate::engine::time::rfc3339(snap.at_ms)
+    );
+    view::model(m, health, &mut body);
+    html(
+        StatusCode::OK,
+        view::document(&format!("driftd: {name}"), Some(PAGE_REFRESH_S), &body),
+    )
+}
+
 async fn drift(State(s): State<AdminState>, Query(q): Query<DriftQuery>) -> Response {
     let snap = s.snapshot.borrow().clone();
-    // One model: its bins and counts too, asked of the consumer loop (the
-    // per-evaluation snapshot leaves them out); every model: the snapshot.
+    // One model: its bins and counts too; every model: the snapshot.
     let detail = match &q.model {
-        Some(model) => {
-            let (tx, rx) = oneshot::channel();
-            let asked = s
-                .control
-                .send(Control::Detail {
-                    model: model.clone(),
-                    reply: tx,
-                })
-                .await;
-            match asked {
-                Ok(()) => rx.await.ok(),
-                Err(_) => None,
-            }
-        }
+        Some(model) => detail(&s, model).await,
         None => None,
     };
     let models: Vec<_> = detail

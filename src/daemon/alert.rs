@@ -330,8 +330,10 @@ impl AlertBook {
                 annotations: a.annotations.clone(),
                 starts_at: rfc3339(a.starts_ms),
                 ends_at: rfc3339(a.resolved_ms.unwrap_or(now_ms + hold)),
+                // The model's page: the scores, thresholds and bins that
+                // moved, drawn (the JSON is `/api/v1/drift?model=`).
                 generator_url: format!(
-                    "{}/api/v1/drift?model={}",
+                    "{}/model/{}",
                     cfg.external_url.trim_end_matches('/'),
                     urlencode(&a.labels["model"])
                 ),
@@ -390,7 +392,7 @@ fn annotations(t: &Transition, severity: Severity) -> BTreeMap<String, String> {
         m.insert(
             "description".into(),
             format!(
-                "The window of model {}{arm} ({} events, {window}) compared with baseline {} gives {} = {:.6} for {} (the {} threshold is {}).{} See generatorURL for every score.",
+                "The window of model {}{arm} ({} events, {window}) compared with baseline {} gives {} = {:.6} for {} (the {} threshold is {}).{} See generatorURL for every score and bin.",
                 t.model,
                 t.samples,
                 t.baseline_version,
@@ -807,7 +809,7 @@ mod tests {
         // now + 4 x max(30 s, 60 s)
         assert_eq!(a.ends_at, rfc3339(61_000 + 240_000));
         assert_eq!(a.starts_at, rfc3339(1_000));
-        assert!(a.generator_url.ends_with("/api/v1/drift?model=fraud-v1"));
+        assert!(a.generator_url.ends_with("/model/fraud-v1"));
         assert!(a.annotations["description"].contains("1000 events"));
         // Labels hold no value or count: they are the dedup key.
         assert!(!a

@@ -712,7 +712,9 @@ pub fn top_shifts(p: &[u64], q: &[u64], smoothing: f64, k: usize) -> Vec<BinShif
             .then(change(y).total_cmp(&change(x)))
             .then(x.bin.cmp(&y.bin))
     });
-    all.retain(|b| b.psi_term > 0.0);
+    // Unmoved: an equal raw share (the smoothing of two sample sizes alone
+    // leaves a tiny term), or a term of 0.
+    all.retain(|b| b.psi_term > 0.0 && b.window_share != b.baseline_share);
     all.truncate(k);
     all
 }

@@ -882,3 +882,87 @@ pub fn in_a_process_of_its_own(test: &str) -> bool {
     );
     false
 }
+
+/// What headless Chromium made of a page: its DOM after load, and what it
+/// logged (console messages and failed loads included).
+pub struct Rendered {
+    pub dom: String,
+    pub log: String,
+}
+
+/// Loads `url` in Debian's headless Chromium with every network request
+/// other than loopback made to fail, saves a screenshot to
+/// `target/test-artifacts/<shot>.png`, and returns the rendered DOM.
+pub fn chromium(url: &str, shot: &str) -> Rendered {
+    let bin = require_binary("chromium", "chromium");
+    let artifacts = root().join("target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let profile = tempfile::tempdir().unwrap();
+    let run = |extra: &[String]| {
+        let mut cmd = std::process::Command::new(&bin);
+        cmd.args([
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--enable-logging=stderr",
+            "--v=0",
+            // Nothing may be fetched from the network: names resolve to
+            // nothing, and a proxy that refuses takes what is left.
+            "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+            "--proxy-server=127.0.0.1:9",
+            "--proxy-bypass-list=127.0.0.1",
+            "--window-size=1280,2400",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(extra)
+        .arg(url);
+        cmd.output().expect("chromium runs")
+    };
+    let dom = run(&["--dump-dom".into()]);
+    assert!(
+        dom.status.success(),
+        "chromium --dump-dom {url}: {}",
+        stderr(&dom)
+    );
+    let png = artifacts.join(format!("{shot}.png"));
+    let shot_run = run(&[format!("--screenshot={}", png.display())]);
+    assert!(shot_run.status.success(), "chromium --screenshot {url}");
+    assert!(png.exists(), "a screenshot at {}", png.display());
+    Rendered {
+        dom: stdout(&dom),
+        log: stderr(&dom),
+    }
+}
+
+/// The attributes of every element `<tag ...>` in a DOM, in document order.
+pub fn elements(dom: &str, tag: &str) -> Vec<std::collections::BTreeMap<String, String>> {
+    let open = format!("<{tag} ");
+    let mut out = Vec::new();
+    let mut rest = dom;
+    while let Some(i) = rest.find(&open) {
+        let after = &rest[i + open.len()..];
+        let end = after.find('>').unwrap_or(after.len());
+        let mut attrs = std::collections::BTreeMap::new();
+        let mut a = &after[..end];
+        while let Some(eq) = a.find("=\"") {
+            let name = a[..eq].trim().rsplit(' ').next().unwrap_or("").to_owned();
+            let v = &a[eq + 2..];
+            let close = v.find('"').unwrap_or(v.len());
+            attrs.insert(name, unescape(&v[..close]));
+            a = &v[(close + 1).min(v.len())..];
+        }
+        out.push(attrs);
+        rest = &after[end..];
+    }
+    out
+}
+
+/// An attribute's text with the entities an HTML serializer writes decoded.
+pub fn unescape(s: &str) -> String {
+    s.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&amp;", "&")
+}

@@ -1,0 +1,476 @@
+//! The drift views a person reads: an index of models and a page per model
+//! with each distribution's baseline and window shares side by side, drawn
+//! as server-rendered HTML and SVG.
+//!
+//! This module owns how drift looks. The daemon serves it (`GET /`, `GET
+//! /model/<name>`) and `driftd replay --html` writes it into one file; both
+//! draw through the same functions, so the page and the report cannot tell
+//! different stories. Nothing here fetches anything: styles are inline, no
+//! script is needed (the daemon's page refreshes itself with a meta tag),
+//! and a report opens from disk with the network unplugged.
+//!
+//! What may appear is what the API already shows: model, feature and metric
+//! names, scores, thresholds, shares, and bin labels (numeric edges, a
+//! baseline's categories, `#k` for a hashed bucket). Every text is escaped.
+
+use std::fmt::Write as _;
+
+use crate::engine::detect::State;
+use crate::engine::health::HealthReport;
+use crate::engine::time::rfc3339;
+use crate::engine::{FeatureReport, ModelReport, MovedBin, WindowReport};
+
+/// Models per page of the index.
+pub const PAGE_SIZE: usize = 50;
+
+/// Escapes text for HTML content and attribute values.
+pub fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Percent-encodes a path segment (a model name in a link).
+fn seg(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+const STYLE: &str = "body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}\
+table{border-collapse:collapse}td,th{padding:2px 8px;text-align:left;border-bottom:1px solid #ddd}\
+.firing{color:#b00020;font-weight:bold}.pending{color:#b26a00;font-weight:bold}.ok{color:#2e7d32}\
+section.dist{border:1px solid #ccc;border-radius:4px;padding:8px;margin:10px 0}\
+section.dist[data-state=firing]{border-color:#b00020}section.dist[data-state=pending]{border-color:#b26a00}\
+rect.baseline{fill:#9e9e9e}rect.window{fill:#1565c0}rect.window.moved{fill:#b00020}\
+.legend span{display:inline-block;width:10px;height:10px;margin:0 4px 0 12px}\
+nav a{margin-right:8px}small{color:#666}";
+
+/// The document around a body: title, inline style, and (for the daemon)
+/// a refresh every `refresh_s` seconds.
+pub fn document(title: &str, refresh_s: Option<u32>, body: &str) -> String {
+    let refresh = refresh_s
+        .map(|s| format!("<meta http-equiv=\"refresh\" content=\"{s}\">"))
+        .unwrap_or_default();
+    format!(
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">{refresh}\
+<meta name=\"viewport\" content=\"width=device-width\"><title>{}</title><style>{STYLE}</style></head>\
+<body>{body}</body></html>",
+        esc(title)
+    )
+}
+
+/// How bad a state is, for ordering: firing, pending, then the rest.
+fn rank(s: State) -> u8 {
+    match s {
+        State::Firing => 0,
+        State::Pending => 1,
+        _ => 2,
+    }
+}
+
+fn state_class(s: State) -> &'static str {
+    match s {
+        State::Firing => "firing",
+        State::Pending => "pending",
+        _ => "ok",
+    }
+}
+
+/// A model's states: (firing, pending) distributions, over its window,
+/// its latency window and its arms.
+fn counts(m: &ModelReport) -> (usize, usize) {
+    let windows = std::iter::once(&m.all)
+        .chain(m.latency.iter())
+        .chain(m.arms.iter().map(|(_, w)| w));
+    let mut c = (0, 0);
+    for w in windows {
+        for f in w.distributions() {
+            match f.state {
+                State::Firing => c.0 += 1,
+                State::Pending => c.1 += 1,
+                _ => {}
+            }
+        }
+    }
+    c
+}
+
+/// Models in the order a person should read them: most firing first, then
+/// most pending, then by name.
+pub fn ordered<'a>(models: &'a [ModelReport], filter: Option<&str>) -> Vec<&'a ModelReport> {
+    let mut v: Vec<(&ModelReport, (usize, usize))> = models
+        .iter()
+        .filter(|m| filter.is_none_or(|f| m.model.contains(f)))
+        .map(|m| (m, counts(m)))
+        .collect();
+    v.sort_by(|(a, ca), (b, cb)| {
+        cb.0.cmp(&ca.0)
+            .then(cb.1.cmp(&ca.1))
+            .then(a.model.cmp(&b.model))
+    });
+    v.into_iter().map(|(m, _)| m).collect()
+}
+
+/// Where an index row links: the daemon's page of the model, or an anchor
+/// in a report file.
+pub enum Links {
+    Pages,
+    Anchors,
+}
+
+impl Links {
+    fn to(&self, model: &str) -> String {
+        match self {
+            Links::Pages => format!("/model/{}", seg(model)),
+            Links::Anchors => format!("#model-{}", seg(model)),
+        }
+    }
+}
+
+/// The index: a row per model, what fires first, `PAGE_SIZE` a page, with
+/// a filter on the name (the daemon's form; a report lists every model).
+pub fn index(
+    models: &[ModelReport],
+    filter: Option<&str>,
+    page: usize,
+    links: &Links,
+    out: &mut String,
+) {
+    let all = ordered(models, filter);
+    let pages = all.len().div_ceil(PAGE_SIZE).max(1);
+    let page = page.min(pages - 1);
+    let shown: &[&ModelReport] = match links {
+        Links::Pages => &all[page * PAGE_SIZE..all.len().min((page + 1) * PAGE_SIZE)],
+        Links::Anchors => &all,
+    };
+    if let Links::Pages = links {
+        let _ = write!(
+            out,
+            "<form method=\"get\" action=\"/\"><input name=\"q\" value=\"{}\" placeholder=\"model name contains\"> <button>filter</button></form>",
+            esc(filter.unwrap_or(""))
+        );
+    }
+    let _ = write!(
+        out,
+        "<p>{} models{}</p><table id=\"models\"><tr><th>model</th><th>state</th><th>firing</th><th>pending</th><th>events</th><th>baseline</th></tr>",
+        all.len(),
+        if filter.is_some() { " matching" } else { "" }
+    );
+    for m in shown {
+        let (firing, pending) = counts(m);
+        let state = if firing > 0 {
+            State::Firing
+        } else if pending > 0 {
+            State::Pending
+        } else {
+            State::Ok
+        };
+        let _ = write!(
+            out,
+            "<tr class=\"model\" data-model=\"{name}\"><td><a href=\"{href}\">{name}</a></td><td class=\"{c}\">{c}</td><td>{firing}</td><td>{pending}</td><td>{}</td><td><small>{}</small></td></tr>",
+            m.events,
+            esc(&m.baseline_version),
+            name = esc(&m.model),
+            href = links.to(&m.model),
+            c = state_class(state),
+        );
+    }
+    out.push_str("</table>");
+    if let (Links::Pages, true) = (links, pages > 1) {
+        out.push_str("<nav>");
+        let q = filter.map(|f| format!("&q={}", seg(f))).unwrap_or_default();
+        for p in 0..pages {
+            if p == page {
+                let _ = write!(out, "<b>{}</b> ", p + 1);
+            } else {
+                let _ = write!(out, "<a href=\"/?page={p}{q}\">{}</a>", p + 1);
+            }
+        }
+        out.push_str("</nav>");
+    }
+}
+
+/// One model: its health, then every window's distributions, drifted first.
+pub fn model(m: &ModelReport, health: Option<&HealthReport>, out: &mut String) {
+    let _ = write!(
+        out,
+        "<article class=\"model\" id=\"model-{}\" data-model=\"{}\"><h2>{}</h2><p>baseline {} · {} events · window {}</p>",
+        seg(&m.model),
+        esc(&m.model),
+        esc(&m.model),
+        esc(&m.baseline_version),
+        m.events,
+        span(&m.all)
+    );
+    if let Some(h) = health {
+        health_table(h, out);
+    }
+    window_section("", &m.all, out);
+    if let Some(l) = &m.latency {
+        window_section("latency", l, out);
+    }
+    for (arm, w) in &m.arms {
+        window_section(&format!("arm {arm}"), w, out);
+    }
+    out.push_str("</article>");
+}
+
+fn span(w: &WindowReport) -> String {
+    match (w.window_start_ms, w.window_end_ms) {
+        (Some(a), Some(b)) => format!("{} to {}", rfc3339(a), rfc3339(b)),
+        _ => "by count".into(),
+    }
+}
+
+fn pct(x: Option<f64>) -> String {
+    x.map_or("–".into(), |v| format!("{:.2}%", 100.0 * v))
+}
+
+fn health_table(h: &HealthReport, out: &mut String) {
+    let _ = write!(
+        out,
+        "<table class=\"health\"><tr><th>requests</th><th>errors</th><th>error rate</th><th>before</th></tr><tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr></table>",
+        h.requests,
+        h.errors,
+        pct(h.error_rate),
+        pct(h.reference_error_rate)
+    );
+    if !h.latency.is_empty() {
+        out.push_str("<table class=\"latency\"><tr><th>stage</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th><th>samples</th></tr>");
+        let ms = |v: Option<f64>| v.map_or("–".into(), |x| format!("{x:.1}"));
+        for s in &h.latency {
+            let _ = write!(
+                out,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&s.stage),
+                ms(s.p50_ms),
+                ms(s.p90_ms),
+                ms(s.p99_ms),
+                s.samples
+            );
+        }
+        out.push_str("</table>");
+    }
+    if let Some(d) = &h.deploy {
+        let _ = write!(
+            out,
+            "<p class=\"deploy\">deployed after {}</p>",
+            esc(&d.previous)
+        );
+    }
+}
+
+/// A window's distributions, firing first, then pending, then by PSI.
+fn window_section(title: &str, w: &WindowReport, out: &mut String) {
+    let mut dists: Vec<&FeatureReport> = w.distributions().collect();
+    if dists.is_empty() {
+        return;
+    }
+    let psi = |f: &FeatureReport| f.metrics.get("psi").unwrap_or(0.0);
+    dists.sort_by(|a, b| {
+        rank(a.state)
+            .cmp(&rank(b.state))
+            .then(psi(b).total_cmp(&psi(a)))
+            .then(a.name.cmp(&b.name))
+    });
+    if !title.is_empty() {
+        let _ = write!(
+            out,
+            "<h3>{} <small>{} events</small></h3>",
+            esc(title),
+            w.samples
+        );
+    }
+    for f in dists {
+        distribution(title, f, out);
+    }
+}
+
+const SCORES: [&str; 7] = [
+    "psi",
+    "js_distance",
+    "hellinger",
+    "wasserstein",
+    "ks",
+    "chi2_p",
+    "unseen_share",
+];
+
+/// One distribution: state, scores with their thresholds, and the bars.
+fn distribution(window: &str, f: &FeatureReport, out: &mut String) {
+    let c = state_class(f.state);
+    let _ = write!(
+        out,
+        "<section class=\"dist\" data-feature=\"{}\" data-state=\"{c}\"><h4>{} <small>{}</small> <span class=\"{c}\">{c}</span></h4><table class=\"scores\"><tr>",
+        esc(&f.name),
+        esc(&f.name),
+        f.kind
+    );
+    for s in SCORES {
+        let _ = write!(out, "<th>{s}</th>");
+    }
+    out.push_str("</tr><tr>");
+    for s in SCORES {
+        let v = f.metrics.get(s).map_or("–".into(), |x| format!("{x:.4}"));
+        let rule = f.verdicts.iter().find(|v| v.metric.name() == s);
+        let t = rule
+            .map(|r| {
+                format!(
+                    " <small>warn {} crit {}</small>",
+                    fmt(r.warning),
+                    fmt(r.critical)
+                )
+            })
+            .unwrap_or_default();
+        let cls = rule.map_or("", |r| state_class(r.state));
+        let _ = write!(out, "<td class=\"{cls}\" data-score=\"{s}\">{v}{t}</td>");
+    }
+    out.push_str("</tr></table>");
+    // The bins that moved, while the distribution is pending or firing: at
+    // ok they are the noise of any two samples.
+    let moved = if f.state == State::Ok {
+        &[][..]
+    } else {
+        &f.moved[..]
+    };
+    if !moved.is_empty() {
+        out.push_str("<p class=\"moved\">moved most: ");
+        let parts: Vec<String> = moved
+            .iter()
+            .map(|m| {
+                format!(
+                    "<b>{}</b> {:.1}% → {:.1}%",
+                    esc(&m.bin),
+                    100.0 * m.baseline_share,
+                    100.0 * m.window_share
+                )
+            })
+            .collect();
+        out.push_str(&parts.join("; "));
+        out.push_str("</p>");
+    }
+    bars(window, f, moved, out);
+    out.push_str("</section>");
+}
+
+fn fmt(x: f64) -> String {
+    if x.abs() >= 0.01 || x == 0.0 {
+        format!("{x:.3}")
+    } else {
+        format!("{x:.1e}")
+    }
+}
+
+/// Chart geometry: bar area height and a bin's width, in px.
+const CHART_H: f64 = 120.0;
+const BIN_W: f64 = 28.0;
+
+/// The baseline's share (grey) and the window's (blue; red where the bin
+/// moved most) of every bin, side by side, on one scale. Each bar carries
+/// its share in `data-share` and is `share / max × CHART_H` px high; its
+/// distribution and window (`""`, `latency`, `arm A`) in `data-feature` and
+/// `data-window`.
+fn bars(window: &str, f: &FeatureReport, moved_bins: &[MovedBin], out: &mut String) {
+    if f.bins.is_empty() {
+        return;
+    }
+    let total = |v: &[u64]| v.iter().sum::<u64>().max(1) as f64;
+    let (tb, tw) = (total(&f.baseline_counts), total(&f.window_counts));
+    let share = |v: &[u64], i: usize, t: f64| v.get(i).map_or(0.0, |c| *c as f64 / t);
+    let max = (0..f.bins.len())
+        .map(|i| share(&f.baseline_counts, i, tb).max(share(&f.window_counts, i, tw)))
+        .fold(0.0f64, f64::max)
+        .max(1e-9);
+    let w = f.bins.len() as f64 * BIN_W + 10.0;
+    let _ = write!(
+        out,
+        "<div class=\"legend\"><span style=\"background:#9e9e9e\"></span>baseline<span style=\"background:#1565c0\"></span>window<span style=\"background:#b00020\"></span>moved most</div>\
+<svg class=\"bars\" width=\"{w}\" height=\"{}\" viewBox=\"0 0 {w} {}\" role=\"img\" aria-label=\"{} shares\">",
+        CHART_H + 90.0,
+        CHART_H + 90.0,
+        esc(&f.name)
+    );
+    for (i, label) in f.bins.iter().enumerate() {
+        let label = label
+            .as_str()
+            .map_or_else(|| label.to_string(), str::to_owned);
+        let moved = moved_bins.iter().any(|m| m.bin == label);
+        let x = 5.0 + i as f64 * BIN_W;
+        for (j, (cls, s)) in [
+            ("baseline", share(&f.baseline_counts, i, tb)),
+            ("window", share(&f.window_counts, i, tw)),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let h = s / max * CHART_H;
+            let extra = if moved && cls == "window" {
+                " moved"
+            } else {
+                ""
+            };
+            let _ = write!(
+                out,
+                "<rect class=\"{cls}{extra}\" data-feature=\"{}\" data-window=\"{}\" data-bin=\"{}\" data-share=\"{s:.6}\" x=\"{:.1}\" y=\"{:.2}\" width=\"11\" height=\"{h:.2}\"><title>{} {cls} {:.2}%</title></rect>",
+                esc(&f.name),
+                esc(window),
+                esc(&label),
+                x + j as f64 * 12.0,
+                CHART_H - h,
+                esc(&label),
+                100.0 * s
+            );
+        }
+        let _ = write!(
+            out,
+            "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\" transform=\"rotate(60 {:.1} {:.1})\">{}</text>",
+            x + 4.0,
+            CHART_H + 12.0,
+            x + 4.0,
+            CHART_H + 12.0,
+            esc(&truncate(&label, 16))
+        );
+    }
+    out.push_str("</svg>");
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_owned()
+    } else {
+        let mut t: String = s.chars().take(n - 1).collect();
+        t.push('…');
+        t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_is_escaped_and_links_are_encoded() {
+        assert_eq!(
+            esc("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
+        assert_eq!(Links::Pages.to("a b/c"), "/model/a%20b%2Fc");
+        assert_eq!(Links::Anchors.to("m"), "#model-m");
+        assert_eq!(truncate("abcdef", 4), "abc…");
+    }
+}

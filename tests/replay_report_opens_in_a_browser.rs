@@ -1,0 +1,172 @@
+//! `driftd replay --html` writes one self-contained file that a real
+//! browser (Debian's headless Chromium) opens from disk with the network
+//! unreachable: what drifted comes first, every bar is the share the JSON
+//! report gives, nothing fails to load.
+
+use crate::common::*;
+
+/// The shares of a count vector.
+fn shares(counts: &[serde_json::Value]) -> Vec<f64> {
+    let c: Vec<f64> = counts.iter().map(|v| v.as_f64().unwrap()).collect();
+    let total: f64 = c.iter().sum::<f64>().max(1.0);
+    c.iter().map(|x| x / total).collect()
+}
+
+#[test]
+fn the_html_report_shows_what_moved_first_and_draws_the_shares_the_json_gives() {
+    let dir = tempfile::tempdir().unwrap();
+    let html = dir.path().join("report.html");
+    let baselines = samples().join("baselines");
+    let input = samples().join("drifted.jsonl");
+    let o = driftd(&[
+        "replay",
+        "--baselines",
+        path_str(&baselines),
+        "--input",
+        path_str(&input),
+        "--format",
+        "json",
+        "--html",
+        path_str(&html),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let text = std::fs::read_to_string(&html).unwrap();
+    // Self-contained: nothing to fetch.
+    for needle in ["http://", "https://", "<script src", "<link "] {
+        assert!(!text.contains(needle), "the report refers to {needle}");
+    }
+
+    let r = chromium(&format!("file://{}", html.display()), "replay-report");
+    for bad in ["Uncaught", "Failed to load resource", "net::ERR_"] {
+        assert!(
+            !r.log.contains(bad),
+            "{bad} while loading the report:\n{}",
+            r.log
+        );
+    }
+
+    // The index puts a model with firing distributions first, and the first
+    // distribution drawn is a firing one.
+    let rows = elements(&r.dom, "tr");
+    let first_model = rows
+        .iter()
+        .find_map(|a| {
+            (a.get("class").map(String::as_str) == Some("model")).then(|| a["data-model"].clone())
+        })
+        .expect("an index row per model");
+    let drifted: Vec<&str> = doc["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| {
+            m["features"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f["state"] == "firing")
+        })
+        .map(|m| m["model"].as_str().unwrap())
+        .collect();
+    assert!(
+        drifted.contains(&first_model.as_str()),
+        "{first_model} first, drifted: {drifted:?}"
+    );
+    let sections = elements(&r.dom, "section");
+    assert_eq!(sections[0]["data-state"], "firing", "{:?}", sections[0]);
+    // Within each model's window, firing before pending before ok.
+    let rank = |s: &str| match s {
+        "firing" => 0,
+        "pending" => 1,
+        _ => 2,
+    };
+    let first = doc["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["model"] == first_model.as_str())
+        .unwrap();
+    let n_all = first["features"].as_array().unwrap().len()
+        + usize::from(first["prediction"].is_object())
+        + usize::from(first["confidence"].is_object());
+    let firsts: Vec<u8> = sections
+        .iter()
+        .take(n_all)
+        .map(|s| rank(&s["data-state"]))
+        .collect();
+    assert!(firsts.windows(2).all(|w| w[0] <= w[1]), "{firsts:?}");
+
+    // Every bar of every model's window is the share the JSON gives, and
+    // its height is that share on the chart's scale (120 px for the
+    // largest share of the distribution).
+    let rects = elements(&r.dom, "rect");
+    let mut checked = 0;
+    // The first model drawn: its window's bars come first for each name.
+    let m = first;
+    let model_rects: Vec<_> = rects
+        .iter()
+        .filter(|a| a["data-window"].is_empty())
+        .collect();
+    let w = m;
+    let dists = w["features"].as_array().unwrap().iter().chain(
+        [&w["prediction"], &w["confidence"]]
+            .into_iter()
+            .filter(|f| f.is_object()),
+    );
+    for f in dists {
+        let name = f["name"].as_str().unwrap();
+        let (b, v) = (
+            shares(f["baseline_counts"].as_array().unwrap()),
+            shares(f["window_counts"].as_array().unwrap()),
+        );
+        let max = b.iter().chain(&v).cloned().fold(0.0, f64::max);
+        for (cls, want) in [("baseline", &b), ("window", &v)] {
+            let drawn: Vec<_> = model_rects
+                .iter()
+                .filter(|a| a["data-feature"] == name && a["class"].starts_with(cls))
+                .take(want.len())
+                .collect();
+            assert_eq!(drawn.len(), want.len(), "{name} {cls}");
+            for (a, s) in drawn.iter().zip(want.iter()) {
+                let got: f64 = a["data-share"].parse().unwrap();
+                assert!(
+                    (got - s).abs() < 1e-5,
+                    "{name} {cls} {}: {got} vs {s}",
+                    a["data-bin"]
+                );
+                let h: f64 = a["height"].parse().unwrap();
+                assert!(
+                    (h - s / max * 120.0).abs() < 0.01,
+                    "{name} {cls} height {h}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 50, "{checked} bars checked");
+    // The bins that moved most are marked, and named as the JSON names them.
+    // (marked while the distribution is pending or firing).
+    let f00 = m["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["state"] == "firing")
+        .expect("a firing feature");
+    let moved: Vec<&str> = f00["moved"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["bin"].as_str().unwrap())
+        .collect();
+    assert!(!moved.is_empty(), "{f00}");
+    for bin in moved {
+        assert!(
+            rects
+                .iter()
+                .any(|a| a["data-feature"] == f00["name"].as_str().unwrap()
+                    && a["class"] == "window moved"
+                    && a["data-bin"] == bin),
+            "{bin} is marked as moved"
+        );
+    }
+}
