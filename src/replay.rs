@@ -513,7 +513,7 @@ pub fn write_html(
         let mut block = String::new();
         for m in engine.report_with(true, Some(&name)).models {
             let h = r.report.health.iter().find(|h| h.model == m.model);
-            view::model(&m, h, &mut block);
+            view::model(&m, h, &r.report.experiments, &mut block);
         }
         out.write_all(block.as_bytes())?;
     }

@@ -16,6 +16,7 @@
 use std::fmt::Write as _;
 
 use crate::engine::detect::State;
+use crate::engine::experiment::ExperimentReport;
 use crate::engine::health::HealthReport;
 use crate::engine::time::rfc3339;
 use crate::engine::{FeatureReport, ModelReport, MovedBin, WindowReport};
@@ -56,7 +57,8 @@ table{border-collapse:collapse}td,th{padding:2px 8px;text-align:left;border-bott
 .firing{color:#b00020;font-weight:bold}.pending{color:#b26a00;font-weight:bold}.ok{color:#2e7d32}\
 section.dist{border:1px solid #ccc;border-radius:4px;padding:8px;margin:10px 0}\
 section.dist[data-state=firing]{border-color:#b00020}section.dist[data-state=pending]{border-color:#b26a00}\
-rect.baseline{fill:#9e9e9e}rect.window{fill:#1565c0}rect.window.moved{fill:#b00020}\
+rect.baseline{fill:#9e9e9e}rect.window{fill:#1565c0}rect.window.moved{fill:#b00020;stroke:#b00020}\
+svg.spark{display:block;margin:4px 0}\
 .legend span{display:inline-block;width:10px;height:10px;margin:0 4px 0 12px}\
 nav a{margin-right:8px}small{color:#666}";
 
@@ -206,7 +208,12 @@ pub fn index(
 }
 
 /// One model: its health, then every window's distributions, drifted first.
-pub fn model(m: &ModelReport, health: Option<&HealthReport>, out: &mut String) {
+pub fn model(
+    m: &ModelReport,
+    health: Option<&HealthReport>,
+    experiments: &ExperimentReport,
+    out: &mut String,
+) {
     let _ = write!(
         out,
         "<article class=\"model\" id=\"model-{}\" data-model=\"{}\"><h2>{}</h2><p>baseline {} · {} events · window {}</p>",
@@ -220,6 +227,7 @@ pub fn model(m: &ModelReport, health: Option<&HealthReport>, out: &mut String) {
     if let Some(h) = health {
         health_table(h, out);
     }
+    arms_table(&m.model, experiments, out);
     window_section("", &m.all, out);
     if let Some(l) = &m.latency {
         window_section("latency", l, out);
@@ -273,6 +281,97 @@ fn health_table(h: &HealthReport, out: &mut String) {
             esc(&d.previous)
         );
     }
+}
+
+/// Feedback per arm and each variant against the control.
+fn arms_table(model: &str, x: &ExperimentReport, out: &mut String) {
+    let arms: Vec<_> = x.arms.iter().filter(|a| a.model == model).collect();
+    if arms.is_empty() {
+        return;
+    }
+    out.push_str(
+        "<table class=\"arms\"><tr><th>arm</th><th>predictions</th><th>feedback</th></tr>",
+    );
+    for a in arms {
+        let rates: Vec<String> = a
+            .feedback
+            .iter()
+            .map(|(action, n)| {
+                let r = *n as f64 / a.predictions.max(1) as f64;
+                format!("{} {:.2}%", esc(action), 100.0 * r)
+            })
+            .collect();
+        let _ = write!(
+            out,
+            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(if a.arm.is_empty() { "(none)" } else { &a.arm }),
+            a.predictions,
+            rates.join(", ")
+        );
+    }
+    out.push_str("</table>");
+    let cmp: Vec<_> = x.comparisons.iter().filter(|c| c.model == model).collect();
+    if cmp.is_empty() {
+        return;
+    }
+    out.push_str("<table class=\"comparisons\"><tr><th>variant</th><th>control</th><th>feedback</th><th>variant rate</th><th>control rate</th><th>p-value</th><th>state</th></tr>");
+    for c in cmp {
+        let _ = write!(
+            out,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"{s}\">{s}</td></tr>",
+            esc(&c.variant),
+            esc(&c.control),
+            esc(&c.action),
+            pct(c.variant_rate),
+            pct(c.control_rate),
+            c.p_value.map_or("–".into(), fmt),
+            s = state_class(c.state),
+        );
+    }
+    out.push_str("</table>");
+}
+
+/// PSI over the last day as a line, with the thresholds in force dashed.
+fn sparkline(f: &FeatureReport, out: &mut String) {
+    let p = &f.psi_history;
+    if p.len() < 2 {
+        return;
+    }
+    let (w, h) = (240.0, 40.0);
+    let psi = f.verdicts.iter().find(|v| v.metric.name() == "psi");
+    let top = p
+        .iter()
+        .map(|(_, v)| f64::from(*v))
+        .chain(psi.map(|v| v.critical))
+        .fold(1e-9, f64::max);
+    let (t0, t1) = (p[0].0, p[p.len() - 1].0.max(p[0].0 + 1));
+    let x = |t: i64| (t - t0) as f64 / (t1 - t0) as f64 * w;
+    let y = |v: f64| h - (v / top).min(1.0) * h;
+    let pts: Vec<String> = p
+        .iter()
+        .map(|(t, v)| format!("{:.1},{:.1}", x(*t), y(f64::from(*v))))
+        .collect();
+    let _ = write!(
+        out,
+        "<svg class=\"spark\" data-points=\"{}\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" role=\"img\" aria-label=\"psi since {}\">",
+        p.len(),
+        rfc3339(t0)
+    );
+    if let Some(v) = psi {
+        for (t, color) in [(v.warning, "#b26a00"), (v.critical, "#b00020")] {
+            let _ = write!(
+                out,
+                "<line x1=\"0\" x2=\"{w}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"{color}\" stroke-dasharray=\"3,3\"/>",
+                y = y(t)
+            );
+        }
+    }
+    let _ = write!(
+        out,
+        "<polyline fill=\"none\" stroke=\"#1565c0\" stroke-width=\"1.5\" points=\"{}\"/></svg><small>psi since {} (dashed: the warning and critical thresholds)</small>",
+        pts.join(" "),
+        rfc3339(t0)
+    );
 }
 
 /// A window's distributions, firing first, then pending, then by PSI.
@@ -341,6 +440,7 @@ fn distribution(window: &str, f: &FeatureReport, out: &mut String) {
         let _ = write!(out, "<td class=\"{cls}\" data-score=\"{s}\">{v}{t}</td>");
     }
     out.push_str("</tr></table>");
+    sparkline(f, out);
     // The bins that moved, while the distribution is pending or firing: at
     // ok they are the noise of any two samples.
     let moved = if f.state == State::Ok {

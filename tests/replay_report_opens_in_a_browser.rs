@@ -144,6 +144,22 @@ fn the_html_report_shows_what_moved_first_and_draws_the_shares_the_json_gives() 
         }
     }
     assert!(checked > 50, "{checked} bars checked");
+    // Each distribution's PSI over the replay, a point a minute of event
+    // time, as the JSON's `psi_history` has it.
+    let sparks = elements(&r.dom, "svg")
+        .into_iter()
+        .filter(|a| a.get("class").map(String::as_str) == Some("spark"))
+        .collect::<Vec<_>>();
+    let want = first["features"][0]["psi_history"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert!(want >= 10, "20 minutes of replay: {want} points");
+    assert!(!sparks.is_empty());
+    assert!(
+        sparks.iter().all(|a| a["data-points"] == want.to_string()),
+        "every distribution has {want} points: {sparks:?}"
+    );
     // The bins that moved most are marked, and named as the JSON names them.
     // (marked while the distribution is pending or firing).
     let f00 = m["features"]

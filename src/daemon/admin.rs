@@ -252,7 +252,7 @@ async fn page_model(State(s): State<AdminState>, Path(name): Path<String>) -> Re
         "<p><a href=\"/\">every model</a> · evaluated at {}</p>",
         crate::engine::time::rfc3339(snap.at_ms)
     );
-    view::model(m, health, &mut body);
+    view::model(m, health, &snap.report.experiments, &mut body);
     html(
         StatusCode::OK,
         view::document(&format!("driftd: {name}"), Some(PAGE_REFRESH_S), &body),

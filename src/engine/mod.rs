@@ -13,6 +13,7 @@ pub mod decode;
 pub mod detect;
 pub(crate) mod experiment;
 pub mod health;
+pub mod history;
 pub(crate) mod memory;
 mod pipeline;
 pub mod threshold;

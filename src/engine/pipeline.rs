@@ -28,6 +28,7 @@ use crate::engine::detect::{
 use crate::engine::experiment::{ExperimentConfig, ExperimentReport, Experiments};
 use crate::engine::health::version_base;
 use crate::engine::health::{Health, HealthConfig, HealthReport, Observation};
+use crate::engine::history::History;
 use crate::engine::memory::{self, human, Budget, Plan};
 use crate::engine::threshold::{self, NullCache, Quantiles};
 use crate::engine::window::{Inserted, Window, WindowSpec, WindowState};
@@ -147,9 +148,11 @@ impl EngineConfig {
     pub fn model_bytes(&self, layout: &Layout) -> usize {
         let latency = Layout::latency_shape(&layout.baseline)
             .map_or(0, |(bins, slots)| self.tracked_bytes(bins, slots));
+        let latency_slots = Layout::latency_shape(&layout.baseline).map_or(0, |(_, slots)| slots);
         self.tracked_bytes(layout.total_bins, layout.slots.len())
             + latency
             + 512
+            + (layout.slots.len() + latency_slots) * History::BYTES
             + self.published.bytes(layout, false)
     }
 
@@ -350,6 +353,9 @@ pub struct Tracked {
     /// (automatic thresholds); rebuilt with the window when the baseline
     /// changes.
     pub null: NullCache,
+    /// Each distribution's PSI over the last day (a model's and its latency
+    /// window; arms keep none): empty until the first evaluation.
+    pub history: Vec<History>,
 }
 
 impl Tracked {
@@ -361,6 +367,7 @@ impl Tracked {
             scores: vec![None; slots],
             evaluated_at_ms: None,
             null: NullCache::default(),
+            history: Vec::new(),
         }
     }
 }
@@ -508,6 +515,7 @@ impl Engine {
                     // Same bins: the counts stay meaningful; keep them.
                     let _ = fresh.window.restore(&state);
                     fresh.verdicts = std::mem::take(&mut t.verdicts);
+                    fresh.history = std::mem::take(&mut t.history);
                 }
                 *t = fresh;
             };
@@ -1570,6 +1578,14 @@ fn evaluate_tracked(
         let counts = t.window.slot_counts(i);
         let scores = compare::compare(counts, base, layout.bin_layout(i), &cfg.compare);
         t.scores[i] = scores;
+        if arm.is_none() {
+            if t.history.len() != layout.slots.len() {
+                t.history = vec![History::default(); layout.slots.len()];
+            }
+            if let Some(psi) = scores.as_ref().and_then(|s| s.get(Metric::Psi)) {
+                t.history[i].record(now_ms, psi);
+            }
+        }
         // The no-drift quantiles at this distribution's sample size
         // (automatic thresholds, once there is enough to judge).
         let null = match auto {
@@ -1737,6 +1753,11 @@ pub struct FeatureReport {
     /// distribution is pending or firing.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub moved: Vec<MovedBin>,
+    /// PSI over the last day, `[start of step ms, worst PSI in it]`, oldest
+    /// first: minutes for the last hour, half hours before (detailed
+    /// reports of a model's and its latency window).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub psi_history: Vec<(i64, f32)>,
     /// Every metric the comparator computed (empty when the window is).
     pub metrics: ScoreMap,
     pub verdicts: Vec<VerdictReport>,
@@ -1859,6 +1880,10 @@ fn window_report(cfg: &EngineConfig, layout: &Layout, t: &Tracked, detail: bool)
                 moved_bins(cfg, layout, i, t.window.slot_counts(i), true)
             } else {
                 Vec::new()
+            },
+            psi_history: match t.history.get(i) {
+                Some(h) if detail => h.points(),
+                _ => Vec::new(),
             },
             metrics,
             verdicts,
