@@ -210,7 +210,7 @@ impl EngineConfig {
         p.push(
             "drift windows",
             format!(
-                "{n} baselines, {bins} bins in all, × {panes} panes × 4 B, with latency windows"
+                "{n} baselines, {bins} bins in all, × {panes} panes × 4 B, with latency windows and score history"
             ),
             windows,
         );
