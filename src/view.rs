@@ -573,4 +573,91 @@ mod tests {
         assert_eq!(Links::Anchors.to("m"), "#model-m");
         assert_eq!(truncate("abcdef", 4), "abc…");
     }
+
+    fn model(name: &str, state: State) -> ModelReport {
+        let f = FeatureReport {
+            name: "x".into(),
+            kind: "numeric",
+            bins: Vec::new(),
+            baseline_counts: Vec::new(),
+            window_counts: Vec::new(),
+            moved: Vec::new(),
+            psi_history: Vec::new(),
+            metrics: crate::engine::ScoreMap(None),
+            verdicts: Vec::new(),
+            state,
+        };
+        ModelReport {
+            model: name.into(),
+            baseline_version: "v".into(),
+            events: 1,
+            all: WindowReport {
+                samples: 1,
+                window_start_ms: None,
+                window_end_ms: None,
+                late_events: 0,
+                invalid_values: 0,
+                features: vec![f],
+                prediction: None,
+                confidence: None,
+            },
+            arms: Vec::new(),
+            latency: None,
+            arm_divergence: Vec::new(),
+        }
+    }
+
+    fn rows(html: &str) -> Vec<&str> {
+        html.split("data-model=\"")
+            .skip(1)
+            .map(|r| &r[..r.find('"').unwrap()])
+            .collect()
+    }
+
+    /// A thousand models: what fires first, then what is pending, 50 a
+    /// page, every model on exactly one page, and the filter narrows.
+    #[test]
+    fn the_index_pages_a_thousand_models_firing_first() {
+        let models: Vec<ModelReport> = (0..1000)
+            .map(|i| {
+                let state = match i % 100 {
+                    7 => State::Firing,
+                    8 | 9 => State::Pending,
+                    _ => State::Ok,
+                };
+                model(&format!("model-{i:04}"), state)
+            })
+            .collect();
+        let mut seen = Vec::new();
+        for page in 0..20 {
+            let mut out = String::new();
+            index(&models, None, page, &Links::Pages, &mut out);
+            let r = rows(&out);
+            assert_eq!(r.len(), PAGE_SIZE, "page {page}");
+            if page == 0 {
+                assert!(r[..10].iter().all(|m| m.ends_with("07")), "{r:?}");
+                assert!(r[10..30]
+                    .iter()
+                    .all(|m| m.ends_with("08") || m.ends_with("09")));
+                assert!(out.contains("href=\"/?page=19\""), "links to the last page");
+            }
+            seen.extend(r.iter().map(|m| m.to_string()));
+        }
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), 1000);
+        // Past the end: the last page.
+        let mut out = String::new();
+        index(&models, None, 99, &Links::Pages, &mut out);
+        assert_eq!(rows(&out).len(), PAGE_SIZE);
+        let mut out = String::new();
+        index(&models, Some("model-01"), 0, &Links::Pages, &mut out);
+        assert_eq!(rows(&out).len(), 50);
+        assert!(out.contains("100 models matching"), "{out}");
+        // A report lists every model, each an anchor.
+        let mut out = String::new();
+        index(&models, None, 0, &Links::Anchors, &mut out);
+        assert_eq!(rows(&out).len(), 1000);
+        assert!(out.contains("href=\"#model-model-0007\""));
+    }
 }
