@@ -22,7 +22,8 @@
 //! ```text
 //!  cli ──▶ lab ──▶ daemon ──▶ engine        cli ──▶ config ──▶ daemon, engine
 //!   │               ▲                        cli ──▶ replay ──▶ engine
-//!   └───────────────┘                        daemon, lab, cli ──▶ clock
+//!   └───────────────┘                        daemon, replay ──▶ view ──▶ engine
+//!                                            daemon, lab, cli ──▶ clock
 //! ```
 //!
 //! - [`engine`]: pure and synchronous, time as a parameter: lines in,
@@ -35,6 +36,8 @@
 //!   - [`engine::threshold`]: automatic thresholds: each metric's no-drift level at the window's sample size, from the baseline.
 //!   - [`engine::health`]: error rates, deploy regressions, latency quantiles (DDSketch) and batch statistics per model.
 //!   - [`engine::experiment`]: the bounded feedback join by request id; arms compared by feedback rate.
+//!   - [`engine::history`]: each distribution's score over the last day, in two fixed rings.
+//!   - `engine::memory`: the budget the engine reserves from before it allocates, and the plan's terms.
 //!   - [`engine::time`]: event time as reports show it.
 //!   - [`Engine`](engine::Engine) (`engine/pipeline.rs`): decode → window → compare → detect for every model, plus health and experiments, with the caps that bound them.
 //! - [`daemon`]: the edges, and [`daemon::app`], the one place they meet the engine.
@@ -45,6 +48,7 @@
 //!   - [`daemon::metrics`]: the engine's Prometheus series, set once per evaluation from the snapshot.
 //!   - [`daemon::snapshot`]: what the worker publishes after each evaluation, for the metrics and the API.
 //!   - [`daemon::readiness`]: what `/readyz` is made of.
+//!   - `daemon::plan`: the memory plan `check-config` prints and `run` keeps: the daemon's terms and the engine's.
 //!   - [`daemon::admin`]: the HTTP server: /metrics, /livez, /readyz, the drift and baseline API.
 //!   - [`daemon::alert`]: transitions out to Alertmanager (API v2), a Kafka topic and a webhook; `driftd_alerts_*`.
 //!   - [`daemon::logging`]: structured logs on stderr.
