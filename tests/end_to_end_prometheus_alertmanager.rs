@@ -497,7 +497,16 @@ scrape_configs:
         ("metric", "psi"),
     ];
     assert_eq!(value(&s, "driftd_drift_state", &amount_state), 2.0);
-    assert!(value(&s, "driftd_alerts_firing", &[("severity", &severity)]) >= 1.0);
+    // Under a severity, not necessarily the one Alertmanager got: the drift
+    // may have moved between warning and critical since.
+    assert!(
+        ["warning", "critical"].iter().any(|sev| value(
+            &s,
+            "driftd_alerts_firing",
+            &[("severity", sev)]
+        ) >= 1.0),
+        "driftd holds the alert as firing (Alertmanager got it as {severity})"
+    );
     assert!(
         value(
             &s,
@@ -647,7 +656,16 @@ scrape_configs:
         },
     );
     let s = scrape(&addr);
-    assert!(value(&s, "driftd_alerts_firing", &[("severity", &severity)]) >= 1.0);
+    // Under a severity, not necessarily the one Alertmanager got: the drift
+    // may have moved between warning and critical since.
+    assert!(
+        ["warning", "critical"].iter().any(|sev| value(
+            &s,
+            "driftd_alerts_firing",
+            &[("severity", sev)]
+        ) >= 1.0),
+        "driftd holds the alert as firing (Alertmanager got it as {severity})"
+    );
     assert_eq!(value(&s, "driftd_drift_state", &country_state), 2.0);
     // Prometheus saw the outage too.
     eventually("Prometheus has the failed sends", || {
