@@ -360,8 +360,15 @@ url = "http://{hook_addr}/hook"
     // first, draws the shares the API gives, shows a hashed feature's
     // buckets only, and names no raw value; the index lists the model as
     // firing.
+    // The first view shows the scores and asks for the bars; the next
+    // evaluation's snapshot has them.
     let (status, page) = http_get(&format!("http://{listen}/model/{MODEL}"));
     assert_eq!(status, 200, "{page}");
+    assert_no_secrets("the model's first page", &page, &[NEW_PLAN]);
+    wait_for(Duration::from_secs(30), "the page's bars", || {
+        let (_, page) = http_get(&format!("http://{listen}/model/{MODEL}"));
+        page.contains("<rect ").then_some(())
+    });
     let r = chromium(
         &format!("http://{listen}/model/{MODEL}"),
         "daemon-model-page",

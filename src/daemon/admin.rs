@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::daemon::metrics::Exposition;
 use crate::daemon::readiness::Readiness;
-use crate::daemon::snapshot::Snapshot;
+use crate::daemon::snapshot::{Snapshot, Watched};
 use crate::engine::Report;
 use crate::view;
 
@@ -102,6 +102,8 @@ pub(crate) struct AdminState {
     pub exposition: Exposition,
     pub readiness: Arc<Readiness>,
     pub snapshot: watch::Receiver<Arc<Snapshot>>,
+    /// The models whose pages are open (their details are in snapshots).
+    pub watched: Arc<Watched>,
     pub control: mpsc::Sender<Control>,
     pub admin_token: Option<Arc<str>>,
 }
@@ -234,28 +236,36 @@ async fn page_index(State(s): State<AdminState>, Query(q): Query<PageQuery>) -> 
     )
 }
 
+/// A model's page, drawn from the last snapshot: with its bars and score
+/// history once the worker has put its detail there (the evaluation after
+/// the first view), with its scores and states until then.
 async fn page_model(State(s): State<AdminState>, Path(name): Path<String>) -> Response {
     let snap = s.snapshot.borrow().clone();
-    let report = detail(&s, &name).await;
-    let Some(m) = report
-        .as_ref()
-        .and_then(|r| r.models.iter().find(|m| m.model == name))
-    else {
+    let known = snap.report.models.iter().find(|m| m.model == name);
+    if known.is_none() {
         let body = format!(
             "<p>no model {} is being tracked. <a href=\"/\">every model</a></p>",
             view::esc(&name)
         );
         return html(StatusCode::NOT_FOUND, view::document("driftd", None, &body));
-    };
+    }
+    s.watched.watch(&name);
+    let detail = snap.details.iter().find(|m| m.model == name);
     let health = snap.report.health.iter().find(|h| h.model == name);
     let mut body = format!(
         "<p><a href=\"/\">every model</a> · evaluated at {}</p>",
         crate::engine::time::rfc3339(snap.at_ms)
     );
+    if detail.is_none() {
+        body.push_str("<p id=\"waiting\"><small>bins and score history appear with the next evaluation (a model whose bins would pass 256 KiB shows its scores only)</small></p>");
+    }
+    let m = detail.or(known).expect("known");
     view::model(m, health, &snap.report.experiments, &mut body);
+    // Until the bars are there, look again soon.
+    let refresh = if detail.is_some() { PAGE_REFRESH_S } else { 2 };
     html(
         StatusCode::OK,
-        view::document(&format!("driftd: {name}"), Some(PAGE_REFRESH_S), &body),
+        view::document(&format!("driftd: {name}"), Some(refresh), &body),
     )
 }
 

@@ -59,7 +59,7 @@ use crate::daemon::ingest::{
 use crate::daemon::metrics::{self, Metrics};
 use crate::daemon::plan;
 use crate::daemon::readiness::Readiness;
-use crate::daemon::snapshot::Snapshot;
+use crate::daemon::snapshot::{Snapshot, Watched, DETAIL_BYTES};
 use crate::engine::detect::Transition;
 use crate::engine::memory::human;
 use crate::engine::window::WindowSpec;
@@ -190,10 +190,12 @@ pub async fn start(mut cfg: Config, cancel: CancellationToken) -> anyhow::Result
     let readiness = Arc::new(Readiness::default());
     let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::default()));
     let (control_tx, control_rx) = mpsc::channel(16);
+    let watched = Arc::new(Watched::default());
     let state = AdminState {
         exposition: series.engine.exposition(),
         readiness: readiness.clone(),
         snapshot: snap_rx.clone(),
+        watched: watched.clone(),
         control: control_tx.clone(),
         admin_token: cfg.http.admin_token.as_deref().map(Arc::from),
     };
@@ -215,6 +217,7 @@ pub async fn start(mut cfg: Config, cancel: CancellationToken) -> anyhow::Result
         series,
         readiness: readiness.clone(),
         snapshot: snap_tx,
+        watched,
         control: control_rx,
         checkpoints: CheckpointStats::default(),
         reloads: (0, 0),
@@ -440,6 +443,8 @@ struct Worker {
     series: Series,
     readiness: Arc<Readiness>,
     snapshot: watch::Sender<Arc<Snapshot>>,
+    /// The models whose pages are open: their details go in the snapshot.
+    watched: Arc<Watched>,
     control: mpsc::Receiver<Control>,
     checkpoints: CheckpointStats,
     /// Baseline reloads: (took, failed).
@@ -815,6 +820,12 @@ impl Worker {
             transitions,
             reloads: self.reloads,
             memory: self.engine.memory(),
+            details: self
+                .watched
+                .current()
+                .iter()
+                .filter_map(|m| self.engine.page_report(m, DETAIL_BYTES))
+                .collect(),
         };
         self.series.engine.update(&snap);
         self.series.kafka.update(&snap.kafka);

@@ -13,6 +13,7 @@
 
 use crate::daemon::ingest::{FETCH_MAX_BYTES, QUEUED_KBYTES};
 use crate::daemon::settings::Config;
+use crate::daemon::snapshot::{DETAIL_BYTES, MAX_WATCHED};
 use crate::engine::baseline::{Baseline, Layout};
 use crate::engine::memory::{human, Plan};
 use crate::engine::EngineConfig;
@@ -57,6 +58,14 @@ pub(crate) fn daemon_terms(cfg: &Config) -> Plan {
             queued + fetch * brokers,
         );
     }
+    p.push(
+        "model pages",
+        format!(
+            "{MAX_WATCHED} models' bins and score history at most × {} × 2 snapshots",
+            human(DETAIL_BYTES)
+        ),
+        MAX_WATCHED * DETAIL_BYTES * 2,
+    );
     if cfg.alerts.any_sink() {
         p.push(
             "alert queue",

@@ -1292,6 +1292,26 @@ impl Engine {
         }
     }
 
+    /// A model's report for its page: its window and latency window with
+    /// bins, counts and score history, its arms as sizes only; `None` when
+    /// the model is unknown or its report could pass `max_bytes` (labels
+    /// and counts of every bin, and a full score history per
+    /// distribution), so what a snapshot holds for pages stays bounded.
+    pub fn page_report(&self, model: &str, max_bytes: usize) -> Option<ModelReport> {
+        let m = self.models.get(model)?;
+        let (bins, slots) = [Some(&m.all), m.latency.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(|t| t.window.layout())
+            .fold((0, 0), |(b, s), l| (b + l.total_bins, s + l.slots.len()));
+        let bound = bins * PAGE_BYTES_PER_BIN + slots * (PAGE_BYTES_PER_SLOT + History::BYTES * 4);
+        if bound > max_bytes {
+            return None;
+        }
+        Some(self.model_report(m, true, false))
+    }
+
+    /// The report of one model (see [`Engine::page_report`] for its cost).
     fn model_report(&self, m: &ModelState, detail: bool, arm_features: bool) -> ModelReport {
         let control = self.cfg.experiments.control_arm.as_str();
         ModelReport {
@@ -1767,6 +1787,12 @@ pub struct FeatureReport {
 
 /// Bins a report names as having moved, per distribution.
 pub const MOVED_BINS: usize = 3;
+
+/// What a detailed report holds per bin at most: its label (a JSON string
+/// of a category name or two edges) and its two counts.
+const PAGE_BYTES_PER_BIN: usize = 96;
+/// And per distribution: name, scores, verdicts, moved bins.
+const PAGE_BYTES_PER_SLOT: usize = 1024;
 
 /// A bin that moved: its label (edges, a category's name or a hashed
 /// bucket's number, never a raw value), its shares of the baseline and of
