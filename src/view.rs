@@ -40,8 +40,9 @@ pub fn esc(s: &str) -> String {
     out
 }
 
-/// Percent-encodes a path segment (a model name in a link).
-fn seg(s: &str) -> String {
+/// Percent-encodes a path segment or query value (a model name in a link;
+/// RFC 3986 unreserved characters kept).
+pub fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
@@ -138,8 +139,8 @@ pub enum Links {
 impl Links {
     fn to(&self, model: &str) -> String {
         match self {
-            Links::Pages => format!("/model/{}", seg(model)),
-            Links::Anchors => format!("#model-{}", seg(model)),
+            Links::Pages => format!("/model/{}", urlencode(model)),
+            Links::Anchors => format!("#model-{}", urlencode(model)),
         }
     }
 }
@@ -195,7 +196,9 @@ pub fn index(
     out.push_str("</table>");
     if let (Links::Pages, true) = (links, pages > 1) {
         out.push_str("<nav>");
-        let q = filter.map(|f| format!("&q={}", seg(f))).unwrap_or_default();
+        let q = filter
+            .map(|f| format!("&q={}", urlencode(f)))
+            .unwrap_or_default();
         for p in 0..pages {
             if p == page {
                 let _ = write!(out, "<b>{}</b> ", p + 1);
@@ -217,7 +220,7 @@ pub fn model(
     let _ = write!(
         out,
         "<article class=\"model\" id=\"model-{}\" data-model=\"{}\"><h2>{}</h2><p>baseline {} · {} events · window {}</p>",
-        seg(&m.model),
+        urlencode(&m.model),
         esc(&m.model),
         esc(&m.model),
         esc(&m.baseline_version),

@@ -357,17 +357,8 @@ impl AlertBook {
     }
 }
 
-/// Percent-encodes a URL query value (RFC 3986 unreserved characters kept).
-pub fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
+/// Alerts link to the model's page, encoded as the page's links are.
+pub use crate::view::urlencode;
 
 fn annotations(t: &Transition, severity: Severity) -> BTreeMap<String, String> {
     let window = match (t.window_start_ms, t.window_end_ms) {

@@ -617,23 +617,52 @@ pub fn two_proportion_test(x1: u64, n1: u64, x2: u64, n2: u64, tail: Tail) -> Op
     Some((z, p.clamp(0.0, 1.0)))
 }
 
-fn kl_psi(p: &[u64], q: &[u64], smoothing: f64) -> (f64, f64) {
-    let (np, nq) = totals(p, q);
-    if np == 0 || nq == 0 {
-        return (0.0, 0.0);
+/// The smoothed proportions of `p` and `q` bin by bin: `s` pseudo-counts
+/// added to every bin of both (a negative or non-finite smoothing is 0).
+/// `None` when either side is empty.
+struct Smoothed {
+    s: f64,
+    inv_dp: f64,
+    inv_dq: f64,
+    totals: (u128, u128),
+}
+
+impl Smoothed {
+    fn of(p: &[u64], q: &[u64], smoothing: f64) -> Option<Smoothed> {
+        let (np, nq) = totals(p, q);
+        if np == 0 || nq == 0 {
+            return None;
+        }
+        let s = if smoothing.is_finite() && smoothing > 0.0 {
+            smoothing
+        } else {
+            0.0
+        };
+        let bins = p.len().min(q.len()) as f64;
+        Some(Smoothed {
+            s,
+            inv_dp: 1.0 / (np as f64 + s * bins),
+            inv_dq: 1.0 / (nq as f64 + s * bins),
+            totals: (np, nq),
+        })
     }
-    let s = if smoothing.is_finite() && smoothing > 0.0 {
-        smoothing
-    } else {
-        0.0
+
+    /// (p_i, q_i) from the counts of one bin.
+    fn pair(&self, a: u64, b: u64) -> (f64, f64) {
+        (
+            (a as f64 + self.s) * self.inv_dp,
+            (b as f64 + self.s) * self.inv_dq,
+        )
+    }
+}
+
+fn kl_psi(p: &[u64], q: &[u64], smoothing: f64) -> (f64, f64) {
+    let Some(sm) = Smoothed::of(p, q, smoothing) else {
+        return (0.0, 0.0);
     };
-    let bins = p.len().min(q.len()) as f64;
-    let inv_dp = 1.0 / (np as f64 + s * bins);
-    let inv_dq = 1.0 / (nq as f64 + s * bins);
     let (mut kl, mut psi) = (0.0, 0.0);
     for (&a, &b) in p.iter().zip(q) {
-        let pi = (a as f64 + s) * inv_dp;
-        let qi = (b as f64 + s) * inv_dq;
+        let (pi, qi) = sm.pair(a, b);
         // Also covers pi == qi == 0 (s = 0), where the ratio would be 0/0.
         if pi == qi {
             continue;
@@ -665,26 +694,17 @@ pub struct BinShift {
 /// share did not move (a term of 0, empty on both sides included) is never
 /// listed; nor is anything when either side is empty.
 pub fn top_shifts(p: &[u64], q: &[u64], smoothing: f64, k: usize) -> Vec<BinShift> {
-    let (np, nq) = totals(p, q);
-    if np == 0 || nq == 0 || k == 0 {
+    let Some(sm) = Smoothed::of(p, q, smoothing).filter(|_| k > 0) else {
         return Vec::new();
-    }
-    let s = if smoothing.is_finite() && smoothing > 0.0 {
-        smoothing
-    } else {
-        0.0
     };
-    let bins = p.len().min(q.len()) as f64;
-    let inv_dp = 1.0 / (np as f64 + s * bins);
-    let inv_dq = 1.0 / (nq as f64 + s * bins);
+    let (np, nq) = sm.totals;
     let mut all: Vec<BinShift> = p
         .iter()
         .zip(q)
         .enumerate()
         .filter(|(_, (&a, &b))| a > 0 || b > 0)
         .map(|(bin, (&a, &b))| {
-            let pi = (a as f64 + s) * inv_dp;
-            let qi = (b as f64 + s) * inv_dq;
+            let (pi, qi) = sm.pair(a, b);
             let psi_term = if pi == qi || pi == 0.0 || qi == 0.0 {
                 // Equal, or infinite without smoothing: ranked by share.
                 if pi == qi {
