@@ -1318,16 +1318,20 @@ impl Rig {
         let mut buf = String::new();
         let mut progress = Progress::every(Duration::from_secs(10));
         let mut looked = Instant::now();
+        let mut held = false;
         while sent < lines {
-            // Look again every 200 ms, and before a quarter of the room is
-            // queued since the last look.
-            let due = (sent - checked_at) as i64 * 4 >= room * i64::from(self.partitions);
+            // Look again every 200 ms, before a quarter of the room is
+            // queued since the last look, and after every pause: a pause
+            // that did not look again before sending let a quarter of the
+            // room through each time, until the broker dropped lines.
+            let due = held || (sent - checked_at) as i64 * 4 >= room * i64::from(self.partitions);
             if due || looked.elapsed() >= Duration::from_millis(200) {
                 self.d.alive().with_context(|| self.d.log())?;
                 done = committed(&watcher, self.partitions).unwrap_or(done);
                 (looked, checked_at) = (Instant::now(), sent);
                 progress.say(|| self.backfill_progress(sent, lines, began));
-                if most_behind(sent, &done) >= room {
+                held = most_behind(sent, &done) >= room;
+                if held {
                     p.poll(Duration::from_millis(100));
                     continue;
                 }
