@@ -123,6 +123,7 @@ struct RawWindow {
     max_future: Option<String>,
     per_arm: Option<bool>,
     max_panes: Option<u64>,
+    arm_max_panes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -627,6 +628,9 @@ fn window_settings(window: RawWindow, engine: &mut EngineConfig, p: &mut Problem
     engine.per_arm = window.per_arm.unwrap_or(true);
     if let Some(v) = window.max_panes {
         engine.max_panes = p.range("window.max_panes", v, 1, 1440) as usize;
+    }
+    if let Some(v) = window.arm_max_panes {
+        engine.arm_max_panes = p.range("window.arm_max_panes", v, 1, 1440) as usize;
     }
 }
 

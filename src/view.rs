@@ -19,7 +19,7 @@ use crate::engine::detect::State;
 use crate::engine::experiment::ExperimentReport;
 use crate::engine::health::HealthReport;
 use crate::engine::time::rfc3339;
-use crate::engine::{FeatureReport, ModelReport, MovedBin, WindowReport};
+use crate::engine::{FeatureReport, ModelReport, MovedBin, VerdictReport, WindowReport};
 
 /// Models per page of the index.
 pub const PAGE_SIZE: usize = 50;
@@ -334,33 +334,39 @@ fn arms_table(model: &str, x: &ExperimentReport, out: &mut String) {
     out.push_str("</table>");
 }
 
-/// PSI over the last day as a line, with the thresholds in force dashed.
-fn sparkline(f: &FeatureReport, out: &mut String) {
-    let p = &f.psi_history;
+/// Each kept score over the last day as a line, with the thresholds in
+/// force dashed: one sparkline per metric of the distribution's history.
+fn sparklines(f: &FeatureReport, out: &mut String) {
+    for (metric, p) in &f.score_history.0 {
+        let rule = f.verdicts.iter().find(|v| v.metric == *metric);
+        sparkline(metric.name(), p, rule, out);
+    }
+}
+
+fn sparkline(name: &str, p: &[(i64, f32)], rule: Option<&VerdictReport>, out: &mut String) {
     if p.len() < 2 {
         return;
     }
     let (w, h) = (240.0, 40.0);
-    let psi = f.verdicts.iter().find(|v| v.metric.name() == "psi");
     let top = p
         .iter()
         .map(|(_, v)| f64::from(*v))
-        .chain(psi.map(|v| v.critical))
+        .chain(rule.map(|v| v.critical.max(v.warning)))
         .fold(1e-9, f64::max);
     let (t0, t1) = (p[0].0, p[p.len() - 1].0.max(p[0].0 + 1));
     let x = |t: i64| (t - t0) as f64 / (t1 - t0) as f64 * w;
-    let y = |v: f64| h - (v / top).min(1.0) * h;
+    let y = |v: f64| h - (v / top).clamp(0.0, 1.0) * h;
     let pts: Vec<String> = p
         .iter()
         .map(|(t, v)| format!("{:.1},{:.1}", x(*t), y(f64::from(*v))))
         .collect();
     let _ = write!(
         out,
-        "<svg class=\"spark\" data-points=\"{}\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" role=\"img\" aria-label=\"psi since {}\">",
+        "<svg class=\"spark\" data-metric=\"{name}\" data-points=\"{}\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" role=\"img\" aria-label=\"{name} since {}\">",
         p.len(),
         rfc3339(t0)
     );
-    if let Some(v) = psi {
+    if let Some(v) = rule {
         for (t, color) in [(v.warning, "#b26a00"), (v.critical, "#b00020")] {
             let _ = write!(
                 out,
@@ -371,9 +377,10 @@ fn sparkline(f: &FeatureReport, out: &mut String) {
     }
     let _ = write!(
         out,
-        "<polyline fill=\"none\" stroke=\"#1565c0\" stroke-width=\"1.5\" points=\"{}\"/></svg><small>psi since {} (dashed: the warning and critical thresholds)</small>",
+        "<polyline fill=\"none\" stroke=\"#1565c0\" stroke-width=\"1.5\" points=\"{}\"/></svg><small>{name} since {}{}</small>",
         pts.join(" "),
-        rfc3339(t0)
+        rfc3339(t0),
+        if rule.is_some() { " (dashed: the warning and critical thresholds)" } else { "" }
     );
 }
 
@@ -443,7 +450,7 @@ fn distribution(window: &str, f: &FeatureReport, out: &mut String) {
         let _ = write!(out, "<td class=\"{cls}\" data-score=\"{s}\">{v}{t}</td>");
     }
     out.push_str("</tr></table>");
-    sparkline(f, out);
+    sparklines(f, out);
     // The bins that moved, while the distribution is pending or firing: at
     // ok they are the noise of any two samples.
     let moved = if f.state == State::Ok {
@@ -585,7 +592,7 @@ mod tests {
             baseline_counts: Vec::new(),
             window_counts: Vec::new(),
             moved: Vec::new(),
-            psi_history: Vec::new(),
+            score_history: Default::default(),
             metrics: crate::engine::ScoreMap(None),
             verdicts: Vec::new(),
             state,

@@ -144,22 +144,28 @@ fn the_html_report_shows_what_moved_first_and_draws_the_shares_the_json_gives() 
         }
     }
     assert!(checked > 50, "{checked} bars checked");
-    // Each distribution's PSI over the replay, a point a minute of event
-    // time, as the JSON's `psi_history` has it.
+    // Each distribution's kept scores over the replay (PSI and unseen
+    // share, the metrics the default rules judge), a point a minute of
+    // event time, as the JSON's `score_history` has them.
     let sparks = elements(&r.dom, "svg")
         .into_iter()
         .filter(|a| a.get("class").map(String::as_str) == Some("spark"))
         .collect::<Vec<_>>();
-    let want = first["features"][0]["psi_history"]
-        .as_array()
-        .unwrap()
-        .len();
+    let history = &first["features"][0]["score_history"];
+    let want = history["psi"].as_array().unwrap().len();
     assert!(want >= 10, "20 minutes of replay: {want} points");
-    assert!(!sparks.is_empty());
-    assert!(
-        sparks.iter().all(|a| a["data-points"] == want.to_string()),
-        "every distribution has {want} points: {sparks:?}"
-    );
+    assert_eq!(history["unseen_share"].as_array().unwrap().len(), want);
+    for metric in ["psi", "unseen_share"] {
+        let of: Vec<_> = sparks
+            .iter()
+            .filter(|a| a.get("data-metric").map(String::as_str) == Some(metric))
+            .collect();
+        assert!(!of.is_empty(), "a {metric} sparkline per distribution");
+        assert!(
+            of.iter().all(|a| a["data-points"] == want.to_string()),
+            "every distribution has {want} {metric} points: {of:?}"
+        );
+    }
     // The bins that moved most are marked, and named as the JSON names them.
     // (marked while the distribution is pending or firing).
     let f00 = m["features"]

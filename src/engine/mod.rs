@@ -22,6 +22,6 @@ pub mod window;
 
 pub use pipeline::{
     ArmDivergence, AutoBaseline, Engine, EngineConfig, EngineStats, FeatureReport, ModelReport,
-    ModelState, MovedBin, Outcome, Published, Report, ScoreMap, Tracked, VerdictReport,
-    WindowReport, DEFAULT_MAX_PANES, SIMULATIONS_PER_EVALUATION,
+    ModelState, MovedBin, Outcome, Published, Report, ScoreHistory, ScoreMap, Tracked,
+    VerdictReport, WindowReport, DEFAULT_MAX_PANES, SIMULATIONS_PER_EVALUATION,
 };

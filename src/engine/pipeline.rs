@@ -28,7 +28,7 @@ use crate::engine::detect::{
 use crate::engine::experiment::{ExperimentConfig, ExperimentReport, Experiments};
 use crate::engine::health::version_base;
 use crate::engine::health::{Health, HealthConfig, HealthReport, Observation};
-use crate::engine::history::History;
+use crate::engine::history::{History, Worse};
 use crate::engine::memory::{self, human, Budget, Plan};
 use crate::engine::threshold::{self, NullCache, Quantiles};
 use crate::engine::window::{Inserted, Window, WindowSpec, WindowState};
@@ -63,6 +63,12 @@ pub struct EngineConfig {
     /// Panes per window at most: a longer window gets longer panes
     /// ([`WindowSpec::capped`]), so memory does not grow with its length.
     pub max_panes: usize,
+    /// Panes per arm window at most (`window.arm_max_panes`). Arms are
+    /// compared over the whole window, with each other and with the
+    /// baseline, so their edge may move in coarser steps than the model's:
+    /// a day in 12 panes of 2 h. That keeps a model with arms near the cost
+    /// of one window instead of one per arm.
+    pub arm_max_panes: usize,
     /// Bytes the engine's state may take (see [`crate::engine::memory`]);
     /// `None`: no limit.
     pub max_memory: Option<usize>,
@@ -124,6 +130,7 @@ impl Default for EngineConfig {
             health: HealthConfig::default(),
             experiments: ExperimentConfig::default(),
             max_panes: DEFAULT_MAX_PANES,
+            arm_max_panes: DEFAULT_ARM_MAX_PANES,
             max_memory: None,
             published: Published::default(),
         }
@@ -133,11 +140,11 @@ impl Default for EngineConfig {
 impl EngineConfig {
     /// The bound of one drift window on `bins` bins in `slots`
     /// distributions, with its verdicts, scores and cached thresholds.
-    fn tracked_bytes(&self, bins: usize, slots: usize) -> usize {
+    fn tracked_bytes(&self, bins: usize, slots: usize, panes: usize) -> usize {
         memory::tracked_bytes(
             bins,
             slots,
-            self.window.panes(),
+            panes,
             self.decode.max_features,
             self.detect.rules.len(),
         )
@@ -146,20 +153,38 @@ impl EngineConfig {
     /// A model's drift state without its arms: its window, its latency
     /// window (when the baseline has stages) and its bookkeeping.
     pub fn model_bytes(&self, layout: &Layout) -> usize {
-        let latency = Layout::latency_shape(&layout.baseline)
-            .map_or(0, |(bins, slots)| self.tracked_bytes(bins, slots));
+        let latency = Layout::latency_shape(&layout.baseline).map_or(0, |(bins, slots)| {
+            self.tracked_bytes(bins, slots, self.window.panes())
+        });
         let latency_slots = Layout::latency_shape(&layout.baseline).map_or(0, |(_, slots)| slots);
-        self.tracked_bytes(layout.total_bins, layout.slots.len())
+        self.tracked_bytes(layout.total_bins, layout.slots.len(), self.window.panes())
             + latency
             + 512
-            + (layout.slots.len() + latency_slots) * History::BYTES
+            + (layout.slots.len() + latency_slots) * History::bytes(self.history_metrics().len())
             + self.published.bytes(layout, false)
     }
 
     /// One arm's window of a model.
     pub fn arm_bytes(&self, layout: &Layout) -> usize {
-        self.tracked_bytes(layout.total_bins, layout.slots.len())
-            + self.published.bytes(layout, true)
+        self.tracked_bytes(
+            layout.total_bins,
+            layout.slots.len(),
+            self.arm_window().panes(),
+        ) + self.published.bytes(layout, true)
+    }
+
+    /// The scores a distribution's history keeps: PSI, and every metric a
+    /// rule judges (the scores that can fire), in [`Metric::ALL`]'s order.
+    pub fn history_metrics(&self) -> Vec<Metric> {
+        Metric::ALL
+            .into_iter()
+            .filter(|m| *m == Metric::Psi || self.detect.rules.iter().any(|r| r.metric == *m))
+            .collect()
+    }
+
+    /// An arm's window: the model's, in at most `arm_max_panes` panes.
+    pub fn arm_window(&self) -> WindowSpec {
+        self.window.capped(self.arm_max_panes).0
     }
 
     /// What publishing a model and `arms` arms costs outside the engine.
@@ -222,8 +247,9 @@ impl EngineConfig {
             p.push(
                 "arm windows",
                 format!(
-                    "{} arms per model at most × the model's window",
-                    cfg.max_arms_per_model
+                    "{} arms per model at most × the model's bins × {} panes (window.arm_max_panes)",
+                    cfg.max_arms_per_model,
+                    cfg.arm_window().panes()
                 ),
                 arms * cfg.max_arms_per_model,
             );
@@ -282,6 +308,8 @@ impl EngineConfig {
 /// Panes per window unless configured (`window.max_panes`): a 10-minute
 /// window of 30 s panes has 20; a day window gets 24-minute panes.
 pub const DEFAULT_MAX_PANES: usize = 60;
+/// Panes per arm window unless configured (`window.arm_max_panes`).
+pub const DEFAULT_ARM_MAX_PANES: usize = 12;
 
 impl EngineConfig {
     /// Aligns the health and experiment windows with the drift window (same
@@ -346,7 +374,10 @@ pub enum Outcome {
 pub struct Tracked {
     pub window: Window,
     /// `[slot][rule]`.
-    pub verdicts: Vec<Vec<Verdict>>,
+    /// One verdict per (distribution, rule), distribution-major, in one
+    /// allocation: a model with arms holds thousands of these.
+    verdicts: Box<[Verdict]>,
+    rules: usize,
     pub scores: Vec<Option<Scores>>,
     pub evaluated_at_ms: Option<i64>,
     /// Simulated no-drift quantiles of this window's distributions
@@ -359,11 +390,21 @@ pub struct Tracked {
 }
 
 impl Tracked {
+    /// Distribution `slot`'s verdict under rule `rule`.
+    pub fn verdict(&self, slot: usize, rule: usize) -> &Verdict {
+        &self.verdicts[slot * self.rules + rule]
+    }
+
+    fn verdict_mut(&mut self, slot: usize, rule: usize) -> &mut Verdict {
+        &mut self.verdicts[slot * self.rules + rule]
+    }
+
     fn new(layout: Arc<Layout>, spec: WindowSpec, rules: usize) -> Tracked {
         let slots = layout.slots.len();
         Tracked {
             window: Window::new(layout, spec),
-            verdicts: vec![vec![Verdict::default(); rules]; slots],
+            verdicts: vec![Verdict::default(); slots * rules].into_boxed_slice(),
+            rules,
             scores: vec![None; slots],
             evaluated_at_ms: None,
             null: NullCache::default(),
@@ -507,8 +548,8 @@ impl Engine {
                 && m.layout.baseline.confidence.as_ref().map(|p| &p.bins)
                     == layout.baseline.confidence.as_ref().map(|p| &p.bins);
             let rules = self.cfg.detect.rules.len();
-            let spec = self.cfg.window;
-            let rebuild = |t: &mut Tracked| {
+            let (spec, arm_spec) = (self.cfg.window, self.cfg.arm_window());
+            let rebuild = |t: &mut Tracked, spec: WindowSpec| {
                 let state = t.window.state();
                 let mut fresh = Tracked::new(layout.clone(), spec, rules);
                 if same_bins {
@@ -519,9 +560,9 @@ impl Engine {
                 }
                 *t = fresh;
             };
-            rebuild(&mut m.all);
+            rebuild(&mut m.all, spec);
             for (_, t) in &mut m.arms {
-                rebuild(t);
+                rebuild(t, arm_spec);
             }
             let same_stages = m.layout.baseline.latency.len() == layout.baseline.latency.len()
                 && m.layout
@@ -969,7 +1010,11 @@ impl Engine {
                         m.reserved += bytes;
                         m.arms.push((
                             arm.into(),
-                            Tracked::new(m.layout.clone(), cfg.window, cfg.detect.rules.len()),
+                            Tracked::new(
+                                m.layout.clone(),
+                                cfg.arm_window(),
+                                cfg.detect.rules.len(),
+                            ),
                         ));
                         Some(m.arms.len() - 1)
                     } else {
@@ -1198,7 +1243,7 @@ impl Engine {
             let layout = t.window.layout();
             for (i, slot) in layout.slots.iter().enumerate() {
                 for (r, rule) in cfg.detect.rules.iter().enumerate() {
-                    if t.verdicts[i][r].state != State::Firing {
+                    if t.verdict(i, r).state != State::Firing {
                         continue;
                     }
                     let distribution = crate::engine::detect::Distribution::of(slot.role);
@@ -1304,7 +1349,8 @@ impl Engine {
             .flatten()
             .map(|t| t.window.layout())
             .fold((0, 0), |(b, s), l| (b + l.total_bins, s + l.slots.len()));
-        let bound = bins * PAGE_BYTES_PER_BIN + slots * (PAGE_BYTES_PER_SLOT + History::BYTES * 4);
+        let history = History::bytes(self.cfg.history_metrics().len());
+        let bound = bins * PAGE_BYTES_PER_BIN + slots * (PAGE_BYTES_PER_SLOT + history * 4);
         if bound > max_bytes {
             return None;
         }
@@ -1387,8 +1433,13 @@ impl Engine {
         let rules = self.cfg.detect.rules.len();
         let spec = self.cfg.window;
         // The head is a pane number, not a time: its pane's end is the
-        // latest event time the window can hold.
-        let last_event_ms = match (spec, st.head) {
+        // latest event time the window can hold. An arm's panes are its own.
+        let saved_spec = if arm.is_some() {
+            self.cfg.arm_window()
+        } else {
+            spec
+        };
+        let last_event_ms = match (saved_spec, st.head) {
             (WindowSpec::Time { pane_ms, .. }, Some(h)) => (h + 1) * pane_ms - 1,
             _ => saved_at_ms,
         };
@@ -1435,7 +1486,9 @@ impl Engine {
                         ));
                     }
                     m.reserved += arm_bytes;
-                    m.arms.push((a.into(), Tracked::new(layout, spec, rules)));
+                    let arm_spec = self.cfg.arm_window();
+                    m.arms
+                        .push((a.into(), Tracked::new(layout, arm_spec, rules)));
                     &mut m.arms.last_mut().expect("pushed").1
                 }
             },
@@ -1593,18 +1646,27 @@ fn evaluate_tracked(
         Thresholds::Auto(a) => Some((a, a.alpha / tests_of(cfg, &layout).max(1) as f64)),
         Thresholds::Static => None,
     };
+    let kept = cfg.history_metrics();
     for (i, slot) in layout.slots.iter().enumerate() {
         let base = &layout.baseline_counts[slot.offset..slot.offset + slot.len];
         let counts = t.window.slot_counts(i);
         let scores = compare::compare(counts, base, layout.bin_layout(i), &cfg.compare);
         t.scores[i] = scores;
-        if arm.is_none() {
+        if let (None, Some(s)) = (arm, scores.as_ref()) {
             if t.history.len() != layout.slots.len() {
-                t.history = vec![History::default(); layout.slots.len()];
+                t.history = vec![History::new(kept.len()); layout.slots.len()];
             }
-            if let Some(psi) = scores.as_ref().and_then(|s| s.get(Metric::Psi)) {
-                t.history[i].record(now_ms, psi);
+            let (mut values, mut worse) = (
+                [f64::NAN; Metric::ALL.len()],
+                [Worse::Larger; Metric::ALL.len()],
+            );
+            for (k, m) in kept.iter().enumerate() {
+                values[k] = s.get(*m).unwrap_or(f64::NAN);
+                if !m.higher_is_worse() {
+                    worse[k] = Worse::Smaller;
+                }
             }
+            t.history[i].record(now_ms, &values[..kept.len()], &worse[..kept.len()]);
         }
         // The no-drift quantiles at this distribution's sample size
         // (automatic thresholds, once there is enough to judge).
@@ -1644,7 +1706,7 @@ fn evaluate_tracked(
                 (Some((a, alpha)), Some(q)) => {
                     match auto_rule(rule, a, q, alpha, scores.as_ref(), value) {
                         Some((made, v)) => {
-                            t.verdicts[i][r].thresholds = Some((made.warning, made.critical));
+                            t.verdict_mut(i, r).thresholds = Some((made.warning, made.critical));
                             (made, v)
                         }
                         // No threshold yet: hold, as with too few samples.
@@ -1654,7 +1716,10 @@ fn evaluate_tracked(
                 _ => (*rule, value),
             };
             let rule = &rule;
-            if let Some(step) = t.verdicts[i][r].step(rule, &cfg.detect, value, samples, now_ms) {
+            if let Some(step) = t
+                .verdict_mut(i, r)
+                .step(rule, &cfg.detect, value, samples, now_ms)
+            {
                 let distribution = crate::engine::detect::Distribution::of(slot.role);
                 let mut details = BTreeMap::new();
                 if step.to != State::Ok {
@@ -1773,11 +1838,12 @@ pub struct FeatureReport {
     /// distribution is pending or firing.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub moved: Vec<MovedBin>,
-    /// PSI over the last day, `[start of step ms, worst PSI in it]`, oldest
-    /// first: minutes for the last hour, half hours before (detailed
-    /// reports of a model's and its latency window).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub psi_history: Vec<(i64, f32)>,
+    /// The scores that can fire over the last day, by metric: `[start of
+    /// step ms, worst score in it]`, oldest first, minutes for the last
+    /// hour and half hours before (detailed reports of a model's and its
+    /// latency window; see [`EngineConfig::history_metrics`]).
+    #[serde(skip_serializing_if = "ScoreHistory::is_empty")]
+    pub score_history: ScoreHistory,
     /// Every metric the comparator computed (empty when the window is).
     pub metrics: ScoreMap,
     pub verdicts: Vec<VerdictReport>,
@@ -1875,7 +1941,7 @@ fn window_report(cfg: &EngineConfig, layout: &Layout, t: &Tracked, detail: bool)
             if !rule.applies(slot.role) {
                 continue;
             }
-            let v = t.verdicts[i][r];
+            let v = *t.verdict(i, r);
             if v.state.gauge() > worst.gauge() {
                 worst = v.state;
             }
@@ -1907,9 +1973,16 @@ fn window_report(cfg: &EngineConfig, layout: &Layout, t: &Tracked, detail: bool)
             } else {
                 Vec::new()
             },
-            psi_history: match t.history.get(i) {
-                Some(h) if detail => h.points(),
-                _ => Vec::new(),
+            score_history: match t.history.get(i) {
+                Some(h) if detail => ScoreHistory(
+                    cfg.history_metrics()
+                        .into_iter()
+                        .enumerate()
+                        .map(|(k, m)| (m, h.points(k)))
+                        .filter(|(_, p)| !p.is_empty())
+                        .collect(),
+                ),
+                _ => ScoreHistory::default(),
             },
             metrics,
             verdicts,
@@ -1988,6 +2061,51 @@ impl Serialize for ScoreMap {
         }
         map.end()
     }
+}
+
+/// A distribution's score history by metric, as a JSON object `{"psi":
+/// [[ms, value], ...], ...}` with values to three significant digits (what
+/// the history keeps).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ScoreHistory(pub Vec<(Metric, Vec<(i64, f32)>)>);
+
+impl ScoreHistory {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The points of `m`, empty when it is not kept.
+    pub fn of(&self, m: Metric) -> &[(i64, f32)] {
+        self.0
+            .iter()
+            .find(|(x, _)| *x == m)
+            .map_or(&[], |(_, p)| p.as_slice())
+    }
+}
+
+impl Serialize for ScoreHistory {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = ser.serialize_map(Some(self.0.len()))?;
+        for (m, points) in &self.0 {
+            let points: Vec<(i64, serde_json::Value)> = points
+                .iter()
+                .map(|(t, v)| (*t, json_num(three_digits(f64::from(*v)))))
+                .collect();
+            map.serialize_entry(m.name(), &points)?;
+        }
+        map.end()
+    }
+}
+
+/// `v` rounded to three significant digits, so a point prints as what the
+/// history knows (0.25, not 0.2499847412109375).
+fn three_digits(v: f64) -> f64 {
+    if v == 0.0 || !v.is_finite() {
+        return v;
+    }
+    let scale = 10f64.powi(2 - v.abs().log10().floor() as i32);
+    (v * scale).round() / scale
 }
 
 /// JSON has no infinity: a smoothing of 0 can make KL infinite, which is
@@ -2442,6 +2560,74 @@ mod auto_threshold_tests {
             quiet.len() <= 1,
             "auto: {} false alarms: {quiet:?}",
             quiet.len()
+        );
+    }
+
+    /// The history keeps PSI and every metric a rule judges, one point a
+    /// minute; a p-value's point is the smallest of its minute. The score
+    /// history is what the page draws, so it must follow the rules.
+    #[test]
+    fn the_history_keeps_the_scores_the_rules_judge() {
+        let mut rng = SmallRng::seed_from_u64(5);
+        let base = baseline(&mut rng);
+        let mut cfg = EngineConfig::default();
+        cfg.detect.min_samples = 100;
+        cfg.detect.rules.push(crate::engine::detect::Rule {
+            metric: Metric::KsP,
+            warning: 0.01,
+            critical: 0.001,
+            target: crate::engine::detect::Target::All,
+        });
+        assert_eq!(
+            cfg.history_metrics(),
+            vec![Metric::Psi, Metric::KsP, Metric::UnseenShare]
+        );
+        let mut e = Engine::new(cfg, vec![base]);
+        // 20 minutes, evaluated every 30 s; the first feature shifts in
+        // the second half.
+        let mut ks_p_at = Vec::new();
+        for i in 0..2400i64 {
+            let t = T0 + i * 500;
+            e.ingest(
+                line(&mut rng, if i < 1200 { 0.0 } else { 1.0 }).as_bytes(),
+                t,
+            );
+            if i % 60 == 59 {
+                e.evaluate(t);
+                let r = e.report_with(false, Some("m"));
+                let f0 = &r.models[0].all.features[0];
+                ks_p_at.push((t, f0.metrics.metric(Metric::KsP).unwrap()));
+            }
+        }
+        let r = e.report_with(true, Some("m"));
+        let f0 = r.models[0]
+            .all
+            .features
+            .iter()
+            .find(|f| f.name == "f0")
+            .unwrap();
+        let kept: Vec<Metric> = f0.score_history.0.iter().map(|(m, _)| *m).collect();
+        assert_eq!(kept, vec![Metric::Psi, Metric::KsP, Metric::UnseenShare]);
+        let ks_p = f0.score_history.of(Metric::KsP);
+        assert_eq!(ks_p.len(), 20, "a point a minute: {ks_p:?}");
+        for (step, v) in ks_p {
+            // The smallest p-value evaluated in the minute, to 0.05%.
+            let want = ks_p_at
+                .iter()
+                .filter(|(t, _)| t.div_euclid(60_000) * 60_000 == *step)
+                .map(|(_, p)| *p)
+                .fold(f64::INFINITY, f64::min);
+            let got = f64::from(*v);
+            assert!(
+                (got - want).abs() <= want * 1e-3 || (want < 1e-12 && got == 0.0),
+                "{step}: {got} vs {want}"
+            );
+        }
+        assert!(f64::from(ks_p[19].1) < 1e-3, "the shift shows: {ks_p:?}");
+        // Without the rule, no ks_p history: the default rules keep two.
+        assert_eq!(
+            EngineConfig::default().history_metrics(),
+            vec![Metric::Psi, Metric::UnseenShare]
         );
     }
 
