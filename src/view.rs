@@ -59,7 +59,7 @@ table{border-collapse:collapse}td,th{padding:2px 8px;text-align:left;border-bott
 section.dist{border:1px solid #ccc;border-radius:4px;padding:8px;margin:10px 0}\
 section.dist[data-state=firing]{border-color:#b00020}section.dist[data-state=pending]{border-color:#b26a00}\
 rect.baseline{fill:#9e9e9e}rect.window{fill:#1565c0}rect.window.moved{fill:#b00020;stroke:#b00020}\
-svg.spark{display:block;margin:4px 0}\
+span.spark{display:inline-block;vertical-align:top;margin:4px 24px 4px 0}svg.spark{display:block}\
 .legend span{display:inline-block;width:10px;height:10px;margin:0 4px 0 12px}\
 nav a{margin-right:8px}small{color:#666}";
 
@@ -337,10 +337,14 @@ fn arms_table(model: &str, x: &ExperimentReport, out: &mut String) {
 /// Each kept score over the last day as a line, with the thresholds in
 /// force dashed: one sparkline per metric of the distribution's history.
 fn sparklines(f: &FeatureReport, out: &mut String) {
+    out.push_str("<div>");
     for (metric, p) in &f.score_history.0 {
         let rule = f.verdicts.iter().find(|v| v.metric == *metric);
+        out.push_str("<span class=\"spark\">");
         sparkline(metric.name(), p, rule, out);
+        out.push_str("</span>");
     }
+    out.push_str("</div>");
 }
 
 fn sparkline(name: &str, p: &[(i64, f32)], rule: Option<&VerdictReport>, out: &mut String) {
@@ -380,7 +384,7 @@ fn sparkline(name: &str, p: &[(i64, f32)], rule: Option<&VerdictReport>, out: &m
         "<polyline fill=\"none\" stroke=\"#1565c0\" stroke-width=\"1.5\" points=\"{}\"/></svg><small>{name} since {}{}</small>",
         pts.join(" "),
         rfc3339(t0),
-        if rule.is_some() { " (dashed: the warning and critical thresholds)" } else { "" }
+        if rule.is_some() { "<br>dashed: the warning and critical thresholds" } else { "" }
     );
 }
 

@@ -27,6 +27,7 @@ mod group_members_share_partitions;
 mod health_alerts_reach_alertmanager;
 mod memory_is_known_before_start;
 mod no_raw_values_leak;
+mod page_lists_a_thousand_models;
 mod prometheus_files_pass_promtool;
 mod replay_flags_drifted_features;
 mod replay_report_opens_in_a_browser;

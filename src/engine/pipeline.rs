@@ -317,11 +317,22 @@ impl EngineConfig {
     /// engine's. Call after changing `window` or the caps.
     pub fn align(&mut self) {
         self.window = self.window.capped(self.max_panes).0;
-        if let WindowSpec::Time { length_ms, pane_ms } = self.window {
-            for (p, n) in [
-                (&mut self.health.pane_ms, &mut self.health.panes),
-                (&mut self.experiments.pane_ms, &mut self.experiments.panes),
-            ] {
+        // Health follows the model's window; the arms' feedback counts
+        // follow the arms' windows, which compare over the whole window too.
+        let arm_window = self.arm_window();
+        for (spec, p, n) in [
+            (
+                self.window,
+                &mut self.health.pane_ms,
+                &mut self.health.panes,
+            ),
+            (
+                arm_window,
+                &mut self.experiments.pane_ms,
+                &mut self.experiments.panes,
+            ),
+        ] {
+            if let WindowSpec::Time { length_ms, pane_ms } = spec {
                 *p = pane_ms;
                 *n = (length_ms.max(1) as u64).div_ceil(pane_ms.max(1) as u64) as usize;
             }
