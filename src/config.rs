@@ -1703,6 +1703,25 @@ x = 1
         assert!(text.contains("everywhere"), "{text}");
     }
 
+    /// A day window: the model's panes capped at `max_panes`, the arms'
+    /// (and their feedback counts') at `arm_max_panes`; zero is refused.
+    #[test]
+    fn arms_get_coarser_panes_than_the_model() {
+        let cfg = Config::from_toml(
+            "[window]\nlength = \"1d\"\npane = \"30s\"\narm_max_panes = 6\n",
+            "t",
+        )
+        .unwrap();
+        let e = &cfg.engine;
+        assert_eq!(e.window.panes(), 60);
+        assert_eq!(e.arm_window().panes(), 6);
+        assert_eq!(e.experiments.panes, 6);
+        assert_eq!(e.experiments.pane_ms, 4 * 3_600_000);
+        assert_eq!(e.health.panes, 60);
+        let err = Config::from_toml("[window]\narm_max_panes = 0\n", "t").unwrap_err();
+        assert!(err.to_string().contains("window.arm_max_panes"), "{err}");
+    }
+
     #[test]
     fn defaults_without_a_file() {
         let cfg = Config::from_toml("", "empty").unwrap();
