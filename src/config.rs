@@ -192,6 +192,7 @@ struct RawHealth {
 #[serde(deny_unknown_fields)]
 struct RawExperiments {
     enabled: Option<bool>,
+    join: Option<String>,
     feedback_ttl: Option<String>,
     max_pending: Option<u64>,
     max_early_feedback: Option<u64>,
@@ -998,6 +999,14 @@ fn error_rule(key: &str, r: RawErrorRule, rule: &mut ErrorRule, p: &mut Problems
 fn experiment_config(experiments: RawExperiments, x: &mut ExperimentConfig, p: &mut Problems) {
     if let Some(b) = experiments.enabled {
         x.enabled = b;
+    }
+    match experiments.join.as_deref() {
+        None | Some("auto") => x.join_from_start = false,
+        Some("always") => x.join_from_start = true,
+        Some(other) => p.push(
+            "experiments.join",
+            format!("{other:?} is not a join mode; use \"auto\" (from the first feedback line) or \"always\""),
+        ),
     }
     let ttl = p.duration(
         "experiments.feedback_ttl",

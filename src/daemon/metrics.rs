@@ -30,6 +30,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::{Arc, RwLock};
 
+use bytes::Bytes;
+
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
@@ -111,7 +113,7 @@ pub struct Metrics {
     /// differ is in `driftd_arm_divergence`.
     per_arm_scores: bool,
     registry: Registry,
-    gauges: Arc<RwLock<Arc<str>>>,
+    gauges: Arc<RwLock<Arc<[Bytes]>>>,
     events: IntCounterVec,
     rejected: IntCounterVec,
     skipped: IntCounterVec,
@@ -150,24 +152,37 @@ pub struct Metrics {
 #[derive(Clone)]
 pub struct Exposition {
     registry: Registry,
-    gauges: Arc<RwLock<Arc<str>>>,
+    gauges: Arc<RwLock<Arc<[Bytes]>>>,
 }
 
 impl Exposition {
-    /// The whole exposition: the registry's families, then the gauges'.
-    pub fn render(&self) -> String {
-        let mut buf = render(&self.registry);
-        let g = self
+    /// The whole exposition as chunks: the registry's families (rendered
+    /// now: counters move between evaluations), then the gauges' as the
+    /// last evaluation left them, shared, not copied, by every scrape.
+    pub fn chunks(&self) -> Vec<Bytes> {
+        let gauges = self
             .gauges
             .read()
             .map(|g| g.clone())
             .unwrap_or_else(|e| e.into_inner().clone());
-        buf.push_str(&g);
+        let mut out = Vec::with_capacity(gauges.len() + 1);
+        out.push(Bytes::from(render(&self.registry)));
+        out.extend(gauges.iter().cloned());
+        out
+    }
+
+    /// The whole exposition as one string (tests, the bench).
+    pub fn render(&self) -> String {
+        let chunks = self.chunks();
+        let mut buf = String::with_capacity(chunks.iter().map(Bytes::len).sum());
+        for c in &chunks {
+            buf.push_str(std::str::from_utf8(c).expect("the exposition is text"));
+        }
         buf
     }
 }
 
-const JOIN_OUTCOMES: [&str; 9] = [
+const JOIN_OUTCOMES: [&str; 10] = [
     "joined",
     "joined_early",
     "duplicate_feedback",
@@ -177,6 +192,7 @@ const JOIN_OUTCOMES: [&str; 9] = [
     "early_expired",
     "late_feedback",
     "refused",
+    "before_feedback",
 ];
 
 const REFUSED: [&str; 5] = ["models", "stages", "batch_stats", "late", "lineages"];
@@ -231,7 +247,7 @@ impl Metrics {
             scores: DEFAULT_SCORES.to_vec(),
             per_arm_scores: false,
             registry: r.clone(),
-            gauges: Arc::new(RwLock::new(Arc::from(""))),
+            gauges: Arc::new(RwLock::new(Arc::from(Vec::new()))),
             events: counter_vec(r, "driftd_events_total", "Inference events counted into windows", &["model"])?,
             rejected: counter_vec(r, "driftd_events_rejected_total", "Lines rejected, by reason", &["reason"])?,
             skipped: counter_vec(r, "driftd_events_skipped_total", "Valid lines no analysis uses, by reason", &["reason"])?,
@@ -328,10 +344,10 @@ impl Metrics {
 
     /// Sets every series from a snapshot.
     pub fn update(&mut self, s: &Snapshot) {
-        let text = gauges_text(&s.report, &self.scores, self.per_arm_scores);
+        let chunks: Arc<[Bytes]> = gauges_text(&s.report, &self.scores, self.per_arm_scores).into();
         match self.gauges.write() {
-            Ok(mut g) => *g = Arc::from(text),
-            Err(e) => *e.into_inner() = Arc::from(text),
+            Ok(mut g) => *g = chunks,
+            Err(e) => *e.into_inner() = chunks,
         }
         let mut seen: HashSet<(&'static str, Vec<String>)> = HashSet::new();
         self.update_per_model(&s.report, &mut seen);
@@ -447,6 +463,7 @@ impl Metrics {
             ("early_expired", j.early_expired, pj.early_expired),
             ("late_feedback", j.late_feedback, pj.late_feedback),
             ("refused", j.refused, pj.refused),
+            ("before_feedback", j.before_feedback, pj.before_feedback),
         ] {
             self.join
                 .with_label_values(&[o])
@@ -522,16 +539,21 @@ fn inc_to(
 /// is emitted (families without samples are left out, like the registry's).
 struct Family {
     name: &'static str,
-    help: &'static str,
+    /// The family's HELP and TYPE lines, then its samples: handed over
+    /// whole as one chunk of the exposition, never copied.
     body: String,
+    header: usize,
 }
 
 impl Family {
     fn new(name: &'static str, help: &'static str) -> Family {
+        let mut body = String::new();
+        let _ = writeln!(body, "# HELP {name} {help}");
+        let _ = writeln!(body, "# TYPE {name} gauge");
         Family {
             name,
-            help,
-            body: String::new(),
+            header: body.len(),
+            body,
         }
     }
 
@@ -556,13 +578,11 @@ impl Family {
         self.body.push('\n');
     }
 
-    fn emit(&self, out: &mut String) {
-        if self.body.is_empty() {
-            return;
+    /// The family as a chunk of the exposition; none without samples.
+    fn emit(self, out: &mut Vec<Bytes>) {
+        if self.body.len() > self.header {
+            out.push(Bytes::from(self.body));
         }
-        let _ = writeln!(out, "# HELP {} {}", self.name, self.help);
-        let _ = writeln!(out, "# TYPE {} gauge", self.name);
-        out.push_str(&self.body);
     }
 }
 
@@ -592,7 +612,11 @@ fn push_value(out: &mut String, v: f64) {
 }
 
 /// The per-window gauges of one evaluation, as exposition text.
-fn gauges_text(r: &Report, scores: &[Metric], per_arm: bool) -> String {
+/// The per-window gauges as chunks of the exposition, one per family: each
+/// family's text is built once and served as it is, so an evaluation holds
+/// the new text and the one still served, and nothing more (a thousand
+/// models make 40 MB of it).
+fn gauges_text(r: &Report, scores: &[Metric], per_arm: bool) -> Vec<Bytes> {
     let mut feature = Family::new("driftd_feature_drift", "Drift score of an input feature's window against its baseline (arm=\"\" is the whole model; latency stages are features latency.<stage>)");
     let mut prediction = Family::new(
         "driftd_prediction_drift",
@@ -710,31 +734,9 @@ fn gauges_text(r: &Report, scores: &[Metric], per_arm: bool) -> String {
             }
         }
     }
-    let mut out = String::with_capacity(
-        [
-            &feature,
-            &prediction,
-            &threshold,
-            &state,
-            &samples,
-            &unseen,
-            &info,
-            &divergence,
-        ]
-        .iter()
-        .map(|f| f.body.len() + 200)
-        .sum::<usize>()
-            + 4096,
-    );
+    let mut out = Vec::new();
     for f in [
-        &feature,
-        &prediction,
-        &threshold,
-        &state,
-        &samples,
-        &unseen,
-        &info,
-        &divergence,
+        feature, prediction, threshold, state, samples, unseen, info, divergence,
     ] {
         f.emit(&mut out);
     }
@@ -743,7 +745,7 @@ fn gauges_text(r: &Report, scores: &[Metric], per_arm: bool) -> String {
 }
 
 /// The health and experiment gauges.
-fn health_text(r: &Report, out: &mut String) {
+fn health_text(r: &Report, out: &mut Vec<Bytes>) {
     let mut error_rate = Family::new(
         "driftd_error_rate",
         "Share of the window's requests (inference and ERROR/CRITICAL records) that are errors",
@@ -834,18 +836,18 @@ fn health_text(r: &Report, out: &mut String) {
         }
     }
     for f in [
-        &error_rate,
-        &reference,
-        &first_seen,
-        &condition,
-        &latency,
-        &latency_samples,
-        &batch_stat,
-        &batch_shift,
-        &batch_conf,
-        &arm_predictions,
-        &feedback,
-        &feedback_p,
+        error_rate,
+        reference,
+        first_seen,
+        condition,
+        latency,
+        latency_samples,
+        batch_stat,
+        batch_shift,
+        batch_conf,
+        arm_predictions,
+        feedback,
+        feedback_p,
     ] {
         f.emit(out);
     }
@@ -1013,7 +1015,10 @@ mod tests {
                 engine.ingest(l.as_bytes(), i64::MAX / 4);
             }
             let report = engine.summary(per_arm_scores);
-            let body = gauges_text(&report, &mc.scores, per_arm_scores);
+            let body: String = gauges_text(&report, &mc.scores, per_arm_scores)
+                .iter()
+                .map(|c| std::str::from_utf8(c).unwrap())
+                .collect();
             for b in &baselines {
                 let m = report.models.iter().find(|m| m.model == b.model).unwrap();
                 let label = format!("model=\"{}\"", b.model);

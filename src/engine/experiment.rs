@@ -35,6 +35,12 @@ use crate::engine::detect::{
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExperimentConfig {
     pub enabled: bool,
+    /// Join predictions from the start (`experiments.join = "always"`), or
+    /// only once the stream has carried a feedback line (`"auto"`, the
+    /// default): a stream that never carries feedback then pays no join
+    /// entry per prediction. Feedback lines name no model, so the first one
+    /// turns the join on for every model.
+    pub join_from_start: bool,
     /// How long a prediction waits for its feedback (and feedback for its
     /// prediction), in event time.
     pub ttl_ms: i64,
@@ -62,6 +68,7 @@ impl Default for ExperimentConfig {
     fn default() -> Self {
         ExperimentConfig {
             enabled: true,
+            join_from_start: false,
             ttl_ms: 3_600_000,
             max_pending: 100_000,
             max_early: 50_000,
@@ -119,6 +126,9 @@ pub struct JoinStats {
     pub late_feedback: u64,
     /// Predictions of models or arms beyond the caps.
     pub refused: u64,
+    /// Predictions counted but not joined, before the stream's first
+    /// feedback line (`experiments.join = "auto"`).
+    pub before_feedback: u64,
 }
 
 const ANY: u16 = 1 << 15;
@@ -242,6 +252,8 @@ pub struct Experiments {
     early: FxHashMap<u64, Early>,
     early_order: VecDeque<(u64, u64)>,
     seq: u64,
+    /// A feedback line has been seen: predictions from now on are joined.
+    feedback_seen: bool,
     /// Latest event time seen; drives expiry.
     watermark: i64,
     last_expire: i64,
@@ -264,6 +276,7 @@ impl Experiments {
             early: FxHashMap::default(),
             early_order: VecDeque::new(),
             seq: 0,
+            feedback_seen: false,
             watermark: i64::MIN,
             last_expire: i64::MIN,
             conditions: HashMap::new(),
@@ -417,6 +430,11 @@ impl Experiments {
             }
             p.predictions += 1;
         }
+        if !self.feedback_seen && !self.cfg.join_from_start {
+            // Nothing to join with yet: counted for the rates only.
+            self.stats.before_feedback += 1;
+            return;
+        }
         let mut seen = 0;
         // Feedback that came first stays until its TTL: another model may
         // yet log a prediction for the same request.
@@ -464,6 +482,7 @@ impl Experiments {
         if !self.cfg.enabled {
             return;
         }
+        self.feedback_seen = true;
         self.watermark = self.watermark.max(t_ms);
         self.expire();
         let bits = ANY | (1 << self.action_index(action));
@@ -795,11 +814,52 @@ mod tests {
         feature_hash(&format!("req_{i}"))
     }
 
+    /// The join on from the first prediction (`join = "always"`).
+    fn from_start() -> ExperimentConfig {
+        ExperimentConfig {
+            join_from_start: true,
+            ..ExperimentConfig::default()
+        }
+    }
+
+    /// By default predictions are joined from the stream's first feedback
+    /// line: before it they are counted (for the rates) and cost no join
+    /// entry; feedback for them waits as early feedback and expires. After
+    /// it, the join works as always.
+    #[test]
+    fn the_join_starts_with_the_first_feedback_line() {
+        let mut x = Experiments::new(ExperimentConfig::default());
+        for i in 0..1000u64 {
+            x.prediction("m", Some("control"), req(i), T0 + i as i64, &mut || true);
+        }
+        assert_eq!(x.waiting(), (0, 0), "no join entry before feedback");
+        assert_eq!(x.stats.before_feedback, 1000);
+        // Feedback for one of them: the join has nothing to find.
+        x.feedback(req(3), "clicked_on_item", T0 + 1000);
+        assert_eq!((x.stats.joined, x.waiting().1), (0, 1));
+        // From now on predictions are joined, in either order.
+        x.prediction("m", Some("control"), req(2000), T0 + 1001, &mut || true);
+        x.feedback(req(2000), "clicked_on_item", T0 + 1002);
+        x.feedback(req(2001), "clicked_on_item", T0 + 1003);
+        x.prediction("m", Some("control"), req(2001), T0 + 1004, &mut || true);
+        assert_eq!((x.stats.joined, x.stats.joined_early), (1, 1));
+        assert_eq!(x.stats.before_feedback, 1000);
+        let (r, _) = x.evaluate(T0 + 2000, &detect());
+        assert_eq!(r.arms[0].predictions, 1002);
+        assert_eq!(r.arms[0].feedback[0], ("any".into(), 2));
+        // A stream that never carries feedback holds nothing in the join.
+        let mut quiet = Experiments::new(ExperimentConfig::default());
+        for i in 0..100_000u64 {
+            quiet.prediction("m", None, req(i), T0 + i as i64, &mut || true);
+        }
+        assert_eq!(quiet.waiting(), (0, 0));
+    }
+
     /// Control clicks 30%, variant 20%: the comparison is significant and
     /// ArmFeedbackDifference fires for the variant; rates are exact.
     #[test]
     fn a_lower_click_through_arm_is_significantly_different() {
-        let mut x = Experiments::new(ExperimentConfig::default());
+        let mut x = Experiments::new(from_start());
         for i in 0..4000u64 {
             let t = T0 + i as i64 * 100;
             let arm = if i % 2 == 0 { "control" } else { "variant" };
@@ -871,7 +931,7 @@ mod tests {
         let cfg = ExperimentConfig {
             max_pending: 100,
             max_early: 10,
-            ..ExperimentConfig::default()
+            ..from_start()
         };
         let mut x = Experiments::new(cfg);
         for i in 0..1000 {

@@ -2364,7 +2364,11 @@ mod tests {
         }
         let bbase = bb.finish(&Binning::default(), "t", 0).unwrap();
         assert_eq!(bbase.samples, 1000);
-        let mut e = Engine::new(EngineConfig::default(), vec![base, bbase]);
+        // The prediction comes before any feedback line: joined only with
+        // the join on from the start.
+        let mut cfg = EngineConfig::default();
+        cfg.experiments.join_from_start = true;
+        let mut e = Engine::new(cfg, vec![base, bbase]);
         let now = (t0 + 100) * 1000;
         let lines = [
             format!(
