@@ -73,7 +73,6 @@ pub(crate) fn tracked_bytes(
 ) -> usize {
     Window::bytes_bound(bins, slots, panes, max_features)
         + slots * rules * std::mem::size_of::<crate::engine::detect::Verdict>()
-        + slots * std::mem::size_of::<Option<crate::engine::compare::Scores>>()
         + slots * NullCache::BYTES_PER_SLOT
         + 256
 }

@@ -380,16 +380,18 @@ pub enum Outcome {
     Rejected,
 }
 
-/// A window, its verdicts and its last scores.
+/// A window and its verdicts. Its scores are not kept: a report computes
+/// them from the window's counts (the same comparison the evaluation made,
+/// on the same counts when the report follows the evaluation, as the
+/// daemon's snapshot and replay's report do), so four thousand windows do
+/// not hold 3 KiB of scores each that only a report reads.
 #[derive(Debug)]
 pub struct Tracked {
     pub window: Window,
-    /// `[slot][rule]`.
     /// One verdict per (distribution, rule), distribution-major, in one
     /// allocation: a model with arms holds thousands of these.
     verdicts: Box<[Verdict]>,
     rules: usize,
-    pub scores: Vec<Option<Scores>>,
     pub evaluated_at_ms: Option<i64>,
     /// Simulated no-drift quantiles of this window's distributions
     /// (automatic thresholds); rebuilt with the window when the baseline
@@ -406,6 +408,21 @@ impl Tracked {
         &self.verdicts[slot * self.rules + rule]
     }
 
+    /// Distribution `slot`'s scores as the window holds it now; none
+    /// before its first evaluation (or for an empty window).
+    pub fn scores(&self, slot: usize, opts: &CompareOptions) -> Option<Scores> {
+        self.evaluated_at_ms?;
+        let layout = self.window.layout();
+        let s = &layout.slots[slot];
+        let base = &layout.baseline_counts[s.offset..s.offset + s.len];
+        compare::compare(
+            self.window.slot_counts(slot),
+            base,
+            layout.bin_layout(slot),
+            opts,
+        )
+    }
+
     fn verdict_mut(&mut self, slot: usize, rule: usize) -> &mut Verdict {
         &mut self.verdicts[slot * self.rules + rule]
     }
@@ -416,7 +433,6 @@ impl Tracked {
             window: Window::new(layout, spec),
             verdicts: vec![Verdict::default(); slots * rules].into_boxed_slice(),
             rules,
-            scores: vec![None; slots],
             evaluated_at_ms: None,
             null: NullCache::default(),
             history: Vec::new(),
@@ -1662,7 +1678,6 @@ fn evaluate_tracked(
         let base = &layout.baseline_counts[slot.offset..slot.offset + slot.len];
         let counts = t.window.slot_counts(i);
         let scores = compare::compare(counts, base, layout.bin_layout(i), &cfg.compare);
-        t.scores[i] = scores;
         if let (None, Some(s)) = (arm, scores.as_ref()) {
             if t.history.len() != layout.slots.len() {
                 t.history = vec![History::new(kept.len()); layout.slots.len()];
@@ -1945,7 +1960,7 @@ fn window_report(cfg: &EngineConfig, layout: &Layout, t: &Tracked, detail: bool)
     let mut confidence = None;
     for (i, slot) in layout.slots.iter().enumerate() {
         let fb = layout.feature_baseline(i);
-        let metrics = ScoreMap(t.scores[i]);
+        let metrics = ScoreMap(t.scores(i, &cfg.compare));
         let mut verdicts = Vec::new();
         let mut worst = State::Ok;
         for (r, rule) in cfg.detect.rules.iter().enumerate() {

@@ -733,7 +733,9 @@ fn run_stationary(ctx: &Ctx<'_>, spec: StationarySpec, modes: &[Mode]) -> Vec<St
                 // Scores of full windows only: a filling window's noise is
                 // that of fewer samples than the row's size.
                 if samples >= min_samples && full {
-                    for s in m.all.scores.iter().flatten() {
+                    let opts = &e.config().compare;
+                    let scores = (0..m.layout.slots.len()).filter_map(|i| m.all.scores(i, opts));
+                    for s in scores {
                         a.max_psi = a.max_psi.max(s.get(Metric::Psi).unwrap_or(0.0));
                         a.max_unseen = a.max_unseen.max(s.get(Metric::UnseenShare).unwrap_or(0.0));
                     }
@@ -1409,8 +1411,8 @@ mod tests {
         e.evaluate(T0 + 400_000);
         let m = e.model(&def.name).unwrap();
         assert!(m.all.window.samples() >= 19_000);
-        for (slot, sc) in m.layout.slots.iter().zip(&m.all.scores) {
-            let psi = sc.unwrap().psi;
+        for (i, slot) in m.layout.slots.iter().enumerate() {
+            let psi = m.all.scores(i, &e.config().compare).unwrap().psi;
             assert!(psi < 0.02, "{}: psi {psi}", slot.name);
         }
     }
