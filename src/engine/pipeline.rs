@@ -160,6 +160,7 @@ impl EngineConfig {
         self.tracked_bytes(layout.total_bins, layout.slots.len(), self.window.panes())
             + latency
             + 512
+            + 2 * threshold::Laws::BYTES
             + (layout.slots.len() + latency_slots) * History::bytes(self.history_metrics().len())
             + self.published.bytes(layout, false)
     }
@@ -393,10 +394,6 @@ pub struct Tracked {
     verdicts: Box<[Verdict]>,
     rules: usize,
     pub evaluated_at_ms: Option<i64>,
-    /// Simulated no-drift quantiles of this window's distributions
-    /// (automatic thresholds); rebuilt with the window when the baseline
-    /// changes.
-    pub null: NullCache,
     /// Each distribution's PSI over the last day (a model's and its latency
     /// window; arms keep none): empty until the first evaluation.
     pub history: Vec<History>,
@@ -434,7 +431,6 @@ impl Tracked {
             verdicts: vec![Verdict::default(); slots * rules].into_boxed_slice(),
             rules,
             evaluated_at_ms: None,
-            null: NullCache::default(),
             history: Vec::new(),
         }
     }
@@ -449,6 +445,13 @@ pub struct ModelState {
     /// Stage latencies, when the baseline has them (see [`Layout::for_latency`]).
     pub latency: Option<Tracked>,
     pub arms: Vec<(Arc<str>, Tracked)>,
+    /// Simulated no-drift quantiles of the model's distributions
+    /// (automatic thresholds), shared by its window and its arms' windows:
+    /// the same bins, the same seeds, so the same quantiles, simulated once
+    /// instead of once per arm. Cleared when the baseline changes.
+    pub null: NullCache,
+    /// The same for the latency window's stages.
+    pub latency_null: NullCache,
     /// Inference events of this model counted into windows, ever.
     pub events: u64,
     /// Last event time seen (ms).
@@ -606,6 +609,9 @@ impl Engine {
             }
             m.latency = latency;
             m.layout = layout.clone();
+            // Quantiles of the old bins mean nothing on the new ones.
+            m.null = NullCache::default();
+            m.latency_null = NullCache::default();
         }
         if let Some((_, _, reserved)) = self.collecting.remove(&name) {
             self.budget.release(reserved);
@@ -908,6 +914,8 @@ impl Engine {
                     last_event_ms: t_ms,
                     sources: Vec::new(),
                     sources_overflow: false,
+                    null: NullCache::default(),
+                    latency_null: NullCache::default(),
                     reserved,
                 },
             );
@@ -1161,15 +1169,15 @@ impl Engine {
         let mut budget = SIMULATIONS_PER_EVALUATION;
         for name in names {
             let m = self.models.get_mut(&name).expect("listed");
-            let mut eval = |arm: Option<&str>, t: &mut Tracked| {
-                evaluate_tracked(cfg, &m.name, arm, t, now_ms, &mut budget, &mut out)
+            let mut eval = |arm: Option<&str>, t: &mut Tracked, null: &mut NullCache| {
+                evaluate_tracked(cfg, (&m.name, arm), t, null, now_ms, &mut budget, &mut out)
             };
-            eval(None, &mut m.all);
+            eval(None, &mut m.all, &mut m.null);
             if let Some(t) = &mut m.latency {
-                eval(None, t);
+                eval(None, t, &mut m.latency_null);
             }
             for (arm, t) in &mut m.arms {
-                eval(Some(arm), t);
+                eval(Some(arm), t, &mut m.null);
             }
         }
         let (health, t) = self.health.evaluate(now_ms, &self.cfg.detect);
@@ -1491,6 +1499,8 @@ impl Engine {
                     last_event_ms,
                     sources: Vec::new(),
                     sources_overflow: false,
+                    null: NullCache::default(),
+                    latency_null: NullCache::default(),
                     reserved,
                 },
             );
@@ -1657,9 +1667,9 @@ fn auto_rule(
 
 fn evaluate_tracked(
     cfg: &EngineConfig,
-    model: &str,
-    arm: Option<&str>,
+    (model, arm): (&str, Option<&str>),
     t: &mut Tracked,
+    null_cache: &mut NullCache,
     now_ms: i64,
     budget: &mut usize,
     out: &mut Vec<Transition>,
@@ -1699,7 +1709,7 @@ fn evaluate_tracked(
         let null = match auto {
             Some((_, alpha)) if samples >= cfg.detect.min_samples => {
                 let (bucket, n) = threshold::bucket(counts.iter().sum());
-                Some(match t.null.get(i, bucket) {
+                Some(match null_cache.get(i, bucket) {
                     Some(q) => *q,
                     None if *budget > 0 => {
                         *budget -= 1;
@@ -1712,10 +1722,12 @@ fn evaluate_tracked(
                             threshold::REPLICATES,
                             threshold::seed(model, i, bucket),
                         );
-                        t.null.insert(i, bucket, q);
+                        null_cache.insert(i, bucket, q);
                         q
                     }
-                    None => threshold::asymptotic(base, layout.bin_layout(i), n, alpha),
+                    None => null_cache
+                        .laws
+                        .asymptotic(base, layout.bin_layout(i), n, alpha),
                 })
             }
             _ => None,

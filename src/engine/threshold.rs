@@ -272,17 +272,91 @@ pub fn simulate(
 /// Wasserstein has no law on arbitrary bins and gets none: its rule waits
 /// for the simulation.
 pub fn asymptotic(baseline: &[u64], layout: BinLayout<'_>, n: u64, alpha: f64) -> Quantiles {
-    let mut q = Quantiles([f64::NAN; FITTED.len()]);
-    let m = total(baseline);
-    let k = baseline.iter().filter(|&&c| c > 0).count();
-    if m == 0 || n == 0 || k < 2 {
-        return q;
+    Laws::default().asymptotic(baseline, layout, n, alpha)
+}
+
+/// The quantiles of the asymptotic laws at one alpha: each an inverse CDF
+/// (a chi-square per degrees of freedom, the normal, the Kolmogorov law by
+/// bisection), the same for every distribution of a model and every
+/// evaluation. Kept with the model's [`NullCache`], so a model waiting for
+/// its simulations does not compute them again for every distribution at
+/// every evaluation (they were most of an evaluation's time at 100 models).
+#[derive(Debug, Default)]
+pub struct Laws {
+    alpha: f64,
+    z: f64,
+    ks: f64,
+    /// `1 − alpha` quantile of χ² by degrees of freedom.
+    chi2: FxHashMap<u32, f64>,
+}
+
+impl Laws {
+    const MAX_DOF: usize = 64;
+    /// The most one model's laws hold on the heap (the map at its cap).
+    pub const BYTES: usize = 2 * Laws::MAX_DOF * 16 + 64;
+
+    fn at(&mut self, alpha: f64) -> &mut Laws {
+        if self.alpha.to_bits() != alpha.to_bits() || self.z == 0.0 {
+            *self = Laws {
+                alpha,
+                z: statrs::distribution::Normal::standard().inverse_cdf(1.0 - alpha),
+                ks: kolmogorov_quantile(alpha),
+                chi2: FxHashMap::default(),
+            };
+        }
+        self
     }
-    let Ok(c) = ChiSquared::new((k - 1) as f64) else {
-        return q;
-    };
+
+    fn chi2(&mut self, dof: usize) -> Option<f64> {
+        let alpha = self.alpha;
+        if let Some(q) = self.chi2.get(&(dof as u32)) {
+            return Some(*q);
+        }
+        let q = ChiSquared::new(dof as f64).ok()?.inverse_cdf(1.0 - alpha);
+        // Degrees of freedom are bins − 1: a few distinct values a model;
+        // beyond the cap they are computed each time.
+        if self.chi2.len() < Laws::MAX_DOF {
+            self.chi2.insert(dof as u32, q);
+        }
+        Some(q)
+    }
+
+    /// [`asymptotic`], with the laws' quantiles remembered.
+    pub fn asymptotic(
+        &mut self,
+        baseline: &[u64],
+        layout: BinLayout<'_>,
+        n: u64,
+        alpha: f64,
+    ) -> Quantiles {
+        let laws = self.at(alpha);
+        let mut q = Quantiles([f64::NAN; FITTED.len()]);
+        let m = total(baseline);
+        let k = baseline.iter().filter(|&&c| c > 0).count();
+        if m == 0 || n == 0 || k < 2 {
+            return q;
+        }
+        let Some(chi2) = laws.chi2(k - 1) else {
+            return q;
+        };
+        let (z, ks) = (laws.z, laws.ks);
+        asymptotic_from(baseline, layout, (n, m), chi2, z, ks, &mut q);
+        q
+    }
+}
+
+/// [`asymptotic`]'s arithmetic, given the laws' quantiles.
+fn asymptotic_from(
+    baseline: &[u64],
+    layout: BinLayout<'_>,
+    (n, m): (u64, u64),
+    chi2: f64,
+    z: f64,
+    ks: f64,
+    q: &mut Quantiles,
+) {
     let (nf, mf) = (n as f64, m as f64);
-    let x = c.inverse_cdf(1.0 - alpha) * (1.0 / nf + 1.0 / mf);
+    let x = chi2 * (1.0 / nf + 1.0 / mf);
     let unseen = match layout {
         BinLayout::Numeric { .. } if baseline.len() >= 3 => {
             baseline[0].saturating_add(baseline[baseline.len() - 2])
@@ -291,9 +365,8 @@ pub fn asymptotic(baseline: &[u64], layout: BinLayout<'_>, n: u64, alpha: f64) -
         _ => 0,
     };
     let p0 = unseen as f64 / mf;
-    let z = statrs::distribution::Normal::standard().inverse_cdf(1.0 - alpha);
     let unseen_q = p0 + z * (p0 * (1.0 - p0) * (1.0 / nf + 1.0 / mf)).sqrt() + 1.0 / nf;
-    let ks_q = kolmogorov_quantile(alpha) * ((nf + mf) / (nf * mf)).sqrt();
+    let ks_q = ks * ((nf + mf) / (nf * mf)).sqrt();
     let numeric = matches!(layout, BinLayout::Numeric { .. });
     for (i, metric) in FITTED.iter().enumerate() {
         q.0[i] = match metric {
@@ -308,7 +381,6 @@ pub fn asymptotic(baseline: &[u64], layout: BinLayout<'_>, n: u64, alpha: f64) -
             _ => f64::NAN,
         };
     }
-    q
 }
 
 /// The `λ` with `P(K > λ) = alpha` for the Kolmogorov distribution, by
@@ -341,6 +413,8 @@ fn total(counts: &[u64]) -> u64 {
 #[derive(Debug, Default)]
 pub struct NullCache {
     entries: FxHashMap<u32, Vec<(u16, Quantiles)>>,
+    /// The asymptotic laws' quantiles, for distributions still waiting.
+    pub laws: Laws,
 }
 
 /// Buckets cached per distribution.
