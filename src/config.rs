@@ -122,6 +122,7 @@ struct RawWindow {
     panes: Option<u64>,
     max_future: Option<String>,
     per_arm: Option<bool>,
+    history: Option<Vec<String>>,
     max_panes: Option<u64>,
     arm_max_panes: Option<u64>,
 }
@@ -627,6 +628,19 @@ fn window_settings(window: RawWindow, engine: &mut EngineConfig, p: &mut Problem
     );
     engine.max_future_ms = Some(max_future.as_millis() as i64);
     engine.per_arm = window.per_arm.unwrap_or(true);
+    if let Some(names) = &window.history {
+        for s in names {
+            if s.trim().eq_ignore_ascii_case("all") {
+                engine.history_extra = Metric::ALL.to_vec();
+                continue;
+            }
+            match s.parse::<Metric>() {
+                Ok(m) if !engine.history_extra.contains(&m) => engine.history_extra.push(m),
+                Ok(_) => {}
+                Err(e) => p.push("window.history", format!("{e}, or \"all\"")),
+            }
+        }
+    }
     if let Some(v) = window.max_panes {
         engine.max_panes = p.range("window.max_panes", v, 1, 1440) as usize;
     }
@@ -1710,6 +1724,32 @@ x = 1
         let text = err.to_string();
         assert!(text.contains("10 parsecs"), "{text}");
         assert!(text.contains("everywhere"), "{text}");
+    }
+
+    /// `window.history` adds scores to the history (and to its memory);
+    /// "all" keeps every one; an unknown name is a problem with its key.
+    #[test]
+    fn the_history_keeps_the_scores_asked_for() {
+        let cfg = Config::from_toml("[window]\nhistory = [\"ks\", \"hellinger\"]\n", "t").unwrap();
+        assert_eq!(
+            cfg.engine.history_metrics(),
+            vec![
+                Metric::Psi,
+                Metric::Hellinger,
+                Metric::Ks,
+                Metric::UnseenShare
+            ]
+        );
+        let all = Config::from_toml("[window]\nhistory = [\"all\"]\n", "t").unwrap();
+        assert_eq!(all.engine.history_metrics(), Metric::ALL.to_vec());
+        let more = all.engine.model_bytes_of_history(22);
+        let fewer = cfg.engine.model_bytes_of_history(22);
+        assert!(
+            more > fewer,
+            "the plan counts what is kept: {more} vs {fewer}"
+        );
+        let err = Config::from_toml("[window]\nhistory = [\"kss\"]\n", "t").unwrap_err();
+        assert!(err.to_string().contains("window.history"), "{err}");
     }
 
     /// A day window: the model's panes capped at `max_panes`, the arms'

@@ -24,7 +24,7 @@ if [[ ! -x $venv/bin/python ]]; then
     echo "installing Evidently into $venv (once) ..." >&2
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet --upgrade pip
-    "$venv/bin/pip" install --quiet "evidently>=0.7,<0.8" pandas
+    "$venv/bin/pip" install --quiet "evidently>=0.7,<0.8" "pandas<3"
 fi
 evidently_version=$("$venv/bin/python" -c 'import evidently; print(evidently.__version__)')
 

@@ -53,6 +53,9 @@ pub struct EngineConfig {
     pub binning: Binning,
     /// Keep a window per experiment arm as well as per model.
     pub per_arm: bool,
+    /// Scores kept in each distribution's history besides PSI and the
+    /// rules' metrics (`window.history`; "all" keeps every score).
+    pub history_extra: Vec<Metric>,
     pub max_models: usize,
     pub max_arms_per_model: usize,
     pub auto_baseline: Option<AutoBaseline>,
@@ -124,6 +127,7 @@ impl Default for EngineConfig {
             detect: DetectConfig::default(),
             binning: Binning::default(),
             per_arm: true,
+            history_extra: Vec::new(),
             max_models: 1000,
             max_arms_per_model: 8,
             auto_baseline: None,
@@ -161,7 +165,7 @@ impl EngineConfig {
             + latency
             + 512
             + 2 * threshold::Laws::BYTES
-            + (layout.slots.len() + latency_slots) * History::bytes(self.history_metrics().len())
+            + self.model_bytes_of_history(layout.slots.len() + latency_slots)
             + self.published.bytes(layout, false)
     }
 
@@ -174,13 +178,23 @@ impl EngineConfig {
         ) + self.published.bytes(layout, true)
     }
 
-    /// The scores a distribution's history keeps: PSI, and every metric a
-    /// rule judges (the scores that can fire), in [`Metric::ALL`]'s order.
+    /// The scores a distribution's history keeps: PSI, every metric a rule
+    /// judges (the scores that can fire) and those `window.history` adds,
+    /// in [`Metric::ALL`]'s order.
     pub fn history_metrics(&self) -> Vec<Metric> {
         Metric::ALL
             .into_iter()
-            .filter(|m| *m == Metric::Psi || self.detect.rules.iter().any(|r| r.metric == *m))
+            .filter(|m| {
+                *m == Metric::Psi
+                    || self.detect.rules.iter().any(|r| r.metric == *m)
+                    || self.history_extra.contains(m)
+            })
             .collect()
+    }
+
+    /// What the score history of `slots` distributions holds.
+    pub fn model_bytes_of_history(&self, slots: usize) -> usize {
+        slots * History::bytes(self.history_metrics().len())
     }
 
     /// An arm's window: the model's, in at most `arm_max_panes` panes.
