@@ -211,6 +211,28 @@ pub struct GenerateArgs {
     /// Share of lines that are batch statistics (0 to 1).
     #[arg(long, default_value_t = 0.0)]
     pub batch_share: f64,
+    /// Write ground-truth label lines ("Ground truth received") for this
+    /// fraction of the inference records (0 to 1), --label-delay after them.
+    /// Labels are drawn from a calibrated classifier: a record is right with
+    /// the probability its confidence states. Label lines count towards
+    /// --lines; labels due after the last line are not written.
+    #[arg(long, value_name = "SHARE")]
+    pub labels: Option<f64>,
+    /// Mean delay of a label after its record, e.g. 6h (with --labels).
+    #[arg(long, value_parser = parse_duration, default_value = "6h")]
+    pub label_delay: Duration,
+    /// The delay is uniform within --label-delay plus or minus this, e.g. 30m.
+    #[arg(long, value_parser = parse_duration, default_value = "30m")]
+    pub label_jitter: Duration,
+    /// From this fraction of the lines on (0 to 1), every model's accuracy
+    /// drops by --accuracy-drop (its confidences fall as much, so it stays
+    /// calibrated), with a 1-sd shift of its first numeric feature.
+    #[arg(long, value_name = "FRACTION")]
+    pub accuracy_drop_at: Option<f64>,
+    /// Accuracy lost from --accuracy-drop-at on, as a fraction, 0 to 0.49
+    /// [default: 0.05].
+    #[arg(long, value_name = "POINTS", requires = "accuracy_drop_at")]
+    pub accuracy_drop: Option<f64>,
 }
 
 /// Which threshold modes `driftd scenarios` runs.
@@ -623,6 +645,51 @@ fn generate(a: GenerateArgs) -> anyhow::Result<()> {
         gcfg = gcfg.with_click_rates(c, v);
     }
     gcfg.batch_share = a.batch_share;
+    if let Some(share) = a.labels {
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&share),
+            "--labels is a fraction of the inference records, 0 to 1"
+        );
+        let ms = |d: Duration, flag: &str| {
+            i64::try_from(d.as_millis()).map_err(|_| {
+                anyhow::anyhow!("{flag} {} is too long", humantime::format_duration(d))
+            })
+        };
+        gcfg = gcfg.with_labels(crate::lab::generate::LabelSpec::new(
+            share,
+            ms(a.label_delay, "--label-delay")?,
+            ms(a.label_jitter, "--label-jitter")?,
+        ));
+    }
+    if let Some(f) = a.accuracy_drop_at {
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&f),
+            "--accuracy-drop-at is a fraction of the lines, 0 to 1"
+        );
+        let drop = a.accuracy_drop.unwrap_or(0.05);
+        anyhow::ensure!(
+            (0.0..=0.49).contains(&drop),
+            "--accuracy-drop is a fraction of accuracy, 0 to 0.49 (e.g. 0.05 for 5 points)"
+        );
+        let at = start + (a.lines as f64 * f * step) as i64;
+        let drops: Vec<_> = gcfg
+            .models
+            .iter()
+            .map(|m| {
+                let shifted = m
+                    .first_numeric_feature()
+                    .map(crate::lab::generate::FeatureRef::Index);
+                crate::lab::generate::DriftSpec::accuracy_drop(
+                    shifted.into_iter().collect(),
+                    1.0,
+                    drop,
+                    at,
+                )
+                .for_model(m.name.clone())
+            })
+            .collect();
+        gcfg.drifts.extend(drops);
+    }
     let mut g = Generator::try_new(gcfg).map_err(|e| anyhow::anyhow!("{}", e.0))?;
     let mut out: Box<dyn Write> = if a.output == "-" {
         Box::new(std::io::BufWriter::new(std::io::stdout().lock()))

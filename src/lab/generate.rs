@@ -16,9 +16,9 @@
 //! (one physical line, no trailing newline). Besides inference records the stream mixes in
 //! `ERROR` records (`"error_type": "InputValidationError"`, no prediction), timing lines
 //! (`"Inference timing metrics"`), user feedback lines (`"User feedback received"`), batch
-//! statistics lines and malformed lines, each with a configurable share. The fixed logging
-//! fields take ~385 bytes, so an inference line with 20 features averages ~840 bytes
-//! (8 features: roughly 570).
+//! statistics lines, malformed lines (each with a configurable share) and, optionally,
+//! ground-truth label lines. The fixed logging fields take ~385 bytes, so an inference line
+//! with 20 features averages ~840 bytes (8 features: roughly 570).
 //!
 //! A batch statistics line ([`GeneratorConfig::batch_share`], off by default; never in
 //! [`compact`](GeneratorConfig::compact) mode) is what the service's `analyze_and_log_batch`
@@ -45,14 +45,45 @@
 //! feedback lines (by the arm of the record the feedback refers to); without it 30% of
 //! feedback actions are clicks whatever the arm.
 //!
+//! Ground-truth label lines ([`GeneratorConfig::labels`], a [`LabelSpec`]; off by default)
+//! are what the service logs when the true outcome of a request arrives, hours later: a
+//! `share` of the inference records get one, `delay_ms` after the record (uniform within
+//! `± jitter_ms`, never negative). The label names the request and its true class by name
+//! (the `prediction` text of the inference line), and `label_timestamp` is when the label was
+//! due, in epoch seconds:
+//!
+//! ```text
+//! {"timestamp": "2025-12-14 16:03:11,500", "level": "INFO", "message": "Ground truth received",
+//!  "service": "ai_inference_service", "module": "app", "function": "record_label", "line": 97,
+//!  "request_id": "req_3f9a0c1b2d4e", "ground_truth": "legit", "label_timestamp": 1765728191.412000}
+//! ```
+//!
+//! ([`compact`](GeneratorConfig::compact) mode: `{"timestamp": ..., "request_id": ...,
+//! "ground_truth": ...}` only.) The simulated classifier is calibrated: a labelled record is
+//! right (its true class is the predicted one) with probability equal to its confidence as
+//! printed, otherwise its true class is another class of the model, uniformly (a one-class
+//! model is always right). So accuracy equals the mean confidence, which is what confidence-
+//! based performance estimation (CBPE) relies on. Labels wait in a min-heap by due time (at
+//! most [`MAX_PENDING_LABELS`]; more are dropped and counted by
+//! [`Generator::labels_dropped`]); [`Generator::next_line`] writes the earliest due label, at
+//! the time it is called with, instead of drawing a new line. Label draws come from a random
+//! stream of their own, so the other lines are exactly those of the stream without labels,
+//! with label lines interleaved. [`Generator::next_event`] draws no labels.
+//!
+//! A [`DriftEffect::AccuracyDrop`] is a covariate shift the model copes badly with: some
+//! numeric features shift (as a mean shift) and every confidence of the model falls by
+//! `drop` (clamped to `[0.01, 0.9999]`, then truncated to 4 decimals as always). Labels are
+//! drawn from the printed confidence, so the model stays calibrated and its accuracy falls
+//! by about `drop`: a drop CBPE sees before the labels arrive.
+//!
 //! With all of these at their defaults the output is byte for byte what it was before they
 //! existed: they add no random draws to the stream unless switched on.
 //!
 //! The generator is pure: the caller passes the event time (milliseconds since the Unix epoch)
 //! and a `String` buffer, so the same seed and the same times always give the same bytes, and
 //! a million-line benchmark allocates nothing per line. [`DriftSpec`]s inject distribution
-//! shift (mean shift, variance change, unseen categories, class-prior change, outlier bursts)
-//! from a chosen event time on, abruptly or ramped in.
+//! shift (mean shift, variance change, unseen categories, class-prior change, outlier bursts,
+//! accuracy drops) from a chosen event time on, abruptly or ramped in.
 //!
 //! An inference record is drawn in one place (request id, feature values, class, confidence,
 //! arm) and then written: as a JSON line by [`Generator::next_line`], or, for callers that
@@ -65,6 +96,8 @@
 //! the model name (so adding a model does not perturb the others).
 
 use std::borrow::Cow;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::fmt::Write as _;
 
 use rand::rngs::SmallRng;
@@ -179,6 +212,14 @@ impl ModelSpec {
         self.traffic_weight = weight;
         self
     }
+
+    /// Index of the model's first numeric feature, if it has one (the layout depends only on
+    /// the feature count and categorical share, not on the seed).
+    pub fn first_numeric_feature(&self) -> Option<usize> {
+        feature_layout(self.features, self.categorical_share)
+            .iter()
+            .position(|(_, kind)| matches!(kind, LayoutKind::Numeric(_)))
+    }
 }
 
 /// A reference to a feature of a model: by position, or by name. A name matches either the
@@ -232,6 +273,16 @@ pub enum DriftEffect {
         features: Vec<FeatureRef>,
         share: f64,
         sds: f64,
+    },
+    /// A covariate shift the model copes badly with: the numeric `features` move by `sds`
+    /// baseline standard deviations (as [`MeanShift`](DriftEffect::MeanShift)) and every
+    /// confidence of the model falls by `drop` (in `[0, 0.49]`; clamped to `[0.01, 0.9999]`).
+    /// Label lines are drawn from the printed confidence, so the classifier stays calibrated
+    /// and its accuracy falls by about `drop`.
+    AccuracyDrop {
+        features: Vec<FeatureRef>,
+        sds: f64,
+        drop: f64,
     },
 }
 
@@ -320,6 +371,19 @@ impl DriftSpec {
             start_ms,
         )
         .until(end_ms)
+    }
+
+    /// An abrupt accuracy drop of `drop` (e.g. 0.05 for 5 points) from `start_ms` on, with a
+    /// shift of `sds` standard deviations of the numeric `features` (may be empty).
+    pub fn accuracy_drop(features: Vec<FeatureRef>, sds: f64, drop: f64, start_ms: i64) -> Self {
+        Self::new(
+            DriftEffect::AccuracyDrop {
+                features,
+                sds,
+                drop,
+            },
+            start_ms,
+        )
     }
 
     /// Restricts the drift to one model.
@@ -427,6 +491,34 @@ impl ArmClickRates {
     }
 }
 
+/// Ground-truth label lines: a `share` of the inference records get one, `delay_ms` later on
+/// average (uniform in `[delay_ms - jitter_ms, delay_ms + jitter_ms]`, at least 0).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LabelSpec {
+    /// Fraction of inference records that later get a label line, in `[0, 1]`.
+    pub share: f64,
+    /// Mean delay from the record to its label, in milliseconds (>= 0).
+    #[serde(default)]
+    pub delay_ms: i64,
+    /// Half-width of the uniform spread of the delay, in milliseconds (>= 0).
+    #[serde(default)]
+    pub jitter_ms: i64,
+}
+
+impl LabelSpec {
+    pub fn new(share: f64, delay_ms: i64, jitter_ms: i64) -> Self {
+        LabelSpec {
+            share,
+            delay_ms,
+            jitter_ms,
+        }
+    }
+}
+
+/// Labels waiting for their due time at most; beyond, new ones are dropped (and counted by
+/// [`Generator::labels_dropped`]).
+pub const MAX_PENDING_LABELS: usize = 1_000_000;
+
 /// Inference records summarised by one batch statistics line.
 pub const BATCH_SIZE: usize = 64;
 
@@ -463,6 +555,9 @@ pub struct GeneratorConfig {
     pub deploy: Option<DeploySpec>,
     /// Per-arm click-through rates of feedback lines; `None` means 30% on either arm.
     pub click_rates: Option<ArmClickRates>,
+    /// Ground-truth label lines for a share of the inference records; `None` (the default)
+    /// writes none and draws nothing for them.
+    pub labels: Option<LabelSpec>,
 }
 
 const DEFAULT_MODEL_NAMES: [&str; 8] = [
@@ -508,6 +603,7 @@ impl Default for GeneratorConfig {
             batch_share: 0.0,
             deploy: None,
             click_rates: None,
+            labels: None,
         }
     }
 }
@@ -596,6 +692,12 @@ impl GeneratorConfig {
         self.click_rates = Some(ArmClickRates { control, variant });
         self
     }
+
+    /// Writes ground-truth label lines for a share of the inference records.
+    pub fn with_labels(mut self, spec: LabelSpec) -> Self {
+        self.labels = Some(spec);
+        self
+    }
 }
 
 /// Why a [`GeneratorConfig`] was rejected.
@@ -612,6 +714,9 @@ pub enum LineKind {
     Feedback,
     /// A batch statistics line (`"Batch data and prediction statistics"`).
     BatchStats,
+    /// A ground-truth label line (`"Ground truth received"`), with
+    /// [`GeneratorConfig::labels`] on.
+    Label,
     Malformed(MalformedKind),
 }
 
@@ -1110,6 +1215,11 @@ enum ResolvedEffect {
         share: f64,
         sds: f64,
     },
+    AccuracyDrop {
+        features: Vec<usize>,
+        sds: f64,
+        drop: f64,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -1136,6 +1246,8 @@ struct ModelState {
     sd_mult: Vec<f64>,
     outlier: Vec<(f64, f64)>,
     newcat: Vec<(f64, usize)>,
+    /// What active accuracy drops take off every confidence.
+    conf_drop: f64,
     cum_scratch: Vec<f64>,
     prior_scratch: Vec<f64>,
 }
@@ -1204,6 +1316,97 @@ pub struct Generator {
     click_rates: Option<ArmClickRates>,
     /// Class counts of the current batch statistics line.
     batch_counts: Vec<u32>,
+    /// Pending ground-truth labels, with [`GeneratorConfig::labels`] on.
+    labels: Option<Labels>,
+}
+
+/// Seed offset of the label stream, so that label draws leave the line stream untouched.
+const LABEL_SEED: u64 = 0x6c61_6265_6c5f_7275;
+
+/// The state of label lines: their own random stream and the labels not yet due.
+#[derive(Debug, Clone)]
+struct Labels {
+    rng: SmallRng,
+    spec: LabelSpec,
+    /// Min-heap by due time, then by insertion order.
+    pending: BinaryHeap<Reverse<PendingLabel>>,
+    seq: u64,
+    cap: usize,
+    dropped: u64,
+}
+
+/// A label waiting for its due time (field order is the heap order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct PendingLabel {
+    due_ms: i64,
+    seq: u64,
+    request_id: u64,
+    model: u32,
+    /// Index into the model's classes.
+    class: u32,
+}
+
+impl Labels {
+    /// Draws whether the record `head` of model `model` (of `classes` classes) at `t_ms`
+    /// gets a label and, if so, its true class and due time, and queues it.
+    fn draw(&mut self, t_ms: i64, model: usize, classes: usize, head: &RecordHead) {
+        let rng = &mut self.rng;
+        if rng.random::<f64>() >= self.spec.share {
+            return;
+        }
+        // Calibrated: correct with the probability the record states, as printed.
+        let correct = classes <= 1 || rng.random::<f64>() < head.confidence;
+        let class = if correct {
+            head.class
+        } else {
+            let other = rng.random_range(0..classes - 1);
+            other + usize::from(other >= head.class)
+        };
+        let (delay, jitter) = (self.spec.delay_ms, self.spec.jitter_ms);
+        let delay = if jitter > 0 {
+            rng.random_range(delay - jitter..=delay.saturating_add(jitter))
+                .max(0)
+        } else {
+            delay
+        };
+        if self.pending.len() >= self.cap {
+            self.dropped += 1;
+            return;
+        }
+        self.pending.push(Reverse(PendingLabel {
+            due_ms: t_ms.saturating_add(delay),
+            seq: self.seq,
+            request_id: head.request_id,
+            model: model as u32,
+            class: class as u32,
+        }));
+        self.seq += 1;
+    }
+
+    /// The earliest pending label if it is due at `t_ms`.
+    fn pop_due(&mut self, t_ms: i64) -> Option<PendingLabel> {
+        match self.pending.peek() {
+            Some(Reverse(p)) if p.due_ms <= t_ms => self.pending.pop().map(|Reverse(p)| p),
+            _ => None,
+        }
+    }
+}
+
+fn check_labels(spec: Option<&LabelSpec>) -> Result<(), GeneratorError> {
+    let Some(l) = spec else {
+        return Ok(());
+    };
+    let err = |s: String| Err(GeneratorError(format!("labels: {s}")));
+    if !(0.0..=1.0).contains(&l.share) {
+        return err(format!("share {} is outside [0, 1]", l.share));
+    }
+    if l.delay_ms < 0 {
+        return err(format!("delay_ms {} is negative", l.delay_ms));
+    }
+    if l.jitter_ms < 0 {
+        return err(format!("jitter_ms {} is negative", l.jitter_ms));
+    }
+    Ok(())
 }
 
 impl Generator {
@@ -1224,6 +1427,7 @@ impl Generator {
     pub fn try_new(cfg: GeneratorConfig) -> Result<Self, GeneratorError> {
         let kind_cum = line_kind_thresholds(&cfg)?;
         check_click_rates(cfg.click_rates.as_ref())?;
+        check_labels(cfg.labels.as_ref())?;
         let mut models = build_models(&cfg)?;
         if let Some(d) = &cfg.deploy {
             attach_deploy(&cfg.models, &mut models, d)?;
@@ -1249,6 +1453,14 @@ impl Generator {
             compact: cfg.compact,
             click_rates: cfg.click_rates,
             batch_counts: Vec::new(),
+            labels: cfg.labels.map(|spec| Labels {
+                rng: SmallRng::seed_from_u64(cfg.stream_seed.unwrap_or(cfg.seed) ^ LABEL_SEED),
+                spec,
+                pending: BinaryHeap::new(),
+                seq: 0,
+                cap: MAX_PENDING_LABELS,
+                dropped: 0,
+            }),
         })
     }
 
@@ -1288,7 +1500,8 @@ impl Generator {
             .collect()
     }
 
-    /// The model the last line was about (`None` for plain-text and array malformed lines).
+    /// The model the last line was about (`None` for plain-text and array malformed lines;
+    /// for feedback and label lines, the model of the request they name).
     pub fn last_model(&self) -> Option<usize> {
         self.last_model
     }
@@ -1347,10 +1560,28 @@ impl Generator {
         self.outliers
     }
 
+    /// Labels not written because [`MAX_PENDING_LABELS`] were pending already.
+    pub fn labels_dropped(&self) -> u64 {
+        self.labels.as_ref().map_or(0, |l| l.dropped)
+    }
+
+    /// Labels drawn but not yet due (written by a later [`Generator::next_line`]).
+    pub fn labels_pending(&self) -> usize {
+        self.labels.as_ref().map_or(0, |l| l.pending.len())
+    }
+
     /// Writes one line (no trailing newline) for event time `t_ms` into `out`, which is
     /// cleared first, and says what kind of line it is.
+    ///
+    /// With [`GeneratorConfig::labels`] on, a label due at `t_ms` or before is written
+    /// instead of drawing a line (the earliest first), so the other lines are those of the
+    /// stream without labels, in the same order.
     pub fn next_line(&mut self, t_ms: i64, out: &mut String) -> LineKind {
         out.clear();
+        if let Some(label) = self.labels.as_mut().and_then(|l| l.pop_due(t_ms)) {
+            self.write_label(t_ms, label, out);
+            return LineKind::Label;
+        }
         let u: f64 = self.rng.random();
         if u < self.kind_cum[0] {
             LineKind::Malformed(self.write_malformed(t_ms, out))
@@ -1378,8 +1609,37 @@ impl Generator {
                 return LineKind::Error;
             }
             self.write_inference(t_ms, m, true, out);
+            if let Some(labels) = &mut self.labels {
+                let classes = self.models[m].classes.len();
+                labels.draw(t_ms, m, classes, &self.record.head);
+            }
             LineKind::Inference
         }
+    }
+
+    /// A ground-truth label line at `t_ms`: the request's true class, by name, and when the
+    /// label was due (`label_timestamp`, epoch seconds; not in compact mode).
+    fn write_label(&mut self, t_ms: i64, label: PendingLabel, out: &mut String) {
+        let m = label.model as usize;
+        self.last_model = Some(m);
+        if self.compact {
+            write_header(out, t_ms, "\"");
+        } else {
+            write_header(out, t_ms, LABEL_ENVELOPE);
+        }
+        write_request_id(out, label.request_id);
+        out.push_str(", \"ground_truth\": ");
+        out.push_str(&self.models[m].classes[label.class as usize]);
+        if !self.compact {
+            let us = label.due_ms.saturating_mul(1000);
+            let _ = write!(
+                out,
+                ", \"label_timestamp\": {}.{:06}",
+                us.div_euclid(1_000_000),
+                us.rem_euclid(1_000_000)
+            );
+        }
+        out.push('}');
     }
 
     fn pick_model(&mut self) -> usize {
@@ -1429,6 +1689,7 @@ impl Generator {
         let drifted = !model.drifts.is_empty() && apply_drifts(model, t_ms);
         let outliers = &mut self.outliers;
         draw_features(rng, self.missing_share, model, drifted, outliers, put);
+        let conf_drop = if drifted { model.conf_drop } else { 0.0 };
         let cum: &[f64] = if model.drifts.is_empty() {
             &model.base_cum
         } else {
@@ -1437,7 +1698,7 @@ impl Generator {
         let class = pick(cum, rng.random());
         // sqrt skews confidence towards 1 like a trained classifier; truncating to 4
         // decimals keeps the printed value strictly below 1.
-        let conf = 0.5 + 0.5 * rng.random::<f64>().sqrt();
+        let conf = lower_confidence(0.5 + 0.5 * rng.random::<f64>().sqrt(), conf_drop);
         let arm = if !self.arms {
             Arm::None
         } else if rng.random::<bool>() {
@@ -1535,6 +1796,7 @@ impl Generator {
         let counts = &mut self.batch_counts;
         counts.clear();
         counts.resize(model.classes.len(), 0);
+        let conf_drop = if drifted { model.conf_drop } else { 0.0 };
         let cum: &[f64] = if model.drifts.is_empty() {
             &model.base_cum
         } else {
@@ -1544,7 +1806,7 @@ impl Generator {
         for _ in 0..BATCH_SIZE {
             counts[pick(cum, rng.random())] += 1;
             // As write_inference: skewed towards 1, truncated to 4 decimals.
-            let conf = 0.5 + 0.5 * rng.random::<f64>().sqrt();
+            let conf = lower_confidence(0.5 + 0.5 * rng.random::<f64>().sqrt(), conf_drop);
             conf_sum += (conf * 1e4).floor() / 1e4;
         }
         let model = &*model;
@@ -1841,6 +2103,17 @@ fn exp_of(x: f64) -> f64 {
     x.exp()
 }
 
+/// `conf` lowered by an accuracy drop's `drop`, kept in `[0.01, 0.9999]`; unchanged (bit for
+/// bit) without one.
+#[inline]
+fn lower_confidence(conf: f64, drop: f64) -> f64 {
+    if drop > 0.0 {
+        (conf - drop).clamp(0.01, 0.9999)
+    } else {
+        conf
+    }
+}
+
 /// Fills the model's per-line drift scratch for `t_ms`; false if nothing is active.
 fn apply_drifts(model: &mut ModelState, t_ms: i64) -> bool {
     let mut any = false;
@@ -1855,12 +2128,23 @@ fn apply_drifts(model: &mut ModelState, t_ms: i64) -> bool {
             model.sd_mult.fill(1.0);
             model.outlier.fill((0.0, 0.0));
             model.newcat.fill((0.0, NO_NEWCAT));
+            model.conf_drop = 0.0;
         }
         match &d.effect {
             ResolvedEffect::MeanShift { features, sds } => {
                 for &f in features {
                     model.shift[f] += sds * w;
                 }
+            }
+            ResolvedEffect::AccuracyDrop {
+                features,
+                sds,
+                drop,
+            } => {
+                for &f in features {
+                    model.shift[f] += sds * w;
+                }
+                model.conf_drop += drop * w;
             }
             ResolvedEffect::Variance { features, factor } => {
                 for &f in features {
@@ -2118,6 +2402,14 @@ fn check_effect_numbers(e: &DriftEffect) -> Result<(), String> {
             .map(|_| ())
             .ok_or_else(|| "bad priors".to_string()),
         DriftEffect::OutlierBurst { share: s, sds, .. } => share(*s).and(finite("sds", *sds)),
+        DriftEffect::AccuracyDrop { sds, drop, .. } => {
+            finite("sds", *sds)?;
+            if (0.0..=0.49).contains(drop) {
+                Ok(())
+            } else {
+                Err(format!("accuracy drop {drop} is outside [0, 0.49]"))
+            }
+        }
     }
 }
 
@@ -2156,6 +2448,15 @@ fn resolve_effect(model: &mut ModelState, e: &DriftEffect) -> Result<ResolvedEff
         DriftEffect::MeanShift { features, sds } => ResolvedEffect::MeanShift {
             features: resolve_numeric(model, features)?,
             sds: *sds,
+        },
+        DriftEffect::AccuracyDrop {
+            features,
+            sds,
+            drop,
+        } => ResolvedEffect::AccuracyDrop {
+            features: resolve_numeric(model, features)?,
+            sds: *sds,
+            drop: *drop,
         },
         DriftEffect::VarianceScale { features, factor } => ResolvedEffect::Variance {
             features: resolve_numeric(model, features)?,
@@ -2307,6 +2608,7 @@ fn build_model(seed: u64, spec: &ModelSpec) -> Result<ModelState, GeneratorError
         sd_mult: vec![1.0; n],
         outlier: vec![(0.0, 0.0); n],
         newcat: vec![(0.0, NO_NEWCAT); n],
+        conf_drop: 0.0,
         cum_scratch: vec![0.0; k],
         prior_scratch: vec![0.0; k],
     })
@@ -2397,6 +2699,7 @@ const INFERENCE_ENVELOPE: &str = envelope!("INFO", "Model inference completed", 
 const ERROR_ENVELOPE: &str = envelope!("ERROR", "Model inference failed", "predict", 57);
 const TIMING_ENVELOPE: &str = envelope!("INFO", "Inference timing metrics", "predict", 61);
 const FEEDBACK_ENVELOPE: &str = envelope!("INFO", "User feedback received", "record_feedback", 88);
+const LABEL_ENVELOPE: &str = envelope!("INFO", "Ground truth received", "record_label", 97);
 const BATCH_ENVELOPE: &str = envelope!(
     "INFO",
     "Batch data and prediction statistics",
@@ -2753,7 +3056,7 @@ mod tests {
                     assert!(fb < t as f64 / 1000.0 + 0.001 && fb > t as f64 / 1000.0 - 31.0);
                 }
                 // No batch lines at the default batch_share.
-                LineKind::BatchStats | LineKind::Malformed(_) => unreachable!(),
+                LineKind::BatchStats | LineKind::Label | LineKind::Malformed(_) => unreachable!(),
             }
         }
         assert_eq!(seen.len(), 5, "every line kind should occur");
@@ -3508,6 +3811,379 @@ mod tests {
         assert_eq!(minimal.click_rates, None);
         let old: GeneratorConfig = serde_json::from_str(r#"{"seed": 42}"#).unwrap();
         assert_eq!(old, GeneratorConfig::default());
+    }
+
+    /// A label joined to its record: record time, confidence, whether the label is the
+    /// predicted class.
+    type Joined = (i64, f64, bool);
+
+    /// Joins each label line of a stream of `n` lines (at `step` ms from `T0`) to its
+    /// inference record: (record time, confidence, correct) per label, plus the inference
+    /// lines' `input_features.f00` with their times and models.
+    fn labelled(
+        cfg: GeneratorConfig,
+        n: usize,
+        step: i64,
+    ) -> (Vec<Joined>, Vec<(i64, usize, f64)>) {
+        let mut g = Generator::new(cfg);
+        let mut buf = String::new();
+        let mut records = std::collections::HashMap::new();
+        let (mut joined, mut f00) = (Vec::new(), Vec::new());
+        for i in 0..n {
+            let t = T0 + i as i64 * step;
+            let kind = g.next_line(t, &mut buf);
+            let o = parse_obj(&buf);
+            let req = o["request_id"].as_str().unwrap().to_string();
+            match kind {
+                LineKind::Inference => {
+                    let conf = o["confidence"].as_f64().unwrap();
+                    let pred = o["prediction"].as_str().unwrap().to_string();
+                    if let Some(x) = o["input_features"]["f00"].as_f64() {
+                        let m = g.model_index(o["model_id"].as_str().unwrap()).unwrap();
+                        f00.push((t, m, x));
+                    }
+                    records.insert(req, (t, conf, pred));
+                }
+                LineKind::Label => {
+                    let (t_rec, conf, pred) = records.remove(&req).expect("label of a record");
+                    joined.push((t_rec, conf, o["ground_truth"] == pred.as_str()));
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(g.labels_dropped(), 0);
+        (joined, f00)
+    }
+
+    fn correct_share(v: &[Joined]) -> f64 {
+        v.iter().filter(|x| x.2).count() as f64 / v.len() as f64
+    }
+
+    #[test]
+    fn labels_interleave_without_touching_the_other_lines() {
+        let busy = GeneratorConfig {
+            drifts: standard_drifts(T0 + 3_000 * 100),
+            ..GeneratorConfig::default()
+        }
+        .with_batch_share(0.02)
+        .with_click_rates(0.2, 0.4)
+        .with_deploy(
+            DeploySpec::new("fraud-v1", "fraud-v2", T0 + 5_000 * 100).with_extra_error_share(0.05),
+        )
+        .with_drift(
+            DriftSpec::accuracy_drop(vec![0.into()], 1.0, 0.1, T0 + 4_000 * 100)
+                .for_model("recsys-v3"),
+        );
+        let n = 8_000;
+        for cfg in [busy, GeneratorConfig::synthetic(3, 3, 12).compact()] {
+            let plain = lines(&mut Generator::new(cfg.clone()), n, T0, 100);
+            let mut g = Generator::new(cfg.with_labels(LabelSpec::new(0.5, 20_000, 5_000)));
+            let mut buf = String::new();
+            let (mut others, mut labels) = (Vec::new(), 0);
+            for i in 0..n {
+                // A label line takes the place of no other line: the caller asks again at
+                // the same time.
+                let t = T0 + i as i64 * 100;
+                loop {
+                    let kind = g.next_line(t, &mut buf);
+                    if kind != LineKind::Label {
+                        others.push((t, kind, buf.clone()));
+                        break;
+                    }
+                    labels += 1;
+                }
+            }
+            assert!(others == plain, "the other lines changed");
+            assert!((2_500..4_000).contains(&labels), "{labels} labels");
+            assert!(g.labels_pending() > 0);
+        }
+    }
+
+    #[test]
+    fn label_lines_follow_their_records_by_the_delay() {
+        let (step, delay, jitter) = (100, 60_000, 10_000);
+        let cfg = GeneratorConfig::default().with_labels(LabelSpec::new(0.3, delay, jitter));
+        let classes: std::collections::HashMap<String, Vec<String>> = cfg
+            .models
+            .iter()
+            .map(|m| (m.name.clone(), m.classes.clone()))
+            .collect();
+        let mut g = Generator::new(cfg);
+        let ls = lines(&mut g, 30_000, T0, step);
+        let decoder = Decoder::new(DecodeConfig::default());
+        // Request id -> (time, model) of the inference records so far.
+        let mut records = std::collections::HashMap::new();
+        let mut labelled = std::collections::HashSet::new();
+        let mut last_due = i64::MIN;
+        for (t, kind, line) in &ls {
+            match kind {
+                LineKind::Inference => {
+                    let o = parse_obj(line);
+                    let req = o["request_id"].as_str().unwrap().to_string();
+                    records.insert(req, (*t, o["model_id"].as_str().unwrap().to_string()));
+                }
+                LineKind::Label => {
+                    assert_key_order(
+                        line,
+                        &[
+                            "timestamp",
+                            "level",
+                            "message",
+                            "service",
+                            "module",
+                            "function",
+                            "line",
+                            "request_id",
+                            "ground_truth",
+                            "label_timestamp",
+                        ],
+                    );
+                    let o = parse_obj(line);
+                    assert_eq!(o.len(), 10, "{line}");
+                    assert_eq!(o["timestamp"], python_log_timestamp(*t));
+                    assert_eq!(o["level"], "INFO");
+                    assert_eq!(o["message"], "Ground truth received");
+                    assert_eq!(o["service"], "ai_inference_service");
+                    assert_eq!(o["module"], "app");
+                    assert_eq!(o["function"], "record_label");
+                    assert_eq!(o["line"], 97);
+                    let req = o["request_id"].as_str().unwrap();
+                    let (t_rec, model) = records
+                        .get(req)
+                        .unwrap_or_else(|| panic!("no earlier record: {line}"));
+                    assert!(labelled.insert(req.to_string()), "labelled twice: {req}");
+                    let truth = o["ground_truth"].as_str().unwrap();
+                    assert!(classes[model].iter().any(|c| c == truth), "{truth}");
+                    let frac = line.split("\"label_timestamp\": ").nth(1).unwrap();
+                    let frac = frac.trim_end_matches('}').split('.').nth(1).unwrap();
+                    assert_eq!(frac.len(), 6, "six decimals: {line}");
+                    let due = (o["label_timestamp"].as_f64().unwrap() * 1000.0).round() as i64;
+                    let d = due - t_rec;
+                    assert!((delay - jitter..=delay + jitter).contains(&d), "delay {d}");
+                    // Written at the first line due, unless other labels queue before it.
+                    assert!(due <= *t && *t - due < 10 * step, "due {due}, written {t}");
+                    assert!(due >= last_due, "labels out of order");
+                    last_due = due;
+                    let Decoded::Record(r) = decoder.decode(line.as_bytes()) else {
+                        panic!("not a record: {line}")
+                    };
+                    assert_eq!(r.kind, crate::engine::decode::RecordKind::Label);
+                    assert_eq!(r.time, EventTime::Parsed(*t));
+                }
+                _ => {}
+            }
+        }
+        // Every record old enough to have its label due by the end.
+        let end = ls.last().unwrap().0;
+        let old: Vec<&String> = records
+            .iter()
+            .filter(|(_, (t, _))| *t + delay + jitter + 10 * step <= end)
+            .map(|(req, _)| req)
+            .collect();
+        let share = old.iter().filter(|r| labelled.contains(**r)).count() as f64 / old.len() as f64;
+        assert!((0.28..0.32).contains(&share), "labelled share {share}");
+        assert_eq!(g.labels_dropped(), 0);
+
+        // Compact label lines: timestamp, request id, ground truth.
+        let cfg = GeneratorConfig::synthetic(3, 2, 4)
+            .inference_only()
+            .compact()
+            .with_labels(LabelSpec::new(1.0, 0, 0));
+        let mut g = Generator::new(cfg);
+        let ls = lines(&mut g, 10, T0, step);
+        for w in ls.windows(2) {
+            if w[1].1 != LineKind::Label {
+                continue;
+            }
+            assert_key_order(&w[1].2, &["timestamp", "request_id", "ground_truth"]);
+            let (rec, lab) = (parse_obj(&w[0].2), parse_obj(&w[1].2));
+            assert_eq!(lab.len(), 3, "{}", w[1].2);
+            assert_eq!(lab["timestamp"], python_log_timestamp(w[1].0));
+            assert_eq!(lab["request_id"], rec["request_id"]);
+            assert!(w[1].2.starts_with("{\"timestamp\": \""));
+        }
+        assert_eq!(ls.iter().filter(|l| l.1 == LineKind::Label).count(), 5);
+    }
+
+    #[test]
+    fn labels_are_calibrated() {
+        let cfg = GeneratorConfig::synthetic(21, 2, 2)
+            .inference_only()
+            .compact()
+            .with_labels(LabelSpec::new(1.0, 0, 0));
+        let (mut joined, _) = labelled(cfg, 400_000, 10);
+        assert!(joined.len() >= 199_000, "{} labels", joined.len());
+        joined.sort_by(|a, b| a.1.total_cmp(&b.1));
+        let decile = joined.len() / 10;
+        for part in joined.chunks(decile).take(10) {
+            let conf = part.iter().map(|x| x.1).sum::<f64>() / part.len() as f64;
+            let acc = correct_share(part);
+            assert!(
+                (acc - conf).abs() < 0.02,
+                "accuracy {acc} at confidence {conf}"
+            );
+        }
+        // A one-class model is always right.
+        let cfg = GeneratorConfig {
+            models: vec![ModelSpec::new("one")
+                .with_features(2)
+                .with_classes(&[("only", 1.0)])],
+            ..GeneratorConfig::default()
+        }
+        .inference_only()
+        .compact()
+        .with_labels(LabelSpec::new(1.0, 0, 0));
+        let (joined, _) = labelled(cfg, 2_000, 10);
+        assert_eq!(correct_share(&joined), 1.0);
+    }
+
+    #[test]
+    fn accuracy_drop_lowers_accuracy_and_shifts_the_feature() {
+        let (n, step) = (400_000, 10);
+        let onset = T0 + (n as i64 / 2) * step;
+        let base = GeneratorConfig::synthetic(17, 2, 2)
+            .inference_only()
+            .compact();
+        let probe = Generator::new(base.clone());
+        let cfg = base
+            .with_labels(LabelSpec::new(1.0, 0, 0))
+            .with_drift(DriftSpec::accuracy_drop(vec![0.into()], 1.0, 0.05, onset));
+        let (joined, f00) = labelled(cfg, n, step);
+        let (before, after): (Vec<_>, Vec<_>) = joined.iter().partition(|x| x.0 < onset);
+        let dropped = correct_share(&before) - correct_share(&after);
+        assert!(
+            (0.04..0.06).contains(&dropped),
+            "accuracy fell by {dropped}"
+        );
+        let mean_conf = |v: &[Joined]| v.iter().map(|x| x.1).sum::<f64>() / v.len() as f64;
+        let conf_drop = mean_conf(&before) - mean_conf(&after);
+        assert!(
+            (conf_drop - 0.05).abs() < 0.003,
+            "confidence fell by {conf_drop}"
+        );
+        // Still calibrated after the drop.
+        assert!((correct_share(&after) - mean_conf(&after)).abs() < 0.01);
+        // f00 moves by one baseline sd on each model.
+        for m in 0..2 {
+            let side = |after: bool| -> Vec<f64> {
+                f00.iter()
+                    .filter(|x| x.1 == m && (x.0 >= onset) == after)
+                    .map(|x| x.2)
+                    .collect()
+            };
+            let sd = probe.features(m)[0].sd().unwrap();
+            let moved = (mean(&side(true)) - mean(&side(false))) / sd;
+            assert!(
+                (0.9..1.1).contains(&moved),
+                "model {m}: f00 moved {moved} sd"
+            );
+        }
+    }
+
+    #[test]
+    fn inactive_accuracy_drop_changes_no_byte() {
+        let base = GeneratorConfig::default();
+        let pinned = stream_hash(base.clone(), 5000);
+        let never = DriftSpec::accuracy_drop(vec!["amount".into()], 1.0, 0.2, i64::MAX - 1);
+        assert_eq!(stream_hash(base.with_drift(never), 5000), pinned);
+    }
+
+    #[test]
+    fn labels_beyond_the_cap_are_dropped_and_counted() {
+        let cfg = GeneratorConfig::default()
+            .inference_only()
+            .with_labels(LabelSpec::new(1.0, 1_000_000, 0));
+        let mut g = Generator::new(cfg);
+        g.labels.as_mut().unwrap().cap = 50;
+        let ls = lines(&mut g, 200, T0, 10);
+        assert!(ls.iter().all(|l| l.1 == LineKind::Inference));
+        assert_eq!(g.labels_pending(), 50);
+        assert_eq!(g.labels_dropped(), 150);
+        assert_eq!(
+            Generator::new(GeneratorConfig::default()).labels_dropped(),
+            0
+        );
+    }
+
+    #[test]
+    fn bad_labels_and_accuracy_drops_are_rejected() {
+        let why = |cfg: GeneratorConfig| Generator::try_new(cfg).err().map(|e| e.0);
+        let d = GeneratorConfig::default;
+        let labels = |share, delay, jitter| d().with_labels(LabelSpec::new(share, delay, jitter));
+        for share in [-0.1, 1.1, f64::NAN] {
+            let e = why(labels(share, 0, 0)).expect("bad share accepted");
+            assert!(e.contains("labels") && e.contains("share"), "{e}");
+        }
+        assert!(why(labels(0.5, -1, 0)).unwrap().contains("delay_ms"));
+        assert!(why(labels(0.5, 0, -1)).unwrap().contains("jitter_ms"));
+        assert_eq!(why(labels(0.0, 0, 0)), None);
+        assert_eq!(why(labels(1.0, 21_600_000, 1_800_000)), None);
+        // Jitter beyond the delay clamps at zero.
+        assert_eq!(why(labels(1.0, 10, 1_000)), None);
+
+        let drop =
+            |sds, drop| d().with_drift(DriftSpec::accuracy_drop(vec![0.into()], sds, drop, T0));
+        for bad in [-0.01, 0.5, f64::NAN, f64::INFINITY] {
+            let e = why(drop(1.0, bad)).expect("bad drop accepted");
+            assert!(e.contains("accuracy drop"), "{e}");
+        }
+        assert!(why(drop(f64::NAN, 0.05)).unwrap().contains("sds"));
+        assert!(why(drop(f64::INFINITY, 0.05)).is_some());
+        assert_eq!(why(drop(1.0, 0.0)), None);
+        assert_eq!(why(drop(-2.0, 0.49)), None);
+        assert!(why(d().with_drift(DriftSpec::accuracy_drop(
+            vec!["country".into()],
+            1.0,
+            0.05,
+            T0
+        )))
+        .is_some());
+        assert!(why(d().with_drift(
+            DriftSpec::accuracy_drop(vec![0.into()], 1.0, 0.05, T0).for_model("nope")
+        ))
+        .is_some());
+        assert_eq!(
+            why(d().with_drift(DriftSpec::accuracy_drop(Vec::new(), 0.0, 0.05, T0))),
+            None
+        );
+    }
+
+    #[test]
+    fn labels_and_accuracy_drops_round_trip_through_json() {
+        let cfg = GeneratorConfig::default()
+            .with_labels(LabelSpec::new(0.4, 21_600_000, 1_800_000))
+            .with_drift(
+                DriftSpec::accuracy_drop(vec![0.into(), "amount".into()], 1.0, 0.05, T0)
+                    .for_model("fraud-v1"),
+            );
+        let json = serde_json::to_string(&cfg).unwrap();
+        assert!(json.contains("\"kind\":\"accuracy_drop\""), "{json}");
+        let back: GeneratorConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(cfg, back);
+        let minimal: GeneratorConfig =
+            serde_json::from_str(r#"{"labels": {"share": 0.5}}"#).unwrap();
+        assert_eq!(minimal.labels, Some(LabelSpec::new(0.5, 0, 0)));
+        let d: DriftSpec = serde_json::from_str(
+            r#"{"start_ms": 5, "effect": {"kind": "accuracy_drop", "features": ["amount"], "sds": 1.0, "drop": 0.05}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            d,
+            DriftSpec::accuracy_drop(vec!["amount".into()], 1.0, 0.05, 5)
+        );
+    }
+
+    #[test]
+    fn first_numeric_feature_follows_the_layout() {
+        let g = Generator::new(GeneratorConfig::synthetic(1, 1, 20));
+        let spec = ModelSpec::new("m").with_features(20);
+        let want = g.features(0).iter().position(FeatureInfo::is_numeric);
+        assert_eq!(spec.first_numeric_feature(), want);
+        assert_eq!(spec.first_numeric_feature(), Some(0));
+        let all_cat = ModelSpec::new("m")
+            .with_features(3)
+            .with_categorical_share(1.0);
+        assert_eq!(all_cat.first_numeric_feature(), None);
     }
 
     #[test]
