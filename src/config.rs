@@ -31,6 +31,7 @@ use crate::engine::decode::{DecodeConfig, FeatureFilter, FieldMapping, Pointer};
 use crate::engine::detect::{AutoThresholds, DetectConfig, Rule, Target, Thresholds};
 use crate::engine::experiment::ExperimentConfig;
 use crate::engine::health::{ErrorRule, HealthConfig};
+use crate::engine::quality::QualityConfig;
 use crate::engine::window::WindowSpec;
 use crate::engine::{AutoBaseline, EngineConfig};
 
@@ -89,6 +90,8 @@ struct RawFields {
     error_type: Option<String>,
     action: Option<String>,
     feedback_time: Option<String>,
+    ground_truth: Option<String>,
+    label_time: Option<String>,
     input_stats: Option<String>,
     class_counts: Option<String>,
     avg_confidence: Option<String>,
@@ -205,6 +208,24 @@ struct RawExperiments {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawQuality {
+    enabled: Option<bool>,
+    join: Option<String>,
+    label_ttl: Option<String>,
+    max_pending: Option<u64>,
+    max_early_labels: Option<u64>,
+    window: Option<String>,
+    pane: Option<String>,
+    min_labels: Option<u64>,
+    alpha: Option<f64>,
+    min_effect: Option<f64>,
+    interval: Option<f64>,
+    min_estimate_samples: Option<u64>,
+    max_classes: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawLimits {
     max_models: Option<u64>,
     max_arms_per_model: Option<u64>,
@@ -310,6 +331,7 @@ const SECTIONS: &[&str] = &[
     "metrics",
     "health",
     "experiments",
+    "quality",
 ];
 
 /// The file, section by section, as written.
@@ -330,6 +352,7 @@ struct RawConfig {
     metrics: RawMetrics,
     health: RawHealth,
     experiments: RawExperiments,
+    quality: RawQuality,
 }
 
 impl RawConfig {
@@ -372,6 +395,7 @@ impl RawConfig {
             metrics: section(&mut root, "metrics", p),
             health: section(&mut root, "health", p),
             experiments: section(&mut root, "experiments", p),
+            quality: section(&mut root, "quality", p),
         }
     }
 }
@@ -455,6 +479,7 @@ impl Config {
         cfg.engine.align();
         health_config(raw.health, &mut cfg.engine.health, &mut p);
         experiment_config(raw.experiments, &mut cfg.engine.experiments, &mut p);
+        quality_config(raw.quality, &mut cfg.engine.quality, &mut p);
         cfg.kafka = raw.kafka.map(|k| kafka_config(k, &mut p));
         cfg.checkpoint = checkpoint_config(raw.checkpoint);
         http_config(raw.http, &mut cfg.http, &mut p);
@@ -532,6 +557,8 @@ fn field_mapping(f: RawFields, m: &mut FieldMapping, p: &mut Problems) {
     ptr("error_type", f.error_type, &mut m.error_type);
     ptr("action", f.action, &mut m.action);
     ptr("feedback_time", f.feedback_time, &mut m.feedback_time);
+    ptr("ground_truth", f.ground_truth, &mut m.ground_truth);
+    ptr("label_time", f.label_time, &mut m.label_time);
     ptr("input_stats", f.input_stats, &mut m.input_stats);
     ptr("class_counts", f.class_counts, &mut m.class_counts);
     ptr("avg_confidence", f.avg_confidence, &mut m.avg_confidence);
@@ -1051,6 +1078,87 @@ fn experiment_config(experiments: RawExperiments, x: &mut ExperimentConfig, p: &
     }
     if let Some(v) = experiments.min_predictions {
         x.min_predictions = p.range("experiments.min_predictions", v, 1, u64::MAX);
+    }
+}
+
+/// `[quality]`: the label join, realized quality and the estimate.
+fn quality_config(q: RawQuality, x: &mut QualityConfig, p: &mut Problems) {
+    if let Some(b) = q.enabled {
+        x.enabled = b;
+    }
+    match q.join.as_deref() {
+        None | Some("auto") => x.join_from_start = false,
+        Some("always") => x.join_from_start = true,
+        Some(other) => p.push(
+            "quality.join",
+            format!("{other:?} is not a join mode; use \"auto\" (from the first label line) or \"always\""),
+        ),
+    }
+    let ms = |d: Duration| d.as_millis().min(i64::MAX as u128) as i64;
+    let ttl = p.duration(
+        "quality.label_ttl",
+        q.label_ttl.as_deref(),
+        Duration::from_millis(x.ttl_ms as u64),
+    );
+    if ttl < Duration::from_secs(1) {
+        p.push("quality.label_ttl", "must be at least 1s".into());
+    }
+    x.ttl_ms = ms(ttl);
+    let window = p.duration(
+        "quality.window",
+        q.window.as_deref(),
+        Duration::from_millis((x.pane_ms as u64) * x.panes as u64),
+    );
+    let pane = p.duration(
+        "quality.pane",
+        q.pane.as_deref(),
+        Duration::from_millis(x.pane_ms as u64),
+    );
+    if pane < Duration::from_secs(1) {
+        p.push("quality.pane", "must be at least 1s".into());
+    } else if window < pane {
+        p.push(
+            "quality.window",
+            format!(
+                "{} is shorter than quality.pane ({}); make it a multiple of the pane",
+                humantime::format_duration(window),
+                humantime::format_duration(pane)
+            ),
+        );
+    } else {
+        let panes = window.as_millis().div_ceil(pane.as_millis());
+        if panes > 1000 {
+            p.push(
+                "quality.window",
+                format!("{panes} panes of quality.pane; at most 1000 (use a longer pane)"),
+            );
+        }
+        x.pane_ms = ms(pane);
+        x.panes = panes.clamp(1, 1000) as usize;
+    }
+    if let Some(v) = q.max_pending {
+        x.max_pending = p.range("quality.max_pending", v, 1, 100_000_000) as usize;
+    }
+    if let Some(v) = q.max_early_labels {
+        x.max_early = p.range("quality.max_early_labels", v, 1, 100_000_000) as usize;
+    }
+    if let Some(v) = q.min_labels {
+        x.min_labels = p.range("quality.min_labels", v, 1, u64::MAX);
+    }
+    if let Some(v) = q.alpha {
+        x.alpha = p.fraction("quality.alpha", v, 1e-12, 0.5);
+    }
+    if let Some(v) = q.min_effect {
+        x.min_effect = p.fraction("quality.min_effect", v, 0.0, 1.0);
+    }
+    if let Some(v) = q.interval {
+        x.interval = p.fraction("quality.interval", v, 0.5, 0.999_999);
+    }
+    if let Some(v) = q.min_estimate_samples {
+        x.min_estimate_samples = p.range("quality.min_estimate_samples", v, 1, u64::MAX);
+    }
+    if let Some(v) = q.max_classes {
+        x.max_classes = p.range("quality.max_classes", v, 0, 64) as usize;
     }
 }
 

@@ -12,7 +12,8 @@
 //!                                              Alertmanager, Kafka ◀── alert ◀───────────────┘
 //!
 //!  the same lines, other records ──▶ health: error rates, deploys, latency sketches, batch stats
-//!  (timing, error, feedback, batch)  experiment: feedback joined by request id, arms compared
+//!  (timing, error, feedback, batch,  experiment: feedback joined by request id, arms compared
+//!   label)                             quality: labels joined by request id; accuracy, and its estimate
 //!                                    (both also end in metrics and alerts)
 //! ```
 //!
@@ -36,6 +37,7 @@
 //!   - [`engine::threshold`]: automatic thresholds: each metric's no-drift level at the window's sample size, from the baseline.
 //!   - [`engine::health`]: error rates, deploy regressions, latency quantiles (DDSketch) and batch statistics per model.
 //!   - [`engine::experiment`]: the bounded feedback join by request id; arms compared by feedback rate.
+//!   - [`engine::quality`]: labels joined to predictions (bounded, hash-sampled); realized accuracy, precision, recall, MAE, RMSE, ECE; the calibrated-confidence estimate; `AccuracyDrop`, `EstimatedAccuracyDrop`.
 //!   - [`engine::history`]: each distribution's score over the last day, in two fixed rings.
 //!   - `engine::memory`: the budget the engine reserves from before it allocates, and the plan's terms.
 //!   - [`engine::time`]: event time as reports show it.
@@ -58,6 +60,7 @@
 //!   - [`lab::bench`]: `driftd bench`, the performance harness (parse floor, replay, the daemon through Kafka).
 //!   - [`lab::soak`]: `driftd soak`, the daemon for a long time at a steady rate with broker, request and Alertmanager faults; flat RSS, fds and series, nothing lost.
 //!   - [`lab::scenario`]: `driftd scenarios`, the verdict-quality suite: false alarms per 24 h without drift, detection delay with it.
+//!   - [`lab::quality_suite`]: the suite's model-quality part: the accuracy estimate against realized accuracy, `EstimatedAccuracyDrop` and `AccuracyDrop` delays, false alarms.
 //! - [`replay`]: a log file through the engine in event time; baseline builds; reports.
 //! - [`view`]: drift as HTML and SVG, baseline and window side by side: the daemon's page and `replay --html`.
 //! - [`config`]: TOML + environment configuration, validated into the daemon's [`Config`](daemon::app::Config) with every problem reported.

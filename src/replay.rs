@@ -12,8 +12,11 @@ use std::io::{self, BufRead};
 use std::path::{Path, PathBuf};
 
 use crate::engine::baseline::{Baseline, BaselineBuilder, BaselineError, Binning};
-use crate::engine::decode::{Decoded, Decoder, EventTime, RecordKind, Reject};
+use crate::engine::decode::{
+    feature_hash, Decoded, Decoder, EventTime, Prediction, RecordKind, Reject,
+};
 use crate::engine::detect::{State, Transition};
+use crate::engine::quality::{LabelJoin, Pred};
 use crate::engine::time::rfc3339;
 use crate::engine::{Engine, EngineStats, ModelReport, Report};
 use serde::Serialize;
@@ -240,6 +243,12 @@ pub fn build_baselines(
     mut progress: impl FnMut(u64),
 ) -> Result<BuildResult, ReplayError> {
     let mut builders: BTreeMap<String, BaselineBuilder> = BTreeMap::new();
+    // Label lines calibrate the confidences: joined to their predictions
+    // by the daemon's join, with a week's TTL and a hash sample past 1M
+    // waiting predictions, so a file of any length builds in bounded memory.
+    let mut join = LabelJoin::new(7 * 86_400_000, 1_000_000, 200_000);
+    let mut names: Vec<String> = Vec::new();
+    let mut ids: std::collections::HashMap<String, u32> = Default::default();
     let mut seen_models: BTreeMap<String, u64> = BTreeMap::new();
     let mut stats = crate::engine::decode::DecodeStats::default();
     let mut first_bad = FirstBad::default();
@@ -273,6 +282,18 @@ pub fn build_baselines(
                 b.add_class_counts(&r.class_counts);
                 return;
             }
+            Decoded::Record(r) if r.kind == RecordKind::Label => {
+                if let (Some(req), Some(truth), EventTime::Parsed(t)) =
+                    (r.request_id, r.truth, r.time)
+                {
+                    join.label(req, truth, t, &mut |p, truth| {
+                        if let Some(b) = builders.get_mut(&names[p.slot as usize]) {
+                            b.add_labelled(p, truth);
+                        }
+                    });
+                }
+                return;
+            }
             Decoded::Rejected(r) => {
                 first_bad.note(r, n);
                 return;
@@ -291,6 +312,29 @@ pub fn build_baselines(
             let mut b = BaselineBuilder::new(&ev.model);
             b.add(&ev);
             builders.insert(ev.model.to_string(), b);
+        } else {
+            return;
+        }
+        if let (Some(req), Some(pred), EventTime::Parsed(t)) =
+            (ev.request_id, &ev.prediction, ev.time)
+        {
+            let slot = match ids.get(ev.model.as_ref()) {
+                Some(i) => *i,
+                None => {
+                    names.push(ev.model.to_string());
+                    ids.insert(ev.model.to_string(), (names.len() - 1) as u32);
+                    (names.len() - 1) as u32
+                }
+            };
+            let p = match pred {
+                Prediction::Label(l) => Pred::class(slot, t, feature_hash(l), ev.confidence),
+                Prediction::Value(v) => Pred::value(slot, t, *v),
+            };
+            join.prediction(req, p, &mut |p, truth| {
+                if let Some(b) = builders.get_mut(&names[p.slot as usize]) {
+                    b.add_labelled(p, truth);
+                }
+            });
         }
     })?;
     progress(bytes);
@@ -446,7 +490,11 @@ pub fn write_json(
             m.serialize_entry("input", &input_json(self.r))?;
             m.serialize_entry("join_stats", &rep.join_stats)?;
             m.serialize_entry("join_waiting", &rep.join_waiting)?;
+            m.serialize_entry("label_join", &rep.label_stats)?;
+            m.serialize_entry("label_sample_rate", &rep.label_sample_rate)?;
+            m.serialize_entry("label_waiting", &rep.label_waiting)?;
             m.serialize_entry("models", &self.models)?;
+            m.serialize_entry("quality", &rep.quality)?;
             m.serialize_entry("versions", &rep.versions)?;
             m.end()
         }
@@ -513,7 +561,12 @@ pub fn write_html(
         let mut block = String::new();
         for m in engine.report_with(true, Some(&name)).models {
             let h = r.report.health.iter().find(|h| h.model == m.model);
-            view::model(&m, h, &r.report.experiments, &mut block);
+            let beside = view::Beside {
+                health: h,
+                experiments: &r.report.experiments,
+                quality: &r.report.quality,
+            };
+            view::model(&m, beside, &mut block);
         }
         out.write_all(block.as_bytes())?;
     }

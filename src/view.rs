@@ -18,6 +18,7 @@ use std::fmt::Write as _;
 use crate::engine::detect::State;
 use crate::engine::experiment::ExperimentReport;
 use crate::engine::health::HealthReport;
+use crate::engine::quality::QualityReport;
 use crate::engine::time::rfc3339;
 use crate::engine::{FeatureReport, ModelReport, MovedBin, VerdictReport, WindowReport};
 
@@ -210,13 +211,19 @@ pub fn index(
     }
 }
 
-/// One model: its health, then every window's distributions, drifted first.
-pub fn model(
-    m: &ModelReport,
-    health: Option<&HealthReport>,
-    experiments: &ExperimentReport,
-    out: &mut String,
-) {
+/// What the model page shows beside its windows.
+#[derive(Clone, Copy)]
+pub struct Beside<'a> {
+    pub health: Option<&'a HealthReport>,
+    pub experiments: &'a ExperimentReport,
+    /// Every (model, arm)'s quality; the model's are picked out.
+    pub quality: &'a [QualityReport],
+}
+
+/// One model: its health and quality, then every window's distributions,
+/// drifted first.
+pub fn model(m: &ModelReport, beside: Beside<'_>, out: &mut String) {
+    let (health, experiments) = (beside.health, beside.experiments);
     let _ = write!(
         out,
         "<article class=\"model\" id=\"model-{}\" data-model=\"{}\"><h2>{}</h2><p>baseline {} · {} events · window {}</p>",
@@ -231,6 +238,7 @@ pub fn model(
         health_table(h, out);
     }
     arms_table(&m.model, experiments, out);
+    quality_section(&m.model, beside.quality, out);
     window_section("", &m.all, out);
     if let Some(l) = &m.latency {
         window_section("latency", l, out);
@@ -332,6 +340,138 @@ fn arms_table(model: &str, x: &ExperimentReport, out: &mut String) {
         );
     }
     out.push_str("</table>");
+}
+
+/// Realized accuracy (from labels), the estimate (from confidences) with
+/// its interval, and the reference, per arm: a table and, per row, a scale
+/// that puts the three side by side.
+fn quality_section(model: &str, all: &[QualityReport], out: &mut String) {
+    let rows: Vec<&QualityReport> = all.iter().filter(|q| q.model == model).collect();
+    if rows.is_empty() {
+        return;
+    }
+    out.push_str("<section class=\"quality\"><h3>quality</h3><table class=\"quality\"><tr><th>arm</th><th>labelled</th><th>accuracy</th><th>newest labelled</th><th>estimated</th><th>reference</th><th></th><th>ECE</th><th>MAE / RMSE</th><th>AccuracyDrop</th><th>EstimatedAccuracyDrop</th></tr>");
+    for q in &rows {
+        let arm = q.arm.as_deref().unwrap_or("(model)");
+        let est = q.estimate.map_or("–".into(), |e| {
+            format!(
+                "{} [{}, {}]{}",
+                pct(Some(e.accuracy)),
+                pct(Some(e.lower)),
+                pct(Some(e.upper)),
+                if e.calibrated {
+                    ""
+                } else {
+                    " <small>uncalibrated</small>"
+                }
+            )
+        });
+        let reference = q.reference.map_or("–".into(), |r| {
+            format!(
+                "{} realized · {} estimated",
+                pct(r.accuracy),
+                pct(r.estimated)
+            )
+        });
+        let ece = format!(
+            "{} (ref {})",
+            q.ece.map_or("–".into(), fmt),
+            q.reference.and_then(|r| r.ece).map_or("–".into(), fmt)
+        );
+        let err = match (q.mae, q.rmse) {
+            (Some(a), Some(b)) => format!("{} / {}", fmt(a), fmt(b)),
+            _ => "–".into(),
+        };
+        let _ = write!(
+            out,
+            "<tr data-arm=\"{}\"><td>{}</td><td>{} of {}</td><td class=\"accuracy\">{}</td><td>{}</td><td class=\"estimate\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"{a}\">{a}</td><td class=\"{e}\">{e}</td></tr>",
+            esc(q.arm.as_deref().unwrap_or("")),
+            esc(arm),
+            q.labelled,
+            q.predictions,
+            pct(q.accuracy),
+            q.recent.map_or("–".into(), |r| format!("{} of {}", pct(Some(r.accuracy)), r.labelled)),
+            est,
+            reference,
+            quality_scale(q),
+            ece,
+            err,
+            a = state_class(q.accuracy_drop),
+            e = state_class(q.estimated_accuracy_drop),
+        );
+    }
+    out.push_str("</table>");
+    for q in rows.iter().filter(|q| !q.classes.is_empty()) {
+        let _ = write!(
+            out,
+            "<table class=\"classes\"><caption>per class{}</caption><tr><th>class</th><th>support</th><th>precision</th><th>recall</th></tr>",
+            q.arm.as_deref().map(|a| format!(", arm {}", esc(a))).unwrap_or_default()
+        );
+        for c in &q.classes {
+            let _ = write!(
+                out,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&c.class),
+                c.support,
+                pct(c.precision),
+                pct(c.recall)
+            );
+        }
+        out.push_str("</table>");
+    }
+    out.push_str("</section>");
+}
+
+/// A 160×16 scale of accuracy: the reference as a line, the estimate's
+/// interval as a bar with its point, the realized accuracy as a dot.
+fn quality_scale(q: &QualityReport) -> String {
+    let r = q.reference;
+    let values: Vec<f64> = [
+        r.and_then(|r| r.accuracy),
+        r.and_then(|r| r.estimated),
+        q.accuracy,
+        q.estimate.map(|e| e.lower),
+        q.estimate.map(|e| e.upper),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if values.is_empty() {
+        return String::new();
+    }
+    let lo = values.iter().cloned().fold(1.0, f64::min) - 0.02;
+    let hi = values.iter().cloned().fold(0.0, f64::max) + 0.02;
+    let x = |v: f64| 4.0 + 152.0 * (v - lo) / (hi - lo).max(1e-9);
+    let mut svg = format!(
+        "<svg class=\"qscale\" width=\"160\" height=\"16\" viewBox=\"0 0 160 16\"><title>{} to {}</title>",
+        pct(Some(lo.max(0.0))),
+        pct(Some(hi.min(1.0)))
+    );
+    if let Some(e) = q.estimate {
+        let _ = write!(
+            svg,
+            "<rect class=\"interval\" x=\"{:.1}\" y=\"5\" width=\"{:.1}\" height=\"6\" fill=\"#9ecae1\"/><line x1=\"{e:.1}\" x2=\"{e:.1}\" y1=\"3\" y2=\"13\" stroke=\"#08519c\" stroke-width=\"2\"/>",
+            x(e.lower),
+            (x(e.upper) - x(e.lower)).max(1.0),
+            e = x(e.accuracy)
+        );
+    }
+    if let Some(a) = r.and_then(|r| r.estimated.or(r.accuracy)) {
+        let _ = write!(
+            svg,
+            "<line class=\"reference\" x1=\"{a:.1}\" x2=\"{a:.1}\" y1=\"0\" y2=\"16\" stroke=\"#333\" stroke-dasharray=\"2,2\"/>",
+            a = x(a)
+        );
+    }
+    if let Some(a) = q.accuracy {
+        let _ = write!(
+            svg,
+            "<circle class=\"realized\" cx=\"{:.1}\" cy=\"8\" r=\"3.5\" fill=\"#d62728\"/>",
+            x(a)
+        );
+    }
+    svg.push_str("</svg>");
+    svg
 }
 
 /// Each kept score over the last day as a line, with the thresholds in

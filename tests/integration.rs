@@ -10,6 +10,7 @@
 
 mod common;
 
+mod accuracy_drop_reaches_alertmanager;
 mod admin_api_requires_a_token;
 mod alert_events_reach_kafka_and_webhook;
 mod alerts_survive_alertmanager_outage;

@@ -116,3 +116,29 @@ fn auto_catches_a_5pct_new_category_within_a_window() {
     let r = drift(Mode::Auto, "new_category_5pct");
     assert!(r.caught, "{}", describe(r));
 }
+
+/// The quality targets on the quick set: the estimate within 0.02
+/// of the realized accuracy (mean over 2,000-prediction windows) with and
+/// without a covariate shift, a 5-point drop seen by the estimate within
+/// one window and by 6-hour-late labels only after they come, and no
+/// quality verdict without a drop.
+#[test]
+fn quality_estimate_is_close_and_drops_are_seen_in_time() {
+    let q = &report().quality;
+    assert!(q.reference_labelled >= 40_000, "{q:?}");
+    assert_eq!(q.estimate.len(), 2, "{q:?}");
+    for e in &q.estimate {
+        assert!(e.windows >= 5 && e.mean_predictions > 1_800.0, "{e:?}");
+        assert!(e.mean_abs_error < 0.02, "{e:?}");
+        assert!(e.covered * 10 >= e.windows * 8, "{e:?}");
+    }
+    let d = &q.detection;
+    let estimated = d.estimated_s.unwrap_or_else(|| panic!("{d:?}"));
+    assert!(estimated <= 600.0, "within one 10-minute window: {d:?}");
+    let realized = d.realized_s.unwrap_or_else(|| panic!("{d:?}"));
+    let earliest = (d.label_delay_s - 30 * 60) as f64;
+    assert!(realized >= earliest && realized <= earliest + 3600.0, "{d:?}");
+    assert_eq!(d.before, 0, "{d:?}");
+    let f = &q.false_alarms;
+    assert_eq!((f.estimated, f.realized), (0, 0), "{f:?}");
+}

@@ -63,6 +63,7 @@ fn shipped_baselines_are_built_from_the_reference() {
             "features",
             "prediction",
             "confidence",
+            "quality",
             "schema_version",
         ] {
             assert_eq!(fresh[k], shipped[k], "{model}: {k}");

@@ -10,7 +10,7 @@
 //! | `GET /metrics` | Prometheus text format: the registry, and the gauges of the last evaluation |
 //! | `GET /livez` | 200 while the process serves HTTP; never depends on Kafka |
 //! | `GET /readyz` | 200 when baselines are loaded, partitions assigned and a broker reachable; 503 with the reasons otherwise |
-//! | `GET /api/v1/drift[?model=M]` | current scores, states and sample counts per model and feature (with `model`, also every bin's baseline and window counts); error rates, deploys, latency percentiles and batch statistics (`health`); feedback per arm and arm comparisons (`experiments`) (JSON) |
+//! | `GET /api/v1/drift[?model=M]` | current scores, states and sample counts per model and feature (with `model`, also every bin's baseline and window counts); error rates, deploys, latency percentiles and batch statistics (`health`); feedback per arm and arm comparisons (`experiments`); realized and estimated accuracy per model and arm (`quality`) and the label join (`label_join`) (JSON) |
 //! | `GET /[?q=NAME&page=N]` | the drift page: every model, what fires first, 50 a page, filtered by name; refreshes itself (HTML) |
 //! | `GET /model/<name>` | one model's page: health, then each distribution's scores, thresholds, the bins that moved, and its baseline and window shares side by side (HTML and SVG) |
 //! | `GET /api/v1/status` | consumption counters: messages, events per model, partitions, lag (small JSON; what `driftd bench` polls) |
@@ -265,7 +265,12 @@ async fn page_model(State(s): State<AdminState>, Path(name): Path<String>) -> Re
         body.push_str("<p id=\"waiting\"><small>bins and score history appear with the next evaluation (a model whose bins would pass 256 KiB shows its scores only)</small></p>");
     }
     let m = detail.or(known).expect("known");
-    view::model(m, health, &snap.report.experiments, &mut body);
+    let beside = view::Beside {
+        health,
+        experiments: &snap.report.experiments,
+        quality: &snap.report.quality,
+    };
+    view::model(m, beside, &mut body);
     // Until the bars are there, look again soon.
     let refresh = if detail.is_some() { PAGE_REFRESH_S } else { 2 };
     html(
@@ -298,9 +303,15 @@ async fn drift(State(s): State<AdminState>, Query(q): Query<DriftQuery>) -> Resp
     let x = &snap.report.experiments;
     let arms: Vec<_> = x.arms.iter().filter(|a| wanted(&a.model)).collect();
     let comparisons: Vec<_> = x.comparisons.iter().filter(|c| wanted(&c.model)).collect();
+    let quality: Vec<_> = snap
+        .report
+        .quality
+        .iter()
+        .filter(|r| wanted(&r.model))
+        .collect();
     if let (Some(want), true) = (
         &q.model,
-        models.is_empty() && health.is_empty() && arms.is_empty(),
+        models.is_empty() && health.is_empty() && arms.is_empty() && quality.is_empty(),
     ) {
         return (
             StatusCode::NOT_FOUND,
@@ -313,6 +324,12 @@ async fn drift(State(s): State<AdminState>, Query(q): Query<DriftQuery>) -> Resp
         "models": models,
         "health": health,
         "experiments": {"arms": arms, "comparisons": comparisons},
+        "quality": quality,
+        "label_join": {
+            "outcomes": snap.report.label_stats,
+            "waiting": {"predictions": snap.report.label_waiting.0, "labels": snap.report.label_waiting.1},
+            "sample_rate": snap.report.label_sample_rate,
+        },
     }))
     .into_response()
 }

@@ -135,6 +135,9 @@ pub struct Metrics {
     batches: IntCounterVec,
     join: IntCounterVec,
     join_waiting: IntGaugeVec,
+    labels: IntCounterVec,
+    labels_waiting: IntGaugeVec,
+    label_sample: prometheus::Gauge,
     refused: IntCounterVec,
     // What was exported last time, to remove the counters of models that
     // went away and to turn cumulative totals into counter increments.
@@ -144,6 +147,7 @@ pub struct Metrics {
     prev_reloads: (u64, u64),
     prev_records: [u64; RecordKind::ALL.len()],
     prev_join: crate::engine::experiment::JoinStats,
+    prev_labels: crate::engine::quality::LabelStats,
     prev_refused: crate::engine::health::HealthStats,
 }
 
@@ -193,6 +197,21 @@ const JOIN_OUTCOMES: [&str; 10] = [
     "late_feedback",
     "refused",
     "before_feedback",
+];
+
+const LABEL_OUTCOMES: [&str; 12] = [
+    "matched",
+    "matched_early",
+    "late",
+    "orphan",
+    "duplicate",
+    "unlabelled",
+    "evicted_prediction",
+    "evicted_label",
+    "sampled_out",
+    "refused",
+    "before_labels",
+    "mismatched_kind",
 ];
 
 const REFUSED: [&str; 5] = ["models", "stages", "batch_stats", "late", "lineages"];
@@ -279,6 +298,13 @@ impl Metrics {
             batches: counter_vec(r, "driftd_batches_total", "Batch statistics lines per model", &["model"])?,
             join: counter_vec(r, "driftd_feedback_join_total", "What the feedback join did, by outcome", &["outcome"])?,
             join_waiting: int_gauge_vec(r, "driftd_feedback_join_waiting", "Predictions waiting for feedback, and feedback waiting for its prediction", &["side"])?,
+            labels: counter_vec(r, "driftd_label_join_total", "What the label join did, by outcome (quality: ground truth joined to predictions by request id)", &["outcome"])?,
+            labels_waiting: int_gauge_vec(r, "driftd_label_join_waiting", "Predictions waiting for their label, and labels waiting for their prediction", &["side"])?,
+            label_sample: {
+                let g = prometheus::Gauge::new("driftd_label_join_sample_ratio", "Share of requests the label join keeps: 1 until the predictions waiting reach quality.max_pending, then a hash sample (1/2, 1/4 ...) that prediction and label agree on")?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
             refused: counter_vec(r, "driftd_health_refused_total", "What the health caps refused or dropped, by what", &["what"])?,
             prev_series: HashSet::new(),
             prev_totals: BTreeMap::new(),
@@ -286,6 +312,7 @@ impl Metrics {
             prev_reloads: (0, 0),
             prev_records: [0; RecordKind::ALL.len()],
             prev_join: Default::default(),
+            prev_labels: Default::default(),
             prev_refused: Default::default(),
         };
         // Fixed label sets exist from the start, so rates work from zero.
@@ -310,6 +337,10 @@ impl Metrics {
         for o in JOIN_OUTCOMES {
             m.join.with_label_values(&[o]);
         }
+        for o in LABEL_OUTCOMES {
+            m.labels.with_label_values(&[o]);
+        }
+        m.label_sample.set(1.0);
         for w in REFUSED {
             m.refused.with_label_values(&[w]);
         }
@@ -369,6 +400,7 @@ impl Metrics {
         self.memory_reserved.set(s.memory.0 as i64);
         self.memory_limit.set(s.memory.1.map_or(-1, |l| l as i64));
         self.update_join(&s.report);
+        self.update_labels(&s.report);
         self.update_health_refused(&s.report.health_stats);
         self.remove_gone(seen);
     }
@@ -439,6 +471,42 @@ impl Metrics {
         self.memory_refused
             .inc_by(st.memory_refused.saturating_sub(p.memory_refused));
         self.prev_stats = st.clone();
+    }
+
+    /// What the label join did, what waits in it, and its sample.
+    fn update_labels(&mut self, r: &Report) {
+        let (j, pj) = (&r.label_stats, &self.prev_labels);
+        for (o, now, before) in [
+            ("matched", j.matched, pj.matched),
+            ("matched_early", j.matched_early, pj.matched_early),
+            ("late", j.late, pj.late),
+            ("orphan", j.orphan, pj.orphan),
+            ("duplicate", j.duplicate, pj.duplicate),
+            ("unlabelled", j.unlabelled, pj.unlabelled),
+            (
+                "evicted_prediction",
+                j.evicted_predictions,
+                pj.evicted_predictions,
+            ),
+            ("evicted_label", j.evicted_labels, pj.evicted_labels),
+            ("sampled_out", j.sampled_out, pj.sampled_out),
+            ("refused", j.refused, pj.refused),
+            ("before_labels", j.before_labels, pj.before_labels),
+            ("mismatched_kind", j.mismatched_kind, pj.mismatched_kind),
+        ] {
+            self.labels
+                .with_label_values(&[o])
+                .inc_by(now.saturating_sub(before));
+        }
+        self.prev_labels = j.clone();
+        let (preds, labels) = r.label_waiting;
+        self.labels_waiting
+            .with_label_values(&["predictions"])
+            .set(preds as i64);
+        self.labels_waiting
+            .with_label_values(&["labels"])
+            .set(labels as i64);
+        self.label_sample.set(r.label_sample_rate);
     }
 
     /// What the feedback join did, and what waits in it.
@@ -741,7 +809,107 @@ fn gauges_text(r: &Report, scores: &[Metric], per_arm: bool) -> Vec<Bytes> {
         f.emit(&mut out);
     }
     health_text(r, &mut out);
+    quality_text(r, &mut out);
     out
+}
+
+/// Realized and estimated quality per (model, arm); `arm=""` is the model
+/// as a whole. Class names come from the baseline's bounded class set.
+fn quality_text(r: &Report, out: &mut Vec<Bytes>) {
+    let mut labelled = Family::new("driftd_quality_labelled_predictions", "Predictions in the quality window (quality.window, by prediction time) joined to their label");
+    let mut coverage = Family::new("driftd_quality_label_coverage_ratio", "Share of the quality window's predictions with a request id that have their label (within the join's sample)");
+    let mut accuracy = Family::new(
+        "driftd_quality_accuracy_ratio",
+        "Realized accuracy of the labelled predictions in the quality window",
+    );
+    let mut recent = Family::new("driftd_quality_recent_accuracy_ratio", "Realized accuracy of the newest labelled predictions adding up to quality.min_labels (what AccuracyDrop judges)");
+    let mut precision = Family::new(
+        "driftd_quality_precision_ratio",
+        "Realized precision per class (the baseline's classes) in the quality window",
+    );
+    let mut recall = Family::new(
+        "driftd_quality_recall_ratio",
+        "Realized recall per class (the baseline's classes) in the quality window",
+    );
+    let mut mae = Family::new("driftd_quality_mean_absolute_error", "Realized mean absolute error of a regression's labelled predictions, in the prediction's unit");
+    let mut rmse = Family::new("driftd_quality_root_mean_squared_error", "Realized root mean squared error of a regression's labelled predictions, in the prediction's unit");
+    let mut ece = Family::new("driftd_quality_calibration_error_ratio", "Expected calibration error (10 equal-width confidence bins) of the labelled predictions (of=\"window\") and of the labelled reference (of=\"reference\")");
+    let mut estimated = Family::new("driftd_quality_estimated_accuracy_ratio", "Accuracy estimated without labels from the drift window's confidences (CBPE), with its interval (bound=\"lower\"/\"upper\", quality.interval)");
+    let mut reference = Family::new("driftd_quality_reference_accuracy_ratio", "The baseline's accuracy: realized on its labelled reference (kind=\"realized\"), and the estimate applied to its confidences (kind=\"estimated\", what EstimatedAccuracyDrop compares with)");
+    let mut calibrated = Family::new("driftd_quality_estimate_calibrated", "1 when the estimate's confidences are calibrated by a labelled reference, 0 when they are raw");
+    let mut state = Family::new(
+        "driftd_quality_state",
+        "State of AccuracyDrop and EstimatedAccuracyDrop: 0 ok, 1 pending, 2 firing",
+    );
+    for q in &r.quality {
+        let (m, arm) = (q.model.as_str(), q.arm.as_deref().unwrap_or(""));
+        let base = [("arm", arm), ("model", m)];
+        labelled.sample(&base, q.labelled as f64);
+        if q.predictions > 0 {
+            coverage.sample(&base, (q.labelled as f64 / q.predictions as f64).min(1.0));
+        }
+        let put = |f: &mut Family, v: Option<f64>| {
+            if let Some(v) = v {
+                f.sample(&base, v);
+            }
+        };
+        put(&mut accuracy, q.accuracy);
+        put(&mut recent, q.recent.map(|x| x.accuracy));
+        put(&mut mae, q.mae);
+        put(&mut rmse, q.rmse);
+        for c in &q.classes {
+            let l = [("arm", arm), ("class", c.class.as_str()), ("model", m)];
+            if let Some(v) = c.precision {
+                precision.sample(&l, v);
+            }
+            if let Some(v) = c.recall {
+                recall.sample(&l, v);
+            }
+        }
+        if let Some(v) = q.ece {
+            ece.sample(&[("arm", arm), ("model", m), ("of", "window")], v);
+        }
+        if let Some(e) = q.estimate {
+            for (bound, v) in [
+                ("estimate", e.accuracy),
+                ("lower", e.lower),
+                ("upper", e.upper),
+            ] {
+                estimated.sample(&[("arm", arm), ("bound", bound), ("model", m)], v);
+            }
+            calibrated.sample(&base, f64::from(u8::from(e.calibrated)));
+        }
+        if q.arm.is_none() {
+            if let Some(x) = q.reference {
+                for (kind, v) in [("estimated", x.estimated), ("realized", x.accuracy)] {
+                    if let Some(v) = v {
+                        reference.sample(&[("kind", kind), ("model", m)], v);
+                    }
+                }
+                if let Some(v) = x.ece {
+                    ece.sample(&[("arm", ""), ("model", m), ("of", "reference")], v);
+                }
+            }
+        }
+        for (name, s) in [
+            (crate::engine::quality::ACCURACY_DROP, q.accuracy_drop),
+            (
+                crate::engine::quality::ESTIMATED_ACCURACY_DROP,
+                q.estimated_accuracy_drop,
+            ),
+        ] {
+            state.sample(
+                &[("arm", arm), ("condition", name), ("model", m)],
+                s.gauge() as f64,
+            );
+        }
+    }
+    for f in [
+        labelled, coverage, accuracy, recent, precision, recall, mae, rmse, ece, estimated,
+        reference, calibrated, state,
+    ] {
+        f.emit(out);
+    }
 }
 
 /// The health and experiment gauges.

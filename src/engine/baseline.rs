@@ -186,6 +186,10 @@ pub struct Baseline {
     /// by stage (`total_latency_ms` ...); compared like numeric features.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub latency: Vec<FeatureBaseline>,
+    /// The reference's quality and the confidence calibration (see
+    /// [`crate::engine::quality`]); absent in baselines built before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<crate::engine::quality::QualityBaseline>,
 }
 
 /// What can go wrong with baseline files. Each names the file.
@@ -247,6 +251,9 @@ impl Baseline {
                 problems.push(format!("feature {:?} appears twice", f.name));
             }
             validate_feature(f, &mut problems);
+        }
+        if let Some(q) = &self.quality {
+            q.validate(self.confidence.as_ref(), &mut problems);
         }
         let mut stages = HashMap::new();
         for f in &self.latency {
@@ -970,6 +977,8 @@ pub struct BaselineBuilder {
     batch_prediction: FeatureAcc,
     batch_events: u64,
     latency: Vec<(String, FeatureAcc)>,
+    /// Confidences, and predictions joined to labels: the calibration.
+    quality: crate::engine::quality::CalibrationBuilder,
     /// Features beyond [`BuildLimits::features`], ignored.
     pub dropped_features: u64,
     limits: BuildLimits,
@@ -1043,6 +1052,7 @@ impl BaselineBuilder {
             batch_prediction: FeatureAcc::default(),
             batch_events: 0,
             latency: Vec::new(),
+            quality: Default::default(),
             dropped_features: 0,
         }
     }
@@ -1131,8 +1141,19 @@ impl BaselineBuilder {
         if let Some(c) = ev.confidence {
             self.confidence
                 .add(&FeatureValue::Num(c), &self.limits, &mut self.rng);
+            self.quality.confidence(c);
         }
         self.add_stages(&ev.stages);
+    }
+
+    /// One of this model's predictions joined to its label (see
+    /// [`crate::engine::quality::LabelJoin`]).
+    pub fn add_labelled(
+        &mut self,
+        p: &crate::engine::quality::Pred,
+        truth: crate::engine::quality::Truth,
+    ) {
+        self.quality.labelled(p, truth);
     }
 
     /// The finished baseline; `now_ms` stamps it.
@@ -1182,6 +1203,7 @@ impl BaselineBuilder {
             binning: *binning,
             features,
             prediction,
+            quality: self.quality.finish(confidence.as_ref().map(|c| &c.bins)),
             confidence,
             latency,
         };

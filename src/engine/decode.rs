@@ -21,6 +21,7 @@ use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
 
+use crate::engine::quality::Truth;
 use chrono::{FixedOffset, NaiveDate, NaiveDateTime, TimeZone};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
@@ -76,14 +77,21 @@ pub enum Skip {
     NoInferenceFields,
     /// A feedback line without a request id: nothing to join it to.
     FeedbackWithoutRequestId,
+    /// A label line (ground truth) without a request id.
+    LabelWithoutRequestId,
 }
 
 impl Skip {
-    pub const ALL: [Skip; 2] = [Skip::NoInferenceFields, Skip::FeedbackWithoutRequestId];
+    pub const ALL: [Skip; 3] = [
+        Skip::NoInferenceFields,
+        Skip::FeedbackWithoutRequestId,
+        Skip::LabelWithoutRequestId,
+    ];
     pub fn as_str(self) -> &'static str {
         match self {
             Skip::NoInferenceFields => "no_inference_fields",
             Skip::FeedbackWithoutRequestId => "feedback_without_request_id",
+            Skip::LabelWithoutRequestId => "label_without_request_id",
         }
     }
 }
@@ -100,14 +108,17 @@ pub enum RecordKind {
     Feedback,
     /// `"Batch data and prediction statistics"`: `input_stats`, `prediction_stats`.
     BatchStats,
+    /// Ground truth for a request: a request id and the true outcome.
+    Label,
 }
 
 impl RecordKind {
-    pub const ALL: [RecordKind; 4] = [
+    pub const ALL: [RecordKind; 5] = [
         RecordKind::Timing,
         RecordKind::Error,
         RecordKind::Feedback,
         RecordKind::BatchStats,
+        RecordKind::Label,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -115,6 +126,7 @@ impl RecordKind {
             RecordKind::Error => "error",
             RecordKind::Feedback => "feedback",
             RecordKind::BatchStats => "batch_stats",
+            RecordKind::Label => "label",
         }
     }
 }
@@ -304,6 +316,9 @@ pub struct Record<'a> {
     pub class_counts: Vec<(Cow<'a, str>, u64)>,
     /// `prediction_stats.avg_confidence`.
     pub avg_confidence: Option<f64>,
+    /// A label line's true outcome: a class by its hash (the raw value is
+    /// never kept) or a value.
+    pub truth: Option<Truth>,
 }
 
 /// What [`Decoder::decode`] makes of a line.
@@ -392,6 +407,10 @@ pub struct FieldMapping {
     pub action: Pointer,
     /// Time of a feedback line without the envelope's timestamp.
     pub feedback_time: Pointer,
+    /// The true outcome of a request; its presence makes a line a label.
+    pub ground_truth: Pointer,
+    /// Time of a label line without the envelope's timestamp.
+    pub label_time: Pointer,
     pub input_stats: Pointer,
     pub class_counts: Pointer,
     pub avg_confidence: Pointer,
@@ -429,6 +448,8 @@ impl Default for FieldMapping {
             error_type: p("/error_type"),
             action: p("/action"),
             feedback_time: p("/feedback_timestamp"),
+            ground_truth: p("/ground_truth"),
+            label_time: p("/label_timestamp"),
             input_stats: p("/input_stats"),
             class_counts: p("/prediction_stats/class_counts"),
             avg_confidence: p("/prediction_stats/avg_confidence"),
@@ -517,6 +538,8 @@ enum Role {
     ErrorType,
     Action,
     FeedbackTime,
+    GroundTruth,
+    LabelTime,
     InputStats,
     ClassCounts,
     AvgConfidence,
@@ -585,6 +608,9 @@ struct Collect<'a> {
     /// `Some(None)`: an action that is not a usable name.
     action: Option<Option<Cow<'a, str>>>,
     feedback_time: Option<EventTime>,
+    /// `Some(None)`: a truth that is no usable class or value.
+    truth: Option<Option<Truth>>,
+    label_time: Option<EventTime>,
     batch_time: Option<EventTime>,
     stages: Vec<(Cow<'a, str>, f64)>,
     input_stats: Option<Vec<(Cow<'a, str>, f64)>>,
@@ -611,6 +637,8 @@ impl Decoder {
         trie.insert(m.error_type.tokens(), Role::ErrorType);
         trie.insert(m.action.tokens(), Role::Action);
         trie.insert(m.feedback_time.tokens(), Role::FeedbackTime);
+        trie.insert(m.ground_truth.tokens(), Role::GroundTruth);
+        trie.insert(m.label_time.tokens(), Role::LabelTime);
         trie.insert(m.input_stats.tokens(), Role::InputStats);
         trie.insert(m.class_counts.tokens(), Role::ClassCounts);
         trie.insert(m.avg_confidence.tokens(), Role::AvgConfidence);
@@ -715,6 +743,8 @@ impl Decoder {
         // statistics, error lines an error level, timing lines stages.
         let kind = if inference {
             None
+        } else if c.truth.is_some() {
+            Some(RecordKind::Label)
         } else if has_action {
             Some(RecordKind::Feedback)
         } else if c.input_stats.is_some() || c.class_counts.is_some() || c.avg_confidence.is_some()
@@ -734,12 +764,19 @@ impl Decoder {
             None if kind == Some(RecordKind::Feedback) => {
                 return self.feedback(None, c.request_id, c.action, time, c.feedback_time);
             }
+            // Labels, likewise, name their request; a model is optional.
+            None if kind == Some(RecordKind::Label) => {
+                return label(None, c.request_id, c.truth, time, c.label_time);
+            }
             None if invalid_model => return Decoded::Rejected(Reject::InvalidModel),
             None => return Decoded::Rejected(Reject::MissingModel),
         };
         if let Some(kind) = kind {
             if kind == RecordKind::Feedback {
                 return self.feedback(Some(model), c.request_id, c.action, time, c.feedback_time);
+            }
+            if kind == RecordKind::Label {
+                return label(Some(model), c.request_id, c.truth, time, c.label_time);
             }
             let time = match (time, c.batch_time) {
                 (EventTime::Parsed(_), _) | (_, None) => time,
@@ -760,6 +797,7 @@ impl Decoder {
                 input_stats: c.input_stats.unwrap_or_default(),
                 class_counts: c.class_counts.unwrap_or_default(),
                 avg_confidence: c.avg_confidence,
+                truth: None,
             });
         }
         if !inference {
@@ -824,8 +862,45 @@ impl Decoder {
             input_stats: Vec::new(),
             class_counts: Vec::new(),
             avg_confidence: None,
+            truth: None,
         })
     }
+}
+
+/// A label line: joined to its prediction by request id, so one without
+/// an id is skipped (counted); one whose truth is unusable (an object, a
+/// string that is no valid name) is still a label, of a truth that matches
+/// nothing.
+fn label<'a>(
+    model: Option<Cow<'a, str>>,
+    request_id: Option<u64>,
+    truth: Option<Option<Truth>>,
+    time: EventTime,
+    label_time: Option<EventTime>,
+) -> Decoded<'a> {
+    let Some(request_id) = request_id else {
+        return Decoded::Skipped(Skip::LabelWithoutRequestId);
+    };
+    let time = match (time, label_time) {
+        (EventTime::Parsed(_), _) | (_, None) => time,
+        (_, Some(t)) => t,
+    };
+    Decoded::Record(Record {
+        kind: RecordKind::Label,
+        model,
+        service: None,
+        arm: None,
+        time,
+        level: None,
+        error_type: None,
+        request_id: Some(request_id),
+        action: None,
+        stages: Vec::new(),
+        input_stats: Vec::new(),
+        class_counts: Vec::new(),
+        avg_confidence: None,
+        truth: Some(truth.flatten().unwrap_or(Truth::Class(0))),
+    })
 }
 
 enum ParseFail {
@@ -881,6 +956,7 @@ impl Record<'_> {
             input_stats: own_pairs(self.input_stats),
             class_counts: own_pairs(self.class_counts),
             avg_confidence: self.avg_confidence,
+            truth: self.truth,
         }
     }
 }
@@ -1324,6 +1400,26 @@ impl<'a> Collect<'a> {
             }
             Role::BatchTime => {
                 self.batch_time = Some(event_time(v, cfg.local_offset, EventTime::Invalid));
+            }
+            Role::LabelTime => {
+                self.label_time = Some(event_time(v, cfg.local_offset, EventTime::Invalid));
+            }
+            Role::GroundTruth => {
+                // Compared like a prediction: a class by the hash of its
+                // name (an integer or bool by its text), a float as a value.
+                self.truth = match v {
+                    Scalar::Str(s) if valid_name(&s) => Some(Some(Truth::Class(feature_hash(&s)))),
+                    Scalar::Bool(b) => Some(Some(Truth::Class(feature_hash(bool_str(b))))),
+                    Scalar::Int(i) => {
+                        Some(Some(Truth::Number(feature_hash(&i.to_string()), i as f64)))
+                    }
+                    Scalar::UInt(u) => {
+                        Some(Some(Truth::Number(feature_hash(&u.to_string()), u as f64)))
+                    }
+                    Scalar::Float(f) if f.is_finite() => Some(Some(Truth::Value(f))),
+                    Scalar::Null => None,
+                    _ => Some(None),
+                };
             }
             Role::AvgConfidence => self.avg_confidence = probability(&v),
             Role::Features | Role::InputStats | Role::ClassCounts | Role::Stage => {

@@ -16,6 +16,7 @@ pub mod health;
 pub mod history;
 pub(crate) mod memory;
 mod pipeline;
+pub mod quality;
 pub mod threshold;
 pub(crate) mod time;
 pub mod window;

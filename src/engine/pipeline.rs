@@ -16,7 +16,9 @@ use rustc_hash::FxHashMap;
 
 use serde::Serialize;
 
-use crate::engine::baseline::{Baseline, BaselineBuilder, Binning, BuildLimits, Layout, SlotRole};
+use crate::engine::baseline::{
+    Baseline, BaselineBuilder, Binning, Bins, BuildLimits, Layout, SlotRole,
+};
 use crate::engine::compare::{self, CompareOptions, Metric, Scores};
 use crate::engine::decode::{
     DecodeConfig, DecodeStats, Decoded, Decoder, Event, EventTime, FeatureValue, Prediction,
@@ -30,6 +32,9 @@ use crate::engine::health::version_base;
 use crate::engine::health::{Health, HealthConfig, HealthReport, Observation};
 use crate::engine::history::{History, Worse};
 use crate::engine::memory::{self, human, Budget, Plan};
+use crate::engine::quality::{
+    self as q, Judged, PredictedAs, Quality, QualityConfig, QualityReport,
+};
 use crate::engine::threshold::{self, NullCache, Quantiles};
 use crate::engine::window::{Inserted, Window, WindowSpec, WindowState};
 
@@ -63,6 +68,8 @@ pub struct EngineConfig {
     pub health: HealthConfig,
     /// The feedback join and arm comparison.
     pub experiments: ExperimentConfig,
+    /// The label join, realized and estimated quality.
+    pub quality: QualityConfig,
     /// Panes per window at most: a longer window gets longer panes
     /// ([`WindowSpec::capped`]), so memory does not grow with its length.
     pub max_panes: usize,
@@ -133,6 +140,7 @@ impl Default for EngineConfig {
             auto_baseline: None,
             health: HealthConfig::default(),
             experiments: ExperimentConfig::default(),
+            quality: QualityConfig::default(),
             max_panes: DEFAULT_MAX_PANES,
             arm_max_panes: DEFAULT_ARM_MAX_PANES,
             max_memory: None,
@@ -306,6 +314,26 @@ impl EngineConfig {
                 cfg.experiments.join_bytes(),
             );
         }
+        if cfg.quality.enabled {
+            let q = &cfg.quality;
+            let slots = n * (q.slot_bytes(true) + arms_each * q.slot_bytes(false));
+            p.push(
+                "realized quality",
+                format!(
+                    "{n} models × (1 + {arms_each} arms) × {} panes of labelled counts",
+                    q.panes
+                ),
+                slots,
+            );
+            p.push(
+                "label join",
+                format!(
+                    "{} predictions and {} labels waiting at most (then a hash sample)",
+                    q.max_pending, q.max_early
+                ),
+                q.join_bytes(),
+            );
+        }
         if cfg.auto_baseline.is_some() {
             p.push(
                 "automatic baselines being collected",
@@ -355,6 +383,12 @@ impl EngineConfig {
         self.health.max_models = self.max_models;
         self.experiments.max_models = self.max_models;
         self.experiments.max_arms_per_model = self.max_arms_per_model;
+        self.quality.max_models = self.max_models;
+        self.quality.max_arms_per_model = if self.per_arm {
+            self.max_arms_per_model
+        } else {
+            0
+        };
     }
 }
 
@@ -499,6 +533,70 @@ impl ModelState {
     }
 }
 
+/// The model's class set for per-class quality: the baseline's
+/// prediction categories, the first `max` of them.
+fn classes_of(layout: &Layout, max: usize) -> Arc<[(Box<str>, u64)]> {
+    match layout.baseline.prediction.as_ref().map(|p| &p.bins) {
+        Some(Bins::Categorical { categories }) => categories
+            .iter()
+            .take(max)
+            .map(|c| (c.as_str().into(), crate::engine::decode::feature_hash(c)))
+            .collect(),
+        _ => Arc::from(Vec::new()),
+    }
+}
+
+/// What a (model, arm)'s quality is judged against: the baseline's
+/// quality (or, without one, raw confidences on its confidence bins) and
+/// the estimate from the drift window's confidence counts, when the model
+/// has a window (labels may come long after its last prediction).
+fn judge_quality(
+    layouts: &FxHashMap<Box<str>, Arc<Layout>>,
+    models: &FxHashMap<Box<str>, ModelState>,
+    model: &str,
+    arm: Option<&str>,
+    level: f64,
+) -> Option<Judged> {
+    let layout = layouts.get(model)?;
+    let b = &layout.baseline;
+    let conf = b.confidence.as_ref();
+    let stored = b.quality.clone();
+    let calibration = stored
+        .clone()
+        .filter(|x| !x.mean_confidence.is_empty())
+        .or_else(|| conf.and_then(|c| q::QualityBaseline::uncalibrated(&c.bins)));
+    let estimated = calibration
+        .as_ref()
+        .zip(conf)
+        .and_then(|(cal, c)| q::estimate(&c.counts, cal, level))
+        .map(|e| e.accuracy);
+    let reference = q::Reference {
+        accuracy: stored.as_ref().and_then(|x| x.accuracy),
+        estimated,
+        ece: stored.as_ref().and_then(|x| x.ece),
+        mae: stored.as_ref().and_then(|x| x.mae),
+        labelled: stored.as_ref().map_or(0, |x| x.labelled),
+        calibrated: calibration.as_ref().is_some_and(|c| c.calibrated()),
+    };
+    let window = models.get(model).and_then(|m| match arm {
+        None => Some(&m.all),
+        Some(a) => m.arms.iter().find(|(n, _)| **n == *a).map(|(_, t)| t),
+    });
+    // The window's own layout: its bins are the baseline's in force.
+    let estimate = match (&calibration, window) {
+        (Some(cal), Some(t)) => t
+            .window
+            .layout()
+            .confidence
+            .and_then(|slot| q::estimate(t.window.slot_counts(slot), cal, level)),
+        _ => None,
+    };
+    Some(Judged {
+        reference,
+        estimate,
+    })
+}
+
 /// Sources remembered per model.
 const MAX_SOURCES: usize = 64;
 
@@ -519,9 +617,11 @@ pub struct Engine {
     source: Option<u32>,
     pub health: Health,
     pub experiments: Experiments,
+    pub quality: Quality,
     /// What the last evaluation found beside drift (for reports and metrics).
     last_health: Vec<HealthReport>,
     last_experiments: ExperimentReport,
+    last_quality: Vec<QualityReport>,
     /// Transitions made outside an evaluation (resolves of forgotten
     /// models), handed out by the next one.
     pending: Vec<Transition>,
@@ -541,8 +641,10 @@ impl Engine {
         let mut e = Engine {
             health: Health::new(cfg.health.clone()),
             experiments: Experiments::new(cfg.experiments.clone()),
+            quality: Quality::new(cfg.quality.clone()),
             last_health: Vec::new(),
             last_experiments: ExperimentReport::default(),
+            last_quality: Vec::new(),
             pending: Vec::new(),
             cfg,
             decoder,
@@ -826,6 +928,7 @@ impl Engine {
                 );
                 if let Some(r) = ev.request_id {
                     self.predicted(&ev.model, ev.arm.as_deref(), r, th);
+                    self.quality_prediction(ev, r, th);
                 }
                 let out = self.insert(ev, t_ms, now_ms);
                 // A collected event's stages went into its automatic
@@ -859,10 +962,49 @@ impl Engine {
             .prediction(model, arm, request, t_ms, &mut admit);
     }
 
+    /// A prediction with a request id, for the label join: a model with a
+    /// baseline only (its class set bounds the per-class counts), within
+    /// the budget.
+    fn quality_prediction(&mut self, ev: &Event<'_>, request: u64, t_ms: i64) {
+        if !self.quality.joining() {
+            self.quality.join.stats.before_labels += 1;
+            return;
+        }
+        let predicted = match &ev.prediction {
+            Some(Prediction::Label(l)) => {
+                PredictedAs::Class(crate::engine::decode::feature_hash(l), ev.confidence)
+            }
+            Some(Prediction::Value(v)) => PredictedAs::Value(*v),
+            None => return,
+        };
+        let layout = self.layouts.get(ev.model.as_ref()).cloned();
+        let Some(layout) = layout else {
+            self.quality.join.stats.refused += 1;
+            return;
+        };
+        let max_classes = self.cfg.quality.max_classes;
+        let classes = || classes_of(&layout, max_classes);
+        let (budget, stats) = (&mut self.budget, &mut self.stats);
+        let mut admit = |bytes: usize| {
+            let ok = budget.try_reserve(bytes);
+            stats.memory_refused += u64::from(!ok);
+            ok
+        };
+        let arm = ev.arm.as_deref().filter(|_| self.cfg.per_arm);
+        self.quality.prediction(
+            &ev.model, arm, request, t_ms, predicted, &classes, &mut admit,
+        );
+    }
+
     fn record(&mut self, r: &Record<'_>, t_ms: i64, now_ms: i64) -> Outcome {
         let model = r.model.as_deref();
         let th = t_ms.min(now_ms);
         match (r.kind, model) {
+            (RecordKind::Label, _) => {
+                if let (Some(req), Some(truth)) = (r.request_id, r.truth) {
+                    self.quality.label(req, truth, th);
+                }
+            }
             (RecordKind::Feedback, _) => {
                 if let (Some(req), Some(a)) = (r.request_id, r.action.as_deref()) {
                     self.experiments.feedback(req, a, th);
@@ -1200,6 +1342,12 @@ impl Engine {
         let (exp, t) = self.experiments.evaluate(now_ms, &self.cfg.detect);
         self.last_experiments = exp;
         out.extend(t);
+        let (models, layouts, level) = (&self.models, &self.layouts, self.cfg.quality.interval);
+        let judged =
+            |model: &str, arm: Option<&str>| judge_quality(layouts, models, model, arm, level);
+        let (quality, t) = self.quality.evaluate(now_ms, &self.cfg.detect, &judged);
+        self.last_quality = quality;
+        out.extend(t);
         out
     }
 
@@ -1236,6 +1384,12 @@ impl Engine {
         );
         self.pending.extend(health);
         self.pending.extend(arms);
+        let (freed, t) = self.quality.expire_idle(now_ms, idle_ms);
+        self.budget.release(freed);
+        self.pending.extend(t);
+        let qm = &self.quality;
+        self.last_quality
+            .retain(|r| qm.has(&r.model, r.arm.as_deref()));
         // What the last evaluation reported about them goes too.
         let health = &self.health;
         self.last_health
@@ -1382,6 +1536,10 @@ impl Engine {
             health_stats: self.health.stats.clone(),
             join_stats: self.experiments.stats.clone(),
             join_waiting: self.experiments.waiting(),
+            quality: self.last_quality.clone(),
+            label_stats: self.quality.join.stats.clone(),
+            label_waiting: self.quality.join.waiting(),
+            label_sample_rate: self.quality.join.sample_rate(),
             versions: self.health.versions(),
         }
     }
@@ -1817,6 +1975,13 @@ pub struct Report {
     pub join_stats: crate::engine::experiment::JoinStats,
     /// (predictions, feedback lines) waiting in the join.
     pub join_waiting: (usize, usize),
+    /// Realized and estimated quality per (model, arm).
+    pub quality: Vec<QualityReport>,
+    pub label_stats: crate::engine::quality::LabelStats,
+    /// (predictions, labels) waiting in the label join.
+    pub label_waiting: (usize, usize),
+    /// The share of requests the label join keeps.
+    pub label_sample_rate: f64,
     /// (service, model, first seen ms) of every version seen.
     pub versions: Vec<(String, String, i64)>,
 }
@@ -2467,7 +2632,7 @@ mod tests {
         let arm = &r.experiments.arms[0];
         assert_eq!((arm.arm.as_str(), arm.predictions), ("control", 1));
         assert_eq!(arm.feedback[0], ("any".into(), 1));
-        assert_eq!(e.stats.decode.records, [1, 1, 1, 2]);
+        assert_eq!(e.stats.decode.records, [1, 1, 1, 2, 0]);
     }
 
     /// Timing lines three times slower than the reference's make the

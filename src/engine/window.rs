@@ -689,6 +689,7 @@ mod tests {
             }),
             confidence: None,
             latency: Vec::new(),
+            quality: None,
         };
         Arc::new(Layout::new(b))
     }

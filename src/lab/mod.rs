@@ -4,5 +4,6 @@ pub(crate) mod bench;
 pub(crate) mod demo;
 pub mod generate;
 pub(crate) mod harness;
+pub mod quality_suite;
 pub mod scenario;
 pub(crate) mod soak;

@@ -591,6 +591,8 @@ pub struct SuiteReport {
     pub setup: Setup,
     pub stationary: Vec<StationaryResult>,
     pub drift: Vec<DriftResult>,
+    /// The accuracy estimate, and quality drops seen with and without labels.
+    pub quality: crate::lab::quality_suite::QualitySuite,
     pub wall_s: f64,
 }
 
@@ -1082,6 +1084,10 @@ pub fn run(opts: &SuiteOptions) -> SuiteReport {
     };
     let threads = opts.threads.clamp(1, jobs.len().max(1));
     let (mut stationary, mut drift) = run_jobs(&ctx, &jobs, onset, threads, opts.progress);
+    let quality = crate::lab::quality_suite::run(opts.seed, opts.quick);
+    if let Some(p) = opts.progress {
+        p("quality scenarios done");
+    }
     // In table order: by size, scenario, then mode as asked.
     let mode_rank = |m: Mode| opts.modes.iter().position(|x| *x == m);
     stationary.sort_by_key(|r| (r.window_samples, r.min_samples_override, mode_rank(r.mode)));
@@ -1099,6 +1105,7 @@ pub fn run(opts: &SuiteOptions) -> SuiteReport {
         setup: setup(opts, &def, threads),
         stationary,
         drift,
+        quality,
         wall_s: began.elapsed().as_secs_f64(),
     }
 }
@@ -1213,6 +1220,7 @@ pub fn render_markdown(r: &SuiteReport) -> String {
     write_setup(&mut out, &r.setup);
     write_stationary_table(&mut out, r, &modes);
     write_drift_table(&mut out, r, &modes);
+    crate::lab::quality_suite::render_markdown(&r.quality, &mut out);
     if let Some(x) = r.drift.iter().find(|x| !x.run_with.is_empty()) {
         let _ = writeln!(
             out,
