@@ -3,7 +3,9 @@
 //! demo's /metrics (valid for promtool) has a firing state. The other
 //! analyses show too: the bad deploy raises ErrorSpikeAfterDeploy (errors and
 //! latency), its p99 raises LatencyP99High, and the arm with the lower
-//! click-through a significant ArmFeedbackDifference.
+//! click-through a significant ArmFeedbackDifference. And quality: the
+//! accuracy drop of recsys-v3 raises EstimatedAccuracyDrop from its
+//! confidences, and AccuracyDrop once its labels (20 s late) come.
 
 use std::io::BufRead;
 use std::sync::mpsc;
@@ -65,7 +67,7 @@ fn injected_drift_fires_and_is_exported() {
     let deadline = started + Duration::from_secs(70);
     let mut seen = Vec::new();
     // Every one of these must be printed as a line before the deadline.
-    let wanted: [(&str, &LinePredicate); 5] = [
+    let wanted: [(&str, &LinePredicate); 7] = [
         ("f00_amount or f01_country firing", &|l: &str| {
             l.contains("-> firing") && (l.contains("f00_amount") || l.contains("f01_country"))
         }),
@@ -81,6 +83,12 @@ fn injected_drift_fires_and_is_exported() {
         ("ArmFeedbackDifference on clicks", &|l: &str| {
             l.contains("ArmFeedbackDifference")
                 && l.contains("arm variant clicked_on_item -> firing")
+        }),
+        ("EstimatedAccuracyDrop before the labels", &|l: &str| {
+            l.contains(" EstimatedAccuracyDrop recsys-v3 -> firing")
+        }),
+        ("AccuracyDrop from the labels", &|l: &str| {
+            l.contains(" AccuracyDrop recsys-v3 -> firing")
         }),
     ];
     let mut found: Vec<Option<String>> = vec![None; wanted.len()];

@@ -137,7 +137,10 @@ fn quality_estimate_is_close_and_drops_are_seen_in_time() {
     assert!(estimated <= 600.0, "within one 10-minute window: {d:?}");
     let realized = d.realized_s.unwrap_or_else(|| panic!("{d:?}"));
     let earliest = (d.label_delay_s - 30 * 60) as f64;
-    assert!(realized >= earliest && realized <= earliest + 3600.0, "{d:?}");
+    assert!(
+        realized >= earliest && realized <= earliest + 3600.0,
+        "{d:?}"
+    );
     assert_eq!(d.before, 0, "{d:?}");
     let f = &q.false_alarms;
     assert_eq!((f.estimated, f.realized), (0, 0), "{f:?}");

@@ -1345,7 +1345,8 @@ pub fn z_of(level: f64) -> f64 {
 /// The interval holds the realized accuracy of those predictions with
 /// probability `level`: each is right with probability a_b, so the spread
 /// is Σ n_b·a_b(1−a_b)/n², plus the calibration's own uncertainty, Σ
-/// (n_b/n)²·a_b(1−a_b)/m_b for m_b labelled reference predictions in bin b.
+/// (n_b/n)²·a_b(1−a_b)/(m_b + 10) for m_b labelled reference predictions in
+/// bin b and the prior's 10 pseudo-labels.
 pub fn estimate(counts: &[u64], calibration: &QualityBaseline, level: f64) -> Option<Estimate> {
     let a = calibration.bin_accuracy();
     // The missing bin (no confidence logged) and any bin without a value
@@ -1365,9 +1366,11 @@ pub fn estimate(counts: &[u64], calibration: &QualityBaseline, level: f64) -> Op
         let w = c / nf;
         mean += w * ab;
         var += c * ab * (1.0 - ab) / (nf * nf);
-        let m = calibration.bin_labelled.get(b).copied().unwrap_or(0);
-        if calibration.calibrated() && m > 0 {
-            var += w * w * ab * (1.0 - ab) / m as f64;
+        // A bin's calibration is as sure as its labels plus the prior's
+        // pseudo-labels: a bin the reference never labelled is the least sure.
+        let m = calibration.bin_labelled.get(b).copied().unwrap_or(0) as f64;
+        if calibration.calibrated() {
+            var += w * w * ab * (1.0 - ab) / (m + PRIOR_LABELS);
         }
     }
     let half = z_of(level) * var.sqrt();

@@ -34,7 +34,9 @@ use crate::engine::detect::State;
 use crate::engine::time::rfc3339;
 use crate::engine::window::WindowSpec;
 use crate::engine::AutoBaseline;
-use crate::lab::generate::{standard_drifts, DeploySpec, Generator, GeneratorConfig};
+use crate::lab::generate::{
+    standard_drifts, DeploySpec, DriftSpec, FeatureRef, Generator, GeneratorConfig, LabelSpec,
+};
 use crate::lab::harness::Scratch;
 use crate::replay::{build_baselines, Input};
 
@@ -82,9 +84,14 @@ pub(crate) async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow:
     let brokers = cluster.bootstrap_servers();
     println!("embedded Kafka (librdkafka mock cluster) at {brokers}, topic {TOPIC}");
 
+    // Half the predictions get their ground truth 20 s later: the
+    // reference's labels calibrate the confidences, the live ones show the
+    // realized accuracy (in production labels are hours late; the estimate
+    // is what sees a drop first).
     let gen_cfg = GeneratorConfig::default()
         .with_batch_share(0.01)
-        .with_click_rates(0.30, 0.22);
+        .with_click_rates(0.30, 0.22)
+        .with_labels(LabelSpec::new(0.5, LABEL_DELAY_MS, 2_000));
     let reference = Reference::build(&gen_cfg, &baselines_dir)?;
     let cfg = daemon_config(
         &opts,
@@ -102,7 +109,7 @@ pub(crate) async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow:
     let deploy_at = now_ms() + opts.deploy_after.as_millis() as i64;
     let factor = reference.deploy_latency_factor();
     println!(
-        "generating {} lines/s for fraud-v1 and recsys-v3; drift starts at {} (in {}s): fraud-v1 f00_amount +1 sd, fraud-v1 fraud rate 4% -> 15%, recsys-v3 f01_country new category on 20%",
+        "generating {} lines/s for fraud-v1 and recsys-v3; drift starts at {} (in {}s): fraud-v1 f00_amount +1 sd, fraud-v1 fraud rate 4% -> 15%, recsys-v3 f01_country new category on 20%, recsys-v3 accuracy 10 points lower (labels come 20 s late)",
         opts.rate,
         rfc3339(drift_at),
         opts.drift_after.as_secs()
@@ -128,6 +135,7 @@ pub(crate) async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow:
         );
         live_cfg.stream_seed = Some(1);
         live_cfg.drifts = standard_drifts(drift_at);
+        live_cfg.drifts.push(accuracy_drop(&live_cfg, drift_at));
         std::thread::spawn(move || produce(&brokers, live_cfg, rate, &produced, &stop))
     };
 
@@ -139,6 +147,17 @@ pub(crate) async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow:
     drop(cluster);
     println!("demo stopped after {}s", started.elapsed().as_secs());
     r
+}
+
+/// How late the demo's labels come.
+const LABEL_DELAY_MS: i64 = 20_000;
+
+/// recsys-v3 gets 10 points less accurate: a 1 sd shift of its first
+/// numeric feature, its confidences lower with it.
+fn accuracy_drop(cfg: &GeneratorConfig, at: i64) -> DriftSpec {
+    let spec = cfg.models.iter().find(|m| m.name == "recsys-v3");
+    let feature = spec.and_then(|m| m.first_numeric_feature()).unwrap_or(0);
+    DriftSpec::accuracy_drop(vec![FeatureRef::from(feature)], 1.0, 0.10, at).for_model("recsys-v3")
 }
 
 /// The reference phase: an hour of normal traffic, made up front, and what
@@ -242,6 +261,12 @@ fn daemon_config(
         .p99_limit_ms
         .insert("inference_ms".into(), p99_limit);
     cfg.engine.align();
+    // Quality over the last 10 minutes in 10 s panes, labels joined from
+    // the first prediction: the demo's labels are seconds late, not hours.
+    cfg.engine.quality.join_from_start = true;
+    cfg.engine.quality.pane_ms = 10_000;
+    cfg.engine.quality.panes = 60;
+    cfg.engine.quality.ttl_ms = 600_000;
     cfg.every = Duration::from_secs(2);
     cfg.engine.detect.min_samples = 300;
     cfg.baselines_dir = baselines_dir;

@@ -721,14 +721,14 @@ fn calibrated_estimate_follows_the_documented_formula() {
     };
     // By hand (numpy): a = (k + 10·c̄)/(m + 10) = [56/110, 199/210];
     // mean = 0.3·a0 + 0.7·a1 = 0.816061; var = Σ n_b a(1−a)/n² +
-    // Σ (n_b/n)² a(1−a)/m_b; interval [0.718188, 0.913934].
+    // Σ (n_b/n)² a(1−a)/(m_b + 10); interval [0.719081, 0.913040].
     // The third count is the missing bin: left out.
     let e = estimate(&[30, 70, 5], &q, 0.99).unwrap();
     assert!(e.calibrated);
     assert_eq!(e.samples, 100);
     assert_close(e.accuracy, 0.816_060_606_060_605_9, 1e-12);
-    assert_close(e.lower, 0.718_187_596_028_89, 1e-9);
-    assert_close(e.upper, 0.913_933_616_092_321_8, 1e-9);
+    assert_close(e.lower, 0.719_081_049_239_083_3, 1e-9);
+    assert_close(e.upper, 0.913_040_162_882_128_5, 1e-9);
 }
 
 #[test]
