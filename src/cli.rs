@@ -311,6 +311,17 @@ pub struct BenchArgs {
     /// Lines without an experiment arm (no per-arm windows).
     #[arg(long)]
     pub no_arms: bool,
+    /// Measure only the label join: --label-rate predictions per second,
+    /// each labelled --label-delay later, for this many hours of event
+    /// time (default settings, 24 h TTL): its sample rate, what waits, RSS.
+    #[arg(long)]
+    pub label_join_hours: Option<u64>,
+    /// Predictions per second of --label-join-hours.
+    #[arg(long, default_value_t = 1000)]
+    pub label_rate: u64,
+    /// How late the labels of --label-join-hours come.
+    #[arg(long, value_parser = parse_duration, default_value = "6h")]
+    pub label_delay: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -761,6 +772,16 @@ fn run_daemon(a: ConfigArgs) -> Result<(), Failure> {
 }
 
 fn bench(a: BenchArgs) -> anyhow::Result<()> {
+    if let Some(hours) = a.label_join_hours {
+        anyhow::ensure!(
+            hours > 0 && (1..=1_000_000).contains(&a.label_rate),
+            "--label-join-hours must be at least 1 and --label-rate 1 to 1,000,000"
+        );
+        let delay = a.label_delay.as_millis() as i64;
+        let r = crate::lab::label_join::run(a.label_rate, hours, delay);
+        print!("{}", crate::lab::label_join::render(&r));
+        return Ok(());
+    }
     anyhow::ensure!(a.lines > 0, "--lines must be at least 1");
     anyhow::ensure!(
         a.models > 0 && a.features > 0,

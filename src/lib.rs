@@ -58,6 +58,7 @@
 //!   - [`lab::generate`]: seed-shaped synthetic inference logs with injectable drift; the one sampler of synthetic traffic.
 //!   - [`lab::demo`]: the whole daemon on an in-process Kafka with generated, drifting traffic.
 //!   - [`lab::bench`]: `driftd bench`, the performance harness (parse floor, replay, the daemon through Kafka).
+//!   - `lab::label_join`: `driftd bench --label-join-hours`, the label join at a steady rate with late labels: its sample rate and RSS.
 //!   - [`lab::soak`]: `driftd soak`, the daemon for a long time at a steady rate with broker, request and Alertmanager faults; flat RSS, fds and series, nothing lost.
 //!   - [`lab::scenario`]: `driftd scenarios`, the verdict-quality suite: false alarms per 24 h without drift, detection delay with it.
 //!   - [`lab::quality_suite`]: the suite's model-quality part: the accuracy estimate against realized accuracy, `EstimatedAccuracyDrop` and `AccuracyDrop` delays, false alarms.

@@ -112,7 +112,10 @@ impl QualityConfig {
     /// an eviction-order entry, plus the set that tells duplicates.
     pub fn join_bytes(&self) -> usize {
         let map = |entry: usize| 2 * (entry + 1);
-        let order = 2 * std::mem::size_of::<(u64, u64)>();
+        // The order queue holds up to twice the cap (matched predictions
+        // leave the map first, see `LabelJoin::compact`), in a ring that
+        // may double once more.
+        let order = 4 * std::mem::size_of::<(u64, u64)>();
         self.max_pending * (map(std::mem::size_of::<(u64, Waiting)>()) + order)
             + self.max_early * (map(std::mem::size_of::<(u64, EarlyLabel)>()) + order)
             + self.max_early * (map(8) + 2 * 8)
@@ -432,6 +435,21 @@ impl LabelJoin {
             },
         );
         self.pending_order.push_back((request, self.seq));
+        if self.pending_order.len() > 2 * self.max_pending {
+            self.compact();
+        }
+    }
+
+    /// Drops the order entries of predictions that left the map (matched
+    /// by their label) before their TTL: without it the queue would hold
+    /// every prediction of the last TTL, rate × TTL entries, whatever the
+    /// cap. Runs when the queue passes twice the cap, so at most once per
+    /// `max_pending` insertions: O(1) amortised.
+    fn compact(&mut self) {
+        let pending = &self.pending;
+        self.pending_order
+            .retain(|(h, seq)| pending.get(h).is_some_and(|w| w.seq == *seq));
+        self.pending_order.shrink_to(2 * self.max_pending);
     }
 
     /// A label for `request` at event time `t_ms`. Calls `matched` for each

@@ -997,3 +997,19 @@ fn validate_reports_out_of_range_values() {
     };
     assert!(problems(&correct)[0].contains("correct ≤ labelled"));
 }
+
+#[test]
+fn matched_predictions_leave_the_order_queue_within_twice_the_cap() {
+    // Labels right after their predictions for 100 TTL-less rounds of the
+    // cap: the map stays near empty and the order queue must not grow with
+    // the stream.
+    let mut j = LabelJoin::new(1_000_000_000, 100, 10);
+    for i in 0..10_000u64 {
+        let p = Pred::class(0, i as i64, 1, Some(0.9));
+        j.prediction(req(i), p, &mut |_, _| {});
+        j.label(req(i), Truth::Class(1), i as i64, &mut |_, _| {});
+        assert!(j.pending_order.len() <= 200, "{}", j.pending_order.len());
+    }
+    assert_eq!(j.stats.matched, 10_000);
+    assert_eq!(j.sample_rate(), 1.0);
+}
