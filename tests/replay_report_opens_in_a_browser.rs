@@ -192,3 +192,129 @@ fn the_html_report_shows_what_moved_first_and_draws_the_shares_the_json_gives() 
         );
     }
 }
+
+/// The quality section: a replay of labelled traffic that lost 10 points
+/// of accuracy shows, in Chromium, per model the realized accuracy the
+/// JSON gives, the estimate flagged calibrated, and the scale that draws
+/// them beside the reference.
+#[test]
+fn the_html_report_shows_realized_and_estimated_accuracy() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name);
+    let gen = |out: &str, extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "--output",
+            out,
+            "--lines",
+            "30000",
+            "--rate",
+            "20",
+            "--models",
+            "1",
+            "--inference-only",
+        ];
+        args.extend_from_slice(extra);
+        let o = driftd(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+    };
+    gen(
+        path_str(&p("reference.jsonl")),
+        &[
+            "--labels",
+            "1",
+            "--label-delay",
+            "1s",
+            "--label-jitter",
+            "0s",
+        ],
+    );
+    gen(
+        path_str(&p("live.jsonl")),
+        &[
+            "--stream-seed",
+            "9",
+            "--labels",
+            "1",
+            "--label-delay",
+            "30s",
+            "--label-jitter",
+            "0s",
+            "--accuracy-drop-at",
+            "0",
+            "--accuracy-drop",
+            "0.1",
+        ],
+    );
+    let o = driftd(&[
+        "baseline",
+        "build",
+        "--input",
+        path_str(&p("reference.jsonl")),
+        "--output",
+        path_str(&p("baselines")),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::write(
+        p("q.toml"),
+        "[quality]\njoin = \"always\"\nmin_labels = 500\n",
+    )
+    .unwrap();
+    let html = p("report.html");
+    let o = driftd(&[
+        "replay",
+        "--baselines",
+        path_str(&p("baselines")),
+        "--input",
+        path_str(&p("live.jsonl")),
+        "--config",
+        path_str(&p("q.toml")),
+        "--format",
+        "json",
+        "--html",
+        path_str(&html),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let q = doc["quality"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q.get("arm").is_none())
+        .expect("the model's quality")
+        .clone();
+    let accuracy = q["accuracy"].as_f64().expect("realized accuracy");
+    let reference = q["reference"]["accuracy"]
+        .as_f64()
+        .expect("a labelled reference");
+    assert!(reference - accuracy > 0.05, "{q}");
+    assert_eq!(q["estimate"]["calibrated"], true, "{q}");
+    assert_eq!(q["accuracy_drop"], "firing", "{q}");
+
+    let r = chromium(&format!("file://{}", html.display()), "replay-quality");
+    assert!(!r.log.contains("Uncaught"), "{}", r.log);
+    let tables = elements(&r.dom, "table");
+    assert!(tables
+        .iter()
+        .any(|t| t.get("class").map(String::as_str) == Some("quality")));
+    // The model's row (data-arm="") with its accuracy as the JSON gives it.
+    let row = r
+        .dom
+        .split("<tr data-arm=\"\">")
+        .nth(1)
+        .expect("the model's quality row");
+    let row = &row[..row.find("</tr>").unwrap()];
+    let want = format!("<td class=\"accuracy\">{:.2}%</td>", 100.0 * accuracy);
+    assert!(row.contains(&want), "{want} in {row}");
+    assert!(!row.contains("uncalibrated"), "{row}");
+    for part in [
+        "class=\"qscale\"",
+        "class=\"realized\"",
+        "class=\"reference\"",
+        "class=\"interval\"",
+    ] {
+        assert!(row.contains(part), "{part} in {row}");
+    }
+    assert!(row.contains("<td class=\"firing\">firing</td>"), "{row}");
+}
