@@ -232,6 +232,76 @@ pub struct BuildResult {
     pub first_bad: FirstBad,
 }
 
+/// Label lines calibrate the confidences of a baseline build: joined to
+/// their predictions by the daemon's join, with a week's TTL and a hash
+/// sample past 1M waiting predictions, so a file of any length builds in
+/// bounded memory.
+struct BuildLabels {
+    join: LabelJoin,
+    /// Model of each join slot, and back.
+    names: Vec<String>,
+    ids: std::collections::HashMap<String, u32>,
+}
+
+impl Default for BuildLabels {
+    fn default() -> Self {
+        BuildLabels {
+            join: LabelJoin::new(7 * 86_400_000, 1_000_000, 200_000),
+            names: Vec::new(),
+            ids: Default::default(),
+        }
+    }
+}
+
+impl BuildLabels {
+    fn prediction(
+        &mut self,
+        ev: &crate::engine::decode::Event<'_>,
+        builders: &mut BTreeMap<String, BaselineBuilder>,
+    ) {
+        let (Some(req), Some(pred), EventTime::Parsed(t)) =
+            (ev.request_id, &ev.prediction, ev.time)
+        else {
+            return;
+        };
+        let slot = match self.ids.get(ev.model.as_ref()) {
+            Some(i) => *i,
+            None => {
+                self.names.push(ev.model.to_string());
+                let i = (self.names.len() - 1) as u32;
+                self.ids.insert(ev.model.to_string(), i);
+                i
+            }
+        };
+        let p = match pred {
+            Prediction::Label(l) => Pred::class(slot, t, feature_hash(l), ev.confidence),
+            Prediction::Value(v) => Pred::value(slot, t, *v),
+        };
+        let names = &self.names;
+        self.join.prediction(req, p, &mut |p, truth| {
+            if let Some(b) = builders.get_mut(&names[p.slot as usize]) {
+                b.add_labelled(p, truth);
+            }
+        });
+    }
+
+    fn label(
+        &mut self,
+        r: &crate::engine::decode::Record<'_>,
+        builders: &mut BTreeMap<String, BaselineBuilder>,
+    ) {
+        let (Some(req), Some(truth), EventTime::Parsed(t)) = (r.request_id, r.truth, r.time) else {
+            return;
+        };
+        let names = &self.names;
+        self.join.label(req, truth, t, &mut |p, truth| {
+            if let Some(b) = builders.get_mut(&names[p.slot as usize]) {
+                b.add_labelled(p, truth);
+            }
+        });
+    }
+}
+
 /// Builds one baseline per model (or only `model`) from reference logs.
 pub fn build_baselines(
     decoder: &Decoder,
@@ -243,12 +313,7 @@ pub fn build_baselines(
     mut progress: impl FnMut(u64),
 ) -> Result<BuildResult, ReplayError> {
     let mut builders: BTreeMap<String, BaselineBuilder> = BTreeMap::new();
-    // Label lines calibrate the confidences: joined to their predictions
-    // by the daemon's join, with a week's TTL and a hash sample past 1M
-    // waiting predictions, so a file of any length builds in bounded memory.
-    let mut join = LabelJoin::new(7 * 86_400_000, 1_000_000, 200_000);
-    let mut names: Vec<String> = Vec::new();
-    let mut ids: std::collections::HashMap<String, u32> = Default::default();
+    let mut labels = BuildLabels::default();
     let mut seen_models: BTreeMap<String, u64> = BTreeMap::new();
     let mut stats = crate::engine::decode::DecodeStats::default();
     let mut first_bad = FirstBad::default();
@@ -283,15 +348,7 @@ pub fn build_baselines(
                 return;
             }
             Decoded::Record(r) if r.kind == RecordKind::Label => {
-                if let (Some(req), Some(truth), EventTime::Parsed(t)) =
-                    (r.request_id, r.truth, r.time)
-                {
-                    join.label(req, truth, t, &mut |p, truth| {
-                        if let Some(b) = builders.get_mut(&names[p.slot as usize]) {
-                            b.add_labelled(p, truth);
-                        }
-                    });
-                }
+                labels.label(&r, &mut builders);
                 return;
             }
             Decoded::Rejected(r) => {
@@ -315,27 +372,7 @@ pub fn build_baselines(
         } else {
             return;
         }
-        if let (Some(req), Some(pred), EventTime::Parsed(t)) =
-            (ev.request_id, &ev.prediction, ev.time)
-        {
-            let slot = match ids.get(ev.model.as_ref()) {
-                Some(i) => *i,
-                None => {
-                    names.push(ev.model.to_string());
-                    ids.insert(ev.model.to_string(), (names.len() - 1) as u32);
-                    (names.len() - 1) as u32
-                }
-            };
-            let p = match pred {
-                Prediction::Label(l) => Pred::class(slot, t, feature_hash(l), ev.confidence),
-                Prediction::Value(v) => Pred::value(slot, t, *v),
-            };
-            join.prediction(req, p, &mut |p, truth| {
-                if let Some(b) = builders.get_mut(&names[p.slot as usize]) {
-                    b.add_labelled(p, truth);
-                }
-            });
-        }
+        labels.prediction(&ev, &mut builders);
     })?;
     progress(bytes);
     if builders.is_empty() {
