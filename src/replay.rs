@@ -16,7 +16,7 @@ use crate::engine::decode::{
     feature_hash, Decoded, Decoder, EventTime, Prediction, RecordKind, Reject,
 };
 use crate::engine::detect::{State, Transition};
-use crate::engine::quality::{LabelJoin, Pred};
+use crate::engine::quality::{CalibrationBuilder, LabelJoin, Pred};
 use crate::engine::time::rfc3339;
 use crate::engine::{Engine, EngineStats, ModelReport, Report};
 use serde::Serialize;
@@ -241,6 +241,8 @@ struct BuildLabels {
     /// Model of each join slot, and back.
     names: Vec<String>,
     ids: std::collections::HashMap<String, u32>,
+    /// Per join slot: the model's confidences and labelled predictions.
+    calibration: Vec<CalibrationBuilder>,
 }
 
 impl Default for BuildLabels {
@@ -249,56 +251,57 @@ impl Default for BuildLabels {
             join: LabelJoin::new(7 * 86_400_000, 1_000_000, 200_000),
             names: Vec::new(),
             ids: Default::default(),
+            calibration: Vec::new(),
         }
     }
 }
 
 impl BuildLabels {
-    fn prediction(
-        &mut self,
-        ev: &crate::engine::decode::Event<'_>,
-        builders: &mut BTreeMap<String, BaselineBuilder>,
-    ) {
-        let (Some(req), Some(pred), EventTime::Parsed(t)) =
-            (ev.request_id, &ev.prediction, ev.time)
-        else {
-            return;
-        };
+    /// Every inference event of a model being built: its confidence, and
+    /// its prediction into the join when it has a request id.
+    fn prediction(&mut self, ev: &crate::engine::decode::Event<'_>) {
         let slot = match self.ids.get(ev.model.as_ref()) {
             Some(i) => *i,
             None => {
                 self.names.push(ev.model.to_string());
+                self.calibration.push(CalibrationBuilder::default());
                 let i = (self.names.len() - 1) as u32;
                 self.ids.insert(ev.model.to_string(), i);
                 i
             }
         };
+        let cal = &mut self.calibration;
+        if let Some(c) = ev.confidence {
+            cal[slot as usize].confidence(c);
+        }
+        let (Some(req), Some(pred), EventTime::Parsed(t)) =
+            (ev.request_id, &ev.prediction, ev.time)
+        else {
+            return;
+        };
         let p = match pred {
             Prediction::Label(l) => Pred::class(slot, t, feature_hash(l), ev.confidence),
             Prediction::Value(v) => Pred::value(slot, t, *v),
         };
-        let names = &self.names;
         self.join.prediction(req, p, &mut |p, truth| {
-            if let Some(b) = builders.get_mut(&names[p.slot as usize]) {
-                b.add_labelled(p, truth);
-            }
+            cal[p.slot as usize].labelled(p, truth)
         });
     }
 
-    fn label(
-        &mut self,
-        r: &crate::engine::decode::Record<'_>,
-        builders: &mut BTreeMap<String, BaselineBuilder>,
-    ) {
+    fn label(&mut self, r: &crate::engine::decode::Record<'_>) {
         let (Some(req), Some(truth), EventTime::Parsed(t)) = (r.request_id, r.truth, r.time) else {
             return;
         };
-        let names = &self.names;
+        let cal = &mut self.calibration;
         self.join.label(req, truth, t, &mut |p, truth| {
-            if let Some(b) = builders.get_mut(&names[p.slot as usize]) {
-                b.add_labelled(p, truth);
-            }
+            cal[p.slot as usize].labelled(p, truth)
         });
+    }
+
+    /// The quality block of `b`, on its confidence bins.
+    fn finish(&self, b: &Baseline) -> Option<crate::engine::quality::QualityBaseline> {
+        let slot = *self.ids.get(&b.model)?;
+        self.calibration[slot as usize].finish(b.confidence.as_ref().map(|c| &c.bins))
     }
 }
 
@@ -348,7 +351,7 @@ pub fn build_baselines(
                 return;
             }
             Decoded::Record(r) if r.kind == RecordKind::Label => {
-                labels.label(&r, &mut builders);
+                labels.label(&r);
                 return;
             }
             Decoded::Rejected(r) => {
@@ -372,7 +375,7 @@ pub fn build_baselines(
         } else {
             return;
         }
-        labels.prediction(&ev, &mut builders);
+        labels.prediction(&ev);
     })?;
     progress(bytes);
     if builders.is_empty() {
@@ -402,8 +405,12 @@ pub fn build_baselines(
     let baselines = builders
         .into_values()
         .filter(BaselineBuilder::has_data)
-        .map(|b| b.finish(binning, &source, now_ms))
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|b| {
+            let mut b = b.finish(binning, &source, now_ms)?;
+            b.quality = labels.finish(&b);
+            Ok(b)
+        })
+        .collect::<Result<Vec<_>, BaselineError>>()?;
     if baselines.is_empty() {
         return Err(crate::engine::baseline::BaselineError::Empty {
             model: model.map(str::to_owned),

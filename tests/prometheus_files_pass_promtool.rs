@@ -65,6 +65,22 @@ const METRICS: &[&str] = &[
     "driftd_memory_reserved_bytes",
     "driftd_memory_limit_bytes",
     "driftd_checkpoint_discarded_total",
+    "driftd_quality_labelled_predictions",
+    "driftd_quality_label_coverage_ratio",
+    "driftd_quality_accuracy_ratio",
+    "driftd_quality_recent_accuracy_ratio",
+    "driftd_quality_precision_ratio",
+    "driftd_quality_recall_ratio",
+    "driftd_quality_mean_absolute_error",
+    "driftd_quality_root_mean_squared_error",
+    "driftd_quality_calibration_error_ratio",
+    "driftd_quality_estimated_accuracy_ratio",
+    "driftd_quality_reference_accuracy_ratio",
+    "driftd_quality_estimate_calibrated",
+    "driftd_quality_state",
+    "driftd_label_join_total",
+    "driftd_label_join_waiting",
+    "driftd_label_join_sample_ratio",
 ];
 
 /// Histograms: their series carry these suffixes.

@@ -186,10 +186,128 @@ pub struct Baseline {
     /// by stage (`total_latency_ms` ...); compared like numeric features.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub latency: Vec<FeatureBaseline>,
-    /// The reference's quality and the confidence calibration (see
-    /// [`crate::engine::quality`]); absent in baselines built before it.
+    /// The reference's quality and the confidence calibration (built and
+    /// read by the engine's quality module); absent in baselines built
+    /// before it, and in ones built without labels or confidences.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub quality: Option<crate::engine::quality::QualityBaseline>,
+    pub quality: Option<QualityBaseline>,
+}
+
+// ---- What a baseline knows about its model's quality (the engine's
+// quality module builds and reads it).
+
+/// Labelled reference predictions a calibration needs; with fewer, raw
+/// confidences are used and everything says "uncalibrated".
+pub const MIN_CALIBRATION_LABELS: u64 = 200;
+/// Pseudo-counts that pull a bin with few labels towards its mean raw
+/// confidence, so one unlucky label cannot set a bin to 0 or 1.
+pub(crate) const PRIOR_LABELS: f64 = 10.0;
+
+/// What a baseline knows about its model's quality: the reference's
+/// realized quality and, per bin of the confidence distribution, the mean
+/// confidence and the accuracy of the labelled predictions in it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QualityBaseline {
+    /// Reference predictions joined to a label.
+    pub labelled: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ece: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mae: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rmse: Option<f64>,
+    /// Per confidence bin (the baseline's, missing bin excluded).
+    pub mean_confidence: Vec<f64>,
+    #[serde(default)]
+    pub bin_labelled: Vec<u64>,
+    #[serde(default)]
+    pub bin_correct: Vec<u64>,
+}
+
+impl QualityBaseline {
+    pub fn calibrated(&self) -> bool {
+        self.accuracy.is_some() && self.labelled >= MIN_CALIBRATION_LABELS
+    }
+
+    /// Each bin's expected accuracy: its labelled accuracy pulled towards
+    /// its mean confidence by [`PRIOR_LABELS`] pseudo-counts, or the mean
+    /// confidence alone when uncalibrated.
+    pub fn bin_accuracy(&self) -> Vec<f64> {
+        self.mean_confidence
+            .iter()
+            .enumerate()
+            .map(|(b, &c)| {
+                if !self.calibrated() {
+                    return c;
+                }
+                let m = self.bin_labelled.get(b).copied().unwrap_or(0) as f64;
+                let k = self.bin_correct.get(b).copied().unwrap_or(0) as f64;
+                (k + PRIOR_LABELS * c) / (m + PRIOR_LABELS)
+            })
+            .collect()
+    }
+
+    /// A quality baseline without labels, for a confidence distribution
+    /// whose bins are `bins`: each bin's mean confidence taken as its middle.
+    pub fn uncalibrated(bins: &Bins) -> Option<QualityBaseline> {
+        let Bins::Numeric { edges, .. } = bins else {
+            return None;
+        };
+        let k = edges.len();
+        let mut mean = Vec::with_capacity(k + 1);
+        let clamp = |x: f64| x.clamp(0.0, 1.0);
+        mean.push(clamp(edges[0]) / 2.0);
+        for w in edges.windows(2) {
+            mean.push((clamp(w[0]) + clamp(w[1])) / 2.0);
+        }
+        mean.push((clamp(edges[k - 1]) + 1.0) / 2.0);
+        Some(QualityBaseline {
+            labelled: 0,
+            accuracy: None,
+            ece: None,
+            mae: None,
+            rmse: None,
+            mean_confidence: mean,
+            bin_labelled: Vec::new(),
+            bin_correct: Vec::new(),
+        })
+    }
+
+    /// Problems with the numbers, for baseline validation.
+    pub fn validate(&self, confidence: Option<&FeatureBaseline>, problems: &mut Vec<String>) {
+        let unit = |x: f64| (0.0..=1.0).contains(&x);
+        if self.accuracy.is_some_and(|a| !unit(a)) || self.ece.is_some_and(|a| !unit(a)) {
+            problems.push("quality: accuracy and ece must be within [0, 1]".into());
+        }
+        if self.mean_confidence.iter().any(|c| !unit(*c)) {
+            problems.push("quality.mean_confidence: every value must be within [0, 1]".into());
+        }
+        if !self.mean_confidence.is_empty() {
+            let bins = confidence.map_or(0, |c| c.bins.len().saturating_sub(1));
+            if self.mean_confidence.len() != bins {
+                problems.push(format!(
+                    "quality.mean_confidence has {} values for {bins} confidence bins; rebuild the baseline",
+                    self.mean_confidence.len()
+                ));
+            }
+        }
+        let n = self.mean_confidence.len();
+        if (!self.bin_labelled.is_empty() && self.bin_labelled.len() != n)
+            || self.bin_correct.len() != self.bin_labelled.len()
+            || self
+                .bin_correct
+                .iter()
+                .zip(&self.bin_labelled)
+                .any(|(k, m)| k > m)
+        {
+            problems.push(
+                "quality: bin_labelled and bin_correct must have one count per confidence bin, correct ≤ labelled".into(),
+            );
+        }
+    }
 }
 
 /// What can go wrong with baseline files. Each names the file.
@@ -977,8 +1095,6 @@ pub struct BaselineBuilder {
     batch_prediction: FeatureAcc,
     batch_events: u64,
     latency: Vec<(String, FeatureAcc)>,
-    /// Confidences, and predictions joined to labels: the calibration.
-    quality: crate::engine::quality::CalibrationBuilder,
     /// Features beyond [`BuildLimits::features`], ignored.
     pub dropped_features: u64,
     limits: BuildLimits,
@@ -1052,7 +1168,6 @@ impl BaselineBuilder {
             batch_prediction: FeatureAcc::default(),
             batch_events: 0,
             latency: Vec::new(),
-            quality: Default::default(),
             dropped_features: 0,
         }
     }
@@ -1141,19 +1256,8 @@ impl BaselineBuilder {
         if let Some(c) = ev.confidence {
             self.confidence
                 .add(&FeatureValue::Num(c), &self.limits, &mut self.rng);
-            self.quality.confidence(c);
         }
         self.add_stages(&ev.stages);
-    }
-
-    /// One of this model's predictions joined to its label (see
-    /// [`crate::engine::quality::LabelJoin`]).
-    pub fn add_labelled(
-        &mut self,
-        p: &crate::engine::quality::Pred,
-        truth: crate::engine::quality::Truth,
-    ) {
-        self.quality.labelled(p, truth);
     }
 
     /// The finished baseline; `now_ms` stamps it.
@@ -1203,7 +1307,9 @@ impl BaselineBuilder {
             binning: *binning,
             features,
             prediction,
-            quality: self.quality.finish(confidence.as_ref().map(|c| &c.bins)),
+            // Set by the caller that joined the reference's labels
+            // (`driftd baseline build`).
+            quality: None,
             confidence,
             latency,
         };

@@ -21,7 +21,6 @@ use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
 
-use crate::engine::quality::Truth;
 use chrono::{FixedOffset, NaiveDate, NaiveDateTime, TimeZone};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
@@ -224,6 +223,31 @@ pub enum Prediction<'a> {
     Label(Cow<'a, str>),
     /// A float: a regression output.
     Value(f64),
+}
+
+/// The ground truth of a request: a class (by hash, like a predicted class
+/// is compared), a value, or an integer, which is either.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Truth {
+    Class(u64),
+    Value(f64),
+    /// An integer: class `"3"` to a classifier, 3.0 to a regression.
+    Number(u64, f64),
+}
+
+impl Truth {
+    pub fn class_hash(self) -> Option<u64> {
+        match self {
+            Truth::Class(h) | Truth::Number(h, _) => Some(h),
+            Truth::Value(_) => None,
+        }
+    }
+    pub fn value(self) -> Option<f64> {
+        match self {
+            Truth::Value(v) | Truth::Number(_, v) => Some(v),
+            Truth::Class(_) => None,
+        }
+    }
 }
 
 /// Log level, reduced to what the analyses need.

@@ -35,10 +35,10 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use rustc_hash::{FxHashMap, FxHashSet};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use statrs::distribution::{Binomial, ContinuousCDF, DiscreteCDF, Normal};
 
-use crate::engine::baseline::{Binner, Bins, FeatureBaseline};
+use crate::engine::baseline::{Binner, Bins};
 use crate::engine::detect::{
     p_level, Condition, ConditionLevel, DetectConfig, Severity, State, Transition,
 };
@@ -145,30 +145,7 @@ impl QualityConfig {
     }
 }
 
-/// The ground truth of a request: a class (by hash, like a predicted class
-/// is compared), a value, or an integer, which is either.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Truth {
-    Class(u64),
-    Value(f64),
-    /// An integer: class `"3"` to a classifier, 3.0 to a regression.
-    Number(u64, f64),
-}
-
-impl Truth {
-    pub fn class_hash(self) -> Option<u64> {
-        match self {
-            Truth::Class(h) | Truth::Number(h, _) => Some(h),
-            Truth::Value(_) => None,
-        }
-    }
-    pub fn value(self) -> Option<f64> {
-        match self {
-            Truth::Value(v) | Truth::Number(_, v) => Some(v),
-            Truth::Class(_) => None,
-        }
-    }
-}
+pub use crate::engine::decode::Truth;
 
 /// What the join keeps of a prediction: 32 bytes.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -1401,119 +1378,8 @@ pub fn estimate(counts: &[u64], calibration: &QualityBaseline, level: f64) -> Op
     })
 }
 
-/// Labelled reference predictions a calibration needs; with fewer, raw
-/// confidences are used and everything says "uncalibrated".
-pub const MIN_CALIBRATION_LABELS: u64 = 200;
-/// Pseudo-counts that pull a bin with few labels towards its mean raw
-/// confidence, so one unlucky label cannot set a bin to 0 or 1.
-const PRIOR_LABELS: f64 = 10.0;
-
-/// What a baseline knows about its model's quality: the reference's
-/// realized quality and, per bin of the confidence distribution, the mean
-/// confidence and the accuracy of the labelled predictions in it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct QualityBaseline {
-    /// Reference predictions joined to a label.
-    pub labelled: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub accuracy: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ece: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mae: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rmse: Option<f64>,
-    /// Per confidence bin (the baseline's, missing bin excluded).
-    pub mean_confidence: Vec<f64>,
-    #[serde(default)]
-    pub bin_labelled: Vec<u64>,
-    #[serde(default)]
-    pub bin_correct: Vec<u64>,
-}
-
-impl QualityBaseline {
-    pub fn calibrated(&self) -> bool {
-        self.accuracy.is_some() && self.labelled >= MIN_CALIBRATION_LABELS
-    }
-
-    /// Each bin's expected accuracy: its labelled accuracy pulled towards
-    /// its mean confidence by [`PRIOR_LABELS`] pseudo-counts, or the mean
-    /// confidence alone when uncalibrated.
-    pub fn bin_accuracy(&self) -> Vec<f64> {
-        self.mean_confidence
-            .iter()
-            .enumerate()
-            .map(|(b, &c)| {
-                if !self.calibrated() {
-                    return c;
-                }
-                let m = self.bin_labelled.get(b).copied().unwrap_or(0) as f64;
-                let k = self.bin_correct.get(b).copied().unwrap_or(0) as f64;
-                (k + PRIOR_LABELS * c) / (m + PRIOR_LABELS)
-            })
-            .collect()
-    }
-
-    /// A quality baseline without labels, for a confidence distribution
-    /// whose bins are `bins`: each bin's mean confidence taken as its middle.
-    pub fn uncalibrated(bins: &Bins) -> Option<QualityBaseline> {
-        let Bins::Numeric { edges, .. } = bins else {
-            return None;
-        };
-        let k = edges.len();
-        let mut mean = Vec::with_capacity(k + 1);
-        let clamp = |x: f64| x.clamp(0.0, 1.0);
-        mean.push(clamp(edges[0]) / 2.0);
-        for w in edges.windows(2) {
-            mean.push((clamp(w[0]) + clamp(w[1])) / 2.0);
-        }
-        mean.push((clamp(edges[k - 1]) + 1.0) / 2.0);
-        Some(QualityBaseline {
-            labelled: 0,
-            accuracy: None,
-            ece: None,
-            mae: None,
-            rmse: None,
-            mean_confidence: mean,
-            bin_labelled: Vec::new(),
-            bin_correct: Vec::new(),
-        })
-    }
-
-    /// Problems with the numbers, for baseline validation.
-    pub fn validate(&self, confidence: Option<&FeatureBaseline>, problems: &mut Vec<String>) {
-        let unit = |x: f64| (0.0..=1.0).contains(&x);
-        if self.accuracy.is_some_and(|a| !unit(a)) || self.ece.is_some_and(|a| !unit(a)) {
-            problems.push("quality: accuracy and ece must be within [0, 1]".into());
-        }
-        if self.mean_confidence.iter().any(|c| !unit(*c)) {
-            problems.push("quality.mean_confidence: every value must be within [0, 1]".into());
-        }
-        if !self.mean_confidence.is_empty() {
-            let bins = confidence.map_or(0, |c| c.bins.len().saturating_sub(1));
-            if self.mean_confidence.len() != bins {
-                problems.push(format!(
-                    "quality.mean_confidence has {} values for {bins} confidence bins; rebuild the baseline",
-                    self.mean_confidence.len()
-                ));
-            }
-        }
-        let n = self.mean_confidence.len();
-        if (!self.bin_labelled.is_empty() && self.bin_labelled.len() != n)
-            || self.bin_correct.len() != self.bin_labelled.len()
-            || self
-                .bin_correct
-                .iter()
-                .zip(&self.bin_labelled)
-                .any(|(k, m)| k > m)
-        {
-            problems.push(
-                "quality: bin_labelled and bin_correct must have one count per confidence bin, correct ≤ labelled".into(),
-            );
-        }
-    }
-}
+use crate::engine::baseline::PRIOR_LABELS;
+pub use crate::engine::baseline::{QualityBaseline, MIN_CALIBRATION_LABELS};
 
 /// Fine bins of confidence while a baseline is built; mapped onto the
 /// baseline's own confidence bins when it is finished.
