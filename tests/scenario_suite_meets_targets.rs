@@ -120,7 +120,9 @@ fn auto_catches_a_5pct_new_category_within_a_window() {
 /// The quality targets on the quick set: the estimate within 0.02
 /// of the realized accuracy (mean over 2,000-prediction windows) with and
 /// without a covariate shift, a 5-point drop seen by the estimate within
-/// one window and by 6-hour-late labels only after they come, and no
+/// one window and by 6-hour-late labels only after they come (within two
+/// hours of the first: at the default caps the join keeps 1 request in 32
+/// at this rate, so 1,000 labels take half an hour of predictions), and no
 /// quality verdict without a drop.
 #[test]
 fn quality_estimate_is_close_and_drops_are_seen_in_time() {
@@ -138,7 +140,7 @@ fn quality_estimate_is_close_and_drops_are_seen_in_time() {
     let realized = d.realized_s.unwrap_or_else(|| panic!("{d:?}"));
     let earliest = (d.label_delay_s - 30 * 60) as f64;
     assert!(
-        realized >= earliest && realized <= earliest + 3600.0,
+        realized >= earliest && realized <= earliest + 7200.0,
         "{d:?}"
     );
     assert_eq!(d.before, 0, "{d:?}");

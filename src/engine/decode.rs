@@ -233,19 +233,21 @@ pub enum Truth {
     Value(f64),
     /// An integer: class `"3"` to a classifier, 3.0 to a regression.
     Number(u64, f64),
+    /// Neither (an object, a string that is no usable name): matches nothing.
+    Unusable,
 }
 
 impl Truth {
     pub fn class_hash(self) -> Option<u64> {
         match self {
             Truth::Class(h) | Truth::Number(h, _) => Some(h),
-            Truth::Value(_) => None,
+            Truth::Value(_) | Truth::Unusable => None,
         }
     }
     pub fn value(self) -> Option<f64> {
         match self {
             Truth::Value(v) | Truth::Number(_, v) => Some(v),
-            Truth::Class(_) => None,
+            Truth::Class(_) | Truth::Unusable => None,
         }
     }
 }
@@ -923,7 +925,8 @@ fn label<'a>(
         input_stats: Vec::new(),
         class_counts: Vec::new(),
         avg_confidence: None,
-        truth: Some(truth.flatten().unwrap_or(Truth::Class(0))),
+        // An unusable truth is counted (`mismatched_kind`), never credited.
+        truth: Some(truth.flatten().unwrap_or(Truth::Unusable)),
     })
 }
 
@@ -1439,6 +1442,14 @@ impl<'a> Collect<'a> {
                     }
                     Scalar::UInt(u) => {
                         Some(Some(Truth::Number(feature_hash(&u.to_string()), u as f64)))
+                    }
+                    // An integral float (`1.0`, as pandas writes labels) is
+                    // also the class "1", as `num_hash` makes 1 and 1.0 agree.
+                    Scalar::Float(f) if f.is_finite() && f.fract() == 0.0 && f.abs() < 1e15 => {
+                        Some(Some(Truth::Number(
+                            feature_hash(&(f as i64).to_string()),
+                            f,
+                        )))
                     }
                     Scalar::Float(f) if f.is_finite() => Some(Some(Truth::Value(f))),
                     Scalar::Null => None,
@@ -2052,6 +2063,22 @@ mod tests {
         );
         assert_eq!(r.kind, RecordKind::Error);
         assert_eq!(r.error_type.as_deref(), Some("InputValidationError"));
+        // A label: an integral float is the integer's class too; an object
+        // is an unusable truth, still a label.
+        for (truth, want) in [
+            ("1.0", Truth::Number(feature_hash("1"), 1.0)),
+            ("\"fraud\"", Truth::Class(feature_hash("fraud"))),
+            ("0.25", Truth::Value(0.25)),
+            ("{\"a\": 1}", Truth::Unusable),
+        ] {
+            let line = format!(r#"{{"request_id":"r","ground_truth":{truth}}}"#);
+            let r = record(&line);
+            assert_eq!((r.kind, r.truth), (RecordKind::Label, Some(want)), "{line}");
+        }
+        assert_eq!(
+            Decoder::new(DecodeConfig::default()).decode(br#"{"ground_truth":"fraud"}"#),
+            Decoded::Skipped(Skip::LabelWithoutRequestId)
+        );
         // Feedback, with or without a model; its own timestamp when the
         // envelope has none.
         let r = record(

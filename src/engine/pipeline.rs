@@ -966,6 +966,9 @@ impl Engine {
     /// baseline only (its class set bounds the per-class counts), within
     /// the budget.
     fn quality_prediction(&mut self, ev: &Event<'_>, request: u64, t_ms: i64) {
+        if !self.cfg.quality.enabled {
+            return;
+        }
         if !self.quality.joining() {
             self.quality.join.stats.before_labels += 1;
             return;

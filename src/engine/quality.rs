@@ -36,7 +36,9 @@ use std::sync::Arc;
 
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::Serialize;
-use statrs::distribution::{Binomial, ContinuousCDF, DiscreteCDF, Normal};
+use statrs::distribution::{ContinuousCDF, Normal};
+
+use crate::engine::compare::{two_proportion_test, Tail};
 
 use crate::engine::baseline::{Binner, Bins};
 use crate::engine::detect::{
@@ -83,8 +85,8 @@ impl Default for QualityConfig {
             enabled: true,
             join_from_start: false,
             ttl_ms: 24 * 3_600_000,
-            max_pending: 50_000,
-            max_early: 10_000,
+            max_pending: 25_000,
+            max_early: 5_000,
             pane_ms: 3_600_000,
             panes: 24,
             min_labels: 1000,
@@ -111,12 +113,16 @@ impl QualityConfig {
     /// label as a map entry (up to twice the map's length in capacity) and
     /// an eviction-order entry, plus the set that tells duplicates.
     pub fn join_bytes(&self) -> usize {
-        let map = |entry: usize| 2 * (entry + 1);
+        // hashbrown doubles its buckets at 7/8 full: up to 16/7 of the
+        // entries, each with a control byte.
+        let map = |entry: usize| (entry + 1) * 16 / 7 + 1;
         // The order queue holds up to twice the cap (matched predictions
         // leave the map first, see `LabelJoin::compact`), in a ring that
         // may double once more.
         let order = 4 * std::mem::size_of::<(u64, u64)>();
-        self.max_pending * (map(std::mem::size_of::<(u64, Waiting)>()) + order)
+        // A request several models predicted holds the others on the heap.
+        let more = (MAX_PREDICTIONS_PER_REQUEST - 1) * std::mem::size_of::<Pred>() + 16;
+        self.max_pending * (map(std::mem::size_of::<(u64, Waiting)>()) + order + more)
             + self.max_early * (map(std::mem::size_of::<(u64, EarlyLabel)>()) + order)
             + self.max_early * (map(8) + 2 * 8)
     }
@@ -263,6 +269,9 @@ struct EarlyLabel {
     seq: u64,
     truth: Truth,
     joined: bool,
+    /// Slots whose prediction it was joined to (a redelivery is refused).
+    matched: [u32; MAX_PREDICTIONS_PER_REQUEST],
+    n: u8,
 }
 
 /// What the label join did, counted.
@@ -353,7 +362,7 @@ impl LabelJoin {
     /// Whether `request` is in the sample: the top `shift` bits of its hash
     /// are zero. The request hash is already uniform; prediction and label
     /// compute the same answer.
-    fn keeps(&self, request: u64) -> bool {
+    pub fn keeps(&self, request: u64) -> bool {
         self.shift == 0 || request >> (64 - self.shift) == 0
     }
 
@@ -365,8 +374,21 @@ impl LabelJoin {
             self.stats.sampled_out += 1;
             return;
         }
+        if self.done.contains(&request) {
+            // Its label came and went: a redelivered prediction.
+            self.stats.duplicate += 1;
+            return;
+        }
         if let Some(e) = self.early.get_mut(&request) {
             // Stays until its TTL: another model may predict the same request.
+            let seen = &mut e.matched[..e.n as usize];
+            if seen.contains(&p.slot) || seen.len() == MAX_PREDICTIONS_PER_REQUEST {
+                // The same model's prediction again (a redelivery), or too many.
+                self.stats.duplicate += 1;
+                return;
+            }
+            e.matched[e.n as usize] = p.slot;
+            e.n += 1;
             e.joined = true;
             let truth = e.truth;
             self.stats.matched_early += 1;
@@ -474,6 +496,8 @@ impl LabelJoin {
                 seq: self.seq,
                 truth,
                 joined: false,
+                matched: [0; MAX_PREDICTIONS_PER_REQUEST],
+                n: 0,
             },
         );
         self.early_order.push_back((request, self.seq));
@@ -849,10 +873,12 @@ impl Quality {
             None => Pred::NO_ARM,
         };
         let (cfg, slots) = (&self.cfg, &mut self.slots);
+        // Coverage is within the sample: only kept requests count here.
+        let kept = self.join.keeps(request);
         for sid in [id, arm_id].into_iter().filter(|x| *x != Pred::NO_ARM) {
             let s = slots[sid as usize].as_mut().expect("listed");
             s.last_ms = s.last_ms.max(t_ms);
-            if let Some(p) = pane_for(cfg, s, t_ms, t_ms) {
+            if let (true, Some(p)) = (kept, pane_for(cfg, s, t_ms, t_ms)) {
                 p.predictions = p.predictions.saturating_add(1);
             }
         }
@@ -861,8 +887,14 @@ impl Quality {
             PredictedAs::Value(v) => Pred::value(id, t_ms, v),
         }
         .with_arm(arm_id);
-        let mut credit = |p: &Pred, truth: Truth| credit(cfg, slots, &mut None, p, truth);
-        self.join.prediction(request, p, &mut credit);
+        let (mut late, mut mismatched) = (0u64, 0u64);
+        {
+            let mut tally = Some((&mut late, &mut mismatched));
+            let mut credit = |p: &Pred, truth: Truth| credit(cfg, slots, &mut tally, p, truth);
+            self.join.prediction(request, p, &mut credit);
+        }
+        self.join.stats.late += late;
+        self.join.stats.mismatched_kind += mismatched;
     }
 
     /// A label line: `request`'s truth, at event time `t_ms`.
@@ -951,8 +983,14 @@ impl Quality {
             let mut r = realized(cfg, s, now_ms);
             r.reference = j.map(|j| j.reference);
             r.estimate = j.and_then(|j| j.estimate);
-            let refacc = r.reference.and_then(|x| x.accuracy);
+            // A reference judges only with enough labels of its own, and
+            // its own sampling counts in the test.
+            let refacc = r
+                .reference
+                .filter(|x| x.labelled >= MIN_CALIBRATION_LABELS)
+                .and_then(|x| x.accuracy.map(|a| (a, x.labelled)));
             let recent = refacc.and_then(|a| recent(cfg, s, now_ms, a));
+            let refacc = refacc.map(|(a, _)| a);
             r.recent = recent;
             let level = match (refacc, recent) {
                 (Some(a), Some(x)) => Some(p_level(
@@ -1161,7 +1199,7 @@ fn credit_slot(
     pane.labelled = pane.labelled.saturating_add(1);
     match outcome {
         Outcome::Class { correct } => {
-            pane.correct += u32::from(correct);
+            pane.correct = pane.correct.saturating_add(u32::from(correct));
         }
         Outcome::Error(e) => {
             pane.values = pane.values.saturating_add(1);
@@ -1174,8 +1212,8 @@ fn credit_slot(
         let e = s.ece.len() / s.panes.len();
         if e == ECE_BINS {
             let b = &mut s.ece[i * e + ece_bin(c)];
-            b.n += 1;
-            b.correct += u32::from(correct);
+            b.n = b.n.saturating_add(1);
+            b.correct = b.correct.saturating_add(u32::from(correct));
             b.conf += c;
         }
     }
@@ -1186,9 +1224,9 @@ fn credit_slot(
         };
         let row = &mut s.per_class[i * k..(i + 1) * k];
         for (j, (_, h)) in s.classes.iter().enumerate() {
-            row[j][0] += u32::from(*h == t && *h == ph);
-            row[j][1] += u32::from(*h == ph);
-            row[j][2] += u32::from(*h == t);
+            row[j][0] = row[j][0].saturating_add(u32::from(*h == t && *h == ph));
+            row[j][1] = row[j][1].saturating_add(u32::from(*h == ph));
+            row[j][2] = row[j][2].saturating_add(u32::from(*h == t));
         }
     }
 }
@@ -1285,8 +1323,10 @@ fn realized(cfg: &QualityConfig, s: &Slot, now_ms: i64) -> QualityReport {
 }
 
 /// The newest labelled predictions adding up to `min_labels`, tested
-/// against `reference`: P(X ≤ correct) for X ~ Binomial(labelled, reference).
-fn recent(cfg: &QualityConfig, s: &Slot, now_ms: i64, reference: f64) -> Option<Recent> {
+/// against the labelled reference (`(accuracy, labelled)`): a one-sided
+/// two-proportion test that their error rate is higher, so the
+/// reference's own sampling counts too.
+fn recent(cfg: &QualityConfig, s: &Slot, now_ms: i64, reference: (f64, u64)) -> Option<Recent> {
     let head = now_ms.max(s.last_ms).div_euclid(cfg.pane_ms);
     let n = s.panes.len() as i64;
     let mut panes: Vec<&Pane> = s
@@ -1312,18 +1352,21 @@ fn recent(cfg: &QualityConfig, s: &Slot, now_ms: i64, reference: f64) -> Option<
     Some(Recent {
         labelled,
         accuracy: correct as f64 / labelled as f64,
-        p_value: binomial_lower_tail(correct, labelled, reference),
+        p_value: {
+            let (acc, n) = reference;
+            let ref_wrong = ((1.0 - acc) * n as f64).round() as u64;
+            two_proportion_test(
+                ref_wrong.min(n),
+                n,
+                labelled - correct,
+                labelled,
+                Tail::Greater,
+            )
+            .map_or(1.0, |(_, p)| p)
+        },
         from_ms: from?,
         to_ms: to,
     })
-}
-
-/// P(X ≤ k) for X ~ Binomial(n, p).
-pub fn binomial_lower_tail(k: u64, n: u64, p: f64) -> f64 {
-    match Binomial::new(p.clamp(0.0, 1.0), n) {
-        Ok(b) => b.cdf(k).clamp(0.0, 1.0),
-        Err(_) => 1.0,
-    }
 }
 
 /// The two-sided normal quantile of `level` (2.576 for 0.99).
