@@ -866,37 +866,27 @@ impl Decoder {
         time: EventTime,
         feedback_time: Option<EventTime>,
     ) -> Decoded<'a> {
-        let Some(request_id) = request_id else {
-            return Decoded::Skipped(Skip::FeedbackWithoutRequestId);
-        };
-        let time = match (time, feedback_time) {
-            (EventTime::Parsed(_), _) | (_, None) => time,
-            (_, Some(t)) => t,
-        };
-        Decoded::Record(Record {
-            kind: RecordKind::Feedback,
+        let skip = Skip::FeedbackWithoutRequestId;
+        match request_record(
+            RecordKind::Feedback,
+            skip,
             model,
-            service: None,
-            arm: None,
+            request_id,
             time,
-            level: None,
-            error_type: None,
-            request_id: Some(request_id),
-            // An action that is no usable name still is feedback.
-            action: Some(action.flatten().unwrap_or(Cow::Borrowed("other"))),
-            stages: Vec::new(),
-            input_stats: Vec::new(),
-            class_counts: Vec::new(),
-            avg_confidence: None,
-            truth: None,
-        })
+            feedback_time,
+        ) {
+            Ok(mut r) => {
+                // An action that is no usable name still is feedback.
+                r.action = Some(action.flatten().unwrap_or(Cow::Borrowed("other")));
+                Decoded::Record(r)
+            }
+            Err(skip) => Decoded::Skipped(skip),
+        }
     }
 }
 
-/// A label line: joined to its prediction by request id, so one without
-/// an id is skipped (counted); one whose truth is unusable (an object, a
-/// string that is no valid name) is still a label, of a truth that matches
-/// nothing.
+/// A label line: one whose truth is unusable (an object, a string that is
+/// no valid name) is still a label, of a truth that matches nothing.
 fn label<'a>(
     model: Option<Cow<'a, str>>,
     request_id: Option<u64>,
@@ -904,15 +894,37 @@ fn label<'a>(
     time: EventTime,
     label_time: Option<EventTime>,
 ) -> Decoded<'a> {
+    let skip = Skip::LabelWithoutRequestId;
+    match request_record(RecordKind::Label, skip, model, request_id, time, label_time) {
+        Ok(mut r) => {
+            // An unusable truth is counted (`mismatched_kind`), never credited.
+            r.truth = Some(truth.flatten().unwrap_or(Truth::Unusable));
+            Decoded::Record(r)
+        }
+        Err(skip) => Decoded::Skipped(skip),
+    }
+}
+
+/// A record about a request (feedback, a label): joined to its prediction
+/// by request id, so one without an id is skipped as `skip`; timed by its
+/// own time field (`own_time`) when the envelope's timestamp is unusable.
+fn request_record<'a>(
+    kind: RecordKind,
+    skip: Skip,
+    model: Option<Cow<'a, str>>,
+    request_id: Option<u64>,
+    time: EventTime,
+    own_time: Option<EventTime>,
+) -> Result<Record<'a>, Skip> {
     let Some(request_id) = request_id else {
-        return Decoded::Skipped(Skip::LabelWithoutRequestId);
+        return Err(skip);
     };
-    let time = match (time, label_time) {
+    let time = match (time, own_time) {
         (EventTime::Parsed(_), _) | (_, None) => time,
         (_, Some(t)) => t,
     };
-    Decoded::Record(Record {
-        kind: RecordKind::Label,
+    Ok(Record {
+        kind,
         model,
         service: None,
         arm: None,
@@ -925,8 +937,7 @@ fn label<'a>(
         input_stats: Vec::new(),
         class_counts: Vec::new(),
         avg_confidence: None,
-        // An unusable truth is counted (`mismatched_kind`), never credited.
-        truth: Some(truth.flatten().unwrap_or(Truth::Unusable)),
+        truth: None,
     })
 }
 

@@ -31,6 +31,31 @@ use crate::engine::detect::{
     p_level, Condition, ConditionLevel, DetectConfig, Severity, State, Transition,
 };
 
+/// Makes room for one more entry in a map keyed by request hash, whose
+/// insertion order `order` records as (hash, sequence number): the oldest
+/// entries leave first. An order entry whose map entry is gone, or was
+/// replaced since (another sequence number), is skipped. Returns how many
+/// entries left the map. Both joins (feedback here, labels in
+/// `engine::quality`) bound their maps with it.
+pub(crate) fn evict_oldest<V>(
+    map: &mut FxHashMap<u64, V>,
+    order: &mut VecDeque<(u64, u64)>,
+    cap: usize,
+    seq: impl Fn(&V) -> u64,
+) -> u64 {
+    let mut evicted = 0;
+    while map.len() >= cap {
+        let Some((h, s)) = order.pop_front() else {
+            break;
+        };
+        if map.get(&h).is_some_and(|v| seq(v) == s) {
+            map.remove(&h);
+            evicted += 1;
+        }
+    }
+    evicted
+}
+
 /// Settings (validated config, `[experiments]`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExperimentConfig {
@@ -454,17 +479,12 @@ impl Experiments {
             w.push(pred);
             return;
         }
-        while self.pending.len() >= self.cfg.max_pending {
-            match self.pending_order.pop_front() {
-                Some((h, seq)) => {
-                    if self.pending.get(&h).is_some_and(|p| p.seq == seq) {
-                        self.pending.remove(&h);
-                        self.stats.pending_evicted += 1;
-                    }
-                }
-                None => break,
-            }
-        }
+        self.stats.pending_evicted += evict_oldest(
+            &mut self.pending,
+            &mut self.pending_order,
+            self.cfg.max_pending,
+            |p| p.seq,
+        );
         self.seq += 1;
         self.pending.insert(
             request,
@@ -506,17 +526,12 @@ impl Experiments {
             e.actions |= bits;
             return;
         }
-        while self.early.len() >= self.cfg.max_early {
-            match self.early_order.pop_front() {
-                Some((h, seq)) => {
-                    if self.early.get(&h).is_some_and(|e| e.seq == seq) {
-                        self.early.remove(&h);
-                        self.stats.early_evicted += 1;
-                    }
-                }
-                None => break,
-            }
-        }
+        self.stats.early_evicted += evict_oldest(
+            &mut self.early,
+            &mut self.early_order,
+            self.cfg.max_early,
+            |e| e.seq,
+        );
         self.seq += 1;
         self.early.insert(
             request,

@@ -39,6 +39,7 @@ use serde::Serialize;
 use statrs::distribution::{ContinuousCDF, Normal};
 
 use crate::engine::compare::{two_proportion_test, Tail};
+use crate::engine::experiment::evict_oldest;
 
 use crate::engine::baseline::{Binner, Bins};
 use crate::engine::detect::{
@@ -413,17 +414,12 @@ impl LabelJoin {
                 return;
             }
         }
-        while self.pending.len() >= self.max_pending {
-            match self.pending_order.pop_front() {
-                Some((h, seq)) => {
-                    if self.pending.get(&h).is_some_and(|w| w.seq == seq) {
-                        self.pending.remove(&h);
-                        self.stats.evicted_predictions += 1;
-                    }
-                }
-                None => break,
-            }
-        }
+        self.stats.evicted_predictions += evict_oldest(
+            &mut self.pending,
+            &mut self.pending_order,
+            self.max_pending,
+            |w| w.seq,
+        );
         self.seq += 1;
         self.pending.insert(
             request,
@@ -477,17 +473,12 @@ impl LabelJoin {
             self.stats.duplicate += 1;
             return;
         }
-        while self.early.len() >= self.max_early {
-            match self.early_order.pop_front() {
-                Some((h, seq)) => {
-                    if self.early.get(&h).is_some_and(|e| e.seq == seq) {
-                        self.early.remove(&h);
-                        self.stats.evicted_labels += 1;
-                    }
-                }
-                None => break,
-            }
-        }
+        self.stats.evicted_labels += evict_oldest(
+            &mut self.early,
+            &mut self.early_order,
+            self.max_early,
+            |e| e.seq,
+        );
         self.seq += 1;
         self.early.insert(
             request,
