@@ -152,7 +152,7 @@ fn baselines() -> Vec<Baseline> {
         reference.push(b'\n');
     }
     let built = replay::build_baselines(
-        &Decoder::new(DecodeConfig::default()),
+        (&Decoder::new(DecodeConfig::default()), 1),
         &Input::File(PathBuf::from("bench-reference.jsonl")),
         &mut Cursor::new(reference),
         None,
@@ -175,7 +175,7 @@ fn engine_config() -> EngineConfig {
 
 fn run_replay(engine: &mut Engine, input: &Input) -> replay::ReplayResult {
     let (mut reader, _size) = input.open().expect("open data file");
-    replay::replay(engine, input, &mut reader, EVERY_MS, |_| {}).expect("replay")
+    replay::replay(engine, input, &mut reader, EVERY_MS, 1, |_| {}).expect("replay")
 }
 
 fn parse_floor(input: &Input) -> u64 {

@@ -127,6 +127,10 @@ pub struct BuildArgs {
     /// Never show a progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Threads decoding the input and simulating the thresholds' null
+    /// laws (default: one per core). The baselines are the same for any.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub threads: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -162,6 +166,10 @@ pub struct ReplayArgs {
     /// and window side by side, and the verdict transitions.
     #[arg(long)]
     pub html: Option<PathBuf>,
+    /// Threads decoding the input (default: one per core); the engine
+    /// takes the lines in order, so the report is the same for any.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub threads: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -501,8 +509,11 @@ fn baseline_build(a: BuildArgs) -> Result<(), Failure> {
         .map_err(Failure::Usage)?;
     let pb = progress_bar(size, a.quiet);
     let decoder = Decoder::new(cfg.engine.decode.clone());
+    let threads = a
+        .threads
+        .map_or_else(replay::default_threads, |t| t as usize);
     let built = replay::build_baselines(
-        &decoder,
+        (&decoder, threads),
         &input,
         &mut reader,
         a.model.as_deref(),
@@ -512,6 +523,8 @@ fn baseline_build(a: BuildArgs) -> Result<(), Failure> {
     )
     .map_err(|e| Failure::Usage(e.into()))?;
     pb.finish_and_clear();
+    let mut built = built;
+    replay::fit_nulls(&mut built.baselines, &cfg.engine.compare, threads);
     for b in &built.baselines {
         let path = b.save(&a.output).map_err(|e| Failure::Runtime(e.into()))?;
         eprintln!(
@@ -574,7 +587,10 @@ fn replay_cmd(a: ReplayArgs) -> Result<(), Failure> {
     let (mut reader, size) = input.open().map_err(|e| Failure::Usage(e.into()))?;
     let pb = progress_bar(size, false);
     let mut engine = Engine::new(cfg.engine.clone(), baselines);
-    let result = replay::replay(&mut engine, &input, &mut reader, every, |b| {
+    let threads = a
+        .threads
+        .map_or_else(replay::default_threads, |t| t as usize);
+    let result = replay::replay(&mut engine, &input, &mut reader, every, threads, |b| {
         pb.set_position(b)
     })
     .map_err(|e| Failure::Runtime(e.into()))?;

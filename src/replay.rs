@@ -10,8 +10,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::io::{self, BufRead};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::engine::baseline::{Baseline, BaselineBuilder, BaselineError, Binning};
+use crate::engine::compare::CompareOptions;
 use crate::engine::decode::{
     feature_hash, Decoded, Decoder, EventTime, Prediction, RecordKind, Reject,
 };
@@ -141,6 +143,220 @@ pub fn for_each_line(
     }
 }
 
+/// Bytes of whole lines read at once: one chunk is decoded while the
+/// engine takes the one before it.
+const CHUNK_BYTES: usize = 4 << 20;
+/// Lines a thread decodes per grab, small enough that the two threads
+/// finish a chunk together.
+const PART_LINES: usize = 64;
+
+/// Whole lines read from the input, with where each one is.
+#[derive(Default)]
+struct Chunk {
+    data: Vec<u8>,
+    /// (start, end, line number, bytes read including the newline).
+    lines: Vec<(usize, usize, u64, usize)>,
+}
+
+impl Chunk {
+    /// Reads whole lines until [`CHUNK_BYTES`] or the end of the input
+    /// (then it stays empty); `n` counts lines across chunks. Blank lines
+    /// are counted and dropped, and `\r\n` endings trimmed, as
+    /// [`for_each_line`] does.
+    fn fill(
+        &mut self,
+        input: &Input,
+        reader: &mut (dyn BufRead + Send),
+        n: &mut u64,
+    ) -> Result<(), ReplayError> {
+        self.data.clear();
+        self.lines.clear();
+        while self.data.len() < CHUNK_BYTES {
+            let start = self.data.len();
+            let read =
+                reader
+                    .read_until(b'\n', &mut self.data)
+                    .map_err(|source| ReplayError::Read {
+                        input: input.name(),
+                        line: *n,
+                        source,
+                    })?;
+            if read == 0 {
+                break;
+            }
+            *n += 1;
+            let line = &self.data[start..];
+            let line = line.strip_suffix(b"\n").unwrap_or(line);
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.iter().all(u8::is_ascii_whitespace) {
+                self.data.truncate(start);
+                continue;
+            }
+            self.lines.push((start, start + line.len(), *n, read));
+        }
+        Ok(())
+    }
+
+    fn line(&self, i: usize) -> &[u8] {
+        let (start, end, ..) = self.lines[i];
+        &self.data[start..end]
+    }
+}
+
+/// Decodes parts of `chunk` until none is left, with the part's index.
+fn decode_parts<'a>(
+    decoder: &Decoder,
+    chunk: &'a Chunk,
+    next: &AtomicUsize,
+) -> Vec<(usize, Vec<Decoded<'a>>)> {
+    let mut out = Vec::new();
+    loop {
+        let p = next.fetch_add(1, Ordering::Relaxed);
+        let lo = p * PART_LINES;
+        if lo >= chunk.lines.len() {
+            return out;
+        }
+        let hi = (lo + PART_LINES).min(chunk.lines.len());
+        out.push((p, (lo..hi).map(|i| decoder.decode(chunk.line(i))).collect()));
+    }
+}
+
+/// Lines decoded, with the chunk they borrow from.
+type Ready<'c> = (&'c Chunk, Vec<Decoded<'c>>);
+
+/// One step of the pipeline. This thread hands `cur`'s decoded lines to
+/// `f` in order while another reads `next` from the input; then every
+/// thread decodes parts of `next`. Reading overlaps the engine's work,
+/// and the parts even out what each thread does. Returns `next`, read and
+/// decoded, in order.
+fn stage<'n>(
+    decoder: &Decoder,
+    threads: usize,
+    cur: Option<Ready<'_>>,
+    next: &'n mut Chunk,
+    (input, reader, n): (&Input, &mut (dyn BufRead + Send), &mut u64),
+    f: &mut dyn FnMut(u64, usize, Decoded<'_>),
+) -> Result<Ready<'n>, ReplayError> {
+    let mut feed = |cur: Option<Ready<'_>>| {
+        if let Some((chunk, decoded)) = cur {
+            for (&(_, _, n, read), d) in chunk.lines.iter().zip(decoded) {
+                f(n, read, d);
+            }
+        }
+    };
+    if threads <= 1 {
+        next.fill(input, reader, n)?;
+        feed(cur);
+        let next: &'n Chunk = next;
+        let parts = decode_parts(decoder, next, &AtomicUsize::new(0));
+        return Ok((next, parts.into_iter().flat_map(|(_, d)| d).collect()));
+    }
+    let counter = AtomicUsize::new(0);
+    let (tx, rx): (Vec<_>, Vec<_>) = (1..threads).map(|_| std::sync::mpsc::channel()).unzip();
+    let (filled, mut parts) = std::thread::scope(|s| {
+        let reader_thread = s.spawn(|| {
+            let read = next.fill(input, reader, n);
+            let next: &'n Chunk = next;
+            if read.is_err() {
+                // Dropping the senders tells the others there is nothing.
+                return (read.map(|_| next), Vec::new());
+            }
+            for t in &tx {
+                let _ = t.send(next);
+            }
+            drop(tx);
+            (Ok(next), decode_parts(decoder, next, &counter))
+        });
+        let mut rx = rx.into_iter();
+        let mine = rx.next();
+        let helpers: Vec<_> = rx
+            .map(|r| {
+                let counter = &counter;
+                s.spawn(move || {
+                    r.recv()
+                        .map_or_else(|_| Vec::new(), |c| decode_parts(decoder, c, counter))
+                })
+            })
+            .collect();
+        feed(cur);
+        let mut parts = match mine.map(|r| r.recv()) {
+            Some(Ok(c)) => decode_parts(decoder, c, &counter),
+            _ => Vec::new(),
+        };
+        for h in helpers {
+            parts.extend(joined(h));
+        }
+        let (filled, theirs) = joined(reader_thread);
+        parts.extend(theirs);
+        (filled, parts)
+    });
+    let next = filled?;
+    parts.sort_unstable_by_key(|(p, _)| *p);
+    Ok((next, parts.into_iter().flat_map(|(_, d)| d).collect()))
+}
+
+/// A scoped thread's result. Reading and decoding do not panic on any
+/// input (the fuzz targets hold the decoder to that); a panic is a bug,
+/// and is passed on.
+fn joined<T>(h: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+}
+
+/// Reads and decodes every line of `reader` on `threads` threads and hands
+/// each one to `f` (line number, bytes read, decoded line) in input order,
+/// on the calling thread: whatever `f` builds is what one thread would
+/// have built. Returns the lines read.
+pub fn for_each_decoded(
+    input: &Input,
+    reader: &mut (dyn BufRead + Send),
+    decoder: &Decoder,
+    threads: usize,
+    mut f: impl FnMut(u64, usize, Decoded<'_>),
+) -> Result<u64, ReplayError> {
+    let threads = threads.max(1);
+    let mut n = 0u64;
+    let (mut a, mut b) = (Chunk::default(), Chunk::default());
+    let mut ready_a = stage(
+        decoder,
+        threads,
+        None,
+        &mut a,
+        (input, reader, &mut n),
+        &mut f,
+    )?;
+    // Two chunks take turns: one is being handed on while the other is
+    // read and decoded.
+    loop {
+        if ready_a.0.lines.is_empty() {
+            return Ok(n);
+        }
+        let ready_b = stage(
+            decoder,
+            threads,
+            Some(ready_a),
+            &mut b,
+            (input, reader, &mut n),
+            &mut f,
+        )?;
+        if ready_b.0.lines.is_empty() {
+            return Ok(n);
+        }
+        ready_a = stage(
+            decoder,
+            threads,
+            Some(ready_b),
+            &mut a,
+            (input, reader, &mut n),
+            &mut f,
+        )?;
+    }
+}
+
+/// Worker threads for a replay or a build: one per core.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// The outcome of a replay.
 #[derive(Debug)]
 pub struct ReplayResult {
@@ -157,11 +373,14 @@ pub struct ReplayResult {
 
 /// Runs `engine` over `reader` in event time, evaluating every `every_ms`.
 /// `progress` is called with the bytes read so far, now and then.
+/// Lines are decoded on `threads` threads and reach the engine in input
+/// order, so any number of threads gives the same result.
 pub fn replay(
     engine: &mut Engine,
     input: &Input,
-    reader: &mut dyn BufRead,
+    reader: &mut (dyn BufRead + Send),
     every_ms: i64,
+    threads: usize,
     mut progress: impl FnMut(u64),
 ) -> Result<ReplayResult, ReplayError> {
     let mut transitions = Vec::new();
@@ -170,12 +389,13 @@ pub fn replay(
     let mut first_event = None;
     let mut first_bad = FirstBad::default();
     let mut bytes = 0u64;
-    let lines = for_each_line(input, reader, |n, line, read| {
+    let decoder = engine.decoder().clone();
+    let lines = for_each_decoded(input, reader, &decoder, threads, |n, read, d| {
         bytes += read as u64;
         if n % 65_536 == 0 {
             progress(bytes);
         }
-        let d = engine.decode(line);
+        engine.count_decoded(&d);
         let time = match &d {
             Decoded::Event(ev) => ev.time,
             Decoded::Record(r) => r.time,
@@ -305,11 +525,12 @@ impl BuildLabels {
     }
 }
 
-/// Builds one baseline per model (or only `model`) from reference logs.
+/// Builds one baseline per model (or only `model`) from reference logs,
+/// decoded on `threads` threads (the baselines are the same for any).
 pub fn build_baselines(
-    decoder: &Decoder,
+    (decoder, threads): (&Decoder, usize),
     input: &Input,
-    reader: &mut dyn BufRead,
+    reader: &mut (dyn BufRead + Send),
     model: Option<&str>,
     binning: &Binning,
     now_ms: i64,
@@ -324,12 +545,11 @@ pub fn build_baselines(
     // Bounded: a hostile file of a million model ids must not build a
     // million baselines.
     const MAX_MODELS: usize = 10_000;
-    let lines = for_each_line(input, reader, |n, line, read| {
+    let lines = for_each_decoded(input, reader, decoder, threads, |n, read, d| {
         bytes += read as u64;
         if n % 65_536 == 0 {
             progress(bytes);
         }
-        let d = decoder.decode(line);
         stats.record(&d);
         let ev = match d {
             Decoded::Event(ev) => ev,
@@ -423,6 +643,74 @@ pub fn build_baselines(
         stats,
         first_bad,
     })
+}
+
+/// Simulates and stores every distribution's no-drift law in its baseline
+/// (see [`crate::engine::threshold`]), on every core: a daemon or replay
+/// that loads the files then judges with automatic thresholds from its
+/// first evaluation, without simulating. Seeded as the engine seeds its own
+/// fits, so a file's fit is the one the engine would have made.
+pub fn fit_nulls(baselines: &mut [Baseline], opts: &CompareOptions, threads: usize) {
+    use crate::engine::baseline::Layout;
+    use crate::engine::threshold;
+    // (baseline, latency layout?, slot) of every distribution.
+    let layouts: Vec<(Layout, Option<Layout>)> = baselines
+        .iter()
+        .map(|b| (Layout::new(b.clone()), Layout::for_latency(b)))
+        .collect();
+    let mut jobs = Vec::new();
+    for (k, (main, latency)) in layouts.iter().enumerate() {
+        jobs.extend((0..main.slots.len()).map(|i| (k, false, i)));
+        if let Some(l) = latency {
+            jobs.extend((0..l.slots.len()).map(|i| (k, true, i)));
+        }
+    }
+    let next = AtomicUsize::new(0);
+    let work = || {
+        let mut done = Vec::new();
+        loop {
+            let j = next.fetch_add(1, Ordering::Relaxed);
+            let Some(&(k, lat, i)) = jobs.get(j) else {
+                return done;
+            };
+            let layout = match &layouts[k] {
+                (_, Some(l)) if lat => l,
+                (m, _) => m,
+            };
+            let slot = &layout.slots[i];
+            let base = &layout.baseline_counts[slot.offset..slot.offset + slot.len];
+            let seed = threshold::seed(&layout.baseline.model, i);
+            done.push((j, threshold::fit(base, layout.bin_layout(i), opts, seed)));
+        }
+    };
+    let fits: Vec<(usize, threshold::NullFit)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (1..threads).map(|_| s.spawn(work)).collect();
+        let mut all = work();
+        for h in handles {
+            // A simulation does not panic on any counts (the fuzz targets
+            // run it); if one did, that distribution stays unfitted and
+            // the engine fits it when first needed.
+            all.extend(h.join().unwrap_or_default());
+        }
+        all
+    });
+    for (j, fit) in fits {
+        let (k, lat, i) = jobs[j];
+        let b = &mut baselines[k];
+        let f = if lat {
+            b.latency.get_mut(i)
+        } else {
+            let nf = b.features.len();
+            match i.checked_sub(nf) {
+                None => b.features.get_mut(i),
+                Some(0) if b.prediction.is_some() => b.prediction.as_mut(),
+                Some(_) => b.confidence.as_mut(),
+            }
+        };
+        if let Some(f) = f {
+            f.null = Some(fit);
+        }
+    }
 }
 
 /// Loads every baseline in a directory, or says everything that is wrong.

@@ -98,7 +98,7 @@ fn late_labels_raise_accuracy_drop_in_alertmanager() {
         right += u64::from(r);
     }
     let built = build_baselines(
-        &Decoder::new(Default::default()),
+        (&Decoder::new(Default::default()), 2),
         &Input::File("reference.jsonl".into()),
         &mut std::io::Cursor::new(reference.into_bytes()),
         None,

@@ -29,6 +29,7 @@ mod health_alerts_reach_alertmanager;
 mod memory_is_known_before_start;
 mod no_raw_values_leak;
 mod page_lists_a_thousand_models;
+mod parallel_replay_matches_one_thread;
 mod prometheus_files_pass_promtool;
 mod replay_flags_drifted_features;
 mod replay_report_opens_in_a_browser;

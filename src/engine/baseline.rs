@@ -159,6 +159,11 @@ pub struct FeatureBaseline {
     #[serde(flatten)]
     pub bins: Bins,
     pub counts: Vec<u64>,
+    /// The no-drift law of its divergences, simulated at a few window
+    /// sizes by `driftd baseline build` (the automatic thresholds read it;
+    /// without it they fit it on first use).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub null: Option<crate::engine::threshold::NullFit>,
 }
 
 /// A baseline file: one model's reference distributions.
@@ -1020,6 +1025,7 @@ impl FeatureAcc {
             name: name.to_owned(),
             bins,
             counts,
+            null: None,
         }
     }
 }

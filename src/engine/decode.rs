@@ -573,7 +573,7 @@ enum Role {
     Stage,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Node {
     children: Vec<(Box<str>, Node)>,
     role: Option<Role>,
@@ -612,7 +612,7 @@ impl Node {
 
 /// Decodes lines according to a [`DecodeConfig`]. Cheap to clone the config
 /// into; holds no per-line state.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Decoder {
     cfg: DecodeConfig,
     trie: Node,

@@ -867,8 +867,18 @@ impl Engine {
     /// the engine.
     pub fn decode<'a>(&mut self, line: &'a [u8]) -> Decoded<'a> {
         let d = self.decoder.decode(line);
-        self.stats.decode.record(&d);
+        self.count_decoded(&d);
         d
+    }
+
+    /// The engine's decoder, to decode on other threads (a replay does);
+    /// what it decodes is then counted with [`Engine::count_decoded`].
+    pub fn decoder(&self) -> &Decoder {
+        &self.decoder
+    }
+
+    pub fn count_decoded(&mut self, d: &Decoded<'_>) {
+        self.stats.decode.record(d);
     }
 
     /// The event time to file a line under: its own timestamp, or the
@@ -1883,27 +1893,17 @@ fn evaluate_tracked(
         // (automatic thresholds, once there is enough to judge).
         let null = match auto {
             Some((_, alpha)) if samples >= cfg.detect.min_samples => {
-                let (bucket, n) = threshold::bucket(counts.iter().sum());
-                Some(match null_cache.get(i, bucket) {
-                    Some(q) => *q,
-                    None if *budget > 0 => {
-                        *budget -= 1;
-                        let q = threshold::simulate(
-                            base,
-                            layout.bin_layout(i),
-                            &cfg.compare,
-                            n,
-                            alpha,
-                            threshold::REPLICATES,
-                            threshold::seed(model, i, bucket),
-                        );
-                        null_cache.insert(i, bucket, q);
-                        q
-                    }
-                    None => null_cache
-                        .laws
-                        .asymptotic(base, layout.bin_layout(i), n, alpha),
-                })
+                let n = counts.iter().fold(0u64, |a, &c| a.saturating_add(c));
+                let n = threshold::judged_size(n);
+                Some(null_quantiles(
+                    cfg,
+                    (model, i),
+                    &layout,
+                    null_cache,
+                    budget,
+                    n,
+                    alpha,
+                ))
             }
             _ => None,
         };
@@ -1962,6 +1962,49 @@ fn evaluate_tracked(
                 });
             }
         }
+    }
+}
+
+/// The no-drift quantiles of distribution `i` at window size `n`: from
+/// its cached curve; else from the fit stored in its baseline file; else
+/// fitted now if the evaluation's simulation budget allows (counted in
+/// anchors); else the first-order laws until a later evaluation.
+fn null_quantiles(
+    cfg: &EngineConfig,
+    (model, i): (&str, usize),
+    layout: &Layout,
+    cache: &mut NullCache,
+    budget: &mut usize,
+    n: u64,
+    alpha: f64,
+) -> Quantiles {
+    if let Some(c) = cache.get(i, alpha) {
+        return c.quantiles(n);
+    }
+    let slot = &layout.slots[i];
+    let base = &layout.baseline_counts[slot.offset..slot.offset + slot.len];
+    let m = layout.baseline_totals[i];
+    let stored = layout
+        .feature_baseline(i)
+        .null
+        .as_ref()
+        .filter(|f| f.smoothing.to_bits() == cfg.compare.smoothing.to_bits());
+    let curve = match stored {
+        Some(f) => f.curve(m, alpha),
+        None if *budget > 0 => {
+            *budget = budget.saturating_sub(threshold::anchors(base).len());
+            let seed = threshold::seed(model, i);
+            threshold::fit(base, layout.bin_layout(i), &cfg.compare, seed).curve(m, alpha)
+        }
+        None => None,
+    };
+    match curve {
+        Some(c) => {
+            let q = c.quantiles(n);
+            cache.insert(i, c);
+            q
+        }
+        None => cache.laws.asymptotic(base, layout.bin_layout(i), n, alpha),
     }
 }
 

@@ -669,6 +669,7 @@ mod tests {
                         categories: vec!["a".into(), "b".into()],
                     },
                     counts: vec![5, 5, 0, 0],
+                    null: None,
                 },
                 FeatureBaseline {
                     name: "x".into(),
@@ -678,6 +679,7 @@ mod tests {
                         std: 0.5,
                     },
                     counts: vec![0, 5, 5, 0, 0],
+                    null: None,
                 },
             ],
             prediction: Some(FeatureBaseline {
@@ -686,6 +688,7 @@ mod tests {
                     categories: vec!["yes".into()],
                 },
                 counts: vec![10, 0, 0],
+                null: None,
             }),
             confidence: None,
             latency: Vec::new(),

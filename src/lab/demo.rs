@@ -185,7 +185,7 @@ impl Reference {
         }
         let decoder = Decoder::new(Default::default());
         let built = build_baselines(
-            &decoder,
+            (&decoder, crate::replay::default_threads()),
             &Input::Stdin,
             &mut text.as_slice(),
             None,
@@ -193,6 +193,9 @@ impl Reference {
             start,
             |_| {},
         )?;
+        let mut built = built;
+        let threads = crate::replay::default_threads();
+        crate::replay::fit_nulls(&mut built.baselines, &Default::default(), threads);
         for b in &built.baselines {
             b.save(dir)?;
         }

@@ -151,7 +151,7 @@ fn reference(seed: u64) -> Baseline {
         text.push('\n');
     });
     let built = build_baselines(
-        &Decoder::new(Default::default()),
+        (&Decoder::new(Default::default()), 2),
         &Input::File("reference".into()),
         &mut Cursor::new(text.into_bytes()),
         None,

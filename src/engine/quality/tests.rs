@@ -903,6 +903,7 @@ fn confidence_feature() -> FeatureBaseline {
             std: 0.1,
         },
         counts: vec![0; 5],
+        null: None,
     }
 }
 
