@@ -1,10 +1,12 @@
 //! Offline replay: a log file through the engine in event time, as if live.
 //!
-//! This module owns reading JSON lines from a file or stdin, driving the
-//! engine's clock from the events themselves (evaluating every `every` of
-//! event time), and rendering the result as a table or as the JSON report
-//! that operators and scripts read. The same code builds baselines
-//! (`driftd baseline build`), since both are "read a log, count by model".
+//! This module owns reading JSON lines from a file or stdin and decoding
+//! them on every core (in chunks, handed on in input order, so the result
+//! is one thread's), driving the engine's clock from the events themselves
+//! (evaluating every `every` of event time), and rendering the result as a
+//! table or as the JSON report that operators and scripts read. The same
+//! code builds baselines (`driftd baseline build`), since both are "read a
+//! log, count by model", and simulates their null laws on every core.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -221,78 +223,115 @@ fn decode_parts<'a>(
     }
 }
 
-/// Lines decoded, with the chunk they borrow from.
-type Ready<'c> = (&'c Chunk, Vec<Decoded<'c>>);
+/// Lines decoded, with the chunk they borrow from: the parts in order,
+/// each marked with whether the calling thread decoded it. (Not one
+/// vector: a chunk's lines decoded are megabytes, which glibc maps and
+/// unmaps at every chunk.)
+type Ready<'c> = (&'c Chunk, Vec<(bool, Vec<Decoded<'c>>)>);
 
 /// One step of the pipeline. This thread hands `cur`'s decoded lines to
 /// `f` in order while another reads `next` from the input; then every
 /// thread decodes parts of `next`. Reading overlaps the engine's work,
 /// and the parts even out what each thread does. Returns `next`, read and
 /// decoded, in order.
+///
+/// A decoded line is freed by the thread that decoded it (the reader
+/// thread of the next stage takes over the arena of this one's when it
+/// exits): freed on the engine's thread, glibc's arenas were contended on
+/// every line, and two threads ran slower than one.
 fn stage<'n>(
     decoder: &Decoder,
     threads: usize,
     cur: Option<Ready<'_>>,
     next: &'n mut Chunk,
     (input, reader, n): (&Input, &mut (dyn BufRead + Send), &mut u64),
-    f: &mut dyn FnMut(u64, usize, Decoded<'_>),
+    f: &mut dyn FnMut(u64, usize, &Decoded<'_>),
 ) -> Result<Ready<'n>, ReplayError> {
-    let mut feed = |cur: Option<Ready<'_>>| {
-        if let Some((chunk, decoded)) = cur {
-            for (&(_, _, n, read), d) in chunk.lines.iter().zip(decoded) {
-                f(n, read, d);
-            }
-        }
+    let sorted = |mut parts: Vec<(usize, bool, Vec<Decoded<'n>>)>| {
+        parts.sort_unstable_by_key(|(p, ..)| *p);
+        parts.into_iter().map(|(_, mine, d)| (mine, d)).collect()
     };
     if threads <= 1 {
+        // `cur` first, as with more threads: a read error comes after it.
+        drop(feed(cur, f));
         next.fill(input, reader, n)?;
-        feed(cur);
         let next: &'n Chunk = next;
         let parts = decode_parts(decoder, next, &AtomicUsize::new(0));
-        return Ok((next, parts.into_iter().flat_map(|(_, d)| d).collect()));
+        return Ok((
+            next,
+            sorted(parts.into_iter().map(|(p, d)| (p, true, d)).collect()),
+        ));
     }
     let counter = AtomicUsize::new(0);
     let (tx, rx): (Vec<_>, Vec<_>) = (1..threads).map(|_| std::sync::mpsc::channel()).unzip();
-    let (filled, mut parts) = std::thread::scope(|s| {
-        let reader_thread = s.spawn(|| {
+    let (to_free, freed) = std::sync::mpsc::channel();
+    let (filled, parts) = std::thread::scope(|s| {
+        let counter = &counter;
+        let reader_thread = s.spawn(move || {
             let read = next.fill(input, reader, n);
             let next: &'n Chunk = next;
-            if read.is_err() {
+            let parts = match read {
                 // Dropping the senders tells the others there is nothing.
-                return (read.map(|_| next), Vec::new());
-            }
-            for t in &tx {
-                let _ = t.send(next);
-            }
-            drop(tx);
-            (Ok(next), decode_parts(decoder, next, &counter))
+                Err(_) => Vec::new(),
+                Ok(()) => {
+                    for t in &tx {
+                        let _ = t.send(next);
+                    }
+                    drop(tx);
+                    decode_parts(decoder, next, counter)
+                }
+            };
+            drop(freed.recv());
+            (read.map(|_| next), parts)
         });
         let mut rx = rx.into_iter();
         let mine = rx.next();
         let helpers: Vec<_> = rx
             .map(|r| {
-                let counter = &counter;
                 s.spawn(move || {
                     r.recv()
                         .map_or_else(|_| Vec::new(), |c| decode_parts(decoder, c, counter))
                 })
             })
             .collect();
-        feed(cur);
-        let mut parts = match mine.map(|r| r.recv()) {
-            Some(Ok(c)) => decode_parts(decoder, c, &counter),
+        let _ = to_free.send(feed(cur, f));
+        let mut parts: Vec<_> = match mine.map(|r| r.recv()) {
+            Some(Ok(c)) => decode_parts(decoder, c, counter),
             _ => Vec::new(),
-        };
+        }
+        .into_iter()
+        .map(|(p, d)| (p, true, d))
+        .collect();
         for h in helpers {
-            parts.extend(joined(h));
+            parts.extend(joined(h).into_iter().map(|(p, d)| (p, false, d)));
         }
         let (filled, theirs) = joined(reader_thread);
-        parts.extend(theirs);
+        parts.extend(theirs.into_iter().map(|(p, d)| (p, false, d)));
         (filled, parts)
     });
-    let next = filled?;
-    parts.sort_unstable_by_key(|(p, _)| *p);
-    Ok((next, parts.into_iter().flat_map(|(_, d)| d).collect()))
+    Ok((filled?, sorted(parts)))
+}
+
+/// Hands `cur`'s lines to `f` in order, frees the parts this thread
+/// decoded, and returns the others' (see [`stage`]).
+fn feed<'c>(
+    cur: Option<Ready<'c>>,
+    f: &mut dyn FnMut(u64, usize, &Decoded<'_>),
+) -> Vec<Vec<Decoded<'c>>> {
+    let Some((chunk, parts)) = cur else {
+        return Vec::new();
+    };
+    let mut lines = chunk.lines.iter();
+    let mut theirs = Vec::new();
+    for (mine, part) in parts {
+        for (&(_, _, n, read), d) in lines.by_ref().zip(&part) {
+            f(n, read, d);
+        }
+        if !mine {
+            theirs.push(part);
+        }
+    }
+    theirs
 }
 
 /// A scoped thread's result. Reading and decoding do not panic on any
@@ -311,7 +350,7 @@ pub fn for_each_decoded(
     reader: &mut (dyn BufRead + Send),
     decoder: &Decoder,
     threads: usize,
-    mut f: impl FnMut(u64, usize, Decoded<'_>),
+    mut f: impl FnMut(u64, usize, &Decoded<'_>),
 ) -> Result<u64, ReplayError> {
     let threads = threads.max(1);
     let mut n = 0u64;
@@ -395,8 +434,8 @@ pub fn replay(
         if n % 65_536 == 0 {
             progress(bytes);
         }
-        engine.count_decoded(&d);
-        let time = match &d {
+        engine.count_decoded(d);
+        let time = match d {
             Decoded::Event(ev) => ev.time,
             Decoded::Record(r) => r.time,
             Decoded::Rejected(r) => {
@@ -425,7 +464,7 @@ pub fn replay(
             next_eval = Some(at);
         }
         watermark = Some(watermark.map_or(t, |w| w.max(t)));
-        engine.accept(&d, t, t);
+        engine.accept(d, t, t);
     })?;
     progress(bytes);
     // The final window, as of the last event.
@@ -550,7 +589,7 @@ pub fn build_baselines(
         if n % 65_536 == 0 {
             progress(bytes);
         }
-        stats.record(&d);
+        stats.record(d);
         let ev = match d {
             Decoded::Event(ev) => ev,
             // Timing lines give the model's latency baseline, batch lines
@@ -571,11 +610,11 @@ pub fn build_baselines(
                 return;
             }
             Decoded::Record(r) if r.kind == RecordKind::Label => {
-                labels.label(&r);
+                labels.label(r);
                 return;
             }
             Decoded::Rejected(r) => {
-                first_bad.note(r, n);
+                first_bad.note(*r, n);
                 return;
             }
             Decoded::Record(_) | Decoded::Skipped(_) => return,
@@ -587,15 +626,15 @@ pub fn build_baselines(
             return;
         }
         if let Some(b) = builders.get_mut(ev.model.as_ref()) {
-            b.add(&ev);
+            b.add(ev);
         } else if builders.len() < MAX_MODELS {
             let mut b = BaselineBuilder::new(&ev.model);
-            b.add(&ev);
+            b.add(ev);
             builders.insert(ev.model.to_string(), b);
         } else {
             return;
         }
-        labels.prediction(&ev);
+        labels.prediction(ev);
     })?;
     progress(bytes);
     if builders.is_empty() {
