@@ -423,6 +423,18 @@ impl TryFrom<NullFitFile> for NullFit {
             let mut mo = [None; FITTED.len()];
             for (j, &i) in index.iter().enumerate() {
                 if let (Some(m), Some(v), Some(s)) = (a.mean[j], a.var[j], a.skew[j]) {
+                    // A sample skewness of a thousand replicates is under
+                    // 32; an edited file must not feed the quantile
+                    // functions infinities or a negative variance.
+                    if !(m.is_finite() && m >= 0.0 && v.is_finite() && v >= 0.0)
+                        || s.is_nan()
+                        || s.abs() > 100.0
+                    {
+                        return Err(format!(
+                            "null: {} at n = {} has mean {m}, variance {v}, skewness {s}; a mean and variance must be finite and not negative, a skewness within ±100; rebuild the baseline",
+                            f.metrics[j], a.n
+                        ));
+                    }
                     mo[i] = Some([m, v, s]);
                 }
             }
@@ -1111,6 +1123,12 @@ mod tests {
             "n = 256 needs 8",
         );
         bad(&|j| j["anchors"] = serde_json::json!([]), "1 to 12 anchors");
+        bad(
+            &|j| j["anchors"][0]["var"][0] = (-1.0).into(),
+            "not negative",
+        );
+        bad(&|j| j["anchors"][0]["mean"][1] = 1e300.into(), "finite");
+        bad(&|j| j["anchors"][0]["skew"][2] = 1e6.into(), "±100");
         bad(&|j| j["extra"] = 1.into(), "unknown field");
     }
 }
