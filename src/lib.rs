@@ -62,7 +62,7 @@
 //!   - [`lab::soak`]: `driftd soak`, the daemon for a long time at a steady rate with broker, request and Alertmanager faults; flat RSS, fds and series, nothing lost.
 //!   - [`lab::scenario`]: `driftd scenarios`, the verdict-quality suite: false alarms per 24 h without drift, detection delay with it.
 //!   - [`lab::quality_suite`]: the suite's model-quality part: the accuracy estimate against realized accuracy, `EstimatedAccuracyDrop` and `AccuracyDrop` delays, false alarms.
-//! - [`replay`]: a log file through the engine in event time; baseline builds; reports.
+//! - [`replay`]: a log file through the engine in event time, decoded on every core; baseline builds; reports.
 //! - [`view`]: drift as HTML and SVG, baseline and window side by side: the daemon's page and `replay --html`.
 //! - [`config`]: TOML + environment configuration, validated into the daemon's [`Config`](daemon::app::Config) with every problem reported.
 //! - [`clock`]: the wall clock, read in one place.

@@ -7,16 +7,19 @@
 //!
 //! 1. **parse floor**: serde_json into a typed, borrowed struct of the line
 //!    (what any decoder of this design must at least pay), one core;
-//! 2. **replay**: the engine (decode, bin, window, evaluate) over the lines
-//!    in memory, one core;
-//! 3. **daemon**: the real `driftd run` binary as a child process, draining
+//! 2. **decoder**: the engine's decoder alone, one core;
+//! 3. **replay**: the engine (decode, bin, window, evaluate) over the lines
+//!    in memory, one core; then `driftd replay`'s own path over the lines
+//!    as one file: one thread against every core (decoding in parallel,
+//!    the engine in order), and 30 s evaluations against one;
+//! 4. **daemon**: the real `driftd run` binary as a child process, draining
 //!    the lines from librdkafka's mock cluster (the real protocol over
 //!    loopback, hosted by this process), timed from its partitions'
 //!    assignment; the child's own CPU time and peak RSS (from /proc);
-//! 4. **steady** (with `--steady`): the child at a fixed produce rate, with
+//! 5. **steady** (with `--steady`): the child at a fixed produce rate, with
 //!    probe events whose time to show in the daemon's API (event-to-gauge
 //!    latency) is measured, and the child's RSS sampled over the run;
-//! 5. **/metrics**: scrapes of the child's exposition, timed.
+//! 6. **/metrics**: scrapes of the child's exposition, timed.
 //!
 //! Each throughput is also given as a ratio to the parse floor measured in
 //! the same run. The daemon is measured from outside (its HTTP API and
@@ -126,6 +129,19 @@ pub(crate) struct Scrape {
     pub max_ms: f64,
 }
 
+/// `driftd replay` of the lines as a file (see [`replay_files`]).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct FileReplays {
+    pub threads: usize,
+    pub one_thread: Throughput,
+    pub parallel: Throughput,
+    pub one_evaluation: Throughput,
+    /// One thread's time over every core's.
+    pub speedup: f64,
+    /// 30 s evaluations' time over one evaluation's.
+    pub thirty_s_over_one: f64,
+}
+
 /// Everything one run measured.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct BenchReport {
@@ -136,7 +152,10 @@ pub(crate) struct BenchReport {
     pub lines: usize,
     pub bytes_per_line: f64,
     pub floor: Throughput,
+    /// The engine's decoder alone, one core.
+    pub decoder: Throughput,
     pub replay: Option<Throughput>,
+    pub files: Option<FileReplays>,
     pub daemon: Option<Throughput>,
     pub daemon_peak_rss_mib: Option<f64>,
     pub daemon_rss_after_drain_mib: Option<f64>,
@@ -258,7 +277,8 @@ impl Lines {
         let mut start = 0;
         self.ends.iter().zip(&self.keys).map(move |(&end, &k)| {
             let l = &self.text[start..end];
-            start = end;
+            // Past the newline.
+            start = end + 1;
             (l, self.names[k as usize].as_str())
         })
     }
@@ -287,6 +307,8 @@ fn generate(o: &BenchOptions, start_ms: i64, span_ms: i64) -> Lines {
         g.next_line(t, &mut buf);
         text.extend_from_slice(buf.as_bytes());
         ends.push(text.len());
+        // Newline-separated, so `replay` reads the same text as a file.
+        text.push(b'\n');
         keys.push(g.last_model().unwrap_or(0) as u16);
     }
     Lines {
@@ -299,6 +321,7 @@ fn generate(o: &BenchOptions, start_ms: i64, span_ms: i64) -> Lines {
 
 /// Baselines of the generated models from a separate reference stream, and
 /// of the latency probe.
+/// With their null fits, as `driftd baseline build` writes them.
 fn baselines(o: &BenchOptions, now: i64) -> anyhow::Result<Vec<Baseline>> {
     let mut bases = traffic(o).baselines(now)?;
     let d = Decoder::new(Default::default());
@@ -310,6 +333,11 @@ fn baselines(o: &BenchOptions, now: i64) -> anyhow::Result<Vec<Baseline>> {
         }
     }
     bases.push(probe.finish(&Binning::default(), "bench", now)?);
+    crate::replay::fit_nulls(
+        &mut bases,
+        &Default::default(),
+        crate::replay::default_threads(),
+    );
     Ok(bases)
 }
 
@@ -353,6 +381,87 @@ fn replay(lines: &Lines, bases: Vec<Baseline>, now: i64) -> (f64, f64, u64) {
     e.evaluate(last_eval + 30_000);
     let events = e.stats.decode.events;
     (t.elapsed().as_secs_f64(), thread_cpu() - c, events)
+}
+
+/// The decoder alone over the lines, one core.
+fn decode_only(lines: &Lines) -> (f64, f64, u64) {
+    let d = Decoder::new(Default::default());
+    let (t, c) = (Instant::now(), thread_cpu());
+    let mut events = 0u64;
+    for (l, _) in lines.iter() {
+        events += u64::from(matches!(
+            std::hint::black_box(d.decode(l)),
+            Decoded::Event(_)
+        ));
+    }
+    (t.elapsed().as_secs_f64(), thread_cpu() - c, events)
+}
+
+/// `driftd replay` over the lines as one file: `threads` decoding, an
+/// evaluation every `every_ms` of event time. (seconds, process CPU
+/// seconds, events)
+fn replay_file(
+    lines: &Lines,
+    bases: &[Baseline],
+    threads: usize,
+    every_ms: i64,
+) -> anyhow::Result<(f64, f64, u64)> {
+    let cfg = EngineConfig {
+        max_future_ms: None,
+        window: WindowSpec::default(),
+        ..EngineConfig::default()
+    };
+    let mut e = Engine::new(cfg, bases.to_vec());
+    let input = crate::replay::Input::File("bench.jsonl".into());
+    let (t, c) = (Instant::now(), harness::cpu_seconds("/proc/self"));
+    let r = crate::replay::replay(
+        &mut e,
+        &input,
+        &mut lines.text.as_slice(),
+        every_ms,
+        threads,
+        |_| {},
+    )?;
+    let cpu = harness::cpu_seconds("/proc/self") - c;
+    Ok((t.elapsed().as_secs_f64(), cpu, r.stats.decode.events))
+}
+
+/// The file replays of the report: one thread and every core at 30 s
+/// evaluations, and every core at one evaluation; the median of three
+/// runs each.
+fn replay_files(
+    lines: &Lines,
+    bases: &[Baseline],
+    floor_per_event: f64,
+) -> anyhow::Result<FileReplays> {
+    const EVERY_30S: i64 = 30_000;
+    // Longer than any stream: the final evaluation only.
+    const ONCE: i64 = 3_650 * 86_400_000;
+    let threads = crate::replay::default_threads();
+    // The median of three runs: this kind of machine varies by a fifth
+    // from one run to the next.
+    let run = |threads: usize, every: i64| -> anyhow::Result<Throughput> {
+        let mut runs = (0..3)
+            .map(|_| replay_file(lines, bases, threads, every))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let (s, cpu, events) = runs[1];
+        Ok(throughput(events, s, cpu, floor_per_event))
+    };
+    eprintln!("replay of the lines as a file: 1 thread ...");
+    let one_thread = run(1, EVERY_30S)?;
+    eprintln!("... {threads} threads ...");
+    let parallel = run(threads, EVERY_30S)?;
+    eprintln!("... {threads} threads, one evaluation ...");
+    let one_evaluation = run(threads, ONCE)?;
+    Ok(FileReplays {
+        threads,
+        speedup: one_thread.seconds / parallel.seconds.max(1e-9),
+        thirty_s_over_one: parallel.seconds / one_evaluation.seconds.max(1e-9),
+        one_thread,
+        parallel,
+        one_evaluation,
+    })
 }
 
 fn throughput(events: u64, secs: f64, cpu: f64, floor_per_event: f64) -> Throughput {
@@ -412,7 +521,7 @@ pub(crate) fn run(o: &BenchOptions) -> anyhow::Result<BenchReport> {
     );
     // Event times over the last 10 minutes: all within the daemon's window.
     let lines = generate(o, now - 600_000, 600_000);
-    let bytes_per_line = lines.text.len() as f64 / o.lines.max(1) as f64;
+    let bytes_per_line = (lines.text.len() - o.lines) as f64 / o.lines.max(1) as f64;
     let bases = baselines(o, now)?;
 
     eprintln!("parse floor ...");
@@ -420,10 +529,19 @@ pub(crate) fn run(o: &BenchOptions) -> anyhow::Result<BenchReport> {
     let floor_per_event = floor_s / o.lines.max(1) as f64;
     let floor_t = throughput(o.lines as u64, floor_s, floor_cpu, floor_per_event);
 
+    eprintln!("decoder ...");
+    let (s, c, events) = decode_only(&lines);
+    let decoder_t = throughput(events, s, c, floor_per_event);
+
     let replay_t = if o.replay {
         eprintln!("replay ...");
         let (s, c, events) = replay(&lines, bases.clone(), now);
         Some(throughput(events, s, c, floor_per_event))
+    } else {
+        None
+    };
+    let files = if o.replay {
+        Some(replay_files(&lines, &bases, floor_per_event)?)
     } else {
         None
     };
@@ -436,7 +554,9 @@ pub(crate) fn run(o: &BenchOptions) -> anyhow::Result<BenchReport> {
         lines: o.lines,
         bytes_per_line,
         floor: floor_t,
+        decoder: decoder_t,
         replay: replay_t,
+        files,
         daemon: None,
         daemon_peak_rss_mib: None,
         daemon_rss_after_drain_mib: None,
@@ -736,11 +856,38 @@ pub(crate) fn render(r: &BenchReport, o: &BenchOptions) -> String {
         "parse floor (serde_json into a typed struct, 1 core)",
         &r.floor,
     );
+    row(&mut out, "decoder alone (1 core)", &r.decoder);
     if let Some(t) = &r.replay {
         row(&mut out, "replay (engine, 1 core)", t);
     }
+    if let Some(f) = &r.files {
+        row(
+            &mut out,
+            "`replay` of a file, 1 thread, 30 s evaluations",
+            &f.one_thread,
+        );
+        let name = format!(
+            "`replay` of a file, {} threads, 30 s evaluations",
+            f.threads
+        );
+        row(&mut out, &name, &f.parallel);
+        let name = format!("`replay` of a file, {} threads, one evaluation", f.threads);
+        row(&mut out, &name, &f.one_evaluation);
+    }
     if let Some(t) = &r.daemon {
         row(&mut out, "daemon through the mock broker (driftd run)", t);
+    }
+    if let Some(f) = &r.files {
+        let mb = |t: &Throughput| t.events_per_second * r.bytes_per_line / 1e6;
+        let _ = writeln!(
+            out,
+            "file replay: {:.2}x on {} threads over 1 ({:.0} vs {:.0} MB/s); 30 s evaluations take {:.2}x one evaluation's time",
+            f.speedup,
+            f.threads,
+            mb(&f.parallel),
+            mb(&f.one_thread),
+            f.thirty_s_over_one
+        );
     }
     if let (Some(peak), Some(after)) = (r.daemon_peak_rss_mib, r.daemon_rss_after_drain_mib) {
         let _ = writeln!(
