@@ -26,9 +26,11 @@
 //! * `threshold/simulate_*`: one no-drift simulation of automatic
 //!   thresholds ([`driftd::engine::threshold::simulate`], 1,000 replicates of a
 //!   window and a baseline drawn from the baseline, each scored by
-//!   `compare`), on one numeric feature of 13 bins and one categorical of
-//!   52 (top-50 + other + missing): what an evaluation pays per new
-//!   (distribution, sample-size bucket), at most 64 times.
+//!   `compare::divergences`), on one numeric feature of 13 bins and one
+//!   categorical of 52 (top-50 + other + missing): what a distribution's
+//!   null fit pays per anchor (a few anchors, once: at `baseline build`,
+//!   or at an evaluation for a baseline without its fit, at most 32
+//!   anchors an evaluation plus the rest of a fit begun).
 //!
 //! Why: evaluation compares every distribution of every window (model and
 //! arms) on each tick; this bounds how many models and features one core

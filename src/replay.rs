@@ -114,6 +114,14 @@ impl FirstBad {
     }
 }
 
+/// A line as read, without its `\n` or `\r\n`; `None` when blank (blank
+/// lines are counted, never decoded).
+fn content(read: &[u8]) -> Option<&[u8]> {
+    let line = read.strip_suffix(b"\n").unwrap_or(read);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    (!line.iter().all(u8::is_ascii_whitespace)).then_some(line)
+}
+
 /// Reads lines into `f`, reusing one buffer. Invalid UTF-8 is passed on as
 /// bytes (the decoder rejects it with a reason).
 pub fn for_each_line(
@@ -136,12 +144,9 @@ pub fn for_each_line(
             return Ok(n);
         }
         n += 1;
-        let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
+        if let Some(line) = content(&buf) {
+            f(n, line, read);
         }
-        f(n, line, read);
     }
 }
 
@@ -162,9 +167,9 @@ struct Chunk {
 
 impl Chunk {
     /// Reads whole lines until [`CHUNK_BYTES`] or the end of the input
-    /// (then it stays empty); `n` counts lines across chunks. Blank lines
-    /// are counted and dropped, and `\r\n` endings trimmed, as
-    /// [`for_each_line`] does.
+    /// (then it stays empty); `n` counts lines across chunks. Lines are
+    /// trimmed and blank ones dropped by [`content`], as in
+    /// [`for_each_line`].
     fn fill(
         &mut self,
         input: &Input,
@@ -187,14 +192,13 @@ impl Chunk {
                 break;
             }
             *n += 1;
-            let line = &self.data[start..];
-            let line = line.strip_suffix(b"\n").unwrap_or(line);
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            if line.iter().all(u8::is_ascii_whitespace) {
-                self.data.truncate(start);
-                continue;
+            match content(&self.data[start..]) {
+                Some(line) => {
+                    let end = start + line.len();
+                    self.lines.push((start, end, *n, read));
+                }
+                None => self.data.truncate(start),
             }
-            self.lines.push((start, start + line.len(), *n, read));
         }
         Ok(())
     }
@@ -235,10 +239,11 @@ type Ready<'c> = (&'c Chunk, Vec<(bool, Vec<Decoded<'c>>)>);
 /// and the parts even out what each thread does. Returns `next`, read and
 /// decoded, in order.
 ///
-/// A decoded line is freed by the thread that decoded it (the reader
-/// thread of the next stage takes over the arena of this one's when it
-/// exits): freed on the engine's thread, glibc's arenas were contended on
-/// every line, and two threads ran slower than one.
+/// The parts this thread did not decode are freed by the next stage's
+/// reader thread, not on the engine's: glibc gives a new thread the arena
+/// of one that exited, so with two threads a part is freed in the arena
+/// that allocated it. Freed on the engine's thread, the arenas' lock was
+/// contended on every line, and two threads ran slower than one.
 fn stage<'n>(
     decoder: &Decoder,
     threads: usize,
@@ -266,6 +271,9 @@ fn stage<'n>(
     let (tx, rx): (Vec<_>, Vec<_>) = (1..threads).map(|_| std::sync::mpsc::channel()).unzip();
     let (to_free, freed) = std::sync::mpsc::channel();
     let (filled, parts) = std::thread::scope(|s| {
+        // Owned by the scope's closure, so a panic in `f` drops it and the
+        // reader thread's `recv` returns instead of waiting forever.
+        let to_free = to_free;
         let counter = &counter;
         let reader_thread = s.spawn(move || {
             let read = next.fill(input, reader, n);
@@ -344,7 +352,9 @@ fn joined<T>(h: std::thread::ScopedJoinHandle<'_, T>) -> T {
 /// Reads and decodes every line of `reader` on `threads` threads and hands
 /// each one to `f` (line number, bytes read, decoded line) in input order,
 /// on the calling thread: whatever `f` builds is what one thread would
-/// have built. Returns the lines read.
+/// have built. Returns the lines read. On a read error, the lines of the
+/// chunk being read (up to 4 MB) are not handed on: the error ends the
+/// replay or build anyway.
 pub fn for_each_decoded(
     input: &Input,
     reader: &mut (dyn BufRead + Send),
@@ -726,10 +736,7 @@ pub fn fit_nulls(baselines: &mut [Baseline], opts: &CompareOptions, threads: usi
         let handles: Vec<_> = (1..threads).map(|_| s.spawn(work)).collect();
         let mut all = work();
         for h in handles {
-            // A simulation does not panic on any counts (the fuzz targets
-            // run it); if one did, that distribution stays unfitted and
-            // the engine fits it when first needed.
-            all.extend(h.join().unwrap_or_default());
+            all.extend(joined(h));
         }
         all
     });

@@ -52,7 +52,7 @@ fn any_number_of_threads_gives_the_one_thread_result() {
             "5s",
         ],
     );
-    // Several of the pipeline's 1 MB chunks, and lines of every kind.
+    // Two of the pipeline's 4 MB chunks, and lines of every kind.
     let live = std::fs::read_to_string(p("live.jsonl")).unwrap();
     assert!(live.len() > 4 << 20, "{} bytes", live.len());
     for kind in [

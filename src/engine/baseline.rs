@@ -459,6 +459,8 @@ impl Baseline {
                 .chain(b.confidence.iter_mut()),
         ) {
             fb.counts = counts[slot.offset..slot.offset + slot.len].to_vec();
+            // The old counts' law; the engine fits the new ones on first use.
+            fb.null = None;
         }
         b.samples = samples;
         b.source = "window".into();

@@ -1985,6 +1985,10 @@ fn null_quantiles(
     let slot = &layout.slots[i];
     let base = &layout.baseline_counts[slot.offset..slot.offset + slot.len];
     let m = layout.baseline_totals[i];
+    if m == 0 {
+        // Nothing to fit or judge against; no budget spent every time.
+        return cache.laws.asymptotic(base, layout.bin_layout(i), n, alpha);
+    }
     let stored = layout
         .feature_baseline(i)
         .null

@@ -10,10 +10,11 @@
 //! baseline itself, and turns it into a threshold at the corrected alpha.
 //!
 //! - **Resampling, two-sample.** A replicate draws a window of `n` events
-//!   *and* a baseline of `m` events from the baseline's proportions
-//!   (multinomial, as a chain of binomials) and scores them with the same
-//!   [`compare::compare`] the engine uses, so smoothing, unseen bins and
-//!   small counts are exactly as in production. Drawing the baseline too
+//!   (an anchor's size, below) *and* a baseline of `m` events from the
+//!   baseline's proportions (multinomial, as a chain of binomials) and
+//!   scores them with the engine's comparator ([`compare::divergences`]:
+//!   [`compare::compare`] without the p-values), so smoothing, unseen bins
+//!   and small counts are exactly as in production. Drawing the baseline too
 //!   accounts for its own sampling noise, which dominates once `n ≫ m`.
 //! - **Tail.** The family-wise alpha makes per-test levels around 1e-5, far
 //!   beyond what a few hundred replicates show directly. The replicates'
@@ -75,7 +76,7 @@ pub const MAX_ANCHORS: usize = 12;
 /// thousand replicates' tail).
 const SETTLED_EVENTS: f64 = 100.0;
 /// A binomial draw with at least this variance is drawn from its normal
-/// approximation: its skewness is under 0.03, and the exact sampler was
+/// approximation: its skewness is under 0.032, and the exact sampler was
 /// half of a simulation's time.
 const NORMAL_DRAW_VARIANCE: f64 = 1000.0;
 
@@ -561,7 +562,9 @@ pub struct Curve {
 
 impl Curve {
     /// The quantiles at window size `n`: interpolated between the anchors
-    /// around `n`, the nearest anchor's normalized value outside them.
+    /// around `n`; beyond the last, its normalized value; below the first,
+    /// extrapolated along the first two (never under the first's: the
+    /// small-count terms grow as `n` falls).
     pub fn quantiles(&self, n: u64) -> Quantiles {
         let mut q = Quantiles([f64::NAN; FITTED.len()]);
         let Some(last) = self.points.len().checked_sub(1) else {
@@ -572,10 +575,17 @@ impl Curve {
         let ((na, va), (nb, vb)) = (self.points[lo], self.points[hi]);
         for (i, metric) in FITTED.iter().enumerate() {
             let (a, b) = (f64::from(va[i]), f64::from(vb[i]));
-            let v = if lo == hi || n >= nb {
+            let v = if n < na && self.points.len() > 1 {
+                let (n1, v1) = self.points[1];
+                let b1 = f64::from(v1[i]);
+                let (x0, x1, x) = (
+                    abscissa(*metric, na),
+                    abscissa(*metric, n1),
+                    abscissa(*metric, n),
+                );
+                (a + (b1 - a) * (x - x0) / (x1 - x0)).max(a)
+            } else if lo == hi || n >= nb {
                 b
-            } else if n <= na {
-                a
             } else {
                 let (xa, xb, x) = (
                     abscissa(*metric, na),
@@ -1077,6 +1087,19 @@ mod tests {
             }
         }
         eprintln!("worst relative difference {worst:.3}");
+        // Below the first anchor the fit extrapolates and never holds a
+        // smaller normalized quantile than the first anchor's.
+        let base = even(10, 2000);
+        let curve = fit(&base, numeric, &opts, 11).curve(20_000, alpha).unwrap();
+        for metric in [Metric::Psi, Metric::Kl, Metric::JsDivergence] {
+            let at = |n: u64| curve.quantiles(n).get(metric).unwrap() / h(n, 20_000);
+            assert!(
+                at(32) >= at(64) * 0.999_999,
+                "{metric}: {} < {}",
+                at(32),
+                at(64)
+            );
+        }
     }
 
     #[test]
