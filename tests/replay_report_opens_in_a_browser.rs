@@ -203,9 +203,6 @@ fn the_html_report_shows_realized_and_estimated_accuracy() {
     let p = |name: &str| dir.path().join(name);
     let gen = |out: &str, extra: &[&str]| {
         let mut args = vec![
-            "generate",
-            "--output",
-            out,
             "--lines",
             "30000",
             "--rate",
@@ -215,8 +212,7 @@ fn the_html_report_shows_realized_and_estimated_accuracy() {
             "--inference-only",
         ];
         args.extend_from_slice(extra);
-        let o = driftd(&args);
-        assert!(o.status.success(), "{}", stderr(&o));
+        generate_to(std::path::Path::new(out), &args);
     };
     gen(
         path_str(&p("reference.jsonl")),

@@ -811,6 +811,20 @@ mod tests {
         v
     }
 
+    /// Ten numeric bins growing as 1 + i² times `scale`, nothing outside.
+    fn skewed(scale: u64) -> Vec<u64> {
+        let mut v = vec![0u64; 13];
+        for (i, x) in v[1..=10].iter_mut().enumerate() {
+            *x = scale * (1 + (i * i) as u64);
+        }
+        v
+    }
+
+    /// Ten long-tailed categories, `other` in `__other__`, none missing.
+    fn long_tail(other: u64) -> Vec<u64> {
+        vec![5000, 3000, 1000, 500, 200, 100, 50, 20, 10, 5, other, 0]
+    }
+
     fn edges(bins: usize) -> Vec<f64> {
         (0..=bins).map(|i| i as f64).collect()
     }
@@ -946,11 +960,7 @@ mod tests {
             edges: &e,
             spread: 1.0,
         };
-        let mut skewed = vec![0u64; 13];
-        for (i, x) in skewed[1..=10].iter_mut().enumerate() {
-            *x = 1000 * (1 + (i * i) as u64);
-        }
-        let cat = vec![5000u64, 3000, 1000, 500, 200, 100, 50, 20, 10, 5, 0, 0];
+        let (skewed, cat) = (skewed(1000), long_tail(0));
         for (name, base, layout) in [
             ("even", even(10, 1000), numeric),
             ("skewed", skewed, numeric),
@@ -1049,11 +1059,7 @@ mod tests {
             edges: &e,
             spread: 1.0,
         };
-        let mut skewed = vec![0u64; 13];
-        for (i, x) in skewed[1..=10].iter_mut().enumerate() {
-            *x = 300 * (1 + (i * i) as u64);
-        }
-        let cat = vec![5000u64, 3000, 1000, 500, 200, 100, 50, 20, 10, 5, 40, 0];
+        let (skewed, cat) = (skewed(300), long_tail(40));
         let mut worst = 0.0f64;
         for (name, base, layout) in [
             ("even", even(10, 2000), numeric),

@@ -21,6 +21,14 @@ pub fn driftd(args: &[&str]) -> Output {
         .expect("the driftd binary runs")
 }
 
+/// `driftd generate --output OUT ARGS...`, which must succeed.
+pub fn generate_to(out: &Path, args: &[&str]) {
+    let mut all = vec!["generate", "--output", path_str(out)];
+    all.extend_from_slice(args);
+    let o = driftd(&all);
+    assert!(o.status.success(), "driftd generate failed: {}", stderr(&o));
+}
+
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
