@@ -38,6 +38,7 @@ fn check_config_states_the_memory_of_the_shipped_config() {
     for term in [
         "process",
         "kafka prefetch",
+        "baselines",
         "drift windows",
         "arm windows",
         "health",
@@ -93,7 +94,9 @@ fn a_configuration_over_its_memory_limit_is_refused_naming_the_largest_terms() {
 }
 
 /// Baselines for `n` models of the default generator's shape.
-fn day_engine(max_memory: Option<usize>) -> (Engine, usize) {
+/// Also returns one model's windows and health at their worst, and what
+/// the 200 baselines themselves hold (counted against the budget too).
+fn day_engine(max_memory: Option<usize>) -> (Engine, usize, usize) {
     let base = baselines(5_000);
     let per_arm = base.iter().any(|b| !b.features.is_empty());
     assert!(per_arm);
@@ -120,7 +123,11 @@ fn day_engine(max_memory: Option<usize>) -> (Engine, usize) {
         let l = Layout::new(models[0].clone());
         c.model_bytes(&l) + c.health_bytes()
     };
-    (Engine::new(cfg, models), one)
+    let held: usize = models
+        .iter()
+        .map(|b| Layout::new(b.clone()).heap_bytes())
+        .sum();
+    (Engine::new(cfg, models), one, held)
 }
 
 fn line(model: &str, t_ms: i64, x: usize) -> String {
@@ -137,9 +144,11 @@ fn line(model: &str, t_ms: i64, x: usize) -> String {
 
 #[test]
 fn the_engine_keeps_within_its_budget_and_counts_what_it_refuses() {
-    // Room for 50 models' windows and health at their worst.
-    let (_, one) = day_engine(None);
-    let (mut e, _) = day_engine(Some(50 * one + one / 2));
+    // Room for the baselines, and 50 models' windows and health at their
+    // worst.
+    let (_, one, baselines) = day_engine(None);
+    let (mut e, ..) = day_engine(Some(baselines + 50 * one + one / 2));
+    assert_eq!(e.memory().0, baselines, "the loaded baselines are reserved");
     assert_eq!(e.config().window.panes(), 60, "a day in 60 panes");
     for hour in 0..24 {
         for m in 0..200 {
@@ -173,7 +182,7 @@ fn the_engine_keeps_within_its_budget_and_counts_what_it_refuses() {
 
 #[test]
 fn model_ids_without_a_baseline_cost_counters_only() {
-    let (mut e, _) = day_engine(Some(64 << 20));
+    let (mut e, ..) = day_engine(Some(64 << 20));
     let used = e.memory().0;
     // 20,000 junk model ids, each with an error, a timing line and a
     // prediction with a request id: no window, no health state, no
@@ -214,4 +223,59 @@ fn model_ids_without_a_baseline_cost_counters_only() {
     let v2 = r#"{"model_id":"fraud-v2","level":"ERROR","error_type":"X","timestamp":1700000030}"#;
     e.ingest(v2.as_bytes(), t);
     assert!(e.health.model("fraud-v2").is_some());
+}
+
+/// The bytes glibc's malloc has handed out and not taken back (its own
+/// count, not ours), for the test below.
+fn malloc_in_use() -> usize {
+    // SAFETY: mallinfo2 reads the allocator's counters; no arguments.
+    unsafe { libc::mallinfo2() }.uordblks
+}
+
+/// A baseline's place in the plan is what it really takes: the bins,
+/// counts, names and null fits of the shipped baselines, as `Layout`
+/// holds them, from a tenth under to a quarter over what malloc reports
+/// retained. (Measured
+/// by malloc itself, so it runs alone: other tests' threads allocate.)
+#[test]
+fn the_plan_counts_a_loaded_baseline_as_malloc_does() {
+    if !in_a_process_of_its_own(&format!(
+        "{}::the_plan_counts_a_loaded_baseline_as_malloc_does",
+        test_module(module_path!())
+    )) {
+        return;
+    }
+    let dir = samples().join("baselines");
+    let mut texts = Vec::new();
+    for e in std::fs::read_dir(&dir).unwrap() {
+        texts.push(std::fs::read_to_string(e.unwrap().path()).unwrap());
+    }
+    assert!(!texts.is_empty());
+    // Once unmeasured: the first parse also sets up what lives for the
+    // process (thread-locals, lazily made tables).
+    drop(Layout::new(serde_json::from_str(&texts[0]).unwrap()));
+    let before = malloc_in_use();
+    let layouts: Vec<Layout> = texts
+        .iter()
+        .map(|t| Layout::new(serde_json::from_str(t).expect("a shipped baseline")))
+        .collect();
+    let held = malloc_in_use() - before;
+    let counted: usize = layouts.iter().map(Layout::heap_bytes).sum();
+    let fits = layouts
+        .iter()
+        .flat_map(|l| &l.baseline.features)
+        .filter(|f| f.null.is_some())
+        .count();
+    eprintln!(
+        "{} baselines, {fits} fits: malloc holds {held} B, the plan counts {counted} B",
+        layouts.len()
+    );
+    assert!(fits > 0, "the shipped baselines carry their null fits");
+    // Counting high is the safe side of a promise, within reason.
+    let ratio = counted as f64 / held as f64;
+    assert!(
+        (0.9..=1.25).contains(&ratio),
+        "the plan counts {counted} B for baselines malloc holds in {held} B ({ratio:.2}x)"
+    );
+    drop(layouts);
 }

@@ -852,6 +852,65 @@ impl Layout {
         }
     }
 
+    /// What this layout and its baseline hold on the heap: names, edges,
+    /// categories, counts (twice: the baseline's and the flat copy), null
+    /// fits, the binners and the name index. Loaded before start, so the
+    /// memory plan counts what is there rather than a bound.
+    pub fn heap_bytes(&self) -> usize {
+        use crate::engine::memory::alloc_bytes as a;
+        let b = &self.baseline;
+        let feature = |f: &FeatureBaseline| {
+            let bins = match &f.bins {
+                Bins::Numeric { edges, .. } => a(edges.capacity() * 8),
+                Bins::Categorical { categories } => {
+                    a(categories.capacity() * 24)
+                        + categories.iter().map(|c| a(c.capacity())).sum::<usize>()
+                }
+                Bins::Hashed { .. } => 0,
+            };
+            a(f.name.capacity())
+                + a(f.counts.capacity() * 8)
+                + bins
+                + f.null.as_ref().map_or(0, |n| n.heap_bytes())
+        };
+        let features = b.features.iter().chain(&b.prediction).chain(&b.confidence);
+        let baseline = a(b.features.capacity() * std::mem::size_of::<FeatureBaseline>())
+            + features.chain(&b.latency).map(feature).sum::<usize>()
+            + a(b.latency.capacity() * std::mem::size_of::<FeatureBaseline>())
+            + [&b.model, &b.version, &b.created_at, &b.source]
+                .iter()
+                .map(|s| a(s.capacity()))
+                .sum::<usize>()
+            + b.quality.as_ref().map_or(0, |q| {
+                a(q.mean_confidence.capacity() * 8)
+                    + a(q.bin_labelled.capacity() * 8)
+                    + a(q.bin_correct.capacity() * 8)
+            });
+        let slots = a(self.slots.capacity() * std::mem::size_of::<Slot>())
+            + self
+                .slots
+                .iter()
+                .map(|s| {
+                    // An `Arc<str>` is its two counts and the bytes.
+                    a(s.name.len() + 16)
+                        + match &s.binner {
+                            Binner::Numeric { edges } => a(edges.len() * 8),
+                            Binner::Categorical { index, .. } => a(index.len() * 16),
+                            Binner::Hashed { .. } => 0,
+                        }
+                })
+                .sum::<usize>();
+        // The index: a hashbrown table of (Box<str>, u32), a control byte
+        // each, at most 8/7 full; and each key.
+        let index = a(self.index.capacity() * 8 / 7 * (std::mem::size_of::<(Box<str>, u32)>() + 1))
+            + self.index.keys().map(|k| a(k.len())).sum::<usize>();
+        baseline
+            + slots
+            + index
+            + a(self.baseline_counts.capacity() * 8)
+            + a(self.baseline_totals.capacity() * 8)
+    }
+
     /// The comparator's view of a slot's bins.
     pub fn bin_layout(&self, slot: usize) -> BinLayout<'_> {
         let fb = self.feature_baseline(slot);

@@ -12,7 +12,11 @@
 //! - a (model, arm)'s feedback counts (`ExperimentConfig::arm_bytes`), and
 //!   the feedback join at its caps (`ExperimentConfig::join_bytes`);
 //! - an automatic baseline being collected
-//!   (`BaselineBuilder::bounded_bytes`).
+//!   (`BaselineBuilder::bounded_bytes`);
+//! - the loaded baselines themselves, with their null fits: measured, not
+//!   bounded, since they are read before start ([`Layout::heap_bytes`]).
+//!
+//! [`Layout::heap_bytes`]: crate::engine::baseline::Layout::heap_bytes
 //!
 //! `EngineConfig::memory_plan` adds them up for a configuration and the
 //! baselines it will load: what `check-config` and the start-up log state
@@ -46,6 +50,11 @@ impl Budget {
                 true
             }
         }
+    }
+
+    /// Reserves `bytes` even past the limit: for what is held anyway.
+    pub(crate) fn reserve_anyway(&mut self, bytes: usize) {
+        self.used = self.used.saturating_add(bytes);
     }
 
     pub(crate) fn release(&mut self, bytes: usize) {
@@ -111,6 +120,16 @@ impl Plan {
         v.sort_by_key(|t| std::cmp::Reverse(t.bytes));
         v.truncate(n);
         v
+    }
+}
+
+/// What one allocation of `bytes` takes from glibc's malloc: its 8-byte
+/// header, rounded up to 16, at least 32; nothing for an empty one.
+pub(crate) fn alloc_bytes(bytes: usize) -> usize {
+    if bytes == 0 {
+        0
+    } else {
+        (bytes + 8).next_multiple_of(16).max(32)
     }
 }
 

@@ -255,6 +255,16 @@ impl EngineConfig {
             .map(|l| cfg.model_bytes(l) - cfg.published.bytes(l, false))
             .sum();
         let bins: usize = layouts.iter().map(|l| l.total_bins).sum();
+        let fits = layouts
+            .iter()
+            .flat_map(|l| &l.baseline.features)
+            .filter(|f| f.null.is_some())
+            .count();
+        p.push(
+            "baselines",
+            format!("{n} baselines as loaded: bins, counts, names, {fits} null fits"),
+            layouts.iter().map(|l| l.heap_bytes()).sum(),
+        );
         p.push(
             "drift windows",
             format!(
@@ -735,7 +745,12 @@ impl Engine {
         if !self.layouts.contains_key(&name) {
             *self.lineages.entry(version_base(&name).into()).or_default() += 1;
         }
-        self.layouts.insert(name, layout);
+        // A baseline is held whether or not it fits: counted, so that the
+        // models admitted after it are refused instead of the limit passed.
+        self.budget.reserve_anyway(layout.heap_bytes());
+        if let Some(old) = self.layouts.insert(name, layout) {
+            self.budget.release(old.heap_bytes());
+        }
     }
 
     /// Moves a tracked model's reservation to its windows on `layout`;
@@ -783,7 +798,8 @@ impl Engine {
 
     /// Drops a model's baseline and its windows.
     pub fn remove_baseline(&mut self, model: &str) {
-        if self.layouts.remove(model).is_some() {
+        if let Some(old) = self.layouts.remove(model) {
+            self.budget.release(old.heap_bytes());
             let base = version_base(model);
             if let Some(n) = self.lineages.get_mut(base) {
                 *n -= 1;

@@ -354,8 +354,9 @@ pub fn simulate(
 
 /// One distribution's simulated null moments at its anchors, as stored in
 /// a baseline file (`null` of a feature): alpha-free, so one fit serves
-/// any number of tests. Held as `f32`, a hundred bytes an anchor: 100
-/// models of 50 features keep 5,000 fits.
+/// any number of tests. Held as `f32`, with NaN for a metric that has none
+/// (a loaded file cannot hold NaN): 104 bytes an anchor, because 100
+/// models of 50 features keep 5,000 fits ([`NullFit::heap_bytes`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "NullFitFile", into = "NullFitFile")]
 pub struct NullFit {
@@ -364,7 +365,18 @@ pub struct NullFit {
     pub smoothing: f64,
     pub replicates: u32,
     /// (window size, (mean, variance, skewness) per [`FITTED`] metric).
-    anchors: Vec<(u64, [Option<[f32; 3]>; FITTED.len()])>,
+    anchors: Vec<(u64, [[f32; 3]; FITTED.len()])>,
+}
+
+/// No moments: the metric is undefined on this distribution.
+const NO_MOMENTS: [f32; 3] = [f32::NAN; 3];
+
+fn stored(mo: Option<[f32; 3]>) -> [f32; 3] {
+    mo.unwrap_or(NO_MOMENTS)
+}
+
+fn unstored(mo: [f32; 3]) -> Option<[f32; 3]> {
+    (!mo[0].is_nan()).then_some(mo)
 }
 
 /// A [`NullFit`] as the file spells it: the metrics by name, and at each
@@ -421,7 +433,7 @@ impl TryFrom<NullFitFile> for NullFit {
                     a.n
                 ));
             }
-            let mut mo = [None; FITTED.len()];
+            let mut mo = [NO_MOMENTS; FITTED.len()];
             for (j, &i) in index.iter().enumerate() {
                 if let (Some(m), Some(v), Some(s)) = (a.mean[j], a.var[j], a.skew[j]) {
                     // A sample skewness of a thousand replicates is under
@@ -436,7 +448,7 @@ impl TryFrom<NullFitFile> for NullFit {
                             f.metrics[j], a.n
                         ));
                     }
-                    mo[i] = Some([m, v, s]);
+                    mo[i] = [m, v, s];
                 }
             }
             anchors.push((a.n, mo));
@@ -451,8 +463,8 @@ impl TryFrom<NullFitFile> for NullFit {
 
 impl From<NullFit> for NullFitFile {
     fn from(f: NullFit) -> NullFitFile {
-        let part = |mo: &[Option<[f32; 3]>; FITTED.len()], j: usize| {
-            mo.iter().map(|x| x.map(|v| v[j])).collect()
+        let part = |mo: &[[f32; 3]; FITTED.len()], j: usize| {
+            mo.iter().map(|x| unstored(*x).map(|v| v[j])).collect()
         };
         NullFitFile {
             smoothing: f.smoothing,
@@ -480,7 +492,7 @@ pub fn fit(baseline: &[u64], layout: BinLayout<'_>, opts: &CompareOptions, seed:
         .enumerate()
         .map(|(k, n)| {
             let mo = moments(baseline, layout, opts, n, REPLICATES, seed ^ k as u64);
-            (n, mo.map(|x| x.map(|v| v.map(|y| y as f32))))
+            (n, mo.map(|x| stored(x.map(|v| v.map(|y| y as f32)))))
         })
         .collect();
     NullFit {
@@ -496,6 +508,13 @@ impl NullFit {
         self.anchors.iter().map(|(n, _)| *n)
     }
 
+    /// What it holds on the heap, for the memory plan.
+    pub fn heap_bytes(&self) -> usize {
+        crate::engine::memory::alloc_bytes(
+            self.anchors.capacity() * std::mem::size_of::<(u64, [[f32; 3]; FITTED.len()])>(),
+        )
+    }
+
     /// The fit's quantiles at `alpha` for a baseline of `m` events, ready
     /// to interpolate.
     pub fn curve(&self, m: u64, alpha: f64) -> Option<Curve> {
@@ -506,7 +525,7 @@ impl NullFit {
             .anchors
             .iter()
             .map(|(n, mo)| {
-                let q = quantiles_of(&mo.map(|x| x.map(|v| v.map(f64::from))), alpha);
+                let q = quantiles_of(&mo.map(|x| unstored(x).map(|v| v.map(f64::from))), alpha);
                 let mut v = [f32::NAN; FITTED.len()];
                 for (i, metric) in FITTED.iter().enumerate() {
                     v[i] = normalize(*metric, q.0[i], *n, m) as f32;
