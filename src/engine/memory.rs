@@ -17,6 +17,11 @@
 //!   bounded, since they are read before start ([`Layout::heap_bytes`]).
 //!
 //! [`Layout::heap_bytes`]: crate::engine::baseline::Layout::heap_bytes
+//! [`Window::bytes_bound`]: crate::engine::window::Window::bytes_bound
+//!
+//! The module imports nothing from the engine: the structures' files use
+//! its [`alloc_bytes`] to state their own sizes, and the pipeline, which
+//! knows them all, adds them up.
 //!
 //! `EngineConfig::memory_plan` adds them up for a configuration and the
 //! baselines it will load: what `check-config` and the start-up log state
@@ -24,9 +29,6 @@
 //! the total at run time: the engine reserves a structure's bound before
 //! it allocates it, and a new model, arm, health state or collection that
 //! would pass the budget is refused and counted, never allocated.
-
-use crate::engine::threshold::NullCache;
-use crate::engine::window::Window;
 
 /// Bytes reserved against a limit.
 #[derive(Debug, Clone, Default)]
@@ -68,22 +70,6 @@ impl Budget {
     pub(crate) fn limit(&self) -> Option<usize> {
         self.limit
     }
-}
-
-/// The bound of one drift window with its verdicts, scores and cached
-/// thresholds: `bins` bins in `slots` distributions, `panes` panes, events
-/// of up to `max_features` features, `rules` rules.
-pub(crate) fn tracked_bytes(
-    bins: usize,
-    slots: usize,
-    panes: usize,
-    max_features: usize,
-    rules: usize,
-) -> usize {
-    Window::bytes_bound(bins, slots, panes, max_features)
-        + slots * rules * std::mem::size_of::<crate::engine::detect::Verdict>()
-        + slots * NullCache::BYTES_PER_SLOT
-        + 256
 }
 
 /// One line of the memory plan.

@@ -31,7 +31,7 @@ use crate::engine::experiment::{ExperimentConfig, ExperimentReport, Experiments}
 use crate::engine::health::version_base;
 use crate::engine::health::{Health, HealthConfig, HealthReport, Observation};
 use crate::engine::history::{History, Worse};
-use crate::engine::memory::{self, human, Budget, Plan};
+use crate::engine::memory::{human, Budget, Plan};
 use crate::engine::quality::{
     self as q, Judged, PredictedAs, Quality, QualityConfig, QualityReport,
 };
@@ -153,13 +153,10 @@ impl EngineConfig {
     /// The bound of one drift window on `bins` bins in `slots`
     /// distributions, with its verdicts, scores and cached thresholds.
     fn tracked_bytes(&self, bins: usize, slots: usize, panes: usize) -> usize {
-        memory::tracked_bytes(
-            bins,
-            slots,
-            panes,
-            self.decode.max_features,
-            self.detect.rules.len(),
-        )
+        Window::bytes_bound(bins, slots, panes, self.decode.max_features)
+            + slots * self.detect.rules.len() * std::mem::size_of::<Verdict>()
+            + slots * NullCache::BYTES_PER_SLOT
+            + 256
     }
 
     /// A model's drift state without its arms: its window, its latency
