@@ -83,6 +83,24 @@ pub fn tune_allocator() {
     }
 }
 
+/// Hands the heap's free pages back to the system, in every arena: what an
+/// evaluation dropped under the mmap threshold (the old snapshot, the
+/// families' text while it grew) otherwise stays in RSS until reused, and
+/// the peaks of one evaluation become the sidecar's footprint. Called once
+/// per evaluation, after the old snapshot is dropped. Measured with `driftd
+/// bench --models 100 --features 50 --steady 11m --rate 20000` (2-core
+/// Xeon): steady RSS 47-65 MiB, one sample of 19 over 64, against 56-71
+/// MiB and six to eight over without it; the pages given back are faulted
+/// in again by the next evaluation, about 1 CPU s per 1M events more
+/// (14.6 against 13.3-13.7).
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory; any thread may call it.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// What `driftd run` would stop on that validating the file cannot see:
 /// a property librdkafka refuses (it only says so when a client is made)
 /// and a baseline file that does not load. `(key, problem)` pairs, found
@@ -832,6 +850,7 @@ impl Worker {
         self.series.checkpoints.update(&snap.checkpoints);
         self.count_baselines();
         let _ = self.snapshot.send(Arc::new(snap));
+        release_freed_memory();
     }
 
     fn count_baselines(&self) {
