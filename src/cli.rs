@@ -128,7 +128,7 @@ pub struct BuildArgs {
     #[arg(long)]
     pub quiet: bool,
     /// Threads decoding the input and simulating the thresholds' null
-    /// laws (default: one per core). The baselines are the same for any.
+    /// laws (default: one per core). Any number builds the same baselines.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256))]
     pub threads: Option<u64>,
 }
@@ -167,7 +167,7 @@ pub struct ReplayArgs {
     #[arg(long)]
     pub html: Option<PathBuf>,
     /// Threads decoding the input (default: one per core); the engine
-    /// takes the lines in order, so the report is the same for any.
+    /// takes the lines in order, so any number gives the same report.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256))]
     pub threads: Option<u64>,
 }
