@@ -89,10 +89,11 @@ pub fn tune_allocator() {
 /// the peaks of one evaluation become the sidecar's footprint. Called once
 /// per evaluation, after the old snapshot is dropped. Measured with `driftd
 /// bench --models 100 --features 50 --steady 11m --rate 20000` (2-core
-/// Xeon): steady RSS 47-65 MiB, one sample of 19 over 64, against 56-71
-/// MiB and six to eight over without it; the pages given back are faulted
-/// in again by the next evaluation, about 1 CPU s per 1M events more
-/// (14.6 against 13.3-13.7).
+/// Xeon): steady RSS 46-65 MiB over two runs, one sample of 38 over 64,
+/// against 56-71 MiB and six to eight of 19 over without it; the pages
+/// given back are faulted in again by the next evaluation, about 1 CPU s
+/// per 1M events more (14.6-14.8 against 13.3-13.7). It runs on the
+/// worker's own blocking thread, never on the runtime's.
 fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free memory; any thread may call it.
