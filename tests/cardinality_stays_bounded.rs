@@ -158,12 +158,12 @@ fn floods_of_identifiers_stop_at_the_caps() {
     e.evaluate(NOW);
     let registry = prometheus::Registry::new();
     let mut metrics = Metrics::new(&registry).unwrap();
-    metrics.update(&Snapshot {
+    metrics.update(&std::sync::Arc::new(Snapshot {
         at_ms: NOW,
         report: e.report(),
         stats: e.stats.clone(),
         ..Snapshot::default()
-    });
+    }));
     let samples = parse_exposition(&metrics.render());
     let models = model_labels(&samples);
     assert!(models.len() <= 50, "{} model label values", models.len());

@@ -846,11 +846,12 @@ impl Worker {
                 .filter_map(|m| self.engine.page_report(m, DETAIL_BYTES))
                 .collect(),
         };
+        let snap = Arc::new(snap);
         self.series.engine.update(&snap);
         self.series.kafka.update(&snap.kafka);
         self.series.checkpoints.update(&snap.checkpoints);
         self.count_baselines();
-        let _ = self.snapshot.send(Arc::new(snap));
+        let _ = self.snapshot.send(snap);
         release_freed_memory();
     }
 

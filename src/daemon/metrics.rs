@@ -14,13 +14,17 @@
 //! small label sets) live in the registry. The per-window gauges (scores,
 //! states, thresholds, window sizes, health, latency, arms: tens of
 //! thousands of series for a hundred models) are written straight into the
-//! exposition text once per evaluation and served from that cache: going
-//! through `GaugeVec`s cost a hash of every label set on every update and a
-//! protobuf per series on every scrape (measured: 180k series, 1 s per
-//! update, 560 ms per scrape; now see `driftd bench`). The text is rebuilt
-//! whole each time, so series of windows that went away (idle models,
-//! removed baselines, arms) simply are not in it; counters of models that
-//! went away are removed. Every label value
+//! exposition text from the last evaluation's snapshot, by the first scrape
+//! after it, and the scrapes after that share the text until the next
+//! evaluation: going through `GaugeVec`s cost a hash of every label set on
+//! every update and a protobuf per series on every scrape (measured: 180k
+//! series, 1 s per update, 560 ms per scrape; now see `driftd bench`). The
+//! text is not built at the evaluation: it would then be held beside the
+//! text still being served, and an evaluation each second rebuilt megabytes
+//! no scrape read (at 100 models x 50 features, 10 MB: the steady RSS swung
+//! by twice that). The text is built whole each time, so series of windows
+//! that went away (idle models, removed baselines, arms) simply are not in
+//! it; counters of models that went away are removed. Every label value
 //! is bounded: model and feature names from baselines, arms under a cap,
 //! reasons from fixed lists. No label ever carries a feature value or a
 //! request id.
@@ -28,7 +32,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use std::fmt::Write as _;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 
@@ -70,9 +74,11 @@ impl MetricsConfig {
     /// model's window the scores, the unseen share, a state and two
     /// thresholds per rule (and its window size); per arm the divergence
     /// from the control in each score, and with `per_arm_scores` the arm's
-    /// own scores and states. Each line is held three times at an
-    /// evaluation's peak: in its family while the text is built, in the new
-    /// text, and in the text being served until the swap. The snapshot's
+    /// own scores and states. Each line is held three times at most: twice
+    /// in its family's buffer while it grows (the old and the new
+    /// allocation), and once in an older text a slow scrape is still
+    /// sending (a scrape drops the text it replaces before it builds the
+    /// new one, and the worker drops it at each evaluation). The snapshot's
     /// report entry (name, scores, verdicts) is held by the old and the new
     /// snapshot; three copies cover it too.
     pub fn published(&self, rules: usize) -> Published {
@@ -113,7 +119,7 @@ pub struct Metrics {
     /// differ is in `driftd_arm_divergence`.
     per_arm_scores: bool,
     registry: Registry,
-    gauges: Arc<RwLock<Arc<[Bytes]>>>,
+    gauges: Arc<GaugeText>,
     events: IntCounterVec,
     rejected: IntCounterVec,
     skipped: IntCounterVec,
@@ -151,24 +157,85 @@ pub struct Metrics {
     prev_refused: crate::engine::health::HealthStats,
 }
 
-/// What /metrics serves: the registry, and the gauges text of the last
+/// The per-window gauges' text: what the last evaluation published, and
+/// its text once a scrape has asked for it.
+#[derive(Default)]
+struct GaugeText {
+    latest: RwLock<Latest>,
+    /// The text of `latest` (by generation). Held from the first scrape
+    /// after an evaluation to the next evaluation; a scrape that builds it
+    /// holds the lock meanwhile, so scrapes at once build it once.
+    rendered: Mutex<Option<(u64, Arc<[Bytes]>)>>,
+}
+
+/// The last evaluation's snapshot, with how its gauges are written.
+#[derive(Default, Clone)]
+struct Latest {
+    generation: u64,
+    snapshot: Option<Arc<Snapshot>>,
+    scores: Vec<Metric>,
+    per_arm: bool,
+}
+
+impl GaugeText {
+    fn publish(&self, snapshot: &Arc<Snapshot>, scores: &[Metric], per_arm: bool) {
+        let mut latest = self.latest.write().unwrap_or_else(|e| e.into_inner());
+        *latest = Latest {
+            generation: latest.generation.wrapping_add(1),
+            snapshot: Some(snapshot.clone()),
+            scores: scores.to_vec(),
+            per_arm,
+        };
+        drop(latest);
+        // The old text goes now rather than at the next scrape. A scrape
+        // building text holds the lock; its text is then of an older
+        // generation and is replaced by the next scrape, so the worker
+        // never waits for one.
+        if let Ok(mut r) = self.rendered.try_lock() {
+            *r = None;
+        }
+    }
+
+    /// The text of the latest snapshot, built if no scrape has built it.
+    fn text(&self) -> Arc<[Bytes]> {
+        let latest = self
+            .latest
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut r = self.rendered.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((generation, text)) = &*r {
+            if *generation == latest.generation {
+                return text.clone();
+            }
+        }
+        // Dropped before the new text is built, not after.
+        *r = None;
+        let text: Arc<[Bytes]> = match &latest.snapshot {
+            Some(s) => gauges_text(&s.report, &latest.scores, latest.per_arm).into(),
+            None => Arc::from(Vec::new()),
+        };
+        *r = Some((latest.generation, text.clone()));
+        text
+    }
+}
+
+/// What /metrics serves: the registry, and the gauges of the last
 /// evaluation. Cheap to clone (the admin server holds one).
 #[derive(Clone)]
 pub struct Exposition {
     registry: Registry,
-    gauges: Arc<RwLock<Arc<[Bytes]>>>,
+    gauges: Arc<GaugeText>,
 }
 
 impl Exposition {
     /// The whole exposition as chunks: the registry's families (rendered
-    /// now: counters move between evaluations), then the gauges' as the
-    /// last evaluation left them, shared, not copied, by every scrape.
+    /// now: counters move between evaluations), then the gauges' text of
+    /// the last evaluation, built by the first scrape after it and shared,
+    /// not copied, by the scrapes after that. Building it takes tens of
+    /// milliseconds for a hundred models: call it off the async runtime.
     pub fn chunks(&self) -> Vec<Bytes> {
-        let gauges = self
-            .gauges
-            .read()
-            .map(|g| g.clone())
-            .unwrap_or_else(|e| e.into_inner().clone());
+        let gauges = self.gauges.text();
         let mut out = Vec::with_capacity(gauges.len() + 1);
         out.push(Bytes::from(render(&self.registry)));
         out.extend(gauges.iter().cloned());
@@ -266,7 +333,7 @@ impl Metrics {
             scores: DEFAULT_SCORES.to_vec(),
             per_arm_scores: false,
             registry: r.clone(),
-            gauges: Arc::new(RwLock::new(Arc::from(Vec::new()))),
+            gauges: Arc::default(),
             events: counter_vec(r, "driftd_events_total", "Inference events counted into windows", &["model"])?,
             rejected: counter_vec(r, "driftd_events_rejected_total", "Lines rejected, by reason", &["reason"])?,
             skipped: counter_vec(r, "driftd_events_skipped_total", "Valid lines no analysis uses, by reason", &["reason"])?,
@@ -373,13 +440,10 @@ impl Metrics {
         self.exposition().render()
     }
 
-    /// Sets every series from a snapshot.
-    pub fn update(&mut self, s: &Snapshot) {
-        let chunks: Arc<[Bytes]> = gauges_text(&s.report, &self.scores, self.per_arm_scores).into();
-        match self.gauges.write() {
-            Ok(mut g) => *g = chunks,
-            Err(e) => *e.into_inner() = chunks,
-        }
+    /// Sets every series from a snapshot: the counters now, the gauges'
+    /// text when a scrape asks for it.
+    pub fn update(&mut self, s: &Arc<Snapshot>) {
+        self.gauges.publish(s, &self.scores, self.per_arm_scores);
         let mut seen: HashSet<(&'static str, Vec<String>)> = HashSet::new();
         self.update_per_model(&s.report, &mut seen);
         self.update_engine_counters(&s.stats);
@@ -1100,6 +1164,41 @@ mod tests {
     }
 
     #[test]
+    fn the_first_scrape_builds_the_gauges_and_the_next_evaluation_drops_them() {
+        let cfg = EngineConfig {
+            auto_baseline: Some(crate::engine::AutoBaseline { after_events: 100 }),
+            ..EngineConfig::default()
+        };
+        let mut engine = Engine::new(cfg, vec![]);
+        let lines: Vec<String> = (0..300)
+            .map(|i| format!(r#"{{"model_id":"m","prediction":"a","timestamp":1,"input_features":{{"x":{}}}}}"#, i % 7))
+            .collect();
+        let reg = Registry::new();
+        let mut m = Metrics::new(&reg).unwrap();
+        let built = |m: &Metrics| m.gauges.rendered.lock().unwrap().is_some();
+        m.update(&Arc::new(snapshot_for(&lines, &mut engine)));
+        assert!(!built(&m), "an evaluation builds no text");
+        let (a, b) = (m.exposition().chunks(), m.exposition().chunks());
+        assert!(built(&m));
+        assert!(a.len() > 2 && a.len() == b.len());
+        // The registry's chunk is rendered per scrape; the gauges' are one
+        // text, shared.
+        for (x, y) in a[1..].iter().zip(&b[1..]) {
+            assert_eq!(x.as_ptr(), y.as_ptr());
+        }
+        drop((a, b));
+        engine.expire_idle(10_000_000, 1);
+        m.update(&Arc::new(Snapshot {
+            report: engine.report(),
+            stats: engine.stats.clone(),
+            ..Snapshot::default()
+        }));
+        assert!(!built(&m), "the evaluation dropped the old text");
+        let text = m.render();
+        assert!(!text.contains("driftd_feature_drift{"), "{text}");
+    }
+
+    #[test]
     fn series_appear_and_go_away_with_their_model() {
         let cfg = EngineConfig {
             auto_baseline: Some(crate::engine::AutoBaseline { after_events: 100 }),
@@ -1111,7 +1210,7 @@ mod tests {
             .collect();
         let reg = Registry::new();
         let mut m = Metrics::new(&reg).unwrap();
-        let s = snapshot_for(&lines, &mut engine);
+        let s = Arc::new(snapshot_for(&lines, &mut engine));
         m.update(&s);
         let text = m.render();
         assert!(
@@ -1145,11 +1244,11 @@ mod tests {
             "unseen share is its own series"
         );
         engine.expire_idle(10_000_000, 1);
-        let s2 = Snapshot {
+        let s2 = Arc::new(Snapshot {
             report: engine.report(),
             stats: engine.stats.clone(),
             ..Snapshot::default()
-        };
+        });
         m.update(&s2);
         let text = m.render();
         assert!(!text.contains(r#"model="m""#), "{text}");
