@@ -18,7 +18,9 @@
 //!    assignment; the child's own CPU time and peak RSS (from /proc);
 //! 5. **steady** (with `--steady`): the child at a fixed produce rate, with
 //!    probe events whose time to show in the daemon's API (event-to-gauge
-//!    latency) is measured, and the child's RSS sampled over the run;
+//!    latency) is measured, and the child's RSS sampled over the run while
+//!    /metrics is scraped every 15 s, as the shipped Prometheus
+//!    configuration does; its peak RSS at the end;
 //! 6. **/metrics**: scrapes of the child's exposition, timed.
 //!
 //! Each throughput is also given as a ratio to the parse floor measured in
@@ -44,7 +46,7 @@ use crate::engine::window::WindowSpec;
 use crate::engine::{Engine, EngineConfig};
 use crate::lab::generate::{Generator, GeneratorConfig};
 use crate::lab::harness::{
-    self, free_port, machine, proc_mem, ChildDaemon, DaemonConfig, Scratch, Traffic,
+    self, free_port, machine, proc_mem, BlockingHttp, ChildDaemon, DaemonConfig, Scratch, Traffic,
 };
 
 const TOPIC: &str = "bench";
@@ -118,6 +120,10 @@ pub(crate) struct Steady {
     pub latency_max_ms: f64,
     /// (seconds since the phase started, RSS MiB) every few seconds.
     pub rss_curve_mib: Vec<(f64, f64)>,
+    /// The steady daemon's peak RSS (VmHWM), start-up included.
+    pub peak_rss_mib: f64,
+    /// Scrapes of /metrics during the phase.
+    pub scrapes: usize,
     pub final_lag: i64,
 }
 
@@ -727,9 +733,34 @@ fn spawn_daemon(
     Ok(d)
 }
 
+/// How often the steady phase scrapes /metrics, as the shipped Prometheus
+/// configuration does: the first scrape after an evaluation builds the
+/// gauges' text, which the daemon holds until the next evaluation, so RSS
+/// is measured with it.
+const STEADY_SCRAPE_EVERY: Duration = Duration::from_secs(15);
+
+/// Scrapes `url` every [`STEADY_SCRAPE_EVERY`] until `stop`, on its own
+/// client: the phase's loop must not wait for a 10 MB body.
+fn scrape_until(url: String, stop: Arc<AtomicBool>) -> anyhow::Result<usize> {
+    let http = BlockingHttp::new(Duration::from_secs(30))?;
+    let mut scrapes = 0;
+    let mut next = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        if Instant::now() >= next {
+            let (code, _) = http.get(&url)?;
+            anyhow::ensure!(code == 200, "/metrics answered {code}");
+            scrapes += 1;
+            next += STEADY_SCRAPE_EVERY;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(scrapes)
+}
+
 /// The steady phase: lines at `o.rate` per second and a probe event every
 /// 20 ms; each probe's latency is the time until the daemon's API counts
 /// it (its events are cumulative and in order: one partition, one key).
+/// /metrics is scraped every 15 s meanwhile.
 fn steady(
     o: &BenchOptions,
     d: &ChildDaemon,
@@ -782,6 +813,10 @@ fn steady(
             Ok(())
         })
     };
+    let scraper = {
+        let (url, stop) = (d.url("/metrics"), stop.clone());
+        std::thread::spawn(move || scrape_until(url, stop))
+    };
     let start = Instant::now();
     let (m0, c0) = (d.status()?["messages"].as_u64().unwrap_or(0), d.cpu());
     let mut latencies = Vec::new();
@@ -816,6 +851,10 @@ fn steady(
     stop.store(true, Ordering::Relaxed);
     prod.join()
         .map_err(|_| anyhow::anyhow!("the producer thread panicked"))??;
+    let scrapes = scraper
+        .join()
+        .map_err(|_| anyhow::anyhow!("the scraping thread panicked"))??;
+    let peak_rss_mib = proc_mem(d.pid()).1;
     latencies.sort_by(f64::total_cmp);
     let _ = produced;
     Ok(Steady {
@@ -828,6 +867,8 @@ fn steady(
         latency_p99_ms: percentile(&latencies, 0.99),
         latency_max_ms: latencies.last().copied().unwrap_or(f64::NAN),
         rss_curve_mib: curve,
+        peak_rss_mib,
+        scrapes,
         final_lag: s["lag"].as_i64().unwrap_or(0),
     })
 }
@@ -916,6 +957,13 @@ pub(crate) fn render(r: &BenchReport, o: &BenchOptions) -> String {
             .map(|(t, m)| format!("{t:.0}s {m:.1}"))
             .collect();
         let _ = writeln!(out, "steady RSS (MiB): {}", curve.join(", "));
+        let _ = writeln!(
+            out,
+            "steady RSS peak {:.1} MiB, with /metrics scraped every {} ({} scrapes)",
+            s.peak_rss_mib,
+            humantime::format_duration(STEADY_SCRAPE_EVERY),
+            s.scrapes
+        );
     }
     if let Some(s) = &r.scrape {
         let _ = writeln!(

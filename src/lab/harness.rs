@@ -269,7 +269,12 @@ impl ChildDaemon {
     }
 
     pub(crate) fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
-        self.http.get(&format!("{}{path}", self.base))
+        self.http.get(&self.url(path))
+    }
+
+    /// The address of one of its HTTP paths.
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
     }
 
     pub(crate) fn status(&self) -> anyhow::Result<serde_json::Value> {
