@@ -771,12 +771,12 @@ impl Worker {
         }
         let positions: Vec<PartitionOffset> = io.source.positions().iter().map(saved).collect();
         let cluster = self.cluster_id.clone();
+        let partition_of = |id| io.source.source(id);
         if let Some(t) = &io.topic {
-            let partition_of = |id| io.source.source(id);
             t.publish(
                 &self.engine,
                 &positions,
-                partition_of,
+                &partition_of,
                 cluster.as_deref(),
                 now,
             );
@@ -787,7 +787,7 @@ impl Worker {
         let cp = checkpoint::checkpoint_of(
             &self.engine,
             positions,
-            |id| io.source.source(id),
+            &partition_of,
             cluster,
             &self.settings.spec,
             &io.group,

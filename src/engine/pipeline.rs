@@ -522,6 +522,18 @@ pub struct ModelState {
 }
 
 impl ModelState {
+    /// Its window and its arms' windows as they can be saved and restored
+    /// ([`Engine::restore_window`]): (arm, panes), the model's own first.
+    /// One model at a time, so a checkpoint never copies every window at
+    /// once.
+    pub fn window_states(&self) -> Vec<(Option<String>, WindowState)> {
+        let mut v = vec![(None, self.all.window.state())];
+        for (a, t) in &self.arms {
+            v.push((Some(a.to_string()), t.window.state()));
+        }
+        v
+    }
+
     /// Whether [`ModelState::sources`] names every source the model's
     /// lines came from.
     pub fn sources_complete(&self) -> bool {
@@ -1622,20 +1634,9 @@ impl Engine {
     pub fn window_states(&self) -> Vec<(String, Option<String>, String, WindowState)> {
         let mut v = Vec::new();
         for m in self.models.values() {
-            let version = m.layout.baseline.version.clone();
-            v.push((
-                m.name.to_string(),
-                None,
-                version.clone(),
-                m.all.window.state(),
-            ));
-            for (a, t) in &m.arms {
-                v.push((
-                    m.name.to_string(),
-                    Some(a.to_string()),
-                    version.clone(),
-                    t.window.state(),
-                ));
+            let version = &m.layout.baseline.version;
+            for (arm, state) in m.window_states() {
+                v.push((m.name.to_string(), arm, version.clone(), state));
             }
         }
         v
