@@ -69,10 +69,11 @@ pub use crate::daemon::settings::Config;
 
 /// Makes glibc's malloc hand every allocation over 128 KiB back to the
 /// system when freed. Each evaluation builds and drops megabytes at once
-/// (the exposition text, the snapshot): with glibc's default, adaptive
-/// threshold those land on the heap and fragment it, and RSS crept up ~1
-/// MiB a minute (driftd bench, 100 models x 50 features, 10 minutes at 20k
-/// lines/s: 93 -> 116 MiB; with this: 62-86 MiB, no trend over 5 minutes).
+/// (the snapshot; and a scrape, the exposition text): with glibc's
+/// default, adaptive threshold those land on the heap and fragment it,
+/// and RSS crept up ~1 MiB a minute (driftd bench, 100 models x 50
+/// features, 10 minutes at 20k lines/s: 93 -> 116 MiB; with this: 62-86
+/// MiB, no trend over 5 minutes).
 /// A no-op on other allocators and systems.
 pub fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -85,11 +86,12 @@ pub fn tune_allocator() {
 
 /// Hands the heap's free pages back to the system, in every arena: what an
 /// evaluation dropped under the mmap threshold (the old snapshot, the
-/// families' text while it grew) otherwise stays in RSS until reused, and
-/// the peaks of one evaluation become the sidecar's footprint. Called once
+/// old exposition text) otherwise stays in RSS until reused, and the
+/// peaks of one evaluation become the sidecar's footprint. Called once
 /// per evaluation, after the old snapshot is dropped. Measured with `driftd
 /// bench --models 100 --features 50 --steady 11m --rate 20000` (2-core
-/// Xeon): steady RSS 46-65 MiB over two runs, one sample of 38 over 64,
+/// Xeon), when each evaluation still built the exposition text: steady
+/// RSS 46-65 MiB over two runs, one sample of 38 over 64,
 /// against 56-71 MiB and six to eight of 19 over without it; the pages
 /// given back are faulted in again by the next evaluation, about 1 CPU s
 /// per 1M events more (14.6-14.8 against 13.3-13.7). It runs on the
