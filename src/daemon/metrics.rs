@@ -1163,16 +1163,32 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_first_scrape_builds_the_gauges_and_the_next_evaluation_drops_them() {
+    /// An engine that learns model `m`'s baseline from its first 100 of
+    /// these 300 lines.
+    fn one_model() -> (Engine, Vec<String>) {
         let cfg = EngineConfig {
             auto_baseline: Some(crate::engine::AutoBaseline { after_events: 100 }),
             ..EngineConfig::default()
         };
-        let mut engine = Engine::new(cfg, vec![]);
-        let lines: Vec<String> = (0..300)
+        let lines = (0..300)
             .map(|i| format!(r#"{{"model_id":"m","prediction":"a","timestamp":1,"input_features":{{"x":{}}}}}"#, i % 7))
             .collect();
+        (Engine::new(cfg, vec![]), lines)
+    }
+
+    /// The snapshot once every model has gone idle and been dropped.
+    fn after_idle(engine: &mut Engine) -> Arc<Snapshot> {
+        engine.expire_idle(10_000_000, 1);
+        Arc::new(Snapshot {
+            report: engine.report(),
+            stats: engine.stats.clone(),
+            ..Snapshot::default()
+        })
+    }
+
+    #[test]
+    fn the_first_scrape_builds_the_gauges_and_the_next_evaluation_drops_them() {
+        let (mut engine, lines) = one_model();
         let reg = Registry::new();
         let mut m = Metrics::new(&reg).unwrap();
         let built = |m: &Metrics| m.gauges.rendered.lock().unwrap().is_some();
@@ -1187,12 +1203,7 @@ mod tests {
             assert_eq!(x.as_ptr(), y.as_ptr());
         }
         drop((a, b));
-        engine.expire_idle(10_000_000, 1);
-        m.update(&Arc::new(Snapshot {
-            report: engine.report(),
-            stats: engine.stats.clone(),
-            ..Snapshot::default()
-        }));
+        m.update(&after_idle(&mut engine));
         assert!(!built(&m), "the evaluation dropped the old text");
         let text = m.render();
         assert!(!text.contains("driftd_feature_drift{"), "{text}");
@@ -1200,14 +1211,7 @@ mod tests {
 
     #[test]
     fn series_appear_and_go_away_with_their_model() {
-        let cfg = EngineConfig {
-            auto_baseline: Some(crate::engine::AutoBaseline { after_events: 100 }),
-            ..EngineConfig::default()
-        };
-        let mut engine = Engine::new(cfg, vec![]);
-        let lines: Vec<String> = (0..300)
-            .map(|i| format!(r#"{{"model_id":"m","prediction":"a","timestamp":1,"input_features":{{"x":{}}}}}"#, i % 7))
-            .collect();
+        let (mut engine, lines) = one_model();
         let reg = Registry::new();
         let mut m = Metrics::new(&reg).unwrap();
         let s = Arc::new(snapshot_for(&lines, &mut engine));
@@ -1243,13 +1247,7 @@ mod tests {
             text2.contains("driftd_unseen_share{"),
             "unseen share is its own series"
         );
-        engine.expire_idle(10_000_000, 1);
-        let s2 = Arc::new(Snapshot {
-            report: engine.report(),
-            stats: engine.stats.clone(),
-            ..Snapshot::default()
-        });
-        m.update(&s2);
+        m.update(&after_idle(&mut engine));
         let text = m.render();
         assert!(!text.contains(r#"model="m""#), "{text}");
         assert!(!text.contains("driftd_feature_drift{"), "{text}");
