@@ -76,9 +76,11 @@ pub const MAX_ANCHORS: usize = 12;
 /// thousand replicates' tail).
 const SETTLED_EVENTS: f64 = 100.0;
 /// A binomial draw with at least this variance is drawn from its normal
-/// approximation: its skewness is under 0.032, and the exact sampler was
-/// half of a simulation's time.
-const NORMAL_DRAW_VARIANCE: f64 = 1000.0;
+/// approximation corrected for skewness (see [`binomial`]); below it,
+/// exactly. The exact sampler (BTPE, a few logarithms and a setup per
+/// draw) was 60% of a simulation's time, and most draws of the larger
+/// anchors have variances of 100 to 1,000.
+const NORMAL_DRAW_VARIANCE: f64 = 30.0;
 
 /// Metrics with a null distribution here: the divergences. The p-value
 /// metrics are judged on the corrected alpha directly.
@@ -159,44 +161,84 @@ impl Quantiles {
     }
 }
 
-/// Draws a multinomial sample of `n` over proportions `p` (summing to 1)
-/// into `out`, as a chain of binomials: O(bins), whatever `n`. A binomial
-/// with a large variance is drawn from its normal approximation (see
-/// [`NORMAL_DRAW_VARIANCE`]).
-fn multinomial(rng: &mut SmallRng, n: u64, p: &[f64], out: &mut [u64]) {
-    let mut left = n;
-    let mut mass = 1.0;
-    for (o, &pi) in out.iter_mut().zip(p) {
-        if left == 0 || pi <= 0.0 {
-            *o = 0;
-            continue;
-        }
-        let share = (pi / mass).clamp(0.0, 1.0);
-        let var = left as f64 * share * (1.0 - share);
-        let x = if share >= 1.0 {
-            left
-        } else if var >= NORMAL_DRAW_VARIANCE {
-            let z: f64 = StandardNormal.sample(rng);
-            let x = (left as f64 * share + var.sqrt() * z).round();
-            (x.max(0.0) as u64).min(left)
-        } else {
-            // `share` is in [0, 1), which Binomial accepts.
-            Binomial::new(left, share).map_or(0, |b| b.sample(rng))
-        };
-        *o = x;
-        left -= x;
-        mass -= pi;
-        if mass <= 0.0 {
-            mass = f64::MIN_POSITIVE;
+/// Multinomial draws over proportions `p` (summing to 1), as a chain of
+/// binomials: bin `i` takes a binomial share `p_i / (p_i + … + p_last)`
+/// of what the bins before it left, so a draw is O(bins) whatever `n`.
+/// The shares, and the terms the approximate draw needs, are the same for
+/// every replicate, so they are worked out once.
+struct Chain {
+    /// Per bin: its share `s` of what is left (0 for a bin without
+    /// mass), `s(1 − s)`, and `(1 − 2s)/6` (see [`binomial`]).
+    bins: Vec<(f64, f64, f64)>,
+    /// The last bin with mass, which takes what rounding leaves.
+    last: Option<usize>,
+}
+
+impl Chain {
+    fn new(p: &[f64]) -> Chain {
+        let mut mass = 1.0;
+        let bins = p
+            .iter()
+            .map(|&pi| {
+                if pi <= 0.0 {
+                    return (0.0, 0.0, 0.0);
+                }
+                let s = (pi / mass).clamp(0.0, 1.0);
+                mass -= pi;
+                if mass <= 0.0 {
+                    mass = f64::MIN_POSITIVE;
+                }
+                (s, s * (1.0 - s), (1.0 - 2.0 * s) / 6.0)
+            })
+            .collect();
+        Chain {
+            bins,
+            last: p.iter().rposition(|&x| x > 0.0),
         }
     }
-    // Rounding of `mass` can leave a few events unassigned; they belong
-    // to the last bin with mass.
-    if left > 0 {
-        if let Some(i) = p.iter().rposition(|&x| x > 0.0) {
+
+    /// Draws `n` events into `out` (as long as `p`).
+    fn draw(&self, rng: &mut SmallRng, n: u64, out: &mut [u64]) {
+        let mut left = n;
+        for (o, &(s, v, c)) in out.iter_mut().zip(&self.bins) {
+            let x = if left == 0 || s <= 0.0 {
+                0
+            } else if s >= 1.0 {
+                left
+            } else {
+                binomial(rng, left, (s, v, c))
+            };
+            *o = x;
+            left -= x;
+        }
+        // Rounding of the shares can leave a few events unassigned.
+        if let (true, Some(i)) = (left > 0, self.last) {
             out[i] += left;
         }
     }
+}
+
+/// One binomial draw of `n` trials at `s` in `(0, 1)`, with `v = s(1 − s)`
+/// and `c = (1 − 2s)/6`. With a variance `σ² = n·v` of at least
+/// [`NORMAL_DRAW_VARIANCE`] it is a normal draw `z` moved by the first
+/// Cornish–Fisher term, `ns + σ(z + γ(z² − 1)/6)` with `γ = (1 − 2s)/σ`
+/// the binomial's skewness (so `σγ/6 = c`), rounded. Its mean, variance and
+/// skewness are the binomial's to `O(1/σ²)`: what is left is the excess
+/// kurtosis `(1 − 6v)/σ²` and the rounding's `1/12`, a few thousandths of
+/// the variance, where a thousand replicates' moments are known to a few
+/// percent. Smaller variances, where counts near 0 matter, are drawn
+/// exactly.
+fn binomial(rng: &mut SmallRng, n: u64, (s, v, c): (f64, f64, f64)) -> u64 {
+    let var = n as f64 * v;
+    if var < NORMAL_DRAW_VARIANCE {
+        // `s` is in (0, 1), which Binomial accepts.
+        return Binomial::new(n, s).map_or(0, |b| b.sample(rng));
+    }
+    let z: f64 = StandardNormal.sample(rng);
+    let x = n as f64 * s + var.sqrt() * z + c * (z * z - 1.0);
+    // Rounded half up by truncation (`f64::round` is a library call
+    // here); a negative or NaN draw saturates to 0.
+    ((x + 0.5) as u64).min(n)
 }
 
 fn fitted_values(s: &Scores) -> [Option<f64>; FITTED.len()] {
@@ -289,13 +331,14 @@ fn moments(
         return out;
     }
     let p: Vec<f64> = baseline.iter().map(|&c| c as f64 / m as f64).collect();
+    let chain = Chain::new(&p);
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut w = vec![0u64; baseline.len()];
     let mut b = vec![0u64; baseline.len()];
     let mut values: Vec<[Option<f64>; FITTED.len()]> = Vec::with_capacity(replicates);
     for _ in 0..replicates {
-        multinomial(&mut rng, n, &p, &mut w);
-        multinomial(&mut rng, m, &p, &mut b);
+        chain.draw(&mut rng, n, &mut w);
+        chain.draw(&mut rng, m, &mut b);
         if let Some(s) = compare::divergences(&w, &b, layout, opts) {
             values.push(fitted_values(&s));
         }
@@ -881,23 +924,119 @@ mod tests {
         assert_eq!(anchors(&[0, 0]), vec![64]);
     }
 
+    /// The multinomial as the textbook chain of exact binomials: what the
+    /// tests hold [`Chain::draw`]'s approximate draws to.
+    fn exact_multinomial(rng: &mut SmallRng, n: u64, p: &[f64], out: &mut [u64]) {
+        let mut left = n;
+        let mut mass: f64 = p.iter().sum();
+        for (o, &pi) in out.iter_mut().zip(p) {
+            let share = if mass > 0.0 {
+                (pi / mass).clamp(0.0, 1.0)
+            } else {
+                0.0
+            };
+            *o = Binomial::new(left, share).map_or(0, |b| b.sample(rng));
+            left -= *o;
+            mass -= pi;
+        }
+        if let Some(i) = p.iter().rposition(|&x| x > 0.0) {
+            out[i] += left;
+        }
+    }
+
     #[test]
-    fn multinomial_keeps_the_total_and_the_proportions() {
+    fn multinomial_keeps_the_total_the_proportions_and_the_variances() {
         let p = [0.5, 0.0, 0.3, 0.2];
+        let chain = Chain::new(&p);
         let mut rng = SmallRng::seed_from_u64(7);
         let mut out = [0u64; 4];
-        let mut sums = [0u64; 4];
-        for _ in 0..2000 {
-            multinomial(&mut rng, 1000, &p, &mut out);
+        let (mut sums, mut squares) = ([0f64; 4], [0f64; 4]);
+        let draws = 20_000;
+        for _ in 0..draws {
+            // Variances of 160 to 250: the approximate draw.
+            chain.draw(&mut rng, 1000, &mut out);
             assert_eq!(out.iter().sum::<u64>(), 1000);
             assert_eq!(out[1], 0);
-            for (s, o) in sums.iter_mut().zip(out) {
-                *s += o;
+            for i in 0..4 {
+                sums[i] += out[i] as f64;
+                squares[i] += (out[i] as f64).powi(2);
             }
         }
-        for (s, want) in sums.iter().zip(p) {
-            let got = *s as f64 / 2_000_000.0;
-            assert!((got - want).abs() < 0.002, "{got} vs {want}");
+        for i in 0..4 {
+            let mean = sums[i] / draws as f64;
+            let var = squares[i] / draws as f64 - mean * mean;
+            let (want_mean, want_var) = (1000.0 * p[i], 1000.0 * p[i] * (1.0 - p[i]));
+            assert!(
+                (mean - want_mean).abs() < 0.5,
+                "bin {i}: mean {mean} vs {want_mean}"
+            );
+            assert!(
+                (var - want_var).abs() <= 0.05 * want_var,
+                "bin {i}: variance {var} vs {want_var}"
+            );
+        }
+    }
+
+    /// The divergences' null law is the same with the approximate draws as
+    /// with exact binomials: mean, variance and skewness of each fitted
+    /// metric, on bins whose draws take both paths (a 1% bin and shares
+    /// that grow along the chain), at window sizes where most draws are
+    /// approximate, and where few are.
+    #[test]
+    fn approximate_draws_give_the_exact_draws_null_law() {
+        let mut base = vec![100u64];
+        base.extend(std::iter::repeat_n(980, 10));
+        base.extend([50, 100]);
+        let e = edges(10);
+        let layout = BinLayout::Numeric {
+            edges: &e,
+            spread: 1.0,
+        };
+        let opts = CompareOptions::default();
+        let m: u64 = base.iter().sum();
+        let p: Vec<f64> = base.iter().map(|&c| c as f64 / m as f64).collect();
+        let chain = Chain::new(&p);
+        let reps = 6000;
+        for n in [300u64, 3_000, 30_000] {
+            let (mut w, mut b) = (vec![0; base.len()], vec![0; base.len()]);
+            let mut law = |exact: bool| {
+                let mut rng = SmallRng::seed_from_u64(if exact { 11 } else { 12 });
+                let mut xs: Vec<[Option<f64>; FITTED.len()]> = Vec::new();
+                for _ in 0..reps {
+                    if exact {
+                        exact_multinomial(&mut rng, n, &p, &mut w);
+                        exact_multinomial(&mut rng, m, &p, &mut b);
+                    } else {
+                        chain.draw(&mut rng, n, &mut w);
+                        chain.draw(&mut rng, m, &mut b);
+                    }
+                    xs.push(fitted_values(
+                        &compare::divergences(&w, &b, layout, &opts).unwrap(),
+                    ));
+                }
+                xs
+            };
+            let (exact, approx) = (law(true), law(false));
+            for (i, metric) in FITTED.iter().enumerate() {
+                let stats = |xs: &[[Option<f64>; FITTED.len()]]| {
+                    let v: Vec<f64> = xs.iter().filter_map(|x| x[i]).collect();
+                    let k = v.len() as f64;
+                    let mean = v.iter().sum::<f64>() / k;
+                    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / k;
+                    (mean, var)
+                };
+                let ((me, ve), (ma, va)) = (stats(&exact), stats(&approx));
+                // Standard errors at 6,000 replicates: about 1% of the mean
+                // and 3% of the variance, each side.
+                assert!(
+                    (ma / me - 1.0).abs() < 0.05,
+                    "n = {n}, {metric}: mean {ma} against exact {me}"
+                );
+                assert!(
+                    (va / ve - 1.0).abs() < 0.15,
+                    "n = {n}, {metric}: variance {va} against exact {ve}"
+                );
+            }
         }
     }
 
@@ -948,8 +1087,8 @@ mod tests {
         let trials = 100_000;
         let mut over = [0u32; FITTED.len()];
         for _ in 0..trials {
-            multinomial(&mut rng, n, &p, &mut w);
-            multinomial(&mut rng, m, &p, &mut b);
+            exact_multinomial(&mut rng, n, &p, &mut w);
+            exact_multinomial(&mut rng, m, &p, &mut b);
             let s = compare::compare(&w, &b, layout, &opts).unwrap();
             for (i, metric) in FITTED.iter().enumerate() {
                 if let (Some(x), Some(t)) = (s.get(*metric), q.get(*metric)) {
@@ -1053,8 +1192,8 @@ mod tests {
         let trials = 50_000;
         let mut over = 0;
         for _ in 0..trials {
-            multinomial(&mut rng, 200, &p, &mut w);
-            multinomial(&mut rng, 10_000, &p, &mut b);
+            exact_multinomial(&mut rng, 200, &p, &mut w);
+            exact_multinomial(&mut rng, 10_000, &p, &mut b);
             let s = compare::compare(&w, &b, layout, &opts).unwrap();
             if s.psi > q.get(Metric::Psi).unwrap() {
                 over += 1;
@@ -1103,9 +1242,14 @@ mod tests {
                     eprintln!("{name} n={n} {metric}: fitted {f:.6} direct {d:.6} ({err:+.3})");
                     worst = worst.max(err.abs());
                     // A thousand replicates' tail leans high (the larger of
-                    // two fits of noisy moments), the stricter side.
+                    // two fits of noisy moments), the stricter side. Its
+                    // noise: over 40 seeds, the fit's quantile has a
+                    // standard deviation of 3-6% (Wasserstein of the skewed
+                    // bins the most), the direct one's 2-3%, and their
+                    // means agree within 1-4%; so a single pair differs by
+                    // 7% (one deviation) without any bias.
                     assert!(
-                        (-0.1..0.2).contains(&err),
+                        (-0.15..0.2).contains(&err),
                         "{name} n={n} {metric}: fitted {f} direct {d}"
                     );
                 }
