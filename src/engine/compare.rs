@@ -347,13 +347,15 @@ fn scores(
     if window.len() != baseline.len() || !layout.fits(window.len()) {
         return None;
     }
-    let (n_window, n_baseline) = totals(window, baseline);
-    if n_window == 0 || n_baseline == 0 {
-        return None;
-    }
+    let t = Totals::of(window, baseline)?;
+    let n_window = t.np;
 
-    let (kl, psi) = kl_psi(window, baseline, opts.smoothing);
-    let js = js_divergence(window, baseline);
+    let (kl, psi) = kl_psi_with(
+        window,
+        baseline,
+        &Smoothed::with(window, baseline, opts.smoothing, t),
+    );
+    let js = js_with(window, baseline, t);
     let (chi2, chi2_dof, chi2_p) = if p_values {
         chi2_homogeneity(window, baseline)
     } else {
@@ -365,7 +367,7 @@ fn scores(
         psi,
         js_divergence: js,
         js_distance: js.sqrt(),
-        hellinger: hellinger(window, baseline),
+        hellinger: hellinger_with(window, baseline, t),
         chi2,
         chi2_dof,
         chi2_p,
@@ -384,9 +386,14 @@ fn scores(
 
             let ordered_w = &window[..window.len() - 1];
             let ordered_b = &baseline[..baseline.len() - 1];
-            let (n_ordered_w, n_ordered_b) = totals(ordered_w, ordered_b);
-            if n_ordered_w > 0 && n_ordered_b > 0 {
-                let d = ks_binned(ordered_w, ordered_b);
+            // The totals without the missing bin, the last.
+            let ordered = Totals::from((
+                t.np - u128::from(window[window.len() - 1]),
+                t.nq - u128::from(baseline[baseline.len() - 1]),
+            ));
+            if let Some(ot) = ordered {
+                let (n_ordered_w, n_ordered_b) = (ot.np, ot.nq);
+                let d = ks_with(ordered_w, ordered_b, ot);
                 let spread = if spread.is_finite() && spread > 0.0 {
                     spread
                 } else {
@@ -396,7 +403,8 @@ fn scores(
                 scores.ks_p = p_values.then(|| {
                     ks_p_value(d, saturating_u64(n_ordered_w), saturating_u64(n_ordered_b))
                 });
-                scores.wasserstein = Some(wasserstein_binned(ordered_w, ordered_b, edges) / spread);
+                scores.wasserstein =
+                    Some(wasserstein_with(ordered_w, ordered_b, edges, ot) / spread);
             }
         }
         BinLayout::Categorical => {
@@ -427,11 +435,10 @@ pub fn psi_smoothed(p: &[u64], q: &[u64], smoothing: f64) -> f64 {
 /// Jensen–Shannon divergence, base 2, on raw proportions; in `[0, 1]`. 0 when
 /// either side has zero total.
 pub fn js_divergence(p: &[u64], q: &[u64]) -> f64 {
-    let (np, nq) = totals(p, q);
-    if np == 0 || nq == 0 {
-        return 0.0;
-    }
-    let (inv_np, inv_nq) = (1.0 / np as f64, 1.0 / nq as f64);
+    Totals::of(p, q).map_or(0.0, |t| js_with(p, q, t))
+}
+
+fn js_with(p: &[u64], q: &[u64], Totals { inv_np, inv_nq, .. }: Totals) -> f64 {
     let mut sum = 0.0;
     for (&a, &b) in p.iter().zip(q) {
         let pi = a as f64 * inv_np;
@@ -463,11 +470,10 @@ pub fn js_divergence(p: &[u64], q: &[u64]) -> f64 {
 /// Hellinger distance on raw proportions; in `[0, 1]`. 0 when either side
 /// has zero total.
 pub fn hellinger(p: &[u64], q: &[u64]) -> f64 {
-    let (np, nq) = totals(p, q);
-    if np == 0 || nq == 0 {
-        return 0.0;
-    }
-    let (inv_np, inv_nq) = (1.0 / np as f64, 1.0 / nq as f64);
+    Totals::of(p, q).map_or(0.0, |t| hellinger_with(p, q, t))
+}
+
+fn hellinger_with(p: &[u64], q: &[u64], Totals { inv_np, inv_nq, .. }: Totals) -> f64 {
     let mut sum = 0.0;
     for (&a, &b) in p.iter().zip(q) {
         let d = (a as f64 * inv_np).sqrt() - (b as f64 * inv_nq).sqrt();
@@ -517,11 +523,10 @@ pub fn chi2_homogeneity(p: &[u64], q: &[u64]) -> (f64, u32, f64) {
 /// the ordered part only, not the missing bin). 0 when either side has zero
 /// total.
 pub fn ks_binned(p: &[u64], q: &[u64]) -> f64 {
-    let (np, nq) = totals(p, q);
-    if np == 0 || nq == 0 {
-        return 0.0;
-    }
-    let (inv_np, inv_nq) = (1.0 / np as f64, 1.0 / nq as f64);
+    Totals::of(p, q).map_or(0.0, |t| ks_with(p, q, t))
+}
+
+fn ks_with(p: &[u64], q: &[u64], Totals { inv_np, inv_nq, .. }: Totals) -> f64 {
     // f64 running sums (u128 -> f64 conversions are slow); equal inputs
     // still give bit-identical CDFs.
     let (mut cp, mut cq) = (0.0, 0.0);
@@ -582,15 +587,19 @@ pub fn kolmogorov_sf(lambda: f64) -> f64 {
 /// share through bin `j`, underflow included. 0 when either side has zero
 /// total.
 pub fn wasserstein_binned(p: &[u64], q: &[u64], edges: &[f64]) -> f64 {
-    let (np, nq) = totals(p, q);
-    if np == 0 || nq == 0 {
-        return 0.0;
-    }
+    Totals::of(p, q).map_or(0.0, |t| wasserstein_with(p, q, edges, t))
+}
+
+fn wasserstein_with(
+    p: &[u64],
+    q: &[u64],
+    edges: &[f64],
+    Totals { inv_np, inv_nq, .. }: Totals,
+) -> f64 {
     let (Some((&p_under, p_rest)), Some((&q_under, q_rest))) = (p.split_first(), q.split_first())
     else {
         return 0.0;
     };
-    let (inv_np, inv_nq) = (1.0 / np as f64, 1.0 / nq as f64);
     let (mut cp, mut cq) = (p_under as f64, q_under as f64);
     let mut w = 0.0;
     // zip stops after the k interior bins: the overflow entry has no width.
@@ -654,22 +663,23 @@ struct Smoothed {
 
 impl Smoothed {
     fn of(p: &[u64], q: &[u64], smoothing: f64) -> Option<Smoothed> {
-        let (np, nq) = totals(p, q);
-        if np == 0 || nq == 0 {
-            return None;
-        }
+        Totals::of(p, q).map(|t| Smoothed::with(p, q, smoothing, t))
+    }
+
+    fn with(p: &[u64], q: &[u64], smoothing: f64, t: Totals) -> Smoothed {
+        let (np, nq) = (t.np, t.nq);
         let s = if smoothing.is_finite() && smoothing > 0.0 {
             smoothing
         } else {
             0.0
         };
         let bins = p.len().min(q.len()) as f64;
-        Some(Smoothed {
+        Smoothed {
             s,
             inv_dp: 1.0 / (np as f64 + s * bins),
             inv_dq: 1.0 / (nq as f64 + s * bins),
             totals: (np, nq),
-        })
+        }
     }
 
     /// (p_i, q_i) from the counts of one bin.
@@ -682,9 +692,10 @@ impl Smoothed {
 }
 
 fn kl_psi(p: &[u64], q: &[u64], smoothing: f64) -> (f64, f64) {
-    let Some(sm) = Smoothed::of(p, q, smoothing) else {
-        return (0.0, 0.0);
-    };
+    Smoothed::of(p, q, smoothing).map_or((0.0, 0.0), |sm| kl_psi_with(p, q, &sm))
+}
+
+fn kl_psi_with(p: &[u64], q: &[u64], sm: &Smoothed) -> (f64, f64) {
     let (mut kl, mut psi) = (0.0, 0.0);
     for (&a, &b) in p.iter().zip(q) {
         let (pi, qi) = sm.pair(a, b);
@@ -762,6 +773,33 @@ pub fn top_shifts(p: &[u64], q: &[u64], smoothing: f64, k: usize) -> Vec<BinShif
     all.retain(|b| b.psi_term > 0.0 && b.window_share != b.baseline_share);
     all.truncate(k);
     all
+}
+
+/// Both sides' totals, and their reciprocals, for a pair with events on
+/// both sides: worked out once per comparison, not once per metric (a
+/// null fit scores a thousand pairs per anchor).
+#[derive(Debug, Clone, Copy)]
+struct Totals {
+    np: u128,
+    nq: u128,
+    inv_np: f64,
+    inv_nq: f64,
+}
+
+impl Totals {
+    fn of(p: &[u64], q: &[u64]) -> Option<Totals> {
+        let (np, nq) = totals(p, q);
+        Totals::from((np, nq))
+    }
+
+    fn from((np, nq): (u128, u128)) -> Option<Totals> {
+        (np > 0 && nq > 0).then(|| Totals {
+            np,
+            nq,
+            inv_np: 1.0 / np as f64,
+            inv_nq: 1.0 / nq as f64,
+        })
+    }
 }
 
 /// Totals over the common prefix, in u128 so that no count vector can
