@@ -1796,7 +1796,7 @@ fn latency_tracked(layout: &Layout, spec: WindowSpec, rules: usize) -> Option<Tr
 }
 
 /// New no-drift simulations (one distribution at one anchor, see
-/// [`threshold::anchors`]: about 1.4 ms for a numeric feature of 13 bins)
+/// [`threshold::anchors`]: about 1.5 ms for a numeric feature of 13 bins)
 /// an evaluation may run, for distributions whose baseline file holds no
 /// fit; a distribution's fit is made whole once started, so an evaluation
 /// may pass this by up to one fit's anchors. The rest wait for the next
