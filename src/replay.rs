@@ -157,6 +157,15 @@ const CHUNK_BYTES: usize = 4 << 20;
 /// finish a chunk together.
 const PART_LINES: usize = 64;
 
+/// The input being read in chunks: the lines counted so far, and the
+/// start of a line that the last chunk's read cut off.
+struct Source<'a> {
+    input: &'a Input,
+    reader: &'a mut (dyn BufRead + Send),
+    lines: u64,
+    carry: Vec<u8>,
+}
+
 /// Whole lines read from the input, with where each one is.
 #[derive(Default)]
 struct Chunk {
@@ -167,40 +176,71 @@ struct Chunk {
 
 impl Chunk {
     /// Reads whole lines until [`CHUNK_BYTES`] or the end of the input
-    /// (then it stays empty); `n` counts lines across chunks. Lines are
+    /// (then it stays empty), counting them in `src.lines`. Lines are
     /// trimmed and blank ones dropped by [`content`], as in
-    /// [`for_each_line`].
-    fn fill(
-        &mut self,
-        input: &Input,
-        reader: &mut (dyn BufRead + Send),
-        n: &mut u64,
-    ) -> Result<(), ReplayError> {
-        self.data.clear();
+    /// [`for_each_line`]. The input is read in blocks of the chunk's size
+    /// (straight into it: a `BufReader` passes reads larger than its
+    /// buffer through) and split with `memchr`, not a line at a time; the
+    /// cut-off end of the last line waits in `src.carry`. A line longer
+    /// than a chunk makes the chunk longer.
+    fn fill(&mut self, src: &mut Source<'_>) -> Result<(), ReplayError> {
         self.lines.clear();
-        while self.data.len() < CHUNK_BYTES {
-            let start = self.data.len();
-            let read =
-                reader
-                    .read_until(b'\n', &mut self.data)
-                    .map_err(|source| ReplayError::Read {
-                        input: input.name(),
-                        line: *n,
-                        source,
-                    })?;
-            if read == 0 {
-                break;
-            }
-            *n += 1;
-            match content(&self.data[start..]) {
-                Some(line) => {
-                    let end = start + line.len();
-                    self.lines.push((start, end, *n, read));
+        // A chunk of blank lines only is read past: an empty chunk means
+        // the end of the input.
+        loop {
+            self.data.clear();
+            self.data.append(&mut src.carry);
+            let eof = self.read_block(src)?;
+            let mut start = 0;
+            let end = self.data.len();
+            let ends = memchr::memchr_iter(b'\n', &self.data).map(|i| i + 1);
+            let last = (end > 0 && self.data[end - 1] != b'\n').then_some(end);
+            for stop in ends.chain(last) {
+                src.lines += 1;
+                if let Some(line) = content(&self.data[start..stop]) {
+                    self.lines
+                        .push((start, start + line.len(), src.lines, stop - start));
                 }
-                None => self.data.truncate(start),
+                start = stop;
+            }
+            if eof || !self.lines.is_empty() {
+                return Ok(());
             }
         }
-        Ok(())
+    }
+
+    /// Reads at least [`CHUNK_BYTES`] (or to the end of the input) and up
+    /// to a newline into `data`, moving what follows the last newline to
+    /// `src.carry`. Returns whether the input ended.
+    fn read_block(&mut self, src: &mut Source<'_>) -> Result<bool, ReplayError> {
+        use std::io::Read;
+        loop {
+            let before = self.data.len();
+            let want = CHUNK_BYTES.saturating_sub(before).max(1 << 16);
+            // Room first, so `read_to_end` reads in large blocks.
+            self.data.reserve(want);
+            let got = (&mut *src.reader)
+                .take(want as u64)
+                .read_to_end(&mut self.data)
+                .map_err(|source| ReplayError::Read {
+                    input: src.input.name(),
+                    line: src.lines,
+                    source,
+                })?;
+            if got < want {
+                // The end: its last line may lack a newline.
+                return Ok(true);
+            }
+            // The chunk is full. What came before this read held no
+            // newline (the carry never does), so only the new part is
+            // searched, and a giant line costs a linear scan.
+            if let Some(i) = memchr::memrchr(b'\n', &self.data[before..]) {
+                let cut = before + i + 1;
+                src.carry.extend_from_slice(&self.data[cut..]);
+                self.data.truncate(cut);
+                return Ok(false);
+            }
+        }
     }
 
     fn line(&self, i: usize) -> &[u8] {
@@ -249,7 +289,7 @@ fn stage<'n>(
     threads: usize,
     cur: Option<Ready<'_>>,
     next: &'n mut Chunk,
-    (input, reader, n): (&Input, &mut (dyn BufRead + Send), &mut u64),
+    src: &mut Source<'_>,
     f: &mut dyn FnMut(u64, usize, &Decoded<'_>),
 ) -> Result<Ready<'n>, ReplayError> {
     let sorted = |mut parts: Vec<(usize, bool, Vec<Decoded<'n>>)>| {
@@ -259,7 +299,7 @@ fn stage<'n>(
     if threads <= 1 {
         // `cur` first, as with more threads: a read error comes after it.
         drop(feed(cur, f));
-        next.fill(input, reader, n)?;
+        next.fill(src)?;
         let next: &'n Chunk = next;
         let parts = decode_parts(decoder, next, &AtomicUsize::new(0));
         return Ok((
@@ -276,7 +316,7 @@ fn stage<'n>(
         let to_free = to_free;
         let counter = &counter;
         let reader_thread = s.spawn(move || {
-            let read = next.fill(input, reader, n);
+            let read = next.fill(src);
             let next: &'n Chunk = next;
             let parts = match read {
                 // Dropping the senders tells the others there is nothing.
@@ -363,41 +403,25 @@ pub fn for_each_decoded(
     mut f: impl FnMut(u64, usize, &Decoded<'_>),
 ) -> Result<u64, ReplayError> {
     let threads = threads.max(1);
-    let mut n = 0u64;
+    let mut src = Source {
+        input,
+        reader,
+        lines: 0,
+        carry: Vec::new(),
+    };
     let (mut a, mut b) = (Chunk::default(), Chunk::default());
-    let mut ready_a = stage(
-        decoder,
-        threads,
-        None,
-        &mut a,
-        (input, reader, &mut n),
-        &mut f,
-    )?;
+    let mut ready_a = stage(decoder, threads, None, &mut a, &mut src, &mut f)?;
     // Two chunks take turns: one is being handed on while the other is
     // read and decoded.
     loop {
         if ready_a.0.lines.is_empty() {
-            return Ok(n);
+            return Ok(src.lines);
         }
-        let ready_b = stage(
-            decoder,
-            threads,
-            Some(ready_a),
-            &mut b,
-            (input, reader, &mut n),
-            &mut f,
-        )?;
+        let ready_b = stage(decoder, threads, Some(ready_a), &mut b, &mut src, &mut f)?;
         if ready_b.0.lines.is_empty() {
-            return Ok(n);
+            return Ok(src.lines);
         }
-        ready_a = stage(
-            decoder,
-            threads,
-            Some(ready_b),
-            &mut a,
-            (input, reader, &mut n),
-            &mut f,
-        )?;
+        ready_a = stage(decoder, threads, Some(ready_b), &mut a, &mut src, &mut f)?;
     }
 }
 
@@ -1299,6 +1323,74 @@ mod tests {
             .unwrap();
             assert_eq!(k, want.len(), "{threads} threads: lines handed on");
             assert_eq!(lines, n, "{threads} threads: lines read");
+        }
+    }
+
+    /// A reader that returns at most 1,000 bytes a call, as a pipe can.
+    struct Trickle<'a>(&'a [u8]);
+
+    impl io::Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let k = buf.len().min(1000).min(self.0.len());
+            buf[..k].copy_from_slice(&self.0[..k]);
+            self.0 = &self.0[k..];
+            Ok(k)
+        }
+    }
+
+    /// The chunking's edges: a line longer than a chunk, more than a
+    /// chunk of blank lines (which must not read as the end), a last line
+    /// without a newline, and short reads; every line counted, the kept
+    /// ones handed on with their own numbers and lengths.
+    #[test]
+    fn chunks_survive_giant_lines_blank_runs_short_reads_and_no_final_newline() {
+        let line = |n: u64, pad: usize| {
+            format!(
+                r#"{{"model_id":"m","timestamp":{},"prediction":"a","message":"{}"}}"#,
+                1_700_000_000_000u64 + n,
+                "y".repeat(pad)
+            )
+        };
+        let mut text = String::new();
+        let mut want: Vec<(u64, usize)> = Vec::new();
+        let mut n = 0u64;
+        let mut push = |text: &mut String, s: &str, ending: &str| {
+            n += 1;
+            text.push_str(s);
+            text.push_str(ending);
+            if !s.is_empty() {
+                want.push((n, s.len() + ending.len()));
+            }
+            n
+        };
+        push(&mut text, &line(1, 10), "\n");
+        let giant = line(2, CHUNK_BYTES + 100_000);
+        push(&mut text, &giant, "\n");
+        for _ in 0..(CHUNK_BYTES + 5) {
+            push(&mut text, "", "\n");
+        }
+        push(&mut text, &line(3, 10), "\r\n");
+        let last = push(&mut text, &line(4, 10), "");
+        for threads in [1, 2] {
+            for trickle in [false, true] {
+                let decoder = Decoder::new(Default::default());
+                let mut got = Vec::new();
+                let mut bytes = text.as_bytes();
+                let mut slow = io::BufReader::with_capacity(1 << 20, Trickle(text.as_bytes()));
+                let reader: &mut (dyn BufRead + Send) =
+                    if trickle { &mut slow } else { &mut bytes };
+                let lines =
+                    for_each_decoded(&Input::Stdin, reader, &decoder, threads, |n, read, d| {
+                        // The giant line is refused by the decoder, with
+                        // its reason; the others are events.
+                        let event = matches!(d, Decoded::Event(_));
+                        assert_eq!(event, n != 2, "line {n}: {d:?}");
+                        got.push((n, read));
+                    })
+                    .unwrap();
+                assert_eq!(got, want, "{threads} threads, trickle {trickle}");
+                assert_eq!(lines, last, "{threads} threads, trickle {trickle}");
+            }
         }
     }
 }
