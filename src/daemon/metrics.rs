@@ -235,9 +235,16 @@ impl Exposition {
     /// not copied, by the scrapes after that. Building it takes tens of
     /// milliseconds for a hundred models: call it off the async runtime.
     pub fn chunks(&self) -> Vec<Bytes> {
+        // The registry first: an evaluation publishes its gauges before it
+        // moves the counters, so gauges read after the counters are never
+        // older than them. Read the other way round, a scrape that built an
+        // old evaluation's gauges while a new one landed served that
+        // evaluation's counters beside gauges from before it (a test saw
+        // every event counted and no baseline loaded).
+        let registry = Bytes::from(render(&self.registry));
         let gauges = self.gauges.text();
         let mut out = Vec::with_capacity(gauges.len() + 1);
-        out.push(Bytes::from(render(&self.registry)));
+        out.push(registry);
         out.extend(gauges.iter().cloned());
         out
     }
