@@ -1121,11 +1121,7 @@ fn numeric_bins(values: &mut [f64], bins: usize) -> Bins {
     let n = values.len();
     let mean = values.iter().sum::<f64>() / n as f64;
     let var = values.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n as f64;
-    // Nearest-rank quantiles: an edge is always an observed value.
-    let mut ranks: Vec<usize> = (0..=bins)
-        .map(|i| (((i as f64 / bins as f64) * (n - 1) as f64).round() as usize).min(n - 1))
-        .collect();
-    ranks.dedup();
+    let ranks = edge_ranks(n, bins);
     select_ranks(values, &ranks, 0);
     let mut edges: Vec<f64> = Vec::with_capacity(bins + 1);
     for &r in &ranks {
@@ -1146,6 +1142,17 @@ fn numeric_bins(values: &mut [f64], bins: usize) -> Bins {
         mean,
         std: var.sqrt(),
     }
+}
+
+/// The ranks (in sorted order, distinct, ascending) of the `bins + 1`
+/// edges of `n > 0` values: nearest-rank quantiles, so an edge is always an
+/// observed value.
+fn edge_ranks(n: usize, bins: usize) -> Vec<usize> {
+    let mut ranks: Vec<usize> = (0..=bins)
+        .map(|i| (((i as f64 / bins as f64) * (n - 1) as f64).round() as usize).min(n - 1))
+        .collect();
+    ranks.dedup();
+    ranks
 }
 
 /// Puts the order statistics at `ranks` (ascending, distinct, counted from
@@ -1482,10 +1489,7 @@ mod tests {
             let n = values.len();
             let mut sorted = values.clone();
             sorted.sort_by(f64::total_cmp);
-            let mut ranks: Vec<usize> = (0..=bins)
-                .map(|i| (((i as f64 / bins as f64) * (n - 1) as f64).round() as usize).min(n - 1))
-                .collect();
-            ranks.dedup();
+            let ranks = edge_ranks(n, bins);
             select_ranks(&mut values, &ranks, 0);
             for &r in &ranks {
                 proptest::prop_assert_eq!(values[r].to_bits(), sorted[r].to_bits(), "rank {}", r);
